@@ -1,0 +1,123 @@
+"""The agent's extension points: health providers, command handlers and alerts.
+
+Components plug into these instead of into each other: the media pipeline adds a health
+provider, the MQTT link dispatches commands and forwards alerts, diagnostics adds commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HealthProvider = Callable[[], dict[str, Any]]
+CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+AlertListener = Callable[["Alert"], None]
+
+
+class HealthRegistry:
+    """Collects one health sample from every registered provider."""
+
+    def __init__(self) -> None:
+        self._providers: dict[str, HealthProvider] = {}
+
+    def add(self, name: str, provider: HealthProvider) -> None:
+        self._providers[name] = provider
+
+    def remove(self, name: str) -> None:
+        self._providers.pop(name, None)
+
+    def sample(self) -> dict[str, Any]:
+        """One dict keyed by provider name; a failing provider reports its error, not a crash."""
+        out: dict[str, Any] = {}
+        for name, provider in list(self._providers.items()):
+            try:
+                out[name] = provider()
+            except Exception as exc:  # a broken provider must not take health down
+                log.exception("health provider %s failed", name)
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+
+class CommandError(Exception):
+    """A command refused or failed; ``code`` is machine-readable, ``message`` for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class CommandRegistry:
+    """Named async command handlers taking a JSON object of parameters."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, CommandHandler] = {}
+
+    def register(self, name: str, handler: CommandHandler) -> None:
+        if name in self._handlers:
+            raise ValueError(f"command {name!r} registered twice")
+        self._handlers[name] = handler
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def dispatch(self, name: str, params: dict[str, Any]) -> Any:
+        handler = self._handlers.get(name)
+        if handler is None:
+            raise CommandError("unknown_command", f"no command {name!r}; known: {', '.join(self.names())}")
+        return await handler(params)
+
+
+@dataclass
+class Alert:
+    severity: str  # P1 | P2 | P3
+    code: str
+    message: str
+    active: bool = True
+    ts: float = field(default_factory=time.time)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "alert", "severity": self.severity, "code": self.code, "message": self.message,
+                "active": self.active, "ts": round(self.ts, 3), "details": self.details}
+
+
+class AlertBus:
+    """Raised and cleared alerts; listeners (the MQTT link) get each transition once."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, Alert] = {}
+        self._listeners: list[AlertListener] = []
+
+    def subscribe(self, listener: AlertListener) -> None:
+        self._listeners.append(listener)
+
+    def raise_alert(self, severity: str, code: str, message: str, **details: Any) -> None:
+        if code in self._active:
+            return
+        alert = Alert(severity, code, message, details=details)
+        self._active[code] = alert
+        log.warning("alert %s %s: %s", severity, code, message)
+        self._emit(alert)
+
+    def clear(self, code: str, message: str = "") -> None:
+        alert = self._active.pop(code, None)
+        if alert is None:
+            return
+        log.info("alert cleared %s", code)
+        self._emit(Alert(alert.severity, code, message or alert.message, active=False))
+
+    def active(self) -> list[Alert]:
+        return list(self._active.values())
+
+    def _emit(self, alert: Alert) -> None:
+        for listener in self._listeners:
+            try:
+                listener(alert)
+            except Exception:
+                log.exception("alert listener failed")
