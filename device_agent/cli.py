@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "ota.cli",  # ota verify/install/status, boot-check
     "device_agent.commands.service",  # install-service
     "provisioning.cli",  # provision, doctor, factory-reset
+    "device_agent.diag.cli",  # (optional) local diagnostics
 ]
 
 
