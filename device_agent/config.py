@@ -46,10 +46,14 @@ class LoggingSection:
     level: str = "info"
     json: bool = False
     file: str = ""  # optional extra log file (pulled by diagnostics); stdout always
+    file_max_bytes: int = 10 * 1024 * 1024  # rotate the log file at this size
+    file_backups: int = 3  # rotated files kept (file.1 .. file.N)
 
     def validate(self, key: str) -> None:
         _check(self.level.lower() in {"debug", "info", "warning", "error", "critical"},
                f"{key}.level", f"unknown level {self.level!r}")
+        _check(self.file_max_bytes >= 64 * 1024, f"{key}.file_max_bytes", "must be >= 65536")
+        _check(0 <= self.file_backups <= 50, f"{key}.file_backups", "must be 0..50")
 
 
 @dataclass

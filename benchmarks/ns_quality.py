@@ -1,0 +1,118 @@
+"""Noise-suppression quality and cost vs peers (noisy input, RNNoise, DTLN) on held-out real mixtures.
+
+Run: ``.venv/bin/python -m benchmarks.ns_quality`` (reads ../shared/data/ns and ../shared/anchors/dtln).
+Mixtures: clean_freesound_33711 (never used in training) + held-out tail of noise_freesound_573577
+at 0/5/10 dB. Each output is aligned to the clean signal by the lag (0..1024) maximising correlation.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from pesq import pesq
+from pystoi import stoi
+from scipy.signal import resample_poly
+
+from device_agent.ns.model import HOP, MaskModel
+from device_agent.ns.stage import NoiseSuppressionStage
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SR = 16000
+
+
+def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    ref = ref - ref.mean(); est = est - est.mean()
+    proj = np.dot(est, ref) / np.dot(ref, ref) * ref
+    return float(10 * np.log10(np.sum(proj ** 2) / (np.sum((est - proj) ** 2) + 1e-12)))
+
+
+def align(clean: np.ndarray, out: np.ndarray) -> np.ndarray:
+    n = len(clean) - 1100
+    lag = int(np.argmax([np.dot(clean[:n], out[k:k + n]) for k in range(0, 1025)]))
+    y = out[lag:lag + len(clean)]
+    return np.pad(y, (0, len(clean) - len(y)))
+
+
+def ours(x: np.ndarray, model: MaskModel) -> np.ndarray:
+    st = NoiseSuppressionStage(model, budget_rtf=1e9)
+    n = (len(x) + 2 * HOP) // HOP * HOP
+    pcm = np.clip(np.round(np.pad(x, (0, n - len(x))) * 32768), -32768, 32767).astype(np.int16)
+    return np.concatenate([st.process(pcm[i:i + HOP]) for i in range(0, n, HOP)]).astype(np.float32) / 32768
+
+
+def rnnoise(x: np.ndarray) -> np.ndarray:
+    from pyrnnoise import RNNoise
+    rn = RNNoise(48000)
+    x48 = (np.clip(resample_poly(x, 3, 1), -1, 1) * 32767).astype(np.int16)
+    frames = [f for _, f in rn.denoise_chunk(x48, partial=True)]
+    y = np.concatenate([np.atleast_2d(f)[0] for f in frames]).astype(np.float32) / 32768
+    return resample_poly(y, 1, 3).astype(np.float32)
+
+
+class Dtln:
+    """DTLN: 512 block, 128 shift, two TFLite models with explicit LSTM states."""
+
+    def __init__(self, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+        d = SHARED / "anchors" / "dtln"
+        self.m = [Interpreter(model_path=str(d / f"model_{i}.tflite"), num_threads=threads) for i in (1, 2)]
+        for m in self.m:
+            m.allocate_tensors()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        m1, m2 = self.m
+        i1, o1 = m1.get_input_details(), m1.get_output_details()
+        i2, o2 = m2.get_input_details(), m2.get_output_details()
+        big = lambda ds: next(d for d in ds if d["shape"][-1] in (257, 512))  # noqa: E731
+        st = lambda ds: next(d for d in ds if d["shape"][-1] not in (257, 512))  # noqa: E731
+        s1 = np.zeros(st(i1)["shape"], np.float32); s2 = np.zeros(st(i2)["shape"], np.float32)
+        buf_in = np.zeros(512, np.float32); buf_out = np.zeros(512, np.float32)
+        out = np.zeros(len(x) + 512, np.float32)
+        for k in range(0, len(x) - 128, 128):
+            buf_in[:-128] = buf_in[128:]; buf_in[-128:] = x[k:k + 128]
+            spec = np.fft.rfft(buf_in)
+            m1.set_tensor(big(i1)["index"], np.abs(spec).reshape(1, 1, -1).astype(np.float32))
+            m1.set_tensor(st(i1)["index"], s1); m1.invoke()
+            mask = m1.get_tensor(big(o1)["index"]); s1 = m1.get_tensor(st(o1)["index"])
+            blk = np.fft.irfft(spec * mask.reshape(-1)).astype(np.float32).reshape(1, 1, -1)
+            m2.set_tensor(big(i2)["index"], blk); m2.set_tensor(st(i2)["index"], s2); m2.invoke()
+            y = m2.get_tensor(big(o2)["index"]).reshape(-1); s2 = m2.get_tensor(st(o2)["index"])
+            buf_out[:-128] = buf_out[128:]; buf_out[-128:] = 0; buf_out += y
+            out[k:k + 128] = buf_out[:128]
+        return out
+
+
+def main() -> None:
+    d = SHARED / "data" / "ns"
+    c, r = sf.read(d / "clean_freesound_33711.wav", dtype="float32"); clean = resample_poly(c, SR, r)
+    nz, r = sf.read(d / "noise_freesound_573577.wav", dtype="float32"); nz = resample_poly(nz, SR, r)
+    nz = np.resize(nz[int(0.7 * len(nz)):], len(clean))
+    clean = clean / np.std(clean) * 0.05
+    models = {"ours (quant)": MaskModel(Path("device_agent/ns/models/ns_quant.tflite")),
+              "ours (float)": MaskModel(Path("device_agent/ns/models/ns_float.tflite"))}
+    dtln = Dtln()
+    systems = {"noisy": lambda x: x, "RNNoise": rnnoise, "DTLN": dtln.run,
+               **{k: (lambda m: (lambda x: ours(x, m)))(m) for k, m in models.items()}}
+    print(f"{'snr':>4} {'system':<14} {'PESQ-WB':>8} {'STOI':>6} {'SI-SDR':>7}")
+    totals: dict[str, list[float]] = {}
+    for snr in (0, 5, 10):
+        x = (clean + nz / np.std(nz) * 0.05 * 10 ** (-snr / 20)).astype(np.float32)
+        for name, fn in systems.items():
+            y = align(clean, fn(x).astype(np.float32))
+            row = [pesq(SR, clean, y, "wb"), stoi(clean, y, SR), si_sdr(clean, y)]
+            totals.setdefault(name, []).append(row)
+            print(f"{snr:>4} {name:<14} {row[0]:8.3f} {row[1]:6.3f} {row[2]:7.2f}")
+    print("mean over SNRs:")
+    for name, rows in totals.items():
+        m = np.mean(rows, axis=0); print(f"     {name:<14} {m[0]:8.3f} {m[1]:6.3f} {m[2]:7.2f}")
+    x = np.random.default_rng(0).standard_normal(SR * 5).astype(np.float32) * 0.05
+    t0 = time.perf_counter(); ours(x, models["ours (quant)"]); t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter(); dtln.run(x); t_dtln = time.perf_counter() - t0
+    print(f"cost, 1 thread, 5 s audio: ours per-hop(10 ms) {t_ours / 500 * 1e3:.3f} ms RTF {t_ours / 5:.4f}; "
+          f"DTLN per-shift(8 ms) {t_dtln / 625 * 1e3:.3f} ms RTF {t_dtln / 5:.4f}; ratio {t_ours / t_dtln:.2f}")
+
+
+if __name__ == "__main__":
+    main()

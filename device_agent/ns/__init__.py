@@ -1,0 +1,1 @@
+"""On-device streaming noise suppression (our own TFLite model)."""

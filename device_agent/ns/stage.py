@@ -1,0 +1,102 @@
+"""The noise-suppression AudioStage: watches its own cost, falls back to bypass when behind."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from device_agent.ns.model import HOP, MaskModel, ModelError, StreamingDenoiser
+
+AlertFn = Callable[[str, str], None]  # (severity, message)
+
+
+class NoiseSuppressionStage:
+    """int16 mono 16 kHz in/out; output delayed by ``latency`` samples while enabled."""
+
+    name = "noise_suppression"
+
+    def __init__(self, model: MaskModel, budget_rtf: float = 0.5, on_alert: AlertFn | None = None,
+                 window_hops: int = 100, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.enabled = True
+        self.fell_back = False
+        self._den = StreamingDenoiser(model)
+        self.latency = self._den.latency
+        self._budget = budget_rtf
+        self._alert = on_alert
+        self._window = window_hops
+        self._clock = clock
+        self._hops = 0
+        self._busy = 0.0
+        self._last_rtf = 0.0
+        self._delay = np.zeros(self.latency, np.int16)  # bypass keeps the same delay: no jumps
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples)
+        if samples.ndim != 1 or len(samples) % HOP:
+            raise ValueError(f"expected mono int16 with a whole number of {HOP}-sample hops, got {samples.shape}")
+        if not self.enabled or self.fell_back:
+            joined = np.concatenate([self._delay, samples.astype(np.int16)])
+            self._delay = joined[len(samples):]
+            return joined[: len(samples)]
+        t0 = self._clock()
+        y = self._den.process(samples.astype(np.float32) / 32768.0)
+        self._account(self._clock() - t0, len(samples) // HOP)
+        self._delay = samples[-self.latency:].astype(np.int16) if len(samples) >= self.latency else self._delay
+        return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+
+    def _account(self, seconds: float, hops: int) -> None:
+        self._hops += hops
+        self._busy += seconds
+        if self._hops >= self._window:
+            self._last_rtf = self._busy / (self._hops * HOP / 16000)
+            self._hops, self._busy = 0, 0.0
+            if self._last_rtf > self._budget:
+                self.fell_back = True
+                if self._alert:
+                    self._alert("P2", f"noise suppression behind budget (RTF {self._last_rtf:.2f} > "
+                                      f"{self._budget:.2f}); bypassing")
+
+    def reset_fallback(self) -> None:
+        """Try suppression again (e.g. after load dropped)."""
+        self.fell_back = False
+        self._den.reset()
+
+    def stats(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "fell_back": self.fell_back, "rtf": round(self._last_rtf, 4),
+                "latency_ms": self.latency / 16, "model": str(self._den.model.path)}
+
+
+class BypassStage:
+    """Pass-through used when the model cannot load; reports why."""
+
+    name = "noise_suppression"
+    latency = 0
+
+    def __init__(self, error: str) -> None:
+        self.enabled = False
+        self.error = error
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        return np.asarray(samples, dtype=np.int16).copy()
+
+    def stats(self) -> dict[str, Any]:
+        return {"enabled": False, "error": self.error}
+
+
+def create_stage(model_path: str = "", threads: int = 1, budget_rtf: float = 0.5, enabled: bool = True,
+                 on_alert: AlertFn | None = None) -> tuple[NoiseSuppressionStage | BypassStage, str | None]:
+    """Build the stage; on a bad model return a BypassStage plus the error (and alert P2)."""
+    try:
+        stage = NoiseSuppressionStage(MaskModel(model_path, threads), budget_rtf, on_alert)
+    except ModelError as exc:
+        if on_alert:
+            on_alert("P2", f"noise suppression off: {exc}")
+        return BypassStage(str(exc)), str(exc)
+    stage.enabled = enabled
+    return stage, None
+
+
+def stage_from_config(section: Any, on_alert: AlertFn | None = None) -> tuple[NoiseSuppressionStage | BypassStage, str | None]:
+    """``create_stage`` from a ``NoiseSuppressionSection`` (``[ns]`` in agent.toml)."""
+    return create_stage(section.model, section.threads, section.budget_rtf, section.enabled, on_alert)
