@@ -8,7 +8,7 @@ import uuid
 from typing import Protocol
 
 from device_agent.config import AgentConfig
-from device_agent.registry import AlertBus, CommandRegistry, HealthRegistry
+from device_agent.registry import AlertBus, CommandRegistry, EventBus, HealthRegistry
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Agent:
         self.health = HealthRegistry()
         self.commands = CommandRegistry()
         self.alerts = AlertBus()
+        self.events = EventBus()
         self.components: list[Component] = []
         self._stop = asyncio.Event()
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 HealthProvider = Callable[[], dict[str, Any]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 AlertListener = Callable[["Alert"], None]
+EventListener = Callable[[dict[str, Any]], None]
 
 
 class HealthRegistry:
@@ -121,3 +122,27 @@ class AlertBus:
                 listener(alert)
             except Exception:
                 log.exception("alert listener failed")
+
+
+class EventBus:
+    """Device events for the fleet that are not alerts (OTA progress, rollbacks, transfers).
+
+    The fleet link subscribes and delivers each event on ``dev/{id}/events`` (spooled while
+    offline); other components only ``emit``.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[EventListener] = []
+
+    def subscribe(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Send ``{"type": kind, "ts": now, **fields}`` to every listener; returns the event."""
+        event = {"type": kind, "ts": round(time.time(), 3), **fields}
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+        return event
