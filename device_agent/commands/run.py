@@ -1,0 +1,112 @@
+"""`device-agent run --config PATH` (the service) and `device-agent demo` (no hardware, no setup)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from device_agent.agent import RESTART_EXIT_CODE, Agent
+from device_agent.assemble import build_agent
+from device_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, config_from_dict, load_config
+from device_agent.logging_setup import LogContext, setup_logging
+
+log = logging.getLogger(__name__)
+
+LOCAL_BROKER = ("127.0.0.1", 1883)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run the agent (the systemd service's command)")
+    run.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="agent.toml (default: %(default)s)")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="run with a simulated camera and microphone and the viewer page")
+    demo.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for the viewer page and WHEP")
+    demo.add_argument("--config", default=None, help="optional agent.toml to start from")
+    demo.add_argument("--no-broker", action="store_true", help="do not connect to a local MQTT broker")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG; under systemd this crash-loops a bad release into the OTA rollback
+    return run_agent(config)
+
+
+def demo_config(listen: str, base: AgentConfig | None, use_broker: bool) -> AgentConfig:
+    """The embedded default: test pattern, synthetic microphone, viewer page, local broker if present."""
+    data = base.to_dict() if base is not None else {}
+    data.setdefault("camera", {}).update(backend="test-pattern")
+    data.setdefault("audio", {}).update(backend="synthetic")
+    data.setdefault("web", {}).update(enabled=True, listen=listen)
+    device = data.setdefault("device", {})
+    if base is None:
+        device["state_dir"] = str(Path(tempfile.gettempdir()) / "device-agent-demo")
+    mqtt = data.setdefault("mqtt", {})
+    if use_broker and not mqtt.get("url") and _reachable(*LOCAL_BROKER):
+        mqtt["url"] = "mqtt://%s:%d" % LOCAL_BROKER
+    elif not use_broker:
+        mqtt["url"] = ""
+    _drop_none(data)
+    return config_from_dict(data, source_path=base.source_path if base is not None else "")
+
+
+def _drop_none(data: dict) -> None:
+    for key, value in list(data.items()):
+        if value is None:
+            del data[key]
+        elif isinstance(value, dict):
+            _drop_none(value)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        base = load_config(args.config) if args.config else None
+        config = demo_config(args.listen, base, use_broker=not args.no_broker)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 78
+    host, _, port = config.web.listen.rpartition(":")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"device-agent demo: viewer page at http://{shown}:{port}/  (WHEP endpoint /whep)", flush=True)
+    print(f"fleet link: {config.mqtt.url or 'off (no local broker found)'}", flush=True)
+    return run_agent(config)
+
+
+def _reachable(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def run_agent(config: AgentConfig) -> int:
+    """Build the agent, run it until SIGTERM/SIGINT, return the exit code."""
+    Path(config.device.state_dir).mkdir(parents=True, exist_ok=True)
+    agent = build_agent(config)
+    setup_logging(config.logging, LogContext(config.device.id, agent.boot_id), stream=sys.stdout)
+    try:
+        return asyncio.run(_main(agent))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _main(agent: Agent) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    try:
+        await agent.run()
+    except Exception:
+        log.exception("the agent failed")
+        return 1
+    return RESTART_EXIT_CODE if agent.restart_requested else 0

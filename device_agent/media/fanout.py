@@ -1,0 +1,207 @@
+"""Encode once, fan out: one encoder's packets to every viewer, keyframes and bitrate shared.
+
+Every subscriber gets the same ``av.Packet`` objects (aiortc packetizes them per viewer). A new
+subscriber starts at once from the cached group of pictures when its IDR is recent (younger than
+``idr_min_interval``: the frames since are replayed), otherwise at the next IDR, which it asks for.
+A keyframe request (new viewer, PLI, FIR, a
+viewer that fell behind) reaches the encoder at most once per ``idr_min_interval`` (a request in
+the cool-down is deferred to its end, not lost). The lowest REMB among viewers, clamped to the
+configured range, becomes the encoder's target bitrate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import av
+
+from hal.encoder.base import EncodedPacket
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+QUEUE_LIMIT = 90  # packets a slow viewer may lag (3 s at 30 fps) before it is resynchronised
+GOP_CACHE_LIMIT = 64  # packets kept since the last IDR, for starting new viewers at once
+BITRATE_DEADBAND = 0.1  # ignore REMB-driven changes smaller than 10 %
+BITRATE_MIN_INTERVAL = 1.0  # seconds between encoder bitrate changes
+
+
+class KeyframeEncoder(Protocol):
+    def force_keyframe(self) -> None: ...
+
+    def set_bitrate(self, bps: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class FanoutPacket:
+    packet: av.Packet  # Annex-B access unit, pts on the 90 kHz clock
+    keyframe: bool
+    capture_ts: float
+    frame_index: int
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Subscriber(Generic[T]):
+    """One viewer's queue. ``get`` waits for the next item (for video, the first is always an IDR)."""
+
+    id: int
+    name: str
+    need_keyframe: bool = True
+    remb: int | None = None
+    queue: collections.deque[T] = field(default_factory=collections.deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    resyncs: int = 0
+
+    async def get(self) -> T:
+        while not self.queue:
+            if self.closed:
+                raise ConnectionError("subscriber closed")
+            self.wakeup.clear()
+            await self.wakeup.wait()
+        return self.queue.popleft()
+
+
+class PacketFanout:
+    """Distributes encoded packets; owns keyframe rate limiting and REMB aggregation."""
+
+    def __init__(self, encoder: KeyframeEncoder, *, idr_min_interval: float = 0.25, min_bitrate: int = 250_000,
+                 max_bitrate: int = 6_000_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.encoder = encoder
+        self.idr_min_interval = idr_min_interval
+        self.min_bitrate, self.max_bitrate = min_bitrate, max_bitrate
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._subs: dict[int, Subscriber[FanoutPacket]] = {}
+        self._last_idr_request = -1e9
+        self._deferred: asyncio.TimerHandle | None = None
+        self._last_bitrate_change = -1e9
+        self.target_bitrate: int | None = None
+        self.keyframe_requests: collections.Counter[str] = collections.Counter()
+        self.idrs_forced = 0
+        self.packets = 0
+        self.latest_keyframe_ts: float | None = None
+        self._gop: list[FanoutPacket] = []  # the last IDR and everything after it (bounded)
+        self.replayed_joins = 0
+
+    # -- subscribers ---------------------------------------------------------------------------
+    def subscribe(self, name: str = "") -> Subscriber[FanoutPacket]:
+        sub: Subscriber[FanoutPacket] = Subscriber(id=next(self._ids), name=name)
+        self._subs[sub.id] = sub
+        recent = (self._gop and self.latest_keyframe_ts is not None
+                  and self._clock() - self.latest_keyframe_ts <= self.idr_min_interval)
+        if recent:  # an IDR just went out: start from it instead of waiting for the cool-down
+            sub.queue.extend(self._gop)
+            sub.need_keyframe = False
+            sub.wakeup.set()
+            self.replayed_joins += 1
+        else:
+            self.request_keyframe("new viewer")
+        return sub
+
+    def unsubscribe(self, sub: Subscriber[FanoutPacket]) -> None:
+        sub.closed = True
+        sub.wakeup.set()
+        if self._subs.pop(sub.id, None) is not None:
+            self._apply_remb()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    # -- packets -------------------------------------------------------------------------------
+    def publish(self, encoded: EncodedPacket) -> None:
+        """Hand one access unit to every subscriber (runs on the event loop)."""
+        packet = av.Packet(encoded.data)
+        packet.pts = encoded.pts
+        packet.dts = encoded.pts
+        packet.time_base = VIDEO_TIME_BASE
+        item = FanoutPacket(packet, encoded.keyframe, encoded.capture_ts, encoded.frame_index)
+        self.packets += 1
+        if encoded.keyframe:
+            self.latest_keyframe_ts = self._clock()
+            self._gop = [item]
+        elif self._gop and len(self._gop) < GOP_CACHE_LIMIT:
+            self._gop.append(item)
+        else:
+            self._gop = []  # too long since the IDR to be worth replaying
+        for sub in self._subs.values():
+            if sub.need_keyframe:
+                if not encoded.keyframe:
+                    continue
+                sub.need_keyframe = False
+            if len(sub.queue) >= QUEUE_LIMIT:  # this viewer cannot keep up: drop and restart at an IDR
+                sub.queue.clear()
+                sub.need_keyframe = True
+                sub.resyncs += 1
+                self.request_keyframe("viewer behind")
+                continue
+            sub.queue.append(item)
+            sub.wakeup.set()
+
+    # -- keyframes -----------------------------------------------------------------------------
+    def request_keyframe(self, reason: str) -> None:
+        """Ask for an IDR; coalesced and rate-limited to one per ``idr_min_interval``."""
+        self.keyframe_requests[reason] += 1
+        if self._deferred is not None:
+            return  # one is already scheduled: it serves this request too
+        wait = self._last_idr_request + self.idr_min_interval - self._clock()
+        if wait <= 0:
+            self._force()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._deferred = loop.call_later(wait, self._force)
+
+    def _force(self) -> None:
+        self._deferred = None
+        self._last_idr_request = self._clock()
+        self.idrs_forced += 1
+        self.encoder.force_keyframe()
+
+    # -- bitrate -------------------------------------------------------------------------------
+    def report_remb(self, sub: Subscriber[FanoutPacket], bps: int) -> None:
+        sub.remb = bps
+        self._apply_remb()
+
+    def _apply_remb(self) -> None:
+        estimates = [s.remb for s in self._subs.values() if s.remb]
+        if not estimates:
+            return
+        target = max(self.min_bitrate, min(self.max_bitrate, min(estimates)))
+        now = self._clock()
+        current = self.target_bitrate
+        if current is not None and abs(target - current) < BITRATE_DEADBAND * current:
+            return
+        if current is not None and now - self._last_bitrate_change < BITRATE_MIN_INTERVAL and target > current:
+            return  # go down at once, up at most once a second
+        if self.encoder.set_bitrate(target):
+            log.info("encoder bitrate -> %d bps (lowest REMB of %d viewers)", target, len(estimates))
+        self.target_bitrate = target
+        self._last_bitrate_change = now
+
+    def close(self) -> None:
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        for sub in list(self._subs.values()):
+            self.unsubscribe(sub)
+
+    def stats(self) -> dict[str, Any]:
+        return {"viewers": len(self._subs), "packets": self.packets, "idrs_forced": self.idrs_forced,
+                "replayed_joins": self.replayed_joins,
+                "keyframe_requests": dict(self.keyframe_requests), "target_bitrate": self.target_bitrate,
+                "resyncs": sum(s.resyncs for s in self._subs.values())}

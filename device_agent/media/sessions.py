@@ -1,0 +1,271 @@
+"""Viewer sessions: one aiortc peer per viewer, fed by the shared video fan-out and Opus packets.
+
+A session is created from an SDP offer (WHEP, or MQTT signaling for ``fleetctl view``) and ends on
+DELETE/bye, ICE or DTLS failure, a connection that never completes within ``connect_timeout_s``,
+or shutdown. Ending a session stops its tracks (unsubscribing them), closes the peer and drops
+every reference, so connect/disconnect cycles leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
+from device_agent.media.fanout import PacketFanout
+from device_agent.media.rtcp_feedback import attach_feedback
+from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
+
+log = logging.getLogger(__name__)
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered (bad SDP, no H.264, ...); the message says why."""
+
+
+class CapacityError(RuntimeError):
+    """The viewer limit is reached."""
+
+
+class SessionNotFound(KeyError):
+    pass
+
+
+def _h264_preferences() -> list[Any]:
+    """aiortc's Constrained Baseline H.264 (42e01f) with its RTX, in aiortc's order."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    h264 = [c for c in codecs if c.mimeType.lower() == "video/h264"]
+    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+    return h264 + rtx
+
+
+def offered_video_codecs(offer_sdp: str) -> set[str]:
+    """Codec names in the offer's first video section (upper case), e.g. ``{"VP8", "H264", "RTX"}``."""
+    names: set[str] = set()
+    in_video = False
+    for line in offer_sdp.splitlines():
+        if line.startswith("m="):
+            if in_video:
+                break
+            in_video = line.startswith("m=video")
+        elif in_video and line.startswith("a=rtpmap:"):
+            parts = line.split(" ", 1)
+            if len(parts) == 2:
+                names.add(parts[1].split("/", 1)[0].upper())
+    return names
+
+
+@dataclass
+class ViewerSession:
+    id: str
+    kind: str  # "whep" | "mqtt"
+    pc: RTCPeerConnection
+    video: FanoutVideoTrack
+    audio: BroadcastAudioTrack | None
+    created: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    feedback: collections.Counter[str] = field(default_factory=collections.Counter)
+    remb: int | None = None
+    last_stats: dict[str, Any] = field(default_factory=dict)
+    _stats_at: float = 0.0
+    _stats_bytes: int = 0
+    _stats_packets: int = 0
+    timeout: asyncio.TimerHandle | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "state": self.pc.connectionState,
+                "age_s": round(time.monotonic() - self.created, 1),
+                "connect_ms": None if self.connected_at is None else round((self.connected_at - self.created) * 1000, 1),
+                "pli": self.feedback["pli"], "fir": self.feedback["fir"], "nack": self.feedback["nack"],
+                "remb_bps": self.remb, **self.video.stats(), **self.last_stats}
+
+
+class SessionManager:
+    """Creates, tracks and ends viewer sessions."""
+
+    def __init__(self, fanout: PacketFanout, audio: AudioPipeline | None, talkback: Talkback | None, *,
+                 latency: LatencyWindow, max_viewers: int = 8, connect_timeout_s: float = 30.0,
+                 ice_servers: list[str] | None = None) -> None:
+        self.fanout = fanout
+        self.audio = audio
+        self.talkback = talkback
+        self.latency = latency
+        self.max_viewers = max_viewers
+        self.connect_timeout_s = connect_timeout_s
+        self.ice_servers = list(ice_servers or [])
+        self.sessions: dict[str, ViewerSession] = {}
+        self.ended: collections.Counter[str] = collections.Counter()
+        self._closing: set[str] = set()
+
+    def _configuration(self) -> RTCConfiguration:
+        # An explicit (possibly empty) list: aiortc's default would query a public STUN server.
+        return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in self.ice_servers])
+
+    async def create(self, offer_sdp: str, kind: str = "whep", session_id: str | None = None) -> tuple[ViewerSession, str]:
+        """Answer ``offer_sdp``; returns the session and the answer SDP."""
+        if len(self.sessions) >= self.max_viewers:
+            raise CapacityError(f"viewer limit of {self.max_viewers} reached")
+        if "m=video" not in offer_sdp:
+            raise OfferError("the offer has no video media section")
+        if "H264" not in offered_video_codecs(offer_sdp):
+            raise OfferError("the offer's video section has no H.264; this device sends H.264 Constrained "
+                             "Baseline (profile-level-id 42e01f)")
+        sid = session_id or secrets.token_urlsafe(12)
+        if sid in self.sessions:
+            raise OfferError(f"session {sid!r} already exists")
+        pc = RTCPeerConnection(self._configuration())
+        video = FanoutVideoTrack(self.fanout, self.latency, name=sid)
+        audio = BroadcastAudioTrack(self.audio, name=sid) if self.audio is not None else None
+        session = ViewerSession(id=sid, kind=kind, pc=pc, video=video, audio=audio)
+        self.sessions[sid] = session
+        try:
+            answer = await self._negotiate(session, offer_sdp)
+        except Exception as exc:
+            await self.close(sid, "negotiation failed")
+            if isinstance(exc, (OfferError, CapacityError)):
+                raise
+            raise OfferError(f"cannot answer the offer: {exc}") from exc
+        session.timeout = asyncio.get_running_loop().call_later(
+            self.connect_timeout_s, lambda: self._on_timeout(sid))
+        log.info("viewer session %s (%s) created; %d active", sid, kind, len(self.sessions), extra={"session": sid})
+        return session, answer
+
+    async def _negotiate(self, session: ViewerSession, offer_sdp: str) -> str:
+        pc = session.pc
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected" and session.connected_at is None:
+                session.connected_at = time.monotonic()
+                if session.timeout is not None:
+                    session.timeout.cancel()
+                    session.timeout = None
+            elif state in ("failed", "closed"):
+                await self.close(session.id, f"connection {state}")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio" and self.talkback is not None:
+                self.talkback.attach(session.id, track)
+
+        # Transceivers and codec preferences must exist before the offer is applied: aiortc fixes
+        # the negotiated codec list (and so the payload type it sends with) in setRemoteDescription.
+        video_tx = pc.addTransceiver(session.video, direction="sendonly")
+        video_tx.setCodecPreferences(_h264_preferences())
+        video_sender = video_tx.sender
+        if session.audio is not None and "\nm=audio" in offer_sdp:
+            pc.addTransceiver(session.audio, direction="sendrecv")  # viewer's microphone = talkback
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise OfferError(f"invalid SDP offer: {exc}") from exc
+        if video_tx.mid is None:
+            raise OfferError("the offer has no video media section")
+
+        def on_remb(bps: int) -> None:
+            session.remb = bps
+            if session.video.subscriber is not None:
+                self.fanout.report_remb(session.video.subscriber, bps)
+
+        session.feedback = attach_feedback(video_sender, self.fanout.request_keyframe, on_remb)
+        answer = await pc.createAnswer()
+        if answer is None or "H264" not in answer.sdp:
+            raise OfferError("the offer does not accept H.264 Constrained Baseline (42e01f) video")
+        await pc.setLocalDescription(answer)
+        return pc.localDescription.sdp
+
+    async def add_candidates(self, session_id: str, sdpfrag: str) -> int:
+        """Trickled remote candidates (WHEP PATCH, ``application/trickle-ice-sdpfrag``)."""
+        session = self.get(session_id)
+        mid: str | None = None
+        added = 0
+        for raw in sdpfrag.splitlines():
+            line = raw.strip()
+            if line.startswith("a=mid:"):
+                mid = line[6:]
+            elif line.startswith("a=candidate:"):
+                try:
+                    candidate = candidate_from_sdp(line[2:].split(":", 1)[1])
+                except (ValueError, IndexError) as exc:
+                    raise OfferError(f"bad candidate line {line!r}: {exc}") from exc
+                candidate.sdpMid = mid
+                candidate.sdpMLineIndex = 0 if mid is None else None
+                await session.pc.addIceCandidate(candidate)
+                added += 1
+            elif line == "a=end-of-candidates":
+                await session.pc.addIceCandidate(None)
+        return added
+
+    def get(self, session_id: str) -> ViewerSession:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(session_id) from None
+
+    def _on_timeout(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None and session.connected_at is None:
+            asyncio.ensure_future(self.close(session_id, "not connected in time"))
+
+    async def close(self, session_id: str, reason: str) -> bool:
+        """End a session; idempotent. Returns False when it did not exist."""
+        session = self.sessions.get(session_id)
+        if session is None or session_id in self._closing:
+            return False
+        self._closing.add(session_id)
+        try:
+            if session.timeout is not None:
+                session.timeout.cancel()
+            session.video.stop()
+            if session.audio is not None:
+                session.audio.stop()
+            await session.pc.close()
+        finally:
+            self.sessions.pop(session_id, None)
+            self._closing.discard(session_id)
+        self.ended[reason] += 1
+        log.info("viewer session %s ended: %s; %d active", session_id, reason, len(self.sessions),
+                 extra={"session": session_id})
+        return True
+
+    async def close_all(self, reason: str = "shutdown") -> None:
+        await asyncio.gather(*(self.close(sid, reason) for sid in list(self.sessions)))
+
+    async def refresh_stats(self) -> None:
+        """RTT, jitter and loss from RTCP receiver reports; bitrate and fps from what we sent."""
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if session.pc.connectionState != "connected":
+                continue
+            sender = next((t.sender for t in session.pc.getTransceivers() if t.sender.track is session.video), None)
+            remote: dict[str, Any] = {}
+            if sender is not None:
+                try:
+                    report = await sender.getStats()
+                except Exception:  # the peer may be closing under us
+                    continue
+                for stat in report.values():
+                    if stat.type == "remote-inbound-rtp":
+                        remote = {"rtt_ms": None if stat.roundTripTime is None else round(stat.roundTripTime * 1000, 1),
+                                  "jitter": stat.jitter, "packets_lost": stat.packetsLost,
+                                  "fraction_lost": stat.fractionLost}
+            dt = now - session._stats_at if session._stats_at else 0.0
+            stats = session.video.stats()
+            if dt > 0:
+                remote["bitrate_bps"] = int((stats["bytes"] - session._stats_bytes) * 8 / dt)
+                remote["fps"] = round((stats["packets"] - session._stats_packets) / dt, 2)
+            session._stats_at, session._stats_bytes, session._stats_packets = now, stats["bytes"], stats["packets"]
+            session.last_stats = remote
+
+    def stats(self) -> dict[str, Any]:
+        return {"active": len(self.sessions), "max": self.max_viewers, "ended": dict(self.ended),
+                "sessions": [s.summary() for s in self.sessions.values()]}

@@ -1,0 +1,151 @@
+"""WHEP (draft-ietf-wish-whep) endpoint and the viewer page, on aiohttp.
+
+``POST /whep`` with an SDP offer answers ``201 Created`` with the SDP answer and a ``Location``;
+``PATCH`` on that resource takes trickled candidates; ``DELETE`` ends the session. ``OPTIONS`` and
+CORS headers let a page from any origin use it. An optional bearer token guards every method
+but OPTIONS; a viewer limit answers ``503`` with ``Retry-After``; a bad offer gets ``400`` with
+the reason. ``GET /`` serves the viewer page, ``GET /api/stats`` the media health as JSON.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from device_agent.media.sessions import CapacityError, OfferError, SessionManager, SessionNotFound
+
+log = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch, Retry-After",
+    "Access-Control-Max-Age": "86400",
+}
+StatsFn = Callable[[], dict[str, Any]]
+
+
+def _text(status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    response.headers.update(CORS_HEADERS)
+    return response
+
+
+class WhepServer:
+    """The HTTP side of viewing: WHEP resources, the page, stats."""
+
+    def __init__(self, sessions: SessionManager, stats: StatsFn, token: str = "", retry_after_s: int = 10) -> None:
+        self.sessions = sessions
+        self.stats = stats
+        self.token = token
+        self.retry_after_s = retry_after_s
+        self.app = web.Application(middlewares=[_cors], client_max_size=MAX_SDP_BYTES)
+        self.app.add_routes([
+            web.get("/", self.page), web.get("/viewer.js", self.script), web.get("/api/stats", self.api_stats),
+            web.options("/whep", self.options), web.post("/whep", self.post),
+            web.options("/whep/{id}", self.options), web.patch("/whep/{id}", self.patch),
+            web.delete("/whep/{id}", self.delete),
+        ])
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound sockets here; needed for port 0
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        log.info("WHEP endpoint on http://%s:%s/whep, viewer page on http://%s:%s/", host, self.port, host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        if not self.token:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.token)
+
+    def _unauthorized(self) -> web.Response:
+        return _text(401, "a bearer token is required", **{"WWW-Authenticate": 'Bearer realm="device-agent"'})
+
+    # -- routes --------------------------------------------------------------------------------
+    async def page(self, request: web.Request) -> web.Response:
+        html = resources.files("device_agent.media.web").joinpath("index.html").read_text()
+        return web.Response(text=html, content_type="text/html")
+
+    async def script(self, request: web.Request) -> web.Response:
+        js = resources.files("device_agent.media.web").joinpath("viewer.js").read_text()
+        return web.Response(text=js, content_type="application/javascript")
+
+    async def api_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats(), dumps=lambda obj: json.dumps(obj, default=str))
+
+    async def options(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Accept-Post": "application/sdp",
+                                                 "Accept-Patch": "application/trickle-ice-sdpfrag"})
+
+    async def post(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        if request.content_type != "application/sdp":
+            return _text(415, f"expected Content-Type application/sdp, got {request.content_type or 'none'}")
+        try:
+            offer = await request.text()
+        except web.HTTPRequestEntityTooLarge:
+            return _text(413, f"offer larger than {MAX_SDP_BYTES} bytes")
+        except UnicodeDecodeError:
+            return _text(400, "the offer is not UTF-8 text")
+        if not offer.lstrip().startswith("v=0"):
+            return _text(400, "the body is not an SDP offer (it must start with v=0)")
+        try:
+            session, answer = await self.sessions.create(offer, kind="whep")
+        except CapacityError as exc:
+            return _text(503, str(exc), **{"Retry-After": str(self.retry_after_s)})
+        except OfferError as exc:
+            return _text(400, str(exc))
+        location = f"/whep/{session.id}"
+        return web.Response(status=201, text=answer, content_type="application/sdp",
+                            headers={"Location": location, "ETag": f'"{session.id}"',
+                                     "Accept-Patch": "application/trickle-ice-sdpfrag"})
+
+    async def patch(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        if request.content_type != "application/trickle-ice-sdpfrag":
+            return _text(415, "expected Content-Type application/trickle-ice-sdpfrag")
+        try:
+            await self.sessions.add_candidates(request.match_info["id"], await request.text())
+        except SessionNotFound:
+            return _text(404, "no such session")
+        except OfferError as exc:
+            return _text(400, str(exc))
+        return web.Response(status=204)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        if not await self.sessions.close(request.match_info["id"], "deleted by viewer"):
+            return _text(404, "no such session")
+        return web.Response(status=200)

@@ -1,0 +1,137 @@
+"""The WHEP endpoint end to end with real aiortc viewers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from hal.camera.marker import read_stamp
+from tests.support.media import Viewer, media_config, running_agent
+
+
+def _base(agent) -> str:
+    return f"http://127.0.0.1:{agent.get('media').web.port}"
+
+
+async def test_viewer_gets_advancing_frames_and_audio(tmp_path: Path) -> None:
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        viewer = Viewer(_base(agent))
+        await viewer.connect(http)
+        await viewer.wait_frames(45)
+        indexes = [index for _, index, _ in viewer.stamps]
+        assert indexes == sorted(indexes) and indexes[-1] - indexes[0] >= 40  # the burnt-in counter advances
+        assert len(set(indexes)) == len(indexes)
+        assert viewer.stamps[0][2], "the first decoded frame must be a keyframe"
+        assert viewer.audio_frames > 20
+        health = agent.health.sample()["media"]
+        session = health["viewers"]["sessions"][0]
+        assert session["state"] == "connected" and health["fanout"]["viewers"] == 1
+        assert health["encoder"]["backend"] == "libx264" and "software x264" in health["encoder"]["reason"]
+        snapshot = await agent.get("media").capture_frame()  # raw frame for diagnostics, same camera
+        assert snapshot is not None and snapshot.frame.width == 640
+        assert read_stamp(snapshot.frame.to_ndarray(format="gray")).index >= indexes[-1]
+        await viewer.close(http)
+        assert agent.get("media").sessions.stats()["active"] == 0
+
+
+async def test_late_joiner_gets_a_keyframe_within_200_ms(tmp_path: Path) -> None:
+    config = media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})  # no periodic IDR to lean on
+    async with running_agent(config) as agent, aiohttp.ClientSession() as http:
+        first = Viewer(_base(agent))
+        await first.connect(http)
+        await first.wait_frames(30)
+        late = Viewer(_base(agent))
+        await late.connect(http)
+        await late.wait_frames(5)
+        media = agent.get("media")
+        track = next(s.video for s in media.sessions.sessions.values() if s.id == late.location.rsplit("/", 1)[1])
+        assert track.stats()["first_keyframe_ms"] < 200  # subscribed -> first (key) packet handed to aiortc
+        assert late.stamps[0][2]  # and it decodes as a keyframe on the client
+        assert late.stamps[0][0] - late.posted_at < 2.0
+        # the first viewer kept going undisturbed, and only one IDR was forced for the newcomer
+        count = len(first.stamps)
+        await asyncio.sleep(0.3)
+        assert len(first.stamps) > count
+        await asyncio.gather(first.close(http), late.close(http))
+
+
+async def test_http_errors_are_clear(tmp_path: Path) -> None:
+    async with running_agent(media_config(tmp_path, web={"max_viewers": 1})) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        async with http.options(f"{base}/whep") as resp:
+            assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "*"
+            assert "application/sdp" in resp.headers["Accept-Post"]
+            assert "Location" in resp.headers["Access-Control-Expose-Headers"]
+        async with http.post(f"{base}/whep", data="v=0", headers={"Content-Type": "text/plain"}) as resp:
+            assert resp.status == 415
+        async with http.post(f"{base}/whep", data="hello", headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 400 and "SDP" in await resp.text()
+        garbage = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nbroken"
+        async with http.post(f"{base}/whep", data=garbage, headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 400 and (await resp.text()).strip()
+        async with http.delete(f"{base}/whep/nope") as resp:
+            assert resp.status == 404
+        async with http.patch(f"{base}/whep/nope", data="a=mid:0",
+                              headers={"Content-Type": "application/trickle-ice-sdpfrag"}) as resp:
+            assert resp.status == 404
+        viewer = Viewer(base)
+        await viewer.connect(http)
+        second = Viewer(base)
+        with pytest.raises(AssertionError, match="503"):
+            await second.connect(http)
+        async with http.post(f"{base}/whep", data=viewer.pc.localDescription.sdp,
+                             headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"].isdigit()
+        await asyncio.gather(viewer.close(http), second.pc.close())
+        assert agent.get("media").sessions.stats()["active"] == 0
+
+
+async def test_offer_without_h264_is_refused(tmp_path: Path) -> None:
+    from aiortc import RTCPeerConnection, RTCRtpSender
+
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        pc = RTCPeerConnection()
+        tx = pc.addTransceiver("video", direction="recvonly")
+        tx.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"])
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(f"{_base(agent)}/whep", data=pc.localDescription.sdp,
+                             headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 400 and "H.264" in await resp.text()
+        await pc.close()
+        assert agent.get("media").sessions.stats()["active"] == 0
+
+
+async def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
+    async with running_agent(media_config(tmp_path, web={"token": "s3cret"})) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        async with http.post(f"{base}/whep", data="v=0", headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        async with http.post(f"{base}/whep", data="v=0", headers={"Content-Type": "application/sdp",
+                                                                  "Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.post(f"{base}/whep", data="v=0 bad", headers={"Content-Type": "application/sdp",
+                                                                      "Authorization": "Bearer s3cret"}) as resp:
+            assert resp.status == 400  # authorised; now the offer itself is judged
+
+
+async def test_session_that_never_connects_is_dropped(tmp_path: Path) -> None:
+    async with running_agent(media_config(tmp_path, web={"session_timeout_s": 0.5})) as agent, aiohttp.ClientSession() as http:
+        from aiortc import RTCPeerConnection
+
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(f"{_base(agent)}/whep", data=pc.localDescription.sdp,
+                             headers={"Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 201, await resp.text()  # answered, but we never complete ICE
+        await pc.close()
+        sessions = agent.get("media").sessions
+        deadline = time.monotonic() + 5
+        while sessions.stats()["active"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sessions.stats()["active"] == 0
+        assert sum(sessions.ended.values()) == 1
