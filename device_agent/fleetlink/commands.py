@@ -1,0 +1,179 @@
+"""The fleet link's own commands: ping, config.get, config.set, agent.restart, reboot."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from device_agent.config import ConfigError, config_from_dict, dump_toml
+from device_agent.registry import CommandError
+
+if TYPE_CHECKING:
+    from device_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+REDACTED = "***"
+SECRET_WORDS = ("password", "token", "secret", "private_key", "passphrase")
+# keys a running agent applies without a restart
+LIVE_KEYS = {"mqtt.telemetry_interval_s", "logging.level", "device.name", "device.location",
+             "device.group", "alerts"}
+
+Runner = Callable[[list[str]], Awaitable[int]]
+
+
+def is_secret(key: str) -> bool:
+    k = key.lower()
+    return any(w in k for w in SECRET_WORDS) or k == "key" or k.endswith("_key")
+
+
+def redact(value: Any) -> Any:
+    """A copy of a config dict with secret values replaced by ``***`` (empty ones left empty)."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if is_secret(k) and v not in ("", None) else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+async def run_command(argv: list[str]) -> int:
+    """Default runner: a real subprocess; returns its exit code."""
+    proc = await asyncio.create_subprocess_exec(*argv)
+    return await proc.wait()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a crash leaves either the old or the new file (temp, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o640
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class LinkCommands:
+    """Registers the commands on ``agent.commands``; ``on_config_applied`` hears live changes."""
+
+    def __init__(self, agent: Agent, runner: Runner = run_command,
+                 on_config_applied: Callable[[set[str]], None] | None = None) -> None:
+        self.agent = agent
+        self.runner = runner
+        self.on_config_applied = on_config_applied
+        self.started = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def register(self) -> None:
+        reg = self.agent.commands
+        for name, handler in (("ping", self.ping), ("config.get", self.config_get),
+                              ("config.set", self.config_set), ("agent.restart", self.agent_restart),
+                              ("reboot", self.reboot)):
+            if name not in reg.names():
+                reg.register(name, handler)
+
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True, "ts": round(time.time(), 3), "boot": self.agent.boot_id,
+                "uptime_s": round(time.monotonic() - self.started, 1), "echo": params.get("echo")}
+
+    async def config_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        data = redact(self.agent.config.to_dict())
+        section = params.get("section")
+        if section is not None:
+            if not isinstance(section, str) or section not in data:
+                raise CommandError("bad_params", f"section: unknown section {section!r}")
+            data = {section: data[section]}
+        return {"config": data, "source_path": self.agent.config.source_path}
+
+    async def config_set(self, params: dict[str, Any]) -> dict[str, Any]:
+        changes = params.get("set")
+        if not isinstance(changes, dict) or not changes:
+            raise CommandError("bad_params", 'expected {"set": {"section.key": value, ...}}')
+        source = self.agent.config.source_path
+        if not source:
+            raise CommandError("not_persistent", "the agent runs without a configuration file; nothing changed")
+        path = Path(source)
+        async with self._lock:
+            try:
+                raw = tomllib.loads(await asyncio.to_thread(path.read_text)) if path.exists() else {}
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise CommandError("config_unreadable", f"{path}: {exc}") from None
+            new_raw = copy.deepcopy(raw)
+            for key, value in changes.items():
+                if not isinstance(key, str) or not key:
+                    raise CommandError("bad_params", f"key {key!r}: expected 'section.key'")
+                if isinstance(value, str) and value == REDACTED:
+                    raise CommandError("bad_params", f"{key}: refusing to store the redaction marker")
+                section, _, name = key.partition(".")
+                if not name:
+                    new_raw[section] = value
+                    continue
+                table = new_raw.setdefault(section, {})
+                if not isinstance(table, dict):
+                    raise CommandError("bad_params", f"{key}: {section} is not a table")
+                table[name] = value
+            try:
+                new_cfg = config_from_dict(new_raw, source_path=source)
+            except ConfigError as exc:
+                raise CommandError("invalid_config", str(exc)) from None
+            try:
+                text = dump_toml(new_raw)
+            except TypeError as exc:
+                raise CommandError("invalid_config", str(exc)) from None
+            await asyncio.to_thread(write_atomic, path, text)
+            live, restart = self._apply(new_cfg, set(changes))
+        log.info("config.set %s (live: %s, restart needed for: %s)", sorted(changes), sorted(live), sorted(restart))
+        return {"persisted": True, "applied": sorted(live), "restart_required": bool(restart),
+                "pending_restart": sorted(restart)}
+
+    def _apply(self, new_cfg: Any, keys: set[str]) -> tuple[set[str], set[str]]:
+        cfg = self.agent.config
+        live, restart = set(), set()
+        for key in keys:
+            if key in LIVE_KEYS or (key.partition(".")[0] == "alerts"):
+                live.add(key)
+            elif "." not in key and dataclasses.is_dataclass(getattr(cfg, key, None)):
+                # a whole section: live only if every key in it is live
+                (live if all(f"{key}.{k}" in LIVE_KEYS for k in
+                             (f.name for f in dataclasses.fields(getattr(cfg, key)))) else restart).add(key)
+            else:
+                restart.add(key)
+        for key in live:
+            section, _, name = key.partition(".")
+            if section == "alerts":
+                cfg.alerts = new_cfg.alerts
+            else:
+                setattr(getattr(cfg, section), name, getattr(getattr(new_cfg, section), name))
+            if key == "logging.level":
+                logging.getLogger().setLevel(cfg.logging.level.upper())
+        if live and self.on_config_applied:
+            self.on_config_applied(live)
+        return live, restart
+
+    async def agent_restart(self, params: dict[str, Any]) -> dict[str, Any]:
+        delay = 0.3  # let the answer leave first
+        asyncio.get_running_loop().call_later(delay, self.agent.request_restart)
+        return {"restarting": True, "in_s": delay}
+
+    async def reboot(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("confirm") is not True:
+            raise CommandError("confirmation_required", 'reboot needs {"confirm": true}')
+        rc = await self.runner(["systemctl", "reboot"])
+        if rc != 0:
+            raise CommandError("reboot_failed", f"systemctl reboot exited with {rc}")
+        return {"rebooting": True}

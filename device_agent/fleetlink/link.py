@@ -1,0 +1,368 @@
+"""The fleet link component: status, telemetry, alerts, events and commands over MQTT 5.
+
+Topics live under ``dev/{device.id}/`` (docs/protocol.md). Telemetry samples and events are
+numbered with the agent's boot id and a per-boot sequence number and always pass through the
+on-disk :class:`~device_agent.fleetlink.spool.Spool`, so they reach the fleet in order after an
+outage or a restart; the fleet de-duplicates redeliveries by (device, boot, seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from device_agent import __version__
+from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
+from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
+from device_agent.fleetlink.rules import RuleEngine
+from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
+from device_agent.registry import Alert, CommandError
+
+if TYPE_CHECKING:
+    from device_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], Awaitable[None] | None]
+SEND_WINDOW = 100  # spooled messages in flight at once
+
+
+def compact(value: Any) -> Any:
+    """Round floats to 3 decimals, recursively: telemetry stays small."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [compact(v) for v in value]
+    return value
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+def current_slot(ota_root: str) -> str:
+    """The active A/B slot name from ``{ota_root}/current`` (empty when not installed in slots)."""
+    try:
+        return Path(os.readlink(Path(ota_root) / "current")).name
+    except OSError:
+        return ""
+
+
+class FleetLink:
+    """Component ``fleet_link``. Public API for other features:
+
+    - ``await link.publish(subtopic, payload, qos=1)``: publish on ``dev/{id}/{subtopic}`` now
+      (raises ``ConnectionError`` while offline; use ``agent.events`` for spooled delivery);
+    - ``link.add_handler(subtopic_filter, callback)``: ``callback(subtopic, payload)`` for
+      messages on ``dev/{id}/{subtopic_filter}`` (wildcards allowed; coroutines are awaited);
+    - ``link.connected``; ``await link.wait_ready(timeout)`` until connected and subscribed.
+    """
+
+    name = "fleet_link"
+
+    def __init__(self, agent: Agent, runner: Runner = run_command,
+                 executor: concurrent.futures.Executor | None = None, system_metrics: bool = True,
+                 spool_path: str | Path | None = None) -> None:
+        self.agent = agent
+        cfg = agent.config
+        self.device_id = cfg.device.id
+        self.base = f"dev/{self.device_id}"
+        self.version = __version__
+        self.slot = current_slot(cfg.ota.root)
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self._system_metrics = system_metrics
+        self.spool_path = Path(spool_path) if spool_path else cfg.state_dir / "fleetlink" / "spool.db"
+        self.spool: Spool | None = None
+        self.commands = LinkCommands(agent, runner, on_config_applied=self._config_applied)
+        self.rules = RuleEngine(cfg.alerts, agent.alerts)
+        m = cfg.mqtt
+        self.conn = MqttConnection(MqttOptions(
+            url=m.url, client_id=f"dev-{self.device_id}", ca_file=m.ca_file, cert_file=m.cert_file,
+            key_file=m.key_file, username=m.username, password=m.password, keepalive_s=m.keepalive_s,
+            clean_start=False, session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
+            reconnect_max_s=m.reconnect_max_s, max_inflight=SEND_WINDOW,
+            will=(f"{self.base}/status", self._status(False, "lost"), 1, True)),
+            on_connect=self._on_connect, on_disconnect=self._on_disconnect)
+        self._seq = 0
+        self._inflight: dict[int, int] = {}  # mid -> spool row id
+        self._last_sent = 0
+        self._gen = 0
+        self._wake = asyncio.Event()
+        self._interval_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pending_delete: list[int] = []
+        self._delete_scheduled = False
+        self._spool_stats: dict[str, int] = {}
+        self._spool_error = ""
+        self.delivered = 0
+        self.samples = 0
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    # ---- public API ---------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.conn.connected
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until connected and subscribed (commands and handlers are live)."""
+        await self.conn.wait_ready(timeout)
+
+    async def publish(self, subtopic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None:
+        """Publish on ``dev/{id}/{subtopic}`` and wait for the broker's ack (QoS 1)."""
+        data = dumps(payload) if isinstance(payload, dict) else payload
+        await self.conn.publish(f"{self.base}/{subtopic}", data, qos=qos)
+
+    def add_handler(self, subtopic_filter: str, callback: Handler) -> None:
+        """Call ``callback(subtopic, payload)`` for messages on ``dev/{id}/{subtopic_filter}``."""
+        prefix = len(self.base) + 1
+
+        async def deliver(msg: mqtt.MQTTMessage) -> None:
+            try:
+                res = callback(msg.topic[prefix:], msg.payload)
+                if asyncio.iscoroutine(res):
+                    await res
+            except Exception:
+                log.exception("handler for %s failed", msg.topic)
+
+        self.conn.subscribe(f"{self.base}/{subtopic_filter}", deliver)
+
+    def emit_telemetry(self, sample: dict[str, Any]) -> None:
+        """Spool one telemetry sample now (the periodic loop calls this too)."""
+        self._enqueue(KIND_TELEMETRY, "telemetry", {"ts": round(time.time(), 3), "health": compact(sample)})
+
+    # ---- component ----------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self.spool = await loop.run_in_executor(self._executor, Spool, self.spool_path,
+                                                self.agent.config.mqtt.spool_max_bytes)
+        self._spool_stats = await loop.run_in_executor(self._executor, self.spool.stats)
+        if self.spool.quarantined is not None:
+            log.error("spool %s was corrupt: moved to %s, starting empty", self.spool_path, self.spool.quarantined)
+        if self._system_metrics:
+            from device_agent.health.system import SystemMetrics
+            disk = self.agent.config.state_dir if self.agent.config.state_dir.exists() else Path("/")
+            self.agent.health.add("system", SystemMetrics(disk_path=str(disk), version=self.version, slot=self.slot))
+        self.agent.health.add("fleet_link", self.health)
+        self.commands.register()
+        self.agent.alerts.subscribe(self._on_alert)
+        self.agent.events.subscribe(self._on_event)
+        if self.spool.quarantined is not None:
+            self.agent.events.emit("spool.reset", reason="corrupt", moved_to=str(self.spool.quarantined))
+        self.conn.subscribe(f"{self.base}/cmd/+", self._on_command)
+        self.conn.start()
+        self._tasks = [loop.create_task(self._send_loop(), name="fleetlink-send"),
+                       loop.create_task(self._telemetry_loop(), name="fleetlink-telemetry")]
+        self._started = True
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.conn.connected:
+            try:
+                await self.conn.publish(f"{self.base}/status", self._status(False, "stopped"), retain=True,
+                                        timeout=2.0)
+            except (ConnectionError, asyncio.TimeoutError):
+                pass
+        await self.conn.close()
+        loop = asyncio.get_running_loop()
+        if self.spool is not None:
+            await self._flush_deletes()
+            await loop.run_in_executor(self._executor, self.spool.close)
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+        self._started = False
+
+    def healthy(self) -> bool:
+        return self._started and not self._spool_error and all(not t.done() for t in self._tasks)
+
+    def health(self) -> dict[str, Any]:
+        return {"connected": self.conn.connected, "connects": self.conn.connects, "seq": self._seq,
+                "spool": self._spool_stats, **({"spool_error": self._spool_error} if self._spool_error else {})}
+
+    # ---- status ---------------------------------------------------------------------------
+    def _status(self, online: bool, reason: str = "") -> bytes:
+        cfg = self.agent.config.device
+        body: dict[str, Any] = {"online": online, "boot": self.agent.boot_id, "ts": round(time.time(), 3),
+                                "version": self.version, "slot": self.slot, "hardware": cfg.hardware,
+                                "group": cfg.group}
+        if reason:
+            body["reason"] = reason
+        return dumps(body)
+
+    def _on_connect(self, session_present: bool) -> None:
+        log.info("fleet link connected to %s (session present: %s)", self.agent.config.mqtt.url, session_present)
+        self.conn.publish_nowait(f"{self.base}/status", self._status(True), qos=1, retain=True)
+        self._wake.set()
+
+    def _on_disconnect(self) -> None:
+        if not self.conn.closing:
+            log.warning("fleet link lost the broker; spooling")
+        self._inflight.clear()
+        self._last_sent = 0
+        self._gen += 1
+
+    # ---- spool in / out ---------------------------------------------------------------------
+    def _enqueue(self, kind: str, subtopic: str, body: dict[str, Any]) -> None:
+        self._seq += 1
+        data = dumps({"boot": self.agent.boot_id, "seq": self._seq, **body})
+        if self.spool is None:
+            log.warning("fleet link not started; %s seq %d not spooled", kind, self._seq)
+            return
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._append_sync, kind,
+                                                         f"{self.base}/{subtopic}", data)
+        fut.add_done_callback(self._appended)
+
+    def _append_sync(self, kind: str, topic: str, data: bytes) -> dict[str, int]:
+        assert self.spool is not None
+        dropped = self.spool.append(kind, topic, data)
+        self._spool_stats = self.spool.stats()
+        return dropped
+
+    def _appended(self, fut: asyncio.Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self._spool_error = f"{type(exc).__name__}: {exc}"
+            log.error("spool append failed: %s", exc)
+            return
+        dropped = fut.result()
+        if dropped.get(KIND_TELEMETRY) or dropped.get(KIND_EVENT):
+            log.warning("spool full: dropped %s", dropped)
+        self._wake.set()
+
+    def _on_alert(self, alert: Alert) -> None:
+        self._enqueue_any_thread(KIND_EVENT, "events", alert.to_dict())
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self._enqueue_any_thread(KIND_EVENT, "events", compact(event))
+
+    def _enqueue_any_thread(self, kind: str, subtopic: str, body: dict[str, Any]) -> None:
+        """Alerts/events raised from a worker thread are numbered on the loop, in arrival order."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._enqueue(kind, subtopic, body)
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue, kind, subtopic, body)
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.conn.connected and self.spool is not None:
+                room = SEND_WINDOW - len(self._inflight)
+                if room <= 0:
+                    break
+                gen = self._gen
+                rows = await loop.run_in_executor(self._executor, self.spool.peek, self._last_sent, room)
+                if not rows or not self.conn.connected or gen != self._gen:
+                    break
+                for row in rows:
+                    mid = self.conn.publish_nowait(row.topic, row.payload, qos=1)
+                    self._inflight[mid] = row.id
+                    self._last_sent = row.id
+                    self.conn.ack_future(mid).add_done_callback(partial(self._acked, mid, gen))
+
+    def _acked(self, mid: int, gen: int, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None or gen != self._gen:
+            return
+        rid = self._inflight.pop(mid, None)
+        if rid is None:
+            return
+        self.delivered += 1
+        self._pending_delete.append(rid)
+        if not self._delete_scheduled:
+            self._delete_scheduled = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush_deletes()))
+        self._wake.set()
+
+    async def _flush_deletes(self) -> None:
+        self._delete_scheduled = False
+        ids, self._pending_delete = self._pending_delete, []
+        if ids and self.spool is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._delete_sync, ids)
+
+    def _delete_sync(self, ids: list[int]) -> None:
+        assert self.spool is not None
+        self.spool.delete(ids)
+        self._spool_stats = self.spool.stats()
+
+    # ---- telemetry ---------------------------------------------------------------------------
+    async def _telemetry_loop(self) -> None:
+        while True:
+            sample = self.agent.health.sample()
+            self.rules.evaluate(sample, time.monotonic())
+            self.emit_telemetry(sample)
+            self.samples += 1
+            self._interval_changed.clear()
+            try:
+                await asyncio.wait_for(self._interval_changed.wait(),
+                                       self.agent.config.mqtt.telemetry_interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def _config_applied(self, keys: set[str]) -> None:
+        if any(k == "alerts" or k.startswith("alerts") for k in keys):
+            self.rules.replace(self.agent.config.alerts)
+        if "mqtt.telemetry_interval_s" in keys or "mqtt" in keys:
+            self._interval_changed.set()
+
+    # ---- commands ------------------------------------------------------------------------------
+    async def _on_command(self, msg: mqtt.MQTTMessage) -> None:
+        name = msg.topic[len(self.base) + len("/cmd/"):]
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) or f"{self.base}/res"
+        correlation = getattr(props, "CorrelationData", None)
+        answer = await self._execute(name, msg.payload)
+        out = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            out.CorrelationData = correlation
+        try:
+            await self.conn.publish(response_topic, dumps(answer), qos=1, properties=out, timeout=10.0)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            log.warning("answer to %s lost: %s", name, exc)
+
+    async def _execute(self, name: str, payload: bytes) -> dict[str, Any]:
+        limit = self.agent.config.mqtt.max_command_bytes
+        try:
+            if len(payload) > limit:
+                raise CommandError("payload_too_large", f"{len(payload)} bytes > mqtt.max_command_bytes {limit}")
+            if payload.strip():
+                try:
+                    params = json.loads(payload)
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise CommandError("bad_json", f"payload is not valid JSON: {exc}") from None
+            else:
+                params = {}
+            if not isinstance(params, dict):
+                raise CommandError("bad_params", f"params must be a JSON object, got {type(params).__name__}")
+            result = await self.agent.commands.dispatch(name, params)
+            return {"ok": True, "result": compact(result)}
+        except CommandError as exc:
+            return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:
+            log.exception("command %s failed", name)
+            return {"ok": False, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}

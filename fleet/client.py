@@ -1,0 +1,174 @@
+"""FleetClient: the fleet side's small async MQTT 5 client (commands and device streams).
+
+Usage::
+
+    async with FleetClient("mqtts://broker:8883", ca_file="ca.pem", cert_file="op.pem",
+                           key_file="op.key") as fc:
+        result = await fc.send_command("cam-0042", "config.get", {"section": "mqtt"}, timeout=10)
+        fc.on_events(lambda device, event: print(device, event))
+        fc.on_status(lambda device, status: ...)
+
+- ``send_command(device, name, params, timeout)`` publishes ``params`` (a JSON object) on
+  ``dev/{device}/cmd/{name}`` with an MQTT 5 response topic (``dev/{device}/res``) and random
+  correlation data, waits for the matching answer and returns its ``result``. An answer with
+  ``ok: false`` raises :class:`CommandFailed` carrying the device's ``code`` and ``message``; no
+  answer within ``timeout`` raises :class:`CommandTimeout` (code ``timeout``). The command
+  carries a message expiry equal to the timeout, so a device that is offline does not run it
+  later.
+- ``on_status/on_telemetry/on_events(callback)`` call ``callback(device, obj)`` with the decoded
+  JSON; ``on_logs/on_rtc(callback)`` call ``callback(device, key, payload_bytes)`` where ``key`` is
+  the log request or RTC session id; ``subscribe(filter, callback(topic, payload))`` is the raw form.
+  Callbacks run on the event loop; coroutine functions are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, response_properties
+
+log = logging.getLogger(__name__)
+
+
+class CommandFailed(Exception):
+    """The device answered ``ok: false`` (or never answered: :class:`CommandTimeout`)."""
+
+    def __init__(self, device: str, command: str, code: str, message: str) -> None:
+        super().__init__(f"{device} {command}: {code}: {message}")
+        self.device = device
+        self.command = command
+        self.code = code
+        self.message = message
+
+
+class CommandTimeout(CommandFailed):
+    """No answer from the device within the timeout."""
+
+
+class FleetClient:
+    """An operator/service MQTT session; see the module docstring."""
+
+    def __init__(self, url: str, *, ca_file: str = "", cert_file: str = "", key_file: str = "",
+                 username: str = "", password: str = "", client_id: str = "", clean_start: bool = True,
+                 session_expiry_s: int = 0, tls_insecure: bool = False, keepalive_s: int = 30,
+                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
+        self.options = MqttOptions(url=url, client_id=client_id or f"fleet-{uuid.uuid4().hex[:10]}",
+                                   ca_file=ca_file, cert_file=cert_file, key_file=key_file, username=username,
+                                   password=password, keepalive_s=keepalive_s, clean_start=clean_start,
+                                   session_expiry_s=session_expiry_s, tls_insecure=tls_insecure,
+                                   reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
+                                   max_inflight=1000)
+        self.conn = MqttConnection(self.options)
+        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._res_subscribed: set[str] = set()
+
+    async def connect(self, timeout: float = 10.0) -> FleetClient:
+        """Connect (retrying with backoff until ``timeout``); raises ConnectionError on failure."""
+        self.conn.start()
+        try:
+            await self.conn.wait_connected(timeout)
+        except asyncio.TimeoutError:
+            await self.conn.close()
+            raise ConnectionError(f"cannot reach {self.options.url}: "
+                                  f"{self.conn.last_connect_error or 'timeout'}") from None
+        return self
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def __aenter__(self) -> FleetClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.conn.connected
+
+    # ---- commands ------------------------------------------------------------------------
+    async def send_command(self, device: str, name: str, params: dict[str, Any] | None = None,
+                           timeout: float = 10.0, raw_payload: bytes | None = None) -> Any:
+        """Run command ``name`` on ``device`` and return its result (see the module docstring).
+
+        ``raw_payload`` sends those bytes instead of ``params`` (tests of malformed input).
+        """
+        res_topic = f"dev/{device}/res"
+        if res_topic not in self._res_subscribed:
+            await self.conn.subscribe_wait(res_topic, self._on_response)
+            self._res_subscribed.add(res_topic)
+        corr = uuid.uuid4().bytes
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = fut
+        payload = raw_payload if raw_payload is not None else json.dumps(params or {}).encode()
+        try:
+            await self.conn.publish(f"dev/{device}/cmd/{name}", payload, qos=1,
+                                    properties=response_properties(res_topic, corr, max(1, round(timeout))),
+                                    timeout=timeout)
+            answer = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise CommandTimeout(device, name, "timeout", f"no answer within {timeout:g} s") from None
+        finally:
+            self._pending.pop(corr, None)
+        if not isinstance(answer, dict) or "ok" not in answer:
+            raise CommandFailed(device, name, "bad_answer", f"unexpected answer {answer!r}")
+        if not answer["ok"]:
+            err = answer.get("error") or {}
+            raise CommandFailed(device, name, str(err.get("code", "error")), str(err.get("message", "")))
+        return answer.get("result")
+
+    def _on_response(self, msg: mqtt.MQTTMessage) -> None:
+        corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+        fut = self._pending.get(bytes(corr)) if corr is not None else None
+        if fut is None or fut.done():
+            return
+        try:
+            fut.set_result(json.loads(msg.payload))
+        except ValueError as exc:
+            fut.set_result({"ok": False, "error": {"code": "bad_answer", "message": str(exc)}})
+
+    # ---- streams --------------------------------------------------------------------------
+    def subscribe(self, topic_filter: str, callback: Callable[[str, bytes], Any], qos: int = 1) -> None:
+        """Raw subscription: ``callback(topic, payload)``; renewed after reconnects."""
+        self.conn.subscribe(topic_filter, lambda msg: callback(msg.topic, msg.payload), qos)
+
+    async def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1,
+                      retain: bool = False) -> None:
+        data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        await self.conn.publish(topic, data, qos=qos, retain=retain)
+
+    def _json_stream(self, leaf: str, callback: Callable[[str, Any], Any], device: str) -> None:
+        def deliver(topic: str, payload: bytes) -> Any:
+            try:
+                obj = json.loads(payload) if payload else None
+            except ValueError:
+                log.warning("ignoring non-JSON %s", topic)
+                return None
+            return callback(topic.split("/")[1], obj)
+        self.subscribe(f"dev/{device}/{leaf}", deliver)
+
+    def on_status(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
+        self._json_stream("status", callback, device)
+
+    def on_telemetry(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
+        self._json_stream("telemetry", callback, device)
+
+    def on_events(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
+        self._json_stream("events", callback, device)
+
+    def _keyed_stream(self, leaf: str, callback: Callable[[str, str, bytes], Any], device: str) -> None:
+        self.subscribe(f"dev/{device}/{leaf}/+",
+                       lambda topic, payload: callback(topic.split("/")[1], topic.split("/", 3)[3], payload))
+
+    def on_logs(self, callback: Callable[[str, str, bytes], Any], device: str = "+") -> None:
+        self._keyed_stream("logs", callback, device)
+
+    def on_rtc(self, callback: Callable[[str, str, bytes], Any], device: str = "+") -> None:
+        self._keyed_stream("rtc", callback, device)

@@ -1,0 +1,172 @@
+"""`fleetctl serve`: one fleet worker ingesting device traffic into the store.
+
+Workers subscribe to telemetry and events with the shared subscription ``$share/fleet/...``, so
+the broker splits the load between however many run; each keeps a persistent MQTT session (clean
+start false) so messages published while it restarts wait for it at the broker. Status is
+subscribed without sharing: the broker sends retained messages only to plain subscriptions, and
+status is low volume and idempotent.
+
+Broker crashes: mosquitto 2.0 restores plain subscriptions of persistent sessions from its
+persistence file but not shared ones, so messages that devices publish after a broker *crash* and
+before the workers resubscribe are lost with a shared subscription. A single worker with
+``share_group=""`` (``fleetctl serve --share-group ''``) has no such gap (docs/protocol.md).
+
+Messages are buffered and written in batches (one transaction per ``flush_interval_s`` or
+``max_batch`` messages) from a single thread and acknowledged to the broker (MQTT 5 manual ack)
+only after their batch is committed, so a worker crash loses nothing: the broker redelivers.
+Duplicates (redeliveries after reconnects) are dropped by the store's (device, boot, seq) unique
+index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
+from fleet.store import Incoming, Store
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "fleet"
+
+
+@dataclass
+class GroupOfflineRule:
+    """More than ``pct`` % of a group (of at least ``min_devices``) offline within ``window_s``: P1."""
+
+    pct: float = 20.0
+    window_s: float = 300.0
+    min_devices: int = 3
+    severity: str = "P1"
+
+
+class FleetService:
+    """One worker; ``await start()``, then ``await stop()``. ``stats`` counts what it did."""
+
+    def __init__(self, mqtt_url: str, store: Store, worker_id: str = "1", *, ca_file: str = "",
+                 cert_file: str = "", key_file: str = "", username: str = "", password: str = "",
+                 tls_insecure: bool = False, flush_interval_s: float = 0.2, max_batch: int = 2000,
+                 rule: GroupOfflineRule | None = None, rule_interval_s: float = 10.0,
+                 session_expiry_s: int = 3600, share_group: str = SHARE_GROUP) -> None:
+        self.store = store
+        self.share_group = share_group
+        self.flush_interval_s = flush_interval_s
+        self.max_batch = max_batch
+        self.rule = rule or GroupOfflineRule()
+        self.rule_interval_s = rule_interval_s
+        self.conn = MqttConnection(MqttOptions(
+            url=mqtt_url, client_id=f"fleet-worker-{worker_id}", ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file, username=username, password=password, clean_start=False,
+            session_expiry_s=session_expiry_s, reconnect_min_s=0.2, reconnect_max_s=5.0, max_inflight=1000,
+            manual_ack=True))
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleet-store")
+        self._buffer: list[Incoming] = []
+        self._unacked: list[tuple[int, int, int]] = []  # (mid, qos, connection number) per buffered message
+        self._full = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.stats = {"received": 0, "stored": 0, "duplicate": 0, "bad": 0, "batches": 0}
+        self.fleet_alerts: dict[str, bool] = {}
+
+    async def start(self, connect_timeout: float = 10.0) -> None:
+        share = f"$share/{self.share_group}/" if self.share_group else ""
+        self.conn.subscribe(f"{share}dev/+/telemetry", self._on_message)
+        self.conn.subscribe(f"{share}dev/+/events", self._on_message)
+        self.conn.subscribe("dev/+/status", self._on_message)
+        self.conn.start()
+        await self.conn.wait_connected(connect_timeout)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._flush_loop(), name="fleet-flush"),
+                       loop.create_task(self._rule_loop(), name="fleet-rules")]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._full.set()
+        for t in self._tasks[1:]:
+            t.cancel()
+        for t in self._tasks:  # the flush loop ends by itself after a last flush
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self._flush()  # commit and acknowledge what arrived; later arrivals stay with the broker
+        await self.conn.close()
+        self._buffer.clear()
+        self._unacked.clear()
+        self._executor.shutdown(wait=True)
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 3:
+            return
+        self._buffer.append(Incoming(parts[2], parts[1], msg.payload, time.time()))
+        self._unacked.append((msg.mid, msg.qos, self.conn.connects))
+        self.stats["received"] += 1
+        if len(self._buffer) >= self.max_batch:
+            self._full.set()
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._full.clear()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("store write failed; retrying the batch")
+                await asyncio.sleep(1.0)
+
+    async def _flush(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        acks, self._unacked = self._unacked, []
+        try:
+            res = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.ingest, batch)
+        except Exception:
+            self._buffer[:0] = batch  # keep order; retried by the loop
+            self._unacked[:0] = acks
+            raise
+        # acknowledge only what is committed; messages of an older connection come again (de-duplicated)
+        current = self.conn.connects
+        for mid, qos, conn_no in acks:
+            if qos and conn_no == current:
+                self.conn.ack(mid, qos)
+        self.stats["batches"] += 1
+        for k in ("stored", "duplicate", "bad"):
+            self.stats[k] += res[k]
+
+    async def _rule_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rule_interval_s)
+            try:
+                await self.evaluate_rules()
+            except Exception:
+                log.exception("fleet rule evaluation failed")
+
+    async def evaluate_rules(self) -> list[tuple[str, str]]:
+        """Evaluate the group-offline rule now; returns the (op, code) transitions made."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._evaluate_sync)
+
+    def _evaluate_sync(self) -> list[tuple[str, str]]:
+        r = self.rule
+        changes = []
+        for grp, (offline, size) in self.store.group_offline(r.window_s).items():
+            code = f"group_offline:{grp}"
+            pct = 100.0 * offline / size if size else 0.0
+            if size >= r.min_devices and pct > r.pct:
+                msg = f"{offline} of {size} devices in group {grp!r} ({pct:.0f}%) went offline within {r.window_s:g} s"
+                if self.store.set_fleet_alert("raise", code, r.severity, msg):
+                    changes.append(("raise", code))
+            elif self.store.set_fleet_alert("clear", code, r.severity, f"group {grp!r} back to {pct:.0f}% offline"):
+                changes.append(("clear", code))
+        return changes

@@ -1,0 +1,103 @@
+"""mqtts:// with a server CA and client certificates; the broker's ACL confines a device to its subtree."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from device_agent.agent import Agent
+from device_agent.config import config_from_dict
+from device_agent.fleetlink import FleetLink
+from fleet.client import FleetClient
+from tests.support.fleet import make_pki
+from tests.support.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path):
+    pki_dir = tempfile.mkdtemp(prefix="fleet-pki-")
+    os.chmod(pki_dir, 0o755)
+    pki = make_pki(pki_dir, ["cam-1", "cam-2", "operator"])
+    acl = Path(pki_dir) / "acl"
+    acl.write_text("user operator\ntopic readwrite dev/#\n\npattern readwrite dev/%u/#\n")
+    os.chmod(acl, 0o644)
+    block = (f"cafile {pki['ca']}\ncertfile {pki['server_cert']}\nkeyfile {pki['server_key']}\n"
+             f"require_certificate true\nuse_identity_as_username true\nacl_file {acl}\nallow_anonymous false")
+    broker = Mosquitto(tmp_path / "broker", listeners={"tls": block}, plain=False, persistence=False).start()
+    yield broker, pki
+    broker.stop()
+    shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+async def test_mqtts_client_certificates_and_acl(tmp_path: Path, tls_broker) -> None:
+    broker, pki = tls_broker
+    url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
+    agent = Agent(config_from_dict({"device": {"id": "cam-1", "state_dir": str(tmp_path / "s")},
+                                    "mqtt": {"url": url, "ca_file": pki["ca"], "cert_file": pki["cam-1_cert"],
+                                             "key_file": pki["cam-1_key"], "telemetry_interval_s": 0.3}}))
+    link = FleetLink(agent)
+    agent.add(link)
+    await agent.start()
+    op = FleetClient(url, ca_file=pki["ca"], cert_file=pki["operator_cert"], key_file=pki["operator_key"])
+    await op.connect()
+    try:
+        telemetry: list = []
+        op.on_telemetry(lambda dev, obj: telemetry.append((dev, obj["seq"])))
+        await link.wait_ready(10)  # TLS connect and command subscription done
+        assert (await op.send_command("cam-1", "ping", {}, timeout=5))["pong"] is True
+        for _ in range(60):
+            if telemetry:
+                break
+            await asyncio.sleep(0.1)
+        assert telemetry and telemetry[0][0] == "cam-1"
+
+        # cam-1 may not write into cam-2's subtree: the broker drops it, the operator never sees it
+        seen: list = []
+        op.subscribe("dev/cam-2/#", lambda topic, payload: seen.append(topic))
+        await asyncio.sleep(0.3)
+        await link.conn.publish("dev/cam-2/status", b'{"online": true}', qos=1)
+        await asyncio.sleep(0.5)
+        assert seen == []
+
+        # without a client certificate the broker refuses the connection
+        anon = FleetClient(url, ca_file=pki["ca"])
+        with pytest.raises(ConnectionError):
+            await anon.connect(timeout=2)
+    finally:
+        await op.close()
+        await agent.stop()
+
+
+async def test_a_renewed_certificate_is_used_on_the_next_connect(tmp_path: Path, tls_broker) -> None:
+    """Renewal rewrites the key and certificate files; the link must present the new pair after a reconnect."""
+    broker, pki = tls_broker
+    cert, key = tmp_path / "device.crt", tmp_path / "device.key"
+    shutil.copy(pki["cam-1_cert"], cert)
+    shutil.copy(pki["cam-1_key"], key)
+    url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
+    agent = Agent(config_from_dict({"device": {"id": "cam-1", "state_dir": str(tmp_path / "s")},
+                                    "mqtt": {"url": url, "ca_file": pki["ca"], "cert_file": str(cert),
+                                             "key_file": str(key), "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}}))
+    link = FleetLink(agent)
+    agent.add(link)
+    await agent.start()
+    try:
+        await link.wait_ready(10)
+        assert "u'cam-1'" in broker.log_text()
+        # a stand-in for the renewed pair: another certificate from the same CA, told apart by its name
+        shutil.copy(pki["cam-2_key"], key)
+        shutil.copy(pki["cam-2_cert"], cert)
+        os.utime(cert, ns=(os.stat(cert).st_atime_ns, os.stat(cert).st_mtime_ns + 1_000_000))
+        broker.restart()
+        for _ in range(100):
+            if "u'cam-2'" in broker.log_text():
+                break
+            await asyncio.sleep(0.1)
+        assert "u'cam-2'" in broker.log_text()
+    finally:
+        await agent.stop()
