@@ -1,0 +1,141 @@
+"""Bundle download over HTTP(S): Range resume, a bandwidth cap, a disk check, bounded retries.
+
+The partial file (``NAME.part``) survives restarts: the next attempt asks for
+``Range: bytes=N-`` and appends, so a cut at 50 % re-downloads only the missing half (plus at
+most one chunk in flight). Before a byte is written the free space must cover the missing bytes
+plus a reserve; a download that keeps failing gives up after ``retries`` attempts instead of
+retrying forever, and a file with the wrong size or sha256 is deleted, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from ota.errors import OtaError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+Progress = Callable[[int, int, float | None], None]  # bytes done, total, ETA seconds
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    size: int
+    bytes_fetched: int  # bytes that crossed the network in this call (resume saves the rest)
+    attempts: int
+    seconds: float
+
+
+class RateLimiter:
+    """Token bucket: at most ``rate_bps`` bytes per second on average (0: no cap)."""
+
+    def __init__(self, rate_bps: int) -> None:
+        self.rate = rate_bps
+        self.start = time.monotonic()
+        self.sent = 0
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        self.sent += n
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def check_space(directory: Path, needed: int, reserve: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free - needed < reserve:
+        raise OtaError("no_space", f"{directory}: {free} bytes free, the bundle needs {needed} more "
+                       f"and {reserve} must stay free")
+
+
+async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int = 0, retries: int = 5,
+                   reserve_bytes: int = 64 << 20, progress: Progress | None = None,
+                   retry_delay_s: float = 1.0, timeout_s: float = 60.0, ca_file: str = "") -> DownloadResult:
+    """Fetch ``url`` into ``dest`` (resuming ``dest.part``), checked against ``size`` and ``sha256``.
+
+    HTTPS servers are checked against the system CAs, or only against ``ca_file`` when given.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    if part.exists() and part.stat().st_size > size:
+        part.unlink()
+    limiter = RateLimiter(rate_bps)
+    fetched, attempts, started = 0, 0, time.monotonic()
+    last_error = ""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+    ssl_ctx = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    connector = aiohttp.TCPConnector(ssl=ssl_ctx or True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            if have == size:
+                break
+            if attempts > retries:
+                raise OtaError("download_failed", f"gave up after {attempts} attempts: {last_error}")
+            attempts += 1
+            check_space(dest.parent, size - have, reserve_bytes)
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                async with session.get(url, headers=headers) as resp:
+                    if resp.status == 200 and have:
+                        log.info("server ignored Range; starting over")
+                        have = 0
+                    elif resp.status not in (200, 206):
+                        if 400 <= resp.status < 500 and resp.status != 429:
+                            raise OtaError("download_failed", f"{url}: HTTP {resp.status}")
+                        raise aiohttp.ClientResponseError(resp.request_info, resp.history, status=resp.status)
+                    with open(part, "r+b" if have else "wb") as f:
+                        f.seek(have)
+                        f.truncate()
+                        done = have
+                        async for chunk in resp.content.iter_chunked(CHUNK):
+                            if done + len(chunk) > size:
+                                raise OtaError("download_failed", f"{url} is larger than the expected {size} bytes")
+                            f.write(chunk)
+                            done += len(chunk)
+                            fetched += len(chunk)
+                            await limiter.take(len(chunk))
+                            if progress:
+                                elapsed = time.monotonic() - started
+                                rate = fetched / elapsed if elapsed > 0 else 0
+                                progress(done, size, (size - done) / rate if rate else None)
+                        f.flush()
+                        os.fsync(f.fileno())
+            except OtaError:
+                raise
+            except aiohttp.ClientConnectorCertificateError as exc:  # retrying will not fix a certificate
+                raise OtaError("tls", f"{url}: server certificate not trusted: {exc.certificate_error}") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("download attempt %d of %s failed: %s", attempts, url, last_error)
+                await asyncio.sleep(min(retry_delay_s * 2 ** (attempts - 1), 60))
+    digest = await asyncio.to_thread(_sha256, part)
+    if digest != sha256:
+        part.unlink()
+        raise OtaError("bad_digest", f"downloaded file sha256 {digest[:16]}... does not match {sha256[:16]}...")
+    os.replace(part, dest)
+    return DownloadResult(dest, size, fetched, attempts, time.monotonic() - started)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
