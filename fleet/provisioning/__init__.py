@@ -1,0 +1,1 @@
+"""Fleet side of provisioning: CA, claims registry, claim responder, broker configuration."""

@@ -1,0 +1,222 @@
+"""fleetctl subcommands for provisioning: ``ca``, ``claim``, ``broker-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_STATE_DIR = "/var/lib/device-fleet"
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir or os.environ.get("FLEETCTL_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` (or plain seconds) -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: use e.g. 30m, 24h, 7d")
+    value = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if value <= 0:
+        raise argparse.ArgumentTypeError("duration must be > 0")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", default="", help=f"fleet state directory (env FLEETCTL_STATE_DIR, "
+                                                       f"default {DEFAULT_STATE_DIR})")
+
+    ca = sub.add_parser("ca", help="the fleet certificate authority")
+    ca.set_defaults(func=lambda a: ca.print_help() or 2)
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND")
+    p = ca_sub.add_parser("init", parents=[state], help="create the fleet CA (EC P-256)")
+    p.add_argument("--name", default="device-agent fleet CA")
+    p.add_argument("--days", type=int, default=3650)
+    p.add_argument("--force", action="store_true", help="replace an existing CA (every device must re-claim)")
+    p.set_defaults(func=cmd_ca_init)
+    p = ca_sub.add_parser("revoke", parents=[state], help="revoke every certificate of a device and rewrite the CRL")
+    p.add_argument("device_id")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_ca_revoke)
+    p = ca_sub.add_parser("devices", parents=[state], help="devices registered by claim")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ca_devices)
+
+    claim = sub.add_parser("claim", help="single-use claim tokens for technicians")
+    claim.set_defaults(func=lambda a: claim.print_help() or 2)
+    claim_sub = claim.add_subparsers(dest="claim_command", metavar="CLAIM_COMMAND")
+    p = claim_sub.add_parser("create", parents=[state], help="create claim tokens")
+    p.add_argument("--group", required=True, help="device group the claimed devices join")
+    p.add_argument("--expires", type=parse_duration, default=parse_duration("24h"), help="e.g. 30m, 24h, 7d")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--fleet", default="", help="claim endpoint HOST:PORT to put in the QR code")
+    p.add_argument("--qr-dir", default="", help="write one PNG QR code per token here")
+    p.add_argument("--qr", action="store_true", help="print each QR code on the terminal")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_claim_create)
+    p = claim_sub.add_parser("list", parents=[state], help="claims and their state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_claim_list)
+    p = claim_sub.add_parser("audit", parents=[state], help="the provisioning audit log")
+    p.add_argument("--claim", default="")
+    p.set_defaults(func=cmd_claim_audit)
+    p = claim_sub.add_parser("serve", parents=[state], help="answer claims and renewals (the claim responder)")
+    p.add_argument("--broker", required=True, help="device listener HOST[:PORT] (mutual TLS), e.g. fleet.example:8883")
+    p.add_argument("--cert-days", type=int, default=365)
+    p.set_defaults(func=cmd_claim_serve)
+
+    p = sub.add_parser("broker-config", parents=[state], help="write a locked-down mosquitto configuration")
+    p.add_argument("--out", required=True, help="directory for mosquitto.conf, ACLs, certificates, CRL")
+    p.add_argument("--host", action="append", required=True,
+                   help="broker name or address devices use (repeatable; goes into the certificate)")
+    p.add_argument("--port", type=int, default=8883, help="mutual-TLS device listener")
+    p.add_argument("--claim-port", type=int, default=8884, help="claim listener")
+    p.add_argument("--bind", default="", help="bind address for both listeners (default: all)")
+    p.add_argument("--log-dest", default="stderr")
+    p.add_argument("--user", default="", help="mosquitto `user` (default: mosquitto's own)")
+    p.set_defaults(func=cmd_broker_config)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    from fleet.provisioning.ca import CAError, FleetCA
+    from provisioning.token import ca_pin
+    try:
+        ca = FleetCA.init(_state_dir(args), args.name, args.days, args.force)
+    except CAError as exc:
+        return _fail(str(exc))
+    print(f"fleet CA created in {ca.directory} (pin {ca_pin(ca.cert_der)}), valid until "
+          f"{ca.cert.not_valid_after_utc:%Y-%m-%d}")
+    return 0
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> int:
+    from fleet.provisioning.broker import write_crl
+    from fleet.provisioning.ca import CAError, FleetCA
+    from fleet.provisioning.store import ClaimRefused, ProvisioningStore
+    try:
+        ca = FleetCA.load(_state_dir(args))
+        store = ProvisioningStore(_state_dir(args))
+        n = store.revoke_device(args.device_id, args.reason)
+    except (CAError, ClaimRefused) as exc:
+        return _fail(str(exc))
+    paths = write_crl(ca, store, _state_dir(args))
+    print(f"revoked {n} certificate(s) of {args.device_id}; CRL written to {', '.join(map(str, paths))}")
+    print("reload the broker so it reads the new CRL: systemctl reload mosquitto (SIGHUP) refuses new "
+          "connections; restart it to also drop a connection already open")
+    return 0
+
+
+def cmd_ca_devices(args: argparse.Namespace) -> int:
+    from fleet.provisioning.store import ProvisioningStore
+    devices = ProvisioningStore(_state_dir(args)).devices()
+    if args.json:
+        print(json.dumps(devices, indent=2))
+    else:
+        for d in devices:
+            state = "REVOKED" if d["revoked_at"] else "active"
+            print(f"{d['id']}  {d['group']:<12} {state:<8} {d['name']} {d['location']}")
+    return 0
+
+
+def cmd_claim_create(args: argparse.Namespace) -> int:
+    from fleet.provisioning.ca import CAError, FleetCA
+    from fleet.provisioning.qr import write_png, terminal
+    from fleet.provisioning.store import ProvisioningStore
+    from provisioning.token import qr_payload
+    if not 1 <= args.count <= 10000:
+        return _fail("--count must be 1..10000", 2)
+    try:
+        ca = FleetCA.load(_state_dir(args))
+    except CAError as exc:
+        return _fail(str(exc))
+    tokens = ProvisioningStore(_state_dir(args)).create_claims(args.group, args.expires, args.count, ca.cert_der)
+    out = []
+    for t in tokens:
+        item = {"token": str(t), "id": t.id, "group": args.group, "expires_in_s": args.expires,
+                "qr": qr_payload(t, args.fleet)}
+        if args.qr_dir:
+            item["png"] = str(write_png(item["qr"], Path(args.qr_dir) / f"claim-{t.id}.png"))
+        out.append(item)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for item in out:
+        print(item["token"])
+        if args.qr:
+            print(terminal(item["qr"]))
+        if "png" in item:
+            print(f"  QR code: {item['png']}")
+    print(f"{len(out)} claim token(s) for group {args.group!r}, single use, valid {args.expires / 3600:g} h",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_claim_list(args: argparse.Namespace) -> int:
+    import time
+
+    from fleet.provisioning.store import ProvisioningStore
+    claims = ProvisioningStore(_state_dir(args)).claims()
+    if args.json:
+        print(json.dumps([c.__dict__ for c in claims], indent=2))
+        return 0
+    now = time.time()
+    for c in claims:
+        state = f"used by {c.device_id}" if c.used_at else ("expired" if now >= c.expires_at else "open")
+        print(f"{c.id}  {c.group:<12} {state}")
+    return 0
+
+
+def cmd_claim_audit(args: argparse.Namespace) -> int:
+    from fleet.provisioning.store import ProvisioningStore
+    for row in ProvisioningStore(_state_dir(args)).audit_log(args.claim or None):
+        print(json.dumps(row, sort_keys=True))
+    return 0
+
+
+def cmd_claim_serve(args: argparse.Namespace) -> int:
+    from fleet.provisioning.ca import CAError
+    from fleet.provisioning.responder import ClaimResponder
+    from provisioning.mqtt import split_host_port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = split_host_port(args.broker, 8883)
+
+    async def main() -> None:
+        responder = ClaimResponder(_state_dir(args), host, port, cert_days=args.cert_days)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(responder.stop()))
+        await responder.run()
+
+    try:
+        asyncio.run(main())
+    except CAError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from fleet.provisioning.broker import write_broker_config
+    from fleet.provisioning.ca import CAError
+    try:
+        files = write_broker_config(_state_dir(args), args.out, args.host, args.port, args.claim_port, args.bind,
+                                    args.log_dest, args.user)
+    except CAError as exc:
+        return _fail(str(exc))
+    print(f"mosquitto configuration written: {files.config}")
+    print(f"  devices (mutual TLS): port {files.port}; claims: port {files.claim_port}")
+    print(f"  run: mosquitto -c {files.config}")
+    return 0

@@ -1,0 +1,282 @@
+"""`device-agent doctor`: a checklist a technician can read aloud, each line pass/fail with the fix.
+
+Order: identity, clock, broker (mutual TLS), disk, noise-suppression model, then the hardware
+(microphone level, speaker tone, camera frame), which is slowest and may need a person nearby.
+Hardware goes through the HAL factories (``hal.audio.factory``, ``hal.camera.factory``); a check
+whose factory is not installed is reported as skipped, not passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib
+import os
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+from device_agent.config import AgentConfig
+from provisioning.claim import CLOCK_FLOOR
+from provisioning.identity import IdentityError, IdentityStore
+from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+MIN_FREE_BYTES = 200 * 1024 * 1024
+MIC_MIN_DBFS = -60.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+async def check_identity(cfg: AgentConfig) -> Check:
+    store = IdentityStore(cfg.provisioning.resolve_identity_dir(cfg.device.state_dir))
+    try:
+        ident = await asyncio.to_thread(store.load)
+    except IdentityError as exc:
+        return Check("Identity", FAIL, str(exc), "provision the device: device-agent provision --claim TOKEN "
+                                                  "--fleet HOST (factory-reset first if it was provisioned)")
+    mode = stat.S_IMODE(store.key_path.stat().st_mode)
+    if mode & 0o077:
+        return Check("Identity", FAIL, f"the device key {store.key_path} is readable by others (mode {mode:o})",
+                     f"chmod 600 {store.key_path}")
+    days = ident.days_left()
+    if days <= 0:
+        return Check("Identity", FAIL, f"device {ident.device_id}: certificate expired on {ident.not_after:%Y-%m-%d}",
+                     "the fleet must issue a new one: factory-reset and provision with a new claim token")
+    if ident.device_id != cfg.device.id:
+        return Check("Identity", FAIL, f"certificate is for {ident.device_id} but the configuration says "
+                                       f"device.id = {cfg.device.id!r}", f"set device.id = \"{ident.device_id}\"")
+    note = " (renewal due)" if days <= cfg.provisioning.renew_before_days else ""
+    return Check("Identity", PASS, f"device {ident.device_id}, certificate valid until "
+                                   f"{ident.not_after:%Y-%m-%d} ({days:.0f} days){note}")
+
+
+def _ntp_synchronized() -> bool | None:
+    if not shutil.which("timedatectl"):
+        return None
+    try:
+        out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = out.stdout.strip()
+    return {"yes": True, "no": False}.get(value)
+
+
+async def check_clock(cfg: AgentConfig, now: float | None = None) -> Check:
+    t = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+    if t < CLOCK_FLOOR:
+        return Check("Clock", FAIL, f"the clock says {t:%Y-%m-%d %H:%M} UTC, which cannot be right",
+                     "connect the device to a network with NTP, or set the date (timedatectl set-time)")
+    store = IdentityStore(cfg.provisioning.resolve_identity_dir(cfg.device.state_dir))
+    try:
+        ident = await asyncio.to_thread(store.load)
+        if t < ident.cert.not_valid_before_utc:
+            return Check("Clock", FAIL, f"the clock ({t:%Y-%m-%d %H:%M} UTC) is before the certificate was issued",
+                         "fix the time (NTP): TLS will fail until then")
+    except IdentityError:
+        pass
+    sync = await asyncio.to_thread(_ntp_synchronized)
+    extra = {True: ", NTP synchronised", False: ", NTP not synchronised yet", None: ""}[sync]
+    return Check("Clock", PASS, f"{t:%Y-%m-%d %H:%M} UTC{extra}")
+
+
+async def check_broker(cfg: AgentConfig) -> Check:
+    m = cfg.mqtt
+    if not m.url:
+        return Check("Broker", FAIL, "no fleet broker configured (mqtt.url is empty)", "provision the device")
+    if not m.url.startswith("mqtts://") or not m.cert_file:
+        return Check("Broker", FAIL, f"{m.url} is not mutual TLS", "provision the device (mqtts with a certificate)")
+    host, port = split_host_port(m.url, 8883)
+    try:
+        tls = tls_context(m.ca_file, m.cert_file, m.key_file)
+    except (OSError, ValueError) as exc:
+        return Check("Broker", FAIL, f"cannot load the TLS files: {exc}", "factory-reset and provision again")
+    client = AsyncMqtt(f"{cfg.device.id}-doctor", tls=tls)
+    t0 = time.monotonic()
+    try:
+        await client.connect(host, port, timeout=10)
+    except MqttError as exc:
+        fix = {"dns": "check the network (cable, Wi-Fi) and DNS", "network": "check the network cable or Wi-Fi",
+               "refused": "the broker is down or the port is wrong: tell the fleet operator",
+               "timeout": "a firewall may block the port; check the network",
+               "tls": "the certificate may be revoked or expired: tell the fleet operator",
+               "rejected": "the certificate was refused: tell the fleet operator"}.get(exc.kind, "")
+        return Check("Broker", FAIL, str(exc), fix)
+    ms = (time.monotonic() - t0) * 1000
+    await client.close()
+    return Check("Broker", PASS, f"{host}:{port} reachable with mutual TLS ({ms:.0f} ms)")
+
+
+async def check_disk(cfg: AgentConfig) -> Check:
+    p = Path(cfg.device.state_dir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    du = shutil.disk_usage(p)
+    free_mb = du.free / 1e6
+    if du.free < MIN_FREE_BYTES or du.free < 0.05 * du.total:
+        return Check("Disk", FAIL, f"only {free_mb:.0f} MB free on {p}",
+                     "free space: remove old recordings or logs (device-agent needs 200 MB)")
+    return Check("Disk", PASS, f"{free_mb:.0f} MB free on {p} ({100 * du.free / du.total:.0f} %)")
+
+
+async def check_ns(cfg: AgentConfig) -> Check:
+    if not cfg.ns.enabled:
+        return Check("Noise suppression model", SKIP, "disabled in the configuration (ns.enabled = false)")
+
+    def load() -> str:
+        from device_agent.ns.model import MaskModel
+        model = MaskModel(cfg.ns.model, cfg.ns.threads)
+        model.step(np.zeros(161, np.float32))
+        return str(model.path)
+
+    try:
+        path = await asyncio.to_thread(load)
+    except Exception as exc:
+        return Check("Noise suppression model", FAIL, str(exc),
+                     "reinstall the agent, or fix ns.model in the configuration")
+    return Check("Noise suppression model", PASS, f"loaded {Path(path).name}")
+
+
+def _factory(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+async def check_microphone(cfg: AgentConfig, seconds: float = 1.0) -> Check:
+    factory = _factory("hal.audio.factory")
+    if factory is None:
+        return Check("Microphone", SKIP, "audio HAL not installed in this build")
+    try:
+        source = factory.create_source(cfg.audio)
+        await source.start()
+        try:
+            chunks, got = [], 0
+            while got < seconds * source.rate:
+                chunk = await asyncio.wait_for(source.read(), 5.0)
+                chunks.append(chunk.samples.astype(np.float32))
+                got += chunk.frames
+        finally:
+            await source.stop()
+    except Exception as exc:
+        return Check("Microphone", FAIL, f"{cfg.audio.backend} capture from {cfg.audio.device!r} failed: {exc}",
+                     "check the microphone is connected and audio.device names it (arecord -l)")
+    x = np.concatenate(chunks) / 32768.0
+    rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    dbfs = 20 * np.log10(max(rms, 1e-9))
+    if dbfs < MIC_MIN_DBFS:
+        return Check("Microphone", FAIL, f"level {dbfs:.0f} dBFS: silence",
+                     "speak near the microphone and retry; check its cable and the capture gain (alsamixer)")
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    clip = " (clipping: lower the gain)" if peak >= 0.999 else ""
+    return Check("Microphone", PASS, f"level {dbfs:.0f} dBFS{clip}")
+
+
+async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
+    factory = _factory("hal.audio.factory")
+    if factory is None:
+        return Check("Speaker", SKIP, "audio HAL not installed in this build")
+    if not cfg.audio.playback_device:
+        return Check("Speaker", SKIP, "no speaker configured (audio.playback_device is empty)")
+    try:
+        from hal.audio.base import AudioChunk
+        sink = factory.create_sink(cfg.audio)
+        if sink is None:
+            return Check("Speaker", SKIP, "no speaker configured")
+        await sink.start()
+        try:
+            rate, ch = sink.rate, sink.channels
+            n = rate // 50  # 20 ms blocks, paced in real time ~100 ms ahead (the sink's queue is short)
+            t = np.arange(int(seconds * rate)) / rate
+            tone = (0.25 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+            t0 = time.monotonic()
+            for k, i in enumerate(range(0, tone.size, n)):
+                ahead = t0 + k * 0.02 - 0.1 - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+                block = np.repeat(tone[i:i + n, None], ch, axis=1)
+                await asyncio.wait_for(sink.write(AudioChunk(block, rate, time.monotonic())), 5.0)
+            drain = getattr(sink, "drain", None)
+            if drain is not None:
+                await drain(timeout=2.0)
+            stats = sink.stats()
+        finally:
+            await sink.stop()
+    except Exception as exc:
+        return Check("Speaker", FAIL, f"playback on {cfg.audio.playback_device!r} failed: {exc}",
+                     "check the speaker is connected and audio.playback_device names it (aplay -l)")
+    written = stats.get("frames_written")
+    if stats.get("dropped_frames") or (written is not None and written < 0.9 * tone.size):
+        return Check("Speaker", FAIL, f"the speaker did not take the tone ({written} of {tone.size} frames "
+                                      f"played, {stats.get('dropped_frames', 0)} dropped)",
+                     "check the speaker device is not used by another program (fuser -v /dev/snd/*)")
+    return Check("Speaker", PASS, f"played a 1 kHz tone for {seconds:g} s on {cfg.audio.playback_device!r} "
+                                  f"({written} frames): you should have heard it")
+
+
+async def check_camera(cfg: AgentConfig) -> Check:
+    factory = _factory("hal.camera.factory")
+    if factory is None:
+        return Check("Camera", SKIP, "camera HAL not installed in this build")
+    try:
+        cam = factory.create_camera(cfg.camera)
+        await cam.start()
+        try:
+            captured = await asyncio.wait_for(cam.read(), 10.0)
+        finally:
+            await cam.stop()
+        img = captured.frame.to_ndarray(format="gray")
+    except Exception as exc:
+        return Check("Camera", FAIL, f"{cfg.camera.backend} camera gave no frame: {exc}",
+                     "check the camera cable and camera.device/backend in the configuration")
+    if float(np.std(img)) < 1.0:
+        return Check("Camera", FAIL, f"frame {img.shape[1]}x{img.shape[0]} is uniform (mean {np.mean(img):.0f}): "
+                                     f"lens covered or sensor dead", "remove the lens cover; check the camera cable")
+    return Check("Camera", PASS, f"got a {img.shape[1]}x{img.shape[0]} frame")
+
+
+async def run_doctor(cfg: AgentConfig, hardware: bool = True) -> list[Check]:
+    steps: list[Callable[[AgentConfig], Awaitable[Check]]] = [
+        check_identity, check_clock, check_broker, check_disk, check_ns]
+    if hardware:
+        steps += [check_microphone, check_speaker, check_camera]
+    results = []
+    for step in steps:
+        try:
+            results.append(await step(cfg))
+        except Exception as exc:  # a broken check is a failed line, not a crash
+            results.append(Check(step.__name__.removeprefix("check_").capitalize(), FAIL,
+                                 f"{type(exc).__name__}: {exc}", "report this to the device maker"))
+    return results
+
+
+def render(results: list[Check]) -> str:
+    lines = []
+    for i, c in enumerate(results, 1):
+        lines.append(f"{i:2d}. {c.status.upper():4s}  {c.name}: {c.detail}")
+        if c.status == FAIL and c.fix:
+            lines.append(f"          fix: {c.fix}")
+    n = {s: sum(c.status == s for c in results) for s in (PASS, FAIL, SKIP)}
+    lines.append(f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped")
+    return "\n".join(lines)
+
+
+def as_json(results: list[Check]) -> dict[str, Any]:
+    return {"ok": not any(c.status == FAIL for c in results), "checks": [asdict(c) for c in results],
+            "host": os.uname().nodename}
