@@ -12,6 +12,8 @@ from device_agent.registry import AlertBus, CommandRegistry, EventBus, HealthReg
 
 log = logging.getLogger(__name__)
 
+RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart= brings the agent back
+
 
 class Component(Protocol):
     """A long-lived part of the agent (media, fleet link, diagnostics...)."""
@@ -39,6 +41,7 @@ class Agent:
         self.events = EventBus()
         self.components: list[Component] = []
         self._stop = asyncio.Event()
+        self.restart_requested = False
 
     def add(self, component: Component) -> None:
         self.components.append(component)
@@ -50,6 +53,11 @@ class Agent:
         return all(c.healthy() for c in self.components)
 
     def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_restart(self) -> None:
+        """Stop, and ask the caller to exit with ``RESTART_EXIT_CODE`` (the agent.restart command)."""
+        self.restart_requested = True
         self._stop.set()
 
     async def start(self) -> None:

@@ -1,4 +1,4 @@
-"""Builds an Agent with every component the configuration asks for."""
+"""Builds an Agent with every component the configuration asks for, in start order."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ from device_agent.config import AgentConfig
 
 
 def build_agent(config: AgentConfig) -> Agent:
-    """Compose the agent. Each feature adds its component here, in start order."""
+    """Compose the agent. Components start in this order and stop in reverse."""
+    from device_agent.diag.component import DiagnosticsComponent
+    from device_agent.media.component import MediaComponent
+    from device_agent.watchdog import WatchdogComponent, pipelines_healthy
+    from ota.component import OtaComponent
+
     agent = Agent(config)
-    # media (camera, encoder, audio, WHEP web server) -- issue 2
-    # fleet link (MQTT telemetry, alerts, commands) -- issue 4
-    # OTA trial / watchdog -- issue 5
-    # diagnostics commands -- issue 7
+    if config.mqtt.url:  # fleet link first: it carries the others' alerts, events and commands
+        from device_agent.fleetlink import FleetLink
+
+        agent.add(FleetLink(agent))
+    if config.mqtt.url.startswith("mqtts://") and config.mqtt.cert_file:  # provisioned: renew before expiry
+        from provisioning.renewal import RenewalComponent
+
+        agent.add(RenewalComponent(agent))
+    agent.add(MediaComponent(agent))
+    agent.add(OtaComponent(agent))  # commands, progress events, the post-switch trial
+    agent.add(DiagnosticsComponent(agent))  # after media and the link it uses
+    agent.add(WatchdogComponent(pipelines_healthy(agent)))  # last: READY=1 means everything started
     return agent

@@ -66,10 +66,22 @@ class AudioSection:
     period_ms: int = 10
     playback_device: str = ""  # ALSA PCM for talkback; empty disables playback
     playback_rate: int = 48000
+    playback_channels: int = 1
+    playback_queue_ms: int = 200  # talkback queued beyond this is dropped (counted)
+    reopen_min_s: float = 0.5  # ALSA device missing/lost: first retry after this...
+    reopen_max_s: float = 30.0  # ...doubling up to this
+    synthetic_seed: int = 0  # the synthetic microphone's signal is a function of this seed
 
     def validate(self, key: str) -> None:
         _check(self.backend in {"synthetic", "wav", "alsa"}, f"{key}.backend",
                f"unknown backend {self.backend!r} (synthetic, wav, alsa)")
+        _check(self.playback_rate in {8000, 16000, 22050, 32000, 44100, 48000},
+               f"{key}.playback_rate", f"unsupported rate {self.playback_rate}")
+        _check(1 <= self.playback_channels <= 8, f"{key}.playback_channels", "must be 1..8")
+        _check(20 <= self.playback_queue_ms <= 5000, f"{key}.playback_queue_ms",
+               "must be 20..5000")
+        _check(0 < self.reopen_min_s <= self.reopen_max_s <= 3600, f"{key}.reopen_min_s",
+               "need 0 < reopen_min_s <= reopen_max_s <= 3600")
         _check(self.rate in {8000, 16000, 22050, 32000, 44100, 48000}, f"{key}.rate",
                f"unsupported rate {self.rate}")
         _check(1 <= self.channels <= 8, f"{key}.channels", "must be 1..8")
@@ -170,6 +182,9 @@ class MqttSection:
                "need 0 < reconnect_min_s <= reconnect_max_s")
         _check(self.telemetry_interval_s > 0, f"{key}.telemetry_interval_s", "must be > 0")
         _check(self.spool_max_bytes >= 64 * 1024, f"{key}.spool_max_bytes", "must be >= 65536")
+        _check(1024 <= self.max_command_bytes <= 256 * 1024 * 1024, f"{key}.max_command_bytes",
+               "must be 1024..268435456")
+        _check(self.session_expiry_s >= 0, f"{key}.session_expiry_s", "must be >= 0")
 
 
 @dataclass
@@ -199,23 +214,76 @@ class OtaSection:
     trial_deadline_s: float = 120.0
     max_failed_starts: int = 3
     download_rate_bps: int = 0  # 0: uncapped
+    trial_healthy_s: float = 5.0  # healthy this long without a break before the commit
+    hook_timeout_s: float = 300.0  # each firmware hook run is killed after this
+    download_retries: int = 5  # bounded: a download that keeps failing gives up
+    free_space_reserve_bytes: int = 64 * 1024 * 1024  # never fill the disk below this
+    slot_extra_paths: list[str] = field(default_factory=list)  # added to every slot's sys.path (.pth)
+    download_ca_file: str = ""  # HTTPS bundle servers: trust only this CA (empty: system CAs)
 
     def validate(self, key: str) -> None:
         _check(self.trial_deadline_s > 0, f"{key}.trial_deadline_s", "must be > 0")
         _check(self.max_failed_starts >= 1, f"{key}.max_failed_starts", "must be >= 1")
         _check(self.download_rate_bps >= 0, f"{key}.download_rate_bps", "must be >= 0")
+        _check(0 < self.trial_healthy_s < self.trial_deadline_s, f"{key}.trial_healthy_s",
+               "must be > 0 and below trial_deadline_s")
+        _check(self.hook_timeout_s > 0, f"{key}.hook_timeout_s", "must be > 0")
+        _check(0 <= self.download_retries <= 100, f"{key}.download_retries", "must be 0..100")
+        _check(self.free_space_reserve_bytes >= 0, f"{key}.free_space_reserve_bytes", "must be >= 0")
 
 
 @dataclass
 class DiagnosticsSection:
     log_pull_max_bytes: int = 64 * 1024 * 1024
-    log_pull_rate_bps: int = 256 * 1024
+    log_pull_rate_bps: int = 256 * 1024  # bytes/s for all transfers together; 0: uncapped
     chunk_bytes: int = 64 * 1024
     journald_unit: str = "device-agent.service"
+    journalctl: str = "journalctl"  # binary used for journald pulls (skipped when absent)
+    transfer_keep_s: float = 600.0  # a finished pull stays resendable (missing chunks) this long
+    snapshot_width: int = 640
+    snapshot_height: int = 360
+    snapshot_quality: int = 5  # JPEG qscale 2 (best) .. 31
+    thermal_path: str = "/sys/class/thermal/thermal_zone0/temp"
+    temp_warn_c: float = 75.0
+    temp_fail_c: float = 82.0
+    disk_warn_free: float = 0.10  # fraction of the state dir's filesystem still free
+    disk_fail_free: float = 0.03
+    ping_count: int = 20  # MQTT round trips in netcheck's loss burst
+    view_max_sessions: int = 2  # concurrent `fleetctl view` sessions
+    view_max_s: float = 600.0  # a remote view is closed after this long
 
     def validate(self, key: str) -> None:
         _check(self.chunk_bytes >= 1024, f"{key}.chunk_bytes", "must be >= 1024")
         _check(self.log_pull_rate_bps >= 0, f"{key}.log_pull_rate_bps", "must be >= 0")
+        _check(self.log_pull_max_bytes >= 0, f"{key}.log_pull_max_bytes", "must be >= 0")
+        _check(16 <= self.snapshot_width <= 4096 and self.snapshot_width % 2 == 0,
+               f"{key}.snapshot_width", "must be an even number 16..4096")
+        _check(16 <= self.snapshot_height <= 4096 and self.snapshot_height % 2 == 0,
+               f"{key}.snapshot_height", "must be an even number 16..4096")
+        _check(2 <= self.snapshot_quality <= 31, f"{key}.snapshot_quality", "must be 2..31")
+        _check(self.temp_warn_c < self.temp_fail_c, f"{key}.temp_warn_c", "must be < temp_fail_c")
+        _check(0 <= self.disk_fail_free <= self.disk_warn_free < 1, f"{key}.disk_warn_free",
+               "need 0 <= disk_fail_free <= disk_warn_free < 1")
+        _check(1 <= self.ping_count <= 200, f"{key}.ping_count", "must be 1..200")
+        _check(0 <= self.view_max_sessions <= 16, f"{key}.view_max_sessions", "must be 0..16")
+        _check(self.view_max_s > 0, f"{key}.view_max_s", "must be > 0")
+
+
+@dataclass
+class ProvisioningSection:
+    identity_dir: str = ""  # empty: <device.state_dir>/identity (device.key, device.crt, ca.crt)
+    service_user: str = "device-agent"  # identity files are chowned to it when provisioning as root
+    renew_before_days: float = 30.0  # renew the device certificate this long before it expires
+    renew_check_interval_s: float = 6 * 3600.0
+    renew_timeout_s: float = 30.0
+
+    def validate(self, key: str) -> None:
+        _check(self.renew_before_days > 0, f"{key}.renew_before_days", "must be > 0")
+        _check(self.renew_check_interval_s >= 10, f"{key}.renew_check_interval_s", "must be >= 10")
+        _check(self.renew_timeout_s > 0, f"{key}.renew_timeout_s", "must be > 0")
+
+    def resolve_identity_dir(self, state_dir: str) -> Path:
+        return Path(self.identity_dir) if self.identity_dir else Path(state_dir) / "identity"
 
 
 @dataclass
@@ -233,6 +301,7 @@ class AgentConfig:
     alerts: list[AlertRule] = field(default_factory=list)
     ota: OtaSection = field(default_factory=OtaSection)
     diagnostics: DiagnosticsSection = field(default_factory=DiagnosticsSection)
+    provisioning: ProvisioningSection = field(default_factory=ProvisioningSection)
     source_path: str = ""  # where it was loaded from; config.set persists here
 
     @property

@@ -31,7 +31,11 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port() if plain else 0
         self.ports: dict[str, int] = {name: free_port() for name in (listeners or {})}
-        lines = ["per_listener_settings false" if not listeners else "per_listener_settings true",
+        # As root, mosquitto would drop to its own user, which cannot write pytest's 0700 tmp dirs:
+        # persistence would fail silently. Tests stay root; a device's broker never runs like this.
+        lines = (["user root"] if os.geteuid() == 0 else []) + [
+                 "per_listener_settings false" if not listeners else "per_listener_settings true",
+                 "set_tcp_nodelay true",
                  f"persistence {'true' if persistence else 'false'}",
                  f"persistence_location {self.workdir}/",
                  "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
