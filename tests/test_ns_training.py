@@ -1,6 +1,7 @@
 """Training smoke test on a tiny config: runs only where the [train] extra (tensorflow) is installed."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,16 @@ pytest.importorskip("tensorflow")
 def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path) -> None:
     if not shutil.which("espeak-ng") or not (Path(__file__).resolve().parents[2] / "shared/data/ns").is_dir():
         pytest.skip("needs espeak-ng and ../shared/data/ns")
-    subprocess.run([sys.executable, "-m", "tools.ns_train.train", "--out", str(tmp_path), "--seconds", "2",
-                    "--utterances", "3", "--pairs", "8"], check=True, capture_output=True,
+    subprocess.run([sys.executable, "-m", "tools.ns_train.train", "--out", str(tmp_path), "--steps", "3",
+                    "--utterances", "12", "--rirs", "2", "--batch", "4", "--segment", "1", "--val-every", "2",
+                    "--val-count", "4", "--hidden", "32"], check=True, capture_output=True,
                    cwd=Path(__file__).resolve().parents[1], timeout=240)
-    from device_agent.ns.model import MaskModel
+    from device_agent.ns.model import MaskModel, StreamingDenoiser
     for name in ("ns_float.tflite", "ns_quant.tflite"):
-        mask = MaskModel(tmp_path / name).step(np.ones(161, np.float32))
+        model = MaskModel(tmp_path / name)
+        mask = model.step(np.ones(161, np.float32))
         assert mask.shape == (161,) and np.all((mask >= 0) & (mask <= 1))
+        y = StreamingDenoiser(model).process(np.random.default_rng(0).standard_normal(1600).astype(np.float32) * 0.1)
+        assert len(y) == 1600 and np.all(np.isfinite(y))
+    report = json.loads((tmp_path / "ns_train_report.json").read_text())
+    assert report["steps_run"] == 3 and report["history"] and "si_sdr" in report["best_validation"]

@@ -1,173 +1,267 @@
 """Train the streaming noise-suppression model and export TFLite (float + dynamic-range quantized).
 
-One command: ``.venv/bin/python -m tools.ns_train.train --out device_agent/ns/models --seconds 240 --utterances 80 --pairs 800``.
-Needs the ``[train]`` extra (tensorflow-cpu), espeak-ng and ../shared/data/ns. Fixed seed.
-Speech: espeak-ng voices/pitch/rate. Noise: real noise (held-out tail of freesound_573577 is NOT used)
-plus synthetic white/pink/brown/hum/clicks. clean_freesound_33711 is never used for training.
+The shipped model (fixed seeds, two stages; arguments in docs/noise-suppression.md) is reproduced by::
+
+    sh tools/ns_train/reproduce.sh
+
+Needs the ``[train]`` extra (tensorflow-cpu, pyroomacoustics), espeak-ng / flite / festival and
+../shared/data/ns. Runs TensorFlow on ONE thread. Data: ``tools.ns_train.data`` (synthetic speech, real
+and synthetic noise, simulated rooms), mixed on the fly. The checkpoint is chosen on a validation set of
+held-out synthetic utterances plus the Debian ``alsa_front_center`` phrase -- never the benchmark's
+clean_freesound_33711 speech or the held-out tail of noise_freesound_573577.
 """
 from __future__ import annotations
 
 import argparse
-import subprocess
-import tempfile
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
-FRAME, HOP, BINS, HIDDEN = 320, 160, 161, 96
-SR = 16000
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ns"
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.", "Please turn off the lights in the kitchen.",
-    "Device seven reports a temperature of forty two degrees.", "Can you hear me clearly now?",
-    "We will meet again at half past nine tomorrow morning.", "The camera stream is running fine.",
-    "Open the garage door and check the battery level.", "Rain is expected later this afternoon.",
-    "Numbers one two three four five six seven eight nine ten.", "How much does the new sensor cost?",
-    "She sells sea shells by the sea shore.", "Update the firmware before the weekend.",
-]
-VOICES = ["en", "en-us", "en-gb-x-rp", "en+f3", "en+m3", "en+f5", "en-us+f2", "de", "fr", "es", "en+m7", "en+f4"]
+from tools.ns_train.data import DATA, SR, Corpus, Mixer, to16k
+
+FRAME, HOP, BINS = 320, 160, 161
+COMPRESS = 0.3
 
 
-def to16k(x: np.ndarray, sr: int) -> np.ndarray:
-    if x.ndim > 1:
-        x = x[:, 0]
-    return resample_poly(x, SR, sr).astype(np.float32) if sr != SR else x.astype(np.float32)
+def log(*a) -> None:
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def synth_speech(rng: np.random.Generator, n: int) -> list[np.ndarray]:
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(n):
-            wav = Path(tmp) / f"{i}.wav"
-            cmd = ["espeak-ng", "-v", VOICES[i % len(VOICES)], "-p", str(int(rng.integers(20, 80))),
-                   "-s", str(int(rng.integers(130, 200))), "-w", str(wav), SENTENCES[int(rng.integers(len(SENTENCES)))]]
-            subprocess.run(cmd, check=True, capture_output=True)
-            x, sr = sf.read(wav, dtype="float32")
-            out.append(to16k(x, sr))
-    return out
-
-
-def synth_noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    kind = int(rng.integers(5))
-    w = rng.standard_normal(n).astype(np.float32)
-    if kind == 1:  # pink-ish
-        spec = np.fft.rfft(w); spec /= np.sqrt(np.arange(1, len(spec) + 1)); w = np.fft.irfft(spec, n)
-    elif kind == 2:  # brown
-        w = np.cumsum(w); w -= np.convolve(w, np.ones(400) / 400, "same")
-    elif kind == 3:  # hum + harmonics
-        t = np.arange(n) / SR; f0 = rng.choice([50.0, 60.0])
-        w = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 8)) + 0.05 * w
-    elif kind == 4:  # clicks over light noise
-        w = 0.1 * w; idx = rng.integers(0, n, size=max(1, n // 4000)); w[idx] += rng.uniform(-5, 5, len(idx))
-    return (w / (np.std(w) + 1e-9)).astype(np.float32)
-
-
-def reverb(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
-    rt60 = rng.uniform(0.1, 0.6); n = int(rt60 * SR)
-    rir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n); rir[0] = 1.0
-    y = np.convolve(x, rir / np.sqrt(np.sum(rir ** 2)))[: len(x)]
-    return y.astype(np.float32)
-
-
-def make_pairs(rng, speech, real_noise, count, seg):
-    clean = np.zeros((count, seg), np.float32); noisy = np.zeros_like(clean)
-    for i in range(count):
-        s = np.concatenate([speech[int(rng.integers(len(speech)))] for _ in range(3)])
-        start = int(rng.integers(0, max(1, len(s) - seg))); s = s[start:start + seg]
-        s = np.pad(s, (0, seg - len(s)))
-        if rng.random() < 0.3:
-            s = reverb(rng, s)
-        if rng.random() < 0.5:
-            src = real_noise[int(rng.integers(len(real_noise)))]
-            off = int(rng.integers(0, len(src) - seg)) if len(src) > seg else 0
-            nz = np.resize(src[off:], seg); nz = nz / (np.std(nz) + 1e-9)
-        else:
-            nz = synth_noise(rng, seg)
-        snr = rng.uniform(-5, 20)
-        s = s / (np.std(s) + 1e-9)
-        x = s + nz * 10 ** (-snr / 20)
-        g = 10 ** (rng.uniform(-35, -10) / 20) / (np.std(x) + 1e-9)
-        clean[i] = s * g; noisy[i] = x * g
-    return clean, noisy
-
-
-def build(tf):
+def build(tf, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray):
+    """feat (compressed magnitude) -> fixed normalisation -> Dense -> GRU x layers -> sigmoid mask."""
     k = tf.keras
     inp = k.Input((None, BINS))
-    x = k.layers.Dense(HIDDEN, activation="tanh", name="enc")(inp)
-    x = k.layers.GRU(HIDDEN, return_sequences=True, name="gru")(x)
+    x = k.layers.Rescaling(1.0 / sd, offset=-mu / sd, name="norm")(inp)
+    x = k.layers.Dense(hidden, activation="tanh", name="enc")(x)
+    for i in range(layers):
+        x = k.layers.GRU(hidden, return_sequences=True, name=f"gru{i}")(x)
     m = k.layers.Dense(BINS, activation="sigmoid", name="mask")(x)
     return k.Model(inp, m)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def si_sdr_np(ref: np.ndarray, est: np.ndarray) -> float:
+    ref = ref - ref.mean(); est = est - est.mean()
+    proj = np.dot(est, ref) / (np.dot(ref, ref) + 1e-12) * ref
+    return float(10 * np.log10(np.sum(proj ** 2) / (np.sum((est - proj) ** 2) + 1e-12) + 1e-12))
+
+
+def validation_set(corpus: Corpus, seed: int, count: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed mixtures of held-out synthetic utterances and the real alsa_front_center phrase."""
+    x, sr = sf.read(DATA / "alsa_front_center.wav", dtype="float32")
+    real = to16k(x, sr); real = real / (np.std(real) + 1e-9)
+    mixer = Mixer(corpus, np.random.default_rng(seed + 1), speech=corpus.val_speech + [real] * 3)
+    return mixer.batch(count, int(seconds * SR))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="device_agent/ns/models")
-    ap.add_argument("--seconds", type=float, default=1200, help="training wall-clock budget")
-    ap.add_argument("--utterances", type=int, default=120)
-    ap.add_argument("--pairs", type=int, default=1500)
-    a = ap.parse_args()
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--steps", type=int, default=6000, help="optimizer steps (batch of --batch x --segment s)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--segment", type=float, default=2.0, help="seconds per training example")
+    ap.add_argument("--utterances", type=int, default=1500, help="synthetic utterances to generate")
+    ap.add_argument("--rirs", type=int, default=80, help="simulated rooms")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--sisdr-weight", type=float, default=0.01)
+    ap.add_argument("--asym-weight", type=float, default=0.0,
+                    help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
+    ap.add_argument("--val-every", type=int, default=250)
+    ap.add_argument("--val-count", type=int, default=48)
+    ap.add_argument("--cache", default="", help="directory to cache the generated corpus")
+    ap.add_argument("--max-minutes", type=float, default=45.0, help="safety stop (the best checkpoint is exported)")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop after this many steps (the schedule still spans --steps); 0: run all")
+    ap.add_argument("--init", default="", help="start from this float .tflite written by an earlier run (fine-tuning)")
+    ap.add_argument("--mix-seed", type=int, default=None, help="seed of the on-the-fly mixing (default: --seed)")
+    a = ap.parse_args(argv)
+    t_start = time.time()
+
     import tensorflow as tf
-    tf.keras.utils.set_random_seed(1234); tf.config.threading.set_intra_op_parallelism_threads(1)
-    rng = np.random.default_rng(1234)
-    speech = synth_speech(rng, a.utterances)
-    noises = []
-    for name in ["noise_cafe_short.wav", "noise_freesound_573577.wav"]:
-        x, sr = sf.read(DATA / name, dtype="float32"); x = to16k(x, sr)
-        if "573577" in name:
-            x = x[: int(0.7 * len(x))]  # tail held out for evaluation
-        noises.append(x)
-    clean, noisy = make_pairs(rng, speech, noises, a.pairs, SR * 2)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.keras.utils.set_random_seed(a.seed)
+
+    cache = Path(a.cache) / f"corpus_s{a.seed}_u{a.utterances}_r{a.rirs}.npz" if a.cache else None
+    if cache and cache.is_file():
+        corpus = Corpus.load(cache); log("corpus loaded from", cache)
+    else:
+        log(f"generating corpus: {a.utterances} utterances, {a.rirs} rooms")
+        corpus = Corpus.build(a.seed, a.utterances, a.rirs, log)
+        log("corpus", corpus.stats)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True); corpus.save(cache)
+    log(f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
+        f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}")
+    rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
+    mixer = Mixer(corpus, rng)
+    seg = int(a.segment * SR)
+    val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
+
     win = tf.signal.hann_window(FRAME, periodic=True) ** 0.5
+    stft = lambda x: tf.signal.stft(x, FRAME, HOP, FRAME, window_fn=lambda n, dtype: win)  # noqa: E731
+    istft = lambda s: tf.signal.inverse_stft(s, FRAME, HOP, FRAME, window_fn=lambda n, dtype: win)  # noqa: E731
 
-    def spec(x):
-        return tf.signal.stft(x, FRAME, HOP, FRAME, window_fn=lambda n, dtype: win)
+    # fixed feature normalisation from the training distribution (baked into the exported graph)
+    feats = [np.abs(stft(tf.constant(mixer.batch(16, seg)[1])).numpy()) for _ in range(8)]
+    f = np.power(np.concatenate([x.reshape(-1, BINS) for x in feats]) + 1e-9, COMPRESS)
+    mu, sd = f.mean(0).astype(np.float32), (f.std(0) + 1e-3).astype(np.float32)
 
-    model = build(tf)
-    opt = tf.keras.optimizers.Adam(1e-3)
+    if a.init:  # the earlier run's normalisation is folded into its enc weights: identity here
+        mu, sd = np.zeros(BINS, np.float32), np.ones(BINS, np.float32)
+    model = build(tf, a.hidden, a.layers, mu, sd)
+    if a.init:
+        load_tflite_weights(model, Path(a.init), a.layers)
+        log("initialised from", a.init)
+    log(f"model: {model.count_params()} weights, hidden {a.hidden} x {a.layers} GRU")
+    warm = 200
+    sched = tf.keras.optimizers.schedules.CosineDecay(a.lr, max(1, a.steps - warm), alpha=0.03,
+                                                      warmup_target=None)
+
+    def lr_at(step: int) -> float:
+        return a.lr * min(1.0, (step + 1) / warm) if step < warm else float(sched(step - warm))
+
+    opt = tf.keras.optimizers.Adam(a.lr, clipnorm=3.0)
+
+    def compressed(s):
+        mag = tf.abs(s)
+        cm = tf.pow(mag + 1e-9, COMPRESS)
+        return cm, tf.complex(cm * tf.math.real(s) / (mag + 1e-9), cm * tf.math.imag(s) / (mag + 1e-9))
+
+    def losses(c, n):
+        sc, sn = stft(c), stft(n)
+        mask = model(tf.pow(tf.abs(sn) + 1e-9, COMPRESS))
+        est = tf.complex(mask, 0.0) * sn
+        ce, cce = compressed(est); cc, ccc = compressed(sc)
+        l_mag = tf.reduce_mean(tf.square(ce - cc))
+        l_cplx = tf.reduce_mean(tf.square(tf.abs(cce - ccc)))
+        ref, out = istft(sc), istft(est)
+        ref -= tf.reduce_mean(ref, -1, keepdims=True); out -= tf.reduce_mean(out, -1, keepdims=True)
+        e_ref = tf.reduce_sum(ref * ref, -1)
+        proj = tf.reduce_sum(out * ref, -1, keepdims=True) / (e_ref[:, None] + 1e-9) * ref
+        sdr = 10.0 * tf.math.log((tf.reduce_sum(proj ** 2, -1) + 1e-9) /
+                                 (tf.reduce_sum((out - proj) ** 2, -1) + 1e-9)) / tf.math.log(10.0)
+        has = tf.cast(e_ref > 1e-6, tf.float32)
+        l_sdr = -tf.reduce_sum(sdr * has) / (tf.reduce_sum(has) + 1e-9)
+        l_asym = tf.reduce_mean(tf.square(tf.nn.relu(cc - ce)))  # over-suppression of speech
+        return 0.3 * l_mag + 0.7 * l_cplx + a.asym_weight * l_asym, l_sdr, out
 
     @tf.function
-    def step(c, n):
-        sc, sn = spec(c), spec(n)
-        mag = tf.abs(sn)
+    def train_step(c, n, lr):
+        opt.learning_rate.assign(lr)
         with tf.GradientTape() as tape:
-            m = model(tf.pow(mag + 1e-9, 0.3))
-            est = m * mag
-            loss = tf.reduce_mean(tf.square(tf.pow(est + 1e-9, 0.3) - tf.pow(tf.abs(sc) + 1e-9, 0.3)))
-            loss += 0.1 * tf.reduce_mean(tf.square(est - tf.abs(sc))) * 100.0
+            l_spec, l_sdr, _ = losses(c, n)
+            loss = l_spec + a.sisdr_weight * l_sdr
         g = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(g, model.trainable_variables))
-        return loss
+        return l_spec, l_sdr
 
-    t0, it = time.time(), 0
-    while time.time() - t0 < a.seconds:
-        idx = rng.integers(0, a.pairs, 32)
-        loss = step(tf.constant(clean[idx]), tf.constant(noisy[idx])); it += 1
-        if it % 50 == 0:
-            print(f"it {it} loss {float(loss):.4f} t {time.time() - t0:.0f}s", flush=True)
-    export(tf, model, Path(a.out))
+    @tf.function
+    def enhance(n):
+        sn = stft(n)
+        return istft(tf.complex(model(tf.pow(tf.abs(sn) + 1e-9, COMPRESS)), 0.0) * sn)
+
+    def validate() -> dict:
+        from pesq import pesq
+        outs = np.concatenate([enhance(tf.constant(val_noisy[i:i + 16])).numpy() for i in range(0, len(val_noisy), 16)])
+        ref = np.concatenate([istft(stft(tf.constant(val_clean[i:i + 16]))).numpy()
+                              for i in range(0, len(val_clean), 16)])
+        sdrs, pq = [], []
+        for i, (r, o) in enumerate(zip(ref, outs)):
+            if np.std(r) < 1e-5:
+                continue
+            sdrs.append(si_sdr_np(r[HOP:-FRAME], o[HOP:-FRAME]))
+            if i % 2 == 0:
+                try:
+                    pq.append(pesq(SR, r[HOP:-FRAME], o[HOP:-FRAME], "wb"))
+                except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
+                    pass
+        res = {"si_sdr": float(np.mean(sdrs)), "pesq": float(np.mean(pq))}
+        res["score"] = res["pesq"] + 0.1 * res["si_sdr"]
+        return res
+
+    noisy_ref = {"si_sdr": float(np.mean([si_sdr_np(c, n) for c, n in zip(val_clean, val_noisy) if np.std(c) > 1e-5]))}
+    log("validation noisy input SI-SDR", round(noisy_ref["si_sdr"], 2))
+    best, best_w, history = -1e9, model.get_weights(), []
+    t0, acc, step = time.time(), np.zeros(2), 0
+    for step in range(a.steps):
+        c, n = mixer.batch(a.batch, seg)
+        ls, lsdr = train_step(tf.constant(c), tf.constant(n), tf.constant(lr_at(step), tf.float32))
+        acc += [float(ls), float(lsdr)]
+        if (step + 1) % 50 == 0:
+            log(f"step {step + 1} spec {acc[0] / 50:.4f} sisdr {-acc[1] / 50:.2f} lr {lr_at(step):.2e} "
+                f"{(time.time() - t0) / (step + 1):.3f} s/step")
+            acc[:] = 0
+        last = (step + 1 == a.steps or step + 1 == a.stop_after
+                or (time.time() - t_start) / 60 > a.max_minutes)
+        if (step + 1) % a.val_every == 0 or last:
+            v = validate(); v["step"] = step + 1; history.append(v)
+            if v["score"] > best:
+                best, best_w = v["score"], model.get_weights()
+            log(f"val step {step + 1}: SI-SDR {v['si_sdr']:.2f} PESQ {v['pesq']:.3f} score {v['score']:.3f} "
+                f"(best {best:.3f})")
+        if last:
+            break
+    model.set_weights(best_w)
+    out = Path(a.out)
+    export(tf, model, out, a.layers, a.hidden)
+    best_v = max(history, key=lambda v: v["score"]) if history else {}
+    report = {"args": vars(a), "steps_run": step + 1, "minutes": round((time.time() - t_start) / 60, 1),
+              "weights": int(model.count_params()), "best_validation": best_v, "validation_noisy": noisy_ref,
+              "corpus": corpus.stats, "history": history}
+    (out / "ns_train_report.json").write_text(json.dumps(report, indent=1))
+    log("done", json.dumps({k: report[k] for k in ("steps_run", "minutes", "best_validation")}))
 
 
-def export(tf, model, out: Path) -> None:
-    """Export a single-hop graph with the GRU state as explicit input/output."""
+def load_tflite_weights(model, path: Path, layers: int) -> None:
+    """Inverse of ``export`` for the float model: read its constant tensors back into the Keras layers."""
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=str(path)); it.allocate_tensors()
+    t = {d["name"]: d["index"] for d in it.get_tensor_details()}
+    get = lambda name: np.array(it.get_tensor(t[name]))  # noqa: E731
+    # export() builds matmuls/adds in a fixed order: enc, then per layer (input, recurrent), then mask
+    mm = ["MatMul"] + [f"MatMul_{i}" for i in range(1, 2 * layers + 2)]
+    adds, k = ["add"], 0
+    for _ in range(layers):
+        adds += [f"add_{k + 1}", f"add_{k + 2}"]; k += 6
+    adds.append(f"add_{k + 1}")
+    model.get_layer("enc").set_weights([get(mm[0]).T, get(adds[0])])
+    for i in range(layers):
+        wk, wr = get(mm[1 + 2 * i]).T, get(mm[2 + 2 * i]).T
+        model.get_layer(f"gru{i}").set_weights([wk, wr, np.stack([get(adds[1 + 2 * i]), get(adds[2 + 2 * i])])])
+    model.get_layer("mask").set_weights([get(mm[-1]).T, get(adds[-1])])
+
+
+def export(tf, model, out: Path, layers: int, hidden: int) -> None:
+    """Single-hop graph; all GRU states concatenated into ONE explicit state input/output [1, layers*hidden]."""
     out.mkdir(parents=True, exist_ok=True)
-    const = lambda v: tf.constant(np.asarray(v), tf.float32)  # noqa: E731
-    we, be = (const(v) for v in model.get_layer("enc").get_weights())
-    wk, wr, bk = (const(v) for v in model.get_layer("gru").get_weights())  # Keras order z, r, h; reset_after
+    const = lambda v: tf.constant(np.asarray(v, np.float32))  # noqa: E731
+    norm = model.get_layer("norm")
+    scale, offset = np.asarray(norm.scale, np.float32), np.asarray(norm.offset, np.float32)
+    we, be = model.get_layer("enc").get_weights()
+    we_f, be_f = const(we * scale[:, None]), const(be + offset @ we)  # normalisation folded into enc
+    grus = [[const(v) for v in model.get_layer(f"gru{i}").get_weights()] for i in range(layers)]
     wd, bd = (const(v) for v in model.get_layer("mask").get_weights())
 
     @tf.function(input_signature=[tf.TensorSpec([1, BINS], tf.float32, name="feat"),
-                                  tf.TensorSpec([1, HIDDEN], tf.float32, name="state")])
+                                  tf.TensorSpec([1, layers * hidden], tf.float32, name="state")])
     def hop(feat, state):
-        x = tf.tanh(tf.matmul(feat, we) + be)
-        xz, xr, xh = tf.split(tf.matmul(x, wk) + bk[0], 3, axis=-1)
-        hz, hr, hh = tf.split(tf.matmul(state, wr) + bk[1], 3, axis=-1)
-        z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
-        new = z * state + (1 - z) * tf.tanh(xh + r * hh)
-        return {"mask": tf.sigmoid(tf.matmul(new, wd) + bd), "state_out": new}
+        x = tf.tanh(tf.matmul(feat, we_f) + be_f)
+        states = tf.split(state, layers, axis=-1) if layers > 1 else [state]
+        new_states = []
+        for (wk, wr, b), h in zip(grus, states):  # Keras gate order z, r, h; reset_after=True
+            xz, xr, xh = tf.split(tf.matmul(x, wk) + b[0], 3, axis=-1)
+            hz, hr, hh = tf.split(tf.matmul(h, wr) + b[1], 3, axis=-1)
+            z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
+            x = z * h + (1 - z) * tf.tanh(xh + r * hh)
+            new_states.append(x)
+        return {"mask": tf.sigmoid(tf.matmul(x, wd) + bd),
+                "state_out": tf.concat(new_states, -1) if layers > 1 else new_states[0]}
 
     cf = hop.get_concrete_function()
     for name, quant in [("ns_float.tflite", False), ("ns_quant.tflite", True)]:
@@ -175,7 +269,7 @@ def export(tf, model, out: Path) -> None:
         if quant:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         (out / name).write_bytes(conv.convert())
-        print("wrote", out / name)
+        log("wrote", out / name, (out / name).stat().st_size, "bytes")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,323 @@
+"""Training data for the noise-suppression model: synthetic speech, noise pools, room impulse responses.
+
+Everything is made here from Debian's synthesizers and ``../shared/data/ns``; nothing is downloaded.
+Held out for evaluation and never touched here: ``clean_freesound_33711`` (speech) and the last 30 %
+of ``noise_freesound_573577`` (noise). ``Corpus.build`` is deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import fftconvolve, lfilter, resample_poly
+
+SR = 16000
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ns"
+HELD_OUT_NOISE_FRACTION = 0.3  # tail of noise_freesound_573577 kept for the benchmark
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.", "Please turn off the lights in the kitchen.",
+    "Device seven reports a temperature of forty two degrees.", "Can you hear me clearly now?",
+    "We will meet again at half past nine tomorrow morning.", "The camera stream is running fine.",
+    "Open the garage door and check the battery level.", "Rain is expected later this afternoon.",
+    "Numbers one two three four five six seven eight nine ten.", "How much does the new sensor cost?",
+    "She sells sea shells by the sea shore.", "Update the firmware before the weekend.",
+    "A large size in stockings is hard to sell.", "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.", "It is easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.", "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.", "The box was thrown beside the parked truck.",
+    "Four hours of steady work faced us.", "The hogs were fed chopped corn and garbage.",
+    "Hoist the load to your left shoulder.", "Wipe the grease off his dirty face.",
+    "Mend the coat before you go out.", "The wrist was badly strained and hung limp.",
+    "The stray cat gave birth to kittens.", "The young girl gave no clear response.",
+    "The meal was cooked before the bell rang.", "What joy there is in living!",
+    "Set the thermostat to twenty one degrees and lock the front door.",
+    "Who left the window open in the upstairs bedroom?", "Call mum and tell her I will be late.",
+    "Play some quiet music in the living room.", "Remind me to water the plants at six.",
+    "The delivery driver is waiting outside with a parcel.", "Is anybody there? Please answer me.",
+    "Thank you very much, that was really helpful.", "Zero, eleven, fifteen, ninety nine, a hundred.",
+    "Jack quietly moved up front and seized the big ball of wax.",
+    "Heavy trucks rumble past the school every morning.", "Show me the video from the back yard camera.",
+]
+WORDS = sorted({w.strip(".,?!").lower() for s in SENTENCES for w in s.split()} | set(
+    "alarm baby garden yellow thirty kitchen window system morning evening whisper thunder music"
+    " picture seventy bright shadow measure orange purple umbrella breakfast village journey quickly"
+    " slowly happy angry chair table school doctor answer listen silver golden jumping sitting".split()))
+
+ESPEAK_LANGS = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan",
+                "en-gb-x-gbcwmd", "de", "fr", "es", "it", "nl", "pl"]
+ESPEAK_VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt",
+                   "klatt2", "klatt3", "Andy", "Annie", "anika", "david", "edward", "linda", "steph", "paul",
+                   "robert", "john", "grandma", "grandpa", "Alicia", "max", "victor", "shelby", "travis"]
+FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
+FESTIVAL_VOICES = ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts", "lp_diphone", "pc_diphone",
+                   "upc_ca_ona_hts", "czech_dita"]
+
+
+def to16k(x: np.ndarray, sr: int) -> np.ndarray:
+    """First channel, resampled to 16 kHz float32."""
+    if x.ndim > 1:
+        x = x[:, 0]
+    return (resample_poly(x, SR, sr) if sr != SR else x).astype(np.float32)
+
+
+def _text(rng: np.random.Generator) -> str:
+    if rng.random() < 0.6:
+        return " ".join(SENTENCES[int(i)] for i in rng.integers(0, len(SENTENCES), int(rng.integers(1, 3))))
+    words = rng.choice(WORDS, int(rng.integers(5, 16)))
+    return " ".join(words).capitalize() + rng.choice([".", "?", "!"])
+
+
+def _synth_one(rng: np.random.Generator, wav: Path) -> str:
+    """Synthesize one random utterance into ``wav``; returns the engine/voice used."""
+    text = _text(rng)
+    engines = [e for e in ("espeak-ng", "flite", "text2wave") if shutil.which(e)]
+    engine = engines[int(rng.choice(len(engines), p=_engine_p(engines)))]
+    if engine == "espeak-ng":
+        lang = ESPEAK_LANGS[int(rng.integers(len(ESPEAK_LANGS)))] if rng.random() < 0.4 else "en"
+        var = ESPEAK_VARIANTS[int(rng.integers(len(ESPEAK_VARIANTS)))]
+        voice = lang + (f"+{var}" if var else "")
+        cmd = ["espeak-ng", "-v", voice, "-p", str(int(rng.integers(15, 85))), "-s", str(int(rng.integers(120, 210))),
+               "-g", str(int(rng.integers(0, 6))), "-w", str(wav), text]
+    elif engine == "flite":
+        voice = FLITE_VOICES[int(rng.integers(len(FLITE_VOICES)))]
+        cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={rng.uniform(0.8, 1.3):.2f}",
+               "--setf", f"int_f0_target_mean={rng.uniform(80, 220):.0f}", "-t", text, "-o", str(wav)]
+    else:
+        voice = FESTIVAL_VOICES[int(rng.integers(len(FESTIVAL_VOICES)))]
+        txt = wav.with_suffix(".txt"); txt.write_text(text)
+        cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval",
+               f"(Parameter.set 'Duration_Stretch {rng.uniform(0.8, 1.3):.2f})", str(txt), "-o", str(wav)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    return f"{engine}:{voice}"
+
+
+def _engine_p(engines: list[str]) -> np.ndarray:
+    w = np.array([{"espeak-ng": 0.5, "flite": 0.25, "text2wave": 0.25}[e] for e in engines])
+    return w / w.sum()
+
+
+def perturb_speech(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """Speed/pitch change by resampling (+-12 %), a random microphone-like tilt, trimmed silence."""
+    f = int(rng.integers(88, 113))
+    if f != 100:
+        x = resample_poly(x, 100, f).astype(np.float32)
+    a = rng.uniform(-0.6, 0.6)  # first-order tilt: >0 brighter, <0 darker
+    x = lfilter([1.0, -a], [1.0], x).astype(np.float32) if abs(a) > 0.05 else x
+    e = np.convolve(x ** 2, np.ones(160) / 160, "same")
+    on = np.nonzero(e > 1e-4 * e.max())[0]
+    if len(on):
+        x = x[max(0, on[0] - 800): on[-1] + 800]
+    return x / (np.std(x) + 1e-9)
+
+
+def synth_speech(rng: np.random.Generator, n: int, log=print) -> tuple[list[np.ndarray], dict[str, int]]:
+    out, used = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            wav = Path(tmp) / f"{i}.wav"
+            try:
+                who = _synth_one(rng, wav)
+                x, sr = sf.read(wav, dtype="float32")
+            except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+                log(f"  synth failed ({exc.__class__.__name__}); skipped")
+                continue
+            if len(x) < sr // 4 or not np.any(x):
+                continue
+            out.append(perturb_speech(rng, to16k(x, sr)))
+            used[who.split(":")[0]] = used.get(who.split(":")[0], 0) + 1
+            if (i + 1) % 100 == 0:
+                log(f"  speech {i + 1}/{n}")
+    return out, used
+
+
+def real_noises() -> list[np.ndarray]:
+    """Real recordings allowed in training (the benchmark's noise tail is cut off)."""
+    out = []
+    for name in ["noise_cafe_short.wav", "noise_freesound_573577.wav"]:
+        x, sr = sf.read(DATA / name, dtype="float32")
+        x = to16k(x, sr)
+        if "573577" in name:
+            x = x[: int((1 - HELD_OUT_NOISE_FRACTION) * len(x))]
+        out.append(x / (np.std(x) + 1e-9))
+    return out
+
+
+def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Gaussian noise with a random smooth spectral envelope (slope + a few random bumps)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.linspace(1e-3, 1, len(spec))
+    env = f ** rng.uniform(-1.2, 0.5)
+    for _ in range(int(rng.integers(0, 4))):
+        c, w = rng.uniform(0.005, 0.9), rng.uniform(0.01, 0.2)
+        env *= 1 + rng.uniform(0, 6) * np.exp(-0.5 * ((f - c) / w) ** 2)
+    return np.fft.irfft(spec * env, n)
+
+
+def synth_noise(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> np.ndarray:
+    """One random synthetic noise of ``n`` samples, unit RMS."""
+    kind = int(rng.integers(8))
+    t = np.arange(n) / SR
+    if kind == 0:
+        w = rng.standard_normal(n)
+    elif kind == 1:
+        w = _colored(rng, n)
+    elif kind == 2:  # brown / rumble
+        w = np.cumsum(rng.standard_normal(n)); w -= np.convolve(w, np.ones(400) / 400, "same")
+    elif kind == 3:  # mains hum or fan: harmonics over coloured noise
+        f0 = rng.choice([50.0, 60.0, 100.0, 120.0]) if rng.random() < 0.5 else rng.uniform(80, 400)
+        w = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) * rng.uniform(0.1, 1) / k for k in range(1, 10))
+        w = w / np.std(w) + rng.uniform(0.05, 1.0) * _colored(rng, n) / 0.5
+    elif kind == 4:  # clicks, knocks and other transients over light noise
+        w = 0.1 * rng.standard_normal(n)
+        for p in rng.integers(0, n, int(rng.integers(2, 20))):
+            ln = int(rng.integers(40, 3000)); b = rng.standard_normal(ln) * np.exp(-np.arange(ln) / (ln / 5))
+            w[p:p + ln] += rng.uniform(1, 10) * b[: len(w[p:p + ln])]
+    elif kind == 5:  # babble: 3-7 talkers
+        w = np.zeros(n)
+        for _ in range(int(rng.integers(3, 8))):
+            s = speech[int(rng.integers(len(speech)))]
+            s = np.resize(s, n + len(s))[int(rng.integers(len(s))):][:n]
+            w += s * rng.uniform(0.5, 1.0)
+    elif kind == 6:  # traffic-like: slowly swelling coloured noise
+        env = np.exp(np.interp(t, np.linspace(0, t[-1] + 1e-3, 6), rng.uniform(-2.5, 0.5, 6)))
+        w = _colored(rng, n) * env
+    else:  # gated / intermittent coloured noise (appliances switching)
+        g = np.repeat(rng.random(n // 1600 + 1) < 0.6, 1600)[:n].astype(float)
+        g = np.convolve(g, np.ones(160) / 160, "same")
+        w = _colored(rng, n) * (0.1 + g)
+    w = np.asarray(w, np.float64)
+    return (w / (np.std(w) + 1e-9)).astype(np.float32)
+
+
+def room_irs(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Shoebox rooms from pyroomacoustics (image method), RT60 0.15-0.9 s; direct path moved to index 0."""
+    import pyroomacoustics as pra
+    out = []
+    while len(out) < n:
+        dim = np.array([rng.uniform(3, 9), rng.uniform(3, 7), rng.uniform(2.4, 3.5)])
+        rt60 = rng.uniform(0.15, 0.9)
+        try:
+            absorb, order = pra.inverse_sabine(rt60, dim)
+        except ValueError:
+            continue
+        room = pra.ShoeBox(dim, fs=SR, materials=pra.Material(absorb), max_order=min(order, 12))
+        src = rng.uniform(0.5, dim - 0.5); mic = rng.uniform(0.5, dim - 0.5)
+        room.add_source(src); room.add_microphone(mic)
+        room.compute_rir()
+        h = np.asarray(room.rir[0][0], np.float32)
+        pk = int(np.argmax(np.abs(h)))
+        h = h[pk:pk + int(SR * 1.0)]
+        out.append(h / (np.abs(h[0]) + 1e-9))
+    return out
+
+
+@dataclass
+class Corpus:
+    """Speech utterances (train / validation split), noise pools and room impulse responses."""
+
+    train_speech: list[np.ndarray]
+    val_speech: list[np.ndarray]
+    real_noise: list[np.ndarray]
+    rirs: list[np.ndarray]
+    stats: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, seed: int, utterances: int, rirs: int, log=print) -> "Corpus":
+        rng = np.random.default_rng(seed)
+        speech, used = synth_speech(rng, utterances, log)
+        n_val = max(2, len(speech) // 10)
+        try:
+            h = room_irs(rng, rirs)
+        except ImportError:  # pyroomacoustics missing: fall back to exponential-decay noise tails
+            h = [_decay_ir(rng) for _ in range(rirs)]
+        return cls(speech[n_val:], speech[:n_val], real_noises(), h, {"engines": used, "utterances": len(speech)})
+
+    def save(self, path: Path) -> None:
+        arrays = {f"s{i}": x for i, x in enumerate(self.train_speech)}
+        arrays |= {f"v{i}": x for i, x in enumerate(self.val_speech)}
+        arrays |= {f"n{i}": x for i, x in enumerate(self.real_noise)}
+        arrays |= {f"r{i}": x for i, x in enumerate(self.rirs)}
+        np.savez(path, meta=np.array(json.dumps(self.stats)), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "Corpus":
+        z = np.load(path)
+
+        def get(prefix: str) -> list[np.ndarray]:
+            return [z[k] for k in sorted((k for k in z.files if k[0] == prefix), key=lambda k: int(k[1:]))]
+        stats = json.loads(str(z["meta"])) if "meta" in z.files else {}
+        return cls(get("s"), get("v"), get("n"), get("r"), stats)
+
+
+def _decay_ir(rng: np.random.Generator) -> np.ndarray:
+    rt60 = rng.uniform(0.15, 0.9); n = int(rt60 * SR)
+    h = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n); h[0] = 1.0 / 0.3
+    return (h * 0.3).astype(np.float32)
+
+
+class Mixer:
+    """Random (clean target, noisy input) pairs made on the fly from a ``Corpus``."""
+
+    def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None) -> None:
+        self.c, self.rng = corpus, rng
+        self.speech = speech if speech is not None else corpus.train_speech
+
+    def _speech(self, n: int) -> np.ndarray:
+        rng, out, pos = self.rng, np.zeros(n, np.float32), int(self.rng.integers(-n // 4, n // 8))
+        while pos < n:
+            s = self.speech[int(rng.integers(len(self.speech)))] * rng.uniform(0.5, 1.5)
+            a, b = max(pos, 0), min(pos + len(s), n)
+            if b > a:
+                out[a:b] += s[a - pos: b - pos]
+            pos += len(s) + int(rng.integers(0, SR // 2))
+        return out
+
+    def _noise(self, n: int) -> np.ndarray:
+        rng = self.rng
+        if rng.random() < 0.45:
+            src = self.c.real_noise[int(rng.integers(len(self.c.real_noise)))]
+            f = int(rng.integers(85, 118))
+            if f != 100:
+                src = resample_poly(src, 100, f).astype(np.float32)
+            if rng.random() < 0.5:
+                src = src[::-1]
+            nz = np.resize(src, n + len(src))[int(rng.integers(len(src))):][:n]
+            if rng.random() < 0.5:
+                nz = lfilter([1.0, -rng.uniform(-0.7, 0.7)], [1.0], nz)
+        else:
+            nz = synth_noise(rng, n, self.speech)
+        if rng.random() < 0.3:  # add a second noise
+            nz = nz / (np.std(nz) + 1e-9) + rng.uniform(0.1, 0.7) * synth_noise(rng, n, self.speech)
+        return (nz / (np.std(nz) + 1e-9)).astype(np.float32)
+
+    def pair(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        dry = self._speech(n)
+        clean = dry
+        if rng.random() < 0.35:  # reverberant input; target keeps direct path + 50 ms early reflections
+            h = self.c.rirs[int(rng.integers(len(self.c.rirs)))]
+            wet = fftconvolve(dry, h)[:n]
+            clean = fftconvolve(dry, h[: SR // 20])[:n]
+            dry = wet
+        clean, x = clean.astype(np.float32), dry.astype(np.float32)
+        ref = np.std(x) + 1e-9
+        if rng.random() < 0.05:  # noise only
+            clean, x = clean * 0, x * 0
+        snr = rng.uniform(-5, 20)
+        x = x + self._noise(n) * ref * 10 ** (-snr / 20)
+        g = 10 ** (rng.uniform(-40, -12) / 20) / (np.std(x) + 1e-9)
+        peak = np.max(np.abs(x * g))
+        if peak > 0.99:
+            g *= 0.99 / peak
+        return (clean * g).astype(np.float32), (x * g).astype(np.float32)
+
+    def batch(self, size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cs, xs = zip(*(self.pair(n) for _ in range(size)))
+        return np.stack(cs), np.stack(xs)
