@@ -18,15 +18,10 @@ from scipy.signal import resample_poly
 
 from device_agent.ns.model import HOP, MaskModel
 from device_agent.ns.stage import NoiseSuppressionStage
+from device_agent.ns.quality import si_sdr
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SR = 16000
-
-
-def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
-    ref = ref - ref.mean(); est = est - est.mean()
-    proj = np.dot(est, ref) / np.dot(ref, ref) * ref
-    return float(10 * np.log10(np.sum(proj ** 2) / (np.sum((est - proj) ** 2) + 1e-12)))
 
 
 def align(clean: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -145,8 +145,8 @@ class NoiseSuppressionSection:
 @dataclass
 class WebSection:
     enabled: bool = True
-    listen: str = "0.0.0.0:8080"
-    token: str = ""  # optional bearer token for WHEP
+    listen: str = "127.0.0.1:8080"  # a LAN address needs `token`: viewers see the camera and talk
+    token: str = ""  # bearer token for WHEP and /api/stats; required unless listening on loopback
     max_viewers: int = 8
     session_timeout_s: float = 30.0  # ICE never connected within this: session dropped
     stun_servers: list[str] = field(default_factory=list)
@@ -156,6 +156,15 @@ class WebSection:
         _check(bool(sep) and port.isdigit() and 0 <= int(port) <= 65535, f"{key}.listen",
                f"expected HOST:PORT, got {self.listen!r}")
         _check(1 <= self.max_viewers <= 256, f"{key}.max_viewers", "must be 1..256")
+        _check(not self.enabled or bool(self.token) or is_loopback(host), f"{key}.token",
+               f"required when web.listen ({self.listen}) is not a loopback address: anyone on the "
+               "network could watch the camera and talk through the speaker")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost (a server bound there is reachable from this machine only)."""
+    host = host.strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 @dataclass

@@ -20,6 +20,7 @@ def test_defaults_are_valid() -> None:
         ({"bogus": {}}, "bogus: unknown key"),
         ({"alerts": [{"code": "hot", "metric": "x", "severity": "P9"}]}, "alerts[0].severity"),
         ({"encoder": {"bitrate": 100, "min_bitrate": 200}}, "encoder.bitrate"),
+        ({"web": {"listen": "0.0.0.0:8080"}}, "web.token: required when web.listen"),
     ],
 )
 def test_errors_name_the_key(data: dict, message: str) -> None:

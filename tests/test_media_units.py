@@ -246,3 +246,14 @@ async def test_frames_are_not_encoded_while_nobody_watches() -> None:
         await asyncio.sleep(0.02)
     await source.stop()
     assert packets[0].keyframe and len(packets) >= 3
+
+
+async def test_a_refused_bitrate_is_not_reported_as_applied() -> None:
+    class FixedRate(RecordingEncoder):
+        def set_bitrate(self, bps: int) -> bool:
+            super().set_bitrate(bps)
+            return False  # like picamera2 / h264_v4l2m2m
+
+    fan = PacketFanout(FixedRate(), min_bitrate=200_000, max_bitrate=3_000_000)
+    fan.report_remb(fan.subscribe("a"), 900_000)
+    assert fan.requested_bitrate == 900_000 and fan.target_bitrate is None

@@ -116,6 +116,18 @@ async def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
         async with http.post(f"{base}/whep", data="v=0 bad", headers={"Content-Type": "application/sdp",
                                                                       "Authorization": "Bearer s3cret"}) as resp:
             assert resp.status == 400  # authorised; now the offer itself is judged
+        async with http.get(f"{base}/api/stats") as resp:
+            assert resp.status == 401
+        async with http.get(f"{base}/api/stats", headers={"Authorization": "Bearer s3cret"}) as resp:
+            assert resp.status == 200 and "viewers" in await resp.json()
+
+
+def test_demo_on_the_network_gets_a_token() -> None:
+    from device_agent.commands.run import demo_config
+
+    assert demo_config("127.0.0.1:8080", None, use_broker=False).web.token == ""
+    lan = demo_config("0.0.0.0:8080", None, use_broker=False)
+    assert len(lan.web.token) >= 16
 
 
 async def test_session_that_never_connects_is_dropped(tmp_path: Path) -> None:
@@ -135,3 +147,14 @@ async def test_session_that_never_connects_is_dropped(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         assert sessions.stats()["active"] == 0
         assert sum(sessions.ended.values()) == 1
+
+
+async def test_a_missing_microphone_is_alerted_not_restarted(tmp_path: Path) -> None:
+    """No such capture device: a P1 alert, video keeps flowing, and the agent stays healthy (no watchdog restart)."""
+    config = media_config(tmp_path, audio={"backend": "alsa", "device": "hw:CARD=NoSuchCard", "reopen_max_s": 0.5})
+    async with running_agent(config) as agent:
+        await asyncio.sleep(6.0)  # longer than the 5 s freshness window the health check uses
+        assert any(a.code == "microphone_unavailable" and a.severity == "P1" for a in agent.alerts.active())
+        media = agent.get("media")
+        assert media.health()["audio"]["source"]["state"] == "unavailable"
+        assert media.healthy() and agent.healthy()

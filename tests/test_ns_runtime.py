@@ -9,14 +9,9 @@ import soundfile as sf
 
 from device_agent.ns.model import DEFAULT_MODEL, HOP, MaskModel, ModelError
 from device_agent.ns.stage import BypassStage, NoiseSuppressionStage, create_stage
+from device_agent.ns.quality import si_sdr
 
 DATA = Path(__file__).parent / "data"
-
-
-def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
-    ref = ref - ref.mean(); est = est - est.mean()
-    proj = np.dot(est, ref) / np.dot(ref, ref) * ref
-    return float(10 * np.log10(np.sum(proj ** 2) / np.sum((est - proj) ** 2)))
 
 
 def _pcm(path: Path) -> np.ndarray:
@@ -125,3 +120,38 @@ def test_stage_from_config_defaults() -> None:
     stage, err = stage_from_config(NoiseSuppressionSection())
     assert err is None and isinstance(stage, NoiseSuppressionStage) and stage.enabled
     assert stage.stats()["latency_ms"] == 10
+
+
+def test_fallback_is_retried_and_resumes_when_fast_again() -> None:
+    alerts: list[tuple[str, str]] = []
+    slow = [True]
+    now = [0.0]
+
+    def clock() -> float:  # each call "takes" 50 ms per hop while slow, 0.1 ms once fast
+        now[0] += 0.05 if slow[0] else 0.0001
+        return now[0]
+
+    stage = NoiseSuppressionStage(MaskModel(), budget_rtf=0.5, on_alert=lambda s, m: alerts.append((s, m)),
+                                  window_hops=10, clock=clock, retry_after_hops=50)
+    x = _pcm(DATA / "ns_noisy_5db.wav")
+    for i in range(0, 30 * HOP, HOP):
+        stage.process(x[i:i + HOP])
+    assert stage.fell_back and stage.fallbacks == 1 and alerts
+    slow[0] = False
+    for i in range(30 * HOP, 120 * HOP, HOP):
+        stage.process(x[i:i + HOP])
+    assert not stage.fell_back and stage.fallbacks == 1  # retried after 50 bypassed hops, stayed within budget
+
+
+def test_toggling_keeps_the_delay_and_resets_state() -> None:
+    x = _pcm(DATA / "ns_noisy_5db.wav")[:48 * HOP]
+    fresh = NoiseSuppressionStage(MaskModel(), budget_rtf=1e9).process(x[16 * HOP:])
+    stage = NoiseSuppressionStage(MaskModel(), budget_rtf=1e9)
+    stage.process(x[:8 * HOP])
+    stage.enabled = False
+    off = stage.process(x[8 * HOP:16 * HOP])
+    assert np.array_equal(off[stage.latency:], x[8 * HOP:16 * HOP - stage.latency])  # delayed, not shifted
+    stage.enabled = True
+    resumed = stage.process(x[16 * HOP:])
+    # after the first frame (whose overlap came from the bypass), it equals a fresh denoiser on the same input
+    assert np.array_equal(resumed[2 * HOP:], fresh[2 * HOP:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from device_agent.agent import RESTART_EXIT_CODE, Agent
 from device_agent.assemble import build_agent
-from device_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, config_from_dict, load_config
+from device_agent.config import (DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, config_from_dict, is_loopback,
+                                 load_config)
 from device_agent.logging_setup import LogContext, setup_logging
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,10 @@ def demo_config(listen: str, base: AgentConfig | None, use_broker: bool) -> Agen
     data = base.to_dict() if base is not None else {}
     data.setdefault("camera", {}).update(backend="test-pattern")
     data.setdefault("audio", {}).update(backend="synthetic")
-    data.setdefault("web", {}).update(enabled=True, listen=listen)
+    web = data.setdefault("web", {})
+    web.update(enabled=True, listen=listen)
+    if not web.get("token") and not is_loopback(listen.rpartition(":")[0]):
+        web["token"] = secrets.token_urlsafe(12)  # on the LAN: never an open camera, even in a demo
     device = data.setdefault("device", {})
     if base is None:
         device["state_dir"] = str(Path(tempfile.gettempdir()) / "device-agent-demo")
@@ -76,7 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 78
     host, _, port = config.web.listen.rpartition(":")
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    print(f"device-agent demo: viewer page at http://{shown}:{port}/  (WHEP endpoint /whep)", flush=True)
+    query = f"?token={config.web.token}" if config.web.token else ""
+    print(f"device-agent demo: viewer page at http://{shown}:{port}/{query}  (WHEP endpoint /whep)", flush=True)
     print(f"fleet link: {config.mqtt.url or 'off (no local broker found)'}", flush=True)
     return run_agent(config)
 

@@ -144,7 +144,7 @@ class AudioPipeline:
     def _process(self, hops: np.ndarray) -> list[av.Packet]:
         """Stage and Opus, on the worker thread. A failing stage is bypassed, never fatal."""
         out = hops
-        if self.stage is not None and self.stage.enabled:
+        if self.stage is not None:  # disabled or not, the stage keeps its delay: no jump when toggled
             try:
                 out = self.stage.process(hops)
             except Exception:
@@ -173,8 +173,12 @@ class AudioPipeline:
             sub.wakeup.set()
 
     def healthy(self) -> bool:
-        return (self._task is not None and not self._task.done() and self.last_chunk_at is not None
-                and time.monotonic() - self.last_chunk_at < 5.0)
+        """Alive, and audio flows or the source reports its device missing (and retries it)."""
+        if self._task is None or self._task.done():
+            return False
+        if self.source.stats().get("state") == "unavailable":
+            return True  # reported as a P1 alert; restarting the agent would not bring the microphone back
+        return self.last_chunk_at is not None and time.monotonic() - self.last_chunk_at < 5.0
 
     def stats(self) -> dict[str, Any]:
         return {"source": self.source.stats(), "level_dbfs": self.level, "chunks": self.chunks,

@@ -201,6 +201,9 @@ class MediaComponent:
             await asyncio.sleep(STATS_INTERVAL_S)
             if self.sessions is not None:
                 await self.sessions.refresh_stats()
+            stage = self.audio.stage if self.audio is not None else None
+            if stage is not None and stage.enabled and not getattr(stage, "fell_back", True):
+                self.agent.alerts.clear("ns_over_budget", "noise suppression back within budget")
 
     def health(self) -> dict[str, Any]:
         video = self.video.stats() if self.video is not None else {}

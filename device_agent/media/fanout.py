@@ -87,7 +87,8 @@ class PacketFanout:
         self._last_idr_request = -1e9
         self._deferred: asyncio.TimerHandle | None = None
         self._last_bitrate_change = -1e9
-        self.target_bitrate: int | None = None
+        self.target_bitrate: int | None = None  # applied by the encoder
+        self.requested_bitrate: int | None = None  # what the viewers' REMB asked for
         self.keyframe_requests: collections.Counter[str] = collections.Counter()
         self.idrs_forced = 0
         self.packets = 0
@@ -183,15 +184,16 @@ class PacketFanout:
             return
         target = max(self.min_bitrate, min(self.max_bitrate, min(estimates)))
         now = self._clock()
-        current = self.target_bitrate
+        current = self.requested_bitrate
         if current is not None and abs(target - current) < BITRATE_DEADBAND * current:
             return
         if current is not None and now - self._last_bitrate_change < BITRATE_MIN_INTERVAL and target > current:
             return  # go down at once, up at most once a second
-        if self.encoder.set_bitrate(target):
-            log.info("encoder bitrate -> %d bps (lowest REMB of %d viewers)", target, len(estimates))
-        self.target_bitrate = target
+        self.requested_bitrate = target
         self._last_bitrate_change = now
+        if self.encoder.set_bitrate(target):  # hardware encoders refuse: their bitrate is fixed at start
+            log.info("encoder bitrate -> %d bps (lowest REMB of %d viewers)", target, len(estimates))
+            self.target_bitrate = target
 
     def close(self) -> None:
         if self._deferred is not None:
@@ -204,4 +206,5 @@ class PacketFanout:
         return {"viewers": len(self._subs), "packets": self.packets, "idrs_forced": self.idrs_forced,
                 "replayed_joins": self.replayed_joins,
                 "keyframe_requests": dict(self.keyframe_requests), "target_bitrate": self.target_bitrate,
+                "requested_bitrate": self.requested_bitrate,
                 "resyncs": sum(s.resyncs for s in self._subs.values())}

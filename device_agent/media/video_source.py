@@ -156,9 +156,16 @@ class FrameEncoderSource:
         return self._latest  # the encoder loop keeps the newest frame anyway
 
     def healthy(self) -> bool:
+        """The loop is alive and either frames flow or a known camera failure is being retried.
+
+        A missing camera is not a reason to restart the agent (it would not bring the camera back);
+        it is reported as a P1 alert instead. A loop that died, or frames that stopped for no known
+        reason, is (the systemd watchdog then restarts the agent).
+        """
+        if self._task is None or self._task.done():
+            return False
         last = self.timing.last()
-        return (self._task is not None and not self._task.done() and not self.last_error
-                and last is not None and time.monotonic() - last < 5.0)
+        return bool(self.last_error) or (last is not None and time.monotonic() - last < 5.0)
 
     def stats(self) -> dict[str, Any]:
         return {"camera": self.camera.stats(), "encoder": self.encoder.stats(), **self.timing.stats(),

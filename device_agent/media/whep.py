@@ -100,6 +100,8 @@ class WhepServer:
         return web.Response(text=js, content_type="application/javascript")
 
     async def api_stats(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
         return web.json_response(self.stats(), dumps=lambda obj: json.dumps(obj, default=str))
 
     async def options(self, request: web.Request) -> web.Response:

@@ -12,14 +12,24 @@ AlertFn = Callable[[str, str], None]  # (severity, message)
 
 
 class NoiseSuppressionStage:
-    """int16 mono 16 kHz in/out; output delayed by ``latency`` samples while enabled."""
+    """int16 mono 16 kHz in/out, always delayed by ``latency`` samples (disabled or bypassing too).
+
+    Over budget, it bypasses and alerts; after ``retry_after_hops`` in bypass (30 s by default) it
+    tries again, so a passing load (an OTA install) does not turn suppression off for good. The
+    denoiser's state is reset whenever it resumes, so no stale overlap or recurrent state leaks in.
+    """
 
     name = "noise_suppression"
 
     def __init__(self, model: MaskModel, budget_rtf: float = 0.5, on_alert: AlertFn | None = None,
-                 window_hops: int = 100, clock: Callable[[], float] = time.perf_counter) -> None:
+                 window_hops: int = 100, clock: Callable[[], float] = time.perf_counter,
+                 retry_after_hops: int = 3000) -> None:
         self.enabled = True
         self.fell_back = False
+        self.fallbacks = 0
+        self._retry_after = retry_after_hops
+        self._bypassed_hops = 0
+        self._running = True  # did the denoiser process the previous call?
         self._den = StreamingDenoiser(model)
         self.latency = self._den.latency
         self._budget = budget_rtf
@@ -35,10 +45,19 @@ class NoiseSuppressionStage:
         samples = np.asarray(samples)
         if samples.ndim != 1 or len(samples) % HOP:
             raise ValueError(f"expected mono int16 with a whole number of {HOP}-sample hops, got {samples.shape}")
+        if self.fell_back and self.enabled:
+            self._bypassed_hops += len(samples) // HOP
+            if self._bypassed_hops >= self._retry_after:
+                self.fell_back = False  # try again; it falls back (and alerts) again if still behind
         if not self.enabled or self.fell_back:
+            self._running = False
             joined = np.concatenate([self._delay, samples.astype(np.int16)])
             self._delay = joined[len(samples):]
             return joined[: len(samples)]
+        if not self._running:  # resuming after disabled/bypass: start from a clean state
+            self._den.reset()
+            self._hops, self._busy = 0, 0.0
+            self._running = True
         t0 = self._clock()
         y = self._den.process(samples.astype(np.float32) / 32768.0)
         self._account(self._clock() - t0, len(samples) // HOP)
@@ -53,17 +72,19 @@ class NoiseSuppressionStage:
             self._hops, self._busy = 0, 0.0
             if self._last_rtf > self._budget:
                 self.fell_back = True
+                self.fallbacks += 1
+                self._bypassed_hops = 0
                 if self._alert:
                     self._alert("P2", f"noise suppression behind budget (RTF {self._last_rtf:.2f} > "
                                       f"{self._budget:.2f}); bypassing")
 
     def reset_fallback(self) -> None:
-        """Try suppression again (e.g. after load dropped)."""
+        """Try suppression again now (the state is reset on the next call)."""
         self.fell_back = False
-        self._den.reset()
 
     def stats(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "fell_back": self.fell_back, "rtf": round(self._last_rtf, 4),
+        return {"enabled": self.enabled, "fell_back": self.fell_back, "fallbacks": self.fallbacks,
+                "rtf": round(self._last_rtf, 4),
                 "latency_ms": self.latency / 16, "model": str(self._den.model.path)}
 
 

@@ -372,8 +372,10 @@ class Picamera2H264Source:
         return False  # the V4L2 encoder takes its bitrate at start only
 
     def healthy(self) -> bool:
-        return (self._task is not None and not self._task.done() and not self.last_error
-                and self._picam2 is not None and time.monotonic() - self._last_packet < 5.0)
+        """Alive, and packets flow or a known camera failure is being retried (see FrameEncoderSource)."""
+        if self._task is None or self._task.done():
+            return False
+        return bool(self.last_error) or (self._picam2 is not None and time.monotonic() - self._last_packet < 5.0)
 
     def stats(self) -> dict[str, Any]:
         timing = self._timing.stats() if self._timing is not None else {}

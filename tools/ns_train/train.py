@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from tools.ns_train.data import DATA, SR, Corpus, Mixer, to16k
+from device_agent.ns.quality import si_sdr as si_sdr_np
 
 FRAME, HOP, BINS = 320, 160, 161
 COMPRESS = 0.3
@@ -40,12 +41,6 @@ def build(tf, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray):
         x = k.layers.GRU(hidden, return_sequences=True, name=f"gru{i}")(x)
     m = k.layers.Dense(BINS, activation="sigmoid", name="mask")(x)
     return k.Model(inp, m)
-
-
-def si_sdr_np(ref: np.ndarray, est: np.ndarray) -> float:
-    ref = ref - ref.mean(); est = est - est.mean()
-    proj = np.dot(est, ref) / (np.dot(ref, ref) + 1e-12) * ref
-    return float(10 * np.log10(np.sum(proj ** 2) / (np.sum((est - proj) ** 2) + 1e-12) + 1e-12))
 
 
 def validation_set(corpus: Corpus, seed: int, count: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
