@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import os
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 from device_agent.diag.transfer import decode_chunk
 from fleet.client import FleetClient
+from provisioning.files import write_atomic
 
 
 class TransferError(Exception):
@@ -197,17 +197,6 @@ async def fetch_transfer(client: FleetClient, device: str, command: str, params:
         return TransferResult(rid, info, blob, None, rounds, resent, time.monotonic() - started)
     finally:
         client.conn.unsubscribe(topic)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a crash never leaves half a file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 async def pull_logs(client: FleetClient, device: str, *, since: str | float | None = None,

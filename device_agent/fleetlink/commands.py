@@ -6,7 +6,6 @@ import asyncio
 import copy
 import dataclasses
 import logging
-import os
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from device_agent.config import ConfigError, config_from_dict, dump_toml
 from device_agent.registry import CommandError
+from provisioning.files import write_atomic
 
 if TYPE_CHECKING:
     from device_agent.agent import Agent
@@ -48,24 +48,6 @@ async def run_command(argv: list[str]) -> int:
     """Default runner: a real subprocess; returns its exit code."""
     proc = await asyncio.create_subprocess_exec(*argv)
     return await proc.wait()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a crash leaves either the old or the new file (temp, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o640
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class LinkCommands:
@@ -135,7 +117,8 @@ class LinkCommands:
                 text = dump_toml(new_raw)
             except TypeError as exc:
                 raise CommandError("invalid_config", str(exc)) from None
-            await asyncio.to_thread(write_atomic, path, text)
+            mode = path.stat().st_mode & 0o777 if path.exists() else 0o640  # it may hold the broker password
+            await asyncio.to_thread(write_atomic, path, text, mode)
             live, restart = self._apply(new_cfg, set(changes))
         log.info("config.set %s (live: %s, restart needed for: %s)", sorted(changes), sorted(live), sorted(restart))
         return {"persisted": True, "applied": sorted(live), "restart_required": bool(restart),

@@ -8,7 +8,6 @@ encoded to Opus once (48 kHz, 20 ms) and the packets are shared by every viewer,
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import fractions
 import logging
