@@ -32,13 +32,14 @@ _AWS_KEY = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")
 
-def _is_secret(key: str) -> bool:
+def is_secret(key: str) -> bool:
+    """Does a config or log key name hold a secret (password, token, PSK, key, ...)?"""
     low = key.lower()
     return _SECRET_WORD.search(low) is not None or low == "key" or low.endswith(("_key", "-key", ".key"))
 
 
 def _json_pair(m: re.Match[str]) -> str:
-    return f'"{m.group(1)}"{m.group(2)}"{MASK}"' if _is_secret(m.group(1)) else m.group(0)
+    return f'"{m.group(1)}"{m.group(2)}"{MASK}"' if is_secret(m.group(1)) else m.group(0)
 
 
 def _sub_pairs(line: str) -> str:
@@ -51,7 +52,7 @@ def _sub_pairs(line: str) -> str:
             break
         start = m.start()
         own_word = start == 0 or not (line[start - 1].isalnum() or line[start - 1] in "_.-")
-        if own_word and _is_secret(m.group(1)):
+        if own_word and is_secret(m.group(1)):
             v = _VALUE.match(line, m.end())
             if v is not None:
                 out.append(line[pos:m.end()])

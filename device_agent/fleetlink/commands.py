@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from device_agent.diag.redact import is_secret
 from device_agent.config import ConfigError, config_from_dict, dump_toml
 from device_agent.registry import CommandError
 from provisioning.files import write_atomic
@@ -22,17 +23,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDACTED = "***"
-SECRET_WORDS = ("password", "token", "secret", "private_key", "passphrase")
 # keys a running agent applies without a restart
 LIVE_KEYS = {"mqtt.telemetry_interval_s", "logging.level", "device.name", "device.location",
              "device.group", "alerts"}
 
 Runner = Callable[[list[str]], Awaitable[int]]
-
-
-def is_secret(key: str) -> bool:
-    k = key.lower()
-    return any(w in k for w in SECRET_WORDS) or k == "key" or k.endswith("_key")
 
 
 def redact(value: Any) -> Any:
