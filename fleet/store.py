@@ -128,6 +128,8 @@ class Store:
         events: list[dict[str, Any]] = []
         devices: dict[str, dict[str, Any]] = {}
         alert_ops: list[tuple[str, dict[str, Any]]] = []
+        event_alerts: dict[tuple[str, str, int], tuple[str, dict[str, Any]]] = {}
+        flipped: set[str] = set()  # devices whose online state changed within this batch
         bad = 0
         for m in batch:
             try:
@@ -141,15 +143,23 @@ class Store:
             dev["last_seen"] = max(dev["last_seen"], m.received)
             if m.kind == "status":
                 online = bool(obj.get("online"))
+                # status_changed = start of the batch's last run of equal states; the upsert keeps
+                # the stored time unless ``online`` really flips (replayed retained statuses)
+                if dev.get("online", online) != online:
+                    flipped.add(m.device)
+                    dev["status_changed"] = m.received
+                elif "status_changed" not in dev:
+                    dev["status_changed"] = m.received
                 dev.update(online=online, status=json.dumps(obj, separators=(",", ":")),
-                           status_changed=m.received, boot=str(obj.get("boot", "")),
+                           boot=str(obj.get("boot", "")),
                            version=str(obj.get("version", "")), slot=str(obj.get("slot", "")),
                            hardware=str(obj.get("hardware", "")), grp=str(obj.get("group") or "default"))
                 if online:
-                    alert_ops.append(("clear", {"device_id": m.device, "code": "offline"}))
+                    alert_ops.append(("clear", {"device_id": m.device, "code": "offline", "ts": m.received}))
                 elif obj.get("reason") != "stopped":
                     alert_ops.append(("raise", {"device_id": m.device, "code": "offline", "severity": "P1",
-                                                "message": "device lost its connection (last will)"}))
+                                                "message": "device lost its connection (last will)",
+                                                "ts": m.received}))
                 continue
             try:
                 boot, seq, ts = str(obj["boot"]), int(obj["seq"]), float(obj.get("ts", m.received))
@@ -168,12 +178,16 @@ class Store:
                                "type": str(obj.get("type", "")), "payload": text})
                 if obj.get("type") == "alert" and obj.get("code"):
                     op = "raise" if obj.get("active", True) else "clear"
-                    alert_ops.append((op, {"device_id": m.device, "code": str(obj["code"]),
-                                           "severity": str(obj.get("severity", "P3")),
-                                           "message": str(obj.get("message", "")), "ts": ts}))
+                    # applied only if this event row is new (not a redelivery), see below
+                    event_alerts.setdefault((m.device, boot, seq), (op, {
+                        "device_id": m.device, "code": str(obj["code"]), "severity": str(obj.get("severity", "P3")),
+                        "message": str(obj.get("message", "")), "ts": ts}))
         stored = 0
         with self.engine.begin() as conn:
             self._upsert_devices(conn, list(devices.values()))
+            for dev_id in flipped:  # the last in-batch flip wins whatever the stored state was
+                conn.execute(sa.update(self.devices).where(self.devices.c.device_id == dev_id).values(
+                    status_changed=devices[dev_id]["status_changed"]))
             if tele:
                 res = conn.execute(self._insert(self.telemetry).on_conflict_do_nothing(
                     index_elements=["device_id", "boot", "seq"]).returning(self.telemetry.c.seq), tele)
@@ -182,8 +196,10 @@ class Store:
                 res = conn.execute(self._insert(self.events).on_conflict_do_nothing(
                     index_elements=["device_id", "boot", "seq"]).returning(
                         self.events.c.device_id, self.events.c.boot, self.events.c.seq), events)
-                fresh = {(r[0], r[1], r[2]) for r in res}
+                fresh = {(r[0], r[1], int(r[2])) for r in res}
                 stored += len(fresh)
+                alert_ops += [op for k, op in event_alerts.items() if k in fresh]
+            alert_ops.sort(key=lambda o: o[1]["ts"])  # stable: per alert, oldest operation first
             for op, a in alert_ops:
                 self._device_alert(conn, op, a)
         n = len(tele) + len(events)
@@ -196,9 +212,17 @@ class Store:
             groups.setdefault(tuple(sorted(dev)), []).append(dev)
         for keys, rows in groups.items():
             ins = self._insert(self.devices)
+            d = self.devices.c
             update = {k: ins.excluded[k] for k in keys if k not in ("device_id", "first_seen")}
-            if "status_changed" not in keys:
-                update.pop("status_changed", None)
+            update["last_seen"] = sa.case((ins.excluded.last_seen > d.last_seen, ins.excluded.last_seen),
+                                          else_=d.last_seen)
+            if "status_changed" in keys:
+                update["status_changed"] = sa.case((d.online != ins.excluded.online, ins.excluded.status_changed),
+                                                   else_=d.status_changed)
+            if "health_ts" in keys:  # a slower worker's older sample must not replace a newer one
+                newer = ins.excluded.health_ts >= d.health_ts
+                update["health"] = sa.case((newer, ins.excluded.health), else_=d.health)
+                update["health_ts"] = sa.case((newer, ins.excluded.health_ts), else_=d.health_ts)
             full = [{"first_seen": r["last_seen"], "status_changed": r.get("status_changed", r["last_seen"]), **r}
                     for r in rows]
             conn.execute(ins.on_conflict_do_update(index_elements=["device_id"], set_=update), full)
@@ -210,8 +234,12 @@ class Store:
 
     def _set_alert(self, conn: sa.Connection, op: str, key: str, scope: str, device: str, code: str,
                    severity: str, message: str, ts: float) -> bool:
-        """Raise or clear; returns True when the state changed."""
-        cur = conn.execute(sa.select(self.alerts.c.active).where(self.alerts.c.key == key)).first()
+        """Raise or clear; returns True when the state changed. An operation older than the
+        alert's last change (raised or cleared) is stale and ignored."""
+        al = self.alerts.c
+        cur = conn.execute(sa.select(al.active, al.raised, al.cleared).where(al.key == key)).first()
+        if cur is not None and ts < max(cur[1], cur[2] or cur[1]):
+            return False
         if op == "raise":
             if cur is not None and cur[0]:
                 return False

@@ -16,7 +16,7 @@ from device_agent.diag.logsource import LogQuery, collect_logs
 from device_agent.diag.redact import Redactor, redact_text
 from device_agent.diag.timeparse import parse_time
 from device_agent.diag.transfer import Transfer, decode_chunk
-from device_agent.logging_setup import LogContext, log_session, setup_logging
+from device_agent.logging_setup import LogContext, iso_ts, log_session, setup_logging
 from fleet.log_pull import Reassembler, TransferError
 
 
@@ -194,3 +194,49 @@ def test_device_agent_diag_netcheck_cli(tmp_path, mosquitto, capsys):
     mosquitto.stop()
     assert main(["diag", "netcheck", "--config", str(cfg)]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def _fake_journalctl(tmp_path, body: str):
+    fake = tmp_path / "journalctl"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys, time\n{body}\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_size_cap_keeps_the_newest_lines_across_journal_and_files(tmp_path):
+    """Journal and file lines interleave in time: the cap drops the oldest of both, not the journal first."""
+    base = 1_700_000_000.0
+    log = tmp_path / "agent.log"
+    log.write_text("".join(f"{iso_ts(base + 2 * i)} INFO file: f{i:03d} {'x' * 40}\n" for i in range(100)))
+    entries = [{"__REALTIME_TIMESTAMP": str(int((base + 2 * i + 1) * 1e6)), "PRIORITY": "6",
+                "MESSAGE": f"j{i:03d} {'y' * 40}"} for i in range(100)]
+    fake = _fake_journalctl(tmp_path, f"for e in {entries!r}: print(json.dumps(e))")
+    full = collect_logs(LogQuery(), log_file=str(log), journalctl=fake, unit="u.service")
+    assert full.lines == 200 and not full.truncated
+    cap = len(full.data) // 4
+    bundle = collect_logs(LogQuery(max_bytes=cap), log_file=str(log), journalctl=fake, unit="u.service")
+    assert bundle.truncated and len(bundle.data) <= cap
+    assert bundle.dropped_bytes == len(full.data) - len(bundle.data)
+    tags = [line.split(": ", 1)[1][:4] for line in bundle.data.decode().splitlines()]
+    # the newest quarter of both sources, in time order: ..., j098, f099, j099
+    assert tags[-3:] == ["j098", "f099", "j099"]
+    assert {t[0] for t in tags} == {"f", "j"}
+    assert len(tags) >= 45 and abs(sum(t[0] == "f" for t in tags) - sum(t[0] == "j" for t in tags)) <= 1
+    times = [int(t[1:]) * 2 + (t[0] == "j") for t in tags]
+    assert times == sorted(times) and times[-1] == 199
+
+
+def test_journalctl_stderr_flood_and_hang_do_not_block_the_pull(tmp_path):
+    # 1 MB on stderr before any stdout: with a stderr pipe nobody reads, this deadlocked
+    fake = _fake_journalctl(tmp_path, "sys.stderr.write('e' * 1_000_000); sys.stderr.flush()\n"
+                                      "print(json.dumps({'__REALTIME_TIMESTAMP': '1700000000000000', "
+                                      "'MESSAGE': 'after the flood'}))")
+    bundle = collect_logs(LogQuery(), log_file="", journalctl=fake, unit="u.service", journal_timeout=20)
+    assert bundle.sources[0]["status"] == "ok" and b"after the flood" in bundle.data
+    hung = _fake_journalctl(tmp_path, "print(json.dumps({'__REALTIME_TIMESTAMP': '1700000000000000', "
+                                      "'MESSAGE': 'first'}), flush=True)\ntime.sleep(60)")
+    t0 = time.monotonic()
+    bundle = collect_logs(LogQuery(), log_file="", journalctl=hung, unit="u.service", journal_timeout=1.0)
+    assert time.monotonic() - t0 < 10
+    assert bundle.sources[0]["status"] == "error" and "timed out" in bundle.sources[0]["reason"]
+    assert b"first" in bundle.data  # what arrived before the timeout is kept

@@ -125,3 +125,61 @@ def test_group_offline_rule(store: Store) -> None:
         assert store.group_offline(60, now=time.time() + 3600)["north"] == (0, 10)
     finally:
         svc._executor.shutdown()
+
+
+def status_at(dev: str, online: bool, received: float) -> Incoming:
+    body = {"online": online, "boot": "b1", "group": "g", **({} if online else {"reason": "lost"})}
+    return Incoming("status", dev, json.dumps(body).encode(), received)
+
+
+def test_status_changed_moves_only_when_online_flips(store: Store) -> None:
+    store.ingest([status_at("a", False, 1000.0)])
+    # every worker resubscribe replays the retained status: the device stays "offline since 1000"
+    store.ingest([status_at("a", False, 5000.0)])
+    dev = store.device("a")
+    assert dev["status_changed"] == 1000.0 and dev["last_seen"] == 5000.0
+    assert store.group_offline(60, now=5000.0)["g"] == (0, 1)  # no false "freshly offline"
+    store.ingest([status_at("a", True, 6000.0)])
+    assert store.device("a")["status_changed"] == 6000.0
+    # flips inside one batch: the last flip counts, whatever the stored state
+    store.ingest([status_at("a", False, 7000.0), status_at("a", True, 7001.0), status_at("a", False, 7002.0)])
+    assert store.device("a")["status_changed"] == 7002.0
+    store.ingest([status_at("a", False, 8000.0), status_at("a", True, 8001.0)])  # replay, then a real flip
+    assert store.device("a")["status_changed"] == 8001.0
+    store.ingest([status_at("a", False, 9000.0), status_at("a", True, 9001.0)])  # ends as stored, but flipped
+    assert store.device("a")["status_changed"] == 9001.0
+    # an older message from a slower worker does not move last_seen back
+    store.ingest([tele("a", "b1", 1)])
+    seen = store.device("a")["last_seen"]
+    store.ingest([Incoming("telemetry", "a", json.dumps({"boot": "b1", "seq": 2, "ts": 1.0}).encode(), 10.0)])
+    assert store.device("a")["last_seen"] == seen
+
+
+def test_older_health_sample_does_not_replace_newer(store: Store) -> None:
+    store.ingest([tele("a", "b1", 5, temperature_c=55.0)])  # ts 1005
+    store.ingest([tele("a", "b1", 3, temperature_c=33.0)])  # ts 1003, late from a slower worker
+    dev = store.device("a")
+    assert dev["health"]["system"]["temperature_c"] == 55.0 and dev["health_ts"] == 1005.0
+
+
+def test_alert_operations_only_for_fresh_rows_and_newest_wins(store: Store) -> None:
+    def alert(seq: int, active: bool) -> Incoming:
+        return event("a", seq, type="alert", severity="P2", code="hot", message=f"m{seq}", active=active)
+
+    def hot_active() -> bool:
+        return any(a["code"] == "hot" for a in store.list_alerts())
+
+    store.ingest([alert(1, True)])
+    store.ingest([alert(2, False)])
+    assert not hot_active()
+    res = store.ingest([alert(1, True)])  # redelivered raise: a duplicate row, no operation
+    assert res["duplicate"] == 1 and not hot_active()
+    store.ingest([alert(3, True)])
+    store.ingest([alert(5, False)])
+    store.ingest([alert(4, True)])  # a new row but older than the clear at seq 5: stale
+    assert not hot_active()
+    store.ingest([alert(7, False), alert(6, True)])  # out of order in one batch: the clear is newest
+    assert not hot_active()
+    store.ingest([alert(8, True), alert(8, True)])  # duplicate inside one batch: raised once
+    [hot] = [a for a in store.list_alerts() if a["code"] == "hot"]
+    assert hot["raised"] == 2008.0

@@ -60,7 +60,8 @@ async def test_mqtts_client_certificates_and_acl(tmp_path: Path, tls_broker) -> 
         seen: list = []
         op.subscribe("dev/cam-2/#", lambda topic, payload: seen.append(topic))
         await asyncio.sleep(0.3)
-        await link.conn.publish("dev/cam-2/status", b'{"online": true}', qos=1)
+        with pytest.raises(PermissionError, match="refused"):  # the broker says so (0x87); we do not pretend
+            await link.conn.publish("dev/cam-2/status", b'{"online": true}', qos=1)
         await asyncio.sleep(0.5)
         assert seen == []
 
@@ -99,5 +100,29 @@ async def test_a_renewed_certificate_is_used_on_the_next_connect(tmp_path: Path,
                 break
             await asyncio.sleep(0.1)
         assert "u'cam-2'" in broker.log_text()
+    finally:
+        await agent.stop()
+
+
+async def test_refused_telemetry_stays_in_the_spool_and_is_reported(tmp_path: Path, tls_broker) -> None:
+    """A device whose id does not match its certificate: the broker refuses (0x87); nothing is deleted."""
+    broker, pki = tls_broker
+    url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
+    agent = Agent(config_from_dict({"device": {"id": "cam-2", "state_dir": str(tmp_path / "s")},  # cert says cam-1
+                                    "mqtt": {"url": url, "ca_file": pki["ca"], "cert_file": pki["cam-1_cert"],
+                                             "key_file": pki["cam-1_key"], "telemetry_interval_s": 0.2}}))
+    link = FleetLink(agent)
+    agent.add(link)
+    await agent.start()
+    try:
+        for _ in range(100):
+            if link.refused >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert link.refused >= 3 and "refused" in link.health()["last_refusal"]
+        assert any(a.code == "publish_refused" and a.severity == "P2" for a in agent.alerts.active())
+        assert link.delivered == 0
+        stats = await asyncio.get_running_loop().run_in_executor(None, link.spool.stats)
+        assert stats["depth"] >= 3  # every refused sample is still spooled
     finally:
         await agent.stop()

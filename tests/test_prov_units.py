@@ -162,8 +162,14 @@ async def test_broken_config_stops_provisioning_before_anything_changes(tmp_path
 def test_claim_qr_png(tmp_path: Path, ca: FleetCA) -> None:
     from fleet.provisioning.qr import terminal, write_png
     t = ClaimToken.new(ca.cert_der)
-    png = write_png(qr_payload(t, "h:8884"), tmp_path / "q.png")
+    old_umask = os.umask(0o022)  # the default umask would make it world-readable
+    try:
+        png = write_png(qr_payload(t, "h:8884"), tmp_path / "qr" / "q.png")
+    finally:
+        os.umask(old_umask)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_IMODE(png.stat().st_mode) == 0o600  # it holds the claim secret
+    assert [p.name for p in (tmp_path / "qr").iterdir()] == ["q.png"]  # no temp file left behind
     assert len(terminal(str(t)).splitlines()) > 10
 
 

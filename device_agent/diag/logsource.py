@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -96,19 +98,25 @@ def _iso(text: str) -> float | None:
 
 
 class _Collector:
-    """Applies the query and the size cap while lines stream in."""
+    """Applies the query and the size cap to one source's lines while they stream in.
 
-    def __init__(self, query: LogQuery) -> None:
+    Lines are kept as records (a record's first line plus its continuation lines) with the
+    record's timestamp, so :func:`_merge_newest` can merge several sources by time.
+    """
+
+    def __init__(self, query: LogQuery, redactor: Redactor) -> None:
         self.q = query
         self.min_level = LEVELS[query.level.lower()]
         self.needle = query.grep.lower()
-        self.redactor = Redactor()
-        self.kept: collections.deque[bytes] = collections.deque()
+        self.redactor = redactor
+        self.kept: collections.deque[list[Any]] = collections.deque()  # [when | None, [line bytes, ...]]
+        self.lines = 0
         self.size = 0
         self.dropped = 0
         self.truncated = False
 
-    def add_record(self, when: float | None, level: int | None, text: str) -> bool:
+    def add_record(self, when: float | None, level: int | None, text: str, *, sort_time: bool = True) -> bool:
+        """A record's first line; ``sort_time`` False: ``when`` is not the real time (parsed lazily)."""
         if when is not None:
             if self.q.since is not None and when < self.q.since:
                 return False
@@ -118,6 +126,7 @@ class _Collector:
             return False
         if self.needle and self.needle not in text.lower():
             return False
+        self.kept.append([when if sort_time else None, []])
         self.add_continuation(text)
         return True
 
@@ -127,20 +136,67 @@ class _Collector:
         if redacted is None:
             return
         raw = (redacted + "\n").encode("utf-8", "replace")
-        self.kept.append(raw)
+        if not self.kept:
+            self.kept.append([None, []])
+        self.kept[-1][1].append(raw)
+        self.lines += 1
         self.size += len(raw)
         while self.size > self.q.max_bytes and self.kept:
             self.truncated = True
             old = self.kept.popleft()
-            self.size -= len(old)
-            self.dropped += len(old)
+            n = sum(len(x) for x in old[1])
+            self.lines -= len(old[1])
+            self.size -= n
+            self.dropped += n
+
+
+def _record_time(rec: list[Any], newer: float) -> float:
+    """A record's timestamp, parsed now if it was not while streaming; ``newer`` when unknown."""
+    if rec[0] is None and rec[1]:
+        rec[0] = _parse_meta(rec[1][0].decode("utf-8", "replace"), True)[0]
+    return newer if rec[0] is None else min(rec[0], newer)
+
+
+def _merge_newest(cols: list[_Collector], cap: int) -> tuple[list[bytes], int, bool]:
+    """Merge the sources (each already oldest-first) by time and keep the newest ``cap`` bytes.
+
+    Returns (lines oldest first, dropped bytes, truncated). Within the cap nothing needs sorting
+    and the sources are concatenated; over it, records are taken newest first across sources.
+    """
+    dropped = sum(c.dropped for c in cols)
+    truncated = any(c.truncated for c in cols)
+    if sum(c.size for c in cols) <= cap:
+        return [line for c in cols for rec in c.kept for line in rec[1]], dropped, truncated
+    idx = [len(c.kept) - 1 for c in cols]
+    last = [float("inf")] * len(cols)
+    picked: list[list[bytes]] = []
+    size = 0
+    while True:
+        best, best_t = -1, float("-inf")
+        for i, c in enumerate(cols):
+            if idx[i] >= 0:
+                t = _record_time(c.kept[idx[i]], last[i])
+                if t > best_t or best < 0:
+                    best, best_t = i, t
+        if best < 0:
+            break
+        rec = cols[best].kept[idx[best]]
+        n = sum(len(x) for x in rec[1])
+        if size + n > cap:
+            break
+        picked.append(rec[1])
+        size += n
+        last[best] = best_t
+        idx[best] -= 1
+    total = sum(c.size for c in cols)
+    return [line for lines in reversed(picked) for line in lines], dropped + total - size, True
 
 
 def _collect_file(path: Path, col: _Collector) -> int:
     """Feed one of our log files; continuation lines (tracebacks) share their record's fate."""
     count = 0
     keep_record = False
-    need_time = col.q.since is not None or col.q.until is not None
+    need_time = col.q.since is not None or col.q.until is not None  # else parsed only to merge
     with open(path, encoding="utf-8", errors="replace") as fh:
         for raw in fh:
             line = raw.rstrip("\n")
@@ -149,7 +205,7 @@ def _collect_file(path: Path, col: _Collector) -> int:
                 if keep_record:
                     col.add_continuation(line)
                 continue
-            keep_record = col.add_record(when, level, line)
+            keep_record = col.add_record(when, level, line, sort_time=need_time)
             count += keep_record
     return count
 
@@ -163,11 +219,39 @@ def _collect_journal(journalctl: str, unit: str, col: _Collector, timeout: float
         cmd += ["--since", f"@{col.q.since:.0f}"]
     if col.q.until is not None:
         cmd += ["--until", f"@{col.q.until:.0f}"]
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                errors="replace", env={**os.environ, "SYSTEMD_PAGER": ""})
-    except OSError as exc:
-        return {"source": "journald", "unit": unit, "status": "error", "reason": str(exc)}
+    # stderr goes to a temporary file: a full stderr pipe would block journalctl (and us) forever
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                    errors="replace", env={**os.environ, "SYSTEMD_PAGER": ""})
+        except OSError as exc:
+            return {"source": "journald", "unit": unit, "status": "error", "reason": str(exc)}
+        killer = threading.Timer(timeout, proc.kill)  # a hung journalctl must not hang the pull
+        killer.start()
+        try:
+            count = _read_journal(proc, unit, col)
+            rc = proc.wait(max(0.1, timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        finally:
+            killer.cancel()
+            if proc.stdout:
+                proc.stdout.close()
+        err.seek(0)
+        stderr = err.read(4096).decode("utf-8", "replace")
+    if rc is None or rc < 0:
+        return {"source": "journald", "unit": unit, "status": "error", "lines": count,
+                "reason": f"journalctl timed out after {timeout:.0f} s"}
+    if rc != 0:
+        return {"source": "journald", "unit": unit, "status": "error", "reason": stderr.strip()[:300],
+                "lines": count}
+    return {"source": "journald", "unit": unit, "status": "ok", "lines": count}
+
+
+def _read_journal(proc: subprocess.Popen[str], unit: str, col: _Collector) -> int:
+    """Feed journalctl's ``-o json`` lines into ``col``; returns the records kept."""
     count = 0
     assert proc.stdout is not None
     for raw in proc.stdout:
@@ -188,26 +272,28 @@ def _collect_journal(journalctl: str, unit: str, col: _Collector, timeout: float
         for i, part in enumerate(str(msg).split("\n")):
             text = f"{iso_ts(when or 0)} {name} journal/{ident}: {part}" if i == 0 else part
             count += col.add_record(when, level, text)
-    stderr = proc.stderr.read() if proc.stderr else ""
-    rc = proc.wait(timeout)
-    if rc != 0:
-        return {"source": "journald", "unit": unit, "status": "error", "reason": stderr.strip()[:300],
-                "lines": count}
-    return {"source": "journald", "unit": unit, "status": "ok", "lines": count}
+    return count
 
 
-def collect_logs(query: LogQuery, *, log_file: str, journalctl: str, unit: str) -> LogBundle:
-    """Blocking: gather, filter, redact and cap. Run it in a thread."""
-    col = _Collector(query)
-    sources = [_collect_journal(journalctl, unit, col)]
+def collect_logs(query: LogQuery, *, log_file: str, journalctl: str, unit: str,
+                 journal_timeout: float = 60.0) -> LogBundle:
+    """Blocking: gather, filter, redact and cap. Run it in a thread.
+
+    The journal and the files are capped separately, then merged by time so that the newest
+    lines of all sources together survive the cap.
+    """
+    redactor = Redactor()
+    journal, files = _Collector(query, redactor), _Collector(query, redactor)
+    sources = [_collect_journal(journalctl, unit, journal, journal_timeout)]
     for path in log_files(log_file):
         try:
-            n = _collect_file(path, col)
+            n = _collect_file(path, files)
             sources.append({"source": "file", "path": str(path), "status": "ok", "lines": n})
         except OSError as exc:
             sources.append({"source": "file", "path": str(path), "status": "error", "reason": str(exc)})
-    return LogBundle(data=b"".join(col.kept), lines=len(col.kept), truncated=col.truncated,
-                     dropped_bytes=col.dropped, redacted_lines=col.redactor.redacted_lines, sources=sources)
+    lines, dropped, truncated = _merge_newest([journal, files], query.max_bytes)
+    return LogBundle(data=b"".join(lines), lines=len(lines), truncated=truncated,
+                     dropped_bytes=dropped, redacted_lines=redactor.redacted_lines, sources=sources)
 
 
 def collect_compressed(query: LogQuery, log_file: str, journalctl: str, unit: str) -> tuple[bytes, LogBundle]:

@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from device_agent import __version__
 from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
-from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
+from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, PublishRefused
 from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
 from device_agent.registry import Alert, CommandError
@@ -111,6 +111,8 @@ class FleetLink:
         self._spool_stats: dict[str, int] = {}
         self._spool_error = ""
         self.delivered = 0
+        self.refused = 0
+        self.last_refusal = ""
         self.samples = 0
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -202,6 +204,7 @@ class FleetLink:
 
     def health(self) -> dict[str, Any]:
         return {"connected": self.conn.connected, "connects": self.conn.connects, "seq": self._seq,
+                "refused": self.refused, **({"last_refusal": self.last_refusal} if self.last_refusal else {}),
                 "spool": self._spool_stats, **({"spool_error": self._spool_error} if self._spool_error else {})}
 
     # ---- status ---------------------------------------------------------------------------
@@ -287,7 +290,20 @@ class FleetLink:
                     self.conn.ack_future(mid).add_done_callback(partial(self._acked, mid, gen))
 
     def _acked(self, mid: int, gen: int, fut: asyncio.Future[None]) -> None:
-        if fut.cancelled() or fut.exception() is not None or gen != self._gen:
+        if fut.cancelled() or gen != self._gen:
+            return
+        error = fut.exception()
+        if isinstance(error, PublishRefused):
+            # Refused, not lost: the row stays in the spool (sent again after the next reconnect,
+            # evicted only by the spool bound), counted and alerted, so an ACL or identity mistake
+            # shows up in health instead of silently eating telemetry.
+            self._inflight.pop(mid, None)
+            self.refused += 1
+            self.last_refusal = str(error)
+            self.agent.alerts.raise_alert("P2", "publish_refused", f"the broker refuses our messages: {error}")
+            self._wake.set()
+            return
+        if error is not None:
             return
         rid = self._inflight.pop(mid, None)
         if rid is None:

@@ -94,6 +94,10 @@ class _BufferedClient(mqtt.Client):
         return bool(self._rbuf) and self._sock is self._rbuf_sock
 
 
+class PublishRefused(PermissionError):
+    """The broker answered a QoS 1 publish with a failure reason code (ACL, quota, ...)."""
+
+
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(max_s, min_s * 2**attempt)]."""
     cap = min(max_s, min_s * (2 ** min(attempt, 30)))
@@ -124,6 +128,7 @@ class MqttConnection:
         self._connected_evt = asyncio.Event()
         self._ready_evt = asyncio.Event()  # connected and every subscription acknowledged
         self._sub_mids: set[int] = set()
+        self._handler_tasks: set[asyncio.Future[Any]] = set()  # strong refs until done
         self._closing = False
         self._tls_ctx: ssl.SSLContext | None = None
         self._cert_mtime: int | None = None
@@ -311,7 +316,9 @@ class MqttConnection:
             try:
                 res = cb(msg)
                 if asyncio.iscoroutine(res):
-                    asyncio.ensure_future(res)
+                    task = asyncio.ensure_future(res)
+                    self._handler_tasks.add(task)
+                    task.add_done_callback(self._handler_tasks.discard)
             except Exception:
                 log.exception("mqtt message handler for %s failed", topic)
 
@@ -331,7 +338,10 @@ class MqttConnection:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            if getattr(rc, "is_failure", False):  # e.g. 0x87 not authorized: the broker dropped it
+                fut.set_exception(PublishRefused(f"broker refused the publish: {rc}"))
+            else:
+                fut.set_result(None)
 
     # ---- public API ---------------------------------------------------------------------
     def start(self) -> None:

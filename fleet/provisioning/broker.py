@@ -33,6 +33,7 @@ pattern read dev/%u/rtc/#
 pattern read dev/%u/cmd/#
 pattern write dev/%u/renew/req
 pattern read dev/%u/renew/res
+pattern readwrite dev/%u/diag/ping/#
 """
 
 FLEET_ACL = f"""\

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import segno
 
+from provisioning.files import write_atomic
+
 
 def write_png(payload: str, path: str | Path, scale: int = 8) -> Path:
-    """Write ``payload`` as a PNG QR code (error correction M) to ``path``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    segno.make(payload, error="m", micro=False).save(str(p), kind="png", scale=scale, border=4)
-    return p
+    """Write ``payload`` as a PNG QR code (error correction M) to ``path``, mode 0600.
+
+    The code holds the claim secret: it is rendered in memory and written owner-only from the start.
+    """
+    buf = io.BytesIO()
+    segno.make(payload, error="m", micro=False).save(buf, kind="png", scale=scale, border=4)
+    return write_atomic(path, buf.getvalue(), mode=0o600)
 
 
 def terminal(payload: str) -> str:
