@@ -161,7 +161,7 @@ def build(out: Path, version: str, wheelhouse: Path, hardware: list[str], hooks:
             if path.is_symlink() or not path.is_file():
                 continue
             files.append((f"{prefix}/{path.relative_to(d).as_posix()}", path))
-    payloads = [Payload(name, _sha256_file(path), path.stat().st_size) for name, path in files]
+    payloads = [Payload(name, sha256_file(path), path.stat().st_size) for name, path in files]
     manifest = Manifest(version=version, compatible=list(hardware), min_version=min_version,
                         allow_downgrade=allow_downgrade, payloads=payloads, created=round(time.time(), 3),
                         notes=notes)
@@ -216,7 +216,8 @@ def _write(out: Path, manifest: bytes, sig: bytes, files: list[tuple[str, Path, 
     os.replace(tmp, out)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (never the whole file in memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

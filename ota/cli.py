@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sha256", help="expected sha256 (required for a URL)")
     p.add_argument("--size", type=int, help="expected size in bytes (required for a URL)")
     p.add_argument("--config")
+    p.add_argument("--as-root", action="store_true",
+                   help="install even though the state/slot directories belong to another user")
     p.set_defaults(func=cmd_install)
 
     p = osub.add_parser("status", help="slots, versions, update in flight, last result")
@@ -77,11 +79,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from ota.download import download
-    from ota.installer import InstallOptions, Installer
+    from ota.installer import InstallOptions, Installer, check_owner
 
     cfg = _config(args.config)
     layout = _layout(cfg)
     source = args.source
+    try:
+        check_owner([layout.state_dir, layout.root], as_root=args.as_root)
+    except OtaError as exc:
+        print(f"REFUSED ({exc.code}): {exc.message}", file=sys.stderr, flush=True)
+        return 1
     try:
         if source.startswith(("http://", "https://")):
             if not args.sha256 or not args.size:

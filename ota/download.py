@@ -1,8 +1,10 @@
 """Bundle download over HTTP(S): Range resume, a bandwidth cap, a disk check, bounded retries.
 
-The partial file (``NAME.part``) survives restarts: the next attempt asks for
-``Range: bytes=N-`` and appends, so a cut at 50 % re-downloads only the missing half (plus at
-most one chunk in flight). Before a byte is written the free space must cover the missing bytes
+The partial file (``NAME-<sha16>.EXT.part``, named by the expected sha256) survives restarts:
+the next attempt for the same bundle asks for ``Range: bytes=N-`` and appends, so a cut at 50 %
+re-downloads only the missing half (plus at most one chunk in flight). Partials of any other
+bundle are deleted first, and a 206 whose ``Content-Range`` does not start at the resume offset
+is not appended. Before a byte is written the free space must cover the missing bytes
 plus a reserve; a download that keeps failing gives up after ``retries`` attempts instead of
 retrying forever, and a file with the wrong size or sha256 is deleted, never retried.
 """
@@ -10,7 +12,6 @@ retrying forever, and a file with the wrong size or sha256 is deleted, never ret
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
+from ota.bundle import sha256_file
 from ota.errors import OtaError
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,27 @@ class RateLimiter:
             await asyncio.sleep(ahead)
 
 
+class _ShortResponse(Exception):
+    """The server closed the body before the announced size: retried with backoff."""
+
+
+def part_path(dest: Path, sha256: str) -> Path:
+    """The partial file for ``dest`` with this expected digest: ``bundle-<sha16>.tar.part``."""
+    dest = Path(dest)
+    return dest.with_name(f"{dest.stem}-{sha256[:16]}{dest.suffix}.part")
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """First byte of a ``Content-Range: bytes N-M/T`` header, or None if absent or unparsable."""
+    if not value:
+        return None
+    unit, _, rest = value.strip().partition(" ")
+    first = rest.split("-", 1)[0].strip()
+    if unit.lower() != "bytes" or not first.isdigit():
+        return None
+    return int(first)
+
+
 def check_space(directory: Path, needed: int, reserve: int) -> None:
     free = shutil.disk_usage(directory).free
     if free - needed < reserve:
@@ -72,7 +95,11 @@ async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int =
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = part_path(dest, sha256)
+    for stale in dest.parent.glob("*.part"):  # another bundle's partial must never be resumed
+        if stale != part:
+            log.info("removing stale partial download %s", stale.name)
+            stale.unlink(missing_ok=True)
     if part.exists() and part.stat().st_size > size:
         part.unlink()
     limiter = RateLimiter(rate_bps)
@@ -96,6 +123,15 @@ async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int =
                     if resp.status == 200 and have:
                         log.info("server ignored Range; starting over")
                         have = 0
+                    elif resp.status == 206 and _content_range_start(resp.headers.get("Content-Range")) != have:
+                        start = _content_range_start(resp.headers.get("Content-Range"))
+                        last_error = (f"206 with Content-Range {resp.headers.get('Content-Range')!r}, "
+                                      f"expected it to start at {have}")
+                        log.warning("%s; starting over from 0", last_error)
+                        part.unlink(missing_ok=True)
+                        if start != 0:
+                            continue  # this body is not what we asked for: ask again without Range
+                        have = 0
                     elif resp.status not in (200, 206):
                         if 400 <= resp.status < 500 and resp.status != 429:
                             raise OtaError("download_failed", f"{url}: HTTP {resp.status}")
@@ -116,26 +152,21 @@ async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int =
                                 rate = fetched / elapsed if elapsed > 0 else 0
                                 progress(done, size, (size - done) / rate if rate else None)
                         f.flush()
-                        os.fsync(f.fileno())
+                        await asyncio.to_thread(os.fsync, f.fileno())
+                    if done < size:
+                        raise _ShortResponse(f"short response: the body ended at byte {done} of {size}")
             except OtaError:
                 raise
             except aiohttp.ClientConnectorCertificateError as exc:  # retrying will not fix a certificate
                 raise OtaError("tls", f"{url}: server certificate not trusted: {exc.certificate_error}") from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, _ShortResponse) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("download attempt %d of %s failed: %s", attempts, url, last_error)
                 await asyncio.sleep(min(retry_delay_s * 2 ** (attempts - 1), 60))
-    digest = await asyncio.to_thread(_sha256, part)
+    digest = await asyncio.to_thread(sha256_file, part)
     if digest != sha256:
         part.unlink()
         raise OtaError("bad_digest", f"downloaded file sha256 {digest[:16]}... does not match {sha256[:16]}...")
     os.replace(part, dest)
     return DownloadResult(dest, size, fetched, attempts, time.monotonic() - started)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

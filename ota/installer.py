@@ -54,13 +54,71 @@ class InstallOptions:
     trial_deadline_s: float = 120.0
     slot_extra_paths: list[str] = field(default_factory=list)
     python: str = sys.executable  # interpreter the slot venvs are made from (its pip installs)
+    free_space_reserve_bytes: int = 0  # ota.free_space_reserve_bytes: never fill a disk below this
 
     @classmethod
     def from_config(cls, cfg: Any) -> "InstallOptions":
         hooks = [runner.PACKAGED_HOOKS] + ([Path(cfg.ota.hooks_dir)] if cfg.ota.hooks_dir else [])
         return cls(trusted_keys_dir=Path(cfg.ota.trusted_keys_dir), hardware=cfg.device.hardware, hooks_dirs=hooks,
                    hook_timeout_s=cfg.ota.hook_timeout_s, max_failed_starts=cfg.ota.max_failed_starts,
-                   trial_deadline_s=cfg.ota.trial_deadline_s, slot_extra_paths=list(cfg.ota.slot_extra_paths))
+                   trial_deadline_s=cfg.ota.trial_deadline_s, slot_extra_paths=list(cfg.ota.slot_extra_paths),
+                   free_space_reserve_bytes=cfg.ota.free_space_reserve_bytes)
+
+
+VENV_FACTOR = 2  # a slot venv takes about twice the bundle's payload (wheels unpack bigger)
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def check_install_space(needs: list[tuple[Path, int]], reserve: int, freeable: dict[int, int] | None = None) -> None:
+    """Refuse with ``no_space`` unless every filesystem can take what ``needs`` puts on it.
+
+    ``needs`` is (directory, bytes) pairs; pairs on the same filesystem are added up and
+    ``freeable`` (bytes per device id, e.g. the inactive slot about to be wiped) is credited.
+    """
+    per_dev: dict[int, tuple[Path, int]] = {}
+    for directory, n in needs:
+        d = _existing(directory)
+        dev = os.stat(d).st_dev
+        per_dev[dev] = (per_dev.get(dev, (d, 0))[0], per_dev.get(dev, (d, 0))[1] + n)
+    for dev, (d, n) in per_dev.items():
+        free = shutil.disk_usage(d).free + (freeable or {}).get(dev, 0)
+        if free - n < reserve:
+            raise OtaError("no_space", f"{d}: {free} bytes free (counting the inactive slot), the update needs "
+                           f"{n} (unpacked payload and a new slot) and {reserve} must stay free")
+
+
+def check_owner(dirs: list[Path], euid: int | None = None, as_root: bool = False) -> None:
+    """Refuse (``wrong_user``) to install as a user who does not own the state/slot directories.
+
+    Root installing into a layout owned by the service user would leave root-owned slots and
+    lock files that break every later update; ``as_root`` overrides it deliberately.
+    """
+    euid = os.geteuid() if euid is None else euid
+    for d in dirs:
+        if not Path(d).exists():
+            continue
+        owner = os.stat(d).st_uid
+        if owner != euid and not as_root:
+            raise OtaError("wrong_user", f"{d} belongs to uid {owner} but this runs as uid {euid}: run it as "
+                           f"the service user (e.g. sudo -u device-agent ...), or pass --as-root if the "
+                           "layout is root-owned on purpose")
 
 
 class UpdateLock:
@@ -149,6 +207,11 @@ class Installer:
                                  self.options.hook_timeout_s)
             except runner.HookFailed as exc:
                 raise OtaError("hook_failed", str(exc)) from None
+            payload_guess = Path(bundle_path).stat().st_size  # an uncompressed tar: ~ the payload
+            target_path = layout.slot_path(target)
+            freeable = {os.stat(target_path).st_dev: _tree_bytes(target_path)} if target_path.exists() else {}
+            check_install_space([(layout.work_dir, payload_guess), (layout.root, VENV_FACTOR * payload_guess)],
+                                self.options.free_space_reserve_bytes, freeable)
             self._step("verify", bundle=str(bundle_path))
             trusted = signing.load_trusted(self.options.trusted_keys_dir)
             started = time.monotonic()
@@ -170,6 +233,8 @@ class Installer:
                 layout.save_state(state)
                 prepared = True
                 self._wipe(target)
+                check_install_space([(layout.root, VENV_FACTOR * sum(p.size for p in manifest.payloads))],
+                                    self.options.free_space_reserve_bytes)
                 self._step("venv", slot=target)
                 self._make_venv(target)
                 self._step("pip", wheels=len(manifest.wheels()))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import sys
 import tarfile
 from pathlib import Path
 
-from ota.bundle import MAX_MANIFEST_BYTES, Manifest
+from ota.bundle import MAX_MANIFEST_BYTES, Manifest, sha256_file
 from ota.rollout import Policy, Rollout
 
 
@@ -45,11 +44,7 @@ def bundle_facts(path: Path) -> tuple[str, str, int]:
         if first is None or first.name != "manifest.json" or first.size > MAX_MANIFEST_BYTES:
             raise ValueError(f"{path} is not a bundle")
         version = Manifest.from_json(tar.extractfile(first).read()).version  # type: ignore[union-attr]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return version, h.hexdigest(), path.stat().st_size
+    return version, sha256_file(path), path.stat().st_size
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 from pathlib import Path
 
 from aiohttp import web
+
+from ota.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,8 @@ def make_app(directory: Path) -> web.Application:
         for path in sorted(directory.glob("*.tar")):
             st = path.stat()
             key = (path.name, st.st_mtime, st.st_size)
-            if key not in digests:
-                digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            if key not in digests:  # chunked, in a thread: a large bundle never blocks the loop
+                digests[key] = await asyncio.to_thread(sha256_file, path)
             items.append({"name": path.name, "size": st.st_size, "sha256": digests[key]})
         return web.json_response(items)
 

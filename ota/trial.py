@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from firmware_hooks import runner
 from ota.installer import InstallOptions, slot_env, slot_hooks
-from ota.layout import Layout, finish_rollback, result
+from ota.layout import Layout, atomic_write_bytes, finish_rollback, result
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,28 @@ def commit(layout: Layout, options: InstallOptions) -> dict[str, Any]:
     result(state, "committed", update.get("version"), f"healthy after {update.get('starts', 1)} start(s)")
     state["update"] = None
     layout.save_state(state)
+    update_boot_check(layout, slot)
     return state
+
+
+def update_boot_check(layout: Layout, slot: str) -> Path | None:
+    """Copy the committed slot's ``ota/layout.py`` to ``<root>/boot-check.py`` (temp, fsync, rename).
+
+    The unit runs that copy before every start, so it must follow the committed release. A slot
+    without the module (e.g. a release that is not the agent) leaves the copy alone; a failure
+    is logged, never undoes the commit.
+    """
+    found = sorted(layout.slot_path(slot).glob("lib/python3*/site-packages/ota/layout.py"))
+    if not found:
+        log.info("slot %s carries no ota/layout.py; boot check left as it is", slot)
+        return None
+    dest = layout.root / "boot-check.py"
+    try:
+        atomic_write_bytes(dest, found[0].read_bytes())
+    except OSError as exc:
+        log.warning("could not update the boot check %s: %s", dest, exc)
+        return None
+    return dest
 
 
 def rollback(layout: Layout, options: InstallOptions, reason: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from ota.download import CHUNK, download
+from ota.download import CHUNK, download, part_path
 from ota.errors import OtaError
 from ota.serve import make_app
 from tests.support.mosquitto import free_port
@@ -95,7 +95,8 @@ async def test_resume_after_cut_at_half_fetches_only_the_rest(served, tmp_path: 
     with pytest.raises(OtaError) as err:  # no retries: the process "dies" with half a file
         await download(url, dest, size, sha, retries=0, reserve_bytes=0)
     assert err.value.code == "download_failed"
-    part = dest.with_name("bundle.tar.part")
+    part = part_path(dest, sha)
+    assert part.name == f"bundle-{sha[:16]}.tar.part"
     have = part.stat().st_size
     assert size // 2 - CHUNK <= have <= size // 2
     res = await download(url, dest, size, sha, retries=2, reserve_bytes=0)  # a later attempt resumes
@@ -147,7 +148,91 @@ async def test_disk_space_checked_before_writing(served, tmp_path: Path) -> None
         await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data),
                        hashlib.sha256(data).hexdigest(), reserve_bytes=free)
     assert err.value.code == "no_space" and "free" in err.value.message
-    assert not (tmp_path / "b.tar.part").exists()
+    assert not list(tmp_path.glob("*.part"))
+
+
+async def test_stale_partial_of_another_bundle_is_not_resumed(served, tmp_path: Path) -> None:
+    port, data = served
+    size, sha = len(data), hashlib.sha256(data).hexdigest()
+    dest = tmp_path / "dl" / "bundle.tar"
+    dest.parent.mkdir()
+    other = os.urandom(size // 2)  # what an interrupted rollout of another version left behind
+    stale = [part_path(dest, hashlib.sha256(b"other").hexdigest()), dest.with_name("bundle.tar.part")]
+    for p in stale:
+        p.write_bytes(other)
+    res = await download(f"http://127.0.0.1:{port}/b.tar", dest, size, sha, retries=0, reserve_bytes=0)
+    assert dest.read_bytes() == data and res.attempts == 1 and res.bytes_fetched == size
+    assert not any(p.exists() for p in stale) and not list(dest.parent.glob("*.part"))
+
+
+async def _range_liar(tmp_path: Path, data: bytes, start: int):
+    """A server that answers every Range request with a 206 starting at ``start``, whatever was asked."""
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Range"))
+        if request.headers.get("Range"):
+            return web.Response(status=206, body=data[start:],
+                                headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/b.tar", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port, seen
+
+
+@pytest.mark.parametrize("start", [0, 7])
+async def test_206_not_starting_at_the_offset_is_not_appended(tmp_path: Path, start: int) -> None:
+    data = os.urandom(300_000)
+    sha = hashlib.sha256(data).hexdigest()
+    dest = tmp_path / "bundle.tar"
+    part_path(dest, sha).write_bytes(data[:100_000])  # a genuine partial of this bundle
+    runner, port, seen = await _range_liar(tmp_path, data, start)
+    try:
+        res = await download(f"http://127.0.0.1:{port}/b.tar", dest, len(data), sha, retries=2,
+                             reserve_bytes=0, retry_delay_s=0.01)
+    finally:
+        await runner.cleanup()
+    assert dest.read_bytes() == data
+    assert seen[0] == "bytes=100000-"
+    if start == 0:  # the body is the whole file: used from byte 0
+        assert res.attempts == 1 and len(seen) == 1
+    else:  # neither the offset asked for nor 0: dropped, asked again without Range
+        assert res.attempts == 2 and seen[1] is None
+
+
+async def test_short_response_without_error_is_a_failure_with_backoff(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    sha = hashlib.sha256(data).hexdigest()
+    calls: list[float] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls.append(time.monotonic())
+        resp = web.StreamResponse()  # chunked, no Content-Length: a clean end after half the body
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/b.tar", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with pytest.raises(OtaError) as err:
+            await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data), sha, retries=2,
+                           reserve_bytes=0, retry_delay_s=0.2)
+    finally:
+        await runner.cleanup()
+    assert err.value.code == "download_failed" and "3 attempts" in err.value.message
+    assert "short response" in err.value.message
+    assert calls[1] - calls[0] >= 0.18 and calls[2] - calls[1] >= 0.38  # exponential backoff
 
 
 async def test_retries_are_bounded(tmp_path: Path) -> None:
@@ -164,7 +249,7 @@ async def test_wrong_digest_deleted_404_not_retried(served, tmp_path: Path) -> N
     with pytest.raises(OtaError) as err:
         await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data), "0" * 64, reserve_bytes=0)
     assert err.value.code == "bad_digest"
-    assert not (tmp_path / "b.tar.part").exists() and not (tmp_path / "b.tar").exists()
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / "b.tar").exists()
     t0 = time.monotonic()
     with pytest.raises(OtaError) as err:
         await download(f"http://127.0.0.1:{port}/nope.tar", tmp_path / "n.tar", 10, "0" * 64, reserve_bytes=0,

@@ -40,12 +40,24 @@ def test_rauc_hook(tmp_path: Path) -> None:
         assert _run(RAUC_HOOK, phase, {"OTA_FIRMWARE_DIR": str(fw), "RAUC": str(fake)}).returncode == 0
     assert not log.exists()
     (fw / "system-2.0.raucb").write_bytes(b"image")
-    env = {"OTA_FIRMWARE_DIR": str(fw), "RAUC": str(fake), "OTA_VERSION": "2.0.0"}
-    assert _run(RAUC_HOOK, "install", env).returncode == 0
-    assert _run(RAUC_HOOK, "commit", env).returncode == 0
-    assert _run(RAUC_HOOK, "rollback", env).returncode == 0
-    assert log.read_text().splitlines() == [f"install {fw}/system-2.0.raucb", "status mark-good",
-                                            "status mark-bad other"]
+    state = tmp_path / "state"
+    state.mkdir()
+    note = state / "ota-reboot-required"
+    env = {"OTA_FIRMWARE_DIR": str(fw), "RAUC": str(fake), "OTA_VERSION": "2.0.0", "OTA_STATE_DIR": str(state)}
+    install = _run(RAUC_HOOK, "install", env)
+    assert install.returncode == 0 and "REBOOT REQUIRED" in install.stdout
+    assert note.read_text().splitlines() == ["version=2.0.0", f"image={fw}/system-2.0.raucb"]
+    commit = _run(RAUC_HOOK, "commit", env)  # the booted (old) rootfs is never marked good
+    assert commit.returncode == 0 and "not marking" in commit.stdout
+    assert log.read_text().splitlines() == [f"install {fw}/system-2.0.raucb"]
+    assert _run(RAUC_HOOK, "rollback", env).returncode == 0  # the installed, unbooted image is marked bad
+    assert log.read_text().splitlines() == [f"install {fw}/system-2.0.raucb", "status mark-bad other"]
+    assert not note.exists()
+    refusing = tmp_path / "rauc-refusing"  # e.g. RAUC's D-Bus policy refusing the service user
+    refusing.write_text("#!/bin/sh\necho 'rauc: not authorized' >&2\nexit 1\n")
+    refusing.chmod(0o755)
+    refused = _run(RAUC_HOOK, "install", {**env, "RAUC": str(refusing)})
+    assert refused.returncode != 0 and "not authorized" in refused.stderr and not note.exists()
     missing = _run(RAUC_HOOK, "install", {**env, "RAUC": str(tmp_path / "no-rauc")})
     assert missing.returncode == 1 and "rauc is not installed" in missing.stderr
 

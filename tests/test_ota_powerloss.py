@@ -30,6 +30,7 @@ from ota.trial import rollback
 from tests.support.ota_harness import PY, REPO, Device, make_bundle, provision
 
 RANDOM_POINTS = 50
+INSIDE_POINTS = 35  # of which at least this many inside venv..switch (copy, pip, seal, switch)
 STEPS = ["lock", "verify", "prepare", "venv", "pip", "copy", "seal", "switch", "switched"]
 
 
@@ -160,12 +161,15 @@ def test_power_loss_at_every_step_and_random_points(tmp_path: Path) -> None:
         outcomes[_check_boot(dev, f"kill at step {step}")] += 1
         _back_to_old(dev, options)
 
-    # random points: two thirds over the whole install, one third inside copy..switch
+    # random points: two thirds over the whole install, one third inside copy..switch. The delays
+    # come from one clean run, so under load fewer land where they were aimed: keep drawing (bounded)
+    # until both quotas hold rather than accept fewer kills inside the install.
     rng = random.Random(5)
     random_kills, i = 0, 0
-    while random_kills < RANDOM_POINTS:
+    inside_steps = ("venv", "pip", "copy", "seal", "switch")
+    while random_kills < RANDOM_POINTS or sum(where[s] for s in inside_steps) < INSIDE_POINTS:
         i += 1
-        assert i < 3 * RANDOM_POINTS, where
+        assert i < 4 * RANDOM_POINTS, where
         if i % 3 == 2:  # measured from the copy step, so the short copy/seal/switch window is hit
             delay, after = rng.uniform(0.0, at["switched"] - at["copy"]), "copy"
         else:
@@ -184,8 +188,7 @@ def test_power_loss_at_every_step_and_random_points(tmp_path: Path) -> None:
 
     assert kills >= len(STEPS) + 50
     assert outcomes["1.0.0"] > 0 and outcomes["2.0.0"] > 0
-    inside = sum(where[s] for s in ("venv", "pip", "copy", "seal", "switch"))
-    assert inside >= 35, where
+    assert sum(where[s] for s in inside_steps) >= INSIDE_POINTS, where
     print(where)
     report = {"kills": kills, "install_s": round(at["switched"], 3), "steps_at_s": at, "came_up_on": dict(outcomes),
               "killed_during": dict(sorted(where.items()))}
