@@ -47,21 +47,28 @@ def bundle_facts(path: Path) -> tuple[str, str, int]:
     return version, sha256_file(path), path.stat().st_size
 
 
+def select_devices(devices: str | None, group: str | None, db: str) -> list[str]:
+    """The rollout's targets: an explicit comma-separated list, or every device of ``group`` in the fleet store."""
+    if devices:
+        return [d for d in devices.split(",") if d]
+    if group:
+        from fleet.store import Store
+
+        store = Store(db)
+        try:
+            return [r["device"] for r in store.list_devices(group)]
+        finally:
+            store.close()
+    raise ValueError("give --group or --devices")
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     from fleet.client import FleetClient
     from ota.rollout_runner import render, run_rollout
 
     try:
         version, sha, size = bundle_facts(args.bundle)
-        if args.devices:
-            devices = [d for d in args.devices.split(",") if d]
-        elif args.group:
-            from fleet.store import Store
-
-            devices = [r["device"] for r in Store(args.db).list_devices(args.group)]
-        else:
-            print("error: give --group or --devices", file=sys.stderr)
-            return 2
+        devices = select_devices(args.devices, args.group, args.db)
         if not devices:
             print("error: no devices to update", file=sys.stderr)
             return 1

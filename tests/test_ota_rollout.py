@@ -222,3 +222,23 @@ async def test_rollout_over_mqtt_canary_batch_and_halt(tmp_path: Path, mosquitto
                             capture_output=True, text=True, timeout=30)
     assert status.returncode == 0 and "rollout 2.0.0: halted" in status.stdout
     assert "cam-3" in status.stdout and "skipped" in status.stdout and "not healthy" in status.stdout
+
+
+def test_group_targets_come_from_the_fleet_store(tmp_path: Path) -> None:
+    """`fleetctl ota rollout --group G` updates the devices the fleet service registered in G, and only those."""
+    import time
+
+    from fleet.store import Incoming, Store
+    from ota.rollout_cli import select_devices
+
+    db = str(tmp_path / "fleet.db")
+    store = Store(db)
+    for dev, group in (("cam-1", "lobby"), ("cam-2", "lab"), ("cam-3", "lobby")):
+        body = {"online": True, "boot": "b1", "version": "1.0.0", "slot": "a", "group": group, "ts": time.time()}
+        store.ingest([Incoming("status", dev, json.dumps(body).encode(), time.time())])
+    store.close()
+    assert select_devices(None, "lobby", db) == ["cam-1", "cam-3"]
+    assert select_devices(None, "nowhere", db) == []
+    assert select_devices("cam-9,cam-8", "lobby", db) == ["cam-9", "cam-8"]  # an explicit list wins
+    with pytest.raises(ValueError, match="--group or --devices"):
+        select_devices(None, None, db)
