@@ -17,13 +17,13 @@ import argparse
 import asyncio
 import itertools
 import time
-from importlib import resources
 
 import av
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from device_agent.media.whep import viewer_page, viewer_script
 from hal.camera.test_pattern import TestPatternCamera
 
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
@@ -81,14 +81,6 @@ class NaiveWhep:
         self.ids = itertools.count(1)
         self.post_ms: list[float] = []
 
-    async def page(self, request: web.Request) -> web.Response:
-        html = resources.files("device_agent.media.web").joinpath("index.html").read_text()
-        return web.Response(text=html, content_type="text/html")
-
-    async def script(self, request: web.Request) -> web.Response:
-        js = resources.files("device_agent.media.web").joinpath("viewer.js").read_text()
-        return web.Response(text=js, content_type="application/javascript")
-
     async def options(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS)
 
@@ -136,7 +128,7 @@ class NaiveWhep:
 async def serve(host: str, port: int, width: int, height: int, fps: int) -> None:
     handler = NaiveWhep(SharedPattern(width, height, fps))
     app = web.Application()
-    app.add_routes([web.get("/", handler.page), web.get("/viewer.js", handler.script),
+    app.add_routes([web.get("/", viewer_page), web.get("/viewer.js", viewer_script),
                     web.get("/api/stats", handler.stats), web.options("/whep", handler.options),
                     web.post("/whep", handler.post), web.options("/whep/{id}", handler.options),
                     web.patch("/whep/{id}", handler.patch), web.delete("/whep/{id}", handler.delete)])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
 import os
 import shutil
 import stat
@@ -23,6 +22,8 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from device_agent.config import AgentConfig
+from hal.audio.factory import create_sink, create_source
+from hal.camera.factory import create_camera
 from provisioning.claim import CLOCK_FLOOR
 from provisioning.identity import IdentityError, IdentityStore
 from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
@@ -150,21 +151,9 @@ async def check_ns(cfg: AgentConfig) -> Check:
     return Check("Noise suppression model", PASS, f"loaded {Path(path).name}")
 
 
-def _factory(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-
-
 async def check_microphone(cfg: AgentConfig, seconds: float = 1.0) -> Check:
-    factory = _factory("hal.audio.factory")
-    if factory is None:
-        return Check("Microphone", SKIP, "audio HAL not installed in this build")
     try:
-        source = factory.create_source(cfg.audio)
+        source = create_source(cfg.audio)
         await source.start()
         try:
             chunks, got = [], 0
@@ -189,14 +178,11 @@ async def check_microphone(cfg: AgentConfig, seconds: float = 1.0) -> Check:
 
 
 async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
-    factory = _factory("hal.audio.factory")
-    if factory is None:
-        return Check("Speaker", SKIP, "audio HAL not installed in this build")
     if not cfg.audio.playback_device:
         return Check("Speaker", SKIP, "no speaker configured (audio.playback_device is empty)")
     try:
         from hal.audio.base import AudioChunk
-        sink = factory.create_sink(cfg.audio)
+        sink = create_sink(cfg.audio)
         if sink is None:
             return Check("Speaker", SKIP, "no speaker configured")
         await sink.start()
@@ -231,11 +217,8 @@ async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
 
 
 async def check_camera(cfg: AgentConfig) -> Check:
-    factory = _factory("hal.camera.factory")
-    if factory is None:
-        return Check("Camera", SKIP, "camera HAL not installed in this build")
     try:
-        cam = factory.create_camera(cfg.camera)
+        cam = create_camera(cfg.camera)
         await cam.start()
         try:
             captured = await asyncio.wait_for(cam.read(), 10.0)

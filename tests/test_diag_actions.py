@@ -141,24 +141,10 @@ async def test_fleetctl_cli_logs_and_diag(tmp_path: Path, mosquitto) -> None:
 
 async def test_over_mutual_tls_with_acls(tmp_path: Path) -> None:
     """The production shape: mqtts with client certificates and per-device ACLs (dev/%u/#)."""
-    import os
-    import shutil
-    import tempfile
+    from tests.support.fleet import mtls_broker
 
-    from tests.support.fleet import make_pki
-    from tests.support.mosquitto import Mosquitto
-
-    pki_dir = tempfile.mkdtemp(prefix="diag-pki-")
-    os.chmod(pki_dir, 0o755)
-    pki = make_pki(pki_dir, ["test-cam", "operator"])
-    acl = Path(pki_dir) / "acl"
-    acl.write_text("user operator\ntopic readwrite dev/#\n\npattern readwrite dev/%u/#\n")
-    os.chmod(acl, 0o644)
-    block = (f"cafile {pki['ca']}\ncertfile {pki['server_cert']}\nkeyfile {pki['server_key']}\n"
-             f"require_certificate true\nuse_identity_as_username true\nacl_file {acl}\nallow_anonymous false")
-    broker = Mosquitto(tmp_path / "broker", listeners={"tls": block}, plain=False, persistence=False).start()
-    url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
-    try:
+    with mtls_broker(tmp_path / "broker", ["test-cam"]) as (broker, pki):
+        url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
         async with diag_rig(tmp_path, broker, client_url=url,
                             client_tls={"ca_file": pki["ca"], "cert_file": pki["operator_cert"],
                                         "key_file": pki["operator_key"]},
@@ -173,10 +159,6 @@ async def test_over_mutual_tls_with_acls(tmp_path: Path) -> None:
             from fleet.log_pull import pull_logs
             pulled = await pull_logs(rig.client, rig.device, out=tmp_path / "tls.log")
             assert pulled.info["lines"] == 1 and "abc" not in (tmp_path / "tls.log").read_text()
-    finally:
-        broker.stop()
-        shutil.rmtree(pki_dir, ignore_errors=True)
-
 
 
 async def test_selftest_loopback_plays_a_tone_the_synthetic_mic_cannot_hear(tmp_path: Path, mosquitto,

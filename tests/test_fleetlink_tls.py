@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,13 @@ from device_agent.agent import Agent
 from device_agent.config import config_from_dict
 from device_agent.fleetlink import FleetLink
 from fleet.client import FleetClient
-from tests.support.fleet import make_pki
-from tests.support.mosquitto import Mosquitto
+from tests.support.fleet import mtls_broker
 
 
 @pytest.fixture
 def tls_broker(tmp_path: Path):
-    pki_dir = tempfile.mkdtemp(prefix="fleet-pki-")
-    os.chmod(pki_dir, 0o755)
-    pki = make_pki(pki_dir, ["cam-1", "cam-2", "operator"])
-    acl = Path(pki_dir) / "acl"
-    acl.write_text("user operator\ntopic readwrite dev/#\n\npattern readwrite dev/%u/#\n")
-    os.chmod(acl, 0o644)
-    block = (f"cafile {pki['ca']}\ncertfile {pki['server_cert']}\nkeyfile {pki['server_key']}\n"
-             f"require_certificate true\nuse_identity_as_username true\nacl_file {acl}\nallow_anonymous false")
-    broker = Mosquitto(tmp_path / "broker", listeners={"tls": block}, plain=False, persistence=False).start()
-    yield broker, pki
-    broker.stop()
-    shutil.rmtree(pki_dir, ignore_errors=True)
+    with mtls_broker(tmp_path / "broker", ["cam-1", "cam-2"]) as (broker, pki):
+        yield broker, pki
 
 
 async def test_mqtts_client_certificates_and_acl(tmp_path: Path, tls_broker) -> None:

@@ -47,6 +47,18 @@ async def _cors(request: web.Request, handler: Callable[[web.Request], Awaitable
     return response
 
 
+async def viewer_page(request: web.Request) -> web.Response:
+    """``GET /``: the viewer page (shipped in the package, no build step)."""
+    html = resources.files("device_agent.media.web").joinpath("index.html").read_text()
+    return web.Response(text=html, content_type="text/html")
+
+
+async def viewer_script(request: web.Request) -> web.Response:
+    """``GET /viewer.js``."""
+    js = resources.files("device_agent.media.web").joinpath("viewer.js").read_text()
+    return web.Response(text=js, content_type="application/javascript")
+
+
 class WhepServer:
     """The HTTP side of viewing: WHEP resources, the page, stats."""
 
@@ -57,7 +69,7 @@ class WhepServer:
         self.retry_after_s = retry_after_s
         self.app = web.Application(middlewares=[_cors], client_max_size=MAX_SDP_BYTES)
         self.app.add_routes([
-            web.get("/", self.page), web.get("/viewer.js", self.script), web.get("/api/stats", self.api_stats),
+            web.get("/", viewer_page), web.get("/viewer.js", viewer_script), web.get("/api/stats", self.api_stats),
             web.options("/whep", self.options), web.post("/whep", self.post),
             web.options("/whep/{id}", self.options), web.patch("/whep/{id}", self.patch),
             web.delete("/whep/{id}", self.delete),
@@ -91,14 +103,6 @@ class WhepServer:
         return _text(401, "a bearer token is required", **{"WWW-Authenticate": 'Bearer realm="device-agent"'})
 
     # -- routes --------------------------------------------------------------------------------
-    async def page(self, request: web.Request) -> web.Response:
-        html = resources.files("device_agent.media.web").joinpath("index.html").read_text()
-        return web.Response(text=html, content_type="text/html")
-
-    async def script(self, request: web.Request) -> web.Response:
-        js = resources.files("device_agent.media.web").joinpath("viewer.js").read_text()
-        return web.Response(text=js, content_type="application/javascript")
-
     async def api_stats(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._unauthorized()

@@ -1,4 +1,4 @@
-"""Fleet test helpers: a mosquitto whose persistence really works when the tests run as root."""
+"""Fleet test helpers: brokers for the fleet tests (mutual TLS with ACLs; persistence that survives SIGKILL) and a test PKI."""
 
 from __future__ import annotations
 
@@ -7,8 +7,32 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tests.support.mosquitto import Mosquitto
+
+
+@contextmanager
+def mtls_broker(workdir: Path, clients: list[str]) -> Iterator[tuple[Mosquitto, dict[str, str]]]:
+    """A TLS-only broker requiring client certificates (identity = username) with per-device ACLs.
+
+    ``operator`` may use all of ``dev/#``; every other certificate only ``dev/<its CN>/#``. Yields the
+    started broker (``broker.ports["tls"]``) and the PKI paths from :func:`make_pki`.
+    """
+    pki_dir = tempfile.mkdtemp(prefix="fleet-pki-")
+    os.chmod(pki_dir, 0o755)  # the broker reads the server key and the ACL
+    pki = make_pki(pki_dir, [*clients, "operator"])
+    acl = Path(pki_dir) / "acl"
+    acl.write_text("user operator\ntopic readwrite dev/#\n\npattern readwrite dev/%u/#\n")
+    os.chmod(acl, 0o644)
+    block = (f"cafile {pki['ca']}\ncertfile {pki['server_cert']}\nkeyfile {pki['server_key']}\n"
+             f"require_certificate true\nuse_identity_as_username true\nacl_file {acl}\nallow_anonymous false")
+    broker = Mosquitto(workdir, listeners={"tls": block}, plain=False, persistence=False).start()
+    try:
+        yield broker, pki
+    finally:
+        broker.stop()
+        shutil.rmtree(pki_dir, ignore_errors=True)
 
 
 @contextmanager
