@@ -59,7 +59,10 @@ class MaskModel:
 
 
 class StreamingDenoiser:
-    """Sqrt-Hann STFT (320/160) + mask model + overlap-add. Latency: 160 samples (10 ms)."""
+    """Sqrt-Hann STFT (320/160) + mask model + overlap-add.
+
+    Output is offset by ``latency`` = 160 samples; the algorithmic latency (frame, no look-ahead) is
+    320 samples = 20 ms: a sample leaves at most 20 ms after it arrived, counting the hop it waits for."""
 
     latency = FRAME - HOP
 

@@ -1,11 +1,15 @@
-"""Training data for the noise-suppression model: synthetic speech, noise pools, room impulse responses.
+"""Training data for the noise-suppression model: speech, noise pools, room impulse responses.
 
-Everything is made here from Debian's synthesizers and ``../shared/data/ns``; nothing is downloaded.
-Held out for evaluation and never touched here: ``clean_freesound_33711`` (speech) and the last 30 %
-of ``noise_freesound_573577`` (noise). ``Corpus.build`` is deterministic for a given seed.
+Speech comes from Debian's synthesizers and from the human recordings that Debian main packages ship
+(``klettres-data``, ``ktuberling-data``: letters, syllables and words read by volunteers in ~35
+languages); noise from ``../shared/data/ns`` and synthesis. Nothing is downloaded. Held out for
+evaluation and never touched here: ``clean_freesound_33711`` (speech) and the last 30 % of
+``noise_freesound_573577`` (noise); held out for validation only: the alsa-utils phrases and the
+speakers in ``REAL_VAL_GROUPS``. ``Corpus.build`` and ``real_speech`` are deterministic for a given seed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,11 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import fftconvolve, lfilter, resample_poly
+from scipy.signal import butter, fftconvolve, lfilter, resample_poly, sosfilt
 
 SR = 16000
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ns"
 HELD_OUT_NOISE_FRACTION = 0.3  # tail of noise_freesound_573577 kept for the benchmark
+# Human speech in Debian main (GPL-2+): one folder per language, each read by one or a few volunteers.
+REAL_SPEECH_ROOTS = {"klettres": Path("/usr/share/klettres"), "ktuberling": Path("/usr/share/ktuberling/sounds")}
+REAL_VAL_GROUPS = ("klettres/nl", "klettres/ru", "ktuberling/el", "ktuberling/uk")  # validation speakers
+ALSA_PHRASES = Path("/usr/share/sounds/alsa")  # alsa-utils' spoken channel names: validation only
+MIN_RECORDING_SNR_DB = 30.0  # skip recordings whose own background noise is closer than this to the speech
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.", "Please turn off the lights in the kitchen.",
@@ -110,11 +119,16 @@ def perturb_speech(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         x = resample_poly(x, 100, f).astype(np.float32)
     a = rng.uniform(-0.6, 0.6)  # first-order tilt: >0 brighter, <0 darker
     x = lfilter([1.0, -a], [1.0], x).astype(np.float32) if abs(a) > 0.05 else x
+    return _trim(x)
+
+
+def _trim(x: np.ndarray) -> np.ndarray:
+    """Leading/trailing silence cut to 50 ms, unit RMS."""
     e = np.convolve(x ** 2, np.ones(160) / 160, "same")
     on = np.nonzero(e > 1e-4 * e.max())[0]
     if len(on):
         x = x[max(0, on[0] - 800): on[-1] + 800]
-    return x / (np.std(x) + 1e-9)
+    return (x / (np.std(x) + 1e-9)).astype(np.float32)
 
 
 def synth_speech(rng: np.random.Generator, n: int, log=print) -> tuple[list[np.ndarray], dict[str, int]]:
@@ -135,6 +149,51 @@ def synth_speech(rng: np.random.Generator, n: int, log=print) -> tuple[list[np.n
             if (i + 1) % 100 == 0:
                 log(f"  speech {i + 1}/{n}")
     return out, used
+
+
+def recording_snr_db(x: np.ndarray) -> float:
+    """Spread between loud (95th percentile) and quiet (5th) 20 ms frames: the recording's own noise margin."""
+    fr = x[: len(x) // 320 * 320].reshape(-1, 320)
+    e = 10 * np.log10(np.mean(fr.astype(np.float64) ** 2, 1) + 1e-12)
+    return float(np.percentile(e, 95) - np.percentile(e, 5)) if len(e) >= 5 else 0.0
+
+
+def real_speech(roots: dict[str, Path] | None = None) -> dict[str, list[np.ndarray]]:
+    """Human recordings from Debian packages, grouped by speaker folder (``klettres/de``, ...).
+
+    Duplicates (same samples) are dropped, as are recordings below 16 kHz (no 4-8 kHz band to learn
+    from) and those with less than ``MIN_RECORDING_SNR_DB`` of their own noise margin. Each utterance is
+    trimmed and unit-RMS. Missing packages just give fewer groups.
+    """
+    seen: set[str] = set()
+    groups: dict[str, list[np.ndarray]] = {}
+    for name, root in sorted((roots if roots is not None else REAL_SPEECH_ROOTS).items()):
+        for f in sorted(p for p in root.rglob("*") if p.suffix in (".ogg", ".wav", ".flac")):
+            try:
+                x, sr = sf.read(f, dtype="float32")
+            except (RuntimeError, sf.LibsndfileError):
+                continue
+            x = x[:, 0] if x.ndim > 1 else x
+            digest = hashlib.sha1(x.tobytes()).hexdigest()
+            if sr < SR or digest in seen:
+                continue
+            seen.add(digest)
+            x = to16k(x, sr)
+            if recording_snr_db(x) < MIN_RECORDING_SNR_DB:
+                continue
+            key = f"{name}/{f.relative_to(root).parts[0]}"
+            groups.setdefault(key, []).append(_trim(x))
+    return groups
+
+
+def alsa_phrases() -> list[np.ndarray]:
+    """alsa-utils' spoken channel names (one real talker; validation only), or the shared copy of one."""
+    files = sorted(p for p in ALSA_PHRASES.glob("*.wav") if p.stem != "Noise") if ALSA_PHRASES.is_dir() else []
+    out = []
+    for f in files or [DATA / "alsa_front_center.wav"]:
+        x, sr = sf.read(f, dtype="float32")
+        out.append(_trim(to16k(x, sr)))
+    return out
 
 
 def real_noises() -> list[np.ndarray]:
@@ -160,9 +219,29 @@ def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.fft.irfft(spec * env, n)
 
 
+def _shaped(rng: np.random.Generator, n: int, corner_hz: float, exponent: float) -> np.ndarray:
+    """Gaussian noise, flat below ``corner_hz`` and falling as f**-exponent (amplitude) above it."""
+    f = np.fft.rfftfreq(n, 1 / SR)
+    return np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) / (1 + (f / corner_hz) ** exponent), n)
+
+
+def wind_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Wind on a microphone port: turbulent low-frequency noise (corner 20-150 Hz, -20..-36 dB/decade
+    above it) in log-normal gusts of 50-500 ms, each gust also adding a brighter component (corner
+    150-800 Hz) that grows with the square of its strength -- so strong gusts reach into the speech band."""
+    k = int(SR * rng.uniform(0.05, 0.5))
+    g = np.convolve(rng.standard_normal(n + k), np.hanning(k), "valid")[:n]
+    env = np.exp(rng.uniform(0.5, 1.6) * g / (np.std(g) + 1e-9))
+    low = _shaped(rng, n, rng.uniform(20, 150), rng.uniform(1.0, 1.8))
+    bright = _shaped(rng, n, rng.uniform(150, 800), rng.uniform(1.0, 1.6))
+    gust = env ** 2 / np.mean(env ** 2) * np.mean(env)
+    w = low / np.std(low) * env + rng.uniform(0.03, 0.3) * bright / np.std(bright) * gust
+    return sosfilt(butter(2, 20, "highpass", fs=SR, output="sos"), w)  # the microphone's own high-pass
+
+
 def synth_noise(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> np.ndarray:
     """One random synthetic noise of ``n`` samples, unit RMS."""
-    kind = int(rng.integers(8))
+    kind = int(rng.integers(9))
     t = np.arange(n) / SR
     if kind == 0:
         w = rng.standard_normal(n)
@@ -188,10 +267,12 @@ def synth_noise(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> n
     elif kind == 6:  # traffic-like: slowly swelling coloured noise
         env = np.exp(np.interp(t, np.linspace(0, t[-1] + 1e-3, 6), rng.uniform(-2.5, 0.5, 6)))
         w = _colored(rng, n) * env
-    else:  # gated / intermittent coloured noise (appliances switching)
+    elif kind == 7:  # gated / intermittent coloured noise (appliances switching)
         g = np.repeat(rng.random(n // 1600 + 1) < 0.6, 1600)[:n].astype(float)
         g = np.convolve(g, np.ones(160) / 160, "same")
         w = _colored(rng, n) * (0.1 + g)
+    else:
+        w = wind_noise(rng, n)
     w = np.asarray(w, np.float64)
     return (w / (np.std(w) + 1e-9)).astype(np.float32)
 
@@ -227,6 +308,23 @@ class Corpus:
     real_noise: list[np.ndarray]
     rirs: list[np.ndarray]
     stats: dict = field(default_factory=dict)
+    real_train: list[np.ndarray] = field(default_factory=list)  # human speech (see ``add_real_speech``)
+    real_val: list[np.ndarray] = field(default_factory=list)
+
+    def add_real_speech(self, seed: int, log=print) -> None:
+        """Load the Debian human recordings: ``REAL_VAL_GROUPS`` and the alsa-utils phrases become
+        ``real_val``; every other recording goes to ``real_train`` as itself plus one speed/tilt-perturbed
+        copy (new pitch and formants: more speakers). Not cached: it takes seconds."""
+        rng = np.random.default_rng(seed + 7)
+        groups = real_speech()
+        self.real_val = [x for g in REAL_VAL_GROUPS for x in groups.get(g, [])] + alsa_phrases()
+        train = [x for g, xs in sorted(groups.items()) if g not in REAL_VAL_GROUPS for x in xs]
+        self.real_train = train + [perturb_speech(rng, x) for x in train]
+        self.stats["real_speech"] = {
+            "groups": len(groups), "train_utterances": len(train),
+            "train_minutes": round(sum(map(len, train)) / SR / 60, 1), "val_utterances": len(self.real_val),
+            "val_groups": [g for g in REAL_VAL_GROUPS if g in groups] + ["alsa-utils"]}
+        log("real speech", self.stats["real_speech"])
 
     @classmethod
     def build(cls, seed: int, utterances: int, rirs: int, log=print) -> "Corpus":
@@ -265,14 +363,19 @@ def _decay_ir(rng: np.random.Generator) -> np.ndarray:
 class Mixer:
     """Random (clean target, noisy input) pairs made on the fly from a ``Corpus``."""
 
-    def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None) -> None:
+    def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None,
+                 real: list[np.ndarray] | None = None, real_fraction: float = 0.0) -> None:
         self.c, self.rng = corpus, rng
         self.speech = speech if speech is not None else corpus.train_speech
+        self.real = real if real is not None else corpus.real_train
+        self.real_fraction = real_fraction if self.real else 0.0
+        self.talkers = self.speech + self.real  # babble voices
 
     def _speech(self, n: int) -> np.ndarray:
         rng, out, pos = self.rng, np.zeros(n, np.float32), int(self.rng.integers(-n // 4, n // 8))
         while pos < n:
-            s = self.speech[int(rng.integers(len(self.speech)))] * rng.uniform(0.5, 1.5)
+            pool = self.real if rng.random() < self.real_fraction else self.speech
+            s = pool[int(rng.integers(len(pool)))] * rng.uniform(0.5, 1.5)
             a, b = max(pos, 0), min(pos + len(s), n)
             if b > a:
                 out[a:b] += s[a - pos: b - pos]
@@ -292,9 +395,9 @@ class Mixer:
             if rng.random() < 0.5:
                 nz = lfilter([1.0, -rng.uniform(-0.7, 0.7)], [1.0], nz)
         else:
-            nz = synth_noise(rng, n, self.speech)
+            nz = synth_noise(rng, n, self.talkers)
         if rng.random() < 0.3:  # add a second noise
-            nz = nz / (np.std(nz) + 1e-9) + rng.uniform(0.1, 0.7) * synth_noise(rng, n, self.speech)
+            nz = nz / (np.std(nz) + 1e-9) + rng.uniform(0.1, 0.7) * synth_noise(rng, n, self.talkers)
         return (nz / (np.std(nz) + 1e-9)).astype(np.float32)
 
     def pair(self, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,15 @@
 
 ``.venv/bin/python -m tools.ns_train.evaluate device_agent/ns/models/ns_quant.tflite [--floor 0.05]``
 
-Same validation mixtures as ``train.py`` (same seed, corpus cache): held-out synthetic utterances and the
-Debian ``alsa_front_center`` phrase, never the benchmark's speech or noise. ``--floor`` tries a lower bound
-on the mask (a post-processing knob), to decide its value on data that is not the benchmark.
+Same validation mixtures as ``train.py`` (same seed, corpus cache): held-out synthetic utterances and
+held-out human speakers; ``--real``: the human speakers only. Never the benchmark's speech or noise.
+``--peers`` adds RNNoise and DTLN on the same mixtures; ``--floor`` tries a lower bound on the mask (a
+post-processing knob), to decide its value on data that is not the benchmark.
 """
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +33,17 @@ class _Floored:
         return np.maximum(self.model.step(feat), self.floor)
 
 
-def score(model_path: Path, clean: np.ndarray, noisy: np.ndarray, floor: float = 0.0) -> dict[str, float]:
+def score(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
+          enhance: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Mean PESQ-WB, STOI and SI-SDR of ``enhance(noisy)`` (time-aligned to its input) over the mixtures
+    that contain speech."""
     from pesq import pesq
     from pystoi import stoi
-    model = MaskModel(model_path)
     sdr, pq, st = [], [], []
     for c, x in zip(clean, noisy):
         if np.std(c) < 1e-5:
             continue
-        den = StreamingDenoiser(_Floored(model, floor) if floor > 0 else model)  # type: ignore[arg-type]
-        model.reset()
-        pad = np.zeros(HOP + (-len(x)) % HOP, np.float32)
-        y = den.process(np.concatenate([x, pad]))[den.latency:den.latency + len(x)]
+        y = enhance(x)
         sdr.append(si_sdr_np(c, y)); st.append(stoi(c, y, SR))
         try:
             pq.append(pesq(SR, c, y, "wb"))
@@ -51,21 +52,41 @@ def score(model_path: Path, clean: np.ndarray, noisy: np.ndarray, floor: float =
     return {"pesq": float(np.mean(pq)), "stoi": float(np.mean(st)), "si_sdr": float(np.mean(sdr))}
 
 
-def real_validation_set(corpus: Corpus, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real speech (Debian's alsa_front_center phrase, the only real clean speech allowed) in training
-    noises at 0/5/10 dB: checks the synthetic-to-real speech gap without touching the benchmark."""
-    import soundfile as sf
-    from tools.ns_train.data import DATA, Mixer, to16k
-    x, sr = sf.read(DATA / "alsa_front_center.wav", dtype="float32")
-    pad = np.zeros(SR // 4, np.float32)
-    sp = to16k(x, sr); sp = np.concatenate([pad, sp / np.std(sp), pad])
-    mixer = Mixer(corpus, np.random.default_rng(seed + 2))
-    clean, noisy = [], []
+def ours(model_path: Path, floor: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
+    """The streaming runtime on a whole clip, latency removed."""
+    model = MaskModel(model_path)
+
+    def enhance(x: np.ndarray) -> np.ndarray:
+        model.reset()
+        den = StreamingDenoiser(_Floored(model, floor) if floor > 0 else model)  # type: ignore[arg-type]
+        pad = np.zeros(HOP + (-len(x)) % HOP, np.float32)
+        return den.process(np.concatenate([x, pad]))[den.latency:den.latency + len(x)]
+    return enhance
+
+
+def peers() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """RNNoise and DTLN as the benchmark runs them, outputs aligned to the input."""
+    from benchmarks.ns_quality import Dtln, align, rnnoise
+    dtln = Dtln()
+    return {"RNNoise": lambda x: align(x, rnnoise(x)), "DTLN": lambda x: align(x, dtln.run(x))}
+
+
+def real_validation_set(corpus: Corpus, seed: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Held-out human speakers only (``corpus.real_val``: validation groups and the alsa-utils phrases):
+    three utterances with 0.2 s gaps in training noises at 0/5/10 dB. Checks the synthetic-to-real gap
+    without touching the benchmark."""
+    from tools.ns_train.data import Mixer
+    rng = np.random.default_rng(seed + 2)
+    mixer = Mixer(corpus, rng)
+    gap, clean, noisy = np.zeros(SR // 5, np.float32), [], []
     for i in range(count):
+        parts = [corpus.real_val[int(k)] for k in rng.integers(0, len(corpus.real_val), 3)]
+        sp = np.concatenate([gap] + [x for p in parts for x in (p, gap)])
+        sp /= np.std(sp)
         nz = mixer._noise(len(sp))  # noqa: SLF001 - same noise recipe as training
         snr = (0, 5, 10)[i % 3]
         clean.append(sp * 0.05); noisy.append((sp + nz * 10 ** (-snr / 20)) * 0.05)
-    return np.stack(clean).astype(np.float32), np.stack(noisy).astype(np.float32)
+    return clean, noisy
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,19 +98,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", default="")
     ap.add_argument("--count", type=int, default=48)
     ap.add_argument("--floor", type=float, nargs="*", default=[0.0])
-    ap.add_argument("--real", action="store_true", help="real-speech set (alsa_front_center) instead")
+    ap.add_argument("--real", action="store_true", help="held-out human speakers only")
+    ap.add_argument("--peers", action="store_true", help="also score RNNoise and DTLN on the same mixtures")
     a = ap.parse_args(argv)
     cache = Path(a.cache) / f"corpus_s{a.seed}_u{a.utterances}_r{a.rirs}.npz" if a.cache else None
     corpus = Corpus.load(cache) if cache and cache.is_file() else Corpus.build(a.seed, a.utterances, a.rirs)
+    corpus.add_real_speech(a.seed, log=lambda *_: None)
     clean, noisy = (real_validation_set(corpus, a.seed, a.count) if a.real
                     else validation_set(corpus, a.seed, a.count, 4.0))
-    keep = np.std(clean, 1) > 1e-5
-    print(f"validation: {int(keep.sum())} mixtures; noisy input SI-SDR "
-          f"{np.mean([si_sdr_np(c, x) for c, x in zip(clean[keep], noisy[keep])]):.2f} dB")
-    for m in a.models:
-        for fl in a.floor:
-            r = score(Path(m), clean, noisy, fl)
-            print(f"{m} floor {fl:.3f}: PESQ-WB {r['pesq']:.3f} STOI {r['stoi']:.3f} SI-SDR {r['si_sdr']:.2f}")
+    pairs = [(c, x) for c, x in zip(clean, noisy) if np.std(c) > 1e-5]
+    print(f"validation: {len(pairs)} mixtures; noisy input SI-SDR "
+          f"{np.mean([si_sdr_np(c, x) for c, x in pairs]):.2f} dB")
+    systems = {f"{m} floor {fl:.3f}": ours(Path(m), fl) for m in a.models for fl in a.floor}
+    for name, enhance in ((peers() if a.peers else {}) | systems).items():
+        r = score(clean, noisy, enhance)
+        print(f"{name}: PESQ-WB {r['pesq']:.3f} STOI {r['stoi']:.3f} SI-SDR {r['si_sdr']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Train the streaming noise-suppression model and export TFLite (float + dynamic-range quantized).
 
-The shipped model (fixed seeds, two stages; arguments in docs/noise-suppression.md) is reproduced by::
+The shipped model (fixed seeds, five stages; arguments in docs/noise-suppression.md) is reproduced by::
 
     sh tools/ns_train/reproduce.sh
 
-Needs the ``[train]`` extra (tensorflow-cpu, pyroomacoustics), espeak-ng / flite / festival and
-../shared/data/ns. Runs TensorFlow on ONE thread. Data: ``tools.ns_train.data`` (synthetic speech, real
-and synthetic noise, simulated rooms), mixed on the fly. The checkpoint is chosen on a validation set of
-held-out synthetic utterances plus the Debian ``alsa_front_center`` phrase -- never the benchmark's
-clean_freesound_33711 speech or the held-out tail of noise_freesound_573577.
+Needs the ``[train]`` extra (tensorflow-cpu, pyroomacoustics), espeak-ng / flite / festival, the Debian
+packages klettres-data, ktuberling-data and alsa-utils (human speech) and ../shared/data/ns. Runs
+TensorFlow on ONE thread. Data: ``tools.ns_train.data`` (synthetic and human speech, real and synthetic
+noise, simulated rooms), mixed on the fly. The checkpoint is chosen on a validation set of held-out
+synthetic utterances and held-out human speakers (``data.REAL_VAL_GROUPS`` and the alsa-utils phrases)
+-- never the benchmark's clean_freesound_33711 speech or the held-out tail of noise_freesound_573577.
+``--init`` fine-tunes an exported float model; with a larger ``--hidden`` it is widened first.
 """
 from __future__ import annotations
 
@@ -18,9 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from tools.ns_train.data import DATA, SR, Corpus, Mixer, to16k
+from tools.ns_train.data import SR, Corpus, Mixer
 from device_agent.ns.quality import si_sdr as si_sdr_np
 
 FRAME, HOP, BINS = 320, 160, 161
@@ -44,10 +45,10 @@ def build(tf, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray):
 
 
 def validation_set(corpus: Corpus, seed: int, count: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed mixtures of held-out synthetic utterances and the real alsa_front_center phrase."""
-    x, sr = sf.read(DATA / "alsa_front_center.wav", dtype="float32")
-    real = to16k(x, sr); real = real / (np.std(real) + 1e-9)
-    mixer = Mixer(corpus, np.random.default_rng(seed + 1), speech=corpus.val_speech + [real] * 3)
+    """Fixed mixtures, half of the speech from held-out synthetic utterances and half from held-out human
+    speakers (``corpus.real_val``: validation speaker groups and the alsa-utils phrases)."""
+    mixer = Mixer(corpus, np.random.default_rng(seed + 1), speech=corpus.val_speech, real=corpus.real_val,
+                  real_fraction=0.5)
     return mixer.batch(count, int(seconds * SR))
 
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sisdr-weight", type=float, default=0.01)
+    ap.add_argument("--real-fraction", type=float, default=0.5,
+                    help="share of training utterances drawn from the Debian human recordings")
     ap.add_argument("--asym-weight", type=float, default=0.0,
                     help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
     ap.add_argument("--val-every", type=int, default=250)
@@ -93,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
             cache.parent.mkdir(parents=True, exist_ok=True); corpus.save(cache)
     log(f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
         f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}")
+    corpus.add_real_speech(a.seed, log)
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
-    mixer = Mixer(corpus, rng)
+    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction)
     seg = int(a.segment * SR)
     val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
 
@@ -225,11 +229,31 @@ def load_tflite_weights(model, path: Path, layers: int) -> None:
     for _ in range(layers):
         adds += [f"add_{k + 1}", f"add_{k + 2}"]; k += 6
     adds.append(f"add_{k + 1}")
-    model.get_layer("enc").set_weights([get(mm[0]).T, get(adds[0])])
+    small = {"enc": [get(mm[0]).T, get(adds[0])], "mask": [get(mm[-1]).T, get(adds[-1])]}
     for i in range(layers):
-        wk, wr = get(mm[1 + 2 * i]).T, get(mm[2 + 2 * i]).T
-        model.get_layer(f"gru{i}").set_weights([wk, wr, np.stack([get(adds[1 + 2 * i]), get(adds[2 + 2 * i])])])
-    model.get_layer("mask").set_weights([get(mm[-1]).T, get(adds[-1])])
+        small[f"gru{i}"] = [get(mm[1 + 2 * i]).T, get(mm[2 + 2 * i]).T,
+                            np.stack([get(adds[1 + 2 * i]), get(adds[2 + 2 * i])])]
+    for name, weights in small.items():
+        layer = model.get_layer(name)
+        layer.set_weights([_widen(w, fresh, gates=3 if name.startswith("gru") else 1)
+                           for w, fresh in zip(weights, layer.get_weights())])
+
+
+def _widen(small: np.ndarray, fresh: np.ndarray, gates: int) -> np.ndarray:
+    """Embed a trained weight into a wider layer's freshly initialised one so that the wider network
+    computes exactly what the trained one did: trained values in the old rows and (per GRU gate block)
+    old columns, zero rows for the new inputs (new units do not yet influence the old ones), fresh values
+    in the new columns (new units start learning from the old ones)."""
+    if small.shape == fresh.shape:
+        return small
+    out = fresh.copy()
+    if small.ndim == 2:
+        out[small.shape[0]:] = 0.0
+    rows = tuple(slice(0, k) for k in small.shape[:-1])
+    old, new = small.shape[-1] // gates, fresh.shape[-1] // gates
+    for g in range(gates):
+        out[rows + (slice(g * new, g * new + old),)] = small[..., g * old:(g + 1) * old]
+    return out
 
 
 def export(tf, model, out: Path, layers: int, hidden: int) -> None:

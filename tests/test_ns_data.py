@@ -1,0 +1,101 @@
+"""The noise-suppression training data: human-speech loading rules and the wind-noise generator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tools.ns_train.data import SR, Corpus, Mixer, real_speech, recording_snr_db, wind_noise
+
+
+def _voice(rng: np.random.Generator, seconds: float, sr: int, hiss_db: float) -> np.ndarray:
+    """A vowel-like harmonic burst between silences, over a hiss ``hiss_db`` below it."""
+    t = np.arange(int(seconds * sr)) / sr
+    v = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 12)) * np.hanning(len(t))
+    v = np.concatenate([np.zeros(sr // 4), v, np.zeros(sr // 4)])
+    v = v / np.std(v) * 0.1
+    return (v + rng.standard_normal(len(v)) * 0.1 * 10 ** (hiss_db / 20)).astype(np.float32)
+
+
+def test_real_speech_groups_by_folder_and_drops_duplicates_narrowband_and_noisy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    good = _voice(rng, 0.6, 44100, -60)
+    (tmp_path / "de" / "alpha").mkdir(parents=True); (tmp_path / "fr").mkdir()
+    sf.write(tmp_path / "de" / "alpha" / "a.wav", good, 44100)
+    sf.write(tmp_path / "de" / "alpha" / "b.wav", np.stack([good, good], 1), 44100)  # same samples, stereo
+    sf.write(tmp_path / "de" / "c.wav", _voice(rng, 0.6, 8000, -60), 8000)  # telephone band: no 4-8 kHz
+    sf.write(tmp_path / "fr" / "d.wav", _voice(rng, 0.6, 22050, -12), 22050)  # its own hiss 12 dB down
+    sf.write(tmp_path / "fr" / "e.wav", _voice(rng, 0.8, 22050, -60), 22050)
+    (tmp_path / "fr" / "notes.txt").write_text("not audio")
+    groups = real_speech({"pkg": tmp_path})
+    assert sorted(groups) == ["pkg/de", "pkg/fr"]
+    assert len(groups["pkg/de"]) == 1 and len(groups["pkg/fr"]) == 1
+    for x in groups["pkg/de"] + groups["pkg/fr"]:
+        assert x.dtype == np.float32 and abs(np.std(x) - 1) < 1e-3
+        assert len(x) < 1.3 * SR  # silences trimmed to 50 ms each side
+
+
+def test_recording_snr_separates_clean_from_hissy_recordings() -> None:
+    rng = np.random.default_rng(1)
+    assert recording_snr_db(_voice(rng, 1.0, SR, -60)) > 40
+    assert recording_snr_db(_voice(rng, 1.0, SR, -12)) < 20
+
+
+def test_wind_noise_is_low_frequency_and_gusty() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        w = wind_noise(rng, 4 * SR)
+        p = np.abs(np.fft.rfft(w)) ** 2
+        f = np.fft.rfftfreq(len(w), 1 / SR)
+        low, mid = p[(f > 20) & (f < 200)].sum(), p[(f > 1000) & (f < 4000)].sum()
+        assert low > 5 * mid  # most energy sits below the speech band
+        assert p[f < 10].sum() < 0.01 * p.sum()  # the port's high-pass: no DC drift
+        frames = (w[: len(w) // 1600 * 1600].reshape(-1, 1600) ** 2).mean(1)
+        assert 10 * np.log10(frames.max() / frames.min()) > 6  # gusts, not a steady hum
+
+
+def test_mixer_draws_human_speech_at_the_requested_share() -> None:
+    rng = np.random.default_rng(3)
+    synth = [np.full(SR // 2, 1.0, np.float32)]
+    human = [np.full(SR // 2, -1.0, np.float32)]
+    corpus = Corpus([], [], [np.ones(SR, np.float32)], [np.r_[1.0, np.zeros(99)].astype(np.float32)])
+    mixer = Mixer(corpus, rng, speech=synth, real=human, real_fraction=0.3)
+    signs = [np.sign(mixer._speech(SR // 2 + 1)[SR // 4]) for _ in range(400)]  # noqa: SLF001
+    share = np.mean([s < 0 for s in signs if s != 0])
+    assert 0.2 < share < 0.4
+    assert Mixer(corpus, rng, speech=synth, real=[], real_fraction=0.9).real_fraction == 0.0
+
+
+def _gru_step(x: np.ndarray, h: np.ndarray, wk: np.ndarray, wr: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One Keras GRU step (gate order z, r, h; reset_after), as the exported graph computes it."""
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    xz, xr, xh = np.split(x @ wk + b[0], 3, -1)
+    hz, hr, hh = np.split(h @ wr + b[1], 3, -1)
+    z, r = sig(xz + hz), sig(xr + hr)
+    return z * h + (1 - z) * np.tanh(xh + r * hh)
+
+
+def test_widening_keeps_what_the_trained_network_computes() -> None:
+    from tools.ns_train.train import _widen
+    rng = np.random.default_rng(4)
+    small, big, n_in, n_out = 6, 10, 5, 4
+    shapes = {"enc": [(n_in, small), (small,)], "gru": [(small, 3 * small), (small, 3 * small), (2, 3 * small)],
+              "mask": [(small, n_out), (n_out,)]}
+    trained = {k: [rng.standard_normal(s) for s in v] for k, v in shapes.items()}
+    fresh = {"enc": [rng.standard_normal((n_in, big)), np.zeros(big)],
+             "gru": [rng.standard_normal((big, 3 * big)), rng.standard_normal((big, 3 * big)), np.zeros((2, 3 * big))],
+             "mask": [rng.standard_normal((big, n_out)), np.zeros(n_out)]}
+    wide = {k: [_widen(t, f, 3 if k == "gru" else 1) for t, f in zip(trained[k], fresh[k])] for k in trained}
+    assert [w.shape for w in wide["gru"]] == [(big, 3 * big), (big, 3 * big), (2, 3 * big)]
+
+    def run(w: dict, hidden: int) -> np.ndarray:
+        h, outs = np.zeros(hidden), []
+        for x in rng_in:
+            e = np.tanh(x @ w["enc"][0] + w["enc"][1])
+            h = _gru_step(e, h, *w["gru"])
+            outs.append(h @ w["mask"][0] + w["mask"][1])
+        return np.array(outs)
+    rng_in = rng.standard_normal((12, n_in))
+    np.testing.assert_allclose(run(wide, big), run(trained, small), atol=1e-12)
+    assert np.any(wide["gru"][0][:, small:small + 1] != 0)  # new units do learn from the old ones
