@@ -1,6 +1,6 @@
 """Train the streaming noise-suppression model and export TFLite (float + dynamic-range quantized).
 
-The shipped model (fixed seeds, five stages; arguments in docs/noise-suppression.md) is reproduced by::
+The shipped model (fixed seeds, six stages; arguments in docs/noise-suppression.md) is reproduced by::
 
     sh tools/ns_train/reproduce.sh
 
