@@ -87,7 +87,7 @@ def main() -> None:
     nz = np.resize(nz[int(0.7 * len(nz)):], len(clean))
     clean = clean / np.std(clean) * 0.05
     mdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "device_agent/ns/models"
-    models = {"ours (quant)": MaskModel(mdir / "ns_quant.tflite"), "ours (float)": MaskModel(mdir / "ns_float.tflite")}
+    models = {"ours (quant)": MaskModel(mdir / "ns_quant.tflite"), "ours (fp16)": MaskModel(mdir / "ns_float16.tflite")}
     dtln = Dtln()
     systems = {"noisy": lambda x: x, "RNNoise": rnnoise, "DTLN": dtln.run,
                **{k: (lambda m: (lambda x: ours(x, m)))(m) for k, m in models.items()}}
@@ -105,15 +105,15 @@ def main() -> None:
         m = np.mean(rows, axis=0); print(f"     {name:<14} {m[0]:8.3f} {m[1]:6.3f} {m[2]:7.2f}")
     x = np.random.default_rng(0).standard_normal(SR * 5).astype(np.float32) * 0.05
     # interleaved repeats, best of each: the machine is shared, so take the least-disturbed run
-    runs: dict[str, list[float]] = {k: [] for k in ("ours (quant)", "ours (float)", "DTLN")}
+    runs: dict[str, list[float]] = {k: [] for k in ("ours (quant)", "ours (fp16)", "DTLN")}
     for _ in range(5):
         for name, fn in (("ours (quant)", lambda: ours(x, models["ours (quant)"])),
-                         ("ours (float)", lambda: ours(x, models["ours (float)"])), ("DTLN", lambda: dtln.run(x))):
+                         ("ours (fp16)", lambda: ours(x, models["ours (fp16)"])), ("DTLN", lambda: dtln.run(x))):
             t0 = time.perf_counter(); fn(); runs[name].append(time.perf_counter() - t0)
     t_dtln = min(runs["DTLN"])
     print(f"cost, 1 thread, 5 s audio, best of 5 interleaved runs, Python overhead included: "
           f"DTLN per-shift(8 ms) {t_dtln / 625 * 1e3:.3f} ms RTF {t_dtln / 5:.4f}")
-    for name in ("ours (quant)", "ours (float)"):
+    for name in ("ours (quant)", "ours (fp16)"):
         t = min(runs[name])
         print(f"     {name:<14} per-hop(10 ms) {t / 500 * 1e3:.3f} ms RTF {t / 5:.4f}; ratio to DTLN {t / t_dtln:.2f}")
 

@@ -99,3 +99,12 @@ def test_widening_keeps_what_the_trained_network_computes() -> None:
     rng_in = rng.standard_normal((12, n_in))
     np.testing.assert_allclose(run(wide, big), run(trained, small), atol=1e-12)
     assert np.any(wide["gru"][0][:, small:small + 1] != 0)  # new units do learn from the old ones
+
+
+def test_rebinning_interpolates_between_frequency_grids() -> None:
+    from tools.ns_train.train import _rebin
+    m = _rebin(161, 257)
+    assert m.shape == (257, 161) and np.allclose(m.sum(1), 1)
+    ramp = np.linspace(0, 8000, 161)  # a quantity linear in frequency is carried over exactly
+    np.testing.assert_allclose(m @ ramp, np.linspace(0, 8000, 257), atol=1e-3)
+    np.testing.assert_allclose(_rebin(257, 161) @ (m @ ramp), ramp, atol=1e-3)

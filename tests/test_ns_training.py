@@ -22,10 +22,11 @@ def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path) -> None:
                     "--val-count", "4", "--hidden", "32"], check=True, capture_output=True,
                    cwd=Path(__file__).resolve().parents[1], timeout=240)
     from device_agent.ns.model import MaskModel, StreamingDenoiser
-    for name in ("ns_float.tflite", "ns_quant.tflite"):
+    for name in ("ns_float.tflite", "ns_float16.tflite", "ns_quant.tflite"):
         model = MaskModel(tmp_path / name)
-        mask = model.step(np.ones(161, np.float32))
-        assert mask.shape == (161,) and np.all((mask >= 0) & (mask <= 1))
+        assert (model.bins, model.frame) == (257, 512)
+        mask = model.step(np.ones(257, np.float32))
+        assert mask.shape == (257,) and np.all((mask >= 0) & (mask <= 1))
         y = StreamingDenoiser(model).process(np.random.default_rng(0).standard_normal(1600).astype(np.float32) * 0.1)
         assert len(y) == 1600 and np.all(np.isfinite(y))
     report = json.loads((tmp_path / "ns_train_report.json").read_text())

@@ -85,7 +85,8 @@ class NoiseSuppressionStage:
     def stats(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "fell_back": self.fell_back, "fallbacks": self.fallbacks,
                 "rtf": round(self._last_rtf, 4),
-                "latency_ms": self.latency / 16, "model": str(self._den.model.path)}
+                "latency_ms": self.latency / 16, "algorithmic_latency_ms": self._den.algorithmic_latency / 16,
+                "frame": self._den.frame, "model": str(self._den.model.path)}
 
 
 class BypassStage:

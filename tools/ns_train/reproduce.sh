@@ -2,40 +2,54 @@
 # Reproduces the shipped noise-suppression model (fixed seeds), on one TensorFlow thread, niced.
 # Run from a git checkout's root:   sh tools/ns_train/reproduce.sh [OUT_DIR]   (default: device_agent/ns/models)
 #
-# Stages 1-3 made the previous model (synthetic speech only) with the training code of commit 3dbcf55;
-# they run from a git worktree of that commit so that their data and checkpoint choice are the same.
-#   1: from scratch (cosine schedule over 4500 steps, stopped after 4438 as the original run was)
-#   2: fine-tune, lower LR, fresh mixtures, penalty on suppressed speech; 3: the penalty doubled
-# Stages 4-6 use this checkout's code: half of the speech from the Debian human recordings, wind noise.
-#   4: fine-tune stage 3 (hidden 128); 5: widen to 192 units per layer (function-preserving) and fine-tune;
-#   6: fine-tune again at half the learning rate with fresh mixtures.
+# Each stage runs the training code of the commit that introduced it, from a git worktree, so that its
+# data, STFT and checkpoint choice are exactly those of the original run:
+#   3dbcf55 (synthetic speech only, 320-sample frames): 1 from scratch (cosine schedule over 4500 steps,
+#     stopped after 4438 as the original run was); 2 fine-tune, lower LR, fresh mixtures, penalty on
+#     suppressed speech; 3 the penalty doubled.
+#   e02792f (half of the speech from the Debian human recordings, wind noise): 4 fine-tune stage 3
+#     (hidden 128); 5 widen to 192 units per layer (function-preserving) and fine-tune; 6 fine-tune again
+#     at half the learning rate with fresh mixtures.
+#   this checkout: 7 move to 512-sample asymmetric analysis windows (same 20 ms latency; the input and
+#     output weights are interpolated onto the finer frequency grid) and fine-tune; 8 fine-tune again at a
+#     quarter of that learning rate with fresh mixtures.
 # Each stage takes well under an hour on this 2-core machine (minutes in docs/noise-suppression.md).
+# The package ships ns_quant.tflite (default) and ns_float16.tflite; the float32 ns_float.tflite that
+# the next stage reads stays in $NS_WORK.
 set -eu
 OUT=${1:-device_agent/ns/models}
 PY=${PY:-$(pwd)/.venv/bin/python}
 WORK=${NS_WORK:-/tmp/ns_train}
 SHARED=$(cd "$(dirname "$0")/../../.." && pwd)/shared
-V1=3dbcf55
-mkdir -p "$WORK/stage1" "$WORK/stage2" "$WORK/stage3" "$WORK/stage4" "$WORK/stage5" "$OUT"
-if [ ! -d "$WORK/v1/repo" ]; then
-    mkdir -p "$WORK/v1"
-    git worktree add --detach "$WORK/v1/repo" "$V1"
-    ln -sfn "$SHARED" "$WORK/v1/shared"  # the old code finds ../shared/data/ns next to its checkout
-fi
+mkdir -p "$WORK/cache" "$OUT"
+worktree() {  # worktree NAME COMMIT: a checkout of COMMIT that finds ../shared next to it
+    if [ ! -d "$WORK/$1/repo" ]; then
+        mkdir -p "$WORK/$1"
+        git worktree add --detach "$WORK/$1/repo" "$2"
+        ln -sfn "$SHARED" "$WORK/$1/shared"
+    fi
+}
+train() {  # train STAGE ARGS...: one stage into $WORK/stageN
+    stage=$1; shift; mkdir -p "$WORK/stage$stage"
+    nice -n 10 "$PY" -m tools.ns_train.train --out "$WORK/stage$stage" --max-minutes 600 --cache "$WORK/cache" "$@"
+}
+worktree v1 3dbcf55
+worktree v2 e02792f
 (
     cd "$WORK/v1/repo"
-    nice -n 10 "$PY" -m tools.ns_train.train --out "$WORK/stage1" --steps 4500 --stop-after 4438 --max-minutes 600 \
-        --cache "$WORK/cache"
-    nice -n 10 "$PY" -m tools.ns_train.train --out "$WORK/stage2" --init "$WORK/stage1/ns_float.tflite" --lr 3e-4 \
-        --steps 2000 --mix-seed 4321 --asym-weight 1.0 --max-minutes 600 --cache "$WORK/cache"
-    nice -n 10 "$PY" -m tools.ns_train.train --out "$WORK/stage3" --init "$WORK/stage2/ns_float.tflite" --lr 2e-4 \
-        --steps 1300 --val-every 325 --mix-seed 999 --asym-weight 2.0 --max-minutes 600 --cache "$WORK/cache"
+    train 1 --steps 4500 --stop-after 4438
+    train 2 --init "$WORK/stage1/ns_float.tflite" --lr 3e-4 --steps 2000 --mix-seed 4321 --asym-weight 1.0
+    train 3 --init "$WORK/stage2/ns_float.tflite" --lr 2e-4 --steps 1300 --val-every 325 --mix-seed 999 --asym-weight 2.0
 )
-nice -n 10 "$PY" -m tools.ns_train.train --out "$WORK/stage4" --init "$WORK/stage3/ns_float.tflite" --lr 3e-4 \
-    --steps 3500 --mix-seed 2024 --asym-weight 2.0 --real-fraction 0.5 --max-minutes 600 --cache "$WORK/cache"
-nice -n 10 "$PY" -m tools.ns_train.train --out "$WORK/stage5" --init "$WORK/stage4/ns_float.tflite" --hidden 192 \
-    --lr 3e-4 --steps 3000 --mix-seed 77 --asym-weight 2.0 --real-fraction 0.5 --max-minutes 600 --cache "$WORK/cache"
-nice -n 10 "$PY" -m tools.ns_train.train --out "$OUT" --init "$WORK/stage5/ns_float.tflite" --hidden 192 \
-    --lr 1.5e-4 --steps 3000 --mix-seed 79 --asym-weight 2.0 --real-fraction 0.5 --max-minutes 600 --cache "$WORK/cache"
-nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$OUT/ns_float.tflite" --peers --cache "$WORK/cache"
+(
+    cd "$WORK/v2/repo"
+    train 4 --init "$WORK/stage3/ns_float.tflite" --lr 3e-4 --steps 3500 --mix-seed 2024 --asym-weight 2.0 --real-fraction 0.5
+    train 5 --init "$WORK/stage4/ns_float.tflite" --hidden 192 --lr 3e-4 --steps 3000 --mix-seed 77 --asym-weight 2.0 --real-fraction 0.5
+    train 6 --init "$WORK/stage5/ns_float.tflite" --hidden 192 --lr 1.5e-4 --steps 3000 --mix-seed 79 --asym-weight 2.0 --real-fraction 0.5
+)
+train 7 --init "$WORK/stage6/ns_float.tflite" --hidden 192 --frame 512 --lr 6e-4 --steps 3000 --mix-seed 103 --asym-weight 2.0 --real-fraction 0.5
+train 8 --init "$WORK/stage7/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e-4 --steps 2500 --mix-seed 111 --asym-weight 2.0 --real-fraction 0.5
+FINAL=$WORK/stage8
+cp "$FINAL/ns_quant.tflite" "$FINAL/ns_float16.tflite" "$FINAL/ns_train_report.json" "$OUT/"
+nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$OUT/ns_float16.tflite" --peers --cache "$WORK/cache"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" --real --count 30 --peers --cache "$WORK/cache"

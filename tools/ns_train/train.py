@@ -1,6 +1,6 @@
-"""Train the streaming noise-suppression model and export TFLite (float + dynamic-range quantized).
+"""Train the streaming noise-suppression model and export TFLite (float32, float16 weights, dynamic-range int8).
 
-The shipped model (fixed seeds, six stages; arguments in docs/noise-suppression.md) is reproduced by::
+The shipped model (fixed seeds, staged; arguments in docs/noise-suppression.md) is reproduced by::
 
     sh tools/ns_train/reproduce.sh
 
@@ -10,7 +10,8 @@ TensorFlow on ONE thread. Data: ``tools.ns_train.data`` (synthetic and human spe
 noise, simulated rooms), mixed on the fly. The checkpoint is chosen on a validation set of held-out
 synthetic utterances and held-out human speakers (``data.REAL_VAL_GROUPS`` and the alsa-utils phrases)
 -- never the benchmark's clean_freesound_33711 speech or the held-out tail of noise_freesound_573577.
-``--init`` fine-tunes an exported float model; with a larger ``--hidden`` it is widened first.
+``--init`` fine-tunes an exported float model; with a larger ``--hidden`` it is widened first, with
+another ``--frame`` its input and output weights are interpolated onto the new frequency grid first.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from tools.ns_train.data import SR, Corpus, Mixer
+from device_agent.ns.model import HOP, stft_windows
 from device_agent.ns.quality import si_sdr as si_sdr_np
 
-FRAME, HOP, BINS = 320, 160, 161
 COMPRESS = 0.3
 
 
@@ -32,16 +33,30 @@ def log(*a) -> None:
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def build(tf, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray):
+def build(tf, bins: int, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray):
     """feat (compressed magnitude) -> fixed normalisation -> Dense -> GRU x layers -> sigmoid mask."""
     k = tf.keras
-    inp = k.Input((None, BINS))
+    inp = k.Input((None, bins))
     x = k.layers.Rescaling(1.0 / sd, offset=-mu / sd, name="norm")(inp)
     x = k.layers.Dense(hidden, activation="tanh", name="enc")(x)
     for i in range(layers):
         x = k.layers.GRU(hidden, return_sequences=True, name=f"gru{i}")(x)
-    m = k.layers.Dense(BINS, activation="sigmoid", name="mask")(x)
+    m = k.layers.Dense(bins, activation="sigmoid", name="mask")(x)
     return k.Model(inp, m)
+
+
+def stft_pair(tf, frame: int):
+    """The runtime's STFT in TensorFlow (``StreamingDenoiser``): frame ``i`` ends with hop ``i``, asymmetric
+    windows from ``stft_windows``; ``istft(stft(x))`` equals ``x`` except the last hop."""
+    wa, ws = (tf.constant(w) for w in stft_windows(frame))
+
+    def stft(x):
+        x = tf.pad(x, [[0, 0], [frame - HOP, 0]])
+        return tf.signal.stft(x, frame, HOP, frame, window_fn=lambda n, dtype: wa, pad_end=False)
+
+    def istft(s):
+        return tf.signal.overlap_and_add(tf.signal.irfft(s, [frame]) * ws, HOP)[:, frame - HOP:]
+    return stft, istft
 
 
 def validation_set(corpus: Corpus, seed: int, count: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--segment", type=float, default=2.0, help="seconds per training example")
     ap.add_argument("--utterances", type=int, default=1500, help="synthetic utterances to generate")
     ap.add_argument("--rirs", type=int, default=80, help="simulated rooms")
+    ap.add_argument("--frame", type=int, default=512,
+                    help="STFT analysis frame (asymmetric window; the latency stays that of 2 hops = 20 ms)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -102,20 +119,19 @@ def main(argv: list[str] | None = None) -> None:
     seg = int(a.segment * SR)
     val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
 
-    win = tf.signal.hann_window(FRAME, periodic=True) ** 0.5
-    stft = lambda x: tf.signal.stft(x, FRAME, HOP, FRAME, window_fn=lambda n, dtype: win)  # noqa: E731
-    istft = lambda s: tf.signal.inverse_stft(s, FRAME, HOP, FRAME, window_fn=lambda n, dtype: win)  # noqa: E731
+    stft, istft = stft_pair(tf, a.frame)
+    bins = a.frame // 2 + 1
 
     # fixed feature normalisation from the training distribution (baked into the exported graph)
     feats = [np.abs(stft(tf.constant(mixer.batch(16, seg)[1])).numpy()) for _ in range(8)]
-    f = np.power(np.concatenate([x.reshape(-1, BINS) for x in feats]) + 1e-9, COMPRESS)
+    f = np.power(np.concatenate([x.reshape(-1, bins) for x in feats]) + 1e-9, COMPRESS)
     mu, sd = f.mean(0).astype(np.float32), (f.std(0) + 1e-3).astype(np.float32)
 
     if a.init:  # the earlier run's normalisation is folded into its enc weights: identity here
-        mu, sd = np.zeros(BINS, np.float32), np.ones(BINS, np.float32)
-    model = build(tf, a.hidden, a.layers, mu, sd)
+        mu, sd = np.zeros(bins, np.float32), np.ones(bins, np.float32)
+    model = build(tf, bins, a.hidden, a.layers, mu, sd)
     if a.init:
-        load_tflite_weights(model, Path(a.init), a.layers)
+        load_tflite_weights(model, Path(a.init), a.layers, a.frame)
         log("initialised from", a.init)
     log(f"model: {model.count_params()} weights, hidden {a.hidden} x {a.layers} GRU")
     warm = 200
@@ -174,10 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         for i, (r, o) in enumerate(zip(ref, outs)):
             if np.std(r) < 1e-5:
                 continue
-            sdrs.append(si_sdr_np(r[HOP:-FRAME], o[HOP:-FRAME]))
+            sdrs.append(si_sdr_np(r[HOP:-2 * HOP], o[HOP:-2 * HOP]))
             if i % 2 == 0:
                 try:
-                    pq.append(pesq(SR, r[HOP:-FRAME], o[HOP:-FRAME], "wb"))
+                    pq.append(pesq(SR, r[HOP:-2 * HOP], o[HOP:-2 * HOP], "wb"))
                 except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
                     pass
         res = {"si_sdr": float(np.mean(sdrs)), "pesq": float(np.mean(pq))}
@@ -208,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             break
     model.set_weights(best_w)
     out = Path(a.out)
-    export(tf, model, out, a.layers, a.hidden)
+    export(tf, model, out, a.layers, a.hidden, bins)
     best_v = max(history, key=lambda v: v["score"]) if history else {}
     report = {"args": vars(a), "steps_run": step + 1, "minutes": round((time.time() - t_start) / 60, 1),
               "weights": int(model.count_params()), "best_validation": best_v, "validation_noisy": noisy_ref,
@@ -217,12 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     log("done", json.dumps({k: report[k] for k in ("steps_run", "minutes", "best_validation")}))
 
 
-def load_tflite_weights(model, path: Path, layers: int) -> None:
-    """Inverse of ``export`` for the float model: read its constant tensors back into the Keras layers."""
+def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
+    """Inverse of ``export`` for the float model: read its constant tensors back into the Keras layers.
+    A model with another frame (bin count) is carried over by interpolating its input and output weights
+    across frequency (a warm start, not an exact copy); a narrower one is widened (``_widen``)."""
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_path=str(path)); it.allocate_tensors()
     t = {d["name"]: d["index"] for d in it.get_tensor_details()}
-    get = lambda name: np.array(it.get_tensor(t[name]))  # noqa: E731
+    get = lambda name: np.array(it.get_tensor(t[name]), np.float32)  # noqa: E731 - float16 weights too
     # export() builds matmuls/adds in a fixed order: enc, then per layer (input, recurrent), then mask
     mm = ["MatMul"] + [f"MatMul_{i}" for i in range(1, 2 * layers + 2)]
     adds, k = ["add"], 0
@@ -230,6 +248,14 @@ def load_tflite_weights(model, path: Path, layers: int) -> None:
         adds += [f"add_{k + 1}", f"add_{k + 2}"]; k += 6
     adds.append(f"add_{k + 1}")
     small = {"enc": [get(mm[0]).T, get(adds[0])], "mask": [get(mm[-1]).T, get(adds[-1])]}
+    old_bins, bins = small["enc"][0].shape[0], frame // 2 + 1
+    if old_bins != bins:
+        # same frequencies, compressed magnitudes scaled by the windows' energy ratio
+        energy = lambda n: float(np.sum(stft_windows(n)[0] ** 2))  # noqa: E731
+        scale = (energy(frame) / energy(2 * (old_bins - 1))) ** (COMPRESS / 2)
+        small["enc"][0] = _rebin(bins, old_bins).T @ small["enc"][0] / scale
+        to_new = _rebin(old_bins, bins)
+        small["mask"] = [small["mask"][0] @ to_new.T, to_new @ small["mask"][1]]
     for i in range(layers):
         small[f"gru{i}"] = [get(mm[1 + 2 * i]).T, get(mm[2 + 2 * i]).T,
                             np.stack([get(adds[1 + 2 * i]), get(adds[2 + 2 * i])])]
@@ -237,6 +263,16 @@ def load_tflite_weights(model, path: Path, layers: int) -> None:
         layer = model.get_layer(name)
         layer.set_weights([_widen(w, fresh, gates=3 if name.startswith("gru") else 1)
                            for w, fresh in zip(weights, layer.get_weights())])
+
+
+def _rebin(n_from: int, n_to: int) -> np.ndarray:
+    """[n_to, n_from]: linear interpolation from one STFT bin grid to another over the same 0..8 kHz."""
+    pos = np.linspace(0, n_from - 1, n_to)
+    lo = np.clip(np.floor(pos).astype(int), 0, n_from - 2)
+    m = np.zeros((n_to, n_from), np.float32)
+    m[np.arange(n_to), lo] = 1 - (pos - lo)
+    m[np.arange(n_to), lo + 1] = pos - lo
+    return m
 
 
 def _widen(small: np.ndarray, fresh: np.ndarray, gates: int) -> np.ndarray:
@@ -256,7 +292,7 @@ def _widen(small: np.ndarray, fresh: np.ndarray, gates: int) -> np.ndarray:
     return out
 
 
-def export(tf, model, out: Path, layers: int, hidden: int) -> None:
+def export(tf, model, out: Path, layers: int, hidden: int, bins: int) -> None:
     """Single-hop graph; all GRU states concatenated into ONE explicit state input/output [1, layers*hidden]."""
     out.mkdir(parents=True, exist_ok=True)
     const = lambda v: tf.constant(np.asarray(v, np.float32))  # noqa: E731
@@ -267,7 +303,7 @@ def export(tf, model, out: Path, layers: int, hidden: int) -> None:
     grus = [[const(v) for v in model.get_layer(f"gru{i}").get_weights()] for i in range(layers)]
     wd, bd = (const(v) for v in model.get_layer("mask").get_weights())
 
-    @tf.function(input_signature=[tf.TensorSpec([1, BINS], tf.float32, name="feat"),
+    @tf.function(input_signature=[tf.TensorSpec([1, bins], tf.float32, name="feat"),
                                   tf.TensorSpec([1, layers * hidden], tf.float32, name="state")])
     def hop(feat, state):
         x = tf.tanh(tf.matmul(feat, we_f) + be_f)
@@ -283,10 +319,14 @@ def export(tf, model, out: Path, layers: int, hidden: int) -> None:
                 "state_out": tf.concat(new_states, -1) if layers > 1 else new_states[0]}
 
     cf = hop.get_concrete_function()
-    for name, quant in [("ns_float.tflite", False), ("ns_quant.tflite", True)]:
+    # ns_float: float32 weights (what --init reads back); ns_float16: the same float computation with its
+    # weights stored as float16 (half the size; the shipped float variant); ns_quant: dynamic-range int8
+    for name, quant in [("ns_float.tflite", None), ("ns_float16.tflite", tf.float16), ("ns_quant.tflite", tf.int8)]:
         conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], model)
-        if quant:
+        if quant is not None:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quant == tf.float16:
+            conv.target_spec.supported_types = [tf.float16]
         (out / name).write_bytes(conv.convert())
         log("wrote", out / name, (out / name).stat().st_size, "bytes")
 
