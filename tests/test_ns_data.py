@@ -67,6 +67,20 @@ def test_mixer_draws_human_speech_at_the_requested_share() -> None:
     assert Mixer(corpus, rng, speech=synth, real=[], real_fraction=0.9).real_fraction == 0.0
 
 
+def test_mixer_keeps_the_snr_in_the_requested_range() -> None:
+    rng = np.random.default_rng(5)
+    speech = [rng.standard_normal(SR // 2).astype(np.float32)]  # not DC: babble is made of it too
+    corpus = Corpus([], [], [rng.standard_normal(SR).astype(np.float32)], [np.r_[1.0, np.zeros(99)].astype(np.float32)])
+    mixer = Mixer(corpus, rng, speech=speech, real=[], snr_db=(3.0, 7.0))
+    snrs = []
+    for _ in range(60):
+        clean, noisy = mixer.pair(SR)
+        if np.std(clean) > 0:  # not one of the noise-only examples
+            snrs.append(20 * np.log10(np.std(clean) / np.std(noisy - clean)))
+    assert 2.9 < min(snrs) and max(snrs) < 7.1  # the default range (-5..20 dB) would fall outside
+    assert max(snrs) - min(snrs) > 2
+
+
 def _gru_step(x: np.ndarray, h: np.ndarray, wk: np.ndarray, wr: np.ndarray, b: np.ndarray) -> np.ndarray:
     """One Keras GRU step (gate order z, r, h; reset_after), as the exported graph computes it."""
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731

@@ -364,8 +364,9 @@ class Mixer:
     """Random (clean target, noisy input) pairs made on the fly from a ``Corpus``."""
 
     def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None,
-                 real: list[np.ndarray] | None = None, real_fraction: float = 0.0) -> None:
-        self.c, self.rng = corpus, rng
+                 real: list[np.ndarray] | None = None, real_fraction: float = 0.0,
+                 snr_db: tuple[float, float] = (-5.0, 20.0)) -> None:
+        self.c, self.rng, self.snr_db = corpus, rng, snr_db
         self.speech = speech if speech is not None else corpus.train_speech
         self.real = real if real is not None else corpus.real_train
         self.real_fraction = real_fraction if self.real else 0.0
@@ -413,7 +414,7 @@ class Mixer:
         ref = np.std(x) + 1e-9
         if rng.random() < 0.05:  # noise only
             clean, x = clean * 0, x * 0
-        snr = rng.uniform(-5, 20)
+        snr = rng.uniform(*self.snr_db)
         x = x + self._noise(n) * ref * 10 ** (-snr / 20)
         g = 10 ** (rng.uniform(-40, -12) / 20) / (np.std(x) + 1e-9)
         peak = np.max(np.abs(x * g))

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of training utterances drawn from the Debian human recordings")
     ap.add_argument("--asym-weight", type=float, default=0.0,
                     help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
+    ap.add_argument("--snr", type=float, nargs=2, default=(-5.0, 20.0), metavar=("LOW", "HIGH"),
+                    help="training mixtures' SNR range in dB (validation keeps -5..20)")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--val-count", type=int, default=48)
     ap.add_argument("--cache", default="", help="directory to cache the generated corpus")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}")
     corpus.add_real_speech(a.seed, log)
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
-    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction)
+    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr))
     seg = int(a.segment * SR)
     val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
 
