@@ -28,6 +28,7 @@ HELD_OUT_NOISE_FRACTION = 0.3  # tail of noise_freesound_573577 kept for the ben
 REAL_SPEECH_ROOTS = {"klettres": Path("/usr/share/klettres"), "ktuberling": Path("/usr/share/ktuberling/sounds")}
 REAL_VAL_GROUPS = ("klettres/nl", "klettres/ru", "ktuberling/el", "ktuberling/uk")  # validation speakers
 ALSA_PHRASES = Path("/usr/share/sounds/alsa")  # alsa-utils' spoken channel names: validation only
+TRAIN_SNR_DB = (-5.0, 20.0)  # mixtures' SNR range (training default; validation always)
 MIN_RECORDING_SNR_DB = 30.0  # skip recordings whose own background noise is closer than this to the speech
 
 SENTENCES = [
@@ -365,7 +366,7 @@ class Mixer:
 
     def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None,
                  real: list[np.ndarray] | None = None, real_fraction: float = 0.0,
-                 snr_db: tuple[float, float] = (-5.0, 20.0)) -> None:
+                 snr_db: tuple[float, float] = TRAIN_SNR_DB) -> None:
         self.c, self.rng, self.snr_db = corpus, rng, snr_db
         self.speech = speech if speech is not None else corpus.train_speech
         self.real = real if real is not None else corpus.real_train

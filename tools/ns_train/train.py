@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.ns_train.data import SR, Corpus, Mixer
+from tools.ns_train.data import SR, TRAIN_SNR_DB, Corpus, Mixer
 from device_agent.ns.model import HOP, stft_windows
 from device_agent.ns.quality import si_sdr as si_sdr_np
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of training utterances drawn from the Debian human recordings")
     ap.add_argument("--asym-weight", type=float, default=0.0,
                     help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
-    ap.add_argument("--snr", type=float, nargs=2, default=(-5.0, 20.0), metavar=("LOW", "HIGH"),
+    ap.add_argument("--snr", type=float, nargs=2, default=TRAIN_SNR_DB, metavar=("LOW", "HIGH"),
                     help="training mixtures' SNR range in dB (validation keeps -5..20)")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--val-count", type=int, default=48)
