@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--asym-weight", type=float, default=0.0,
                     help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
     ap.add_argument("--snr", type=float, nargs=2, default=TRAIN_SNR_DB, metavar=("LOW", "HIGH"),
-                    help="training mixtures' SNR range in dB (validation keeps -5..20)")
+                    help=f"training mixtures' SNR range in dB (validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--val-count", type=int, default=48)
     ap.add_argument("--cache", default="", help="directory to cache the generated corpus")
