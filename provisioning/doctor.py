@@ -140,7 +140,7 @@ async def check_ns(cfg: AgentConfig) -> Check:
     def load() -> str:
         from device_agent.ns.model import MaskModel
         model = MaskModel(cfg.ns.model, cfg.ns.threads)
-        model.step(np.zeros(model.bins, np.float32))
+        model.step(np.zeros(model.bins, np.float32))  # the phase input, if any, defaults to zeros
         return str(model.path)
 
     try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from device_agent.ns.model import DEFAULT_MODEL, HOP, MaskModel, ModelError, StreamingDenoiser, stft_windows
+from device_agent.ns.model import DEFAULT_MODEL, HOP, MaskModel, ModelError, StreamingDenoiser, rotations, stft_windows
 from device_agent.ns.stage import BypassStage, NoiseSuppressionStage, create_stage
 from device_agent.ns.quality import si_sdr
 
@@ -39,10 +39,10 @@ def test_asymmetric_windows_reconstruct_with_two_hop_latency() -> None:
     assert np.allclose(product[-2 * HOP:-HOP] + product[-HOP:], 1.0, atol=1e-6)  # overlap-adds to one
 
     class Unity:  # a mask of ones: the STFT path alone must give the input back, 160 samples late
-        bins, frame, path = 257, 512, "unity"
+        bins, frame, path, df_bins, df_order = 257, 512, "unity", 0, 0
 
-        def step(self, feat: np.ndarray) -> np.ndarray:
-            return np.ones(self.bins, np.float32)
+        def step(self, feat: np.ndarray, phase: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+            return np.ones(self.bins, np.float32), None
 
         def reset(self) -> None:
             pass
@@ -50,6 +50,48 @@ def test_asymmetric_windows_reconstruct_with_two_hop_latency() -> None:
     x = np.random.default_rng(0).standard_normal(4800).astype(np.float32)
     y = StreamingDenoiser(Unity()).process(x)  # type: ignore[arg-type]
     assert np.allclose(y[HOP:], x[:-HOP], atol=1e-5)
+
+
+class _ScriptedDeepFilter:
+    """A deep-filter model over all 257 bins whose mask is zero and whose filter is one fixed tap."""
+    bins, frame, path, df_bins, df_order = 257, 512, "scripted", 257, 3
+
+    def __init__(self, coef: np.ndarray) -> None:
+        self.coef, self.phases = coef, []
+
+    def step(self, feat: np.ndarray, phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        self.phases.append(phase)
+        return np.zeros(self.bins, np.float32), self.coef
+
+    def reset(self) -> None:
+        pass
+
+
+def test_deep_filter_taps_reach_into_the_past_with_bin_centre_rotation() -> None:
+    x = np.random.default_rng(1).standard_normal(4800).astype(np.float32)
+    rot = rotations(512, 257, 3)
+    assert np.allclose(rot[0], 1) and np.allclose(rot[2], rot[1] ** 2)
+    for tap in range(3):  # tap i, with the rotation undone, is the frame i hops old: the input 160*i later
+        coef = np.zeros((3, 257), np.complex64)
+        coef[tap] = np.conj(rot[tap])
+        model = _ScriptedDeepFilter(coef)
+        y = StreamingDenoiser(model).process(x)  # type: ignore[arg-type]
+        delay = HOP * (1 + tap)
+        assert np.allclose(y[delay:], x[:-delay], atol=1e-5), tap
+    # the phase feature: unit phasors (re, im) of every bin, zero while the previous frame is silence
+    first, later = model.phases[0], model.phases[10]
+    assert first.shape == later.shape == (2 * 257,) and np.all(first == 0)
+    assert np.allclose(np.hypot(later[:257], later[257:]), 1, atol=1e-4)
+
+
+def test_phase_feature_of_a_bin_centred_tone_is_one() -> None:
+    """A steady tone at a bin centre advances exactly by the rotation: its phasor in that bin is 1 + 0j."""
+    k = 40  # 1250 Hz
+    t = np.arange(4800)
+    model = _ScriptedDeepFilter(np.zeros((3, 257), np.complex64))
+    StreamingDenoiser(model).process(np.cos(2 * np.pi * k * 16000 / 512 * t / 16000).astype(np.float32))  # type: ignore[arg-type]
+    phase = model.phases[-1]
+    assert abs(phase[k] - 1) < 1e-3 and abs(phase[257 + k]) < 1e-3
 
 
 def test_length_and_latency_match() -> None:
@@ -183,3 +225,13 @@ def test_toggling_keeps_the_delay_and_resets_state() -> None:
     resumed = stage.process(x[16 * HOP:])
     # after the first frame (whose overlap came from the bypass), it equals a fresh denoiser on the same input
     assert np.array_equal(resumed[2 * HOP:], fresh[2 * HOP:])
+
+
+def test_a_valid_tflite_model_of_another_kind_is_refused_clearly() -> None:
+    other = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "dtln" / "model_1.tflite"
+    if not other.is_file():
+        pytest.skip("needs ../shared/anchors/dtln")
+    with pytest.raises(ModelError, match="model_1.tflite: (expected inputs feat, state|the model has no signature)"):
+        MaskModel(other)
+    stage, err = create_stage(str(other))
+    assert isinstance(stage, BypassStage) and err

@@ -24,13 +24,15 @@ class _Floored:
     """A MaskModel whose mask is bounded below by ``floor``."""
 
     def __init__(self, model: MaskModel, floor: float) -> None:
-        self.model, self.floor, self.path = model, floor, model.path
+        self.model, self.floor, self.path, self.frame = model, floor, model.path, model.frame
+        self.df_bins, self.df_order = model.df_bins, model.df_order
 
     def reset(self) -> None:
         self.model.reset()
 
-    def step(self, feat: np.ndarray) -> np.ndarray:
-        return np.maximum(self.model.step(feat), self.floor)
+    def step(self, feat: np.ndarray, phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        mask, coef = self.model.step(feat, phase)
+        return np.maximum(mask, self.floor), coef
 
 
 def score(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],

@@ -11,7 +11,8 @@ noise, simulated rooms), mixed on the fly. The checkpoint is chosen on a validat
 synthetic utterances and held-out human speakers (``data.REAL_VAL_GROUPS`` and the alsa-utils phrases)
 -- never the benchmark's clean_freesound_33711 speech or the held-out tail of noise_freesound_573577.
 ``--init`` fine-tunes an exported float model; with a larger ``--hidden`` it is widened first, with
-another ``--frame`` its input and output weights are interpolated onto the new frequency grid first.
+another ``--frame`` its input and output weights are interpolated onto the new frequency grid first;
+``--df-bins F`` adds a causal deep filter on the lowest F bins (``deep_filter_pair``), starting from zero.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.ns_train.data import SR, TRAIN_SNR_DB, Corpus, Mixer
-from device_agent.ns.model import HOP, stft_windows
+from device_agent.ns.model import HOP, rotations, stft_windows
 from device_agent.ns.quality import si_sdr as si_sdr_np
 
 COMPRESS = 0.3
@@ -33,16 +34,60 @@ def log(*a) -> None:
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def build(tf, bins: int, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray):
-    """feat (compressed magnitude) -> fixed normalisation -> Dense -> GRU x layers -> sigmoid mask."""
+def build(tf, bins: int, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray, df_bins: int = 0,
+          df_order: int = 0):
+    """feat (compressed magnitude) -> fixed normalisation -> Dense -> GRU x layers -> sigmoid mask.
+
+    With ``df_bins``: the phase feature of those bins joins the first layer's input, and a second head
+    gives the deep filter (``2 * df_order * df_bins`` tanh-bounded coefficients), initialised to zero so
+    that the model starts as the plain mask model it may be fine-tuned from."""
     k = tf.keras
     inp = k.Input((None, bins))
     x = k.layers.Rescaling(1.0 / sd, offset=-mu / sd, name="norm")(inp)
+    inputs = [inp]
+    if df_bins:
+        phase = k.Input((None, 2 * df_bins))
+        inputs.append(phase)
+        x = k.layers.Concatenate()([x, phase])
     x = k.layers.Dense(hidden, activation="tanh", name="enc")(x)
     for i in range(layers):
         x = k.layers.GRU(hidden, return_sequences=True, name=f"gru{i}")(x)
-    m = k.layers.Dense(bins, activation="sigmoid", name="mask")(x)
-    return k.Model(inp, m)
+    outputs = [k.layers.Dense(bins, activation="sigmoid", name="mask")(x)]
+    if df_bins:
+        outputs.append(k.layers.Dense(2 * df_order * df_bins, activation="tanh", kernel_initializer="zeros",
+                                      name="filter")(x))
+    return k.Model(inputs, outputs)
+
+
+def deep_filter_pair(tf, frame: int, df_bins: int, df_order: int):
+    """The runtime's deep filter in TensorFlow (``StreamingDenoiser``) over whole [batch, time, bins]
+    spectra: ``features(spec)`` gives the network's input, ``apply(spec, outputs)`` the enhanced spectrum
+    (mask times spectrum; plus the filter over the current and past frames of the lowest ``df_bins``)."""
+    rot = tf.constant(rotations(frame, df_bins, df_order))
+
+    def past(spec):  # [order, batch, time, df_bins]: frame t - i rotated to the present, zeros before 0
+        low = spec[..., :df_bins]
+        return tf.stack([tf.pad(low, [[0, 0], [i, 0], [0, 0]])[:, :tf.shape(low)[1]] * rot[i]
+                         for i in range(df_order)])
+
+    def features(spec):
+        mag = tf.pow(tf.abs(spec) + 1e-9, COMPRESS)
+        if not df_bins:
+            return mag
+        p = spec[..., :df_bins] * tf.math.conj(past(spec)[1])
+        p = p / tf.complex(tf.abs(p) + 1e-9, 0.0)
+        return [mag, tf.concat([tf.math.real(p), tf.math.imag(p)], -1)]
+
+    def apply(spec, out):
+        if not df_bins:
+            return tf.complex(out, 0.0) * spec
+        mask, coef = out
+        re, im = tf.split(coef, 2, axis=-1)
+        shape = tf.concat([tf.shape(re)[:-1], [df_order, df_bins]], 0)
+        c = tf.transpose(tf.complex(tf.reshape(re, shape), tf.reshape(im, shape)), [2, 0, 1, 3])
+        est = tf.complex(mask, 0.0) * spec
+        return tf.concat([est[..., :df_bins] + tf.reduce_sum(c * past(spec), 0), est[..., df_bins:]], -1)
+    return features, apply
 
 
 def stft_pair(tf, frame: int):
@@ -80,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="STFT analysis frame (asymmetric window; the latency stays that of 2 hops = 20 ms)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--df-bins", type=int, default=0,
+                    help="deep filter on this many lowest bins (0: mask only); fine-tunes a mask model too")
+    ap.add_argument("--df-order", type=int, default=3, help="deep filter taps: the current and N-1 past frames")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sisdr-weight", type=float, default=0.01)
     ap.add_argument("--real-fraction", type=float, default=0.5,
@@ -123,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
 
     stft, istft = stft_pair(tf, a.frame)
     bins = a.frame // 2 + 1
+    if a.df_bins and not (a.df_order >= 2 and 0 < a.df_bins <= bins):
+        ap.error("--df-bins needs 1..bins and --df-order >= 2")
+    features, apply = deep_filter_pair(tf, a.frame, a.df_bins, a.df_order)
 
     # fixed feature normalisation from the training distribution (baked into the exported graph)
     feats = [np.abs(stft(tf.constant(mixer.batch(16, seg)[1])).numpy()) for _ in range(8)]
@@ -131,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.init:  # the earlier run's normalisation is folded into its enc weights: identity here
         mu, sd = np.zeros(bins, np.float32), np.ones(bins, np.float32)
-    model = build(tf, bins, a.hidden, a.layers, mu, sd)
+    model = build(tf, bins, a.hidden, a.layers, mu, sd, a.df_bins, a.df_order)
     if a.init:
         load_tflite_weights(model, Path(a.init), a.layers, a.frame)
         log("initialised from", a.init)
@@ -152,8 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def losses(c, n):
         sc, sn = stft(c), stft(n)
-        mask = model(tf.pow(tf.abs(sn) + 1e-9, COMPRESS))
-        est = tf.complex(mask, 0.0) * sn
+        est = apply(sn, model(features(sn)))
         ce, cce = compressed(est); cc, ccc = compressed(sc)
         l_mag = tf.reduce_mean(tf.square(ce - cc))
         l_cplx = tf.reduce_mean(tf.square(tf.abs(cce - ccc)))
@@ -181,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     @tf.function
     def enhance(n):
         sn = stft(n)
-        return istft(tf.complex(model(tf.pow(tf.abs(sn) + 1e-9, COMPRESS)), 0.0) * sn)
+        return istft(apply(sn, model(features(sn))))
 
     def validate() -> dict:
         from pesq import pesq
@@ -226,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             break
     model.set_weights(best_w)
     out = Path(a.out)
-    export(tf, model, out, a.layers, a.hidden, bins)
+    export(tf, model, out, a.layers, a.hidden, bins, a.df_bins, a.df_order)
     best_v = max(history, key=lambda v: v["score"]) if history else {}
     report = {"args": vars(a), "steps_run": step + 1, "minutes": round((time.time() - t_start) / 60, 1),
               "weights": int(model.count_params()), "best_validation": best_v, "validation_noisy": noisy_ref,
@@ -238,20 +288,27 @@ def main(argv: list[str] | None = None) -> None:
 def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
     """Inverse of ``export`` for the float model: read its constant tensors back into the Keras layers.
     A model with another frame (bin count) is carried over by interpolating its input and output weights
-    across frequency (a warm start, not an exact copy); a narrower one is widened (``_widen``)."""
+    across frequency (a warm start, not an exact copy); a narrower one is widened (``_widen``). A mask model
+    read into a deep-filter one gets zero weights for the phase inputs and keeps the zero filter head."""
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_path=str(path)); it.allocate_tensors()
     t = {d["name"]: d["index"] for d in it.get_tensor_details()}
     get = lambda name: np.array(it.get_tensor(t[name]), np.float32)  # noqa: E731 - float16 weights too
-    # export() builds matmuls/adds in a fixed order: enc, then per layer (input, recurrent), then mask
-    mm = ["MatMul"] + [f"MatMul_{i}" for i in range(1, 2 * layers + 2)]
+    has_df = "filter" in it.get_signature_list()["serving_default"]["outputs"]
+    # export() builds matmuls/adds in a fixed order: enc, then per layer (input, recurrent), mask[, filter]
+    mm = ["MatMul"] + [f"MatMul_{i}" for i in range(1, 2 * layers + 2 + has_df)]
     adds, k = ["add"], 0
     for _ in range(layers):
         adds += [f"add_{k + 1}", f"add_{k + 2}"]; k += 6
-    adds.append(f"add_{k + 1}")
-    small = {"enc": [get(mm[0]).T, get(adds[0])], "mask": [get(mm[-1]).T, get(adds[-1])]}
-    old_bins, bins = small["enc"][0].shape[0], frame // 2 + 1
+    adds += [f"add_{k + 1 + i}" for i in range(1 + has_df)]
+    head = 2 * layers + 1
+    small = {"enc": [get(mm[0]).T, get(adds[0])], "mask": [get(mm[head]).T, get(adds[head])]}
+    if has_df:
+        small["filter"] = [get(mm[head + 1]).T, get(adds[head + 1])]
+    old_bins, bins = small["mask"][0].shape[1], frame // 2 + 1
     if old_bins != bins:
+        if has_df:
+            raise ValueError("re-binning (--frame) starts from a mask model, not a deep-filter one")
         # same frequencies, compressed magnitudes scaled by the windows' energy ratio
         energy = lambda n: float(np.sum(stft_windows(n)[0] ** 2))  # noqa: E731
         scale = (energy(frame) / energy(2 * (old_bins - 1))) ** (COMPRESS / 2)
@@ -294,21 +351,23 @@ def _widen(small: np.ndarray, fresh: np.ndarray, gates: int) -> np.ndarray:
     return out
 
 
-def export(tf, model, out: Path, layers: int, hidden: int, bins: int) -> None:
-    """Single-hop graph; all GRU states concatenated into ONE explicit state input/output [1, layers*hidden]."""
+def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: int = 0, df_order: int = 0) -> None:
+    """Single-hop graph; all GRU states concatenated into ONE explicit state input/output [1, layers*hidden].
+    A deep-filter model adds the ``phase`` input and the ``filter`` output (``MaskModel``)."""
     out.mkdir(parents=True, exist_ok=True)
     const = lambda v: tf.constant(np.asarray(v, np.float32))  # noqa: E731
     norm = model.get_layer("norm")
     scale, offset = np.asarray(norm.scale, np.float32), np.asarray(norm.offset, np.float32)
     we, be = model.get_layer("enc").get_weights()
-    we_f, be_f = const(we * scale[:, None]), const(be + offset @ we)  # normalisation folded into enc
+    # normalisation folded into enc; the phase rows (after the first ``bins``) have none
+    be_f = const(be + offset @ we[:bins])
+    we_f = const(np.concatenate([we[:bins] * scale[:, None], we[bins:]]))
     grus = [[const(v) for v in model.get_layer(f"gru{i}").get_weights()] for i in range(layers)]
     wd, bd = (const(v) for v in model.get_layer("mask").get_weights())
+    wf, bf = (const(v) for v in model.get_layer("filter").get_weights()) if df_bins else (None, None)
 
-    @tf.function(input_signature=[tf.TensorSpec([1, bins], tf.float32, name="feat"),
-                                  tf.TensorSpec([1, layers * hidden], tf.float32, name="state")])
-    def hop(feat, state):
-        x = tf.tanh(tf.matmul(feat, we_f) + be_f)
+    def body(x, state):
+        x = tf.tanh(tf.matmul(x, we_f) + be_f)
         states = tf.split(state, layers, axis=-1) if layers > 1 else [state]
         new_states = []
         for (wk, wr, b), h in zip(grus, states):  # Keras gate order z, r, h; reset_after=True
@@ -317,8 +376,20 @@ def export(tf, model, out: Path, layers: int, hidden: int, bins: int) -> None:
             z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
             x = z * h + (1 - z) * tf.tanh(xh + r * hh)
             new_states.append(x)
-        return {"mask": tf.sigmoid(tf.matmul(x, wd) + bd),
-                "state_out": tf.concat(new_states, -1) if layers > 1 else new_states[0]}
+        res = {"mask": tf.sigmoid(tf.matmul(x, wd) + bd),
+               "state_out": tf.concat(new_states, -1) if layers > 1 else new_states[0]}
+        if df_bins:
+            res["filter"] = tf.tanh(tf.matmul(x, wf) + bf)
+        return res
+
+    feat_spec = tf.TensorSpec([1, bins], tf.float32, name="feat")
+    state_spec = tf.TensorSpec([1, layers * hidden], tf.float32, name="state")
+    if df_bins:
+        hop = tf.function(lambda feat, phase, state: body(tf.concat([feat, phase], -1), state),
+                          input_signature=[feat_spec, tf.TensorSpec([1, 2 * df_bins], tf.float32, name="phase"),
+                                           state_spec])
+    else:
+        hop = tf.function(lambda feat, state: body(feat, state), input_signature=[feat_spec, state_spec])
 
     cf = hop.get_concrete_function()
     # ns_float: float32 weights (what --init reads back); ns_float16: the same float computation with its
