@@ -62,7 +62,7 @@ def phase_feature(current: np.ndarray, previous_rotated: np.ndarray) -> np.ndarr
     bins (0 for silent bins): how far each bin's phase advanced beyond its centre frequency in one hop."""
     p = current * np.conj(previous_rotated)
     p = p / (np.abs(p) + 1e-9)
-    return np.concatenate([p.real, p.imag]).astype(np.float32)
+    return np.concatenate([p.real, p.imag])
 
 
 class MaskModel:
@@ -109,11 +109,11 @@ class MaskModel:
     def step(self, feat: np.ndarray, phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """One hop: the mask [bins] and, for a deep-filter model, the complex filter [N, F] (else None)."""
         it = self._it
-        it.set_tensor(self._in["feat"], feat.reshape(1, self.bins).astype(np.float32))
+        it.set_tensor(self._in["feat"], feat.reshape(1, self.bins).astype(np.float32, copy=False))
         it.set_tensor(self._in["state"], self._state)
         if self.df_bins:
             it.set_tensor(self._in["phase"], np.zeros((1, 2 * self.df_bins), np.float32) if phase is None
-                          else phase.reshape(1, -1).astype(np.float32))
+                          else phase.reshape(1, -1).astype(np.float32, copy=False))
         it.invoke()
         self._state = it.get_tensor(self._out["state_out"]).copy()
         if not self.df_bins:

@@ -65,16 +65,16 @@ def deep_filter_pair(tf, frame: int, df_bins: int, df_order: int):
     (mask times spectrum; plus the filter over the current and past frames of the lowest ``df_bins``)."""
     rot = tf.constant(rotations(frame, df_bins, df_order))
 
-    def past(spec):  # [order, batch, time, df_bins]: frame t - i rotated to the present, zeros before 0
-        low = spec[..., :df_bins]
+    def past(spec, taps: int = df_order):  # [taps, batch, time, df_bins]: frame t - i rotated to the present
+        low = spec[..., :df_bins]  # (zeros before the first frame)
         return tf.stack([tf.pad(low, [[0, 0], [i, 0], [0, 0]])[:, :tf.shape(low)[1]] * rot[i]
-                         for i in range(df_order)])
+                         for i in range(taps)])
 
     def features(spec):
         mag = tf.pow(tf.abs(spec) + 1e-9, COMPRESS)
         if not df_bins:
             return mag
-        p = spec[..., :df_bins] * tf.math.conj(past(spec)[1])
+        p = spec[..., :df_bins] * tf.math.conj(past(spec, 2)[1])
         p = p / tf.complex(tf.abs(p) + 1e-9, 0.0)
         return [mag, tf.concat([tf.math.real(p), tf.math.imag(p)], -1)]
 
