@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tools.ns_train.data import SR, Corpus, Mixer, real_speech, recording_snr_db, wind_noise
+from tools.ns_train.data import SR, Corpus, Mixer, ambient_noises, real_speech, recording_snr_db, wind_noise
 
 
 def _voice(rng: np.random.Generator, seconds: float, sr: int, hiss_db: float) -> np.ndarray:
@@ -122,3 +122,43 @@ def test_rebinning_interpolates_between_frequency_grids() -> None:
     ramp = np.linspace(0, 8000, 161)  # a quantity linear in frequency is carried over exactly
     np.testing.assert_allclose(m @ ramp, np.linspace(0, 8000, 257), atol=1e-3)
     np.testing.assert_allclose(_rebin(257, 161) @ (m @ ramp), ramp, atol=1e-3)
+
+
+def test_ambient_noises_split_held_out_names_and_skip_unusable_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "a" / "rain.wav", rng.standard_normal(3 * 22050) * 0.2, 22050)
+    sf.write(tmp_path / "a" / "oceanwaves.wav", np.stack([rng.standard_normal(2 * 44100)] * 2, 1) * 0.1, 44100)
+    sf.write(tmp_path / "a" / "phone.wav", rng.standard_normal(3 * 8000) * 0.2, 8000)  # nothing above 4 kHz
+    sf.write(tmp_path / "a" / "blip.wav", rng.standard_normal(SR // 2) * 0.2, SR)  # too short to loop
+    sf.write(tmp_path / "b" / "silence.wav", np.zeros(2 * SR), SR)
+    (tmp_path / "b" / "broken.wav").write_bytes(b"RIFF not audio")
+    sources = {"x": (tmp_path / "a", ["*.wav"]), "y": (tmp_path / "b", ["*.wav"]), "gone": (tmp_path / "no", ["*"])}
+    train, val = ambient_noises(sources)
+    assert len(train) == 1 and len(val) == 1  # rain trains; oceanwaves is a held-out validation name
+    assert len(train[0]) == 3 * SR and len(val[0]) == 2 * SR  # resampled to 16 kHz, first channel
+    for x in train + val:
+        assert x.dtype == np.float32 and abs(np.std(x) - 1) < 1e-3
+
+
+def test_mixer_draws_ambient_noise_at_its_share_and_leaves_the_old_recipe_alone() -> None:
+    speech = [np.random.default_rng(7).standard_normal(SR // 2).astype(np.float32)]
+    tone = lambda hz: np.sin(2 * np.pi * hz * np.arange(SR) / SR).astype(np.float32)  # noqa: E731
+    # the pools told apart by a tone each (the recipe resamples them by at most 15 %)
+    corpus = Corpus([], [], [tone(1000)], [np.r_[1.0, np.zeros(99)].astype(np.float32)])
+    ambient = [tone(3000)]
+
+    def is_ambient(n: np.ndarray) -> bool:
+        p, f = np.abs(np.fft.rfft(n)) ** 2, np.fft.rfftfreq(len(n), 1 / SR)
+        return p[(f > 2400) & (f < 3600)].sum() > 0.5 * p.sum()
+
+    def draws(fraction: float, pool: list[np.ndarray] | None) -> list[np.ndarray]:
+        mixer = Mixer(corpus, np.random.default_rng(8), speech=speech, real=[], ambient=pool, ambient_fraction=fraction)
+        return [mixer._noise(SR // 4) for _ in range(300)]  # noqa: SLF001
+    with_ambient = draws(0.3, ambient)
+    share = np.mean([is_ambient(n) for n in with_ambient])
+    assert 0.2 < share < 0.4
+    # no ambient share: the random draws, so the noises, are exactly those of a mixer without the pool
+    # (the earlier stages of reproduce.sh depend on it)
+    assert all(np.array_equal(p, q) for p, q in zip(draws(0.0, ambient), draws(0.0, None)))
+    assert Mixer(corpus, np.random.default_rng(0), speech=speech, real=[], ambient=[], ambient_fraction=0.5).ambient_fraction == 0.0

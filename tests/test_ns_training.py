@@ -20,7 +20,8 @@ def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path, df_bins: int
         pytest.skip("needs espeak-ng and ../shared/data/ns")
     subprocess.run([sys.executable, "-m", "tools.ns_train.train", "--out", str(tmp_path), "--steps", "3",
                     "--utterances", "12", "--rirs", "2", "--batch", "4", "--segment", "1", "--val-every", "2",
-                    "--val-count", "4", "--hidden", "32", "--df-bins", str(df_bins)], check=True, capture_output=True,
+                    "--val-count", "4", "--hidden", "32", "--df-bins", str(df_bins),
+                    "--ambient-fraction", "0.25" if df_bins else "0"], check=True, capture_output=True,
                    cwd=Path(__file__).resolve().parents[1], timeout=240)
     from device_agent.ns.model import MaskModel, StreamingDenoiser
     for name in ("ns_float.tflite", "ns_float16.tflite", "ns_quant.tflite"):
@@ -53,3 +54,42 @@ def _assert_training_graph_equals_runtime(path: Path, hidden: int, df_bins: int)
     y_runtime = StreamingDenoiser(MaskModel(path)).process(x)
     n = len(x) - 2 * HOP  # the training iSTFT lacks the last hop; the runtime is HOP late
     assert np.max(np.abs(y_runtime[HOP:HOP + n] - y_train[:n])) < 1e-5 * np.max(np.abs(y_train)) + 1e-7
+
+
+def test_interpolation_mixes_the_weights_of_two_models_of_one_lineage(tmp_path: Path) -> None:
+    """WiSE-FT (``tools.ns_train.interpolate``): alpha 0 and 1 give the two models back exactly, alpha 0.5
+    the mean of their weights; a mask-only base joins a deep-filter fine-tune as its zero-filter start;
+    models of different width are refused."""
+    import tensorflow as tf
+    from device_agent.ns.model import MaskModel, StreamingDenoiser
+    from tools.ns_train.interpolate import interpolate
+    from tools.ns_train.train import build, export, load_tflite_weights
+
+    def exported(name: str, hidden: int, df_bins: int, seed: int) -> Path:
+        tf.keras.utils.set_random_seed(seed)
+        m = build(tf, 257, hidden, 2, np.zeros(257, np.float32), np.ones(257, np.float32), df_bins, 3)
+        rng = np.random.default_rng(seed)  # trained-looking: no zero bias (the converter would fold the add away)
+        m.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.1 for w in m.get_weights()])
+        export(tf, m, tmp_path / name, 2, hidden, 257, df_bins, 3)
+        return tmp_path / name / "ns_float.tflite"
+
+    def weights(path: Path, df_bins: int) -> list[np.ndarray]:
+        m = build(tf, 257, 16, 2, np.zeros(257, np.float32), np.ones(257, np.float32), df_bins, 3)
+        load_tflite_weights(m, path, 2, 512)
+        return m.get_weights()
+
+    def output(path: Path) -> np.ndarray:
+        x = (np.random.default_rng(3).standard_normal(3200) * 0.05).astype(np.float32)
+        return StreamingDenoiser(MaskModel(path)).process(x)
+    base, tuned = exported("base", 16, 0, 1), exported("tuned", 16, 16, 2)
+    for alpha in (0.0, 0.5, 1.0):
+        interpolate(base, tuned, alpha, tmp_path / f"a{alpha}")
+    assert np.array_equal(output(tmp_path / "a1.0" / "ns_float.tflite"), output(tuned))
+    assert json.loads((tmp_path / "a0.5" / "ns_train_report.json").read_text())["interpolation"]["alpha"] == 0.5
+    zero = output(tmp_path / "a0.0" / "ns_float.tflite")  # the base, as a deep-filter model with a zero filter
+    np.testing.assert_allclose(zero, output(base), atol=1e-6)
+    mid, w0, w1 = (weights(p, 16) for p in (tmp_path / "a0.5" / "ns_float.tflite", base, tuned))  # base embedded
+    for m, a, b in zip(mid, w0, w1):
+        np.testing.assert_allclose(m, (a + b) / 2, atol=1e-6)
+    with pytest.raises(SystemExit, match="not one lineage"):
+        interpolate(base, exported("wide", 24, 0, 3), 0.5, tmp_path / "bad")

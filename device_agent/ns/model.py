@@ -92,6 +92,7 @@ class MaskModel:
             raise ModelError(f"{self.path}: unexpected shapes "
                              f"{ {n: shape(d) for n, d in ins.items()} } -> { {n: shape(d) for n, d in outs.items()} }")
         self.frame = 2 * (self.bins - 1)
+        self.state_size = state_shape[-1]  # all recurrent layers' states, concatenated
         self._in = {n: d["index"] for n, d in ins.items()}
         self._out = {n: d["index"] for n, d in outs.items()}
         self._state = np.zeros(state_shape, np.float32)

@@ -2,7 +2,8 @@
 
 Speech comes from Debian's synthesizers and from the human recordings that Debian main packages ship
 (``klettres-data``, ``ktuberling-data``: letters, syllables and words read by volunteers in ~35
-languages); noise from ``../shared/data/ns`` and synthesis. Nothing is downloaded. Held out for
+languages); noise from ``../shared/data/ns``, the ambient recordings of Debian game data packages
+(``AMBIENT_NOISE_SOURCES``) and synthesis. Nothing is downloaded. Held out for
 evaluation and never touched here: ``clean_freesound_33711`` (speech) and the last 30 % of
 ``noise_freesound_573577`` (noise); held out for validation only: the alsa-utils phrases and the
 speakers in ``REAL_VAL_GROUPS``. ``Corpus.build`` and ``real_speech`` are deterministic for a given seed.
@@ -197,6 +198,58 @@ def alsa_phrases() -> list[np.ndarray]:
     return out
 
 
+# Real ambient recordings that Debian main's game data packages ship (GPL-2+, flare's CC-BY-SA-3.0+; sound
+# effects recorded outdoors and in towns): a second source of real noise next to ../shared/data/ns.
+# Each entry: a folder and the file-name patterns taken from it (music, speech-like animal calls,
+# beeps and sirens are left out).
+AMBIENT_NOISE_SOURCES = {
+    "scorched3d": (Path("/usr/share/games/scorched3d/data/globalmods"),
+                   ["none/data/wav/misc/" + n for n in ("oceanwaves.wav", "rain.wav", "jet.wav", "lava?.wav",
+                    "birds?.wav", "frogs.wav", "f1[68]_?.wav", "apache_1.wav", "thunder[23].wav", "splash.wav")]
+                   + ["apoc/data/wav/misc/" + n for n in ("citysounds.wav", "factoryloop1.wav", "cheeringloop.wav",
+                      "helicopter.wav", "cessna.wav", "nuclearloop.wav")]),
+    "lincity-ng": (Path("/usr/share/games/lincity-ng/sounds"),
+                   [f"{n}*.wav" for n in ("Trafic", "Water", "Industry", "Harbor", "RailTrain", "Tip", "WindMill",
+                                          "PowerCoal", "Farm", "Fire", "MarketFull", "Mill", "Recycle", "OreMine",
+                                          "CoalMine", "Residential", "Shanty", "SportsCroud", "Substation")]),
+    "wesnoth": (Path("/usr/share/games/wesnoth/1.16/data/core/sounds/ambient"),
+                ["campfire.ogg", "ship.ogg", "night.ogg", "morning.ogg", "birds?.ogg"]),
+    "etr": (Path("/usr/share/games/etr/sounds"), ["*_slide.wav"]),
+    "flare": (Path("/usr/share/games/flare/mods"),  # CC-BY-SA; two real wind recordings among them
+              ["fantasycore/soundfx/environment/" + n for n in (
+                  "wind_loop.ogg", "cave_wind_loop.ogg", "cave_droplets_loop.ogg", "river_loop.ogg", "open_fire*.ogg",
+                  "bird_twitter_loop.ogg", "anvil_loop.ogg", "stairs.ogg", "stone_open.ogg")]
+              + ["fantasycore/music/wind_ambient.ogg", "empyrean_campaign/soundfx/environment/*.ogg"]),
+}
+# Held out of training for the ambient validation set (``evaluate --ambient``): surging, low-frequency
+# outdoor noises (sea, jet and traffic roar, wind in a cave and on a ship, rock sliding) -- the kind of noise the
+# benchmark's real recording is, without being it.
+AMBIENT_VAL_NAMES = ("oceanwaves", "jet", "lava2", "ship", "TraficHigh1", "TraficHigh2", "TraficHigh3",
+                     "WindMill1", "WindMill2", "rock_slide", "cave_wind_loop")
+MIN_AMBIENT_RATE = 11025  # 8 kHz files carry no noise above 4 kHz at all: skipped
+MIN_AMBIENT_SECONDS = 1.5
+
+
+def ambient_noises(sources: dict[str, tuple[Path, list[str]]] | None = None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training, validation) lists of the ambient recordings found (16 kHz, unit RMS, first channel);
+    ``AMBIENT_VAL_NAMES`` go to validation. Missing packages give shorter lists; files that are too
+    short, below ``MIN_AMBIENT_RATE``, silent or unreadable are skipped."""
+    train, val = [], []
+    for root, patterns in (AMBIENT_NOISE_SOURCES if sources is None else sources).values():
+        for f in sorted({p for pat in patterns for p in root.glob(pat)}):
+            try:
+                x, sr = sf.read(f, dtype="float32")
+            except (RuntimeError, sf.LibsndfileError):
+                continue
+            if sr < MIN_AMBIENT_RATE:
+                continue
+            x = to16k(x, sr)
+            if len(x) >= MIN_AMBIENT_SECONDS * SR and np.std(x) > 1e-5:
+                (val if f.stem in AMBIENT_VAL_NAMES else train).append(x / np.std(x))
+    return train, val
+
+
 def real_noises() -> list[np.ndarray]:
     """Real recordings allowed in training (the benchmark's noise tail is cut off)."""
     out = []
@@ -311,6 +364,16 @@ class Corpus:
     stats: dict = field(default_factory=dict)
     real_train: list[np.ndarray] = field(default_factory=list)  # human speech (see ``add_real_speech``)
     real_val: list[np.ndarray] = field(default_factory=list)
+    ambient_train: list[np.ndarray] = field(default_factory=list)  # see ``add_ambient_noise``
+    ambient_val: list[np.ndarray] = field(default_factory=list)
+
+    def add_ambient_noise(self, log=print) -> None:
+        """Load the Debian ambient recordings (``ambient_noises``). Not cached: it takes a second."""
+        self.ambient_train, self.ambient_val = ambient_noises()
+        self.stats["ambient_noise"] = {
+            "train_files": len(self.ambient_train), "val_files": len(self.ambient_val),
+            "train_minutes": round(sum(map(len, self.ambient_train)) / SR / 60, 1)}
+        log("ambient noise", self.stats["ambient_noise"])
 
     def add_real_speech(self, seed: int, log=print) -> None:
         """Load the Debian human recordings: ``REAL_VAL_GROUPS`` and the alsa-utils phrases become
@@ -366,8 +429,11 @@ class Mixer:
 
     def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None,
                  real: list[np.ndarray] | None = None, real_fraction: float = 0.0,
-                 snr_db: tuple[float, float] = TRAIN_SNR_DB) -> None:
+                 snr_db: tuple[float, float] = TRAIN_SNR_DB, ambient: list[np.ndarray] | None = None,
+                 ambient_fraction: float = 0.0) -> None:
         self.c, self.rng, self.snr_db = corpus, rng, snr_db
+        self.ambient = ambient if ambient is not None else corpus.ambient_train
+        self.ambient_fraction = ambient_fraction if self.ambient else 0.0
         self.speech = speech if speech is not None else corpus.train_speech
         self.real = real if real is not None else corpus.real_train
         self.real_fraction = real_fraction if self.real else 0.0
@@ -385,9 +451,14 @@ class Mixer:
         return out
 
     def _noise(self, n: int) -> np.ndarray:
+        """Unit-RMS noise: 45 % the shared real recordings, ``ambient_fraction`` the Debian ambient ones
+        (taken from the synthetic share), the rest synthetic; perturbed, sometimes plus a second noise.
+        With no ambient share the random draws are exactly those of the earlier recipe."""
         rng = self.rng
-        if rng.random() < 0.45:
-            src = self.c.real_noise[int(rng.integers(len(self.c.real_noise)))]
+        u = rng.random()
+        if u < 0.45 or (self.ambient_fraction and u < 0.45 + self.ambient_fraction):
+            pool = self.c.real_noise if u < 0.45 else self.ambient
+            src = pool[int(rng.integers(len(pool)))]
             f = int(rng.integers(85, 118))
             if f != 100:
                 src = resample_poly(src, 100, f).astype(np.float32)

@@ -3,7 +3,9 @@
 ``.venv/bin/python -m tools.ns_train.evaluate device_agent/ns/models/ns_quant.tflite [--floor 0.05]``
 
 Same validation mixtures as ``train.py`` (same seed, corpus cache): held-out synthetic utterances and
-held-out human speakers; ``--real``: the human speakers only. Never the benchmark's speech or noise.
+held-out human speakers; ``--real``: the human speakers only, in training noises; ``--ambient``: the
+human speakers in the held-out Debian ambient recordings (real noise never trained on). Never the
+benchmark's speech or noise.
 ``--peers`` adds RNNoise and DTLN on the same mixtures; ``--floor`` tries a lower bound on the mask (a
 post-processing knob), to decide its value on data that is not the benchmark.
 """
@@ -36,13 +38,13 @@ class _Floored:
 
 
 def score(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
-          enhance: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+          enhance: Callable[[np.ndarray], np.ndarray], snrs: Sequence[int] | None = None) -> dict:
     """Mean PESQ-WB, STOI and SI-SDR of ``enhance(noisy)`` (time-aligned to its input) over the mixtures
-    that contain speech."""
+    that contain speech; with ``snrs`` (each mixture's SNR in dB), also ``pesq_by_snr`` {snr: mean PESQ-WB}."""
     from pesq import pesq
     from pystoi import stoi
-    sdr, pq, st = [], [], []
-    for c, x in zip(clean, noisy):
+    sdr, pq, st, by = [], [], [], {}
+    for i, (c, x) in enumerate(zip(clean, noisy)):
         if np.std(c) < 1e-5:
             continue
         y = enhance(x)
@@ -50,8 +52,11 @@ def score(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
         try:
             pq.append(pesq(SR, c, y, "wb"))
         except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
-            pass
-    return {"pesq": float(np.mean(pq)), "stoi": float(np.mean(st)), "si_sdr": float(np.mean(sdr))}
+            continue
+        if snrs is not None:
+            by.setdefault(snrs[i], []).append(pq[-1])
+    return {"pesq": float(np.mean(pq)), "stoi": float(np.mean(st)), "si_sdr": float(np.mean(sdr)),
+            "pesq_by_snr": {k: float(np.mean(v)) for k, v in sorted(by.items())}}
 
 
 def ours(model_path: Path, floor: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
@@ -73,20 +78,30 @@ def peers() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     return {"RNNoise": lambda x: align(x, rnnoise(x)), "DTLN": lambda x: align(x, dtln.run(x))}
 
 
-def real_validation_set(corpus: Corpus, seed: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+REAL_SET_SNRS = (0, 5, 10)  # mixture i of ``real_validation_set`` is at REAL_SET_SNRS[i % 3] dB
+
+
+def real_validation_set(corpus: Corpus, seed: int, count: int, ambient: bool = False
+                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Held-out human speakers only (``corpus.real_val``: validation groups and the alsa-utils phrases):
-    three utterances with 0.2 s gaps in training noises at 0/5/10 dB. Checks the synthetic-to-real gap
-    without touching the benchmark."""
+    three utterances with 0.2 s gaps at 0/5/10 dB, in training noises -- checks the synthetic-to-real gap
+    -- or, with ``ambient``, in the held-out real ambient recordings (``corpus.ambient_val``: sea, jet,
+    traffic, wind) -- checks real noise never trained on. Neither touches the benchmark."""
     from tools.ns_train.data import Mixer
-    rng = np.random.default_rng(seed + 2)
+    rng = np.random.default_rng(seed + (3 if ambient else 2))
     mixer = Mixer(corpus, rng)
     gap, clean, noisy = np.zeros(SR // 5, np.float32), [], []
     for i in range(count):
         parts = [corpus.real_val[int(k)] for k in rng.integers(0, len(corpus.real_val), 3)]
         sp = np.concatenate([gap] + [x for p in parts for x in (p, gap)])
         sp /= np.std(sp)
-        nz = mixer._noise(len(sp))  # noqa: SLF001 - same noise recipe as training
-        snr = (0, 5, 10)[i % 3]
+        if ambient:
+            src = corpus.ambient_val[i % len(corpus.ambient_val)]
+            nz = np.resize(src, len(sp) + len(src))[int(rng.integers(len(src))):][:len(sp)]
+            nz = nz / (np.std(nz) + 1e-9)
+        else:
+            nz = mixer._noise(len(sp))  # noqa: SLF001 - same noise recipe as training
+        snr = REAL_SET_SNRS[i % 3]
         clean.append(sp * 0.05); noisy.append((sp + nz * 10 ** (-snr / 20)) * 0.05)
     return clean, noisy
 
@@ -101,20 +116,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--count", type=int, default=48)
     ap.add_argument("--floor", type=float, nargs="*", default=[0.0])
     ap.add_argument("--real", action="store_true", help="held-out human speakers only")
+    ap.add_argument("--ambient", action="store_true",
+                    help="held-out human speakers in the held-out Debian ambient recordings")
     ap.add_argument("--peers", action="store_true", help="also score RNNoise and DTLN on the same mixtures")
     a = ap.parse_args(argv)
     cache = Path(a.cache) / f"corpus_s{a.seed}_u{a.utterances}_r{a.rirs}.npz" if a.cache else None
     corpus = Corpus.load(cache) if cache and cache.is_file() else Corpus.build(a.seed, a.utterances, a.rirs)
     corpus.add_real_speech(a.seed, log=lambda *_: None)
-    clean, noisy = (real_validation_set(corpus, a.seed, a.count) if a.real
+    if a.ambient:
+        corpus.add_ambient_noise(log=lambda *_: None)
+        if not corpus.ambient_val:
+            ap.error("--ambient: none of the held-out ambient recordings is installed "
+                     "(docs/noise-suppression.md, train-deps)")
+    clean, noisy = (real_validation_set(corpus, a.seed, a.count, a.ambient) if a.real or a.ambient
                     else validation_set(corpus, a.seed, a.count, 4.0))
     pairs = [(c, x) for c, x in zip(clean, noisy) if np.std(c) > 1e-5]
     print(f"validation: {len(pairs)} mixtures; noisy input SI-SDR "
           f"{np.mean([si_sdr_np(c, x) for c, x in pairs]):.2f} dB")
     systems = {f"{m} floor {fl:.3f}": ours(Path(m), fl) for m in a.models for fl in a.floor}
+    snrs = [REAL_SET_SNRS[i % 3] for i in range(len(clean))] if a.real or a.ambient else None
     for name, enhance in ((peers() if a.peers else {}) | systems).items():
-        r = score(clean, noisy, enhance)
-        print(f"{name}: PESQ-WB {r['pesq']:.3f} STOI {r['stoi']:.3f} SI-SDR {r['si_sdr']:.2f}")
+        r = score(clean, noisy, enhance, snrs)
+        per_snr = " ".join(f"{k}dB {v:.3f}" for k, v in r["pesq_by_snr"].items())
+        print(f"{name}: PESQ-WB {r['pesq']:.3f} STOI {r['stoi']:.3f} SI-SDR {r['si_sdr']:.2f}"
+              + (f" (PESQ-WB per SNR: {per_snr})" if per_snr else ""))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,12 @@
 #     at half the learning rate with fresh mixtures.
 #   this checkout: 7 move to 512-sample asymmetric analysis windows (same 20 ms latency; the input and
 #     output weights are interpolated onto the finer frequency grid) and fine-tune; 8 fine-tune again at a
-#     quarter of that learning rate with fresh mixtures.
+#     quarter of that learning rate with fresh mixtures (with no ambient share the mixer draws exactly
+#     what it drew when 7 and 8 were trained); 9 fine-tune stage 8's float16 model (what the runs of
+#     2 Dec started from) with a quarter of the noises from the Debian ambient recordings (their packages
+#     must be installed: docs/noise-suppression.md, "train-deps"); 10 fine-tune again at half that
+#     learning rate with fresh mixtures; 11 interpolate the weights of stages 8 and 10 half-way (WiSE-FT,
+#     tools/ns_train/interpolate.py).
 # Each stage takes well under an hour on this 2-core machine (minutes in docs/noise-suppression.md).
 # The package ships ns_quant.tflite (default) and ns_float16.tflite; the float32 ns_float.tflite that
 # the next stage reads stays in $NS_WORK.
@@ -49,7 +54,11 @@ worktree v2 e02792f
 )
 train 7 --init "$WORK/stage6/ns_float.tflite" --hidden 192 --frame 512 --lr 6e-4 --steps 3000 --mix-seed 103 --asym-weight 2.0 --real-fraction 0.5
 train 8 --init "$WORK/stage7/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e-4 --steps 2500 --mix-seed 111 --asym-weight 2.0 --real-fraction 0.5
-FINAL=$WORK/stage8
+train 9 --init "$WORK/stage8/ns_float16.tflite" --hidden 192 --frame 512 --lr 3e-4 --steps 2500 --mix-seed 173 --asym-weight 2.0 --real-fraction 0.5 --ambient-fraction 0.25
+train 10 --init "$WORK/stage9/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e-4 --steps 2500 --mix-seed 181 --asym-weight 2.0 --real-fraction 0.5 --ambient-fraction 0.25
+nice -n 10 "$PY" -m tools.ns_train.interpolate "$WORK/stage8/ns_float16.tflite" "$WORK/stage10/ns_float.tflite" --alpha 0.5 --out "$WORK/stage11"
+FINAL=$WORK/stage11
 cp "$FINAL/ns_quant.tflite" "$FINAL/ns_float16.tflite" "$FINAL/ns_train_report.json" "$OUT/"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$OUT/ns_float16.tflite" --peers --cache "$WORK/cache"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" --real --count 30 --peers --cache "$WORK/cache"
+nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" --ambient --count 30 --peers --cache "$WORK/cache"

@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of training utterances drawn from the Debian human recordings")
     ap.add_argument("--asym-weight", type=float, default=0.0,
                     help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
+    ap.add_argument("--ambient-fraction", type=float, default=0.0,
+                    help="share of training noises drawn from the Debian ambient recordings (data.ambient_noises), "
+                         "taken from the synthetic share")
     ap.add_argument("--snr", type=float, nargs=2, default=TRAIN_SNR_DB, metavar=("LOW", "HIGH"),
                     help=f"training mixtures' SNR range in dB (validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})")
     ap.add_argument("--val-every", type=int, default=250)
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", default="", help="start from this float .tflite written by an earlier run (fine-tuning)")
     ap.add_argument("--mix-seed", type=int, default=None, help="seed of the on-the-fly mixing (default: --seed)")
     a = ap.parse_args(argv)
+    if not 0.0 <= a.ambient_fraction <= 0.55:
+        ap.error("--ambient-fraction is taken from the synthetic share: 0..0.55")
     t_start = time.time()
 
     import tensorflow as tf
@@ -164,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     log(f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
         f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}")
     corpus.add_real_speech(a.seed, log)
+    if a.ambient_fraction:
+        corpus.add_ambient_noise(log)
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
-    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr))
+    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr), ambient_fraction=a.ambient_fraction)
     seg = int(a.segment * SR)
     val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
 
