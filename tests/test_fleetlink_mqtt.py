@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -82,3 +83,28 @@ async def test_unreachable_broker_keeps_retrying_without_blocking() -> None:
         ticks += 1
     assert ticks > 20 and not conn.connected and "Connection refused" in conn.last_connect_error
     await conn.close()
+
+
+def test_socket_hooks_after_the_loop_closed_are_ignored() -> None:
+    """paho's client closes its socket from ``__del__`` too, possibly after the connection's loop is gone:
+    the hook must not raise (``RuntimeError: Event loop is closed`` in an unraisable-exception warning)."""
+    import socket
+
+    async def started() -> MqttConnection:
+        conn = MqttConnection(MqttOptions(url=f"mqtt://127.0.0.1:{free_port()}", reconnect_min_s=5))
+        conn.start()
+        await asyncio.sleep(0)
+        conn._runner.cancel()  # noqa: SLF001 - the loop ends with the connection never closed
+        return conn
+    conn = asyncio.run(started())
+    errors: list[BaseException] = []
+
+    def collect() -> None:  # the garbage collector may run it in any thread
+        try:
+            with socket.socket() as sock:
+                conn._sock_close(conn._client, None, sock)  # noqa: SLF001 - what paho's __del__ calls
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    worker = threading.Thread(target=collect)
+    worker.start(); worker.join()
+    assert not errors, errors

@@ -200,7 +200,12 @@ class MqttConnection:
 
     # ---- event-loop integration (paho's external loop hooks) ----------------------------
     def _in_loop(self, fn: Callable[[], None]) -> None:
+        """Run a socket-registration change on the connection's loop. Once that loop is closed there is
+        nothing left to change (its readers and writers went with it): paho's client calls the hooks
+        from its destructor too, which may run after ``asyncio.run`` returned."""
         assert self._loop is not None
+        if self._loop.is_closed():
+            return
         if threading.get_ident() == self._loop_thread:
             fn()
         else:
