@@ -262,6 +262,11 @@ def real_noises() -> list[np.ndarray]:
     return out
 
 
+def loop_excerpt(rng: np.random.Generator, x: np.ndarray, n: int) -> np.ndarray:
+    """``n`` samples of ``x`` played in a loop, from a random start (one draw of ``rng``)."""
+    return np.resize(x, n + len(x))[int(rng.integers(len(x))):][:n]
+
+
 def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
     """Gaussian noise with a random smooth spectral envelope (slope + a few random bumps)."""
     spec = np.fft.rfft(rng.standard_normal(n))
@@ -316,7 +321,7 @@ def synth_noise(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> n
         w = np.zeros(n)
         for _ in range(int(rng.integers(3, 8))):
             s = speech[int(rng.integers(len(speech)))]
-            s = np.resize(s, n + len(s))[int(rng.integers(len(s))):][:n]
+            s = loop_excerpt(rng, s, n)
             w += s * rng.uniform(0.5, 1.0)
     elif kind == 6:  # traffic-like: slowly swelling coloured noise
         env = np.exp(np.interp(t, np.linspace(0, t[-1] + 1e-3, 6), rng.uniform(-2.5, 0.5, 6)))
@@ -464,7 +469,7 @@ class Mixer:
                 src = resample_poly(src, 100, f).astype(np.float32)
             if rng.random() < 0.5:
                 src = src[::-1]
-            nz = np.resize(src, n + len(src))[int(rng.integers(len(src))):][:n]
+            nz = loop_excerpt(rng, src, n)
             if rng.random() < 0.5:
                 nz = lfilter([1.0, -rng.uniform(-0.7, 0.7)], [1.0], nz)
         else:

@@ -87,7 +87,7 @@ def real_validation_set(corpus: Corpus, seed: int, count: int, ambient: bool = F
     three utterances with 0.2 s gaps at 0/5/10 dB, in training noises -- checks the synthetic-to-real gap
     -- or, with ``ambient``, in the held-out real ambient recordings (``corpus.ambient_val``: sea, jet,
     traffic, wind) -- checks real noise never trained on. Neither touches the benchmark."""
-    from tools.ns_train.data import Mixer
+    from tools.ns_train.data import Mixer, loop_excerpt
     rng = np.random.default_rng(seed + (3 if ambient else 2))
     mixer = Mixer(corpus, rng)
     gap, clean, noisy = np.zeros(SR // 5, np.float32), [], []
@@ -96,8 +96,7 @@ def real_validation_set(corpus: Corpus, seed: int, count: int, ambient: bool = F
         sp = np.concatenate([gap] + [x for p in parts for x in (p, gap)])
         sp /= np.std(sp)
         if ambient:
-            src = corpus.ambient_val[i % len(corpus.ambient_val)]
-            nz = np.resize(src, len(sp) + len(src))[int(rng.integers(len(src))):][:len(sp)]
+            nz = loop_excerpt(rng, corpus.ambient_val[i % len(corpus.ambient_val)], len(sp))
             nz = nz / (np.std(nz) + 1e-9)
         else:
             nz = mixer._noise(len(sp))  # noqa: SLF001 - same noise recipe as training
