@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from tools.ns_train.data import SR, Corpus, Mixer, ambient_noises, real_speech, recording_snr_db, wind_noise
+from tools.ns_train import data
+from tools.ns_train.data import (SR, Corpus, Mixer, ambient_noises, real_speech, speaker_desc_language, speaker_folder,
+                                 recording_snr_db, wind_noise)
 
 
 def _voice(rng: np.random.Generator, seconds: float, sr: int, hiss_db: float) -> np.ndarray:
@@ -28,12 +30,37 @@ def test_real_speech_groups_by_folder_and_drops_duplicates_narrowband_and_noisy(
     sf.write(tmp_path / "fr" / "d.wav", _voice(rng, 0.6, 22050, -12), 22050)  # its own hiss 12 dB down
     sf.write(tmp_path / "fr" / "e.wav", _voice(rng, 0.8, 22050, -60), 22050)
     (tmp_path / "fr" / "notes.txt").write_text("not audio")
-    groups = real_speech({"pkg": tmp_path})
+    groups = real_speech({"pkg": (tmp_path, "*", speaker_folder)})
     assert sorted(groups) == ["pkg/de", "pkg/fr"]
     assert len(groups["pkg/de"]) == 1 and len(groups["pkg/fr"]) == 1
     for x in groups["pkg/de"] + groups["pkg/fr"]:
         assert x.dtype == np.float32 and abs(np.std(x) - 1) < 1e-3
         assert len(x) < 1.3 * SR  # silences trimmed to 50 ms each side
+
+
+def test_tux_paint_descriptions_are_grouped_by_language_and_its_sound_effects_skipped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    (tmp_path / "animals" / "birds").mkdir(parents=True); (tmp_path / "vehicles").mkdir()
+    for name in ("animals/birds/owl_desc_es.ogg", "vehicles/bus_desc_es.ogg", "vehicles/bus_desc.ogg",
+                 "vehicles/bus.ogg"):  # the last: the stamp's sound effect, not speech
+        sf.write(tmp_path / name, _voice(rng, 0.6, 44100, -60), 44100)
+    groups = real_speech({"tuxpaint": (tmp_path, "*_desc*.ogg", speaker_desc_language)})
+    assert {k: len(v) for k, v in groups.items()} == {"tuxpaint/es": 2, "tuxpaint/en": 1}
+
+
+def test_added_speech_sources_keep_the_validation_speakers_languages_out_of_training(monkeypatch) -> None:
+    voice = np.ones(SR, np.float32)
+    found = {"klettres/ru": [voice], "klettres/de": [voice], "ktuberling/el": [voice], "ktuberling/fr": [voice],
+             "tuxpaint/ru": [voice * 2], "tuxpaint/es": [voice * 3], "tuxpaint/el": [voice * 2]}
+    asked = []
+    monkeypatch.setattr(data, "real_speech", lambda names: asked.append(names) or found)
+    monkeypatch.setattr(data, "alsa_phrases", lambda: [])
+    corpus = data.Corpus([], [], [], [])
+    corpus.add_real_speech(0, log=lambda *_: None, sources=["tuxpaint"])
+    assert asked == [["klettres", "ktuberling", "tuxpaint"]]
+    assert len(corpus.real_val) == 2  # klettres/ru and ktuberling/el
+    originals = corpus.real_train[: len(corpus.real_train) // 2]  # then one perturbed copy of each
+    assert sorted(float(x[0]) for x in originals) == [1.0, 1.0, 3.0]  # de, fr and tuxpaint/es only
 
 
 def test_recording_snr_separates_clean_from_hissy_recordings() -> None:

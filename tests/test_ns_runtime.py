@@ -143,7 +143,7 @@ def test_quality_floor_on_held_out_clip() -> None:
     assert gain >= SI_SDR_GAIN_FLOOR, gain
 
 
-SI_SDR_GAIN_FLOOR = 9.9  # shipped model measures 10.30 dB on this clip (previous models: 10.09, 10.26, 8.60, 7.98)
+SI_SDR_GAIN_FLOOR = 10.5  # shipped model measures 10.95 dB on this clip (previous models: 10.30, 10.09, 10.26, 8.60, 7.98)
 
 
 def test_falls_back_to_bypass_when_behind_budget() -> None:

@@ -1,8 +1,9 @@
 """Training data for the noise-suppression model: speech, noise pools, room impulse responses.
 
 Speech comes from Debian's synthesizers and from the human recordings that Debian main packages ship
-(``klettres-data``, ``ktuberling-data``: letters, syllables and words read by volunteers in ~35
-languages); noise from ``../shared/data/ns``, the ambient recordings of Debian game data packages
+(``REAL_SPEECH_SOURCES``: ``klettres-data``, ``ktuberling-data``: letters, syllables and words read by
+volunteers in ~35 languages; ``tuxpaint-stamps-default``: short spoken descriptions, one reader per
+language); noise from ``../shared/data/ns``, the ambient recordings of Debian game data packages
 (``AMBIENT_NOISE_SOURCES``) and synthesis. Nothing is downloaded. Held out for
 evaluation and never touched here: ``clean_freesound_33711`` (speech) and the last 30 % of
 ``noise_freesound_573577`` (noise); held out for validation only: the alsa-utils phrases and the
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
@@ -25,9 +27,32 @@ from scipy.signal import butter, fftconvolve, lfilter, resample_poly, sosfilt
 SR = 16000
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ns"
 HELD_OUT_NOISE_FRACTION = 0.3  # tail of noise_freesound_573577 kept for the benchmark
-# Human speech in Debian main (GPL-2+): one folder per language, each read by one or a few volunteers.
-REAL_SPEECH_ROOTS = {"klettres": Path("/usr/share/klettres"), "ktuberling": Path("/usr/share/ktuberling/sounds")}
+
+
+def speaker_folder(rel: Path) -> str:
+    """KDE's recordings: one folder per language, each read by its own volunteers."""
+    return rel.parts[0]
+
+
+def speaker_desc_language(rel: Path) -> str:
+    """Tux Paint's spoken stamp descriptions, ``NAME_desc_LANG.ogg`` (English: ``NAME_desc.ogg``): one
+    reader per language."""
+    return rel.name.split("_desc", 1)[1].split(".")[0].lstrip("_") or "en"
+
+
+# Human speech in Debian main (GPL-2+), read by volunteers.
+# name -> (root, file pattern, speaker group of a file's path under root)
+REAL_SPEECH_SOURCES: dict[str, tuple[Path, str, Callable[[Path], str]]] = {
+    "klettres": (Path("/usr/share/klettres"), "*", speaker_folder),
+    "ktuberling": (Path("/usr/share/ktuberling/sounds"), "*", speaker_folder),
+    "tuxpaint": (Path("/usr/share/tuxpaint/stamps"), "*_desc*.ogg", speaker_desc_language),
+}
+DEFAULT_SPEECH_SOURCES = ("klettres", "ktuberling")  # the recipe of stages 4-11
 REAL_VAL_GROUPS = ("klettres/nl", "klettres/ru", "ktuberling/el", "ktuberling/uk")  # validation speakers
+# Training skips the added sources' groups in the validation speakers' languages: a volunteer who read
+# for two projects must not reach training through the second one. (The KDE two keep theirs, e.g.
+# ktuberling/ru, as stages 4-11 were trained.)
+REAL_VAL_LANGUAGES = frozenset(g.split("/")[1] for g in REAL_VAL_GROUPS)
 ALSA_PHRASES = Path("/usr/share/sounds/alsa")  # alsa-utils' spoken channel names: validation only
 TRAIN_SNR_DB = (-5.0, 20.0)  # mixtures' SNR range (training default; validation always)
 MIN_RECORDING_SNR_DB = 30.0  # skip recordings whose own background noise is closer than this to the speech
@@ -160,8 +185,10 @@ def recording_snr_db(x: np.ndarray) -> float:
     return float(np.percentile(e, 95) - np.percentile(e, 5)) if len(e) >= 5 else 0.0
 
 
-def real_speech(roots: dict[str, Path] | None = None) -> dict[str, list[np.ndarray]]:
-    """Human recordings from Debian packages, grouped by speaker folder (``klettres/de``, ...).
+def real_speech(sources: dict[str, tuple[Path, str, Callable[[Path], str]]] | None = None,
+                names: Iterable[str] = DEFAULT_SPEECH_SOURCES) -> dict[str, list[np.ndarray]]:
+    """Human recordings from Debian packages (the ``names`` of ``REAL_SPEECH_SOURCES``, or all of
+    ``sources``), grouped by speaker (``klettres/de``, ``tuxpaint/es``, ...).
 
     Duplicates (same samples) are dropped, as are recordings below 16 kHz (no 4-8 kHz band to learn
     from) and those with less than ``MIN_RECORDING_SNR_DB`` of their own noise margin. Each utterance is
@@ -169,8 +196,9 @@ def real_speech(roots: dict[str, Path] | None = None) -> dict[str, list[np.ndarr
     """
     seen: set[str] = set()
     groups: dict[str, list[np.ndarray]] = {}
-    for name, root in sorted((roots if roots is not None else REAL_SPEECH_ROOTS).items()):
-        for f in sorted(p for p in root.rglob("*") if p.suffix in (".ogg", ".wav", ".flac")):
+    chosen = sources if sources is not None else {n: REAL_SPEECH_SOURCES[n] for n in names}
+    for name, (root, pattern, speaker) in sorted(chosen.items()):
+        for f in sorted(p for p in root.rglob(pattern) if p.suffix in (".ogg", ".wav", ".flac")):
             try:
                 x, sr = sf.read(f, dtype="float32")
             except (RuntimeError, sf.LibsndfileError):
@@ -183,7 +211,7 @@ def real_speech(roots: dict[str, Path] | None = None) -> dict[str, list[np.ndarr
             x = to16k(x, sr)
             if recording_snr_db(x) < MIN_RECORDING_SNR_DB:
                 continue
-            key = f"{name}/{f.relative_to(root).parts[0]}"
+            key = f"{name}/{speaker(f.relative_to(root))}"
             groups.setdefault(key, []).append(_trim(x))
     return groups
 
@@ -380,14 +408,17 @@ class Corpus:
             "train_minutes": round(sum(map(len, self.ambient_train)) / SR / 60, 1)}
         log("ambient noise", self.stats["ambient_noise"])
 
-    def add_real_speech(self, seed: int, log=print) -> None:
-        """Load the Debian human recordings: ``REAL_VAL_GROUPS`` and the alsa-utils phrases become
-        ``real_val``; every other recording goes to ``real_train`` as itself plus one speed/tilt-perturbed
-        copy (new pitch and formants: more speakers). Not cached: it takes seconds."""
+    def add_real_speech(self, seed: int, log=print, sources: Iterable[str] = DEFAULT_SPEECH_SOURCES) -> None:
+        """Load the Debian human recordings of ``sources`` (``REAL_SPEECH_SOURCES``; the validation
+        speakers' always): ``REAL_VAL_GROUPS`` and the alsa-utils phrases become ``real_val``; every other
+        recording outside ``REAL_VAL_LANGUAGES`` goes to ``real_train`` as itself plus one
+        speed/tilt-perturbed copy (new pitch and formants: more speakers). Not cached: it takes seconds
+        (a minute or two with Tux Paint's)."""
         rng = np.random.default_rng(seed + 7)
-        groups = real_speech()
+        groups = real_speech(names=sorted(set(DEFAULT_SPEECH_SOURCES) | set(sources)))
         self.real_val = [x for g in REAL_VAL_GROUPS for x in groups.get(g, [])] + alsa_phrases()
-        train = [x for g, xs in sorted(groups.items()) if g not in REAL_VAL_GROUPS for x in xs]
+        train = [x for g, xs in sorted(groups.items()) if g not in REAL_VAL_GROUPS and (
+            g.split("/")[0] in DEFAULT_SPEECH_SOURCES or g.split("/")[1] not in REAL_VAL_LANGUAGES) for x in xs]
         self.real_train = train + [perturb_speech(rng, x) for x in train]
         self.stats["real_speech"] = {
             "groups": len(groups), "train_utterances": len(train),

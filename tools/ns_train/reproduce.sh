@@ -17,7 +17,10 @@
 #     2 Dec started from) with a quarter of the noises from the Debian ambient recordings (their packages
 #     must be installed: docs/noise-suppression.md, "train-deps"); 10 fine-tune again at half that
 #     learning rate with fresh mixtures; 11 interpolate the weights of stages 8 and 10 half-way (WiSE-FT,
-#     tools/ns_train/interpolate.py).
+#     tools/ns_train/interpolate.py); 12 fine-tune stage 11's float16 model with three quarters of the
+#     speech from Debian's human recordings, tuxpaint's read phrases added (its package must be installed
+#     too: "train-deps"), and mixtures at -5 to 12 dB SNR instead of -5 to 20; 13 fine-tune again at half
+#     that learning rate, -5 to 10 dB, with fresh mixtures.
 # Each stage takes well under an hour on this 2-core machine (minutes in docs/noise-suppression.md).
 # The package ships ns_quant.tflite (default) and ns_float16.tflite; the float32 ns_float.tflite that
 # the next stage reads stays in $NS_WORK.
@@ -57,7 +60,9 @@ train 8 --init "$WORK/stage7/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e
 train 9 --init "$WORK/stage8/ns_float16.tflite" --hidden 192 --frame 512 --lr 3e-4 --steps 2500 --mix-seed 173 --asym-weight 2.0 --real-fraction 0.5 --ambient-fraction 0.25
 train 10 --init "$WORK/stage9/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e-4 --steps 2500 --mix-seed 181 --asym-weight 2.0 --real-fraction 0.5 --ambient-fraction 0.25
 nice -n 10 "$PY" -m tools.ns_train.interpolate "$WORK/stage8/ns_float16.tflite" "$WORK/stage10/ns_float.tflite" --alpha 0.5 --out "$WORK/stage11"
-FINAL=$WORK/stage11
+train 12 --init "$WORK/stage11/ns_float16.tflite" --hidden 192 --frame 512 --lr 3e-4 --steps 2500 --mix-seed 195 --asym-weight 2.0 --real-fraction 0.75 --ambient-fraction 0.25 --speech-sources klettres ktuberling tuxpaint --snr -5 12
+train 13 --init "$WORK/stage12/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e-4 --steps 2500 --mix-seed 199 --asym-weight 2.0 --real-fraction 0.75 --ambient-fraction 0.25 --speech-sources klettres ktuberling tuxpaint --snr -5 10
+FINAL=$WORK/stage13
 cp "$FINAL/ns_quant.tflite" "$FINAL/ns_float16.tflite" "$FINAL/ns_train_report.json" "$OUT/"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$OUT/ns_float16.tflite" --peers --cache "$WORK/cache"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" --real --count 30 --peers --cache "$WORK/cache"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.ns_train.data import SR, TRAIN_SNR_DB, Corpus, Mixer
+from tools.ns_train.data import DEFAULT_SPEECH_SOURCES, REAL_SPEECH_SOURCES, SR, TRAIN_SNR_DB, Corpus, Mixer
 from device_agent.ns.model import HOP, rotations, stft_windows
 from device_agent.ns.quality import si_sdr as si_sdr_np
 
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sisdr-weight", type=float, default=0.01)
     ap.add_argument("--real-fraction", type=float, default=0.5,
                     help="share of training utterances drawn from the Debian human recordings")
+    ap.add_argument("--speech-sources", nargs="+", default=list(DEFAULT_SPEECH_SOURCES),
+                    choices=sorted(REAL_SPEECH_SOURCES), help="Debian packages whose human recordings are drawn "
+                    "(data.REAL_SPEECH_SOURCES; the default is the recipe of stages 4-11)")
     ap.add_argument("--asym-weight", type=float, default=0.0,
                     help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
     ap.add_argument("--ambient-fraction", type=float, default=0.0,
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             cache.parent.mkdir(parents=True, exist_ok=True); corpus.save(cache)
     log(f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
         f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}")
-    corpus.add_real_speech(a.seed, log)
+    corpus.add_real_speech(a.seed, log, a.speech_sources)
     if a.ambient_fraction:
         corpus.add_ambient_noise(log)
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
