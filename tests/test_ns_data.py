@@ -53,7 +53,7 @@ def test_added_speech_sources_keep_the_validation_speakers_languages_out_of_trai
     found = {"klettres/ru": [voice], "klettres/de": [voice], "ktuberling/el": [voice], "ktuberling/fr": [voice],
              "tuxpaint/ru": [voice * 2], "tuxpaint/es": [voice * 3], "tuxpaint/el": [voice * 2]}
     asked = []
-    monkeypatch.setattr(data, "real_speech", lambda names: asked.append(names) or found)
+    monkeypatch.setattr(data, "real_speech", lambda sources: asked.append(sorted(sources)) or found)
     monkeypatch.setattr(data, "alsa_phrases", lambda: [])
     corpus = data.Corpus([], [], [], [])
     corpus.add_real_speech(0, log=lambda *_: None, sources=["tuxpaint"])

@@ -42,7 +42,8 @@ def speaker_desc_language(rel: Path) -> str:
 
 # Human speech in Debian main (GPL-2+), read by volunteers.
 # name -> (root, file pattern, speaker group of a file's path under root)
-REAL_SPEECH_SOURCES: dict[str, tuple[Path, str, Callable[[Path], str]]] = {
+SpeechSource = tuple[Path, str, Callable[[Path], str]]
+REAL_SPEECH_SOURCES: dict[str, SpeechSource] = {
     "klettres": (Path("/usr/share/klettres"), "*", speaker_folder),
     "ktuberling": (Path("/usr/share/ktuberling/sounds"), "*", speaker_folder),
     "tuxpaint": (Path("/usr/share/tuxpaint/stamps"), "*_desc*.ogg", speaker_desc_language),
@@ -185,10 +186,15 @@ def recording_snr_db(x: np.ndarray) -> float:
     return float(np.percentile(e, 95) - np.percentile(e, 5)) if len(e) >= 5 else 0.0
 
 
-def real_speech(sources: dict[str, tuple[Path, str, Callable[[Path], str]]] | None = None,
-                names: Iterable[str] = DEFAULT_SPEECH_SOURCES) -> dict[str, list[np.ndarray]]:
-    """Human recordings from Debian packages (the ``names`` of ``REAL_SPEECH_SOURCES``, or all of
-    ``sources``), grouped by speaker (``klettres/de``, ``tuxpaint/es``, ...).
+def trains_on(group: str) -> bool:
+    """Whether a speaker group (``source/speaker``) may be trained on (see ``REAL_VAL_LANGUAGES``)."""
+    source, speaker = group.split("/", 1)
+    return group not in REAL_VAL_GROUPS and (source in DEFAULT_SPEECH_SOURCES or speaker not in REAL_VAL_LANGUAGES)
+
+
+def real_speech(sources: dict[str, SpeechSource]) -> dict[str, list[np.ndarray]]:
+    """Human recordings from Debian packages (``sources``: entries of ``REAL_SPEECH_SOURCES``), grouped
+    by speaker (``klettres/de``, ``tuxpaint/es``, ...).
 
     Duplicates (same samples) are dropped, as are recordings below 16 kHz (no 4-8 kHz band to learn
     from) and those with less than ``MIN_RECORDING_SNR_DB`` of their own noise margin. Each utterance is
@@ -196,8 +202,7 @@ def real_speech(sources: dict[str, tuple[Path, str, Callable[[Path], str]]] | No
     """
     seen: set[str] = set()
     groups: dict[str, list[np.ndarray]] = {}
-    chosen = sources if sources is not None else {n: REAL_SPEECH_SOURCES[n] for n in names}
-    for name, (root, pattern, speaker) in sorted(chosen.items()):
+    for name, (root, pattern, speaker) in sorted(sources.items()):
         for f in sorted(p for p in root.rglob(pattern) if p.suffix in (".ogg", ".wav", ".flac")):
             try:
                 x, sr = sf.read(f, dtype="float32")
@@ -415,10 +420,10 @@ class Corpus:
         speed/tilt-perturbed copy (new pitch and formants: more speakers). Not cached: it takes seconds
         (a minute or two with Tux Paint's)."""
         rng = np.random.default_rng(seed + 7)
-        groups = real_speech(names=sorted(set(DEFAULT_SPEECH_SOURCES) | set(sources)))
+        names = sorted(set(DEFAULT_SPEECH_SOURCES) | set(sources))
+        groups = real_speech({n: REAL_SPEECH_SOURCES[n] for n in names})
         self.real_val = [x for g in REAL_VAL_GROUPS for x in groups.get(g, [])] + alsa_phrases()
-        train = [x for g, xs in sorted(groups.items()) if g not in REAL_VAL_GROUPS and (
-            g.split("/")[0] in DEFAULT_SPEECH_SOURCES or g.split("/")[1] not in REAL_VAL_LANGUAGES) for x in xs]
+        train = [x for g, xs in sorted(groups.items()) if trains_on(g) for x in xs]
         self.real_train = train + [perturb_speech(rng, x) for x in train]
         self.stats["real_speech"] = {
             "groups": len(groups), "train_utterances": len(train),
