@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev alsa-utils mosquitto mosquitto-clients \
-	chromium systemd openssl ca-certificates
+	chromium systemd openssl ca-certificates iproute2
 LISTEN ?= 127.0.0.1:8080
 PYTEST_ARGS ?=
+MINUTES ?= 10
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench fuzz clean
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -32,6 +33,9 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks
+
+fuzz: setup
+	$(PY) -m benchmarks.fuzz --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
