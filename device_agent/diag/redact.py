@@ -2,13 +2,18 @@
 
 Covers ``key=value`` / ``key: value`` / ``"key": "value"`` pairs whose key names a secret
 (password, token, secret, api key, private key, Wi-Fi PSK...), bearer/basic authorization
-headers, credentials in URLs, JWTs, AWS access keys and whole PEM blocks (multi-line, so
-redaction is stateful: use one :class:`Redactor` per stream, line by line).
+headers, credentials in URLs, JWTs, AWS access keys, the project's own claim tokens and whole PEM
+blocks (multi-line, so redaction is stateful: use one :class:`Redactor` per stream, line by line).
+A secret key's value is masked in every form it is written: ``key=value``, ``key: value``, quoted
+(``psk 'value'``, ``password "value"``) and command-line flags (``--password value``,
+``--password=value``).
 """
 
 from __future__ import annotations
 
 import re
+
+from provisioning.token import ID_LEN, PIN_LEN, SECRET_LEN
 
 MASK = "[REDACTED]"
 PEM_MASK = "[REDACTED PEM BLOCK]"
@@ -23,12 +28,17 @@ _JSON_PAIR = re.compile(r'"([\w.-]+)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
 # key = "value", key='value', key=value, key: value (TOML, INI, wpa_supplicant, env, headers): found
 # by a linear scan (_sub_pairs), so a non-secret pair never hides a secret one inside its value
 _KEY_END = re.compile(r"key(?![a-z0-9])")  # "key", "ssh_key", "wifi.key" but not "keyframe"
-_KEY_SEP = re.compile(r"(?<![\w.-])([\w.-]++)(\s*+[:=]\s*+)")
+# the separator is ``=``/``:``, blanks before a quoted value (``psk 'x'``), or blanks after a flag
+# (group 1, ``--password x``) when a value, not another ``--flag``, follows
+_KEY_SEP = re.compile(r"(?<![\w.-])(?:(-[\w.-]*+)[ \t]++(?!--)(?=\S)|([\w.-]++)(?:\s*+[:=]\s*+|[ \t]++(?=['\"])))")
 _VALUE = re.compile(r"(['\"])(.*?)\1|(?!\[REDACTED)([^\s,;&'\"}\]]+)")
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token|Digest)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 _URL_CREDS = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]+):([^/\s@]+)@", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 _AWS_KEY = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+# claim tokens (provisioning/token.py): <id>.<secret>.<pin> in base32, in any case, bare or in a QR text
+_CLAIM_TOKEN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z2-7]{%d}\.[A-Za-z2-7]{%d}\.[A-Za-z2-7]{%d}(?![A-Za-z0-9])"
+                          % (ID_LEN, SECRET_LEN, PIN_LEN))
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")
 
@@ -43,7 +53,7 @@ def _json_pair(m: re.Match[str]) -> str:
 
 
 def _sub_pairs(line: str) -> str:
-    """Mask the value of every ``key[:=]value`` whose key names a secret."""
+    """Mask the value of every ``key[:=]value``, ``key 'quoted'`` and ``--flag value`` whose key names a secret."""
     out: list[str] = []
     pos = i = 0
     while True:
@@ -52,14 +62,15 @@ def _sub_pairs(line: str) -> str:
             break
         start = m.start()
         own_word = start == 0 or not (line[start - 1].isalnum() or line[start - 1] in "_.-")
-        if own_word and is_secret(m.group(1)):
+        key = 1 if m.group(1) is not None else 2
+        if own_word and is_secret(m.group(key)):
             v = _VALUE.match(line, m.end())
             if v is not None:
                 out.append(line[pos:m.end()])
                 out.append(f"{v.group(1)}{MASK}{v.group(1)}" if v.group(1) else MASK)
                 pos = i = v.end()
                 continue
-        i = m.end(1)  # the value may itself hold a pair: scan on from the separator
+        i = m.end(key)  # the value may itself hold a pair: scan on from the separator
     out.append(line[pos:])
     return "".join(out)
 
@@ -84,6 +95,8 @@ def redact_text(line: str) -> str:
         line = _JWT.sub(MASK, line)
     if "AKIA" in line or "ASIA" in line:
         line = _AWS_KEY.sub(MASK, line)
+    if line.count(".") >= 2:
+        line = _CLAIM_TOKEN.sub(MASK, line)
     return line
 
 
