@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from device_agent.diag.redact import MASK, PEM_MASK, Redactor, is_secret, redact_text
+from device_agent.diag.redact import MASK, PEM_MASK, Redactor, is_secret
 from provisioning.token import ClaimToken, qr_payload
 from tests.support.fuzzing import fuzz_example, fuzz_settings
 

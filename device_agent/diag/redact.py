@@ -37,8 +37,8 @@ _URL_CREDS = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]+):([^/\s@]+)@", re.IGN
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 _AWS_KEY = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 # claim tokens (provisioning/token.py): <id>.<secret>.<pin> in base32, in any case, bare or in a QR text
-_CLAIM_TOKEN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z2-7]{%d}\.[A-Za-z2-7]{%d}\.[A-Za-z2-7]{%d}(?![A-Za-z0-9])"
-                          % (ID_LEN, SECRET_LEN, PIN_LEN))
+_CLAIM_TOKEN = re.compile(rf"(?<![A-Za-z0-9])[A-Za-z2-7]{{{ID_LEN}}}\.[A-Za-z2-7]{{{SECRET_LEN}}}\."
+                          rf"[A-Za-z2-7]{{{PIN_LEN}}}(?![A-Za-z0-9])")
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")
 
