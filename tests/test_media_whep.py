@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +16,40 @@ from tests.support.media import Viewer, media_config, running_agent
 
 def _base(agent) -> str:
     return f"http://127.0.0.1:{agent.get('media').web.port}"
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [f"{r.name}: {r.getMessage()}" for r in bad]
+
+
+async def _refused(http: aiohttp.ClientSession, method: str, url: str, body: bytes | str, content_type: str,
+                   status: int) -> str:
+    """Send a request that must be refused with ``status`` and a one-line text/plain reason."""
+    async with http.request(method, url, data=body, headers={"Content-Type": content_type}) as resp:
+        text = await resp.text()
+        assert resp.status == status, (resp.status, text)
+        assert resp.content_type == "text/plain" and text.endswith("\n") and "\n" not in text[:-1], text
+        assert text.strip(), "the refusal says why"
+        return text
+
+
+async def _aiortc_offer(audio: bool = True) -> str:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    if audio:
+        pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    return offer
+
+
+async def _still_playing(viewer: Viewer) -> None:
+    count = len(viewer.stamps)
+    await viewer.wait_frames(count + 5)
 
 
 async def test_viewer_gets_advancing_frames_and_audio(tmp_path: Path) -> None:
@@ -158,3 +193,116 @@ async def test_a_missing_microphone_is_alerted_not_restarted(tmp_path: Path) -> 
         media = agent.get("media")
         assert media.health()["audio"]["source"]["state"] == "unavailable"
         assert media.healthy() and agent.healthy()
+
+
+async def test_a_charset_other_than_utf8_is_415(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """W1: ``charset=bogus`` was a LookupError traceback and a 500."""
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        offer = await _aiortc_offer()
+        for content_type in ("application/sdp; charset=bogus", "application/sdp; charset=utf-16",
+                             "application/sdp; charset=rot13"):
+            assert "charset" in await _refused(http, "POST", f"{base}/whep", offer.encode(), content_type, 415)
+        async with http.post(f"{base}/whep", data=offer.encode(),
+                             headers={"Content-Type": "application/sdp; charset=UTF-8"}) as resp:
+            assert resp.status == 201, await resp.text()
+            location = resp.headers["Location"]
+        async with http.delete(base + location) as resp:
+            assert resp.status == 200
+        assert agent.get("media").sessions.stats()["active"] == 0
+    _no_tracebacks(caplog)
+
+
+async def test_patch_looks_the_session_up_before_the_body(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """W2: a non-UTF-8 (or bogus-charset) PATCH body was decoded first: a UnicodeDecodeError 500."""
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        frag = "application/trickle-ice-sdpfrag"
+        await _refused(http, "PATCH", f"{base}/whep/nosuch", b"\xff\xfe", frag, 404)
+        await _refused(http, "PATCH", f"{base}/whep/nosuch", b"a=mid:0", frag + "; charset=bogus", 404)
+        await _refused(http, "PATCH", f"{base}/whep/nosuch", b"\xff\xfe", "text/plain", 404)
+        viewer = Viewer(base)
+        await viewer.connect(http)
+        await viewer.wait_frames(5)
+        assert "UTF-8" in await _refused(http, "PATCH", base + viewer.location, b"\xff\xfe", frag, 400)
+        assert "charset" in await _refused(http, "PATCH", base + viewer.location, b"a=mid:0",
+                                           frag + "; charset=bogus", 415)
+        await _still_playing(viewer)
+        assert agent.get("media").sessions.stats()["sessions"][0]["state"] == "connected"
+        await viewer.close(http)
+    _no_tracebacks(caplog)
+
+
+async def test_bad_candidate_lines_are_400(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """W3: short candidate lines failed an assert in aiortc's candidate_from_sdp: a 500."""
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        viewer = Viewer(base)
+        await viewer.connect(http)
+        await viewer.wait_frames(5)
+        frag = "application/trickle-ice-sdpfrag"
+        for line in ("a=candidate:garbage", "a=candidate:1 1 udp 1 127.0.0.1 9 typ", "a=candidate:",
+                     "a=candidate:1 1 udp x 127.0.0.1 9 typ host", "a=candidate:1 1 udp 1 no-such-host 9 typ host",
+                     "a=candidate:1 1 udp 1 127.0.0.1 99999 typ host", "a=candidate:1 1 udp 1 127.0.0.1 9 type host",
+                     "a=candidate:1 1 udp 1 127.0.0.1 9 typ host rport"):
+            assert "candidate" in await _refused(http, "PATCH", base + viewer.location, f"a=mid:0\r\n{line}\r\n",
+                                                 frag, 400)
+        good = "a=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host generation 0\r\n"
+        async with http.patch(base + viewer.location, data=good, headers={"Content-Type": frag}) as resp:
+            assert resp.status == 204, await resp.text()
+        await _still_playing(viewer)
+        await viewer.close(http)
+    _no_tracebacks(caplog)
+
+
+async def test_offer_structure_is_checked_before_aiortc(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """W4: an offer whose video section has no a=mid made createAnswer raise, then pc.close() too: a 500."""
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        viewer = Viewer(base)
+        await viewer.connect(http)
+        await viewer.wait_frames(5)
+        offer = await _aiortc_offer()
+        assert "a=mid:0\r\n" in offer and "a=mid:1\r\n" in offer and "a=group:BUNDLE 0 1" in offer
+        h264 = next(line.split()[0].split(":")[1] for line in offer.splitlines() if "H264/90000" in line)
+        broken = {  # the reason the answer must give -> the offer
+            "0 a=mid lines": offer.replace("a=mid:0\r\n", ""),  # the reported case
+            "repeats a=mid": offer.replace("a=mid:1\r\n", "a=mid:0\r\n"),
+            "BUNDLE": offer.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 7"),
+            "a=rtpmap": offer.replace(f"a=rtpmap:{h264} ", "a=rtpmap:111 "),
+            "a=setup": offer.replace("a=setup:actpass", "a=setup:sideways"),
+            "a=ice-ufrag": "\r\n".join(line for line in offer.split("\r\n") if not line.startswith("a=ice-ufrag")),
+            "media kind": offer.replace("m=audio", "m=text"),
+        }
+        for reason, sdp in broken.items():
+            text = await _refused(http, "POST", f"{base}/whep", sdp, "application/sdp", 400)
+            assert reason in text, (reason, text)
+        assert agent.get("media").sessions.stats()["active"] == 1
+        await _still_playing(viewer)
+        await viewer.close(http)
+    _no_tracebacks(caplog)
+
+
+async def test_a_half_negotiated_peer_still_closes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """W4: closing a session whose negotiation left aiortc inconsistent raised AttributeError out of close()."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from device_agent.media.sessions import ViewerSession
+    from device_agent.media.tracks import FanoutVideoTrack
+
+    async with running_agent(media_config(tmp_path)) as agent:
+        sessions = agent.get("media").sessions
+        offer = (await _aiortc_offer()).replace("a=mid:0\r\n", "")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        video = FanoutVideoTrack(sessions.fanout, sessions.latency, name="half")
+        pc.addTransceiver(video, direction="sendonly")
+        pc.addTransceiver("audio", direction="sendrecv")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))  # aiortc takes it as it is
+        assert None in [t.receiver.transport for t in pc.getTransceivers()]  # the audio one, bundled to nothing
+        sessions.sessions["half"] = ViewerSession(id="half", kind="whep", pc=pc, video=video, audio=None)
+        assert await sessions.close("half", "negotiation failed")
+        assert "half" not in sessions.sessions and sessions.ended["negotiation failed"] == 1
+        for transceiver in pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            assert dtls is None or dtls.transport.state == "closed"  # the ICE transport (its sockets) is stopped
+    _no_tracebacks(caplog)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 import time
@@ -22,6 +23,7 @@ from aiortc.sdp import candidate_from_sdp
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.rtcp_feedback import attach_feedback
+from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,30 @@ def _h264_preferences() -> list[Any]:
     h264 = [c for c in codecs if c.mimeType.lower() == "video/h264"]
     rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
     return h264 + rtx
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close ``pc``, even one a failed negotiation left half set up; never raises.
+
+    aiortc's ``close`` assumes every transceiver has a transport; when it raises anyway, the
+    transceivers and transports it can reach are stopped one by one and its listeners dropped.
+    """
+    try:
+        await pc.close()
+        return
+    except Exception as exc:  # aiortc's own state is inconsistent; stop what is there below
+        log.warning("peer did not close cleanly (%s: %s); stopping its transports one by one",
+                    type(exc).__name__, exc)
+    parts: list[Any] = list(pc.getTransceivers())
+    dtls = {t.receiver.transport for t in parts} | {t.sender.transport for t in parts}
+    if pc.sctp is not None:
+        parts.append(pc.sctp)
+        dtls.add(pc.sctp.transport)
+    parts += [d for d in dtls if d is not None] + [d.transport for d in dtls if d is not None]
+    for part in parts:  # senders/receivers, then DTLS, then ICE, as aiortc's close does
+        with contextlib.suppress(Exception):
+            await part.stop()
+    pc.remove_all_listeners()
 
 
 def offered_video_codecs(offer_sdp: str) -> set[str]:
@@ -113,6 +139,10 @@ class SessionManager:
         """Answer ``offer_sdp``; returns the session and the answer SDP."""
         if len(self.sessions) >= self.max_viewers:
             raise CapacityError(f"viewer limit of {self.max_viewers} reached")
+        try:
+            check_offer(offer_sdp)
+        except SdpError as exc:
+            raise OfferError(f"invalid SDP offer: {exc}") from None
         if "m=video" not in offer_sdp:
             raise OfferError("the offer has no video media section")
         if "H264" not in offered_video_codecs(offer_sdp):
@@ -193,10 +223,12 @@ class SessionManager:
             if line.startswith("a=mid:"):
                 mid = line[6:]
             elif line.startswith("a=candidate:"):
+                value = line.split(":", 1)[1]
                 try:
-                    candidate = candidate_from_sdp(line[2:].split(":", 1)[1])
-                except (ValueError, IndexError) as exc:
-                    raise OfferError(f"bad candidate line {line!r}: {exc}") from exc
+                    check_candidate(value)
+                    candidate = candidate_from_sdp(value)
+                except (ValueError, IndexError, AssertionError) as exc:  # SdpError is a ValueError
+                    raise OfferError(f"bad candidate line {excerpt(line)}: {exc}") from None
                 candidate.sdpMid = mid
                 candidate.sdpMLineIndex = 0 if mid is None else None
                 await session.pc.addIceCandidate(candidate)
@@ -228,7 +260,7 @@ class SessionManager:
             session.video.stop()
             if session.audio is not None:
                 session.audio.stop()
-            await session.pc.close()
+            await close_peer(session.pc)
         finally:
             self.sessions.pop(session_id, None)
             self._closing.discard(session_id)

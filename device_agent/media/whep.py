@@ -3,8 +3,10 @@
 ``POST /whep`` with an SDP offer answers ``201 Created`` with the SDP answer and a ``Location``;
 ``PATCH`` on that resource takes trickled candidates; ``DELETE`` ends the session. ``OPTIONS`` and
 CORS headers let a page from any origin use it. An optional bearer token guards every method
-but OPTIONS; a viewer limit answers ``503`` with ``Retry-After``; a bad offer gets ``400`` with
-the reason. ``GET /`` serves the viewer page, ``GET /api/stats`` the media health as JSON.
+but OPTIONS; a viewer limit answers ``503`` with ``Retry-After``; a bad offer or candidate gets
+``400``, a wrong content type or a charset other than UTF-8 ``415``, an unknown session ``404``
+(whatever the body). Every refusal is a one-line ``text/plain`` reason. ``GET /`` serves the viewer
+page, ``GET /api/stats`` the media health as JSON.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
+from device_agent.media.sdp_checks import excerpt
 from device_agent.media.sessions import CapacityError, OfferError, SessionManager, SessionNotFound
 
 log = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
+SDP_CHARSETS = {"utf-8": "utf-8", "utf8": "utf-8", "us-ascii": "ascii", "ascii": "ascii"}  # SDP is UTF-8
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
@@ -34,7 +38,37 @@ StatsFn = Callable[[], dict[str, Any]]
 
 
 def _text(status: int, message: str, **headers: str) -> web.Response:
-    return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
+    """A ``text/plain`` answer whose body is ``message`` on one line."""
+    line = " ".join(message.split())
+    return web.Response(status=status, text=line + "\n", content_type="text/plain", headers=headers)
+
+
+class BodyRefused(Exception):
+    """A request body that cannot be used: the ``status`` to answer and a one-line ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def read_text(request: web.Request, what: str) -> str:
+    """The body as text: ``415`` for a charset other than UTF-8 (or ASCII), ``413`` when too large,
+    ``400`` when the bytes are not text in that charset."""
+    charset = request.charset
+    codec = "utf-8"
+    if charset is not None:
+        codec = SDP_CHARSETS.get(charset.strip().lower().replace("_", "-"), "")
+        if not codec:
+            raise BodyRefused(415, f"charset {excerpt(charset)} is not supported; send the {what} as UTF-8")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyRefused(413, f"the {what} is larger than {MAX_SDP_BYTES} bytes") from None
+    try:
+        return body.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise BodyRefused(400, f"the {what} is not {codec.upper()} text (bad byte at {exc.start})") from None
 
 
 @web.middleware
@@ -116,13 +150,11 @@ class WhepServer:
         if not self._authorized(request):
             return self._unauthorized()
         if request.content_type != "application/sdp":
-            return _text(415, f"expected Content-Type application/sdp, got {request.content_type or 'none'}")
+            return _text(415, f"expected Content-Type application/sdp, got {excerpt(request.content_type or 'none')}")
         try:
-            offer = await request.text()
-        except web.HTTPRequestEntityTooLarge:
-            return _text(413, f"offer larger than {MAX_SDP_BYTES} bytes")
-        except UnicodeDecodeError:
-            return _text(400, "the offer is not UTF-8 text")
+            offer = await read_text(request, "offer")
+        except BodyRefused as exc:
+            return _text(exc.status, exc.reason)
         if not offer.lstrip().startswith("v=0"):
             return _text(400, "the body is not an SDP offer (it must start with v=0)")
         try:
@@ -139,10 +171,16 @@ class WhepServer:
     async def patch(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._unauthorized()
+        try:
+            self.sessions.get(request.match_info["id"])  # an unknown session is 404 whatever the body
+        except SessionNotFound:
+            return _text(404, "no such session")
         if request.content_type != "application/trickle-ice-sdpfrag":
             return _text(415, "expected Content-Type application/trickle-ice-sdpfrag")
         try:
-            await self.sessions.add_candidates(request.match_info["id"], await request.text())
+            await self.sessions.add_candidates(request.match_info["id"], await read_text(request, "fragment"))
+        except BodyRefused as exc:
+            return _text(exc.status, exc.reason)
         except SessionNotFound:
             return _text(404, "no such session")
         except OfferError as exc:
