@@ -38,7 +38,7 @@ paths = st.lists(st.sampled_from(WORDS + ["var", "lib", "etc", "device-agent", "
                  max_size=5).map(lambda p: "/" + "/".join(p))
 stamps = st.tuples(st.integers(2025, 2030), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23),
                    st.integers(0, 59), st.integers(0, 59), st.integers(0, 999)).map(
-    lambda t: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % t)
+    lambda t: "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}.{:03d}Z".format(*t))
 plain_pairs = st.tuples(st.sampled_from(WORDS + ["fps", "width", "port", "rtt_ms", "key_file", "keyframe"]),
                         st.sampled_from(["=", ": ", " = "]), st.one_of(numbers, paths, st.sampled_from(WORDS))
                         ).map("".join)
