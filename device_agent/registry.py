@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from device_agent.params import Param, ParamError, validate
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +55,50 @@ class CommandError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True)
+class Command:
+    """A registered command: its handler, its declared parameters and the code for bad ones."""
+
+    name: str
+    handler: CommandHandler
+    params: tuple[Param, ...] = ()
+    param_error: str = "bad_params"
+
+
 class CommandRegistry:
-    """Named async command handlers taking a JSON object of parameters."""
+    """Named async command handlers taking a JSON object of declared parameters.
+
+    ``register(name, handler, params=[Param(...), ...])``: the parameters a command takes (none when
+    omitted). :meth:`dispatch` validates them before the handler runs, so a handler sees only declared
+    keys of the declared types; anything else is refused with ``param_error`` (``bad_params``) naming
+    the field.
+    """
 
     def __init__(self) -> None:
-        self._handlers: dict[str, CommandHandler] = {}
+        self._commands: dict[str, Command] = {}
 
-    def register(self, name: str, handler: CommandHandler) -> None:
-        if name in self._handlers:
+    def register(self, name: str, handler: CommandHandler, params: Sequence[Param] = (),
+                 param_error: str = "bad_params") -> None:
+        if name in self._commands:
             raise ValueError(f"command {name!r} registered twice")
-        self._handlers[name] = handler
+        self._commands[name] = Command(name, handler, tuple(params), param_error)
 
     def names(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted(self._commands)
+
+    def get(self, name: str) -> Command | None:
+        """The registration of ``name`` (its declared parameters), or None."""
+        return self._commands.get(name)
 
     async def dispatch(self, name: str, params: dict[str, Any]) -> Any:
-        handler = self._handlers.get(name)
-        if handler is None:
+        command = self._commands.get(name)
+        if command is None:
             raise CommandError("unknown_command", f"no command {name!r}; known: {', '.join(self.names())}")
-        return await handler(params)
+        try:
+            checked = validate(params, command.params)
+        except ParamError as exc:
+            raise CommandError(command.param_error, f"{name}: {exc}") from None
+        return await command.handler(checked)
 
 
 @dataclass

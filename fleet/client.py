@@ -14,7 +14,8 @@ Usage::
   ``ok: false`` raises :class:`CommandFailed` carrying the device's ``code`` and ``message``; no
   answer within ``timeout`` raises :class:`CommandTimeout` (code ``timeout``). The command
   carries a message expiry equal to the timeout, so a device that is offline does not run it
-  later.
+  later, and is never retained (a retained command would run on every reconnect; devices refuse
+  them with ``retained_refused``).
 - ``on_status/on_telemetry/on_events(callback)`` call ``callback(device, obj)`` with the decoded
   JSON; ``on_logs/on_rtc(callback)`` call ``callback(device, key, payload_bytes)`` where ``key`` is
   the log request or RTC session id; ``subscribe(filter, callback(topic, payload))`` is the raw form.
@@ -35,6 +36,12 @@ import paho.mqtt.client as mqtt
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, response_properties
 
 log = logging.getLogger(__name__)
+
+
+def is_command_topic(topic: str) -> bool:
+    """True for ``dev/{device}/cmd/{name}`` (and anything below ``cmd/``)."""
+    parts = topic.split("/")
+    return len(parts) >= 4 and parts[0] == "dev" and parts[2] == "cmd"
 
 
 class CommandFailed(Exception):
@@ -109,7 +116,7 @@ class FleetClient:
         self._pending[corr] = fut
         payload = raw_payload if raw_payload is not None else json.dumps(params or {}).encode()
         try:
-            await self.conn.publish(f"dev/{device}/cmd/{name}", payload, qos=1,
+            await self.conn.publish(f"dev/{device}/cmd/{name}", payload, qos=1, retain=False,
                                     properties=response_properties(res_topic, corr, max(1, round(timeout))),
                                     timeout=timeout)
             answer = await asyncio.wait_for(fut, timeout)
@@ -141,7 +148,12 @@ class FleetClient:
 
     async def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1,
                       retain: bool = False) -> None:
+        """Raw publish. A retained command (``dev/+/cmd/#``) is refused with ``ValueError``: it would
+        run again on every reconnect of the device (devices refuse them too, ``retained_refused``);
+        an empty retained payload, which deletes a retained message, is allowed."""
         data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        if retain and data and is_command_topic(topic):
+            raise ValueError(f"{topic}: commands are never published retained")
         await self.conn.publish(topic, data, qos=qos, retain=retain)
 
     def _json_stream(self, leaf: str, callback: Callable[[str, Any], Any], device: str) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.agent import RESTART_EXIT_CODE  # 75, EX_TEMPFAIL: "restart me"
+from device_agent.params import Param
 from device_agent.registry import CommandError
 from ota import trial as trial_mod
 from ota.bundle import parse_version
@@ -62,9 +63,12 @@ class OtaComponent:
     # -- component -------------------------------------------------------------------------
     async def start(self) -> None:
         if not self._registered:
-            self.agent.commands.register("ota.install", self._cmd_install)
+            self.agent.commands.register("ota.install", self._cmd_install, params=[
+                Param("url", "string", max_len=4096), Param("path", "string", max_len=4096),
+                Param("sha256", "string"), Param("size", "integer", low=1)])
             self.agent.commands.register("ota.status", self._cmd_status)
-            self.agent.commands.register("ota.rollback", self._cmd_rollback)
+            self.agent.commands.register("ota.rollback", self._cmd_rollback, params=[
+                Param("reason", "string", max_len=1024), Param("force", "boolean")])
             self.agent.health.add("ota", self._health)
             self._registered = True
         try:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from device_agent.agent import Agent
 from device_agent.config import dump_toml, load_config
 from device_agent.fleetlink import FleetLink
+from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
 from fleet.client import CommandFailed, FleetClient
 from tests.support.mosquitto import Mosquitto
 
@@ -238,3 +243,221 @@ async def test_config_set_alert_rules_live(rig: dict[str, Any]) -> None:
             break
         await asyncio.sleep(0.05)
     assert [e["severity"] for e in events if e.get("code") == "cold"] == ["P3"]
+
+
+# ---- hardening of the command path: retained, redelivered, hostile response topics, bad JSON, typed params ----
+
+class Wire:
+    """A raw MQTT 5 session for what a FleetClient never sends, plus a recorder of everything but streams."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = MqttConnection(MqttOptions(url=url, clean_start=True, session_expiry_s=0))
+        self.seen: list[Any] = []  # paho messages (answers, wherever they went)
+
+    async def start(self) -> "Wire":
+        self.conn.subscribe("#", self._record)
+        self.conn.start()
+        await self.conn.wait_ready(10)
+        return self
+
+    def _record(self, msg: Any) -> None:
+        if not msg.topic.endswith(("/telemetry", "/status", "/events")) and "/cmd/" not in msg.topic:
+            self.seen.append(msg)
+
+    async def command(self, name: str, payload: bytes = b"{}", *, device: str = "cam-1", retain: bool = False,
+                      response_topic: str | None = "dev/cam-1/res", correlation: bytes | None = None,
+                      expiry_s: int = 0, qos: int = 1) -> bytes:
+        corr = correlation if correlation is not None else uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
+        props.CorrelationData = corr
+        if expiry_s:
+            props.MessageExpiryInterval = expiry_s
+        await self.conn.publish(f"dev/{device}/cmd/{name}", payload, qos=qos, retain=retain, properties=props)
+        return corr
+
+    def answers(self, corr: bytes) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.seen
+                if bytes(getattr(m.properties, "CorrelationData", b"") or b"") == corr]
+
+    async def wait_answers(self, corr: bytes, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        for _ in range(int(timeout / 0.05)):
+            if len(self.answers(corr)) >= count:
+                break
+            await asyncio.sleep(0.05)
+        return self.answers(corr)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+@pytest.fixture
+async def wire(mosquitto: Mosquitto):
+    w = await Wire(mosquitto.url).start()
+    yield w
+    await w.close()
+
+
+async def _restart_rig(rig: dict[str, Any]) -> None:
+    """Stop the agent and start a new one on the same configuration (a restart of the process)."""
+    await rig["agent"].stop()
+    agent = Agent(load_config(rig["path"]))
+    link = FleetLink(agent, runner=rig["runner"])
+    agent.add(link)
+    await agent.start()
+    await link.wait_ready(10)
+    rig["agent"], rig["link"] = agent, link
+
+
+async def test_retained_command_is_refused_live_and_after_restarts(rig: dict[str, Any], wire: Wire) -> None:
+    corr = await wire.command("reboot", b'{"confirm": true}', retain=True)
+    first = await wire.wait_answers(corr)
+    assert [a["error"]["code"] for a in first] == ["retained_refused"]
+    assert rig["runner"].calls == []
+    for restart in (1, 2):  # the broker hands the retained message to every new subscription
+        await _restart_rig(rig)
+        answers = await wire.wait_answers(corr, 1 + restart)
+        assert [a["ok"] for a in answers] == [False] * (1 + restart)
+        assert {a["error"]["code"] for a in answers} == {"retained_refused"}
+    assert rig["runner"].calls == [] and not rig["agent"].restart_requested
+    await wire.conn.publish("dev/cam-1/cmd/reboot", b"", retain=True)  # deleting it: not answered
+    await _restart_rig(rig)
+    await asyncio.sleep(0.5)
+    assert len(wire.answers(corr)) == 3 and rig["runner"].calls == []
+
+
+async def test_fleet_client_never_publishes_a_retained_command(rig: dict[str, Any], wire: Wire) -> None:
+    flags: list[bool] = []
+    wire.conn.subscribe("dev/+/cmd/#", lambda msg: flags.append(msg.retain),
+                        options=SubscribeOptions(qos=1, retainAsPublished=True))
+    await asyncio.sleep(0.3)
+    client: FleetClient = rig["client"]
+    await client.send_command("cam-1", "ping", {}, timeout=5)
+    with pytest.raises(CommandFailed):
+        await client.send_command("cam-1", "reboot", {}, timeout=5)
+    for _ in range(40):
+        if len(flags) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(flags) >= 2 and not any(flags)  # (each message reaches both of the wire's subscriptions)
+    with pytest.raises(ValueError):
+        await client.publish("dev/cam-1/cmd/ping", {}, retain=True)
+    late = MqttConnection(MqttOptions(url=wire.conn.options.url, clean_start=True, session_expiry_s=0))
+    retained: list[str] = []
+    late.subscribe("dev/+/cmd/#", lambda msg: retained.append(msg.topic))
+    late.start()
+    await late.wait_ready(10)
+    await asyncio.sleep(0.3)
+    await late.close()
+    assert retained == []
+
+
+async def test_redelivered_command_runs_once_and_gets_the_same_answer(rig: dict[str, Any], wire: Wire) -> None:
+    corr = uuid.uuid4().bytes
+    for qos in (2, 1):  # a QoS 2 command, then the "same" one again as a redelivery would bring it
+        await wire.command("reboot", b'{"confirm": true}', correlation=corr, qos=qos, expiry_s=30)
+    answers = await wire.wait_answers(corr, 2)
+    assert answers == [{"ok": True, "result": {"rebooting": True}}] * 2
+    assert rig["runner"].calls == [["systemctl", "reboot"]]
+    expiry = [getattr(m.properties, "MessageExpiryInterval", None) for m in wire.seen
+              if bytes(m.properties.CorrelationData) == corr]
+    assert all(e is not None and 0 < e <= 30 for e in expiry)  # an answer does not outlive its request
+    other = await wire.command("reboot", b'{"confirm": true}', expiry_s=30)  # new correlation: a new command
+    assert (await wire.wait_answers(other))[0]["ok"] is True
+    assert len(rig["runner"].calls) == 2
+
+
+@pytest.mark.parametrize("response_topic", ["#", "dev/#", "dev/+/res", "dev/cam-1/+", "dev/other/res",
+                                            "dev/cam-1/cmd/ping", "elsewhere"])
+async def test_unusable_response_topic_runs_nothing_and_answers_nothing(
+        rig: dict[str, Any], wire: Wire, response_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    corrs = [await wire.command("reboot", b'{"confirm": true}', response_topic=response_topic) for _ in range(5)]
+    ok = await wire.command("ping")  # the link still answers proper commands, after those
+    assert (await wire.wait_answers(ok))[0]["ok"] is True
+    await asyncio.sleep(0.2)
+    assert rig["runner"].calls == []
+    assert all(wire.answers(c) == [] for c in corrs)
+    assert loop_errors == []
+    ignored = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(ignored) == 1 and ignored[0].levelname == "WARNING"  # once, not once per message
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"echo": ' + b"1" * 5000 + b"}",     # ValueError: Exceeds the limit (4300 digits)
+    b"[" * 50000,                          # RecursionError in the decoder
+    b'{"echo": ' + b"[" * 100 + b"]" * 100 + b"}",  # decodes, but deeper than anything a command takes
+    b'{"echo": NaN}', b'{"echo": -Infinity}', b'{"echo": 1e999}',
+    b'{"echo": 1, "echo": 2}',             # duplicate keys
+    b'{"echo": "\\ud800"}',                # a lone surrogate
+    b"\xef\xbb\xbf{}",                     # a byte order mark
+    "{}".encode("utf-16"),
+])
+async def test_json_python_refuses_is_bad_json(rig: dict[str, Any], caplog: pytest.LogCaptureFixture,
+                                               payload: bytes) -> None:
+    with pytest.raises(CommandFailed) as err:
+        await rig["client"].send_command("cam-1", "ping", raw_payload=payload, timeout=5)
+    assert err.value.code == "bad_json" and len(err.value.message) < 300
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.fixture
+async def assembled(tmp_path: Path, mosquitto: Mosquitto):
+    """The assembled agent (every component's real commands), light media, in-process."""
+    from device_agent.assemble import build_agent
+
+    cfg_path = tmp_path / "agent.toml"
+    cfg_path.write_text(dump_toml({
+        "device": {"id": "cam-1", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 1.0},
+        "camera": {"width": 160, "height": 120, "fps": 5}, "ns": {"enabled": False},
+        "web": {"enabled": False}, "ota": {"root": str(tmp_path / "ota")}}))
+    agent = build_agent(load_config(cfg_path))
+    await agent.start()
+    link = agent.get("fleet_link")
+    await link.wait_ready(10)
+    client = await FleetClient(mosquitto.url).connect()
+    yield agent, client
+    await client.close()
+    await agent.stop()
+
+
+async def test_ota_install_path_of_wrong_type_is_bad_params(assembled: Any) -> None:
+    agent, client = assembled
+    with pytest.raises(CommandFailed) as err:
+        await client.send_command("cam-1", "ota.install", {"path": 1}, timeout=5)
+    assert err.value.code == "bad_params" and "path" in err.value.message
+
+
+SAMPLES = {"string": "7", "integer": 7, "number": 7.5, "boolean": True, "array": [1], "object": {"a": 1}}
+
+
+def wrong_values(param: Any) -> list[Any]:
+    """One value of every JSON type the parameter does not accept."""
+    if "any" in param.kinds:
+        return []
+    return [v for k, v in SAMPLES.items() if k not in param.kinds and not (k == "integer" and "number" in param.kinds)]
+
+
+async def test_every_registered_command_checks_its_declared_parameter_types(assembled: Any) -> None:
+    agent, client = assembled
+    names = agent.commands.names()
+    assert {"ping", "config.get", "config.set", "agent.restart", "reboot", "media.restart", "media.ns",
+            "ota.install", "ota.status", "ota.rollback", "logs.pull", "diag.selftest", "diag.snapshot",
+            "diag.netcheck", "diag.stats"} <= set(names)
+    tried = 0
+    for name in names:
+        command = agent.commands.get(name)
+        with pytest.raises(CommandFailed) as err:  # an undeclared parameter
+            await client.send_command("cam-1", name, {"no_such_param": 1}, timeout=5)
+        assert err.value.code == command.param_error and "no_such_param" in err.value.message
+        for param in command.params:
+            for wrong in wrong_values(param):
+                with pytest.raises(CommandFailed) as err:
+                    await client.send_command("cam-1", name, {param.name: wrong}, timeout=5)
+                assert err.value.code == command.param_error, (name, param, err.value)
+                assert err.value.message.startswith(f"{name}: {param.name}:"), err.value.message
+                tried += 1
+    assert tried >= 80

@@ -2,7 +2,8 @@
 
 Commands (``dev/{id}/cmd/{name}`` through the fleet link): ``logs.pull``, ``diag.selftest``,
 ``diag.snapshot``, ``diag.netcheck``, ``diag.stats``. Each takes a JSON object whose keys are
-checked (unknown keys, wrong types -> ``bad_request``); nothing here runs a command line sent by
+declared (``PARAMS``) and checked by the dispatcher (unknown keys, wrong types, out of bounds ->
+``bad_request``); nothing here runs a command line sent by
 the fleet. Bulk data (gzipped logs, JPEGs) streams on ``dev/{id}/logs/{request}`` (``transfer.py``);
 remote views are signaled on ``dev/{id}/rtc/{session}`` (``rtc_signal.py``).
 """
@@ -18,7 +19,7 @@ from device_agent.agent import Agent
 from device_agent.diag.frames import encode_jpeg, frame_stats
 from device_agent.diag.logsource import LEVELS, LogQuery, collect_compressed
 from device_agent.diag.netcheck import run_netcheck
-from device_agent.diag.params import NUMBER, check_params, request_id
+from device_agent.diag.params import request_id
 from device_agent.diag.ping import Pinger
 from device_agent.diag.rtc_signal import RtcSignaling
 from device_agent.diag.selftest import SelfTest
@@ -28,11 +29,24 @@ from device_agent.diag.transfer import TransferManager
 from device_agent.diag.worker import run_in_worker_process
 from device_agent.fleetlink.link import FleetLink
 from device_agent.media.component import MediaComponent
+from device_agent.params import Param
 from device_agent.registry import CommandError
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("logs.pull", "diag.selftest", "diag.snapshot", "diag.netcheck", "diag.stats")
+REQUEST = Param("request", "string", min_len=1, max_len=64)
+# every command with its declared parameters (checked by the dispatcher; bad ones are `bad_request`)
+PARAMS: dict[str, list[Param]] = {
+    "logs.pull": [REQUEST, Param("since", ("string", "number")), Param("until", ("string", "number")),
+                  Param("level", "string", max_len=16), Param("grep", "string", max_len=1024),
+                  Param("max_bytes", "integer", low=0), Param("resend", "array", min_len=1, max_len=100_000)],
+    "diag.selftest": [Param("fleet_ts", "number")],
+    "diag.snapshot": [REQUEST, Param("width", "integer", low=16, high=4096),
+                      Param("height", "integer", low=16, high=4096)],
+    "diag.netcheck": [],
+    "diag.stats": [],
+}
+COMMANDS = tuple(PARAMS)
 
 
 class DiagnosticsComponent:
@@ -50,7 +64,7 @@ class DiagnosticsComponent:
         self.signaling: RtcSignaling | None = None
         for name, handler in zip(COMMANDS, (self.logs_pull, self.selftest, self.snapshot, self.netcheck,
                                             self.stats)):
-            agent.commands.register(name, handler)
+            agent.commands.register(name, handler, params=PARAMS[name], param_error="bad_request")
 
     async def start(self) -> None:
         self.link = cast("FleetLink | None", self.agent.get("fleet_link"))
@@ -83,8 +97,7 @@ class DiagnosticsComponent:
     # -- logs ----------------------------------------------------------------------------------
     async def logs_pull(self, params: dict[str, Any]) -> dict[str, Any]:
         """Collect, filter, redact and gzip logs and stream them; ``resend`` re-sends chosen chunks."""
-        p = check_params(params, {"request": (str,), "since": (str, *NUMBER), "until": (str, *NUMBER),
-                                  "level": (str,), "grep": (str,), "max_bytes": (int,), "resend": (list,)})
+        p = params
         transfers = self._need_transfers()
         rid = request_id(p)
         if p.get("resend") is not None:
@@ -93,8 +106,6 @@ class DiagnosticsComponent:
         try:
             since, until = parse_time(p.get("since")), parse_time(p.get("until"))
             asked = p.get("max_bytes")
-            if asked is not None and asked < 0:
-                raise ValueError("max_bytes must be >= 0")
             cap = d.log_pull_max_bytes if asked is None else min(asked, d.log_pull_max_bytes)
             level = str(p.get("level") or "debug")
             if level.lower() not in LEVELS:
@@ -131,16 +142,14 @@ class DiagnosticsComponent:
 
     # -- actions -------------------------------------------------------------------------------
     async def selftest(self, params: dict[str, Any]) -> dict[str, Any]:
-        p = check_params(params, {"fleet_ts": NUMBER})
-        return await SelfTest(self.cfg, self.media, self.pinger).run(fleet_ts=p.get("fleet_ts"))
+        return await SelfTest(self.cfg, self.media, self.pinger).run(fleet_ts=params.get("fleet_ts"))
 
     async def netcheck(self, params: dict[str, Any]) -> dict[str, Any]:
-        check_params(params, {})
         return await run_netcheck(self.cfg, self.pinger)
 
     async def snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
         """A JPEG of the camera's latest frame at ``diagnostics.snapshot_width/height``, sent in chunks."""
-        p = check_params(params, {"request": (str,), "width": (int,), "height": (int,)})
+        p = params
         d = self.cfg.diagnostics
         width, height = p.get("width") or d.snapshot_width, p.get("height") or d.snapshot_height
         if not (16 <= width <= 4096 and 16 <= height <= 4096 and width % 2 == 0 and height % 2 == 0):
@@ -161,5 +170,4 @@ class DiagnosticsComponent:
         return transfer.describe()
 
     async def stats(self, params: dict[str, Any]) -> dict[str, Any]:
-        check_params(params, {})
         return media_stats(self.agent.health.sample(), self.cfg.camera.fps)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from device_agent.diag.redact import is_secret
 from device_agent.config import ConfigError, config_from_dict, dump_toml
-from device_agent.registry import CommandError
+from device_agent.params import Param
+from device_agent.registry import CommandError, CommandHandler
 from provisioning.files import write_atomic
 
 if TYPE_CHECKING:
@@ -57,12 +58,18 @@ class LinkCommands:
         self._lock = asyncio.Lock()
 
     def register(self) -> None:
+        """Register the commands with their declared parameters (checked by the dispatcher)."""
         reg = self.agent.commands
-        for name, handler in (("ping", self.ping), ("config.get", self.config_get),
-                              ("config.set", self.config_set), ("agent.restart", self.agent_restart),
-                              ("reboot", self.reboot)):
+        declared: tuple[tuple[str, CommandHandler, list[Param]], ...] = (
+            ("ping", self.ping, [Param("echo", "any")]),
+            ("config.get", self.config_get, [Param("section", "string", max_len=64)]),
+            ("config.set", self.config_set, [Param("set", "object", required=True, min_len=1, max_len=256)]),
+            ("agent.restart", self.agent_restart, []),
+            ("reboot", self.reboot, [Param("confirm", "boolean")]),
+        )
+        for name, handler, params in declared:
             if name not in reg.names():
-                reg.register(name, handler)
+                reg.register(name, handler, params=params)
 
     async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True, "ts": round(time.time(), 3), "boot": self.agent.boot_id,
@@ -72,15 +79,13 @@ class LinkCommands:
         data = redact(self.agent.config.to_dict())
         section = params.get("section")
         if section is not None:
-            if not isinstance(section, str) or section not in data:
+            if section not in data:
                 raise CommandError("bad_params", f"section: unknown section {section!r}")
             data = {section: data[section]}
         return {"config": data, "source_path": self.agent.config.source_path}
 
     async def config_set(self, params: dict[str, Any]) -> dict[str, Any]:
-        changes = params.get("set")
-        if not isinstance(changes, dict) or not changes:
-            raise CommandError("bad_params", 'expected {"set": {"section.key": value, ...}}')
+        changes = params["set"]  # a non-empty object (declared)
         source = self.agent.config.source_path
         if not source:
             raise CommandError("not_persistent", "the agent runs without a configuration file; nothing changed")

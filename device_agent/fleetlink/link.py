@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 
 from device_agent import __version__
 from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
+from device_agent.fleetlink.intake import LogThrottle, RecentCommands, decode_params, response_topic_problem
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, PublishRefused
 from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
@@ -117,6 +118,8 @@ class FleetLink:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._recent = RecentCommands()
+        self._log_throttle = LogThrottle(log)
 
     # ---- public API ---------------------------------------------------------------------
     @property
@@ -170,7 +173,9 @@ class FleetLink:
         self.agent.events.subscribe(self._on_event)
         if self.spool.quarantined is not None:
             self.agent.events.emit("spool.reset", reason="corrupt", moved_to=str(self.spool.quarantined))
-        self.conn.subscribe(f"{self.base}/cmd/+", self._on_command)
+        # retain-as-published: a retained command keeps its flag even when delivered live, so it is refused
+        self.conn.subscribe(f"{self.base}/cmd/+", self._on_command,
+                            options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
         self.conn.start()
         self._tasks = [loop.create_task(self._send_loop(), name="fleetlink-send"),
                        loop.create_task(self._telemetry_loop(), name="fleetlink-telemetry")]
@@ -348,37 +353,57 @@ class FleetLink:
 
     # ---- commands ------------------------------------------------------------------------------
     async def _on_command(self, msg: mqtt.MQTTMessage) -> None:
+        """Check a command (retain flag, response topic, payload, parameters), run it once, answer it."""
         name = msg.topic[len(self.base) + len("/cmd/"):]
         props = getattr(msg, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) or f"{self.base}/res"
+        own = f"{self.base}/res"
+        response_topic = getattr(props, "ResponseTopic", None) or own
+        problem = response_topic_problem(response_topic, own)
+        if problem is not None:
+            self._log_throttle.warning("response_topic", "command %s ignored, not run: %s", name[:64], problem)
+            return
         correlation = getattr(props, "CorrelationData", None)
-        answer = await self._execute(name, msg.payload)
+        expiry = getattr(props, "MessageExpiryInterval", None)
+        if msg.retain:
+            if not msg.payload:
+                return  # the deletion of a retained message: nothing to run, nothing to answer
+            # a retained command would run again on every reconnect or restart: never run one
+            self._log_throttle.warning("retained", "retained command %s refused", name[:64])
+            answer = {"ok": False, "error": {"code": "retained_refused",
+                                             "message": "commands must not be published retained; nothing ran"}}
+            await self._answer(name, response_topic, correlation, expiry, dumps(answer))
+            return
+        key = RecentCommands.key(name, bytes(correlation or b""), msg.payload)
+        first, earlier = self._recent.begin(key, expiry) if correlation else (True, None)
+        if not first:
+            log.info("command %s delivered again: %s", name[:64], "answered again" if earlier else "still running")
+            if earlier is not None:
+                await self._answer(name, response_topic, correlation, expiry, earlier)
+            return
+        data = dumps(await self._execute(name, msg.payload))
+        if correlation:
+            self._recent.done(key, data)
+        await self._answer(name, response_topic, correlation, expiry, data)
+
+    async def _answer(self, name: str, topic: str, correlation: bytes | None, expiry: int | None,
+                      data: bytes) -> None:
         out = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             out.CorrelationData = correlation
+        if expiry:  # an answer nobody waits for any more is not kept either
+            out.MessageExpiryInterval = int(expiry)
         try:
-            await self.conn.publish(response_topic, dumps(answer), qos=1, properties=out, timeout=10.0)
-        except (ConnectionError, asyncio.TimeoutError) as exc:
-            log.warning("answer to %s lost: %s", name, exc)
+            await self.conn.publish(topic, data, qos=1, properties=out, timeout=10.0)
+        except (ConnectionError, asyncio.TimeoutError, ValueError) as exc:
+            log.warning("answer to %s lost: %s", name[:64], exc)
 
     async def _execute(self, name: str, payload: bytes) -> dict[str, Any]:
-        limit = self.agent.config.mqtt.max_command_bytes
         try:
-            if len(payload) > limit:
-                raise CommandError("payload_too_large", f"{len(payload)} bytes > mqtt.max_command_bytes {limit}")
-            if payload.strip():
-                try:
-                    params = json.loads(payload)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise CommandError("bad_json", f"payload is not valid JSON: {exc}") from None
-            else:
-                params = {}
-            if not isinstance(params, dict):
-                raise CommandError("bad_params", f"params must be a JSON object, got {type(params).__name__}")
+            params = decode_params(payload, self.agent.config.mqtt.max_command_bytes)
             result = await self.agent.commands.dispatch(name, params)
             return {"ok": True, "result": compact(result)}
         except CommandError as exc:
             return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
         except Exception as exc:
-            log.exception("command %s failed", name)
+            log.exception("command %s failed", name[:64])
             return {"ok": False, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}

@@ -118,7 +118,7 @@ class MqttConnection:
         self.client_id = options.client_id or f"c-{uuid.uuid4().hex[:12]}"
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
-        self._subs: dict[str, tuple[int, MessageCallback, bool]] = {}
+        self._subs: dict[str, tuple[int | mqtt.SubscribeOptions, MessageCallback, bool]] = {}
         self._route_cache: dict[str, list[MessageCallback]] = {}
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -288,7 +288,7 @@ class MqttConnection:
         self._connected_evt.set()
         self._sub_mids = set()
         for topic, (qos, _cb, _shared) in self._subs.items():
-            _rc, mid = client.subscribe(topic, qos=qos)
+            _rc, mid = self._send_subscribe(topic, qos)
             self._sub_mids.add(mid)
         if not self._sub_mids:
             self._ready_evt.set()
@@ -410,12 +410,21 @@ class MqttConnection:
             drop.cancel()
         return self.connected
 
-    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1) -> None:
-        """Subscribe now (if connected) and after every reconnect; callback(msg) on the loop."""
-        self._subs[topic] = (qos, callback, topic.startswith("$share/"))
+    def _send_subscribe(self, topic: str, qos: int | mqtt.SubscribeOptions) -> tuple[int, int]:
+        if isinstance(qos, mqtt.SubscribeOptions):
+            return self._client.subscribe(topic, options=qos)
+        return self._client.subscribe(topic, qos=qos)
+
+    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1,
+                  options: mqtt.SubscribeOptions | None = None) -> None:
+        """Subscribe now (if connected) and after every reconnect; callback(msg) on the loop.
+
+        ``options`` (MQTT 5 subscribe options: QoS, retain-as-published, ...) replace ``qos``.
+        """
+        self._subs[topic] = (options or qos, callback, topic.startswith("$share/"))
         self._route_cache.clear()
         if self.connected:
-            self._client.subscribe(topic, qos=qos)
+            self._send_subscribe(topic, options or qos)
 
     async def subscribe_wait(self, topic: str, callback: MessageCallback, qos: int = 1,
                              timeout: float = 10.0) -> None:
