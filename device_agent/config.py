@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hal.audio.settings import AudioSettings
+from hal.camera.settings import CameraSettings
+from hal.encoder.settings import EncoderSettings
+
 DEFAULT_CONFIG_PATH = Path("/etc/device-agent/agent.toml")
 
 
@@ -57,20 +61,8 @@ class LoggingSection:
 
 
 @dataclass
-class AudioSection:
-    backend: str = "synthetic"  # synthetic | wav | alsa
-    device: str = "default"  # ALSA capture PCM name
-    wav_path: str = ""
-    rate: int = 16000  # device rate; the pipeline resamples to 16 kHz
-    channels: int = 1
-    period_ms: int = 10
-    playback_device: str = ""  # ALSA PCM for talkback; empty disables playback
-    playback_rate: int = 48000
-    playback_channels: int = 1
-    playback_queue_ms: int = 200  # talkback queued beyond this is dropped (counted)
-    reopen_min_s: float = 0.5  # ALSA device missing/lost: first retry after this...
-    reopen_max_s: float = 30.0  # ...doubling up to this
-    synthetic_seed: int = 0  # the synthetic microphone's signal is a function of this seed
+class AudioSection(AudioSettings):
+    """``[audio]``: the fields are the HAL's (``hal.audio.settings``); the checks are the config's."""
 
     def validate(self, key: str) -> None:
         _check(self.backend in {"synthetic", "wav", "alsa"}, f"{key}.backend",
@@ -91,14 +83,8 @@ class AudioSection:
 
 
 @dataclass
-class CameraSection:
-    backend: str = "test-pattern"  # test-pattern | file | v4l2 | picamera2
-    device: str = "/dev/video0"
-    path: str = ""
-    width: int = 1280
-    height: int = 720
-    fps: int = 30
-    rotation: int = 0
+class CameraSection(CameraSettings):
+    """``[camera]``: the fields are the HAL's (``hal.camera.settings``); the checks are the config's."""
 
     def validate(self, key: str) -> None:
         _check(self.backend in {"test-pattern", "file", "v4l2", "picamera2"}, f"{key}.backend",
@@ -114,13 +100,11 @@ class CameraSection:
 
 
 @dataclass
-class EncoderSection:
-    backend: str = "auto"  # auto | picamera2 | v4l2m2m | libx264
-    bitrate: int = 2_000_000
-    min_bitrate: int = 250_000
-    max_bitrate: int = 6_000_000
-    keyframe_interval_s: float = 2.0
-    idr_min_interval_ms: int = 250
+class EncoderSection(EncoderSettings):
+    """``[encoder]``: the HAL's fields (``hal.encoder.settings``) plus the fan-out's own two."""
+
+    min_bitrate: int = 250_000  # lower clamp of the REMB-driven target (max_bitrate is the upper)
+    idr_min_interval_ms: int = 250  # at most one forced IDR per this interval
 
     def validate(self, key: str) -> None:
         _check(self.backend in {"auto", "picamera2", "v4l2m2m", "libx264"}, f"{key}.backend",

@@ -1,14 +1,11 @@
-"""Small asyncio helpers shared by components."""
+"""Small asyncio helpers shared by components.
+
+``cancel_and_wait`` is defined in ``hal.tasks`` (the HAL imports nothing from the agent, so the
+one definition lives on the lower layer) and re-exported here for the agent's components.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from hal.tasks import cancel_and_wait
 
-
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has really finished; its outcome is discarded."""
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+__all__ = ["cancel_and_wait"]

@@ -16,13 +16,13 @@ from device_agent.media.audio_pipeline import AudioPipeline, Talkback
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.sessions import SessionManager
 from device_agent.media.tracks import LatencyWindow
-from device_agent.media.video_source import EncodedVideoSource, FrameEncoderSource
+from device_agent.media.video_source import FrameEncoderSource
 from device_agent.media.whep import WhepServer
-from device_agent.params import Param
 from device_agent.registry import CommandError
 from device_agent.tasks import cancel_and_wait
 from hal.camera.base import CapturedFrame
-from hal.camera.factory import create_camera
+from hal.camera.factory import create_reopening_camera
+from hal.encoder.base import EncodedVideoSource
 from hal.encoder.probe import EncoderChoice, create_frame_encoder, probe_encoder
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,8 @@ class MediaComponent:
         self.ns_error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task[None] | None = None
-        agent.commands.register("media.restart", self._cmd_restart, param_error="bad_request")
-        agent.commands.register("media.ns", self._cmd_ns, params=[Param("enabled", "boolean")],
-                                param_error="bad_request")
+        agent.commands.register("media.restart", self._cmd_restart)
+        agent.commands.register("media.ns", self._cmd_ns)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -92,14 +91,15 @@ class MediaComponent:
         cam, enc = self.config.camera, self.config.encoder
         self.choice = probe_encoder(enc, cam)
         log.info("H.264 encoder: %s (%s)", self.choice.backend, self.choice.reason)
+        # the config sections are the HAL's settings dataclasses (device_agent.config): passed as they are
         if self.choice.backend == "picamera2":
-            from hal.camera.picamera2 import Picamera2H264Source
+            from hal.encoder.picamera2 import Picamera2H264Source
 
             self.video = Picamera2H264Source(cam, enc, reason=self.choice.reason, on_state=self._camera_state)
         else:
-            camera = create_camera(cam)
+            camera = create_reopening_camera(cam, on_state=self._camera_state)
             encoder = create_frame_encoder(self.choice, enc, camera.width, camera.height, camera.fps)
-            self.video = FrameEncoderSource(camera, encoder, on_state=self._camera_state,
+            self.video = FrameEncoderSource(camera, encoder,
                                             wanted=lambda: self.fanout is not None and self.fanout.subscribers > 0)
         if self.fanout is None:
             self.fanout = PacketFanout(self.video, idr_min_interval=enc.idr_min_interval_ms / 1000,

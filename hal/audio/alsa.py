@@ -10,7 +10,8 @@ underrun; the next call finds the PCM in the XRUN state and re-prepares it. Both
 ``stats()["xruns"]``. Any ``ALSAAudioError`` on open, read or write (device unplugged, unknown PCM,
 unsupported format) marks the device ``unavailable``: it is reported (state, error, an optional
 ``on_state(False, message)`` callback run on the event loop) and reopened with exponential backoff
-(``reopen_min_s`` doubling up to ``reopen_max_s``) until it returns (``on_state(True, message)``).
+(``reopen_min_s`` doubling up to ``reopen_max_s``) until it returns (``on_state(True, message)``):
+the HAL's availability contract, ``hal.availability`` (shared with the cameras).
 Meanwhile ``AlsaCapture.read()`` simply keeps waiting and ``AlsaPlayback.write()`` keeps queueing
 (and dropping, counted, once its bounded queue is full).
 """
@@ -33,6 +34,7 @@ import numpy as np
 from hal.audio.base import AudioChunk, AudioSink, AudioSource, AudioSourceError
 from hal.audio.convert import StreamResampler, convert_channels
 from hal.audio.level import LevelMeter
+from hal.availability import Availability, Backoff, StateCallback
 
 try:  # pyalsaaudio needs libasound; keep the module importable without it
     import alsaaudio
@@ -41,7 +43,6 @@ except ImportError:  # pragma: no cover - exercised only on machines without ALS
 
 log = logging.getLogger(__name__)
 
-StateCallback = Callable[[bool, str], Any]
 PcmFactory = Callable[..., Any]
 
 _STOPPED = object()
@@ -63,23 +64,17 @@ class _AlsaDevice:
                  device_period_frames: int | None = None) -> None:
         if rate <= 0 or channels <= 0 or period_frames <= 0:
             raise ValueError("rate, channels and period_frames must be positive")
-        if not 0 < reopen_min_s <= reopen_max_s:
-            raise ValueError("need 0 < reopen_min_s <= reopen_max_s")
         self.device = device
         self.rate = rate
         self.channels = channels
         self.period_frames = period_frames
-        self.on_state = on_state
+        self.availability = Availability(f"ALSA {self.kind} {device!r}", on_state,
+                                         backoff=Backoff(reopen_min_s, reopen_max_s))
         self._periods_in_buffer = periods
         self._ask_period = device_period_frames or period_frames
-        self._reopen_min = reopen_min_s
-        self._reopen_max = reopen_max_s
         self._stall_timeout = stall_timeout_s
         self._pcm_factory = pcm_factory
         self._frame_bytes = 2 * channels
-        self._state = "stopped"
-        self._error = ""
-        self._last_error = ""
         self._opens = 0
         self._reopen_attempts = 0
         self._device_losses = 0
@@ -92,6 +87,14 @@ class _AlsaDevice:
         self._wake_w = -1
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def on_state(self) -> StateCallback | None:
+        return self.availability.on_state
+
+    @on_state.setter
+    def on_state(self, callback: StateCallback | None) -> None:
+        self.availability.on_state = callback
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def _start_thread(self) -> None:
@@ -100,12 +103,13 @@ class _AlsaDevice:
         if alsaaudio is None and self._pcm_factory is None:
             raise AudioSourceError("pyalsaaudio is not installed (pip install pyalsaaudio)")
         self._loop = asyncio.get_running_loop()
+        self.availability.bind(self._loop)
         self._stop_evt.clear()
         self._first_attempt.clear()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._state = "starting"
+        self.availability.state = "starting"
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"alsa-{self.kind}-{self.device}")
         self._thread.start()
@@ -124,7 +128,7 @@ class _AlsaDevice:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
-        self._state = "stopped"
+        self.availability.state = "stopped"
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
@@ -163,9 +167,9 @@ class _AlsaDevice:
         return pcm
 
     def _run(self) -> None:
-        delay = self._reopen_min
+        backoff = self.availability.backoff
         while not self._stop_evt.is_set():
-            if self._state == "unavailable":
+            if self.availability.unavailable:
                 self._reopen_attempts += 1
             try:
                 pcm = self._open_pcm()
@@ -173,14 +177,13 @@ class _AlsaDevice:
                 self._mark_unavailable(f"cannot open ALSA {self.kind} device "
                                        f"{self.device!r}: {_describe(exc)}")
                 self._first_attempt.set()
-                if self._stop_evt.wait(delay):
+                if self._stop_evt.wait(backoff.next_delay()):
                     break
-                delay = min(delay * 2.0, self._reopen_max)
                 continue
             self._opens += 1
             self._mark_available()
             self._first_attempt.set()
-            opened_at = time.monotonic()
+            backoff.opened()  # if it runs stably (5 s), the next loss starts the backoff over
             try:
                 self._pump(pcm)
             except _DeviceLost as exc:
@@ -194,11 +197,8 @@ class _AlsaDevice:
                 _close_quietly(pcm)
             if self._stop_evt.is_set():
                 break
-            if time.monotonic() - opened_at > 5.0:
-                delay = self._reopen_min  # it ran stably: start the backoff over
-            if self._stop_evt.wait(delay):
+            if self._stop_evt.wait(backoff.next_delay()):
                 break
-            delay = min(delay * 2.0, self._reopen_max)
 
     def _pump(self, pcm: Any) -> None:
         raise NotImplementedError
@@ -217,46 +217,19 @@ class _AlsaDevice:
     # -- state reporting -----------------------------------------------------------------------
 
     def _mark_unavailable(self, message: str) -> None:
-        self._error = self._last_error = message
-        if self._state != "unavailable":
-            self._state = "unavailable"
-            log.warning("%s; retrying with backoff (%.2g..%.2g s)", message, self._reopen_min,
-                        self._reopen_max)
-            self._notify(False, message)
+        self.availability.failed(message)  # reported once per outage
 
     def _mark_available(self) -> None:
-        was_unavailable = self._state == "unavailable"
-        self._state = "running"
-        self._error = ""
-        if was_unavailable:
-            message = f"ALSA {self.kind} device {self.device!r} is available again"
-            log.info(message)
-            self._notify(True, message)
-
-    def _notify(self, available: bool, message: str) -> None:
-        if self.on_state is None or self._loop is None:
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._call_on_state, available, message)
-        except RuntimeError:  # loop closed
-            pass
-
-    def _call_on_state(self, available: bool, message: str) -> None:
-        try:
-            assert self.on_state is not None
-            result = self.on_state(available, message)
-            if asyncio.iscoroutine(result):
-                asyncio.ensure_future(result)
-        except Exception:
-            log.exception("on_state callback for ALSA %s %r failed", self.kind, self.device)
+        self.availability.running(f"ALSA {self.kind} device {self.device!r} is available again")
 
     def _base_stats(self) -> dict[str, Any]:
+        availability = self.availability
         return {
             "backend": "alsa",
             "device": self.device,
-            "state": self._state,
-            "error": self._error,
-            "last_error": self._last_error,
+            "state": availability.state,
+            "error": availability.error,
+            "last_error": availability.last_error,
             "rate": self.rate,
             "channels": self.channels,
             "period_frames": self.period_frames,

@@ -1,14 +1,10 @@
-"""Builds the configured audio source and sink from ``[audio]`` (device_agent.config.AudioSection)."""
+"""Builds the configured audio source and sink from ``AudioSettings`` (the agent's ``[audio]``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hal.audio.base import AudioSink, AudioSource
-
-if TYPE_CHECKING:
-    from device_agent.config import AudioSection
-    from hal.audio.alsa import StateCallback
+from hal.audio.settings import AudioSettings
+from hal.availability import StateCallback
 
 
 def period_frames(rate: int, period_ms: int) -> int:
@@ -16,7 +12,7 @@ def period_frames(rate: int, period_ms: int) -> int:
     return max(1, rate * period_ms // 1000)
 
 
-def create_source(section: AudioSection, on_state: StateCallback | None = None) -> AudioSource:
+def create_source(section: AudioSettings, on_state: StateCallback | None = None) -> AudioSource:
     """The microphone for ``section.backend``: ``synthetic``, ``wav`` or ``alsa``.
 
     ``on_state(available, message)`` (ALSA only) runs on the event loop when the device goes
@@ -40,7 +36,7 @@ def create_source(section: AudioSection, on_state: StateCallback | None = None) 
     raise ValueError(f"audio.backend: unknown backend {section.backend!r}")
 
 
-def create_sink(section: AudioSection, on_state: StateCallback | None = None) -> AudioSink | None:
+def create_sink(section: AudioSettings, on_state: StateCallback | None = None) -> AudioSink | None:
     """The talkback speaker on ``section.playback_device``; None when that is empty."""
     if not section.playback_device:
         return None

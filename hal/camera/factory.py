@@ -1,13 +1,17 @@
-"""Build the configured camera backend (``[camera] backend``)."""
+"""Build the configured camera backend (``CameraSettings.backend``, the agent's ``[camera] backend``)."""
 
 from __future__ import annotations
 
-from device_agent.config import CameraSection
+from hal.availability import StateCallback
 from hal.camera.base import Camera
+from hal.camera.reopening import ReopeningCamera
+from hal.camera.settings import CameraSettings
 
 
-def create_camera(section: CameraSection) -> Camera:
-    """A raw-frame camera for ``section.backend``; the Pi and V4L2 backends import their libraries lazily."""
+def create_camera(section: CameraSettings) -> Camera:
+    """The bare backend for ``section.backend``: ``start()``/``read()`` raise ``CameraError`` when the
+    camera is missing or lost (one-shot users such as the doctor). The Pi and V4L2 backends import
+    their libraries lazily."""
     if section.backend == "test-pattern":
         from hal.camera.test_pattern import TestPatternCamera
 
@@ -25,3 +29,12 @@ def create_camera(section: CameraSection) -> Camera:
 
         return Picamera2Camera(section.width, section.height, section.fps, section.rotation)
     raise ValueError(f"unknown camera backend {section.backend!r}")
+
+
+def create_reopening_camera(section: CameraSettings, on_state: StateCallback | None = None, *,
+                            reopen_min_s: float = 0.5, reopen_max_s: float = 30.0) -> ReopeningCamera:
+    """The backend under the availability contract: loss and return go to ``on_state(available,
+    message)``, the camera is reopened with backoff and ``read()`` waits meanwhile (the media
+    pipeline's camera, like ``hal.audio.factory.create_source`` for the microphone)."""
+    return ReopeningCamera(create_camera(section), on_state, reopen_min_s=reopen_min_s,
+                           reopen_max_s=reopen_max_s)

@@ -1,10 +1,17 @@
-"""H.264 encoder HAL interface: Annex-B access units, Constrained Baseline, SPS/PPS on every IDR."""
+"""H.264 encoder HAL interfaces: Annex-B access units, Constrained Baseline, SPS/PPS on every IDR.
+
+``H264Encoder`` encodes raw frames (frame in, packets out). ``EncodedVideoSource`` is what the
+media fan-out consumes: a running source of packets, either a camera plus an ``H264Encoder``
+(``device_agent.media.video_source.FrameEncoderSource``) or a camera that encodes by itself
+(``hal.encoder.picamera2.Picamera2H264Source``).
+"""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hal.camera.base import CapturedFrame
 
@@ -44,3 +51,31 @@ class H264Encoder(abc.ABC):
 
     def stats(self) -> dict[str, Any]:
         return {"backend": self.name, "reason": self.reason, "bitrate": self.bitrate}
+
+
+PacketCallback = Callable[[EncodedPacket], None]
+
+
+class EncodedVideoSource(Protocol):
+    """Produces H.264 access units for the fan-out (``on_packet`` runs on the event loop).
+
+    A camera that goes missing is no exception here: the source reports it through its
+    ``on_state(available, message)`` callback, reopens with backoff (``hal.availability``) and
+    ``healthy()`` stays True while it does; ``stats()`` carries ``camera_errors`` and ``last_error``.
+    """
+
+    async def start(self, on_packet: PacketCallback) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def force_keyframe(self) -> None: ...
+
+    def set_bitrate(self, bps: int) -> bool: ...
+
+    async def capture_frame(self) -> CapturedFrame | None:
+        """A current raw frame (snapshots, self-tests) without opening the camera twice; None if none yet."""
+        ...
+
+    def healthy(self) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...

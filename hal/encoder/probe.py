@@ -15,9 +15,10 @@ from pathlib import Path
 
 import av
 
-from device_agent.config import CameraSection, EncoderSection
+from hal.camera.settings import CameraSettings
 from hal.encoder.base import H264Encoder
 from hal.encoder.pyav import Libx264Encoder, PyAVH264Encoder, V4l2m2mEncoder
+from hal.encoder.settings import EncoderSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class ProbeEnvironment:
         return codec in av.codecs_available
 
 
-def probe_encoder(encoder: EncoderSection, camera: CameraSection,
+def probe_encoder(encoder: EncoderSettings, camera: CameraSettings,
                   env: ProbeEnvironment | None = None) -> EncoderChoice:
     """The first usable backend in preference order (or the configured one, if usable)."""
     env = env or ProbeEnvironment()
@@ -88,9 +89,10 @@ def probe_encoder(encoder: EncoderSection, camera: CameraSection,
     return EncoderChoice("libx264", f"software x264 ({why})")
 
 
-def create_frame_encoder(choice: EncoderChoice, encoder: EncoderSection, width: int, height: int,
+def create_frame_encoder(choice: EncoderChoice, encoder: EncoderSettings, width: int, height: int,
                          fps: int) -> H264Encoder:
-    """Open a frame-in encoder for ``choice`` (picamera2's encoder lives with its camera)."""
+    """Open a frame-in encoder for ``choice`` (picamera2's is an encoded source of its own,
+    ``hal.encoder.picamera2.Picamera2H264Source``: frames never reach Python on its path)."""
     classes: dict[str, type[PyAVH264Encoder]] = {"v4l2m2m": V4l2m2mEncoder, "libx264": Libx264Encoder}
     cls = classes.get(choice.backend)
     if cls is None:
