@@ -61,6 +61,54 @@ async def test_pli_and_remb_from_a_real_receiver_reach_the_fanout(tmp_path: Path
         keyframes_before = sum(1 for _, _, key in viewer.stamps if key)
         await _wait(lambda: sum(1 for _, _, key in viewer.stamps if key) > keyframes_before)
         # aiortc's receiver estimates bandwidth and sends REMB by itself
-        await _wait(lambda: session.remb is not None)
+        await _wait(lambda: session.control.estimator.remb is not None)
         assert media.fanout.target_bitrate is not None
+        await viewer.close(http)
+
+
+def test_pacing_and_retransmission_seams() -> None:
+    """device_agent/media/pacing.py wraps RTCDtlsTransport._send_rtp and RTCRtpSender._retransmit."""
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    from device_agent.media.pacing import RETRANSMIT_SEAM, SEND_SEAM
+
+    send = getattr(RTCDtlsTransport, SEND_SEAM)
+    assert inspect.iscoroutinefunction(send) and list(inspect.signature(send).parameters) == ["self", "data"]
+    retransmit = getattr(RTCRtpSender, RETRANSMIT_SEAM)
+    assert inspect.iscoroutinefunction(retransmit)
+    assert list(inspect.signature(retransmit).parameters) == ["self", "sequence_number"]
+    # every video packet and every retransmission goes through the transport attribute, looked up per call
+    assert "await self.transport._send_rtp(packet_bytes)" in inspect.getsource(RTCRtpSender._run_rtp)
+    rtx_source = inspect.getsource(RTCRtpSender._retransmit)
+    assert "ssrc=self._rtx_ssrc" in rtx_source and "await self.transport._send_rtp(packet_bytes)" in rtx_source
+    # NACKs reach _retransmit through the instance (so the wrapper sees them); SSRCs are plain attributes
+    assert "await self._retransmit(seq)" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    init = inspect.getsource(RTCRtpSender.__init__)
+    assert "self._ssrc = " in init and "self._rtx_ssrc = " in init
+    # receiver reports reach _handle_rtcp_packet with the report blocks the estimator reads
+    from aiortc.rtp import RtcpReceiverInfo
+    assert {"fraction_lost", "lsr", "dlsr", "ssrc"} <= set(inspect.signature(RtcpReceiverInfo).parameters)
+
+
+async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(tmp_path: Path) -> None:
+    async with running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent, \
+            aiohttp.ClientSession() as http:
+        viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
+        await viewer.connect(http, audio=False)
+        await viewer.wait_frames(10)
+        media = agent.get("media")
+        session = next(iter(media.sessions.sessions.values()))
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        streams = receiver._RTCRtpReceiver__remote_streams
+        ssrc = next(iter(streams))
+        old = streams[ssrc].max_seq
+        await asyncio.sleep(1.5)
+        await viewer.wait_frames(len(viewer.stamps) + 2)
+        recent = (streams[ssrc].max_seq - 1) % 65536
+        await receiver._send_rtcp_nack(ssrc, [recent])
+        await _wait(lambda: session.control.stats()["rtx_sent"] >= 1)
+        await receiver._send_rtcp_nack(ssrc, [old])
+        await _wait(lambda: session.control.stats()["rtx_suppressed_by_reason"].get("too_old", 0) >= 1)
+        assert session.feedback["nack"] == 2
+        assert session.control.stats()["paced_wait_s"] > 0  # the IDR burst waited for the pacer
         await viewer.close(http)

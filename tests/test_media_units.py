@@ -136,19 +136,36 @@ async def test_keyframe_requests_are_rate_limited_but_not_lost() -> None:
     assert fan.keyframe_requests["pli"] == 11
 
 
-async def test_lowest_remb_sets_bitrate_clamped() -> None:
+async def test_lowest_estimate_sets_bitrate_clamped() -> None:
     enc = RecordingEncoder()
     fan = PacketFanout(enc, min_bitrate=200_000, max_bitrate=3_000_000)
     a, b = fan.subscribe("a"), fan.subscribe("b")
-    fan.report_remb(a, 2_500_000)
-    fan.report_remb(b, 900_000)
-    assert enc.bitrates[-1] == 900_000
-    fan.report_remb(b, 50_000)
+    fan.report_estimate(a, 2_500_000)
+    fan.report_estimate(b, 1_500_000)
+    assert enc.bitrates[-1] == 1_500_000  # comparable viewers: the lowest estimate
+    fan.report_estimate(a, 150_000)
+    fan.report_estimate(b, 100_000)
     assert enc.bitrates[-1] == 200_000  # clamped to min
-    fan.unsubscribe(b)  # the slow viewer leaves: the others' estimate applies (going up is throttled)
+    fan.unsubscribe(b)  # a viewer leaves: the others' estimate applies (going up is throttled)
+    fan.report_estimate(a, 9_000_000)
     fan._last_bitrate_change -= 5
-    fan._apply_remb()
-    assert enc.bitrates[-1] == 2_500_000
+    fan._apply_estimates()
+    assert enc.bitrates[-1] == 3_000_000  # clamped to max
+
+
+async def test_one_bad_viewer_does_not_drag_the_others_down() -> None:
+    enc = RecordingEncoder()
+    fan = PacketFanout(enc, min_bitrate=200_000, max_bitrate=6_000_000)
+    good = [fan.subscribe(f"good{i}") for i in range(3)]
+    bad = fan.subscribe("bad")
+    for sub, bps in zip(good, (2_500_000, 2_800_000, 3_000_000), strict=True):
+        fan.report_estimate(sub, bps)
+    fan.report_estimate(bad, 300_000)
+    assert enc.bitrates[-1] == 2_500_000 and fan.target_bitrate == 2_500_000
+    assert bad.constrained and not any(s.constrained for s in good)
+    assert fan.stats()["constrained"] == 1
+    fan.report_estimate(bad, 2_000_000)  # its link recovered: it counts again
+    assert not bad.constrained and enc.bitrates[-1] == 2_000_000
 
 
 async def test_a_viewer_that_falls_behind_is_resynchronised_at_an_idr() -> None:
@@ -255,5 +272,5 @@ async def test_a_refused_bitrate_is_not_reported_as_applied() -> None:
             return False  # like picamera2 / h264_v4l2m2m
 
     fan = PacketFanout(FixedRate(), min_bitrate=200_000, max_bitrate=3_000_000)
-    fan.report_remb(fan.subscribe("a"), 900_000)
+    fan.report_estimate(fan.subscribe("a"), 900_000)
     assert fan.requested_bitrate == 900_000 and fan.target_bitrate is None

@@ -5,8 +5,10 @@ subscriber starts at once from the cached group of pictures when its IDR is rece
 ``idr_min_interval``: the frames since are replayed), otherwise at the next IDR, which it asks for.
 A keyframe request (new viewer, PLI, FIR, a
 viewer that fell behind) reaches the encoder at most once per ``idr_min_interval`` (a request in
-the cool-down is deferred to its end, not lost). The lowest REMB among viewers, clamped to the
-configured range, becomes the encoder's target bitrate.
+the cool-down is deferred to its end, not lost); each forced IDR is counted by cause, per viewer
+that asked. Each viewer's bandwidth estimate (device_agent.media.rate_control) comes in through
+``report_estimate``; ``rate_control.choose_target`` turns them into the encoder's target and names
+the *constrained* viewers, whose estimate is far below the others' and does not lower it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import av
 
+from device_agent.media.rate_control import choose_target
 from hal.encoder.base import EncodedPacket
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 QUEUE_LIMIT = 90  # packets a slow viewer may lag (3 s at 30 fps) before it is resynchronised
 GOP_CACHE_LIMIT = 64  # packets kept since the last IDR, for starting new viewers at once
-BITRATE_DEADBAND = 0.1  # ignore REMB-driven changes smaller than 10 %
+BITRATE_DEADBAND = 0.1  # ignore estimate-driven changes smaller than 10 %
 BITRATE_MIN_INTERVAL = 1.0  # seconds between encoder bitrate changes
 
 
@@ -58,7 +61,9 @@ class Subscriber(Generic[T]):
     id: int
     name: str
     need_keyframe: bool = True
-    remb: int | None = None
+    estimate: int | None = None  # this viewer's video budget (bps), from its rate controller
+    constrained: bool = False  # estimate far below the others': it does not lower the target
+    idr_causes: collections.Counter[str] = field(default_factory=collections.Counter)
     queue: collections.deque[T] = field(default_factory=collections.deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
@@ -88,9 +93,11 @@ class PacketFanout:
         self._deferred: asyncio.TimerHandle | None = None
         self._last_bitrate_change = -1e9
         self.target_bitrate: int | None = None  # applied by the encoder
-        self.requested_bitrate: int | None = None  # what the viewers' REMB asked for
+        self.requested_bitrate: int | None = None  # what the viewers' estimates asked for
         self.keyframe_requests: collections.Counter[str] = collections.Counter()
         self.idrs_forced = 0
+        self.idrs_by_cause: collections.Counter[str] = collections.Counter()
+        self._causes: dict[tuple[str, int | None], None] = {}  # requests served by the next IDR
         self.packets = 0
         self.latest_keyframe_ts: float | None = None
         self._gop: list[FanoutPacket] = []  # the last IDR and everything after it (bounded)
@@ -108,14 +115,14 @@ class PacketFanout:
             sub.wakeup.set()
             self.replayed_joins += 1
         else:
-            self.request_keyframe("new viewer")
+            self.request_keyframe("new viewer", sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber[FanoutPacket]) -> None:
         sub.closed = True
         sub.wakeup.set()
         if self._subs.pop(sub.id, None) is not None:
-            self._apply_remb()
+            self._apply_estimates()
 
     @property
     def subscribers(self) -> int:
@@ -146,15 +153,16 @@ class PacketFanout:
                 sub.queue.clear()
                 sub.need_keyframe = True
                 sub.resyncs += 1
-                self.request_keyframe("viewer behind")
+                self.request_keyframe("viewer behind", sub)
                 continue
             sub.queue.append(item)
             sub.wakeup.set()
 
     # -- keyframes -----------------------------------------------------------------------------
-    def request_keyframe(self, reason: str) -> None:
-        """Ask for an IDR; coalesced and rate-limited to one per ``idr_min_interval``."""
+    def request_keyframe(self, reason: str, sub: Subscriber[FanoutPacket] | None = None) -> None:
+        """Ask for an IDR (for ``sub``, when one viewer asks); coalesced, at most one per ``idr_min_interval``."""
         self.keyframe_requests[reason] += 1
+        self._causes[(reason, None if sub is None else sub.id)] = None
         if self._deferred is not None:
             return  # one is already scheduled: it serves this request too
         wait = self._last_idr_request + self.idr_min_interval - self._clock()
@@ -171,18 +179,28 @@ class PacketFanout:
         self._deferred = None
         self._last_idr_request = self._clock()
         self.idrs_forced += 1
+        for reason, sub_id in self._causes:
+            self.idrs_by_cause[reason] += 1
+            sub = self._subs.get(sub_id) if sub_id is not None else None
+            if sub is not None:
+                sub.idr_causes[reason] += 1
+        self._causes.clear()
         self.encoder.force_keyframe()
 
     # -- bitrate -------------------------------------------------------------------------------
-    def report_remb(self, sub: Subscriber[FanoutPacket], bps: int) -> None:
-        sub.remb = bps
-        self._apply_remb()
+    def report_estimate(self, sub: Subscriber[FanoutPacket], bps: int) -> None:
+        """``sub``'s current video budget (its rate controller's estimate)."""
+        sub.estimate = bps
+        self._apply_estimates()
 
-    def _apply_remb(self) -> None:
-        estimates = [s.remb for s in self._subs.values() if s.remb]
-        if not estimates:
+    def _apply_estimates(self) -> None:
+        decision = choose_target([(s.id, s.estimate) for s in self._subs.values() if s.estimate],
+                                 min_bps=self.min_bitrate, max_bps=self.max_bitrate)
+        for s in self._subs.values():
+            s.constrained = s.id in decision.constrained
+        target = decision.target
+        if target is None:
             return
-        target = max(self.min_bitrate, min(self.max_bitrate, min(estimates)))
         now = self._clock()
         current = self.requested_bitrate
         if current is not None and abs(target - current) < BITRATE_DEADBAND * current:
@@ -192,7 +210,8 @@ class PacketFanout:
         self.requested_bitrate = target
         self._last_bitrate_change = now
         if self.encoder.set_bitrate(target):  # hardware encoders refuse: their bitrate is fixed at start
-            log.info("encoder bitrate -> %d bps (lowest REMB of %d viewers)", target, len(estimates))
+            log.info("encoder bitrate -> %d bps (%d viewers, %d constrained)", target, len(self._subs),
+                     len(decision.constrained))
             self.target_bitrate = target
 
     def close(self) -> None:
@@ -205,6 +224,8 @@ class PacketFanout:
     def stats(self) -> dict[str, Any]:
         return {"viewers": len(self._subs), "packets": self.packets, "idrs_forced": self.idrs_forced,
                 "replayed_joins": self.replayed_joins,
-                "keyframe_requests": dict(self.keyframe_requests), "target_bitrate": self.target_bitrate,
+                "keyframe_requests": dict(self.keyframe_requests), "idrs_by_cause": dict(self.idrs_by_cause),
+                "target_bitrate": self.target_bitrate,
+                "constrained": sum(s.constrained for s in self._subs.values()),
                 "requested_bitrate": self.requested_bitrate,
                 "resyncs": sum(s.resyncs for s in self._subs.values())}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -29,6 +29,14 @@ class LatencyWindow:
         return {"p50_ms": pick(0.50), "p95_ms": pick(0.95)}
 
 
+class VideoSendHooks(Protocol):
+    """What the viewer's send control (viewer_control.ViewerControl) hears from its track."""
+
+    def subscribed(self, sub: Subscriber[FanoutPacket]) -> None: ...
+
+    def keyframe_out(self, size: int) -> None: ...
+
+
 class FanoutVideoTrack(MediaStreamTrack):
     """A viewer's video: ``recv`` returns the shared encoder's ``av.Packet``s (aiortc packs, not encodes).
 
@@ -49,6 +57,7 @@ class FanoutVideoTrack(MediaStreamTrack):
         self.sent_packets = 0
         self.sent_bytes = 0
         self.last_capture_ts: float | None = None
+        self.hooks: VideoSendHooks | None = None
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -56,6 +65,8 @@ class FanoutVideoTrack(MediaStreamTrack):
         if self.subscriber is None:
             self.subscribed_at = time.monotonic()
             self.subscriber = self.fanout.subscribe(self.name)
+            if self.hooks is not None:
+                self.hooks.subscribed(self.subscriber)
         try:
             item = await self.subscriber.get()
         except ConnectionError:
@@ -67,6 +78,8 @@ class FanoutVideoTrack(MediaStreamTrack):
         self.sent_packets += 1
         self.sent_bytes += item.packet.size
         self.last_capture_ts = item.capture_ts
+        if item.keyframe and self.hooks is not None:
+            self.hooks.keyframe_out(item.packet.size)
         return item.packet
 
     def stop(self) -> None:
