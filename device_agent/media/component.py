@@ -18,6 +18,7 @@ from device_agent.media.sessions import SessionManager
 from device_agent.media.tracks import LatencyWindow
 from device_agent.media.video_source import FrameEncoderSource
 from device_agent.media.whep import WhepServer
+from device_agent.params import Param
 from device_agent.registry import CommandError
 from device_agent.tasks import cancel_and_wait
 from hal.camera.base import CapturedFrame
@@ -49,8 +50,9 @@ class MediaComponent:
         self.ns_error: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task[None] | None = None
-        agent.commands.register("media.restart", self._cmd_restart)
-        agent.commands.register("media.ns", self._cmd_ns)
+        agent.commands.register("media.restart", self._cmd_restart, param_error="bad_request")
+        agent.commands.register("media.ns", self._cmd_ns, params=[Param("enabled", "boolean")],
+                                param_error="bad_request")
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
