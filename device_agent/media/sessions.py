@@ -22,7 +22,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.fanout import PacketFanout
-from device_agent.media.rtcp_feedback import attach_feedback
+from device_agent.media.viewer_control import ViewerControl
 from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
 
@@ -99,7 +99,7 @@ class ViewerSession:
     created: float = field(default_factory=time.monotonic)
     connected_at: float | None = None
     feedback: collections.Counter[str] = field(default_factory=collections.Counter)
-    remb: int | None = None
+    control: ViewerControl | None = None  # estimate, pacing, RTX budget, keyframe guard
     last_stats: dict[str, Any] = field(default_factory=dict)
     _stats_at: float = 0.0
     _stats_bytes: int = 0
@@ -111,7 +111,8 @@ class ViewerSession:
                 "age_s": round(time.monotonic() - self.created, 1),
                 "connect_ms": None if self.connected_at is None else round((self.connected_at - self.created) * 1000, 1),
                 "pli": self.feedback["pli"], "fir": self.feedback["fir"], "nack": self.feedback["nack"],
-                "remb_bps": self.remb, **self.video.stats(), **self.last_stats}
+                **(self.control.stats() if self.control is not None else {}), **self.video.stats(),
+                **self.last_stats}
 
 
 class SessionManager:
@@ -201,12 +202,9 @@ class SessionManager:
         if video_tx.mid is None:
             raise OfferError("the offer has no video media section")
 
-        def on_remb(bps: int) -> None:
-            session.remb = bps
-            if session.video.subscriber is not None:
-                self.fanout.report_remb(session.video.subscriber, bps)
-
-        session.feedback = attach_feedback(video_sender, self.fanout.request_keyframe, on_remb)
+        session.control = ViewerControl(self.fanout, session.id)
+        session.video.hooks = session.control
+        session.feedback = session.control.attach(video_sender)
         answer = await pc.createAnswer()
         if answer is None or "H264" not in answer.sdp:
             raise OfferError("the offer does not accept H.264 Constrained Baseline (42e01f) video")
@@ -258,6 +256,8 @@ class SessionManager:
             if session.timeout is not None:
                 session.timeout.cancel()
             session.video.stop()
+            if session.control is not None:
+                session.control.close()
             if session.audio is not None:
                 session.audio.stop()
             await close_peer(session.pc)
