@@ -105,15 +105,16 @@ class Availability:
     def _notify(self, available: bool, message: str) -> None:
         if self.on_state is None:
             return
+        loop = self._loop
         try:
-            on_loop = self._loop is None or asyncio.get_running_loop() is self._loop
+            on_loop = asyncio.get_running_loop() is loop
         except RuntimeError:  # a device thread
             on_loop = False
-        if on_loop or self._loop is None:
+        if loop is None or on_loop:  # not bound (no loop to hop to), or already on it
             self._call(available, message)
             return
         try:
-            self._loop.call_soon_threadsafe(self._call, available, message)
+            loop.call_soon_threadsafe(self._call, available, message)
         except RuntimeError:  # the loop has closed
             pass
 
