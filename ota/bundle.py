@@ -30,13 +30,14 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIG_BYTES = 64 << 10
 MAX_MEMBER_BYTES = 4 << 30
 PAYLOAD_DIRS = ("wheels", "hooks", "firmware")
-_VERSION_RE = re.compile(r"\d+(\.\d+){0,3}")
+_VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}")  # ASCII digits only, each part an int
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"1.10.2"`` -> ``(1, 10, 2)``; anything else is refused with a clear reason."""
+def parse_version(text: str, name: str = "version") -> tuple[int, ...]:
+    """``"1.10.2"`` -> ``(1, 10, 2)``; anything else is refused with a clear reason naming ``name``."""
     if not isinstance(text, str) or not _VERSION_RE.fullmatch(text):
-        raise OtaError("bad_manifest", f"version {text!r} is not N[.N[.N[.N]]]")
+        shown = repr(text) if len(repr(text)) <= 40 else repr(text)[:37] + "..."
+        raise OtaError("bad_manifest", f"{name} {shown} is not N[.N[.N[.N]]]")
     parts = tuple(int(p) for p in text.split("."))
     return parts + (0,) * (4 - len(parts))
 
@@ -67,36 +68,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Manifest":
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise OtaError("bad_manifest", f"manifest.json is not JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise OtaError("bad_manifest", f"manifest format must be {FORMAT}")
-        parse_version(data.get("version"))
-        if data.get("min_version") is not None:
-            parse_version(data["min_version"])
-        compatible = data.get("compatible")
-        if not isinstance(compatible, list) or not compatible or not all(isinstance(c, str) for c in compatible):
-            raise OtaError("bad_manifest", "compatible must be a non-empty list of hardware models")
-        payloads, seen = [], set()
-        for i, p in enumerate(data.get("payloads") or []):
-            try:
-                item = Payload(str(p["path"]), str(p["sha256"]), int(p["size"]))
-            except (KeyError, TypeError, ValueError):
-                raise OtaError("bad_manifest", f"payloads[{i}] needs path, sha256 and size") from None
-            check_member_name(item.path)
-            if item.path in seen:
-                raise OtaError("bad_manifest", f"payload {item.path} listed twice")
-            if not re.fullmatch(r"[0-9a-f]{64}", item.sha256) or not 0 <= item.size <= MAX_MEMBER_BYTES:
-                raise OtaError("bad_manifest", f"payload {item.path}: bad sha256 or size")
-            seen.add(item.path)
-            payloads.append(item)
-        if not any(p.path.startswith("wheels/") and p.path.endswith(".whl") for p in payloads):
-            raise OtaError("bad_manifest", "bundle holds no wheels")
-        return cls(version=data["version"], compatible=compatible, min_version=data.get("min_version"),
-                   allow_downgrade=bool(data.get("allow_downgrade", False)), payloads=payloads,
-                   created=float(data.get("created") or 0), notes=str(data.get("notes") or ""))
+        """The manifest in ``raw`` (see :func:`parse_manifest`)."""
+        return parse_manifest(raw)
 
     @property
     def total_size(self) -> int:
@@ -107,6 +80,122 @@ class Manifest:
 
     def hooks(self) -> list[str]:
         return [p.path for p in self.payloads if p.path.startswith("hooks/")]
+
+
+# -- the one manifest parser ----------------------------------------------------------------------
+# Every field has one JSON type; nothing is coerced (``"false"`` is not a boolean, ``1`` is not
+# ``true``, ``true`` is not an integer). Unknown fields are refused: a newer format bumps ``format``.
+_JSON_TYPE = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+              list: "a list", dict: "an object"}
+_TOP_FIELDS = {"format", "version", "compatible", "min_version", "allow_downgrade", "created", "notes", "payloads"}
+_PAYLOAD_FIELDS = {"path", "sha256", "size"}
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_CREATED = 1e11  # seconds since 1970: year 5138
+
+
+def _bad(field_name: str, want: str, value: Any) -> OtaError:
+    got = _JSON_TYPE.get(type(value), type(value).__name__)
+    shown = repr(value) if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40 else ""
+    return OtaError("bad_manifest", f"manifest field {field_name!r} must be {want}, got {got}"
+                    + (f" {shown}" if shown and value is not None else ""))
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(name, "a string", value)
+    return value
+
+
+def _integer(value: Any, name: str, lo: int, hi: int) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise _bad(name, f"an integer from {lo} to {hi}", value)
+    return value
+
+
+def _object(value: Any, name: str, fields: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(name, "an object", value)
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise OtaError("bad_manifest", f"manifest field {_member_of(name, unknown[0])!r} is unknown "
+                                       f"(manifest format {FORMAT})")
+    missing = sorted(required - set(value))
+    if missing:
+        raise OtaError("bad_manifest", f"manifest field {_member_of(name, missing[0])!r} is missing")
+    return value
+
+
+def _member_of(parent: str, key: str) -> str:
+    key = key if len(key) <= 40 else key[:37] + "..."
+    return key if parent == "manifest" else f"{parent}.{key}"
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise OtaError("bad_manifest", f"manifest field {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> None:
+    raise OtaError("bad_manifest", f"manifest holds {name}, which is not JSON")
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and validate every field of a manifest; anything else is ``bad_manifest`` naming the field.
+
+    ``format`` (integer 1), ``version`` (string ``N[.N[.N[.N]]]``), ``compatible`` (non-empty list of
+    non-empty strings), ``payloads`` (list of objects ``{path: string, sha256: 64 hex, size: integer}``)
+    are required; ``min_version`` (version string or null), ``allow_downgrade`` (boolean),
+    ``created`` (number of seconds >= 0) and ``notes`` (string) are optional.
+    """
+    try:
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise OtaError("bad_manifest", f"manifest.json is not JSON: {exc}") from None
+    data = _object(data, "manifest", _TOP_FIELDS, {"format", "version", "compatible", "payloads"})
+    if type(data["format"]) is not int or data["format"] != FORMAT:
+        raise _bad("format", f"the integer {FORMAT}", data["format"])
+    version = _string(data["version"], "version")
+    parse_version(version, "manifest field 'version'")
+    min_version = data.get("min_version")
+    if min_version is not None:
+        parse_version(_string(min_version, "min_version"), "manifest field 'min_version'")
+    compatible = data["compatible"]
+    if not isinstance(compatible, list) or not compatible:
+        raise _bad("compatible", "a non-empty list of hardware models", compatible)
+    for i, c in enumerate(compatible):
+        if not isinstance(c, str) or not c:
+            raise _bad(f"compatible[{i}]", "a non-empty string", c)
+    allow_downgrade = data.get("allow_downgrade", False)
+    if not isinstance(allow_downgrade, bool):
+        raise _bad("allow_downgrade", "a boolean (true or false)", allow_downgrade)
+    created = data.get("created", 0)
+    if type(created) not in (int, float) or not 0 <= created <= MAX_CREATED:  # NaN fails the range too
+        raise _bad("created", f"a number of seconds from 0 to {MAX_CREATED:.0e}", created)
+    notes = _string(data.get("notes", ""), "notes")
+    if not isinstance(data["payloads"], list):
+        raise _bad("payloads", "a list of objects", data["payloads"])
+    payloads: list[Payload] = []
+    seen: set[str] = set()
+    for i, p in enumerate(data["payloads"]):
+        where = f"payloads[{i}]"
+        p = _object(p, where, _PAYLOAD_FIELDS, _PAYLOAD_FIELDS)
+        item = Payload(_string(p["path"], f"{where}.path"), _string(p["sha256"], f"{where}.sha256"),
+                       _integer(p["size"], f"{where}.size", 0, MAX_MEMBER_BYTES))
+        check_member_name(item.path)
+        if item.path in seen:
+            raise OtaError("bad_manifest", f"payload {item.path} listed twice")
+        if not _SHA256_RE.fullmatch(item.sha256):
+            raise _bad(f"{where}.sha256", "64 lowercase hex digits", item.sha256)
+        seen.add(item.path)
+        payloads.append(item)
+    if not any(p.path.startswith("wheels/") and p.path.endswith(".whl") for p in payloads):
+        raise OtaError("bad_manifest", "bundle holds no wheels")
+    return Manifest(version=version, compatible=list(compatible), min_version=min_version,
+                    allow_downgrade=allow_downgrade, payloads=payloads, created=float(created), notes=notes)
 
 
 def check_member_name(name: str) -> str:
@@ -125,7 +214,7 @@ def check_compatible(manifest: Manifest, hardware: str, current_version: str | N
         raise OtaError("incompatible", f"bundle is for {', '.join(manifest.compatible)}, this device is {hardware!r}")
     if current_version is None:
         return
-    cur = parse_version(current_version)
+    cur = parse_version(current_version, "running version")
     if manifest.min_version and cur < parse_version(manifest.min_version):
         raise OtaError("incompatible", f"bundle needs at least {manifest.min_version}, device runs {current_version}")
     new = parse_version(manifest.version)
