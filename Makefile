@@ -19,7 +19,7 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	fi
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,fleet]'
 	@touch $@
 
 setup: $(VENV)/.setup-done

@@ -24,12 +24,12 @@ from pathlib import Path
 from aiohttp import web
 
 from device_agent.config import config_from_dict
+from fleet.ota.serve import make_app
 from ota import bundle as bundle_mod
 from ota import signing
 from ota.download import CHUNK, download
 from ota.installer import InstallOptions, Installer
 from ota.layout import Layout, boot_check
-from ota.serve import make_app
 from ota.trial import commit
 
 REPO = Path(__file__).resolve().parents[1]

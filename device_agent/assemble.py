@@ -11,7 +11,7 @@ def build_agent(config: AgentConfig) -> Agent:
     from device_agent.diag.component import DiagnosticsComponent
     from device_agent.media.component import MediaComponent
     from device_agent.watchdog import WatchdogComponent, pipelines_healthy
-    from ota.component import OtaComponent
+    from device_agent.ota_component import OtaComponent
 
     agent = Agent(config)
     if config.mqtt.url:  # fleet link first: it carries the others' alerts, events and commands

@@ -11,7 +11,7 @@ from device_agent import subcommands
 COMMAND_MODULES = [
     "device_agent.commands.run",  # run, demo
     "device_agent.ns.cli",  # ns denoise, ns bench
-    "ota.cli",  # ota verify/install/status, boot-check
+    "device_agent.commands.ota",  # ota verify/install/status, boot-check
     "device_agent.commands.service",  # install-service
     "provisioning.cli",  # provision, doctor, factory-reset
     "device_agent.diag.cli",  # (optional) local diagnostics

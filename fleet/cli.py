@@ -10,7 +10,7 @@ from device_agent import subcommands
 # Modules exposing ``register(subparsers)`` (``subcommands.build_parser``).
 COMMAND_MODULES = [
     "fleet.core_cli",  # serve, devices, show, alerts, cmd, simulate
-    "ota.fleet_cli",  # ota keygen/build/sign/serve/rollout/status
+    "fleet.ota.cli",  # ota keygen/build/sign/serve/rollout/status
     "fleet.provisioning_cli",  # ca init, claim create, broker-config
     "fleet.diag_cli",  # logs, diag, view
 ]

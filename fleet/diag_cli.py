@@ -114,7 +114,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_diag(args: argparse.Namespace) -> int:
     from fleet.log_pull import fetch_transfer
-    from provisioning.files import write_atomic
+    from ota.atomic import write_atomic
 
     async def body(client: FleetClient) -> int:
         if args.action == "snapshot":

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 
 from device_agent.diag.transfer import decode_chunk
 from fleet.client import FleetClient
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 
 
 class TransferError(Exception):

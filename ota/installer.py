@@ -34,8 +34,11 @@ from typing import Any
 from firmware_hooks import runner
 from ota import bundle as bundle_mod
 from ota import signing
+from ota import state as sm
+from ota.atomic import fsync_dir
 from ota.errors import OtaError
-from ota.layout import MARKER, Layout, atomic_write_json, finish_rollback, fsync_dir, result
+from ota.layout import MARKER, Layout, atomic_write_json, finish_rollback
+from ota.state import OtaState, Update
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +166,10 @@ def slot_hooks(layout: Layout, options: InstallOptions, slot: str) -> list[Path]
     return runner.discover([*options.hooks_dirs, layout.slot_path(slot) / "ota-bundle" / "hooks"])
 
 
-def slot_env(layout: Layout, slot: str, update: dict[str, Any]) -> dict[str, str]:
+def slot_env(layout: Layout, slot: str, update: Update) -> dict[str, str]:
     bundle_dir = layout.slot_path(slot) / "ota-bundle"
-    return env_for(layout, str(update.get("version") or ""), slot, update.get("previous_slot"),
-                   update.get("bundle", ""), bundle_dir, update.get("previous_version"))
+    return env_for(layout, str(update.version or ""), slot, update.previous_slot, update.bundle or "", bundle_dir,
+                   update.previous_version)
 
 
 class Installer:
@@ -182,18 +185,17 @@ class Installer:
         log.info("ota step %s %s", name, info or "")
         self.on_step(name, info)
 
-    def install(self, bundle_path: Path) -> dict[str, Any]:
-        """Run the whole install and switch; returns the new state's ``update`` entry.
+    def install(self, bundle_path: Path) -> Update:
+        """Run the whole install and switch; returns the update now on trial.
 
         Raises OtaError with a clear reason; a refused bundle leaves both slots untouched.
         """
         layout = self.layout
         with UpdateLock(layout):
             self._step("lock")
-            state = layout.load_state()
-            update = state.get("update")
-            if update and update.get("phase") in {"trial", "rolling_back"}:
-                raise OtaError("busy", f"version {update.get('version')} is in {update['phase']}; "
+            st = layout.load()
+            if st.update is not None and st.in_flight():
+                raise OtaError("busy", f"version {st.update.version} is in {st.state.value}; "
                                "it must commit or roll back first")
             current = layout.current_slot()
             current_info = layout.slot_info(current) if current else None
@@ -227,10 +229,7 @@ class Installer:
             try:
                 runner.run_phase(hooks, "verify", env, self.options.hook_timeout_s)
                 self._step("prepare", version=manifest.version, slot=target)
-                state["update"] = {"phase": "installing", "version": manifest.version, "target_slot": target,
-                                   "previous_slot": current, "previous_version": current_version,
-                                   "bundle": str(bundle_path), "started": round(time.time(), 3)}
-                layout.save_state(state)
+                sm.prepare(layout, st, manifest.version, target, current, current_version, str(bundle_path))
                 prepared = True
                 self._wipe(target)
                 check_install_space([(layout.root, VENV_FACTOR * sum(p.size for p in manifest.payloads))],
@@ -249,16 +248,13 @@ class Installer:
                                    "bundle": str(bundle_path)})
             except (OtaError, runner.HookFailed, OSError, subprocess.SubprocessError) as exc:
                 reason = exc.message if isinstance(exc, OtaError) else str(exc)
-                self._fail(state, manifest.version, target if prepared else None, env, hooks, reason)
+                self._fail(st, manifest.version, target if prepared else None, env, hooks, reason)
                 code = (exc.code if isinstance(exc, OtaError)
                         else "hook_failed" if isinstance(exc, runner.HookFailed) else "install_failed")
                 raise OtaError(code, reason) from None
             self._step("switch", slot=target)
-            update = dict(state["update"], phase="trial", starts=0, max_failed_starts=self.options.max_failed_starts,
-                          trial_deadline_s=self.options.trial_deadline_s, switched=round(time.time(), 3),
-                          install_s=round(time.monotonic() - started, 3))
-            state["update"] = update
-            layout.save_state(state)
+            update = sm.switch(layout, st, self.options.max_failed_starts, self.options.trial_deadline_s,
+                               round(time.monotonic() - started, 3))
             layout.point_current(target)
             shutil.rmtree(work, ignore_errors=True)
             try:
@@ -267,7 +263,7 @@ class Installer:
             except runner.HookFailed as exc:
                 _run_quietly(slot_hooks(layout, self.options, target), "rollback", slot_env(layout, target, update),
                              self.options.hook_timeout_s)
-                finish_rollback(layout, state, str(exc))
+                finish_rollback(layout, st, str(exc))
                 raise OtaError("hook_failed", str(exc)) from None
             self._step("switched", slot=target, version=manifest.version)
             return update
@@ -309,13 +305,11 @@ class Installer:
                 shutil.copytree(work / sub, dest / sub)
         dest.mkdir(parents=True, exist_ok=True)
 
-    def _fail(self, state: dict[str, Any], version: str, target: str | None, env: dict[str, str], hooks: list[Path],
+    def _fail(self, st: OtaState, version: str, target: str | None, env: dict[str, str], hooks: list[Path],
               reason: str) -> None:
         self._step("failed", reason=reason)
         _run_quietly(hooks, "failure", env, self.options.hook_timeout_s)
-        result(state, "failed", version, reason)
-        state["update"] = None
-        self.layout.save_state(state)
+        sm.install_failed(self.layout, st, reason, version)
         if target is not None:  # the half-built inactive slot: never bootable (no marker), free the disk
             shutil.rmtree(self.layout.slot_path(target), ignore_errors=True)
         shutil.rmtree(self.layout.work_dir / "unpacked", ignore_errors=True)

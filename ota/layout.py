@@ -1,8 +1,9 @@
-"""A/B slot layout, the OTA state file and the boot path. Standard library only.
+"""A/B slot layout and the boot path. Standard library only.
 
-This module is also the service's boot check: ``device-agent install-service`` copies it to
-``<root>/boot-check.py`` and the unit runs it with the system Python before every start, so it
-still works when a slot is broken. Keep it free of third-party and intra-package imports.
+This module is also the service's boot check: ``device-agent install-service`` writes
+``<root>/boot-check.py`` (``boot_check_source``: this module with the few it imports, in one
+file) and the unit runs it with the system Python before every start, so it still works when a
+slot is broken. Keep it, and the modules in ``BOOT_CHECK_MODULES``, free of third-party imports.
 
 Layout under ``root`` (``ota.root``)::
 
@@ -10,14 +11,7 @@ Layout under ``root`` (``ota.root``)::
     slots/X/.ota-slot.json  written last, after an fsync of everything: "this slot is complete"
     current -> slots/a    swapped atomically (new link + rename + fsync of the directory)
 
-State (``<state_dir>/ota.json``), written atomically (temp, fsync, rename, fsync dir)::
-
-    committed_slot / committed_version   the last known-good slot
-    update: null | {phase, version, target_slot, previous_slot, starts, max_failed_starts, ...}
-    last_result: {result, version, reason, ts, reported}
-
-Phases of ``update``: ``installing`` (the inactive slot may be half written), ``trial`` (the
-link may already point at the new slot), ``rolling_back`` (finish the rollback, idempotent).
+The state file (``<state_dir>/ota.json``) and its transitions are ``ota.state``'s.
 """
 
 from __future__ import annotations
@@ -27,9 +21,16 @@ import fcntl
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as a file from a source tree (``python3 ota/layout.py``): import ota from beside it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ota import state as sm  # noqa: E402
+from ota.atomic import atomic_symlink  # noqa: E402
+from ota.atomic import write_atomic as atomic_write_bytes  # noqa: E402  (every OTA durable write goes through these two names)
+from ota.state import OtaState, State  # noqa: E402
 
 SLOTS = ("a", "b")
 MARKER = ".ota-slot.json"
@@ -37,48 +38,11 @@ STATE_NAME = "ota.json"
 EXIT_NO_SLOT = 3
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename or a new entry in it survives power loss."""
-    fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+BOOT_CHECK_MODULES = ("ota.errors", "ota.atomic", "ota.state", "ota.layout")  # what boot-check.py carries
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_symlink(link: Path, target: str) -> None:
-    """Point ``link`` at ``target`` atomically: a new link, renamed over the old one."""
-    link = Path(link)
-    tmp = link.with_name(f".{link.name}.new{os.getpid()}")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    fsync_dir(link.parent)
 
 
 class Layout:
@@ -135,7 +99,12 @@ class Layout:
             return None
         return info
 
+    def load(self) -> OtaState:
+        """The typed state (``ota.state``); change it only with its transitions."""
+        return OtaState.load(self)
+
     def load_state(self) -> dict[str, Any]:
+        """The raw JSON of the state file ({} when there is none)."""
         try:
             data = json.loads(self.state_path.read_text())
         except FileNotFoundError:
@@ -178,37 +147,22 @@ def lock_holder(layout: Layout) -> int | None:
         os.close(fd)
 
 
-def result(state: dict[str, Any], result_name: str, version: str | None, reason: str) -> None:
-    """Record the outcome of an update for the agent to report to the fleet."""
-    entry = {"result": result_name, "version": version, "reason": reason, "ts": round(time.time(), 3),
-             "reported": False}
-    state["last_result"] = entry
-    history = state.setdefault("history", [])
-    history.append({k: v for k, v in entry.items() if k != "reported"})
-    del history[:-20]
-
-
-def finish_rollback(layout: Layout, state: dict[str, Any], reason: str) -> dict[str, Any]:
+def finish_rollback(layout: Layout, state: OtaState | dict[str, Any], reason: str) -> OtaState:
     """Roll back to the previous slot. Idempotent: safe to repeat after a crash at any point.
 
     Order: state says ``rolling_back`` (with the reason) -> link to the previous slot -> state
     records the result. A crash in between is finished by the next call (boot check or agent).
     """
-    update = state.get("update") or {}
-    if not update:
-        return state  # nothing in flight: already rolled back (or never switched)
-    previous = update.get("previous_slot") or state.get("committed_slot")
-    if update.get("phase") != "rolling_back":
-        update = dict(update, phase="rolling_back", reason=reason)
-        state["update"] = update
-        layout.save_state(state)
-    reason = update.get("reason") or reason
+    st = state if isinstance(state, OtaState) else OtaState.from_dict(state)
+    if st.update is None:
+        return st  # nothing in flight: already rolled back (or never switched)
+    previous = st.update.previous_slot or st.committed_slot
+    if st.state is not State.ROLLING_BACK:
+        sm.begin_rollback(layout, st, reason)
     if previous and layout.slot_info(previous) is not None and layout.current_slot() != previous:
         layout.point_current(previous)
-    result(state, "rolled_back", update.get("version"), reason)
-    state["update"] = None
-    layout.save_state(state)
-    return state
+    sm.rollback_done(layout, st, reason)
+    return st
 
 
 def boot_check(layout: Layout, now: float | None = None) -> tuple[str | None, str]:
@@ -218,43 +172,33 @@ def boot_check(layout: Layout, now: float | None = None) -> tuple[str | None, st
     Counts starts during a trial and rolls back after ``max_failed_starts`` starts without a
     commit (a crash loop, or a hang the watchdog killed).
     """
-    state = layout.load_state()
-    update = state.get("update") or None
+    st = layout.load()
+    update = st.update
     current = layout.current_slot()
     notes: list[str] = []
-    if update:
-        phase = update.get("phase")
-        target = update.get("target_slot")
-        holder = lock_holder(layout)
-        if phase == "rolling_back":
-            finish_rollback(layout, state, update.get("reason") or "rollback interrupted")
-            notes.append(f"finished rollback: {state['last_result']['reason']}")
-        elif phase == "trial" and current == target:
-            starts = int(update.get("starts", 0)) + 1
-            limit = int(update.get("max_failed_starts", 3))
-            if starts > limit:
-                finish_rollback(layout, state,
-                                f"crash loop: {starts - 1} starts of {update.get('version')} without a commit")
-                notes.append(f"rolled back: {state['last_result']['reason']}")
+    if update is not None:
+        if update.phase is State.ROLLING_BACK:
+            finish_rollback(layout, st, "rollback interrupted")
+            notes.append(f"finished rollback: {st.last_result.reason if st.last_result else ''}")
+        elif update.phase is State.TRIAL and current == update.target_slot:
+            loop = sm.crash_loop(st)
+            if loop is not None:
+                finish_rollback(layout, st, loop)
+                notes.append(f"rolled back: {st.last_result.reason if st.last_result else loop}")
             else:
-                update["starts"] = starts
-                layout.save_state(state)
-                notes.append(f"trial start {starts}/{limit} of {update.get('version')}")
-        elif phase == "trial":
+                starts, limit = sm.count_start(layout, st)
+                notes.append(f"trial start {starts}/{limit} of {update.version}")
+        elif update.phase is State.TRIAL:
             # Killed between recording the switch and swapping the link: nothing switched.
-            result(state, "failed", update.get("version"), "interrupted before the switch completed")
-            state["update"] = None
-            layout.save_state(state)
+            sm.switch_interrupted(layout, st)
             notes.append("switch interrupted; staying on the old slot")
-        elif holder is None:
+        elif lock_holder(layout) is None:
             # An install died (power loss, SIGKILL); the inactive slot is rebuilt on the next try.
-            result(state, "failed", update.get("version"), f"interrupted during {phase}")
-            state["update"] = None
-            layout.save_state(state)
-            notes.append(f"install interrupted during {phase}; inactive slot discarded")
+            sm.install_interrupted(layout, st)
+            notes.append(f"install interrupted during {update.phase.value}; inactive slot discarded")
     current = layout.current_slot()
     if current is None or layout.slot_info(current) is None:
-        candidates = [state.get("committed_slot"), *SLOTS]
+        candidates = [st.committed_slot, *SLOTS]
         good = next((s for s in candidates if s in SLOTS and layout.slot_info(s) is not None), None)
         if good is None:
             return None, "no complete slot under " + str(layout.slots_dir)
@@ -262,11 +206,54 @@ def boot_check(layout: Layout, now: float | None = None) -> tuple[str | None, st
         notes.append(f"current pointed at an incomplete slot ({current}); repaired to {good}")
         current = good
     info = layout.slot_info(current) or {}
-    if not state.get("committed_slot") and not state.get("update"):
-        state["committed_slot"], state["committed_version"] = current, info.get("version")
-        layout.save_state(state)
+    if not st.committed_slot and st.update is None:
+        sm.adopt(layout, st, current, info.get("version"))
     notes.append(f"starting slot {current} version {info.get('version')}")
     return current, "; ".join(notes)
+
+
+def boot_check_source(ota_dir: Path | None = None) -> bytes:
+    """The boot check as one standard-library file, from the modules in ``ota_dir`` (a slot's
+    ``site-packages/ota``; default: this package): ``BOOT_CHECK_MODULES``, loaded in order, then ``main``.
+
+    A release whose ``ota/layout.py`` stands alone (older ones: no ``ota/state.py`` beside it)
+    is its own boot check and is returned as it is.
+    """
+    ota_dir = Path(ota_dir) if ota_dir is not None else Path(__file__).resolve().parent
+    if not (ota_dir / "state.py").exists():
+        return (ota_dir / "layout.py").read_bytes()
+    sources = [(name, (ota_dir / (name.rpartition(".")[2] + ".py")).read_text()) for name in BOOT_CHECK_MODULES]
+    listed = "".join(f"    ({name!r}, {text!r}),\n" for name, text in sources)
+    return f'''#!/usr/bin/python3
+"""device-agent boot check, generated by ota.layout.boot_check_source from {", ".join(n for n, _ in sources)}.
+
+Standard library only; run by the unit's ExecStartPre= before every start. Do not edit: every
+commit rewrites it from the committed release.
+"""
+
+import sys
+import types
+
+SOURCES = [
+{listed}]
+
+
+def load() -> types.ModuleType:
+    package = types.ModuleType("ota")
+    package.__path__ = []
+    sys.modules["ota"] = package
+    for name, source in SOURCES:
+        module = types.ModuleType(name)
+        module.__package__, module.__file__ = "ota", __file__
+        sys.modules[name] = module
+        setattr(package, name.rpartition(".")[2], module)
+        exec(compile(source, f"{{__file__}}:{{name}}", "exec"), module.__dict__)
+    return sys.modules["ota.layout"]
+
+
+if __name__ == "__main__":
+    sys.exit(load().main())
+'''.encode()
 
 
 def main(argv: list[str] | None = None) -> int:

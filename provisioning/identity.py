@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioning.files import fsync_dir, write_atomic
+from ota.atomic import fsync_dir, write_atomic
 
 SERVICE_USER = "device-agent"
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from device_agent.config import ConfigError, config_from_dict, dump_toml
 from provisioning.claim import ProvisionError, check_clock_floor, claim, mqtt_failure
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 from provisioning.identity import IdentityStore, LoadedIdentity, service_owner
 from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
 from provisioning.token import ClaimToken

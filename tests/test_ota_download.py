@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from fleet.ota.serve import make_app
 from ota.download import CHUNK, download, part_path
 from ota.errors import OtaError
-from ota.serve import make_app
 from tests.support.mosquitto import free_port
 
 
@@ -263,7 +263,7 @@ async def test_wrong_digest_deleted_404_not_retried(served, tmp_path: Path) -> N
 async def test_component_install_from_url_reports_progress(tmp_path: Path) -> None:
     from device_agent.agent import Agent
     from device_agent.config import load_config
-    from ota.component import OtaComponent
+    from device_agent.ota_component import OtaComponent
     from tests.support.ota_harness import Device, make_bundle, provision
 
     dev = Device(tmp_path / "dev", layer=False, extra={"download_rate_bps": 400_000})

@@ -231,7 +231,7 @@ def test_cut_before_every_durable_write_of_install_commit_and_rollback(tmp_path:
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Exhaustive: for install+switch, commit and rollback, a cut before each of their durable
     writes (every state write, marker and link swap), then the real boot check."""
-    from ota.component import manual_rollback
+    from device_agent.ota_component import manual_rollback
     from ota.installer import Installer
     from ota.trial import commit
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ota.rollout import Policy, Rollout
+from fleet.ota.rollout import Policy, Rollout
 
 
 def _devices(n: int) -> list[str]:
@@ -117,8 +117,8 @@ from aiohttp import web  # noqa: E402
 from device_agent.agent import Agent  # noqa: E402
 from device_agent.config import load_config  # noqa: E402
 from fleet.client import FleetClient  # noqa: E402
-from ota.rollout_runner import load  # noqa: E402
-from ota.serve import make_app  # noqa: E402
+from fleet.ota.rollout_runner import load  # noqa: E402
+from fleet.ota.serve import make_app  # noqa: E402
 from tests.support.mosquitto import Mosquitto, free_port  # noqa: E402
 from tests.support.ota_harness import Device, make_bundle, provision  # noqa: E402
 
@@ -139,7 +139,7 @@ class Unhealthy:
 async def _device_life(dev: Device, bad: bool, stop: asyncio.Event) -> list[str]:
     """One device: agent with the fleet link and OTA; 'restarts' through the real boot check."""
     from device_agent.fleetlink import FleetLink
-    from ota.component import OtaComponent
+    from device_agent.ota_component import OtaComponent
 
     versions: list[str] = []
     while not stop.is_set():
@@ -229,7 +229,7 @@ def test_group_targets_come_from_the_fleet_store(tmp_path: Path) -> None:
     import time
 
     from fleet.store import Incoming, Store
-    from ota.rollout_cli import select_devices
+    from fleet.ota.rollout_cli import select_devices
 
     db = str(tmp_path / "fleet.db")
     store = Store(db)

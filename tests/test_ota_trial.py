@@ -15,8 +15,8 @@ import pytest
 
 from device_agent.agent import Agent
 from device_agent.config import load_config
+from device_agent.ota_component import RESTART_EXIT_CODE, OtaComponent
 from device_agent.registry import CommandError
-from ota.component import RESTART_EXIT_CODE, OtaComponent
 from ota.errors import OtaError
 from ota.installer import InstallOptions, Installer
 from ota.layout import Layout

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from fleet.provisioning.ca import CAError, FleetCA
 from fleet.provisioning.store import ClaimRefused, ProvisioningStore
 from provisioning.claim import ProvisionError, check_clock_floor, check_skew, verify_broker_cert
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 from provisioning.identity import IdentityError, IdentityStore
 from provisioning.provision import ProvisionRequest, provision
 from provisioning.token import ClaimToken, TokenFormatError, ca_pin, parse_qr, qr_payload

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ota.layout
-from ota.layout import atomic_write_bytes
+from ota.atomic import write_atomic
+from ota.layout import boot_check_source
 
 UNIT_NAME = "device-agent.service"
 DEFAULTS = {"root": "/opt/device-agent", "state_dir": "/var/lib/device-agent",
@@ -20,12 +20,9 @@ DEFAULTS = {"root": "/opt/device-agent", "state_dir": "/var/lib/device-agent",
 
 
 def unit_template() -> str:
-    """The shipped unit (``systemd/device-agent.service``; in a wheel, the copy next to this module)."""
-    here = Path(__file__)
-    for candidate in (here.resolve().parents[2] / "systemd" / UNIT_NAME, here.parent / UNIT_NAME):
-        if candidate.is_file():
-            return candidate.read_text()
-    raise FileNotFoundError(f"{UNIT_NAME} template not found next to the package")
+    """The shipped unit: ``device-agent.service`` next to this module (package data; the source of
+    ``systemd/device-agent.service``, which tests/test_device_operator_split.py keeps identical)."""
+    return (Path(__file__).parent / UNIT_NAME).read_text()
 
 
 def render_unit(root: str, state_dir: str, config: str, user: str, watchdog_s: int = 30,
@@ -73,14 +70,14 @@ def install(unit_dir: Path, root: str, state_dir: str, config: str, user: str, c
         done.append(f"user {user}")
     Path(root).mkdir(parents=True, exist_ok=True)
     boot_check = Path(root) / "boot-check.py"
-    atomic_write_bytes(boot_check, Path(ota.layout.__file__).read_bytes())
+    write_atomic(boot_check, boot_check_source())
     done.append(f"boot check {boot_check}")
     if create_user:
         for path in (root, state_dir):
             Path(path).mkdir(parents=True, exist_ok=True)
             shutil.chown(path, user, user)
     unit = Path(unit_dir) / UNIT_NAME
-    atomic_write_bytes(unit, render_unit(root, state_dir, config, user, watchdog_s, python).encode())
+    write_atomic(unit, render_unit(root, state_dir, config, user, watchdog_s, python).encode())
     done.append(f"unit {unit}")
     if enable:
         subprocess.run(["systemctl", "daemon-reload"], check=True)

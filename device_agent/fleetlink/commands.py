@@ -16,7 +16,7 @@ from device_agent.diag.redact import is_secret
 from device_agent.config import ConfigError, config_from_dict, dump_toml
 from device_agent.params import Param
 from device_agent.registry import CommandError, CommandHandler
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 
 if TYPE_CHECKING:
     from device_agent.agent import Agent

@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, PublishRefu
 from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
 from device_agent.registry import Alert, CommandError
+from ota.layout import Layout
 
 if TYPE_CHECKING:
     from device_agent.agent import Agent
@@ -56,14 +56,6 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=str).encode()
 
 
-def current_slot(ota_root: str) -> str:
-    """The active A/B slot name from ``{ota_root}/current`` (empty when not installed in slots)."""
-    try:
-        return Path(os.readlink(Path(ota_root) / "current")).name
-    except OSError:
-        return ""
-
-
 class FleetLink:
     """Component ``fleet_link``. Public API for other features:
 
@@ -84,7 +76,7 @@ class FleetLink:
         self.device_id = cfg.device.id
         self.base = f"dev/{self.device_id}"
         self.version = __version__
-        self.slot = current_slot(cfg.ota.root)
+        self.slot = Layout(cfg.ota.root, cfg.device.state_dir).current_slot() or ""  # "" outside A/B slots
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self._system_metrics = system_metrics
@@ -401,7 +393,7 @@ class FleetLink:
         try:
             params = decode_params(payload, self.agent.config.mqtt.max_command_bytes)
             result = await self.agent.commands.dispatch(name, params)
-            return {"ok": True, "result": compact(result)}
+            return {"ok": True, "result": result}  # exact: rounding is for telemetry (config.get, echo)
         except CommandError as exc:
             return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
         except Exception as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fleet.provisioning.ca import FLEET_SERVICE_CN, FleetCA, cert_pem
 from fleet.provisioning.store import ProvisioningStore
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 from provisioning.identity import service_owner
 
 # What a device may do in its own subtree (see docs/protocol.md and docs/provisioning.md).

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 
 FLEET_SERVICE_CN = "fleet-service"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import segno
 
-from provisioning.files import write_atomic
+from ota.atomic import write_atomic
 
 
 def write_png(payload: str, path: str | Path, scale: int = 8) -> Path:

@@ -55,7 +55,7 @@ def main() -> int:
     from device_agent.agent import Agent
     from device_agent.config import load_config
     from device_agent.watchdog import WatchdogComponent
-    from ota.component import OtaComponent, exit_code
+    from device_agent.ota_component import OtaComponent, exit_code
 
     cfg = load_config(sys.argv[sys.argv.index("--config") + 1])
     agent = Agent(cfg)

@@ -10,15 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ota.layout import atomic_write_json
-from ota.rollout import Rollout
+from fleet.ota.rollout import Rollout
+from ota.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
 
 def save(rollout: Rollout, path: Path | None) -> None:
     if path is not None:
-        atomic_write_json(path, rollout.to_dict())
+        write_atomic(path, json.dumps(rollout.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load(path: Path) -> Rollout:

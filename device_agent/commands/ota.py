@@ -120,7 +120,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     finally:
         if source.startswith(("http://", "https://")):  # installed or refused: free the disk
             (layout.work_dir / "bundle.tar").unlink(missing_ok=True)
-    print(f"switched to slot {update['target_slot']} ({update['version']}); "
+    print(f"switched to slot {update.target_slot} ({update.version}); "
           "restart the service to start the trial", flush=True)
     return 0
 
@@ -134,11 +134,10 @@ def _bar(done: int, total: int, eta: float | None) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ota.component import status
-
-    cfg = _config(args.config)
+    from device_agent.ota_component import status
     from ota.layout import lock_holder
 
+    cfg = _config(args.config)
     layout = _layout(cfg)
     print(json.dumps(status(layout, lock_holder(layout) is not None), indent=1, sort_keys=True))
     return 0

@@ -1,9 +1,23 @@
-"""Atomic, permission-safe file writes (temp file, fsync, rename, fsync dir)."""
+"""Durable file writes for the whole product: temp file, fsync, rename, fsync of the directory.
+
+Standard library only and free of intra-package imports: the boot check carries this module
+(``ota.layout.boot_check_source``), and device code (state file, slot markers, provisioning keys)
+as well as operator code (``fleetctl``: CA keys, pulled logs) import it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so a rename or a new entry in it survives power loss."""
+    fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | Path, data: bytes | str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> Path:
@@ -36,9 +50,14 @@ def write_atomic(path: str | Path, data: bytes | str, mode: int = 0o644, owner: 
     return p
 
 
-def fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def atomic_symlink(link: str | Path, target: str) -> None:
+    """Point ``link`` at ``target`` atomically: a new link, renamed over the old one."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.new{os.getpid()}")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)

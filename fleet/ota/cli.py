@@ -1,4 +1,4 @@
-"""`fleetctl ota keygen|build|sign|serve|rollout|status`."""
+"""`fleetctl ota keygen|build|sign|serve|rollout|status`: the operator's side of OTA."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from fleet.ota import rollout_cli
 from ota import bundle as bundle_mod
 from ota import signing
 from ota.errors import OtaError
@@ -46,10 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", dest="tls_key", help="TLS private key (PEM)")
     p.set_defaults(func=cmd_serve)
 
-    try:
-        from ota import rollout_cli
-    except ImportError:
-        return
     rollout_cli.register(osub)
 
 
@@ -90,7 +87,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from ota.serve import make_app
+    from fleet.ota.serve import make_app
 
     host, _, port = args.listen.rpartition(":")
     ssl_ctx = None

@@ -20,26 +20,41 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from device_agent.agent import RESTART_EXIT_CODE  # 75, EX_TEMPFAIL: "restart me"
+from device_agent.config import AgentConfig
 from device_agent.params import Param
-from device_agent.registry import CommandError
+from device_agent.registry import CommandError, CommandRegistry, EventBus, HealthRegistry
+from ota import state as sm
 from ota import trial as trial_mod
 from ota.bundle import parse_version
 from ota.download import download
 from ota.errors import OtaError
 from ota.installer import InstallOptions, Installer
-from ota.layout import SLOTS, Layout, lock_holder, result
+from ota.layout import SLOTS, Layout, lock_holder
+from ota.state import OtaState, Update
 
 log = logging.getLogger(__name__)
 
 
-def exit_code(agent: Any) -> int:
+class OtaHost(Protocol):
+    """Exactly what the OTA component uses of the agent (``device_agent.agent.Agent`` is one)."""
+
+    config: AgentConfig
+    commands: CommandRegistry
+    health: HealthRegistry
+    events: EventBus
+    restart_requested: bool
+
+    def healthy(self) -> bool: ...
+
+    def request_restart(self) -> None: ...
+
+
+def exit_code(agent: OtaHost) -> int:
     """What ``device-agent run`` should exit with once the agent stopped (75 after a switch)."""
-    component = agent.get("ota")
-    wanted = getattr(agent, "restart_requested", False) or getattr(component, "restart_requested", False)
-    return RESTART_EXIT_CODE if wanted else 0
+    return RESTART_EXIT_CODE if agent.restart_requested else 0
 
 
 class OtaComponent:
@@ -47,14 +62,14 @@ class OtaComponent:
 
     name = "ota"
 
-    def __init__(self, agent: Any, layout: Layout | None = None, options: InstallOptions | None = None) -> None:
+    def __init__(self, agent: OtaHost, layout: Layout | None = None, options: InstallOptions | None = None) -> None:
         cfg = agent.config
         self.agent = agent
         self.layout = layout or Layout(cfg.ota.root, cfg.device.state_dir)
         self.options = options or InstallOptions.from_config(cfg)
         self.healthy_s = cfg.ota.trial_healthy_s
         self.restart_requested = False
-        self.trial_result: str | None = None
+        self.trial_result: trial_mod.TrialOutcome | None = None
         self._task: asyncio.Task | None = None
         self._trial_task: asyncio.Task | None = None
         self._progress: dict[str, Any] = {}
@@ -92,21 +107,20 @@ class OtaComponent:
 
     # -- internals ---------------------------------------------------------------------------
     def _agent_healthy(self) -> bool:
-        return all(c.healthy() for c in self.agent.components if c is not self)
+        return self.agent.healthy()  # every component; this one's ``healthy()`` is always True
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.agent.events.emit(kind, **fields)
 
     def _report_last_result(self) -> None:
-        state = self.layout.load_state()
-        last = state.get("last_result")
-        if last and not last.get("reported"):
-            self._emit("ota", phase=last["result"], version=last.get("version"), reason=last.get("reason"),
-                       slot=self.layout.current_slot(), at=last.get("ts"))
-            last["reported"] = True
-            self.layout.save_state(state)
+        st = self.layout.load()
+        last = st.last_result
+        if last is not None and not last.reported:
+            self._emit("ota", phase=last.result.value, version=last.version, reason=last.reason,
+                       slot=self.layout.current_slot(), at=last.ts)
+            sm.mark_reported(self.layout, st)
 
-    async def _run_trial(self, trial: trial_mod.Trial, update: dict[str, Any]) -> None:
+    async def _run_trial(self, trial: trial_mod.Trial, update: Update) -> None:
         try:
             self.trial_result = await trial.run(update)
         except asyncio.CancelledError:
@@ -116,29 +130,22 @@ class OtaComponent:
             self._emit("ota", phase="failed", code="internal", reason=f"trial: {type(exc).__name__}: {exc}")
             return
         self._mark_reported()
-        if self.trial_result == "rolled_back":
+        if self.trial_result is trial_mod.TrialOutcome.ROLLED_BACK:
             self._request_restart()
 
     def _mark_reported(self) -> None:
-        state = self.layout.load_state()
-        if state.get("last_result"):
-            state["last_result"]["reported"] = True
-            self.layout.save_state(state)
+        sm.mark_reported(self.layout, self.layout.load())
 
     def _request_restart(self) -> None:
         self.restart_requested = True
-        request = getattr(self.agent, "request_restart", None)  # exits RESTART_EXIT_CODE from `run`
-        if request is not None:
-            request()
-        else:
-            self.agent.request_stop()
+        self.agent.request_restart()  # `run` then exits RESTART_EXIT_CODE
 
     def _health(self) -> dict[str, Any]:
-        state = self.layout.load_state()
+        st = self.layout.load()
         slot = self.layout.current_slot()
         info = self.layout.slot_info(slot) if slot else None
         return {"slot": slot, "version": (info or {}).get("version"),
-                "update": (state.get("update") or {}).get("phase"), **({"progress": self._progress} if self._progress else {})}
+                "update": st.update.phase.value if st.update else None, **({"progress": self._progress} if self._progress else {})}
 
     def busy(self) -> bool:
         return (self._task is not None and not self._task.done()) or lock_holder(self.layout) is not None
@@ -147,9 +154,9 @@ class OtaComponent:
     async def _cmd_install(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.busy():
             raise CommandError("busy", "an update is already in flight")
-        update = self.layout.load_state().get("update")
-        if update and update.get("phase") in {"trial", "rolling_back"}:
-            raise CommandError("busy", f"version {update.get('version')} is in {update['phase']}")
+        st = self.layout.load()
+        if st.update is not None and st.in_flight():
+            raise CommandError("busy", f"version {st.update.version} is in {st.state.value}")
         url, path = params.get("url"), params.get("path")
         if bool(url) == bool(path):
             raise CommandError("bad_params", "give either url (with sha256 and size) or path")
@@ -203,7 +210,7 @@ class OtaComponent:
                 loop.call_soon_threadsafe(lambda: self._emit("ota", phase=name, **info))
 
             update = await asyncio.to_thread(Installer(self.layout, self.options, on_step).install, bundle)
-            self._emit("ota", phase="restarting", version=update.get("version"), slot=update.get("target_slot"),
+            self._emit("ota", phase="restarting", version=update.version, slot=update.target_slot,
                        install_s=round(time.monotonic() - started, 2))
             self._request_restart()
         except OtaError as exc:
@@ -228,34 +235,33 @@ class OtaComponent:
         if self.busy():
             raise CommandError("busy", "an install is in flight; wait for it to finish")
         try:
-            state = await asyncio.to_thread(manual_rollback, self.layout, self.options, reason,
-                                            bool(params.get("force", False)))
+            st = await asyncio.to_thread(manual_rollback, self.layout, self.options, reason,
+                                         bool(params.get("force", False)))
         except OtaError as exc:
             raise CommandError(exc.code, exc.message) from None
-        self._emit("ota", phase="rolled_back", reason=reason, slot=state.get("committed_slot"),
-                   version=state.get("committed_version"))
+        self._emit("ota", phase="rolled_back", reason=reason, slot=st.committed_slot, version=st.committed_version)
         self._mark_reported()
         self._request_restart()
-        return {"slot": state.get("committed_slot"), "version": state.get("committed_version"), "restarting": True}
+        return {"slot": st.committed_slot, "version": st.committed_version, "restarting": True}
 
 
 def status(layout: Layout, busy: bool = False, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """Slots, versions, update in flight, last result: for ``ota.status`` and the CLI."""
-    state = layout.load_state()
-    return {"current_slot": layout.current_slot(), "committed_slot": state.get("committed_slot"),
-            "committed_version": state.get("committed_version"),
-            "slots": {s: layout.slot_info(s) for s in SLOTS}, "update": state.get("update"),
-            "in_flight": busy, "progress": progress or {}, "last_result": state.get("last_result")}
+    st = layout.load()
+    return {"current_slot": layout.current_slot(), "committed_slot": st.committed_slot,
+            "committed_version": st.committed_version, "slots": {s: layout.slot_info(s) for s in SLOTS},
+            "update": st.update.to_dict() if st.update else None, "in_flight": busy, "progress": progress or {},
+            "last_result": st.last_result.to_dict() if st.last_result else None}
 
 
-def manual_rollback(layout: Layout, options: InstallOptions, reason: str, force: bool = False) -> dict[str, Any]:
+def manual_rollback(layout: Layout, options: InstallOptions, reason: str, force: bool = False) -> OtaState:
     """End a trial with a rollback, or go back to the older version in the other slot.
 
     Repeating it is harmless: with nothing older to go back to it refuses (``no_previous_slot``)
     unless ``force`` switches to the other complete slot whatever its version.
     """
-    state = layout.load_state()
-    if state.get("update") and state["update"].get("phase") in {"trial", "rolling_back"}:
+    st = layout.load()
+    if st.in_flight():
         return trial_mod.rollback(layout, options, reason)
     current = layout.current_slot()
     other = layout.other(current)
@@ -267,7 +273,5 @@ def manual_rollback(layout: Layout, options: InstallOptions, reason: str, force:
         raise OtaError("no_previous_slot", f"slot {other} holds {info.get('version')}, not older than the running "
                        f"{running}; pass force to switch anyway")
     layout.point_current(other)
-    state["committed_slot"], state["committed_version"] = other, info.get("version")
-    result(state, "rolled_back", info.get("version"), reason)
-    layout.save_state(state)
-    return state
+    sm.revert(layout, st, other, info.get("version"), reason)
+    return st

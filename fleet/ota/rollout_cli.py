@@ -1,4 +1,4 @@
-"""`fleetctl ota rollout` and `fleetctl ota status` (registered by ota.fleet_cli)."""
+"""`fleetctl ota rollout` and `fleetctl ota status` (registered by fleet.ota.cli)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from fleet.ota.rollout import Policy, Rollout
 from ota.bundle import MAX_MANIFEST_BYTES, Manifest, sha256_file
-from ota.rollout import Policy, Rollout
 
 
 def register(osub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def select_devices(devices: str | None, group: str | None, db: str) -> list[str]
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from fleet.client import FleetClient
-    from ota.rollout_runner import render, run_rollout
+    from fleet.ota.rollout_runner import render, run_rollout
 
     try:
         version, sha, size = bundle_facts(args.bundle)
@@ -93,7 +93,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ota.rollout_runner import load, render
+    from fleet.ota.rollout_runner import load, render
 
     try:
         print(render(load(args.state)))

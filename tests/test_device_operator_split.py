@@ -1,0 +1,100 @@
+"""Device and operator apart: device code never needs fleet/ or the operator's dependencies, ota/
+is a library below the agent, and the two copies of the systemd unit never drift."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_PACKAGES = ("device_agent", "hal", "ota", "provisioning", "firmware_hooks")
+OPERATOR_ONLY = {"fleet", "sqlalchemy", "segno"}  # fleet/ and what only fleet/ uses ([fleet] extra)
+
+# Refuse the operator's modules on import, then run the device CLI: what a device without the
+# [fleet] extra (and without fleet/) sees.
+BLOCKED_RUN = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"blocked on a device: {{name}}", name=name)
+        return None
+sys.meta_path.insert(0, Refuse())
+import device_agent.cli
+import device_agent.assemble, device_agent.commands.ota, device_agent.commands.service, device_agent.ota_component
+for argv in (["--help"], ["ota", "--help"], ["boot-check", "--help"], ["install-service", "--help"]):
+    try:
+        device_agent.cli.main(argv)
+    except SystemExit as exc:
+        assert exc.code == 0, (argv, exc.code)
+assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+print("device CLI ok")
+"""
+
+
+def imports_of(package: str) -> list[tuple[str, int, str]]:
+    """(file, line, top-level module) of every import under ``package``, lazy ones included."""
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found.extend((str(path.relative_to(ROOT)), node.lineno, n.split(".")[0]) for n in names)
+    return found
+
+
+def test_device_code_never_imports_fleet_or_operator_dependencies() -> None:
+    bad = [f"{f}:{line} imports {m}" for p in DEVICE_PACKAGES for f, line, m in imports_of(p) if m in OPERATOR_ONLY]
+    assert not bad, bad
+
+
+def test_ota_is_a_library_below_the_agent() -> None:
+    """ota/ imports neither the agent nor the operator's code: device_agent -> ota, never back."""
+    bad = [f"{f}:{line} imports {m}" for f, line, m in imports_of("ota") if m in {"device_agent", "fleet"}]
+    assert not bad, bad
+
+
+def test_the_device_cli_runs_without_sqlalchemy_segno_or_fleet() -> None:
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=sorted(OPERATOR_ONLY))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "device CLI ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_the_blocker_has_teeth() -> None:
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=sorted(OPERATOR_ONLY)) +
+                           "\nimport fleet.cli\n"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "blocked on a device: fleet" in proc.stderr
+
+
+def test_operator_dependencies_are_the_fleet_extra() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {d.split(">")[0].split("=")[0].split(";")[0].strip().lower() for d in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert not base & OPERATOR_ONLY
+    assert {d.split(">")[0].lower() for d in extras["fleet"]} == OPERATOR_ONLY - {"fleet"}
+    assert project["scripts"] == {"device-agent": "device_agent.cli:main", "fleetctl": "fleet.cli:main"}
+    assert "'.[test,fleet]'" in (ROOT / "Makefile").read_text()  # development and tests get both
+
+
+def test_fleetctl_ota_keeps_its_commands() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fleet.cli", "ota", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("keygen", "build", "sign", "serve", "rollout", "status"):
+        assert command in proc.stdout
+
+
+def test_the_systemd_unit_copy_matches_the_packaged_unit() -> None:
+    """device_agent/commands/device-agent.service is the source (package data, what install-service
+    renders); systemd/device-agent.service is the copy for people and packagers."""
+    source = ROOT / "device_agent" / "commands" / "device-agent.service"
+    copy = ROOT / "systemd" / "device-agent.service"
+    assert copy.read_bytes() == source.read_bytes(), f"systemd/ drifted: cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}"
