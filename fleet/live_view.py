@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from device_agent.media.qoe_client import QoeProbe
 from fleet.client import FleetClient
 
 DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.x private attribute
@@ -178,6 +179,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     transceiver = pc.addTransceiver("video", direction="recvonly")
+    probe = QoeProbe(pc, client="fleetctl")  # receiver reports: the device sees what this view sees
     recorder = Mp4Recorder(record, seconds) if record else None
     if recorder is not None:
         tap_encoded(transceiver.receiver, recorder.add)
@@ -191,6 +193,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
     await client.conn.subscribe_wait(topic, on_signal)
     try:
         await pc.setLocalDescription(await pc.createOffer())
+        probe.attach()
         started = time.monotonic()
         await client.publish(topic, {"type": "offer", "sdp": pc.localDescription.sdp, "from": "fleet"})
         try:
@@ -203,6 +206,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
             raise ViewError("bad_answer", f"expected an answer, got {msg.get('type')!r}")
         answer_s = time.monotonic() - started
         await pc.setRemoteDescription(RTCSessionDescription(sdp=msg["sdp"], type="answer"))
+        probe.start()
         track = await asyncio.wait_for(track_ready, answer_timeout)
         frames, first_frame, width, height, ended = 0, None, 0, 0, ""
         view_start = time.monotonic()
@@ -216,6 +220,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
             if first_frame is None:
                 first_frame = time.monotonic() - started
             frames += 1
+            probe.frame("video", frame)
             width, height = frame.width, frame.height
             if on_frame is not None:
                 on_frame(frame)
@@ -239,6 +244,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
             result.record_path = record
         return result
     finally:
+        await probe.stop()
         client.conn.unsubscribe(topic)
         await pc.close()
 

@@ -22,6 +22,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.fanout import PacketFanout
+from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
 from device_agent.media.viewer_control import ViewerControl
 from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
@@ -105,14 +106,15 @@ class ViewerSession:
     _stats_bytes: int = 0
     _stats_packets: int = 0
     timeout: asyncio.TimerHandle | None = None
+    qoe: ViewerQoe = field(default_factory=ViewerQoe)  # what the viewer reports it sees
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.pc.connectionState,
                 "age_s": round(time.monotonic() - self.created, 1),
                 "connect_ms": None if self.connected_at is None else round((self.connected_at - self.created) * 1000, 1),
                 "pli": self.feedback["pli"], "fir": self.feedback["fir"], "nack": self.feedback["nack"],
-                **(self.control.stats() if self.control is not None else {}), **self.video.stats(),
-                **self.last_stats}
+                **(self.control.stats() if self.control is not None else {}), **self.video.stats(), **self.last_stats,
+                "qoe": self.qoe.figures(self.last_stats.get("rtt_ms"), self.video.latency.percentiles()["p50_ms"])}
 
 
 class SessionManager:
@@ -131,6 +133,7 @@ class SessionManager:
         self.sessions: dict[str, ViewerSession] = {}
         self.ended: collections.Counter[str] = collections.Counter()
         self._closing: set[str] = set()
+        self.failed_connects = RecentEvents()  # sessions that ended before they connected
 
     def _configuration(self) -> RTCConfiguration:
         # An explicit (possibly empty) list: aiortc's default would query a public STUN server.
@@ -182,6 +185,8 @@ class SessionManager:
                     session.timeout = None
             elif state in ("failed", "closed"):
                 await self.close(session.id, f"connection {state}")
+
+        pc.on("datachannel", lambda channel: accept_channel(session.qoe, channel))  # receiver reports
 
         @pc.on("track")
         def on_track(track: Any) -> None:
@@ -265,6 +270,8 @@ class SessionManager:
             self.sessions.pop(session_id, None)
             self._closing.discard(session_id)
         self.ended[reason] += 1
+        if session.connected_at is None and reason in ("connection failed", "not connected in time"):
+            self.failed_connects.add()
         log.info("viewer session %s ended: %s; %d active", session_id, reason, len(self.sessions),
                  extra={"session": session_id})
         return True
@@ -300,4 +307,5 @@ class SessionManager:
 
     def stats(self) -> dict[str, Any]:
         return {"active": len(self.sessions), "max": self.max_viewers, "ended": dict(self.ended),
+                "failed_connects_10min": self.failed_connects.count(600),
                 "sessions": [s.summary() for s in self.sessions.values()]}

@@ -16,6 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 from device_agent.agent import Agent
 from device_agent.assemble import build_agent
 from device_agent.config import config_from_dict
+from device_agent.media.qoe_client import QoeProbe
 from hal.camera.marker import read_stamp
 
 
@@ -51,13 +52,19 @@ class Viewer:
     location: str | None = None
     posted_at: float = 0.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    qoe: QoeProbe | None = None  # receiver reports to the device (the page's twin)
 
-    async def connect(self, session: aiohttp.ClientSession, audio: bool = True) -> None:
+    async def connect(self, session: aiohttp.ClientSession, audio: bool = True, qoe: bool = True,
+                      qoe_interval_s: float = 2.0) -> None:
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.pc.on("track", self._on_track)
+        if qoe:
+            self.qoe = QoeProbe(self.pc, interval_s=qoe_interval_s)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.qoe is not None:
+            self.qoe.attach()
         self.posted_at = time.monotonic()
         async with session.post(f"{self.base_url}/whep", data=self.pc.localDescription.sdp,
                                 headers={"Content-Type": "application/sdp"}) as resp:
@@ -65,6 +72,8 @@ class Viewer:
             assert resp.status == 201, (resp.status, body)
             self.location = resp.headers["Location"]
         await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        if self.qoe is not None:
+            self.qoe.start()
 
     def _on_track(self, track: Any) -> None:
         self.tasks.append(asyncio.ensure_future(self._pump(track)))
@@ -75,6 +84,8 @@ class Viewer:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if self.qoe is not None:
+                self.qoe.frame(track.kind, frame)
             if track.kind == "video":
                 stamp = read_stamp(frame.to_ndarray(format="gray"))
                 self.stamps.append((time.monotonic(), stamp.index, frame.key_frame))
@@ -91,6 +102,8 @@ class Viewer:
         if session is not None and self.location:
             async with session.delete(self.base_url + self.location) as resp:
                 assert resp.status in (200, 404)
+        if self.qoe is not None:
+            await self.qoe.stop()
         await self.pc.close()
         for task in self.tasks:
             task.cancel()

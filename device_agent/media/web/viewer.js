@@ -17,9 +17,109 @@ const withAudio = params.get("audio") !== "0";
 const $ = (id) => document.getElementById(id);
 
 // Everything a test or a person may want to read, in one place.
-window.viewer = { state: "new", error: null, postToFirstFrameMs: null, postToAnswerMs: null, stats: {} };
+window.viewer = { state: "new", error: null, postToFirstFrameMs: null, postToAnswerMs: null, stats: {}, qoe: {} };
 
 let pc = null, resource = null, audioTx = null, micTrack = null, statsTimer = null, previous = null;
+let qoeChannel = null, qoeTimer = null, qoePrev = null;
+
+// Receiver reports: what this page renders, sent to the device every QOE_INTERVAL_MS over the "qoe"
+// data channel (schema and definitions: device_agent/media/qoe.py, the same rules as FreezeCounter).
+// A video freeze is a gap > 500 ms between presented frames after at least 5 fps; A/V sync is audio
+// minus video playout position in the sender's clock (+ = audio early).
+const QOE_INTERVAL_MS = 2000, FREEZE_GAP_MS = 500, FREEZE_MIN_FPS = 5, NTP_UNIX_OFFSET_MS = 2208988800000;
+const render = { frames: 0, freezes: 0, frozenMs: 0, last: null, recent: [], first: null };
+
+function onPresented(now) {
+  if (render.last !== null && document.visibilityState === "visible") {
+    const gap = now - render.last;
+    if (gap > FREEZE_GAP_MS && render.recent.filter((t) => t > render.last - 1000).length >= FREEZE_MIN_FPS) {
+      render.freezes += 1;
+      render.frozenMs += gap;
+    }
+  }
+  render.frames += 1;
+  render.last = now;
+  render.recent.push(now);
+  while (render.recent.length && render.recent[0] < now - 2000) render.recent.shift();
+}
+
+let frameWatch = 0; // generation: a reconnect starts a new callback chain and ends the old one
+function watchFrames(video) {
+  if (!video.requestVideoFrameCallback) return false;
+  const gen = ++frameWatch;
+  const tick = (now) => { if (gen !== frameWatch) return; onPresented(now); video.requestVideoFrameCallback(tick); };
+  video.requestVideoFrameCallback(tick);
+  return true;
+}
+document.addEventListener("visibilitychange", () => { render.last = null; render.recent = []; });
+
+function unixMs(ts) { return ts > 3e12 ? ts - NTP_UNIX_OFFSET_MS : ts; } // NTP-epoch ms -> Unix ms
+
+async function qoeReport() {
+  if (!pc || !qoeChannel || qoeChannel.readyState !== "open" || document.visibilityState !== "visible") return;
+  const report = await pc.getStats();
+  const now = performance.now(), wall = Date.now();
+  const r = { v: 1, client: "chromium" };
+  let video = null, audio = null, remoteVideo = null, rtt = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") video = s;
+    else if (s.type === "inbound-rtp" && s.kind === "audio") audio = s;
+    else if (s.type === "remote-outbound-rtp" && s.kind === "video") remoteVideo = s;
+    else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime * 1000;
+  });
+  const rvfc = render.first !== null;
+  if (video) {
+    Object.assign(r, { recv: video.packetsReceived, lost: Math.max(0, video.packetsLost || 0), nack: video.nackCount,
+                       pli: video.pliCount, w: video.frameWidth, h: video.frameHeight });
+    if (rvfc) {
+      Object.assign(r, { frames: render.frames, freezes: render.freezes, freeze_ms: Math.round(render.frozenMs),
+                         fps: render.recent.filter((t) => t > now - 2000).length / 2,
+                         stall_ms: render.last === null ? 0 : Math.round(now - render.last) });
+    } else { // no requestVideoFrameCallback: Chromium's own freeze counters
+      Object.assign(r, { frames: video.framesDecoded, fps: video.framesPerSecond || 0, freezes: video.freezeCount,
+                         freeze_ms: Math.round((video.totalFreezesDuration || 0) * 1000) });
+    }
+    const p = qoePrev;
+    if (p && p.video) {
+      const dt = (video.timestamp - p.video.timestamp) / 1000, emitted = video.jitterBufferEmittedCount - p.video.jitterBufferEmittedCount;
+      if (dt > 0) r.kbps = ((video.bytesReceived - p.video.bytesReceived) * 8) / 1000 / dt;
+      if (emitted > 0) r.jb_ms = (1000 * (video.jitterBufferDelay - p.video.jitterBufferDelay)) / emitted;
+      const decoded = video.framesDecoded - p.video.framesDecoded;
+      if (decoded > 0) r.decode_ms = (1000 * (video.totalDecodeTime - p.video.totalDecodeTime)) / decoded;
+    }
+  }
+  if (audio) {
+    const p = qoePrev && qoePrev.audio;
+    if (p && audio.totalSamplesReceived > p.totalSamplesReceived) {
+      r.conceal_pct = (100 * (audio.concealedSamples - p.concealedSamples)) / (audio.totalSamplesReceived - p.totalSamplesReceived);
+    }
+    if (audio.interruptionCount !== undefined) { // Chromium's: concealment runs over 150 ms
+      render.afreezes = audio.interruptionCount;
+      render.afrozenMs = (audio.totalInterruptionDuration || 0) * 1000;
+    } else if (p) { // else: an interval concealing more than 200 ms counts as one (Opus plays out at 48 kHz)
+      const concealedMs = (1000 * (audio.concealedSamples - p.concealedSamples)) / 48000;
+      if (concealedMs > 200 && audio.concealmentEvents > p.concealmentEvents) { render.afreezes += 1; render.afrozenMs += concealedMs; }
+    }
+    r.afreezes = render.afreezes || 0;
+    r.afreeze_ms = Math.round(render.afrozenMs || 0);
+  }
+  if (video && audio && video.estimatedPlayoutTimestamp && audio.estimatedPlayoutTimestamp) {
+    r.av_ms = unixMs(audio.estimatedPlayoutTimestamp) - unixMs(video.estimatedPlayoutTimestamp);
+  }
+  if (video && remoteVideo && video.estimatedPlayoutTimestamp && remoteVideo.remoteTimestamp) {
+    // the sender's clock now (its last SR + the time since that SR arrived) minus what plays now
+    r.play_ms = unixMs(remoteVideo.remoteTimestamp) + (wall - remoteVideo.timestamp) - unixMs(video.estimatedPlayoutTimestamp);
+  }
+  if (rtt !== null) r.rtt_ms = rtt;
+  if (window.viewer.postToFirstFrameMs !== null) r.ttff_ms = window.viewer.postToFirstFrameMs;
+  for (const k of Object.keys(r)) {
+    if (typeof r[k] === "number") r[k] = Number.isFinite(r[k]) ? Math.round(r[k] * 10) / 10 : undefined;
+    if (r[k] === undefined) delete r[k];
+  }
+  qoePrev = { video, audio };
+  window.viewer.qoe = r;
+  qoeChannel.send(JSON.stringify(r));
+}
 
 function headers(type) {
   const h = type ? { "Content-Type": type } : {};
@@ -47,6 +147,7 @@ async function connect() {
   pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
   audioTx = withAudio ? pc.addTransceiver("audio", { direction: "sendrecv" }) : null;
+  qoeChannel = pc.createDataChannel("qoe");
   const stream = new MediaStream();
   pc.ontrack = (e) => { stream.addTrack(e.track); $("video").srcObject = stream; };
   pc.onconnectionstatechange = () => setState(pc.connectionState);
@@ -87,11 +188,17 @@ async function connect() {
   };
   if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
   else video.addEventListener("loadeddata", onFrame, { once: true });
+  Object.assign(render, { frames: 0, freezes: 0, frozenMs: 0, last: null, recent: [], first: null, afreezes: 0, afrozenMs: 0 });
+  if (watchFrames(video)) render.first = 0;
   statsTimer = setInterval(updateStats, 1000);
+  qoeTimer = setInterval(() => qoeReport().catch(() => {}), QOE_INTERVAL_MS);
 }
 
 async function disconnect() {
   clearInterval(statsTimer);
+  clearInterval(qoeTimer);
+  frameWatch += 1;
+  qoeChannel = null; qoePrev = null;
   if (resource) fetch(resource, { method: "DELETE", headers: headers() }).catch(() => {});
   resource = null;
   if (pc) pc.close();
