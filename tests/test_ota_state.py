@@ -185,3 +185,35 @@ def test_crash_loop_reason_comes_before_the_start_that_passes_the_limit(tmp_path
     assert sm.crash_loop(st) == "crash loop: 3 starts of 2.0.0 without a commit"
     slot, message = boot_check(layout)
     assert slot == "a" and "rolled back: crash loop: 3 starts of 2.0.0 without a commit" in message
+
+
+async def test_a_trial_that_ended_meanwhile_is_an_outcome_not_an_error(tmp_path: Path) -> None:
+    """An operator's rollback during the trial: commit finds no trial, runs no hook, raises nothing."""
+    from ota.installer import InstallOptions
+    from ota.trial import Trial, TrialOutcome, commit
+
+    layout = _device(tmp_path, State.TRIAL, "b")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    ran = tmp_path / "ran"
+    (hooks / "record").write_text(f"#!/bin/sh\necho $1 >> {ran}\n")
+    (hooks / "record").chmod(0o755)
+    options = InstallOptions(trusted_keys_dir=tmp_path, hardware="x", hooks_dirs=[hooks], trial_deadline_s=5.0)
+    update = layout.load().update
+    assert update is not None
+    events: list[dict] = []
+
+    def operator_rolls_back() -> bool:  # what ota.rollback does while the trial watches health
+        from ota.layout import finish_rollback
+
+        if layout.load().state is State.TRIAL:
+            finish_rollback(layout, layout.load(), "requested by the operator")
+        return True
+
+    trial = Trial(layout, options, operator_rolls_back, lambda kind, **f: events.append(f), healthy_s=0.05, poll_s=0.01)
+    assert await trial.run(update) is TrialOutcome.ENDED
+    assert not ran.exists()  # neither `trial` nor `commit` hooks ran
+    assert [e["phase"] for e in events] == ["trial"]  # no committed or rolled_back claimed by the trial
+    st = layout.load()
+    assert st.state is State.IDLE and st.last_result is not None and st.last_result.result is Result.ROLLED_BACK
+    assert commit(layout, options) is None and layout.current_slot() == "a"
