@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -461,3 +463,24 @@ async def test_every_registered_command_checks_its_declared_parameter_types(asse
                 assert err.value.message.startswith(f"{name}: {param.name}:"), err.value.message
                 tried += 1
     assert tried >= 80
+
+
+async def test_command_round_trip_does_not_wait_for_delayed_acks(rig: dict[str, Any]) -> None:
+    """An answer follows its command's PUBACK at once: with Nagle on, it waited ~40 ms for the broker's
+    delayed ACK (both ends use MqttConnection, so the fleet side's publishes had the same wait)."""
+    client: FleetClient = rig["client"]
+    await client.send_command("cam-1", "ping", {}, timeout=5)
+    times = []
+    for _ in range(21):
+        started = time.perf_counter()
+        await client.send_command("cam-1", "ping", {}, timeout=5)
+        times.append(time.perf_counter() - started)
+    assert statistics.median(times) < 0.025, [round(t * 1000, 1) for t in times]
+
+
+async def test_answers_are_exact_not_rounded_like_telemetry(rig: dict[str, Any]) -> None:
+    """Found by the fuzzer: answers went through telemetry's 3-decimal rounding (echo 0.0625 came back 0.062;
+    config.get would misreport a setting the same way)."""
+    echo = {"f": 0.0625, "big": 12345.6789, "list": [1.0005, -2.5e-7]}
+    res = await rig["client"].send_command("cam-1", "ping", {"echo": echo}, timeout=5)
+    assert res["echo"] == echo
