@@ -2,20 +2,28 @@
 
 SQLite at ``<state>/provisioning.db``. Each call opens its own connection, so the store can be
 used from worker threads; the redeem step is one transaction, so a token is used at most once
-even with several responders.
+even with several responders. Like the CA key, the registry is private: the state directory is
+0700 and the database with its ``-wal``/``-shm``/``-journal`` files 0600 (wrong modes left by an
+older version are fixed on open; what cannot be fixed is refused with :class:`UnsafeStateError`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.provisioning.ca import CAError
 from provisioning.token import ClaimToken, hash_secret, secret_matches
+
+DIR_MODE, FILE_MODE = 0o700, 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -31,6 +39,26 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, event TEXT NOT NULL, claim_id TEXT,
     device_id TEXT, detail TEXT);
 """
+
+
+class UnsafeStateError(CAError):
+    """The fleet state directory or registry is readable by others and cannot be made private."""
+
+
+def make_private(path: Path, mode: int) -> None:
+    """Take every permission bit beyond ``mode`` off ``path`` (a directory or a regular file)."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeStateError(f"{path} is a symbolic link: the fleet state must be a real file or directory")
+    extra = stat.S_IMODE(st.st_mode) & ~mode
+    if not extra:
+        return
+    try:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    except OSError as exc:
+        raise UnsafeStateError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o} (others can read the claims, "
+                               f"registry and audit log) and it cannot be changed ({exc.strerror}): run "
+                               f"`chmod {mode:o} {path}` as its owner") from None
 
 
 class ClaimRefused(Exception):
@@ -55,9 +83,19 @@ class Claim:
 class ProvisioningStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.path = Path(state_dir) / "provisioning.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._secure()
         with self._db() as db:
             db.executescript(SCHEMA)
+
+    def _secure(self) -> None:
+        """State directory 0700, database and SQLite's side files 0600 (created so, or fixed)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        make_private(self.path.parent, DIR_MODE)
+        if not self.path.exists():  # SQLite would create it 0644 and give its -wal/-shm the same mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE))
+        for p in (self.path, *(self.path.with_name(self.path.name + s) for s in SQLITE_SIDE_FILES)):
+            if p.exists() or p.is_symlink():
+                make_private(p, FILE_MODE)
 
     def _db(self) -> Any:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
