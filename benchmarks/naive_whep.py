@@ -24,6 +24,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from device_agent.media.whep import viewer_page, viewer_script
+from hal.camera.file import FileCamera
 from hal.camera.test_pattern import TestPatternCamera
 
 CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
@@ -31,10 +32,10 @@ CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET
 
 
 class SharedPattern:
-    """Renders the test pattern once per frame interval while at least one track wants frames."""
+    """Renders the test pattern (or loops ``clip``) once per frame interval while a track wants frames."""
 
-    def __init__(self, width: int, height: int, fps: int) -> None:
-        self.camera = TestPatternCamera(width, height, fps)
+    def __init__(self, width: int, height: int, fps: int, clip: str = "") -> None:
+        self.camera = FileCamera(clip, width, height, fps) if clip else TestPatternCamera(width, height, fps)
         self.frame: av.VideoFrame | None = None
         self.index = -1
         self.changed = asyncio.Condition()
@@ -125,8 +126,8 @@ class NaiveWhep:
         return web.json_response({"sessions": len(self.pcs), "post_ms": self.post_ms[-64:]}, headers=CORS)
 
 
-async def serve(host: str, port: int, width: int, height: int, fps: int) -> None:
-    handler = NaiveWhep(SharedPattern(width, height, fps))
+async def serve(host: str, port: int, width: int, height: int, fps: int, clip: str = "") -> None:
+    handler = NaiveWhep(SharedPattern(width, height, fps, clip))
     app = web.Application()
     app.add_routes([web.get("/", viewer_page), web.get("/viewer.js", viewer_script),
                     web.get("/api/stats", handler.stats), web.options("/whep", handler.options),
@@ -145,10 +146,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--clip", default="", help="loop this video file instead of the test pattern")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     try:
-        asyncio.run(serve(host, int(port), args.width, args.height, args.fps))
+        asyncio.run(serve(host, int(port), args.width, args.height, args.fps, args.clip))
     except KeyboardInterrupt:
         pass
 

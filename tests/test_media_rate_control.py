@@ -161,14 +161,33 @@ async def test_receiver_reports_reach_the_estimator_through_the_real_rtcp_path(t
         media = agent.get("media")
         session = next(iter(media.sessions.sessions.values()))
         deadline = time.monotonic() + 15
-        while session.feedback["rr"] < 3 or session.control.estimator.remb is None:
+        while session.control.estimator.reports < 3 or session.control.estimator.remb is None:
             assert time.monotonic() < deadline, dict(session.feedback)
             await asyncio.sleep(0.1)
         stats = session.summary()
-        assert stats["fraction_lost"] == 0.0 and stats["loss_based_bps"] > START_BPS  # clean loopback: it ramped
+        assert stats["fraction_lost"] == 0.0 and stats["ramping"] and stats["rate_cuts"] == 0  # clean loopback
+        assert stats["loss_based_bps"] >= START_BPS
         assert stats["estimate_bps"] == max(150_000, min(stats["loss_based_bps"], stats["remb_bps"]))
         assert 0 < stats["rtt_est_ms"] < 50  # RTT from our sender reports' LSR/DLSR
         requested = media.fanout.requested_bitrate  # follows the budget (10 % deadband, up once a second)
         assert requested is not None and requested <= 1.1 * max(150_000, stats["video_budget_bps"])
         assert stats["keyframes_sent"] >= 1 and stats["rtx_sent"] == 0
         await viewer.close(http)
+
+
+def test_loss_window_averages_over_enough_packets() -> None:
+    from device_agent.media.rate_control import LossWindow
+
+    window = LossWindow(min_packets=100, max_age_s=3.0)
+    assert window.add(1000, 0, 0.0) is None  # the start
+    assert window.add(1030, 4, 1.0) is None  # 30 packets, 13 %: too few to judge
+    assert window.add(1110, 6, 2.0) == pytest.approx(0.055, abs=0.001)  # 6 of 110
+    assert window.add(1130, 6, 5.5) == 0.0  # few packets but old enough
+
+
+async def test_pacer_backlog_is_capped() -> None:
+    pacer = Pacer(10_000, max_delay_s=0.1)  # 1200 B = 0.96 s at this rate
+    started = time.monotonic()
+    for _ in range(5):
+        await pacer.wait(1200)
+    assert time.monotonic() - started < 5 * 0.1 + 0.2  # not 4 x 0.96 s

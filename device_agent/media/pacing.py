@@ -36,6 +36,7 @@ SEND_SEAM = "_send_rtp"  # RTCDtlsTransport._send_rtp(data): every RTP/RTCP pack
 RETRANSMIT_SEAM = "_retransmit"  # RTCRtpSender._retransmit(sequence_number): one NACKed packet
 PACING_FACTOR = 2.0
 BURST_S = 0.005  # an idle pacer lets this much sending time through at once
+MAX_DELAY_S = 0.25  # a packet never waits longer than this: an encoder overshoot is sent faster, not queued
 RTX_SHARE = 0.25
 RTX_BUCKET_S = 0.5  # the budget's depth, in seconds of its rate
 RTX_MAX_AGE_S = 1.0
@@ -44,18 +45,25 @@ RTCP_SR = 200
 
 
 class Pacer:
-    """A leaky bucket over time: ``wait(size)`` returns when ``size`` bytes may go out at ``rate_bps``."""
+    """A leaky bucket over time: ``wait(size)`` returns when ``size`` bytes may go out at ``rate_bps``.
 
-    def __init__(self, rate_bps: float, *, burst_s: float = BURST_S, clock: Callable[[], float] = time.monotonic) -> None:
+    The backlog is capped at ``max_delay_s``: when the encoder produces more than the pacing rate
+    for a while, packets go out faster rather than queueing without bound (the fan-out would
+    otherwise drop the viewer's queue and force an IDR).
+    """
+
+    def __init__(self, rate_bps: float, *, burst_s: float = BURST_S, max_delay_s: float = MAX_DELAY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate_bps = max(1.0, rate_bps)
         self.burst_s = burst_s
+        self.max_delay_s = max_delay_s
         self._clock = clock
         self._free_at = 0.0  # when everything charged so far has left
         self.waited_s = 0.0
 
     def _book(self, size: int) -> float:
         now = self._clock()
-        start = max(self._free_at, now - self.burst_s)
+        start = min(max(self._free_at, now - self.burst_s), now + self.max_delay_s)
         self._free_at = start + size * 8 / self.rate_bps
         return max(0.0, start - now)
 

@@ -2,7 +2,7 @@
 
 ``ViewerControl`` is created per viewer session and attached to its video sender. It takes the
 sender's RTCP (rtcp_feedback: PLI/FIR, REMB, receiver reports), keeps the viewer's
-``BandwidthEstimator`` (rate_control), reports ``VIDEO_SHARE`` of the estimate to the fan-out as
+``BandwidthEstimator`` (rate_control; loss over >= 100 packets, ``LossWindow``), reports ``VIDEO_SHARE`` of the estimate to the fan-out as
 this viewer's video budget, sets the viewer's pacing rate (``PACING_FACTOR`` x the larger of its
 estimate and the shared encoder's target: a constrained viewer gets the shared stream paced, not
 delayed without end) and retransmission budget (``RTX_SHARE`` of its estimate), and passes
@@ -23,7 +23,7 @@ from aiortc.rtp import RtcpReceiverInfo
 from device_agent.media.fanout import FanoutPacket, PacketFanout, Subscriber
 from device_agent.media.keyframe_guard import KeyframeGuard
 from device_agent.media.pacing import PACING_FACTOR, RTX_SHARE, Pacer, RtxBudget, attach_pacing, rtx_stats
-from device_agent.media.rate_control import START_BPS, BandwidthEstimator
+from device_agent.media.rate_control import START_BPS, BandwidthEstimator, LossWindow
 from device_agent.media.rtcp_feedback import attach_feedback
 
 VIDEO_SHARE = 0.85  # of a viewer's estimate, for video; the rest is audio, RTX and packet overhead
@@ -44,6 +44,7 @@ class ViewerControl:
         self.pacer = Pacer(self._pacing_bps(), clock=clock)
         self.rtx_budget = RtxBudget(self.estimator.estimate * RTX_SHARE, clock=clock)
         self.guard = KeyframeGuard()
+        self.loss_window = LossWindow()
         self.subscriber: Subscriber[FanoutPacket] | None = None
         self.feedback: collections.Counter[str] = collections.Counter()
         self.rtx: collections.Counter[str] = collections.Counter()
@@ -116,7 +117,11 @@ class ViewerControl:
         sent = self._srs.get(report.lsr) if report.lsr else None
         if sent is not None:
             self.estimator.on_rtt(now - sent - report.dlsr / 65536)
-        self.estimator.on_report(report.fraction_lost / 256, now)
+        loss = self.loss_window.add(report.highest_sequence, report.packets_lost, now)
+        if loss is None and self.estimator.reports == 0:
+            loss = report.fraction_lost / 256  # the first report: act on it (a link far below the start rate)
+        if loss is not None:
+            self.estimator.on_report(loss, now)
         self._update()
 
     # -- outputs ------------------------------------------------------------------------------------
