@@ -190,6 +190,9 @@ class AlertRule:
     hold_s: float = 0.0
     severity: str = "P2"
     message: str = ""
+    aggregate: str = ""  # over the values a "*" in metric matches: any all max min median mean count
+    window_s: float = 0.0  # > 0: compare `window` of the (aggregated) value over this many seconds
+    window: str = "mean"  # mean | max | min | increase (last - first: counters)
 
     def validate(self, key: str) -> None:
         _check(bool(self.code), f"{key}.code", "required")
@@ -197,6 +200,27 @@ class AlertRule:
         _check(self.op in {">", ">=", "<", "<=", "==", "!="}, f"{key}.op", f"unknown op {self.op!r}")
         _check(self.severity in {"P1", "P2", "P3"}, f"{key}.severity", "must be P1, P2 or P3")
         _check(self.hold_s >= 0, f"{key}.hold_s", "must be >= 0")
+        _check(self.aggregate in {"", "any", "all", "max", "min", "median", "mean", "count"}, f"{key}.aggregate",
+               "must be any, all, max, min, median, mean or count")
+        _check(("*" in self.metric) == bool(self.aggregate), f"{key}.aggregate",
+               "needed exactly when metric has a '*' segment")
+        _check(self.window_s >= 0, f"{key}.window_s", "must be >= 0")
+        _check(self.window in {"mean", "max", "min", "increase"}, f"{key}.window", "must be mean, max, min or increase")
+        _check(not (self.window_s and self.aggregate in {"any", "all"}), f"{key}.window_s",
+               "a window needs a number: use max/min/median/mean/count, not any/all")
+
+
+@dataclass
+class AlertDefaultsSection:
+    """``[alert_defaults]``: the rule set that ships (device_agent/fleetlink/default_rules.py)."""
+
+    enabled: bool = True
+    disable: list[str] = field(default_factory=list)  # codes of default rules to drop
+    evaluate_interval_s: float = 5.0  # rules run this often (and on every telemetry sample); 0: telemetry only
+
+    def validate(self, key: str) -> None:
+        _check(self.evaluate_interval_s == 0 or self.evaluate_interval_s >= 0.5, f"{key}.evaluate_interval_s",
+               "must be 0 or >= 0.5")
 
 
 @dataclass
@@ -292,6 +316,7 @@ class AgentConfig:
     web: WebSection = field(default_factory=WebSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     alerts: list[AlertRule] = field(default_factory=list)
+    alert_defaults: AlertDefaultsSection = field(default_factory=AlertDefaultsSection)
     ota: OtaSection = field(default_factory=OtaSection)
     diagnostics: DiagnosticsSection = field(default_factory=DiagnosticsSection)
     provisioning: ProvisioningSection = field(default_factory=ProvisioningSection)

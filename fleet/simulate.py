@@ -79,6 +79,7 @@ class Simulation:
                            "state_dir": str(self.state_dir / dev_id)},
                 "mqtt": {"url": mqtt_url, "telemetry_interval_s": interval_s, "reconnect_min_s": reconnect_min_s,
                          "reconnect_max_s": reconnect_max_s, **(extra_mqtt or {})},
+                "alert_defaults": {"evaluate_interval_s": 0.0},  # rules on telemetry samples only
                 "alerts": alerts or [{"code": "hot", "metric": "system.temperature_c", "op": ">", "threshold": 80.0,
                                       "clear_threshold": 75.0, "hold_s": 60.0, "severity": "P2"}],
             })

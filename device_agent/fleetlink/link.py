@@ -27,6 +27,7 @@ from device_agent import __version__
 from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
 from device_agent.fleetlink.intake import LogThrottle, RecentCommands, decode_params, response_topic_problem
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, PublishRefused
+from device_agent.fleetlink.default_rules import effective_rules
 from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
 from device_agent.registry import Alert, CommandError
@@ -83,7 +84,7 @@ class FleetLink:
         self.spool_path = Path(spool_path) if spool_path else cfg.state_dir / "fleetlink" / "spool.db"
         self.spool: Spool | None = None
         self.commands = LinkCommands(agent, runner, on_config_applied=self._config_applied)
-        self.rules = RuleEngine(cfg.alerts, agent.alerts)
+        self.rules = RuleEngine(effective_rules(cfg), agent.alerts)
         m = cfg.mqtt
         self.conn = MqttConnection(MqttOptions(
             url=m.url, client_id=f"dev-{self.device_id}", ca_file=m.ca_file, cert_file=m.cert_file,
@@ -159,6 +160,9 @@ class FleetLink:
             from device_agent.health.system import SystemMetrics
             disk = self.agent.config.state_dir if self.agent.config.state_dir.exists() else Path("/")
             self.agent.health.add("system", SystemMetrics(disk_path=str(disk), version=self.version, slot=self.slot))
+            from device_agent.health.starts import StartHistory
+            starts = StartHistory(self.agent.config.state_dir / "agent-starts.json", boot=self.agent.boot_id)
+            self.agent.health.add("agent", await asyncio.to_thread(starts.record))  # the crash_loop rule
         self.agent.health.add("fleet_link", self.health)
         self.commands.register()
         self.agent.alerts.subscribe(self._on_alert)
@@ -170,7 +174,8 @@ class FleetLink:
                             options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
         self.conn.start()
         self._tasks = [loop.create_task(self._send_loop(), name="fleetlink-send"),
-                       loop.create_task(self._telemetry_loop(), name="fleetlink-telemetry")]
+                       loop.create_task(self._telemetry_loop(), name="fleetlink-telemetry"),
+                       loop.create_task(self._rules_loop(), name="fleetlink-rules")]
         self._started = True
 
     async def stop(self) -> None:
@@ -337,9 +342,20 @@ class FleetLink:
             except asyncio.TimeoutError:
                 pass
 
+    async def _rules_loop(self) -> None:
+        """Alert rules between telemetry samples too (hold times and windows of seconds)."""
+        while True:
+            interval = self.agent.config.alert_defaults.evaluate_interval_s
+            await asyncio.sleep(interval or 60.0)  # 0: on telemetry samples only (simulations)
+            if interval:
+                try:
+                    self.rules.evaluate(self.agent.health.sample(), time.monotonic())
+                except Exception:  # a rule bug must not stop the link (it would turn unhealthy)
+                    log.exception("alert rules failed")
+
     def _config_applied(self, keys: set[str]) -> None:
         if any(k == "alerts" or k.startswith("alerts") for k in keys):
-            self.rules.replace(self.agent.config.alerts)
+            self.rules.replace(effective_rules(self.agent.config))
         if "mqtt.telemetry_interval_s" in keys or "mqtt" in keys:
             self._interval_changed.set()
 

@@ -49,6 +49,7 @@ REPORT_FIELDS: dict[str, tuple[float, float]] = {
     "freezes": (0, 1e7),  # video freezes (definition above), cumulative
     "freeze_ms": (0, 1e10),  # time frozen, cumulative
     "stall_ms": (0, 1e10),  # time since the last rendered frame
+    "freeze_max_ms": (0, 1e10),  # longest freeze since the previous report (an ongoing one included)
     "ttff_ms": (0, 1e7),  # offer sent -> first rendered frame
     "jb_ms": (0, 1e5),  # mean jitter buffer delay over the interval
     "decode_ms": (0, 1e5),  # mean decode time per frame over the interval
@@ -66,6 +67,9 @@ REPORT_FIELDS: dict[str, tuple[float, float]] = {
     "play_ms": (-1e5, 1e5),  # sender send time -> render, without the one-way network delay
     "rtt_ms": (0, 1e5),  # the client's own round-trip estimate
 }
+# fields that describe the last interval only: not carried over from an older report
+INSTANT_FIELDS = ("fps", "stall_ms", "freeze_max_ms", "jb_ms", "decode_ms", "kbps", "av_ms", "play_ms", "rtt_ms",
+                  "conceal_pct")
 _CLIENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,23}")
 
 
@@ -205,7 +209,7 @@ class ViewerQoe:
             self.freeze_rate = 0.0
         merged = {**self.last, **new}
         # the fields of one instant are replaced, not kept from an older report
-        for key in ("fps", "stall_ms", "jb_ms", "decode_ms", "kbps", "av_ms", "play_ms", "rtt_ms", "conceal_pct"):
+        for key in INSTANT_FIELDS:
             if key not in new:
                 merged.pop(key, None)
         self.last = merged
@@ -252,6 +256,7 @@ class ViewerQoe:
             "freeze_ms": None if "freeze_ms" not in last else int(last["freeze_ms"]),
             "freeze_rate": _r(self.freeze_rate, 2),
             "stall_ms": None if self.stall_ms() is None else int(self.stall_ms() or 0),
+            "freeze_longest_ms": None if "freeze_max_ms" not in last else int(last["freeze_max_ms"]),
             "ttff_ms": _r(last.get("ttff_ms")),
             "jitter_buffer_ms": _r(last.get("jb_ms")),
             "decode_ms": _r(last.get("decode_ms"), 2),
@@ -301,6 +306,7 @@ class FreezeCounter:
         self.frames = 0
         self.freezes = 0
         self.frozen_s = 0.0
+        self.longest_s = 0.0  # longest freeze since the last ``take_longest``
         self.first: float | None = None
         self.last: float | None = None
         self._recent: collections.deque[float] = collections.deque(maxlen=256)
@@ -313,6 +319,7 @@ class FreezeCounter:
                 if before >= self.min_fps:
                     self.freezes += 1
                     self.frozen_s += gap
+                    self.longest_s = max(self.longest_s, gap)
         else:
             self.first = t
         self.frames += 1
@@ -322,6 +329,13 @@ class FreezeCounter:
     def fps(self, now: float, window_s: float = 2.0) -> float:
         """Frames rendered per second over the last ``window_s``."""
         return sum(1 for x in self._recent if x > now - window_s) / window_s
+
+    def take_longest(self, now: float) -> float:
+        """Longest freeze since the previous call, counting a gap still open now; resets."""
+        ongoing = self.stall_s(now)
+        longest = max(self.longest_s, ongoing if ongoing > self.gap_s else 0.0)
+        self.longest_s = 0.0
+        return longest
 
     def stall_s(self, now: float) -> float:
         """Time since the last frame (0 before the first)."""

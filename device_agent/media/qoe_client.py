@@ -142,6 +142,7 @@ class QoeProbe:
                                "fps": round(self.video.fps(now_m), 2), "freezes": self.video.freezes,
                                "freeze_ms": round(self.video.frozen_s * 1000), "nack": self.nack, "pli": self.pli,
                                "stall_ms": round(self.video.stall_s(now_m) * 1000),
+                               "freeze_max_ms": round(self.video.take_longest(now_m) * 1000),
                                "afreezes": self.audio.freezes, "afreeze_ms": round(self.audio.frozen_s * 1000)}
         if self.first_frame_ms is not None:
             out["ttff_ms"] = round(self.first_frame_ms, 1)

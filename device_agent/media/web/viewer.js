@@ -35,6 +35,7 @@ function onPresented(now) {
     if (gap > FREEZE_GAP_MS && render.recent.filter((t) => t > render.last - 1000).length >= FREEZE_MIN_FPS) {
       render.freezes += 1;
       render.frozenMs += gap;
+      render.longestMs = Math.max(render.longestMs || 0, gap);
     }
   }
   render.frames += 1;
@@ -75,6 +76,9 @@ async function qoeReport() {
       Object.assign(r, { frames: render.frames, freezes: render.freezes, freeze_ms: Math.round(render.frozenMs),
                          fps: render.recent.filter((t) => t > now - 2000).length / 2,
                          stall_ms: render.last === null ? 0 : Math.round(now - render.last) });
+      const gapNow = render.last === null ? 0 : now - render.last; // the longest freeze since the last report
+      r.freeze_max_ms = Math.round(Math.max(render.longestMs || 0, gapNow > FREEZE_GAP_MS ? gapNow : 0));
+      render.longestMs = 0;
     } else { // no requestVideoFrameCallback: Chromium's own freeze counters
       Object.assign(r, { frames: video.framesDecoded, fps: video.framesPerSecond || 0, freezes: video.freezeCount,
                          freeze_ms: Math.round((video.totalFreezesDuration || 0) * 1000) });
