@@ -1,8 +1,12 @@
 """Noise-suppression quality and cost vs peers (noisy input, RNNoise, DTLN) on held-out real mixtures.
 
-Run: ``.venv/bin/python -m benchmarks.ns_quality [MODEL_DIR]`` (reads ../shared/data/ns and ../shared/anchors/dtln).
-Mixtures: clean_freesound_33711 (never used in training) + held-out tail of noise_freesound_573577
-at 0/5/10 dB. Each output is aligned to the clean signal by the lag (0..1024) maximising correlation.
+Run: ``.venv/bin/python -m benchmarks.ns_quality [MODEL_DIR]`` (reads ../shared/data/ns, ../shared/data/ns-extra
+and ../shared/anchors/dtln).
+Set 1: clean_freesound_33711 (never used in training) + held-out tail of noise_freesound_573577 at 0/5/10 dB.
+Set 2 (when ../shared/data/ns-extra is there): its held-out talkers in its held-out noise recordings
+(``tools.ns_train.data.extra_validation_set``: the 0/5/10 dB mixtures of the 60, 12 per SNR; never trained on).
+Each output is aligned to the clean signal by the lag (0..1024) maximising correlation. Per-SNR tables with
+the peers (noisy input, RNNoise, DTLN) from the same run, then the cost.
 """
 from __future__ import annotations
 
@@ -80,6 +84,36 @@ class Dtln:
         return out
 
 
+def table(mixtures: list[tuple[int, np.ndarray, np.ndarray]], systems: dict) -> None:
+    """Per-SNR rows (means over that SNR's mixtures) for every system, then the means over all SNRs."""
+    print(f"{'snr':>4} {'system':<14} {'PESQ-WB':>8} {'STOI':>6} {'SI-SDR':>7}")
+    per: dict[str, dict[int, list[list[float]]]] = {}
+    for snr, clean, x in mixtures:
+        for name, fn in systems.items():
+            y = align(clean, fn(x).astype(np.float32))
+            per.setdefault(name, {}).setdefault(snr, []).append([pesq(SR, clean, y, "wb"), stoi(clean, y, SR),
+                                                                 si_sdr(clean, y)])
+    for snr in sorted({m[0] for m in mixtures}):
+        for name in systems:
+            row = np.mean(per[name][snr], axis=0)
+            print(f"{snr:>4} {name:<14} {row[0]:8.3f} {row[1]:6.3f} {row[2]:7.2f}")
+    print("mean over SNRs:")
+    for name in systems:
+        m = np.mean([np.mean(rows, axis=0) for rows in per[name].values()], axis=0)
+        print(f"     {name:<14} {m[0]:8.3f} {m[1]:6.3f} {m[2]:7.2f}")
+
+
+def extra_set() -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(snr, clean, noisy) of ns-extra's held-out validation mixtures at 0/5/10 dB; empty without ns-extra."""
+    from tools.ns_train.data import EXTRA_VAL_SNRS, extra_data, extra_validation_set
+    extra = extra_data(SHARED / "data" / "ns-extra", val_only=True)
+    if not (extra.speech_val and extra.noise_val):
+        return []
+    clean, noisy = extra_validation_set(extra, 60)
+    snrs = [EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)] for i in range(len(clean))]
+    return [(s, c, x) for s, c, x in zip(snrs, clean, noisy) if s in (0, 5, 10)]
+
+
 def main() -> None:
     d = SHARED / "data" / "ns"
     c, r = sf.read(d / "clean_freesound_33711.wav", dtype="float32"); clean = resample_poly(c, SR, r)
@@ -91,18 +125,13 @@ def main() -> None:
     dtln = Dtln()
     systems = {"noisy": lambda x: x, "RNNoise": rnnoise, "DTLN": dtln.run,
                **{k: (lambda m: (lambda x: ours(x, m)))(m) for k, m in models.items()}}
-    print(f"{'snr':>4} {'system':<14} {'PESQ-WB':>8} {'STOI':>6} {'SI-SDR':>7}")
-    totals: dict[str, list[float]] = {}
-    for snr in (0, 5, 10):
-        x = (clean + nz / np.std(nz) * 0.05 * 10 ** (-snr / 20)).astype(np.float32)
-        for name, fn in systems.items():
-            y = align(clean, fn(x).astype(np.float32))
-            row = [pesq(SR, clean, y, "wb"), stoi(clean, y, SR), si_sdr(clean, y)]
-            totals.setdefault(name, []).append(row)
-            print(f"{snr:>4} {name:<14} {row[0]:8.3f} {row[1]:6.3f} {row[2]:7.2f}")
-    print("mean over SNRs:")
-    for name, rows in totals.items():
-        m = np.mean(rows, axis=0); print(f"     {name:<14} {m[0]:8.3f} {m[1]:6.3f} {m[2]:7.2f}")
+    print("set 1: clean_freesound_33711 + held-out tail of noise_freesound_573577")
+    table([(snr, clean, (clean + nz / np.std(nz) * 0.05 * 10 ** (-snr / 20)).astype(np.float32)) for snr in (0, 5, 10)],
+          systems)
+    extra = extra_set()
+    if extra:
+        print(f"set 2: ns-extra held-out talkers in held-out noise recordings ({len(extra) // 3} mixtures per SNR)")
+        table(extra, systems)
     x = np.random.default_rng(0).standard_normal(SR * 5).astype(np.float32) * 0.05
     # interleaved repeats, best of each: the machine is shared, so take the least-disturbed run
     runs: dict[str, list[float]] = {k: [] for k in ("ours (quant)", "ours (fp16)", "DTLN")}

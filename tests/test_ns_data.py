@@ -189,3 +189,95 @@ def test_mixer_draws_ambient_noise_at_its_share_and_leaves_the_old_recipe_alone(
     # (the earlier stages of reproduce.sh depend on it)
     assert all(np.array_equal(p, q) for p, q in zip(draws(0.0, ambient), draws(0.0, None)))
     assert Mixer(corpus, np.random.default_rng(0), speech=speech, real=[], ambient=[], ambient_fraction=0.5).ambient_fraction == 0.0
+
+
+def test_extra_split_keeps_talkers_and_recordings_whole(tmp_path: Path) -> None:
+    from tools.ns_train.data import extra_data, extra_held_out, extra_split_key
+    rel = Path
+    assert extra_split_key(rel("speech/librispeech/1688/1688-142285-0003.flac")) == "speech:librispeech/1688"
+    # ESC-10 takes of one freesound recording stay together; same-named sounds of two folders too
+    assert extra_split_key(rel("noise/esc10/rain__1-17367-A.flac")) == extra_split_key(
+        rel("noise/esc10/rain__1-17367-B.flac")) == "noise:esc10/17367"
+    assert extra_split_key(rel("noise/blanket/wind.flac")) == extra_split_key(rel("noise/modern-alarm-clock/wind.flac"))
+    # the fixed split that docs/noise-suppression.md describes (no seed: the same on every machine)
+    assert extra_held_out("speech:asterisk-core-sounds/maxim_topal")
+    assert not extra_held_out("speech:asterisk-core-sounds/allison_smith") and extra_held_out("noise:construction")
+    # a tree of talkers and recordings: every file lands on its unit's side; val_only reads that side alone
+    rng = np.random.default_rng(9)
+    talkers = [f"spk{i}" for i in range(40)]
+    for t in talkers:
+        for k in range(2):
+            f = tmp_path / "speech" / "src" / t / f"{t}-{k}.flac"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(f, _voice(rng, 0.5, SR, -60), SR)
+    (tmp_path / "noise" / "esc10").mkdir(parents=True)
+    for i in range(30):
+        for take in "AB":
+            sf.write(tmp_path / "noise" / "esc10" / f"rain__1-{1000 + i}-{take}.flac", rng.standard_normal(SR) * 0.1, SR)
+    split = extra_data(tmp_path)
+    val_talkers = [t for t in talkers if extra_held_out(f"speech:src/{t}")]
+    val_noises = [i for i in range(30) if extra_held_out(f"noise:esc10/{1000 + i}")]
+    assert 0 < len(val_talkers) < len(talkers) and 0 < len(val_noises) < 30
+    assert len(split.speech_val) == 2 * len(val_talkers) and len(split.speech_train) == 2 * (40 - len(val_talkers))
+    assert len(split.noise_val) == 2 * len(val_noises) and len(split.noise_train) == 2 * (30 - len(val_noises))
+    assert split.stats["talkers_val"] == len(val_talkers) and split.stats["noise_recordings_val"] == len(val_noises)
+    only = extra_data(tmp_path, val_only=True)
+    assert not only.speech_train and not only.noise_train and len(only.speech_val) == len(split.speech_val)
+    assert all(np.array_equal(a, b) for a, b in zip(only.noise_val, split.noise_val))
+
+
+def test_extra_validation_set_mixes_at_its_fixed_snrs() -> None:
+    from tools.ns_train.data import EXTRA_VAL_SNRS, ExtraData, extra_validation_set
+    rng = np.random.default_rng(10)
+    extra = ExtraData(speech_val=[rng.standard_normal(int(SR * s)).astype(np.float32) for s in (1.0, 2.5, 9.0)],
+                      noise_val=[rng.standard_normal(SR).astype(np.float32)])
+    clean, noisy = extra_validation_set(extra, 10)
+    again = extra_validation_set(extra, 10)
+    assert all(np.array_equal(a, b) for a, b in zip(noisy, again[1]))  # fixed
+    for i, (c, x) in enumerate(zip(clean, noisy)):
+        assert 3 * SR <= len(c) <= 6 * SR and abs(np.std(c) - 0.05) < 1e-3
+        assert abs(20 * np.log10(np.std(c) / np.std(x - c)) - EXTRA_VAL_SNRS[i % 5]) < 0.2
+    fixed = extra_validation_set(extra, 5, seconds=4.0)[1]
+    assert {len(x) for x in fixed} == {4 * SR}
+
+
+def test_microphone_colouration_is_one_linear_filter_for_target_and_mixture() -> None:
+    from tools.ns_train.data import microphone
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal(SR).astype(np.float32), rng.standard_normal(SR).astype(np.float32)
+    lowpassed = 0
+    for _ in range(40):
+        mic = microphone(rng)
+        np.testing.assert_allclose(mic(a + b), mic(a) + mic(b), atol=1e-4)  # noise and speech coloured alike
+        y = mic(a)
+        assert np.all(np.isfinite(y)) and 0.05 < np.std(y) / np.std(a) < 5
+        p, f = np.abs(np.fft.rfft(y)) ** 2, np.fft.rfftfreq(len(y), 1 / SR)
+        lowpassed += p[f > 7600].sum() < 0.01 * p[f < 3000].sum() * (400 / 3000)
+    assert 3 <= lowpassed <= 25  # band-limiting on some, not all
+
+
+def test_mixer_draws_extra_speech_and_noise_at_their_shares_and_leaves_the_old_recipe_alone() -> None:
+    from tools.ns_train.data import ExtraData
+    rng = np.random.default_rng(12)
+    tone = lambda hz, n=SR: np.sin(2 * np.pi * hz * np.arange(n) / SR).astype(np.float32)  # noqa: E731
+    base = Corpus([], [], [tone(1000)], [np.r_[1.0, np.zeros(99)].astype(np.float32)])
+    loaded = Corpus([], [], [tone(1000)], [np.r_[1.0, np.zeros(99)].astype(np.float32)],
+                    extra=ExtraData(speech_train=[np.full(20 * SR, -1.0, np.float32)], noise_train=[tone(3000)]))
+    speech = [np.full(SR // 2, 1.0, np.float32)]
+    old = Mixer(base, np.random.default_rng(13), speech=speech, real=[])
+    new = Mixer(loaded, np.random.default_rng(13), speech=speech, real=[])  # ns-extra loaded, shares zero
+    assert all(np.array_equal(p, q) for _ in range(30) for p, q in zip(old.pair(SR // 2), new.pair(SR // 2)))
+    mixer = Mixer(loaded, rng, speech=speech, real=[], extra_fraction=0.4, extra_noise_fraction=0.3,
+                  shared_noise_fraction=0.2)
+    signs = [np.sign(mixer._speech(SR // 2 + 1)[SR // 4]) for _ in range(400)]  # noqa: SLF001
+    assert 0.3 < np.mean([s < 0 for s in signs if s != 0]) < 0.5
+    assert len(mixer._speech(SR)) == SR  # noqa: SLF001 - a 20 s utterance is cut to an excerpt
+
+    def share(hz: float) -> float:
+        hits = []
+        for _ in range(300):
+            n = mixer._noise(SR // 4).astype(np.float64)  # noqa: SLF001
+            p, f = np.abs(np.fft.rfft(n)) ** 2, np.fft.rfftfreq(len(n), 1 / SR)
+            hits.append(p[(f > 0.8 * hz) & (f < 1.2 * hz)].sum() > 0.5 * p.sum())
+        return float(np.mean(hits))
+    assert 0.2 < share(3000) < 0.4 and 0.1 < share(1000) < 0.3

@@ -37,6 +37,27 @@ def test_tiny_training_run_exports_a_loadable_model(tmp_path: Path, df_bins: int
     _assert_training_graph_equals_runtime(tmp_path / "ns_float.tflite", 32, df_bins)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # loads all of ns-extra (157 min of audio) and the Debian recordings
+def test_tiny_training_run_on_ns_extra_chooses_by_the_guarded_rule(tmp_path: Path) -> None:
+    shared = Path(__file__).resolve().parents[2] / "shared/data"
+    if not shutil.which("espeak-ng") or not (shared / "ns-extra" / "MANIFEST.md").is_file():
+        pytest.skip("needs espeak-ng and ../shared/data/ns-extra")
+    subprocess.run([sys.executable, "-m", "tools.ns_train.train", "--out", str(tmp_path), "--steps", "3",
+                    "--utterances", "12", "--rirs", "2", "--batch", "4", "--segment", "1", "--val-every", "2",
+                    "--val-count", "10", "--hidden", "32", "--extra-fraction", "0.4", "--extra-noise-fraction", "0.3",
+                    "--shared-noise-fraction", "0.2", "--mic-fraction", "0.5", "--level", "-45", "-10",
+                    "--select", "extra"], check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1],
+                   timeout=800)
+    report = json.loads((tmp_path / "ns_train_report.json").read_text())
+    best = report["best_validation"]
+    assert sorted(map(int, best["per_snr"])) == [0, 5, 10, 15, 20] and isinstance(best["guard"], bool)
+    assert abs(best["score"] - (best["pesq"] + 0.1 * best["si_sdr"])) < 1e-9
+    assert report["corpus"]["extra"]["talkers_val"] > 0
+    from tools.ns_train.train import rule_key
+    assert best == max(report["history"], key=rule_key)
+
+
 def _assert_training_graph_equals_runtime(path: Path, hidden: int, df_bins: int) -> None:
     """The exported model read back into the training graph (``load_tflite_weights``) computes, on whole
     clips in TensorFlow, what the numpy streaming runtime computes hop by hop: the two implementations of

@@ -56,6 +56,7 @@ REAL_VAL_GROUPS = ("klettres/nl", "klettres/ru", "ktuberling/el", "ktuberling/uk
 REAL_VAL_LANGUAGES = frozenset(g.split("/")[1] for g in REAL_VAL_GROUPS)
 ALSA_PHRASES = Path("/usr/share/sounds/alsa")  # alsa-utils' spoken channel names: validation only
 TRAIN_SNR_DB = (-5.0, 20.0)  # mixtures' SNR range (training default; validation always)
+TRAIN_LEVEL_DB = (-40.0, -12.0)  # mixtures' RMS level range in dBFS (training default)
 MIN_RECORDING_SNR_DB = 30.0  # skip recordings whose own background noise is closer than this to the speech
 
 SENTENCES = [
@@ -295,6 +296,155 @@ def real_noises() -> list[np.ndarray]:
     return out
 
 
+# ../shared/data/ns-extra: real read speech (LibriSpeech readers, Asterisk's voice talents, CMU ARCTIC) and
+# real environmental noise (ESC-10, Blanket, ...), 16 kHz mono FLAC; its MANIFEST.md has the sources and the
+# CC-BY credits (docs/noise-suppression.md repeats them). Split into training and validation by a fixed
+# hash of whole talkers and whole noise recordings (``extra_split_key``, ``extra_held_out``).
+EXTRA = DATA.parent / "ns-extra"
+EXTRA_VAL_PERCENT = 15  # share of talkers / noise recordings held out for validation (by hash)
+
+
+def extra_split_key(rel: Path) -> str:
+    """The unit that the ns-extra split keeps whole, from a file's path under ns-extra: a talker for speech
+    (``speech:librispeech/1688``), the source recording for an ESC-10 clip (its clips ``CLASS__FOLD-ID-TAKE``
+    are takes of freesound recording ID: ``noise:esc10/211527``), else the sound's name regardless of the
+    folder (``noise:wind``: the same-named sounds of two sources may be one recording, so they fall on one
+    side)."""
+    if rel.parts[0] == "speech":
+        return f"speech:{rel.parts[1]}/{rel.parts[2]}"
+    if rel.parts[1] == "esc10":
+        return f"noise:esc10/{rel.stem.split('__', 1)[1].split('-')[1]}"
+    return f"noise:{rel.stem}"
+
+
+def extra_held_out(key: str) -> bool:
+    """Whether a split unit (``extra_split_key``) is validation: sha256 of ``ns-extra:KEY`` below
+    ``EXTRA_VAL_PERCENT`` (fixed; no seed)."""
+    return int(hashlib.sha256(f"ns-extra:{key.split(':', 1)[1]}".encode()).hexdigest()[:8], 16) % 100 < EXTRA_VAL_PERCENT
+
+
+@dataclass
+class ExtraData:
+    """ns-extra split by ``extra_held_out``: speech (trimmed, unit RMS) and noise (unit RMS) for training and
+    validation, and which keys went where."""
+
+    speech_train: list[np.ndarray] = field(default_factory=list)
+    speech_val: list[np.ndarray] = field(default_factory=list)
+    noise_train: list[np.ndarray] = field(default_factory=list)
+    noise_val: list[np.ndarray] = field(default_factory=list)
+    val_keys: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+def extra_data(root: Path = EXTRA, val_only: bool = False) -> ExtraData:
+    """Read ns-extra (missing folder: empty lists; ``val_only``: the held-out part alone). Silent or
+    unreadable files are skipped."""
+    out, keys = ExtraData(), {"train": set(), "val": set()}
+    files = sorted(p for p in root.rglob("*.flac") if p.parts[len(root.parts)] in ("speech", "noise")) if root.is_dir() else []
+    for f in files:
+        rel = f.relative_to(root)
+        key = extra_split_key(rel)
+        val = extra_held_out(key)
+        if val_only and not val:
+            continue
+        try:
+            x, sr = sf.read(f, dtype="float32")
+        except (RuntimeError, sf.LibsndfileError):
+            continue
+        x = to16k(x, sr)
+        if np.std(x) < 1e-5:
+            continue
+        keys["val" if val else "train"].add(key)
+        if rel.parts[0] == "speech":
+            (out.speech_val if val else out.speech_train).append(_trim(x))
+        else:
+            (out.noise_val if val else out.noise_train).append((x / np.std(x)).astype(np.float32))
+    minutes = lambda xs: round(sum(map(len, xs)) / SR / 60, 1)  # noqa: E731
+    out.val_keys = sorted(keys["val"])
+    out.stats = {"speech_train": [len(out.speech_train), minutes(out.speech_train)],
+                 "speech_val": [len(out.speech_val), minutes(out.speech_val)],
+                 "noise_train": [len(out.noise_train), minutes(out.noise_train)],
+                 "noise_val": [len(out.noise_val), minutes(out.noise_val)],
+                 "talkers_train": sum(k.startswith("speech:") for k in keys["train"]),
+                 "talkers_val": sum(k.startswith("speech:") for k in out.val_keys),
+                 "noise_recordings_train": sum(k.startswith("noise:") for k in keys["train"]),
+                 "noise_recordings_val": sum(k.startswith("noise:") for k in out.val_keys)}
+    return out
+
+
+EXTRA_VAL_SNRS = (0, 5, 10, 15, 20)  # mixture i of ``extra_validation_set`` is at EXTRA_VAL_SNRS[i % 5] dB
+EXTRA_VAL_SEED = 2026
+
+
+def extra_validation_set(extra: ExtraData, count: int = 60, seconds: float | None = None, seed: int = EXTRA_VAL_SEED
+                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Fixed mixtures of ns-extra's held-out talkers in its held-out noise recordings (never trained on):
+    3-6 s of read speech (utterances of one random pick each, 0.2 s apart, a random 6 s excerpt of longer
+    ones; exactly ``seconds`` long, zero-padded, if given) at RMS 0.05, noise at ``EXTRA_VAL_SNRS[i % 5]``
+    dB below it. Checkpoint choice (``train.py --select extra``), ``evaluate --extra`` and the
+    intelligibility guard use it."""
+    rng = np.random.default_rng(seed)
+    gap, clean, noisy = np.zeros(SR // 5, np.float32), [], []
+    for i in range(count):
+        parts = [extra.speech_val[int(rng.integers(len(extra.speech_val)))]]
+        while sum(map(len, parts)) < 3 * SR:
+            parts += [gap, extra.speech_val[int(rng.integers(len(extra.speech_val)))]]
+        sp = np.concatenate(parts)
+        n = int((seconds or 6.0) * SR)
+        if len(sp) > n:
+            k = int(rng.integers(len(sp) - n + 1)); sp = sp[k:k + n]
+        if seconds:
+            sp = np.pad(sp, (0, n - len(sp)))
+        sp = (sp / np.std(sp)).astype(np.float32)
+        nz = loop_excerpt(rng, extra.noise_val[int(rng.integers(len(extra.noise_val)))], len(sp))
+        nz = nz / (np.std(nz) + 1e-9)
+        snr = EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)]
+        clean.append(sp * 0.05); noisy.append(((sp + nz * 10 ** (-snr / 20)) * 0.05).astype(np.float32))
+    return clean, noisy
+
+
+def shared_rir() -> np.ndarray | None:
+    """The room impulse response in ../shared/data/ns (RT60 0.79 s), direct path at index 0, as ``room_irs``."""
+    f = DATA / "rir_sim_rt60_0.79.wav"
+    if not f.is_file():
+        return None
+    h, sr = sf.read(f, dtype="float32")
+    h = to16k(h, sr)
+    pk = int(np.argmax(np.abs(h)))
+    h = h[pk:pk + SR]
+    return (h / (np.abs(h[0]) + 1e-9)).astype(np.float32)
+
+
+def microphone(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """A random microphone/channel colouration, applied alike to a mixture and its target: a first-order
+    tilt, one or two peaking resonances (+-9 dB, 150-6000 Hz), and sometimes band-limiting (high-pass
+    60-300 Hz; low-pass 3.4-7.5 kHz, as a narrowband codec or cheap capsule)."""
+    stages = []
+    a = rng.uniform(-0.5, 0.5)
+    tilt = ([1.0, -a], [1.0])
+    for _ in range(int(rng.integers(1, 3))):
+        f0, gain, q = np.exp(rng.uniform(np.log(150), np.log(6000))), rng.uniform(-9, 9), rng.uniform(0.5, 2.5)
+        stages.append(_peaking(f0, gain, q))
+    if rng.random() < 0.4:
+        stages.append(butter(2, rng.uniform(60, 300), "highpass", fs=SR, output="sos"))
+    if rng.random() < 0.3:
+        stages.append(butter(6, rng.uniform(3400, 7500), "lowpass", fs=SR, output="sos"))
+    sos = np.vstack([np.atleast_2d(s) for s in stages])
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        return sosfilt(sos, lfilter(*tilt, x)).astype(np.float32)
+    return apply
+
+
+def _peaking(f0: float, gain_db: float, q: float) -> np.ndarray:
+    """RBJ peaking-EQ biquad as one second-order section."""
+    amp, w = 10 ** (gain_db / 40), 2 * np.pi * f0 / SR
+    alpha = np.sin(w) / (2 * q)
+    b = [1 + alpha * amp, -2 * np.cos(w), 1 - alpha * amp]
+    a = [1 + alpha / amp, -2 * np.cos(w), 1 - alpha / amp]
+    return np.array(b + a) / a[0]
+
+
 def loop_excerpt(rng: np.random.Generator, x: np.ndarray, n: int) -> np.ndarray:
     """``n`` samples of ``x`` played in a loop, from a random start (one draw of ``rng``)."""
     return np.resize(x, n + len(x))[int(rng.integers(len(x))):][:n]
@@ -404,6 +554,17 @@ class Corpus:
     real_val: list[np.ndarray] = field(default_factory=list)
     ambient_train: list[np.ndarray] = field(default_factory=list)  # see ``add_ambient_noise``
     ambient_val: list[np.ndarray] = field(default_factory=list)
+    extra: ExtraData = field(default_factory=ExtraData)  # see ``add_extra``
+
+    def add_extra(self, log=print) -> None:
+        """Load ../shared/data/ns-extra (``extra_data``: talkers and noise recordings split by hash) and add
+        the shared real RIR to the rooms. Not cached: it takes seconds."""
+        self.extra = extra_data()
+        h = shared_rir()
+        if h is not None and not any(len(r) == len(h) and np.array_equal(r, h) for r in self.rirs):
+            self.rirs.append(h)
+        self.stats["extra"] = self.extra.stats
+        log("ns-extra", self.extra.stats)
 
     def add_ambient_noise(self, log=print) -> None:
         """Load the Debian ambient recordings (``ambient_noises``). Not cached: it takes a second."""
@@ -471,20 +632,41 @@ class Mixer:
     def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None,
                  real: list[np.ndarray] | None = None, real_fraction: float = 0.0,
                  snr_db: tuple[float, float] = TRAIN_SNR_DB, ambient: list[np.ndarray] | None = None,
-                 ambient_fraction: float = 0.0) -> None:
-        self.c, self.rng, self.snr_db = corpus, rng, snr_db
+                 ambient_fraction: float = 0.0, extra_fraction: float = 0.0, extra_noise_fraction: float = 0.0,
+                 shared_noise_fraction: float = 0.45, mic_fraction: float = 0.0,
+                 level_db: tuple[float, float] = TRAIN_LEVEL_DB) -> None:
+        """``extra_fraction``: share of utterances from ns-extra's training talkers (also babble voices);
+        noise shares: ``shared_noise_fraction`` the two recordings of ../shared/data/ns, then
+        ``ambient_fraction`` the Debian ambient ones, ``extra_noise_fraction`` ns-extra's training
+        recordings, the rest synthetic; ``mic_fraction``: share of examples given a random microphone
+        colouration (``microphone``); ``level_db``: the mixtures' RMS level range in dBFS. The defaults
+        draw exactly what the earlier recipes drew."""
+        self.c, self.rng, self.snr_db, self.level_db = corpus, rng, snr_db, level_db
         self.ambient = ambient if ambient is not None else corpus.ambient_train
         self.ambient_fraction = ambient_fraction if self.ambient else 0.0
         self.speech = speech if speech is not None else corpus.train_speech
         self.real = real if real is not None else corpus.real_train
         self.real_fraction = real_fraction if self.real else 0.0
-        self.talkers = self.speech + self.real  # babble voices
+        self.extra = corpus.extra.speech_train
+        self.extra_fraction = extra_fraction if self.extra else 0.0
+        self.extra_noise = corpus.extra.noise_train
+        self.extra_noise_fraction = extra_noise_fraction if self.extra_noise else 0.0
+        self.noise_cuts = np.cumsum([shared_noise_fraction, self.ambient_fraction, self.extra_noise_fraction])
+        if self.noise_cuts[-1] > 1.0:
+            raise ValueError("noise shares add up to more than 1")
+        self.mic_fraction = mic_fraction
+        self.talkers = self.speech + self.real + (self.extra if self.extra_fraction else [])  # babble voices
 
     def _speech(self, n: int) -> np.ndarray:
         rng, out, pos = self.rng, np.zeros(n, np.float32), int(self.rng.integers(-n // 4, n // 8))
         while pos < n:
-            pool = self.real if rng.random() < self.real_fraction else self.speech
-            s = pool[int(rng.integers(len(pool)))] * rng.uniform(0.5, 1.5)
+            u = rng.random()
+            pool = self.extra if u < self.extra_fraction else self.real if u < self.extra_fraction + self.real_fraction \
+                else self.speech
+            s = pool[int(rng.integers(len(pool)))]
+            if pool is self.extra and len(s) > n:  # read sentences run to 35 s: a random excerpt
+                k = int(rng.integers(len(s) - n + 1)); s = s[k:k + n]
+            s = s * rng.uniform(0.5, 1.5)
             a, b = max(pos, 0), min(pos + len(s), n)
             if b > a:
                 out[a:b] += s[a - pos: b - pos]
@@ -492,13 +674,14 @@ class Mixer:
         return out
 
     def _noise(self, n: int) -> np.ndarray:
-        """Unit-RMS noise: 45 % the shared real recordings, ``ambient_fraction`` the Debian ambient ones
-        (taken from the synthetic share), the rest synthetic; perturbed, sometimes plus a second noise.
-        With no ambient share the random draws are exactly those of the earlier recipe."""
+        """Unit-RMS noise: the shares of the constructor (``noise_cuts``; by default 45 % the shared real
+        recordings, ``ambient_fraction`` the Debian ambient ones, the rest synthetic); perturbed, sometimes
+        plus a second noise. With the default shares the random draws are exactly those of the earlier recipe."""
         rng = self.rng
         u = rng.random()
-        if u < 0.45 or (self.ambient_fraction and u < 0.45 + self.ambient_fraction):
-            pool = self.c.real_noise if u < 0.45 else self.ambient
+        if u < self.noise_cuts[-1]:
+            pools = (self.c.real_noise, self.ambient, self.extra_noise)
+            pool = pools[int(np.searchsorted(self.noise_cuts, u, side="right"))]
             src = pool[int(rng.integers(len(pool)))]
             f = int(rng.integers(85, 118))
             if f != 100:
@@ -529,7 +712,10 @@ class Mixer:
             clean, x = clean * 0, x * 0
         snr = rng.uniform(*self.snr_db)
         x = x + self._noise(n) * ref * 10 ** (-snr / 20)
-        g = 10 ** (rng.uniform(-40, -12) / 20) / (np.std(x) + 1e-9)
+        if self.mic_fraction and rng.random() < self.mic_fraction:  # the same capsule for speech and noise
+            mic = microphone(rng)
+            clean, x = mic(clean), mic(x)
+        g = 10 ** (rng.uniform(*self.level_db) / 20) / (np.std(x) + 1e-9)
         peak = np.max(np.abs(x * g))
         if peak > 0.99:
             g *= 0.99 / peak

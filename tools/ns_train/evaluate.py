@@ -4,8 +4,9 @@
 
 Same validation mixtures as ``train.py`` (same seed, corpus cache): held-out synthetic utterances and
 held-out human speakers; ``--real``: the human speakers only, in training noises; ``--ambient``: the
-human speakers in the held-out Debian ambient recordings (real noise never trained on). Never the
-benchmark's speech or noise.
+human speakers in the held-out Debian ambient recordings (real noise never trained on); ``--extra``:
+ns-extra's held-out talkers in its held-out noise recordings (``data.extra_validation_set``; per-SNR
+table at 0/5/10/15/20 dB and the intelligibility guard, ``stoi_guard``). Never the benchmark's speech or noise.
 ``--peers`` adds RNNoise and DTLN on the same mixtures; ``--floor`` tries a lower bound on the mask (a
 post-processing knob), to decide its value on data that is not the benchmark.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from device_agent.ns.model import HOP, MaskModel, StreamingDenoiser
-from tools.ns_train.data import SR, Corpus
+from tools.ns_train.data import EXTRA_VAL_SNRS, SR, Corpus, extra_data, extra_validation_set
 from tools.ns_train.train import si_sdr_np, validation_set
 
 
@@ -57,6 +58,38 @@ def score(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
             by.setdefault(snrs[i], []).append(pq[-1])
     return {"pesq": float(np.mean(pq)), "stoi": float(np.mean(st)), "si_sdr": float(np.mean(sdr)),
             "pesq_by_snr": {k: float(np.mean(v)) for k, v in sorted(by.items())}}
+
+
+def score_by_snr(clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray], enhance: Callable[[np.ndarray], np.ndarray],
+                 snrs: Sequence[int]) -> dict[int, dict[str, float]]:
+    """{snr: mean PESQ-WB, STOI, SI-SDR of ``enhance(noisy)``} over the mixtures at each SNR."""
+    from pesq import pesq
+    from pystoi import stoi
+    by: dict[int, dict[str, list[float]]] = {}
+    for c, x, snr in zip(clean, noisy, snrs):
+        y = enhance(x)
+        d = by.setdefault(snr, {"pesq": [], "stoi": [], "si_sdr": []})
+        d["stoi"].append(stoi(c, y, SR)); d["si_sdr"].append(si_sdr_np(c, y))
+        try:
+            d["pesq"].append(pesq(SR, c, y, "wb"))
+        except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
+            pass
+    return {snr: {k: float(np.mean(v)) for k, v in d.items()} for snr, d in sorted(by.items())}
+
+
+def stoi_guard(system: dict[int, dict[str, float]], noisy: dict[int, dict[str, float]]) -> list[int]:
+    """The intelligibility guard: the SNRs (of 0..20 dB) at which the system's mean STOI is below the
+    noisy input's. Empty: kept."""
+    return [snr for snr in system if 0 <= snr <= 20 and system[snr]["stoi"] < noisy[snr]["stoi"]]
+
+
+def print_by_snr(name: str, per: dict[int, dict[str, float]]) -> None:
+    """One line per SNR and the mean over 0/5/10 dB."""
+    for snr, r in per.items():
+        print(f"{snr:>4} {name:<40} {r['pesq']:8.3f} {r['stoi']:6.3f} {r['si_sdr']:7.2f}")
+    core = [per[s] for s in (0, 5, 10) if s in per]
+    print(f"0-10 {name:<40} {np.mean([r['pesq'] for r in core]):8.3f} {np.mean([r['stoi'] for r in core]):6.3f} "
+          f"{np.mean([r['si_sdr'] for r in core]):7.2f}")
 
 
 def ours(model_path: Path, floor: float = 0.0) -> Callable[[np.ndarray], np.ndarray]:
@@ -117,8 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real", action="store_true", help="held-out human speakers only")
     ap.add_argument("--ambient", action="store_true",
                     help="held-out human speakers in the held-out Debian ambient recordings")
+    ap.add_argument("--extra", action="store_true",
+                    help="ns-extra's held-out talkers in its held-out noises, per SNR, with the STOI guard")
     ap.add_argument("--peers", action="store_true", help="also score RNNoise and DTLN on the same mixtures")
     a = ap.parse_args(argv)
+    if a.extra:
+        return main_extra(a.models, a.count, a.peers)
     cache = Path(a.cache) / f"corpus_s{a.seed}_u{a.utterances}_r{a.rirs}.npz" if a.cache else None
     corpus = Corpus.load(cache) if cache and cache.is_file() else Corpus.build(a.seed, a.utterances, a.rirs)
     corpus.add_real_speech(a.seed, log=lambda *_: None)
@@ -139,6 +176,26 @@ def main(argv: list[str] | None = None) -> None:
         per_snr = " ".join(f"{k}dB {v:.3f}" for k, v in r["pesq_by_snr"].items())
         print(f"{name}: PESQ-WB {r['pesq']:.3f} STOI {r['stoi']:.3f} SI-SDR {r['si_sdr']:.2f}"
               + (f" (PESQ-WB per SNR: {per_snr})" if per_snr else ""))
+
+
+def main_extra(models: Sequence[str], count: int, with_peers: bool) -> None:
+    """``--extra``: per-SNR table (PESQ-WB, STOI, SI-SDR) and the STOI guard for every system."""
+    extra = extra_data(val_only=True)
+    if not (extra.speech_val and extra.noise_val):
+        raise SystemExit("--extra: ../shared/data/ns-extra not found")
+    clean, noisy = extra_validation_set(extra, count)
+    snrs = [EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)] for i in range(len(clean))]
+    print(f"ns-extra validation: {len(clean)} mixtures, {extra.stats['talkers_val']} held-out talkers, "
+          f"{extra.stats['noise_recordings_val']} held-out noise recordings")
+    print(f"{'snr':>4} {'system':<40} {'PESQ-WB':>8} {'STOI':>6} {'SI-SDR':>7}")
+    base = score_by_snr(clean, noisy, lambda x: x, snrs)
+    print_by_snr("noisy input", base)
+    systems = (peers() if with_peers else {}) | {m: ours(Path(m)) for m in models}
+    for name, enhance in systems.items():
+        per = score_by_snr(clean, noisy, enhance, snrs)
+        print_by_snr(name, per)
+        broken = stoi_guard(per, base)
+        print(f"     {name}: STOI guard {'kept' if not broken else 'BROKEN at ' + ', '.join(f'{s} dB' for s in broken)}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.ns_train.data import DEFAULT_SPEECH_SOURCES, REAL_SPEECH_SOURCES, SR, TRAIN_SNR_DB, Corpus, Mixer
+from tools.ns_train.data import (DEFAULT_SPEECH_SOURCES, EXTRA_VAL_SNRS, REAL_SPEECH_SOURCES, SR, TRAIN_LEVEL_DB,
+                                 TRAIN_SNR_DB, Corpus, Mixer, extra_validation_set)
 from device_agent.ns.model import HOP, rotations, stft_windows
 from device_agent.ns.quality import si_sdr as si_sdr_np
 
@@ -142,6 +143,19 @@ def main(argv: list[str] | None = None) -> None:
                          "taken from the synthetic share")
     ap.add_argument("--snr", type=float, nargs=2, default=TRAIN_SNR_DB, metavar=("LOW", "HIGH"),
                     help=f"training mixtures' SNR range in dB (validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})")
+    ap.add_argument("--extra-fraction", type=float, default=0.0,
+                    help="share of training utterances from ns-extra's training talkers (data.extra_data)")
+    ap.add_argument("--extra-noise-fraction", type=float, default=0.0,
+                    help="share of training noises from ns-extra's training recordings")
+    ap.add_argument("--shared-noise-fraction", type=float, default=0.45,
+                    help="share of training noises from the two recordings of ../shared/data/ns")
+    ap.add_argument("--mic-fraction", type=float, default=0.0,
+                    help="share of examples given a random microphone colouration (data.microphone)")
+    ap.add_argument("--level", type=float, nargs=2, default=TRAIN_LEVEL_DB, metavar=("LOW", "HIGH"),
+                    help="training mixtures' RMS level range in dBFS")
+    ap.add_argument("--select", choices=("mixed", "extra"), default="mixed",
+                    help="checkpoint choice: 'mixed' the earlier validation set (PESQ-WB + 0.1 SI-SDR); 'extra' "
+                         "ns-extra's held-out talkers in held-out noises (docs/noise-suppression.md, the rule)")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--val-count", type=int, default=48)
     ap.add_argument("--cache", default="", help="directory to cache the generated corpus")
@@ -153,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if not 0.0 <= a.ambient_fraction <= 0.55:
         ap.error("--ambient-fraction is taken from the synthetic share: 0..0.55")
+    if a.shared_noise_fraction + a.ambient_fraction + a.extra_noise_fraction > 1.0:
+        ap.error("the noise shares (--shared-noise-fraction, --ambient-fraction, --extra-noise-fraction) exceed 1")
+    if a.extra_fraction + a.real_fraction > 1.0:
+        ap.error("--extra-fraction + --real-fraction exceed 1")
     t_start = time.time()
 
     import tensorflow as tf
@@ -174,10 +192,20 @@ def main(argv: list[str] | None = None) -> None:
     corpus.add_real_speech(a.seed, log, a.speech_sources)
     if a.ambient_fraction:
         corpus.add_ambient_noise(log)
+    if a.extra_fraction or a.extra_noise_fraction or a.select == "extra":
+        corpus.add_extra(log)
+        if not (corpus.extra.speech_val and corpus.extra.noise_val):
+            ap.error("ns-extra not found (../shared/data/ns-extra)")
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
-    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr), ambient_fraction=a.ambient_fraction)
+    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr), ambient_fraction=a.ambient_fraction,
+                  extra_fraction=a.extra_fraction, extra_noise_fraction=a.extra_noise_fraction,
+                  shared_noise_fraction=a.shared_noise_fraction, mic_fraction=a.mic_fraction, level_db=tuple(a.level))
     seg = int(a.segment * SR)
-    val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
+    if a.select == "extra":
+        vc, vn = extra_validation_set(corpus.extra, a.val_count, 4.0)
+        val_clean, val_noisy = np.stack(vc), np.stack(vn)
+    else:
+        val_clean, val_noisy = validation_set(corpus, a.seed, a.val_count, 4.0)
 
     stft, istft = stft_pair(tf, a.frame)
     bins = a.frame // 2 + 1
@@ -248,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         outs = np.concatenate([enhance(tf.constant(val_noisy[i:i + 16])).numpy() for i in range(0, len(val_noisy), 16)])
         ref = np.concatenate([istft(stft(tf.constant(val_clean[i:i + 16]))).numpy()
                               for i in range(0, len(val_clean), 16)])
+        if a.select == "extra":
+            return extra_rule([r[HOP:-2 * HOP] for r in ref], [o[HOP:-2 * HOP] for o in outs],
+                              [x[HOP:-2 * HOP] for x in val_noisy])
         sdrs, pq = [], []
         for i, (r, o) in enumerate(zip(ref, outs)):
             if np.std(r) < 1e-5:
@@ -264,7 +295,11 @@ def main(argv: list[str] | None = None) -> None:
 
     noisy_ref = {"si_sdr": float(np.mean([si_sdr_np(c, n) for c, n in zip(val_clean, val_noisy) if np.std(c) > 1e-5]))}
     log("validation noisy input SI-SDR", round(noisy_ref["si_sdr"], 2))
-    best, best_w, history = -1e9, model.get_weights(), []
+    if a.init:  # where the run starts, on the same set (not a candidate)
+        noisy_ref["init"] = validate()
+        log(f"validation of --init: SI-SDR {noisy_ref['init']['si_sdr']:.2f} PESQ {noisy_ref['init']['pesq']:.3f} "
+            f"score {noisy_ref['init']['score']:.3f} guard {noisy_ref['init'].get('guard')}")
+    best, best_w, history = None, model.get_weights(), []
     t0, acc, step = time.time(), np.zeros(2), 0
     for step in range(a.steps):
         c, n = mixer.batch(a.batch, seg)
@@ -278,21 +313,56 @@ def main(argv: list[str] | None = None) -> None:
                 or (time.time() - t_start) / 60 > a.max_minutes)
         if (step + 1) % a.val_every == 0 or last:
             v = validate(); v["step"] = step + 1; history.append(v)
-            if v["score"] > best:
-                best, best_w = v["score"], model.get_weights()
-            log(f"val step {step + 1}: SI-SDR {v['si_sdr']:.2f} PESQ {v['pesq']:.3f} score {v['score']:.3f} "
-                f"(best {best:.3f})")
+            # the rule: the best score among checkpoints that keep the intelligibility guard (until one does,
+            # among all); every new best is exported at once, so a stopped run leaves its best model on disk
+            key = rule_key(v)
+            if best is None or key > best:
+                best, best_w = key, model.get_weights()
+                export(tf, model, Path(a.out), a.layers, a.hidden, bins, a.df_bins, a.df_order, float_only=True)
+                (Path(a.out) / "ns_train_report.json").write_text(json.dumps(
+                    {"args": vars(a), "checkpoint": v, "history": history}, indent=1))
+            log(f"val step {step + 1}: SI-SDR {v['si_sdr']:.2f} PESQ {v['pesq']:.3f} score {v['score']:.3f}"
+                + (f" STOI {v['stoi']:.3f} guard {'kept' if v['guard'] else 'BROKEN'}" if "guard" in v else "")
+                + f" (best {best[1]:.3f})")
         if last:
             break
     model.set_weights(best_w)
     out = Path(a.out)
     export(tf, model, out, a.layers, a.hidden, bins, a.df_bins, a.df_order)
-    best_v = max(history, key=lambda v: v["score"]) if history else {}
+    best_v = max(history, key=rule_key) if history else {}
     report = {"args": vars(a), "steps_run": step + 1, "minutes": round((time.time() - t_start) / 60, 1),
               "weights": int(model.count_params()), "best_validation": best_v, "validation_noisy": noisy_ref,
               "corpus": corpus.stats, "history": history}
     (out / "ns_train_report.json").write_text(json.dumps(report, indent=1))
     log("done", json.dumps({k: report[k] for k in ("steps_run", "minutes", "best_validation")}))
+
+
+def rule_key(v: dict) -> tuple[bool, float]:
+    """Checkpoints are ranked by (keeps the intelligibility guard, score); without a guard it counts as kept."""
+    return bool(v.get("guard", True)), float(v["score"])
+
+
+def extra_rule(ref: list[np.ndarray], out: list[np.ndarray], noisy: list[np.ndarray]) -> dict:
+    """The pre-fixed checkpoint rule on ns-extra's held-out set (mixture i at ``EXTRA_VAL_SNRS[i % 5]`` dB):
+    ``score`` = mean PESQ-WB + 0.1 x mean SI-SDR over the 0/5/10 dB mixtures; ``guard`` = the output's
+    mean STOI is at least the noisy input's at every SNR (0..20 dB)."""
+    from pesq import pesq
+    from pystoi import stoi
+    by: dict[int, dict[str, list[float]]] = {}
+    for i, (r, o, x) in enumerate(zip(ref, out, noisy)):
+        d = by.setdefault(EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)], {"pesq": [], "si_sdr": [], "stoi": [], "stoi_in": []})
+        d["si_sdr"].append(si_sdr_np(r, o)); d["stoi"].append(stoi(r, o, SR)); d["stoi_in"].append(stoi(r, x, SR))
+        try:
+            d["pesq"].append(pesq(SR, r, o, "wb"))
+        except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
+            pass
+    per = {snr: {k: float(np.mean(v)) for k, v in d.items()} for snr, d in sorted(by.items())}
+    core = [per[s] for s in (0, 5, 10) if s in per]
+    res = {"pesq": float(np.mean([p["pesq"] for p in core])), "si_sdr": float(np.mean([p["si_sdr"] for p in core])),
+           "stoi": float(np.mean([p["stoi"] for p in core])), "per_snr": per,
+           "guard": all(p["stoi"] >= p["stoi_in"] for p in per.values())}
+    res["score"] = res["pesq"] + 0.1 * res["si_sdr"]
+    return res
 
 
 def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
@@ -361,9 +431,11 @@ def _widen(small: np.ndarray, fresh: np.ndarray, gates: int) -> np.ndarray:
     return out
 
 
-def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: int = 0, df_order: int = 0) -> None:
+def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: int = 0, df_order: int = 0,
+           float_only: bool = False) -> None:
     """Single-hop graph; all GRU states concatenated into ONE explicit state input/output [1, layers*hidden].
-    A deep-filter model adds the ``phase`` input and the ``filter`` output (``MaskModel``)."""
+    A deep-filter model adds the ``phase`` input and the ``filter`` output (``MaskModel``). ``float_only``:
+    just ``ns_float.tflite`` (a checkpoint that ``--init`` can continue from)."""
     out.mkdir(parents=True, exist_ok=True)
     const = lambda v: tf.constant(np.asarray(v, np.float32))  # noqa: E731
     norm = model.get_layer("norm")
@@ -404,7 +476,8 @@ def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: i
     cf = hop.get_concrete_function()
     # ns_float: float32 weights (what --init reads back); ns_float16: the same float computation with its
     # weights stored as float16 (half the size; the shipped float variant); ns_quant: dynamic-range int8
-    for name, quant in [("ns_float.tflite", None), ("ns_float16.tflite", tf.float16), ("ns_quant.tflite", tf.int8)]:
+    variants = [("ns_float.tflite", None), ("ns_float16.tflite", tf.float16), ("ns_quant.tflite", tf.int8)]
+    for name, quant in variants[:1] if float_only else variants:
         conv = tf.lite.TFLiteConverter.from_concrete_functions([cf], model)
         if quant is not None:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
