@@ -14,17 +14,18 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.media.audio_pipeline import AudioPipeline, Talkback
 from device_agent.media.fanout import PacketFanout
+from device_agent.media.graph import GraphCallbacks, build_media_graph, build_video
+from device_agent.media.session_record import session_event_sink
 from device_agent.media.sessions import SessionManager
+from device_agent.media.stages import StageAlert
 from device_agent.media.tracks import LatencyWindow
-from device_agent.media.video_source import FrameEncoderSource
 from device_agent.media.whep import WhepServer
 from device_agent.params import Param
 from device_agent.registry import CommandError
 from device_agent.tasks import cancel_and_wait
 from hal.camera.base import CapturedFrame
-from hal.camera.factory import create_reopening_camera
 from hal.encoder.base import EncodedVideoSource
-from hal.encoder.probe import EncoderChoice, create_frame_encoder, probe_encoder
+from hal.encoder.probe import EncoderChoice
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,18 @@ class MediaComponent:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        graph = build_media_graph(self.config, GraphCallbacks(
+            camera_state=self._camera_state, mic_state=self._mic_state, speaker_state=self._speaker_state,
+            stage_alert=self._ns_alert))
+        self.choice, self.video, self.fanout = graph.choice, graph.video, graph.fanout
+        self.audio, self.talkback, self.ns_error = graph.audio, graph.talkback, graph.ns_error
         await self._start_video()
         await self._start_audio()
         web = self.config.web
         self.sessions = SessionManager(self.fanout, self.audio, self.talkback, latency=self.latency,
                                        max_viewers=web.max_viewers, connect_timeout_s=web.session_timeout_s,
                                        ice_servers=web.stun_servers)
+        self.sessions.on_end = session_event_sink(self.agent.events, self.config.camera.fps)  # media.session
         if web.enabled:
             host, _, port = web.listen.rpartition(":")
             self.web = WhepServer(self.sessions, self.health, token=web.token)
@@ -90,24 +97,7 @@ class MediaComponent:
 
     # -- video ---------------------------------------------------------------------------------
     async def _start_video(self) -> None:
-        cam, enc = self.config.camera, self.config.encoder
-        self.choice = probe_encoder(enc, cam)
-        log.info("H.264 encoder: %s (%s)", self.choice.backend, self.choice.reason)
-        # the config sections are the HAL's settings dataclasses (device_agent.config): passed as they are
-        if self.choice.backend == "picamera2":
-            from hal.encoder.picamera2 import Picamera2H264Source
-
-            self.video = Picamera2H264Source(cam, enc, reason=self.choice.reason, on_state=self._camera_state)
-        else:
-            camera = create_reopening_camera(cam, on_state=self._camera_state)
-            encoder = create_frame_encoder(self.choice, enc, camera.width, camera.height, camera.fps)
-            self.video = FrameEncoderSource(camera, encoder,
-                                            wanted=lambda: self.fanout is not None and self.fanout.subscribers > 0)
-        if self.fanout is None:
-            self.fanout = PacketFanout(self.video, idr_min_interval=enc.idr_min_interval_ms / 1000,
-                                       min_bitrate=enc.min_bitrate, max_bitrate=enc.max_bitrate)
-        else:  # a restart: viewers stay subscribed and resume at the new encoder's first IDR
-            self.fanout.encoder = self.video
+        assert self.video is not None and self.fanout is not None  # built by start() or _cmd_restart
         await self.video.start(self.fanout.publish)
 
     async def _stop_video(self) -> None:
@@ -122,17 +112,10 @@ class MediaComponent:
 
     # -- audio ---------------------------------------------------------------------------------
     async def _start_audio(self) -> None:
-        from device_agent.ns.stage import stage_from_config
-        from hal.audio.factory import create_sink, create_source
-
-        stage, self.ns_error = stage_from_config(self.config.ns, on_alert=self._ns_alert)
-        source = create_source(self.config.audio, on_state=self._mic_state)
-        self.audio = AudioPipeline(source, stage)
+        assert self.audio is not None  # built by start()
         await self.audio.start()
-        sink = create_sink(self.config.audio, on_state=self._speaker_state)
-        if sink is not None:
-            await sink.start()
-            self.talkback = Talkback(sink)
+        if self.talkback is not None:
+            await self.talkback.sink.start()
 
     async def _stop_audio(self) -> None:
         if self.audio is not None:
@@ -150,11 +133,10 @@ class MediaComponent:
         else:  # talkback is a degraded feature, not the service
             self.agent.alerts.raise_alert("P2", "speaker_unavailable", message)
 
-    def _ns_alert(self, severity: str, message: str) -> None:
+    def _ns_alert(self, alert: StageAlert, message: str) -> None:
         """From the stage (on the audio worker thread when it falls behind): alerts live on the loop."""
-        code = "ns_unavailable" if "off:" in message else "ns_over_budget"
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.agent.alerts.raise_alert, severity, code, message)
+        self._loop.call_soon_threadsafe(self.agent.alerts.raise_alert, alert.severity, alert.code, message)
 
     async def capture_frame(self) -> CapturedFrame | None:
         """A current raw camera frame (for snapshots and self-tests; no second camera open)."""
@@ -177,6 +159,7 @@ class MediaComponent:
         if params:
             raise CommandError("bad_request", f"media.restart takes no parameters, got {sorted(params)}")
         await self._stop_video()
+        self.choice, self.video, self.fanout = build_video(self.config, self._camera_state, self.fanout)
         await self._start_video()
         if self.audio is not None:
             await self.audio.restart_source()
@@ -194,9 +177,9 @@ class MediaComponent:
             if stage is None or self.ns_error:
                 raise CommandError("unavailable", f"noise suppression is not loaded: {self.ns_error}")
             stage.enabled = params["enabled"]
-            if params["enabled"] and getattr(stage, "fell_back", False):
+            if params["enabled"] and stage.fell_back:
                 stage.reset_fallback()
-                self.agent.alerts.clear("ns_over_budget", "noise suppression re-enabled")
+                self.agent.alerts.clear(StageAlert.OVER_BUDGET.code, "noise suppression re-enabled")
         return stage.stats() if stage is not None else {"enabled": False}
 
     # -- health --------------------------------------------------------------------------------
@@ -206,8 +189,8 @@ class MediaComponent:
             if self.sessions is not None:
                 await self.sessions.refresh_stats()
             stage = self.audio.stage if self.audio is not None else None
-            if stage is not None and stage.enabled and not getattr(stage, "fell_back", True):
-                self.agent.alerts.clear("ns_over_budget", "noise suppression back within budget")
+            if stage is not None and stage.enabled and not stage.fell_back:
+                self.agent.alerts.clear(StageAlert.OVER_BUDGET.code, "noise suppression back within budget")
 
     def health(self) -> dict[str, Any]:
         video = self.video.stats() if self.video is not None else {}

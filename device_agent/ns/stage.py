@@ -6,9 +6,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from device_agent.media.stages import StageAlert, StageAlertFn
 from device_agent.ns.model import HOP, MaskModel, ModelError, StreamingDenoiser
 
-AlertFn = Callable[[str, str], None]  # (severity, message)
+AlertFn = Callable[[str, str], None]  # (severity, message): the plain form, for tools and tests
+
+
+def _report(alert: StageAlert, message: str, on_alert: AlertFn | None, on_stage_alert: StageAlertFn | None) -> None:
+    """Send one alert to whichever callbacks were given: typed (the media graph) and/or plain."""
+    if on_stage_alert is not None:
+        on_stage_alert(alert, message)
+    if on_alert is not None:
+        on_alert(alert.severity, message)
 
 
 class NoiseSuppressionStage:
@@ -20,10 +29,11 @@ class NoiseSuppressionStage:
     """
 
     name = "noise_suppression"
+    error: str | None = None  # it loaded; a model that does not load gives a BypassStage instead
 
     def __init__(self, model: MaskModel, budget_rtf: float = 0.5, on_alert: AlertFn | None = None,
                  window_hops: int = 100, clock: Callable[[], float] = time.perf_counter,
-                 retry_after_hops: int = 3000) -> None:
+                 retry_after_hops: int = 3000, on_stage_alert: StageAlertFn | None = None) -> None:
         self.enabled = True
         self.fell_back = False
         self.fallbacks = 0
@@ -34,6 +44,7 @@ class NoiseSuppressionStage:
         self.latency = self._den.latency
         self._budget = budget_rtf
         self._alert = on_alert
+        self._stage_alert = on_stage_alert
         self._window = window_hops
         self._clock = clock
         self._hops = 0
@@ -74,9 +85,8 @@ class NoiseSuppressionStage:
                 self.fell_back = True
                 self.fallbacks += 1
                 self._bypassed_hops = 0
-                if self._alert:
-                    self._alert("P2", f"noise suppression behind budget (RTF {self._last_rtf:.2f} > "
-                                      f"{self._budget:.2f}); bypassing")
+                _report(StageAlert.OVER_BUDGET, f"noise suppression behind budget (RTF {self._last_rtf:.2f} > "
+                                                 f"{self._budget:.2f}); bypassing", self._alert, self._stage_alert)
 
     def reset_fallback(self) -> None:
         """Try suppression again now (the state is reset on the next call)."""
@@ -94,31 +104,40 @@ class BypassStage:
 
     name = "noise_suppression"
     latency = 0
+    fell_back = False  # it never runs, so it never falls behind
 
     def __init__(self, error: str) -> None:
         self.enabled = False
-        self.error = error
+        self.error: str | None = error
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         return np.asarray(samples, dtype=np.int16).copy()
+
+    def reset_fallback(self) -> None:
+        """Nothing to retry: the model did not load."""
 
     def stats(self) -> dict[str, Any]:
         return {"enabled": False, "error": self.error}
 
 
 def create_stage(model_path: str = "", threads: int = 1, budget_rtf: float = 0.5, enabled: bool = True,
-                 on_alert: AlertFn | None = None) -> tuple[NoiseSuppressionStage | BypassStage, str | None]:
-    """Build the stage; on a bad model return a BypassStage plus the error (and alert P2)."""
+                 on_alert: AlertFn | None = None, on_stage_alert: StageAlertFn | None = None,
+                 ) -> tuple[NoiseSuppressionStage | BypassStage, str | None]:
+    """Build the stage; on a bad model return a BypassStage plus the error (and alert
+    ``StageAlert.UNAVAILABLE``, P2). Alerts go to ``on_stage_alert(alert, message)`` and/or
+    ``on_alert(severity, message)``."""
     try:
-        stage = NoiseSuppressionStage(MaskModel(model_path, threads), budget_rtf, on_alert)
+        stage = NoiseSuppressionStage(MaskModel(model_path, threads), budget_rtf, on_alert,
+                                      on_stage_alert=on_stage_alert)
     except ModelError as exc:
-        if on_alert:
-            on_alert("P2", f"noise suppression off: {exc}")
+        _report(StageAlert.UNAVAILABLE, f"noise suppression off: {exc}", on_alert, on_stage_alert)
         return BypassStage(str(exc)), str(exc)
     stage.enabled = enabled
     return stage, None
 
 
-def stage_from_config(section: Any, on_alert: AlertFn | None = None) -> tuple[NoiseSuppressionStage | BypassStage, str | None]:
+def stage_from_config(section: Any, on_alert: AlertFn | None = None, on_stage_alert: StageAlertFn | None = None,
+                      ) -> tuple[NoiseSuppressionStage | BypassStage, str | None]:
     """``create_stage`` from a ``NoiseSuppressionSection`` (``[ns]`` in agent.toml)."""
-    return create_stage(section.model, section.threads, section.budget_rtf, section.enabled, on_alert)
+    return create_stage(section.model, section.threads, section.budget_rtf, section.enabled, on_alert,
+                        on_stage_alert)
