@@ -217,3 +217,28 @@ async def test_a_trial_that_ended_meanwhile_is_an_outcome_not_an_error(tmp_path:
     st = layout.load()
     assert st.state is State.IDLE and st.last_result is not None and st.last_result.result is Result.ROLLED_BACK
     assert commit(layout, options) is None and layout.current_slot() == "a"
+
+
+def test_commit_writes_a_standalone_boot_check_from_the_committed_slot(tmp_path: Path) -> None:
+    """The committed release's ota/ (state machine included) becomes one stdlib file that the system
+    Python runs in isolated mode, with nothing else beside it."""
+    from ota.installer import InstallOptions
+    from ota.layout import BOOT_CHECK_MODULES
+    from ota.trial import commit
+
+    layout = _device(tmp_path, State.TRIAL, "b")
+    site = layout.slot_path("b") / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (site / "ota").mkdir(parents=True)
+    for name in BOOT_CHECK_MODULES:
+        module = name.rpartition(".")[2] + ".py"
+        (site / "ota" / module).write_bytes((BOOT.parent / module).read_bytes())
+    options = InstallOptions(trusted_keys_dir=tmp_path, hardware="x", hooks_dirs=[])
+    assert commit(layout, options) is not None
+    boot = layout.root / "boot-check.py"
+    assert sorted(p.name for p in layout.root.iterdir()) == ["boot-check.py", "current", "slots"]
+    layout.save_state(dict(SAMPLES[State.TRIAL], update=dict(_TRIAL, starts=3)))  # a later trial of b, 3 starts ...
+    r = subprocess.run(["/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable, "-I", str(boot),
+                        "--root", str(layout.root), "--state-dir", str(layout.state_dir)],
+                       capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr  # ... and the copy's state machine rolls the crash loop back
+    assert "rolled back: crash loop: 3 starts of 2.0.0 without a commit" in r.stdout and layout.current_slot() == "a"
