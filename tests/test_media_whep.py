@@ -306,3 +306,57 @@ async def test_a_half_negotiated_peer_still_closes(tmp_path: Path, caplog: pytes
             dtls = transceiver.receiver.transport
             assert dtls is None or dtls.transport.state == "closed"  # the ICE transport (its sockets) is stopped
     _no_tracebacks(caplog)
+
+
+async def test_malformed_http_is_a_warning_not_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the fuzzer: a request aiohttp's parser refuses (a lowercase method after a first request on the
+    connection, or a body left unread) was logged as an ERROR with a traceback."""
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        base = _base(agent)
+        reader, writer = await asyncio.open_connection("127.0.0.1", agent.get("media").web.port)
+        writer.write(b"OPTIONS /whep HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # 204: no body
+        writer.write(b"get /whep HTTP/1.1\r\nHost: x\r\n\r\n")  # the second request on the connection
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection after the 400
+        writer.close()
+        assert first.startswith(b"HTTP/1.1 204") and answer.startswith(b"HTTP/1.0 400"), (first, answer)
+        async with http.put(f"{base}/whep", data=b"v=0") as resp:  # aiohttp's own refusals keep CORS
+            assert resp.status == 405 and resp.headers["Access-Control-Allow-Origin"] == "*"
+    _no_tracebacks(caplog)
+    assert any(r.name == "device_agent.media.whep.http" and r.levelno == logging.WARNING for r in caplog.records)
+
+
+async def test_aiortc_connect_task_errors_are_handled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the fuzzer (once in about 900 sessions made and deleted): aiortc's own connect task raised
+    InvalidStateError('RTCIceTransport is closed') for a peer closed under it, and asyncio logged 'Task exception
+    was never retrieved' as an ERROR with a traceback. The same failure, made deterministic here by closing the
+    ICE transport before setLocalDescription starts that task, must reach the session's handler instead."""
+    import gc
+
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.exceptions import InvalidStateError
+
+    from device_agent.media.sessions import guard_connect
+
+    offer = await _aiortc_offer(audio=False)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendonly")
+    caught: list[BaseException] = []
+    guard_connect(pc, caught.append)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    answer = await pc.createAnswer()
+    await pc.getTransceivers()[0].receiver.transport.transport.stop()  # closed under the peer
+    await pc.setLocalDescription(answer)  # gathers, then starts aiortc's connect task
+    await asyncio.sleep(0.2)
+    await pc.close()
+    gc.collect()
+    await asyncio.sleep(0.05)
+    assert [type(exc) for exc in caught] == [InvalidStateError]
+    _no_tracebacks(caplog)
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        viewer = Viewer(_base(agent))  # and every session's peer is guarded
+        await viewer.connect(http)
+        session = next(iter(agent.get("media").sessions.sessions.values()))
+        assert "guard_connect" in session.pc._RTCPeerConnection__connect.__qualname__
+        await viewer.wait_frames(5)
+        await viewer.close(http)

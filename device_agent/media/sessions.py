@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,25 @@ async def close_peer(pc: RTCPeerConnection) -> None:
         with contextlib.suppress(Exception):
             await part.stop()
     pc.remove_all_listeners()
+
+
+def guard_connect(pc: RTCPeerConnection, on_error: Callable[[BaseException], None]) -> None:
+    """Hand ``on_error`` what aiortc's connect task raises instead of leaving it unretrieved.
+
+    ``setRemoteDescription`` and ``setLocalDescription`` start ``RTCPeerConnection.__connect`` as a
+    task nobody awaits; a peer closed while it runs (the viewer left mid-connect, ICE failed) makes
+    it raise (``InvalidStateError: RTCIceTransport is closed``), which asyncio then logs as an ERROR
+    with a traceback. The method is looked up on the instance, so wrapping it there catches that.
+    """
+    connect = pc._RTCPeerConnection__connect  # type: ignore[attr-defined]
+
+    async def guarded() -> None:
+        try:
+            await connect()
+        except Exception as exc:  # aiortc's own task: nobody else would ever see this
+            on_error(exc)
+
+    pc._RTCPeerConnection__connect = guarded  # type: ignore[attr-defined]
 
 
 def offered_video_codecs(offer_sdp: str) -> set[str]:
@@ -174,6 +194,17 @@ class SessionManager:
 
     async def _negotiate(self, session: ViewerSession, offer_sdp: str) -> str:
         pc = session.pc
+
+        def on_connect_error(exc: BaseException) -> None:
+            if session.id in self.sessions and session.id not in self._closing:
+                log.warning("viewer session %s: connecting failed (%s: %s)", session.id, type(exc).__name__, exc,
+                            extra={"session": session.id})
+                asyncio.ensure_future(self.close(session.id, "connection failed"))
+            else:  # closed while connecting: expected, the viewer left
+                log.info("viewer session %s: connecting stopped by close (%s)", session.id, exc,
+                         extra={"session": session.id})
+
+        guard_connect(pc, on_connect_error)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

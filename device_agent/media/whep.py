@@ -14,11 +14,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from device_agent.media.sdp_checks import excerpt
 from device_agent.media.sessions import CapacityError, OfferError, SessionManager, SessionNotFound
@@ -71,12 +73,26 @@ async def read_text(request: web.Request, what: str) -> str:
         raise BodyRefused(400, f"the {what} is not {codec.upper()} text (bad byte at {exc.start})") from None
 
 
+class HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for this endpoint: a client's malformed HTTP (a bad method, a body left
+    unread after a bad request line...) is one WARNING line; any other exception stays an ERROR with
+    its traceback, because that is a bug here."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            self.warning("%s: %s", str(msg) % args, excerpt(" ".join(str(exc).split())))
+            return
+        self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
 @web.middleware
 async def _cors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     try:
         response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
+    except web.HTTPException as exc:  # aiohttp's own 404/405/413...: CORS on those too
+        exc.headers.update(CORS_HEADERS)
+        raise
     response.headers.update(CORS_HEADERS)
     return response
 
@@ -112,7 +128,8 @@ class WhepServer:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     logger=HttpLog(logging.getLogger(f"{__name__}.http"), {}))
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
