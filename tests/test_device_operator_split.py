@@ -1,15 +1,15 @@
-"""Device and operator apart: device code never needs fleet/ or the operator's dependencies, ota/
-is a library below the agent, and the two copies of the systemd unit never drift."""
+"""Device and operator apart: device code never needs fleet/ or the operator's dependencies (the
+import rules themselves are rows of tests/test_layering.py), the device CLI runs without them, and
+the two copies of the systemd unit never drift."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_layering import ROOT, imported_modules, module_name
+
 DEVICE_PACKAGES = ("device_agent", "hal", "ota", "provisioning", "firmware_hooks")
 OPERATOR_ONLY = {"fleet", "sqlalchemy", "segno"}  # fleet/ and what only fleet/ uses ([fleet] extra)
 
@@ -36,29 +36,15 @@ print("device CLI ok")
 """
 
 
-def imports_of(package: str) -> list[tuple[str, int, str]]:
-    """(file, line, top-level module) of every import under ``package``, lazy ones included."""
-    found = []
-    for path in sorted((ROOT / package).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                names = [node.module or ""]
-            else:
-                continue
-            found.extend((str(path.relative_to(ROOT)), node.lineno, n.split(".")[0]) for n in names)
-    return found
-
-
-def test_device_code_never_imports_fleet_or_operator_dependencies() -> None:
-    bad = [f"{f}:{line} imports {m}" for p in DEVICE_PACKAGES for f, line, m in imports_of(p) if m in OPERATOR_ONLY]
-    assert not bad, bad
-
-
-def test_ota_is_a_library_below_the_agent() -> None:
-    """ota/ imports neither the agent nor the operator's code: device_agent -> ota, never back."""
-    bad = [f"{f}:{line} imports {m}" for f, line, m in imports_of("ota") if m in {"device_agent", "fleet"}]
+def test_device_code_never_imports_the_operator_dependencies() -> None:
+    """Third-party side of the split (tests/test_layering.py's rules cover fleet/ and ota/)."""
+    bad = []
+    for package in DEVICE_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, name in imported_modules(path.read_text(encoding="utf-8"), module_name(path),
+                                               path.name == "__init__.py"):
+                if name.split(".")[0] in OPERATOR_ONLY:
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     assert not bad, bad
 
 

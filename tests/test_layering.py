@@ -26,6 +26,14 @@ class Rule:
 RULES = [
     Rule("hal", frozenset({"hal"}),
          "the HAL stands alone: it takes plain arguments and settings dataclasses, never agent types"),
+    Rule("ota", frozenset({"ota", "firmware_hooks"}),
+         "ota is a library below the agent: device_agent binds it (ota_component.py, commands/ota.py), "
+         "never the other way; the operator's side is fleet/ota"),
+    Rule("firmware_hooks", frozenset({"firmware_hooks"}), "the hook runner stands alone (ota and the hooks use it)"),
+    Rule("device_agent", frozenset({"device_agent", "hal", "ota", "provisioning"}),
+         "device code never imports the operator's fleet/ (a device installs without the [fleet] extra)"),
+    Rule("provisioning", frozenset({"provisioning", "device_agent", "hal", "ota"}),
+         "device code never imports the operator's fleet/ (a device installs without the [fleet] extra)"),
 ]
 
 
