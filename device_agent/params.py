@@ -129,8 +129,8 @@ def validate(params: Any, declared: Sequence[Param]) -> dict[str, Any]:
     by_name = {p.name: p for p in declared}
     unknown = sorted(str(k) for k in params if k not in by_name)
     if unknown:
-        known = ", ".join(sorted(by_name)) or "none"
-        raise ParamError(f"{unknown[0]}: unknown parameter (this command takes: {known})")
+        known = "; ".join(p.describe() for p in declared) or "no parameters"
+        raise ParamError(f"{unknown[0][:64]}: unknown parameter (this command takes {known})")
     out: dict[str, Any] = {}
     for spec in declared:
         value = params.get(spec.name)
