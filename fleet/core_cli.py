@@ -59,6 +59,13 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
+    p = sub.add_parser("sessions", help="one device's viewer sessions: duration, fps, freezes, loss, MOS")
+    _db_args(p)
+    p.add_argument("device")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sessions)
+
     p = sub.add_parser("alerts", help="active alerts (device and fleet-wide)")
     _db_args(p)
     p.add_argument("--all", action="store_true", help="include cleared alerts")
@@ -150,6 +157,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     for e in info["recent_events"][:10]:
         print(f"  {_cell(e.get('ts'))}  {e.get('type')}  {e.get('severity', '')} {e.get('code', '')} "
               f"{'raised' if e.get('active') else 'cleared' if e.get('type') == 'alert' else ''}")
+    return 0
+
+
+SESSION_COLUMNS = ["started", "duration_s", "client", "reason", "ttff_ms", "fps_mean", "fps_min", "freeze_rate",
+                   "kbps", "loss_pct", "rtt_ms", "av_sync_p95_ms", "mos"]
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    rows = _store(args).sessions(args.device, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no viewer sessions recorded for {args.device}")
+    else:
+        print(table(rows, SESSION_COLUMNS))
     return 0
 
 

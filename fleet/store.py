@@ -307,6 +307,14 @@ class Store:
             return [json.loads(r[0]) for r in conn.execute(
                 sa.select(e.c.payload).where(e.c.device_id == device_id).order_by(e.c.id))]
 
+    def sessions(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """A device's viewer-session records (``media.session`` events), newest first."""
+        e = self.events
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(e.c.payload).where(e.c.device_id == device_id, e.c.type == "media.session")
+                                .order_by(e.c.ts.desc(), e.c.id.desc()).limit(limit))
+            return [json.loads(r[0]) for r in rows]
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return {name: int(conn.execute(sa.select(sa.func.count()).select_from(tbl)).scalar() or 0)

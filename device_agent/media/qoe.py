@@ -327,8 +327,11 @@ class FreezeCounter:
         self._recent.append(t)
 
     def fps(self, now: float, window_s: float = 2.0) -> float:
-        """Frames rendered per second over the last ``window_s``."""
-        return sum(1 for x in self._recent if x > now - window_s) / window_s
+        """Frames rendered per second over the last ``window_s`` (or since the first frame, if later)."""
+        if self.first is None:
+            return 0.0
+        span = max(0.25, min(window_s, now - self.first))
+        return sum(1 for x in self._recent if x > now - span) / span
 
     def take_longest(self, now: float) -> float:
         """Longest freeze since the previous call, counting a gap still open now; resets."""

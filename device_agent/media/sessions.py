@@ -24,6 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
+from device_agent.media.session_record import OnSessionEnd
 from device_agent.media.viewer_control import ViewerControl
 from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
@@ -154,6 +155,7 @@ class SessionManager:
         self.ended: collections.Counter[str] = collections.Counter()
         self._closing: set[str] = set()
         self.failed_connects = RecentEvents()  # sessions that ended before they connected
+        self.on_end: OnSessionEnd | None = None  # the component's end-of-session record
 
     def _configuration(self) -> RTCConfiguration:
         # An explicit (possibly empty) list: aiortc's default would query a public STUN server.
@@ -303,6 +305,11 @@ class SessionManager:
         self.ended[reason] += 1
         if session.connected_at is None and reason in ("connection failed", "not connected in time"):
             self.failed_connects.add()
+        if self.on_end is not None:
+            try:
+                self.on_end(session, reason)
+            except Exception:  # the record is a report: it must never keep a session alive
+                log.exception("session %s: end-of-session record failed", session_id)
         log.info("viewer session %s ended: %s; %d active", session_id, reason, len(self.sessions),
                  extra={"session": session_id})
         return True

@@ -38,6 +38,7 @@ function onPresented(now) {
       render.longestMs = Math.max(render.longestMs || 0, gap);
     }
   }
+  if (render.frames === 0) render.firstAt = now;
   render.frames += 1;
   render.last = now;
   render.recent.push(now);
@@ -45,6 +46,13 @@ function onPresented(now) {
 }
 
 let frameWatch = 0; // generation: a reconnect starts a new callback chain and ends the old one
+// presented frames per second over the last 2 s (or since the first frame, if later)
+function fpsSince(now) {
+  if (render.firstAt === null || render.firstAt === undefined) return 0;
+  const span = Math.max(250, Math.min(2000, now - render.firstAt));
+  return (1000 * render.recent.filter((t) => t > now - span).length) / span;
+}
+
 function watchFrames(video) {
   if (!video.requestVideoFrameCallback) return false;
   const gen = ++frameWatch;
@@ -74,7 +82,7 @@ async function qoeReport() {
                        pli: video.pliCount, w: video.frameWidth, h: video.frameHeight });
     if (rvfc) {
       Object.assign(r, { frames: render.frames, freezes: render.freezes, freeze_ms: Math.round(render.frozenMs),
-                         fps: render.recent.filter((t) => t > now - 2000).length / 2,
+                         fps: fpsSince(now),
                          stall_ms: render.last === null ? 0 : Math.round(now - render.last) });
       const gapNow = render.last === null ? 0 : now - render.last; // the longest freeze since the last report
       r.freeze_max_ms = Math.round(Math.max(render.longestMs || 0, gapNow > FREEZE_GAP_MS ? gapNow : 0));
@@ -192,7 +200,7 @@ async function connect() {
   };
   if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
   else video.addEventListener("loadeddata", onFrame, { once: true });
-  Object.assign(render, { frames: 0, freezes: 0, frozenMs: 0, last: null, recent: [], first: null, afreezes: 0, afrozenMs: 0 });
+  Object.assign(render, { frames: 0, freezes: 0, frozenMs: 0, last: null, recent: [], first: null, firstAt: null, afreezes: 0, afrozenMs: 0 });
   if (watchFrames(video)) render.first = 0;
   statsTimer = setInterval(updateStats, 1000);
   qoeTimer = setInterval(() => qoeReport().catch(() => {}), QOE_INTERVAL_MS);
