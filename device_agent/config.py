@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device_agent.checks.thresholds import DISK_FAIL_FREE, DISK_WARN_FREE
 from hal.audio.settings import AudioSettings
 from hal.camera.settings import CameraSettings
 from hal.encoder.settings import EncoderSettings
@@ -263,8 +264,8 @@ class DiagnosticsSection:
     thermal_path: str = "/sys/class/thermal/thermal_zone0/temp"
     temp_warn_c: float = 75.0
     temp_fail_c: float = 82.0
-    disk_warn_free: float = 0.10  # fraction of the state dir's filesystem still free
-    disk_fail_free: float = 0.03
+    disk_warn_free: float = DISK_WARN_FREE  # fraction of the state dir's filesystem still free
+    disk_fail_free: float = DISK_FAIL_FREE  # (shared with `device-agent doctor`; it also needs 200 MB)
     ping_count: int = 20  # MQTT round trips in netcheck's loss burst
     view_max_sessions: int = 2  # concurrent `fleetctl view` sessions
     view_max_s: float = 600.0  # a remote view is closed after this long

@@ -4,41 +4,41 @@ Order: identity, clock, broker (mutual TLS), disk, noise-suppression model, then
 (microphone level, speaker tone, camera frame), which is slowest and may need a person nearby.
 Hardware goes through the HAL factories (``hal.audio.factory``, ``hal.camera.factory``); a check
 whose factory is not installed is reported as skipped, not passed.
+
+Clock, disk, microphone level and camera frame are judged by the checks library the self-test
+uses too (``device_agent.checks``: one ``Check`` type, one set of thresholds). The doctor's lines
+are pass / fail / skip: a check's warning is a passing line whose detail says what is off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import dataclasses
 import os
-import shutil
 import stat
-import subprocess
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from device_agent import checks
+from device_agent.checks import FAIL, PASS, SKIP, WARN, Check
+from device_agent.checks.thresholds import MIC_SPEECH_MIN_DBFS
 from device_agent.config import AgentConfig
+from device_agent.diag.frames import frame_stats
 from hal.audio.factory import create_sink, create_source
 from hal.camera.factory import create_camera
-from provisioning.claim import CLOCK_FLOOR
 from provisioning.identity import IdentityError, IdentityStore
 from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
-MIN_FREE_BYTES = 200 * 1024 * 1024
-MIC_MIN_DBFS = -60.0
+__all__ = ["FAIL", "PASS", "SKIP", "Check", "as_json", "render", "run_doctor"]
 
 
-@dataclass
-class Check:
-    name: str
-    status: str
-    detail: str
-    fix: str = ""
+def _line(check: Check, name: str) -> Check:
+    """A library check as a doctor line: the doctor's name for it, and a warning shown as a pass
+    (its detail says what is off)."""
+    return dataclasses.replace(check, name=name, status=PASS if check.status == WARN else check.status)
 
 
 async def check_identity(cfg: AgentConfig) -> Check:
@@ -46,65 +46,47 @@ async def check_identity(cfg: AgentConfig) -> Check:
     try:
         ident = await asyncio.to_thread(store.load)
     except IdentityError as exc:
-        return Check("Identity", FAIL, str(exc), "provision the device: device-agent provision --claim TOKEN "
-                                                  "--fleet HOST (factory-reset first if it was provisioned)")
+        return Check("Identity", FAIL, str(exc), fix="provision the device: device-agent provision --claim TOKEN "
+                                                      "--fleet HOST (factory-reset first if it was provisioned)")
     mode = stat.S_IMODE(store.key_path.stat().st_mode)
     if mode & 0o077:
         return Check("Identity", FAIL, f"the device key {store.key_path} is readable by others (mode {mode:o})",
-                     f"chmod 600 {store.key_path}")
+                     fix=f"chmod 600 {store.key_path}")
     days = ident.days_left()
     if days <= 0:
         return Check("Identity", FAIL, f"device {ident.device_id}: certificate expired on {ident.not_after:%Y-%m-%d}",
-                     "the fleet must issue a new one: factory-reset and provision with a new claim token")
+                     fix="the fleet must issue a new one: factory-reset and provision with a new claim token")
     if ident.device_id != cfg.device.id:
         return Check("Identity", FAIL, f"certificate is for {ident.device_id} but the configuration says "
-                                       f"device.id = {cfg.device.id!r}", f"set device.id = \"{ident.device_id}\"")
+                                       f"device.id = {cfg.device.id!r}", fix=f"set device.id = \"{ident.device_id}\"")
     note = " (renewal due)" if days <= cfg.provisioning.renew_before_days else ""
     return Check("Identity", PASS, f"device {ident.device_id}, certificate valid until "
                                    f"{ident.not_after:%Y-%m-%d} ({days:.0f} days){note}")
 
 
-def _ntp_synchronized() -> bool | None:
-    if not shutil.which("timedatectl"):
-        return None
-    try:
-        out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    value = out.stdout.strip()
-    return {"yes": True, "no": False}.get(value)
-
-
 async def check_clock(cfg: AgentConfig, now: float | None = None) -> Check:
-    t = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
-    if t < CLOCK_FLOOR:
-        return Check("Clock", FAIL, f"the clock says {t:%Y-%m-%d %H:%M} UTC, which cannot be right",
-                     "connect the device to a network with NTP, or set the date (timedatectl set-time)")
+    """After ``CLOCK_FLOOR``, after the certificate's start (when provisioned), NTP state."""
     store = IdentityStore(cfg.provisioning.resolve_identity_dir(cfg.device.state_dir))
     try:
         ident = await asyncio.to_thread(store.load)
-        if t < ident.cert.not_valid_before_utc:
-            return Check("Clock", FAIL, f"the clock ({t:%Y-%m-%d %H:%M} UTC) is before the certificate was issued",
-                         "fix the time (NTP): TLS will fail until then")
+        not_before = ident.cert.not_valid_before_utc
     except IdentityError:
-        pass
-    sync = await asyncio.to_thread(_ntp_synchronized)
-    extra = {True: ", NTP synchronised", False: ", NTP not synchronised yet", None: ""}[sync]
-    return Check("Clock", PASS, f"{t:%Y-%m-%d %H:%M} UTC{extra}")
+        not_before = None
+    sync = await asyncio.to_thread(checks.ntp_synchronized)
+    return _line(checks.check_clock(time.time() if now is None else now, sync, not_before=not_before), "Clock")
 
 
 async def check_broker(cfg: AgentConfig) -> Check:
     m = cfg.mqtt
     if not m.url:
-        return Check("Broker", FAIL, "no fleet broker configured (mqtt.url is empty)", "provision the device")
+        return Check("Broker", FAIL, "no fleet broker configured (mqtt.url is empty)", fix="provision the device")
     if not m.url.startswith("mqtts://") or not m.cert_file:
-        return Check("Broker", FAIL, f"{m.url} is not mutual TLS", "provision the device (mqtts with a certificate)")
+        return Check("Broker", FAIL, f"{m.url} is not mutual TLS", fix="provision the device (mqtts with a certificate)")
     host, port = split_host_port(m.url, 8883)
     try:
         tls = tls_context(m.ca_file, m.cert_file, m.key_file)
     except (OSError, ValueError) as exc:
-        return Check("Broker", FAIL, f"cannot load the TLS files: {exc}", "factory-reset and provision again")
+        return Check("Broker", FAIL, f"cannot load the TLS files: {exc}", fix="factory-reset and provision again")
     client = AsyncMqtt(f"{cfg.device.id}-doctor", tls=tls)
     t0 = time.monotonic()
     try:
@@ -115,22 +97,17 @@ async def check_broker(cfg: AgentConfig) -> Check:
                "timeout": "a firewall may block the port; check the network",
                "tls": "the certificate may be revoked or expired: tell the fleet operator",
                "rejected": "the certificate was refused: tell the fleet operator"}.get(exc.kind, "")
-        return Check("Broker", FAIL, str(exc), fix)
+        return Check("Broker", FAIL, str(exc), fix=fix)
     ms = (time.monotonic() - t0) * 1000
     await client.close()
     return Check("Broker", PASS, f"{host}:{port} reachable with mutual TLS ({ms:.0f} ms)")
 
 
 async def check_disk(cfg: AgentConfig) -> Check:
-    p = Path(cfg.device.state_dir)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    du = shutil.disk_usage(p)
-    free_mb = du.free / 1e6
-    if du.free < MIN_FREE_BYTES or du.free < 0.05 * du.total:
-        return Check("Disk", FAIL, f"only {free_mb:.0f} MB free on {p}",
-                     "free space: remove old recordings or logs (device-agent needs 200 MB)")
-    return Check("Disk", PASS, f"{free_mb:.0f} MB free on {p} ({100 * du.free / du.total:.0f} %)")
+    """Free space where the state lives (``[diagnostics] disk_fail_free``/``disk_warn_free``, 200 MB)."""
+    d = cfg.diagnostics
+    return _line(await asyncio.to_thread(checks.check_disk, Path(cfg.device.state_dir), d.disk_fail_free,
+                                         d.disk_warn_free), "Disk")
 
 
 async def check_ns(cfg: AgentConfig) -> Check:
@@ -147,7 +124,7 @@ async def check_ns(cfg: AgentConfig) -> Check:
         path = await asyncio.to_thread(load)
     except Exception as exc:
         return Check("Noise suppression model", FAIL, str(exc),
-                     "reinstall the agent, or fix ns.model in the configuration")
+                     fix="reinstall the agent, or fix ns.model in the configuration")
     return Check("Noise suppression model", PASS, f"loaded {Path(path).name}")
 
 
@@ -165,16 +142,13 @@ async def check_microphone(cfg: AgentConfig, seconds: float = 1.0) -> Check:
             await source.stop()
     except Exception as exc:
         return Check("Microphone", FAIL, f"{cfg.audio.backend} capture from {cfg.audio.device!r} failed: {exc}",
-                     "check the microphone is connected and audio.device names it (arecord -l)")
+                     fix="check the microphone is connected and audio.device names it (arecord -l)")
     x = np.concatenate(chunks) / 32768.0
     rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-    dbfs = 20 * np.log10(max(rms, 1e-9))
-    if dbfs < MIC_MIN_DBFS:
-        return Check("Microphone", FAIL, f"level {dbfs:.0f} dBFS: silence",
-                     "speak near the microphone and retry; check its cable and the capture gain (alsamixer)")
     peak = float(np.max(np.abs(x))) if x.size else 0.0
-    clip = " (clipping: lower the gain)" if peak >= 0.999 else ""
-    return Check("Microphone", PASS, f"level {dbfs:.0f} dBFS{clip}")
+    level, peak_dbfs = (20 * float(np.log10(max(v, 1e-9))) for v in (rms, peak))
+    # a person speaks near it during the doctor: its floor is the speech one, not digital silence
+    return _line(checks.check_mic_level(level, peak_dbfs, min_level_dbfs=MIC_SPEECH_MIN_DBFS), "Microphone")
 
 
 async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
@@ -206,12 +180,12 @@ async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
             await sink.stop()
     except Exception as exc:
         return Check("Speaker", FAIL, f"playback on {cfg.audio.playback_device!r} failed: {exc}",
-                     "check the speaker is connected and audio.playback_device names it (aplay -l)")
+                     fix="check the speaker is connected and audio.playback_device names it (aplay -l)")
     written = stats.get("frames_written")
     if stats.get("dropped_frames") or (written is not None and written < 0.9 * tone.size):
         return Check("Speaker", FAIL, f"the speaker did not take the tone ({written} of {tone.size} frames "
                                       f"played, {stats.get('dropped_frames', 0)} dropped)",
-                     "check the speaker device is not used by another program (fuser -v /dev/snd/*)")
+                     fix="check the speaker device is not used by another program (fuser -v /dev/snd/*)")
     return Check("Speaker", PASS, f"played a 1 kHz tone for {seconds:g} s on {cfg.audio.playback_device!r} "
                                   f"({written} frames): you should have heard it")
 
@@ -224,14 +198,11 @@ async def check_camera(cfg: AgentConfig) -> Check:
             captured = await asyncio.wait_for(cam.read(), 10.0)
         finally:
             await cam.stop()
-        img = captured.frame.to_ndarray(format="gray")
+        stats = await asyncio.to_thread(frame_stats, captured.frame)
     except Exception as exc:
         return Check("Camera", FAIL, f"{cfg.camera.backend} camera gave no frame: {exc}",
-                     "check the camera cable and camera.device/backend in the configuration")
-    if float(np.std(img)) < 1.0:
-        return Check("Camera", FAIL, f"frame {img.shape[1]}x{img.shape[0]} is uniform (mean {np.mean(img):.0f}): "
-                                     f"lens covered or sensor dead", "remove the lens cover; check the camera cable")
-    return Check("Camera", PASS, f"got a {img.shape[1]}x{img.shape[0]} frame")
+                     fix="check the camera cable and camera.device/backend in the configuration")
+    return _line(checks.check_camera_frame(stats), "Camera")
 
 
 async def run_doctor(cfg: AgentConfig, hardware: bool = True) -> list[Check]:
@@ -245,7 +216,7 @@ async def run_doctor(cfg: AgentConfig, hardware: bool = True) -> list[Check]:
             results.append(await step(cfg))
         except Exception as exc:  # a broken check is a failed line, not a crash
             results.append(Check(step.__name__.removeprefix("check_").capitalize(), FAIL,
-                                 f"{type(exc).__name__}: {exc}", "report this to the device maker"))
+                                 f"{type(exc).__name__}: {exc}", fix="report this to the device maker"))
     return results
 
 
@@ -261,5 +232,6 @@ def render(results: list[Check]) -> str:
 
 
 def as_json(results: list[Check]) -> dict[str, Any]:
-    return {"ok": not any(c.status == FAIL for c in results), "checks": [asdict(c) for c in results],
+    return {"ok": not any(c.status == FAIL for c in results),
+            "checks": [{"name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix} for c in results],
             "host": os.uname().nodename}

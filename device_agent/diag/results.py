@@ -1,25 +1,15 @@
-"""Structured diagnostic results: one status per check and a human summary."""
+"""Structured diagnostic results: one status per check and a human summary (the ``Check`` type is
+the checks library's, ``device_agent.checks``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+from device_agent.checks.result import FAIL, PASS, SKIP, WARN, Check
+
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "format_report", "report"]
+
 _RANK = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
-
-
-@dataclass
-class Check:
-    """One check: ``status`` is pass | warn | fail | skip (not applicable on this hardware)."""
-
-    name: str
-    status: str
-    detail: str
-    value: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "value": self.value}
 
 
 def report(action: str, checks: list[Check]) -> dict[str, Any]:

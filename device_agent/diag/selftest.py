@@ -3,14 +3,13 @@
 Audio and video checks read the running media component (its microphone level, its camera's
 latest frame, its encoder choice and the noise-suppression stage's real-time factor): the
 self-test never opens a second camera or capture device. Each check is time-boxed; one failing
-or crashing check never hides the others. Thresholds and paths come from ``[diagnostics]``.
+or crashing check never hides the others. Thresholds and paths come from ``[diagnostics]`` and the
+checks library shared with ``device-agent doctor`` (``device_agent.checks``, its ``thresholds``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from device_agent.checks import (check_camera_frame, check_clock, check_disk, check_mic_level, check_temperature,
+                                 check_throttling, ntp_synchronized, read_throttled)
 from device_agent.config import AgentConfig
 from device_agent.diag.frames import frame_stats
 from device_agent.diag.ping import Pinger
@@ -25,7 +26,6 @@ from device_agent.diag.results import FAIL, PASS, SKIP, WARN, Check, report
 from device_agent.media.component import MediaComponent
 from hal.audio.base import AudioChunk
 
-MIN_PLAUSIBLE_YEAR = 2025  # a clock before this has never been synced (no RTC on a Pi)
 LEVEL_WINDOW_S = 1.0  # microphone level sampled over this long
 TONE_HZ = 1000.0
 
@@ -73,18 +73,7 @@ class SelfTest:
                     Check("loopback", SKIP, "no microphone")]
         levels = await self._levels(LEVEL_WINDOW_S)
         level = float(np.median(levels))
-        floor = float(np.percentile(levels, 10))
-        value = {"backend": self.cfg.audio.backend, "level_dbfs": round(level, 1),
-                 "noise_floor_dbfs": round(floor, 1), "peak_dbfs": round(max(levels), 1)}
-        if level <= -90:
-            mic = Check("mic", FAIL, f"digital silence ({level:.0f} dBFS): microphone dead or muted", value)
-        elif max(levels) >= -0.5:
-            mic = Check("mic", WARN, f"input reaches {max(levels):.1f} dBFS: clipping, gain too high", value)
-        elif floor > -35:
-            mic = Check("mic", WARN, f"noise floor {floor:.0f} dBFS is high", value)
-        else:
-            mic = Check("mic", PASS, f"level {level:.0f} dBFS, noise floor {floor:.0f} dBFS "
-                        f"({self.cfg.audio.backend})", value)
+        mic = check_mic_level(level, max(levels), float(np.percentile(levels, 10)), backend=self.cfg.audio.backend)
         return [mic, await self.loopback(level)]
 
     async def loopback(self, baseline_dbfs: float) -> Check:
@@ -121,18 +110,8 @@ class SelfTest:
         if captured is None:
             return [Check("camera", FAIL, "no camera frame from the media pipeline")]
         st: dict[str, Any] = await asyncio.to_thread(frame_stats, captured.frame)
-        st["age_ms"] = round((time.monotonic() - captured.timestamp) * 1000, 1)
         st["index"] = captured.index
-        if st["age_ms"] > 2000:
-            return [Check("camera", FAIL, f"latest frame is {st['age_ms'] / 1000:.1f} s old: camera stalled", st)]
-        if st["brightness"] < 12:
-            return [Check("camera", WARN, f"frame nearly black (mean luma {st['brightness']}): lens covered "
-                          "or too dark", st)]
-        if st["brightness"] > 245:
-            return [Check("camera", WARN, f"frame saturated (mean luma {st['brightness']})", st)]
-        if st["contrast"] < 2:
-            return [Check("camera", WARN, f"uniform frame (luma std {st['contrast']}): sensor or lens problem", st)]
-        return [Check("camera", PASS, f"{st['width']}x{st['height']}, brightness {st['brightness']}", st)]
+        return [check_camera_frame(st, age_s=time.monotonic() - captured.timestamp)]
 
     async def encoder(self) -> list[Check]:
         choice = self.media.choice if self.media is not None else None
@@ -172,53 +151,17 @@ class SelfTest:
     # -- system --------------------------------------------------------------------------------
     async def disk(self) -> list[Check]:
         d = self.cfg.diagnostics
-        path = Path(self.cfg.device.state_dir)
-        probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
-        usage = shutil.disk_usage(probe)
-        free = usage.free / usage.total
-        value = {"path": str(probe), "free_bytes": usage.free, "total_bytes": usage.total,
-                 "free_pct": round(100 * free, 1)}
-        status = FAIL if free < d.disk_fail_free else WARN if free < d.disk_warn_free else PASS
-        return [Check("disk", status, f"{100 * free:.1f}% free on {probe}", value)]
+        return [await asyncio.to_thread(check_disk, Path(self.cfg.device.state_dir), d.disk_fail_free,
+                                        d.disk_warn_free)]
 
     async def temperature(self) -> list[Check]:
         d = self.cfg.diagnostics
-        checks: list[Check] = []
-        try:
-            temp_c = int(Path(d.thermal_path).read_text().strip()) / 1000.0
-        except (OSError, ValueError):
-            checks.append(Check("temperature", SKIP, f"no thermal zone at {d.thermal_path}"))
-        else:
-            status = FAIL if temp_c >= d.temp_fail_c else WARN if temp_c >= d.temp_warn_c else PASS
-            checks.append(Check("temperature", status, f"SoC at {temp_c:.1f} C", {"celsius": temp_c}))
-        throttled = await asyncio.to_thread(_read_throttled)
-        if throttled is None:
-            checks.append(Check("throttling", SKIP, "no vcgencmd (not a Raspberry Pi)"))
-        else:
-            flags = throttle_flags(throttled)
-            now = [f for f in flags if not f.startswith("since boot")]
-            status = FAIL if now else WARN if flags else PASS
-            checks.append(Check("throttling", status, ", ".join(flags) or "never throttled",
-                                {"raw": hex(throttled), "flags": flags}))
-        return checks
+        return [check_temperature(d.thermal_path, d.temp_warn_c, d.temp_fail_c),
+                check_throttling(await asyncio.to_thread(read_throttled))]
 
     async def clock(self, fleet_ts: float | None) -> list[Check]:
-        now = time.time()
-        value: dict[str, Any] = {"device_ts": round(now, 3)}
-        synced = await asyncio.to_thread(_ntp_synchronized)
-        value["ntp_synchronized"] = synced
-        if time.gmtime(now).tm_year < MIN_PLAUSIBLE_YEAR:
-            return [Check("clock", FAIL, f"clock reads {time.strftime('%Y-%m-%d', time.gmtime(now))}: never "
-                          "synced", value)]
-        if fleet_ts is not None:
-            skew = now - fleet_ts
-            value["skew_vs_fleet_s"] = round(skew, 3)  # includes the one-way command latency
-            if abs(skew) > 5:
-                return [Check("clock", FAIL if abs(skew) > 60 else WARN, f"{skew:+.1f} s off the fleet's clock",
-                              value)]
-        if synced is False:
-            return [Check("clock", WARN, "NTP not synchronized", value)]
-        return [Check("clock", PASS, "plausible" + (" and NTP-synchronized" if synced else ""), value)]
+        synced = await asyncio.to_thread(ntp_synchronized)
+        return [check_clock(time.time(), synced, fleet_ts)]
 
     async def broker(self) -> list[Check]:
         if self.pinger is None:
@@ -231,35 +174,3 @@ class SelfTest:
         status = WARN if min(got) > 500 or len(got) < 3 else PASS
         return [Check("broker", status, f"MQTT round trip {min(got):.1f} ms", value)]
 
-
-def _read_throttled() -> int | None:
-    exe = shutil.which("vcgencmd")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=5).stdout
-        return int(out.strip().split("=")[-1], 16)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
-
-
-_THROTTLE_BITS = {0: "under-voltage", 1: "arm frequency capped", 2: "throttled", 3: "soft temperature limit",
-                  16: "since boot: under-voltage", 17: "since boot: frequency capped",
-                  18: "since boot: throttled", 19: "since boot: soft temperature limit"}
-
-
-def throttle_flags(value: int) -> list[str]:
-    """Human names of the bits set in ``vcgencmd get_throttled``'s value."""
-    return [text for bit, text in _THROTTLE_BITS.items() if value & (1 << bit)]
-
-
-def _ntp_synchronized() -> bool | None:
-    exe = shutil.which("timedatectl")
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "show", "-p", "NTPSynchronized", "--value"], capture_output=True, text=True,
-                             timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"yes": True, "no": False}.get(out.stdout.strip())
