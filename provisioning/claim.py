@@ -21,6 +21,7 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from device_agent.checks.thresholds import CLOCK_FLOOR  # any clock before it is wrong (no RTC); doctor's too
 from provisioning.identity import public_key_der
 from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
 from provisioning.token import ClaimToken, ca_pin
@@ -30,8 +31,6 @@ EXIT_CODES = {
     "local": 1, "no_network": 3, "unreachable": 4, "clock": 5, "bad_token": 6, "expired_token": 7,
     "used_token": 8, "refused": 9, "connect_as_device": 10,
 }
-# Any clock before this is wrong (a device without RTC boots at 1970 or its image build date).
-CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 MAX_SKEW_S = 300.0
 RESEND_S = 3.0  # re-send an unanswered claim request this often
 
