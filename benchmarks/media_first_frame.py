@@ -1,29 +1,37 @@
-"""Time from the WHEP POST to the first rendered frame in headless Chromium, 4 viewers joining at once,
-for the agent and, in the same run, for aiortc with a naive WHEP handler (benchmarks.naive_whep).
+"""Time from the WHEP POST to the first rendered frame in headless Chromium, 1 and 4 viewers joining at
+once, for the agent and, in the same run, for aiortc with a naive WHEP handler (benchmarks.naive_whep).
 
-Each round opens 4 pages of the viewer page concurrently; each page reports ``postToFirstFrameMs``
-(POST sent -> first ``requestVideoFrameCallback``) and ``postToAnswerMs``. For the agent the
-breakdown also reads ``/api/stats``: per session ``connect_ms`` (answer created -> ICE+DTLS
-connected, agent side) and ``first_keyframe_ms`` (track's first ``recv`` -> first IDR packet).
+The main figure is Chromium as it comes (no --use-fake-ui-for-media-stream or other permission
+flags: what a user's browser does); the same rounds run again with the permission flags the test
+suite uses. Each combination runs with the pages preloaded (open and idle, then all (re)join at
+once: only the WHEP joins happen together) and with the page load (the pages open at once; POST ->
+first frame and navigation -> first frame). Then one viewer behind the emulated link (200 ms RTT,
+tests/support/linkemu.py; needs root), agent and naive peer. Each page reports
+``postToFirstFrameMs`` (POST sent -> first ``requestVideoFrameCallback``) and ``postToAnswerMs``;
+for the agent the breakdown also reads ``/api/stats``: per session ``connect_ms`` (answer created ->
+ICE+DTLS connected, agent side) and ``first_keyframe_ms`` (track's first ``recv`` -> first IDR packet).
 
-Run: .venv/bin/python -m benchmarks.media_first_frame [--rounds 8] [--viewers 4]
+Run: .venv/bin/python -m benchmarks.media_first_frame [--rounds 6] [--viewers 1 4] [--no-link]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import tempfile
 import time
+from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, async_playwright
 
-from benchmarks._media_common import get_json, load, server, summary
+from benchmarks._media_common import get_json, load, pct, server, summary
 
 CHROMIUM = "/usr/bin/chromium"
 PAGE_PARAMS = ""  # extra viewer-page query parameters (--page-params), e.g. "&trickle=0"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-         "--autoplay-policy=no-user-gesture-required"]
+PLAIN_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+FLAGS = PLAIN_FLAGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       "--autoplay-policy=no-user-gesture-required"]
 
 
 # Browser-side timeline: when the POST left, ICE connected, DTLS connected (connectionState), per page.
@@ -49,7 +57,7 @@ window.RTCPeerConnection = function (...args) {
 window.RTCPeerConnection.prototype = _PC.prototype;
 """
 RESULT_JS = """({first: viewer.postToFirstFrameMs, answer: viewer.postToAnswerMs,
-  ice: __t.ice - __t.post, dtls: __t.dtls - __t.post})"""
+  ice: __t.ice - __t.post, dtls: __t.dtls - __t.post, nav: __t.post + viewer.postToFirstFrameMs})"""
 
 
 async def one_viewer(browser: Browser, url: str, timeout_ms: int) -> tuple[dict, BrowserContext]:
@@ -89,10 +97,10 @@ async def close_viewer(context: BrowserContext) -> None:
 
 
 async def run_rounds(browser: Browser, base: str, page_base: str, rounds: int, viewers: int,
-                     agent: bool, preloaded: bool = False) -> dict[str, list[float]]:
-    url = f"{page_base}/?whep={base}/whep{PAGE_PARAMS}"
+                     agent: bool, preloaded: bool = False, query: str = "") -> dict[str, list[float]]:
+    url = f"{page_base}/?whep={base}/whep{query}{PAGE_PARAMS}"
     out: dict[str, list[float]] = {"first": [], "answer": [], "slowest": [], "connect": [], "keyframe": [],
-                                   "ice": [], "dtls": [], "failed": []}
+                                   "ice": [], "dtls": [], "failed": [], "nav": [], "slowest_nav": []}
     for r in range(rounds + 1):  # round 0 warms up (browser, codecs, page cache) and is not counted
         opened = await asyncio.gather(*(one_viewer(browser, url, 15000) for _ in range(viewers)))
         results = [res for res, _ in opened]
@@ -116,8 +124,13 @@ async def run_rounds(browser: Browser, base: str, page_base: str, rounds: int, v
         out["answer"] += [x["answer"] for x in results if x["answer"] is not None]
         out["ice"] += [x["ice"] for x in results if x.get("ice") is not None]
         out["dtls"] += [x["dtls"] for x in results if x.get("dtls") is not None]
+        navs = [x["nav"] for x in results if x.get("nav") is not None]
+        if not preloaded:
+            out["nav"] += navs
         if len(firsts) == viewers:
             out["slowest"].append(max(firsts))
+            if not preloaded and len(navs) == viewers:
+                out["slowest_nav"].append(max(navs))
         for s in (stats.get("viewers") or {}).get("sessions", []):
             if s.get("connect_ms") is not None:
                 out["connect"].append(s["connect_ms"])
@@ -131,6 +144,9 @@ def report(label: str, res: dict[str, list[float]]) -> None:
     print(f"{label}")
     print(f"  POST -> first frame, per viewer      {summary(res['first'])} ms")
     print(f"  POST -> first frame, slowest/round   {summary(res['slowest'])} ms")
+    if res["nav"]:
+        print(f"  page load -> first frame, per viewer {summary(res['nav'])} ms")
+        print(f"  page load -> first frame, slowest    {summary(res['slowest_nav'])} ms")
     print(f"  POST -> answer (201)                 {summary(res['answer'])} ms")
     print(f"  POST -> ICE connected (browser)      {summary(res['ice'])} ms")
     print(f"  POST -> DTLS connected (browser)     {summary(res['dtls'])} ms")
@@ -141,48 +157,88 @@ def report(label: str, res: dict[str, list[float]]) -> None:
         print(f"  viewers without a frame: {len(res['failed'])}")
 
 
+def _p(values: list[float], q: float) -> str:
+    return f"{pct(values, q):6.0f}" if values else "     -"
+
+
 async def main_async(args: argparse.Namespace) -> None:
     print(f"media_first_frame: {args.viewers} viewers at once, {args.rounds} rounds, "
           f"{args.width}x{args.height} {args.fps} fps; {load()}")
-    results = {}
+    table: list[tuple[str, dict[str, list[float]]]] = []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        if args.agent_url:  # an agent already running (e.g. under py-spy): measure only that
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=PLAIN_FLAGS, headless=True)
+            try:
+                res = await run_rounds(browser, args.agent_url, args.agent_url, args.rounds, args.viewers[-1],
+                                       agent=True, preloaded=args.preloaded)
+                report("agent at " + args.agent_url, res)
+            finally:
+                await browser.close()
+            return
+        browsers = {"as it comes": await pw.chromium.launch(executable_path=CHROMIUM, args=PLAIN_FLAGS, headless=True),
+                    "permission flags": await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)}
         try:
-            if args.agent_url:  # an agent already running (e.g. under py-spy): measure only that
-                results["agent"] = await run_rounds(browser, args.agent_url, args.agent_url, args.rounds,
-                                                    args.viewers, agent=True, preloaded=args.preloaded)
-                report("agent at " + args.agent_url, results["agent"])
-                return
-            for kind in ("agent", "naive"):
-                with server(kind, args.width, args.height, args.fps) as (base, _pid):
-                    await asyncio.sleep(2.0)
-                    started = time.monotonic()
-                    results[kind] = await run_rounds(browser, base, base, args.rounds, args.viewers,
-                                                     agent=kind == "agent", preloaded=args.preloaded)
-                    print(f"({kind}: {time.monotonic() - started:.0f} s; {load()})", flush=True)
+            with server("agent", args.width, args.height, args.fps) as (abase, _), \
+                    server("naive", args.width, args.height, args.fps) as (nbase, _):
+                await asyncio.sleep(2.0)
+                for flavour, browser in browsers.items():
+                    for viewers in args.viewers:
+                        for preloaded in (True, False):
+                            for kind, base in (("agent", abase), ("naive", nbase)):
+                                started = time.monotonic()
+                                res = await run_rounds(browser, base, base, args.rounds, viewers,
+                                                       agent=kind == "agent", preloaded=preloaded)
+                                label = (f"{kind:5s} | Chromium {flavour:16s} | {viewers} viewer(s) | "
+                                         f"{'pages preloaded' if preloaded else 'with page load'}")
+                                report(f"{label}  ({time.monotonic() - started:.0f} s; {load()})", res)
+                                table.append((label, res))
         finally:
-            await browser.close()
-    report("agent (device-agent demo)", results["agent"])
-    report("aiortc naive WHEP handler", results["naive"])
-    a, n = results["agent"], results["naive"]
-    if a["first"] and n["first"]:
-        from benchmarks._media_common import pct
-        print(f"\np50 per viewer: agent {pct(a['first'], .5):.0f} ms vs naive {pct(n['first'], .5):.0f} ms "
-              f"-> naive/agent {pct(n['first'], .5) / pct(a['first'], .5):.1f}x; "
-              f"p95 slowest/round: agent {pct(a['slowest'], .95):.0f} ms (target < 300 ms), "
-              f"naive {pct(n['slowest'], .95):.0f} ms")
+            for browser in browsers.values():
+                await browser.close()
+        if not args.no_link and os.geteuid() == 0:
+            table += await behind_link(pw, args)
+    print("\nPOST -> first frame (ms), per viewer p50/p95, slowest/round p95; page load -> first frame p50/p95"
+          " (targets, 4 viewers: p95 <= 300 preloaded, <= 500 with the page load)")
+    for label, res in table:
+        print(f"  {label}  POST p50 {_p(res['first'], .5)} p95 {_p(res['first'], .95)} slowest p95 "
+              f"{_p(res['slowest'], .95)} | load p50 {_p(res['nav'], .5)} p95 {_p(res['nav'], .95)}"
+              f"{'  (' + str(len(res['failed'])) + ' without a frame)' if res['failed'] else ''}")
+
+
+async def behind_link(pw, args: argparse.Namespace) -> list[tuple[str, dict[str, list[float]]]]:  # noqa: ANN001
+    """One viewer (Chromium as it comes) behind the emulated link, 100 ms each way, for both servers."""
+    from tests.support.impaired_media import TOKEN, chromium_wrapper, server_in_namespace
+    from tests.support.linkemu import ImpairedLink, LinkProfile
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="first-frame-link-") as tmp:
+        for kind in ("agent", "naive"):
+            with ImpairedLink(seed=2) as link:
+                link.set_both(LinkProfile(delay_ms=100))
+                browser = await pw.chromium.launch(executable_path=str(chromium_wrapper(link.ns_b, Path(tmp))),
+                                                   args=PLAIN_FLAGS, headless=True)
+                try:
+                    with server_in_namespace(link, kind, None, args.width, args.height, args.fps) as base:
+                        res = await run_rounds(browser, base, base, args.rounds, 1, agent=False,
+                                               query=f"&token={TOKEN}")
+                finally:
+                    await browser.close()
+            label = f"{kind:5s} | Chromium as it comes, behind the link (200 ms RTT) | 1 viewer(s) | with page load"
+            report(f"{label}  ({load()})", res)
+            out.append((label, res))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--viewers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--viewers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--page-params", default="", help='extra viewer-page parameters, e.g. "&trickle=0&audio=0"')
-    parser.add_argument("--preloaded", action="store_true",
-                        help="open the pages first, then make them all (re)join at once: no page loads in the way")
+    parser.add_argument("--preloaded", action="store_true", help="with --agent-url: pages preloaded, then (re)join")
+    parser.add_argument("--no-link", action="store_true", help="skip the viewer behind the emulated link")
     parser.add_argument("--agent-url", default="", help="measure an agent already running at this URL only")
     args = parser.parse_args()
     global PAGE_PARAMS

@@ -145,11 +145,13 @@ async def test_pacer_spreads_a_burst_at_its_rate() -> None:
 
 def test_rtx_budget_refills_at_its_rate() -> None:
     now = [0.0]
-    budget = RtxBudget(240_000, clock=lambda: now[0])  # 30 kB/s, 15 kB deep
+    budget = RtxBudget(240_000, depth_s=0.5, clock=lambda: now[0])  # 30 kB/s, 15 kB deep
     spent = sum(budget.try_spend(1200) for _ in range(100))
     assert spent == 12
-    now[0] += 1.0
-    assert sum(budget.try_spend(1200) for _ in range(100)) == 12  # 15 kB cap, refilled in 0.5 s
+    now[0] += 0.2
+    assert sum(budget.try_spend(1200) for _ in range(100)) == 5  # 6 kB in 0.2 s
+    now[0] += 5.0
+    assert sum(budget.try_spend(1200) for _ in range(100)) == 12  # the 15 kB cap
 
 
 @pytest.mark.timeout(60)

@@ -9,8 +9,9 @@ retransmissions of packets the receiver can no longer use compete with new video
 if the seams move):
 
 - ``transport._send_rtp`` on the viewer's DTLS transport (one per peer; audio and RTCP share it):
-  the video SSRC's packets wait for the ``Pacer`` (``PacedLink.pacing_bps``, ~2x the target, so a
-  frame is spread over about half a frame interval and an IDR over a few); the RTX SSRC's
+  the video SSRC's packets wait for the ``Pacer`` (``PACING_FACTOR`` x the larger of the viewer's
+  estimate and the shared target, so a frame is spread over about half a frame interval and an
+  IDR over a few); the RTX SSRC's
   packets go out at once but are charged to the pacer, so new video yields to them; audio and
   RTCP pass untouched. Each video packet's send time is logged by sequence number, and our
   sender reports' NTP timestamps by send time (for RTT from LSR/DLSR).
@@ -34,12 +35,13 @@ from aiortc.rtp import is_rtcp
 
 SEND_SEAM = "_send_rtp"  # RTCDtlsTransport._send_rtp(data): every RTP/RTCP packet of a peer
 RETRANSMIT_SEAM = "_retransmit"  # RTCRtpSender._retransmit(sequence_number): one NACKed packet
-PACING_FACTOR = 2.0
+PACING_FACTOR = 2.5
 BURST_S = 0.005  # an idle pacer lets this much sending time through at once
 MAX_DELAY_S = 0.25  # a packet never waits longer than this: an encoder overshoot is sent faster, not queued
 RTX_SHARE = 0.25
-RTX_BUCKET_S = 0.5  # the budget's depth, in seconds of its rate
+RTX_BUCKET_S = 1.0  # the budget's depth, in seconds of its rate (an IDR's repairs come in a burst)
 RTX_MAX_AGE_S = 1.0
+RTX_MIN_DEPTH = 12_000  # bytes: ten full packets
 SENT_LOG = 1024  # video packets remembered (aiortc keeps 128 in its history)
 RTCP_SR = 200
 
@@ -89,7 +91,7 @@ class RtxBudget:
         self._at = clock()
 
     def _depth(self) -> float:
-        return max(3000.0, self.rate_bps / 8 * self.depth_s)
+        return max(RTX_MIN_DEPTH, self.rate_bps / 8 * self.depth_s)
 
     def try_spend(self, size: int) -> bool:
         now = self._clock()
