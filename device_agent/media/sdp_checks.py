@@ -33,6 +33,9 @@ _LINE = re.compile(r"[a-z]=", re.ASCII)
 _MEDIA_LINE = re.compile(r"m=([^ ]+) ([0-9]{1,5}) ([A-Z/]+) (.+)", re.ASCII)  # aiortc's own m= pattern
 _CONNECTION = re.compile(r"IN IP[46] [^ ]+", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
+_NEEDS_VALUE = {"mid", "group", "setup", "fingerprint", "candidate", "extmap", "rtpmap", "fmtp", "rtcp-fb", "rtcp",
+                "ssrc", "ssrc-group", "sctp-port", "max-message-size", "sctpmap", "ice-ufrag", "ice-pwd",
+                "msid-semantic"}  # attributes aiortc parses a value of
 _RTCP_RESERVED = range(72, 77)  # RTP payload types that collide with RTCP packet types (RFC 5761)
 
 
@@ -123,20 +126,19 @@ def _check_fmtp_parameters(pt: int, parameters: str) -> None:
 
 def _check_attribute(name: str, value: str | None, section: MediaSection | None) -> None:
     """One ``a=`` line whose value aiortc parses; ``section`` is None at session level."""
-    needs_value = {"mid", "group", "setup", "fingerprint", "candidate", "extmap", "rtpmap", "fmtp", "rtcp-fb",
-                   "rtcp", "ssrc", "ssrc-group", "sctp-port", "max-message-size", "sctpmap", "ice-ufrag",
-                   "ice-pwd", "msid-semantic"}
-    if name in needs_value and value is None:
-        raise SdpError(f"a={name} has no value")
+    if value is None:
+        if name in _NEEDS_VALUE:
+            raise SdpError(f"a={name} has no value")
+        return
     if name == "setup" and value not in SETUP_VALUES:
-        raise SdpError(f"a=setup:{excerpt(value or '')} is not one of {', '.join(SETUP_VALUES)}")
-    if name == "fingerprint" and len((value or "").split()) != 2:
+        raise SdpError(f"a=setup:{excerpt(value)} is not one of {', '.join(SETUP_VALUES)}")
+    if name == "fingerprint" and len(value.split()) != 2:
         raise SdpError("a=fingerprint must be an algorithm and a value")
-    if name == "ice-ufrag" and not (_ICE_CHARS.fullmatch(value or "") and 4 <= len(value or "") <= 256):
-        raise SdpError(f"a=ice-ufrag {excerpt(value or '')} is not 4 to 256 ICE characters")
-    if name == "ice-pwd" and not (_ICE_CHARS.fullmatch(value or "") and 22 <= len(value or "") <= 256):
+    if name == "ice-ufrag" and not (_ICE_CHARS.fullmatch(value) and 4 <= len(value) <= 256):
+        raise SdpError(f"a=ice-ufrag {excerpt(value)} is not 4 to 256 ICE characters")
+    if name == "ice-pwd" and not (_ICE_CHARS.fullmatch(value) and 22 <= len(value) <= 256):
         raise SdpError("a=ice-pwd is not 22 to 256 ICE characters")
-    if section is None or value is None:
+    if section is None:
         return
     if name == "mid" and not _TOKEN.fullmatch(value):
         raise SdpError(f"a=mid:{excerpt(value)} is not a token of 1 to 64 characters")
