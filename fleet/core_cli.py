@@ -89,6 +89,10 @@ def register(sub: Any) -> None:
     p.add_argument("--prefix", default="sim-", help="device id prefix")
     p.add_argument("--group", default="sim")
     p.add_argument("--state-dir", default="", help="spools live here (default: a temp dir)")
+    p.add_argument("--fault", action="append", default=[], metavar="NAME=SHARE",
+                   help="inject a fault on a share of the fleet (repeatable): freeze, lossy, camera, crashloop, "
+                        "avdrift, e.g. --fault freeze=0.1")
+    p.add_argument("--fault-seed", type=int, default=0, help="which devices get the faults")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -273,15 +277,39 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def parse_faults(items: list[str]) -> dict[str, float]:
+    """``["freeze=0.1", "crashloop=0.05"]`` -> shares; names are checked by the simulation."""
+    from fleet.sim_media import FAULTS
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, _, share = item.partition("=")
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
+        try:
+            out[name] = float(share)
+        except ValueError:
+            raise ValueError(f"--fault {item!r}: give NAME=SHARE, e.g. {name}=0.1") from None
+        if not 0 <= out[name] <= 1:
+            raise ValueError(f"--fault {item!r}: the share must be within 0..1")
+    return out
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fleet.simulate import Simulation
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
 
+    try:
+        faults = parse_faults(args.fault)
+    except ValueError as exc:
+        print(f"fleetctl simulate: {exc}", file=sys.stderr)
+        return 2
+
     async def run() -> int:
         state = args.state_dir or tempfile.mkdtemp(prefix="fleet-sim-")
         sim = Simulation(args.mqtt, args.devices, state, prefix=args.prefix, group=args.group,
-                         interval_s=args.interval)
+                         interval_s=args.interval, faults=faults, fault_seed=args.fault_seed)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.config import config_from_dict
 from device_agent.fleetlink.link import FleetLink
+from fleet.sim_media import SimulatedMedia, assign_faults
 
 
 class SimulatedSensors:
@@ -44,15 +45,10 @@ class SimulatedSensors:
 
 
 def simulated_media(rng: random.Random) -> dict[str, Any]:
-    """A media/audio section shaped like the media component's provider (for payload size)."""
-    fps = 30 - abs(rng.gauss(0, 0.3))
-    return {"viewers": 1, "sessions": [{"id": "s1", "bitrate_bps": int(1.8e6 + rng.gauss(0, 5e4)),
-                                        "fps": round(fps, 2), "fps_jitter_ms": round(abs(rng.gauss(1.5, .4)), 2),
-                                        "rtt_ms": round(abs(rng.gauss(35, 5)), 1), "jitter_ms": round(abs(rng.gauss(4, 1)), 1),
-                                        "loss_pct": round(abs(rng.gauss(0.2, 0.1)), 2), "nack": rng.randint(0, 5),
-                                        "pli": rng.randint(0, 1), "av_sync_ms": round(rng.gauss(0, 8), 1)}],
-            "audio": {"xruns": 0, "ns_rtf": round(abs(rng.gauss(0.18, 0.01)), 3),
-                      "input_dbfs": round(-35 + rng.gauss(0, 3), 1)}}
+    """One media section of a fault-free simulated device (the real builder; for payload sizes)."""
+    media = SimulatedMedia(rng)
+    media()
+    return media()
 
 
 class Simulation:
@@ -61,7 +57,8 @@ class Simulation:
     def __init__(self, mqtt_url: str, devices: int, state_dir: str | Path, *, prefix: str = "sim-",
                  group: str = "sim", interval_s: float = 30.0, reconnect_min_s: float = 1.0,
                  reconnect_max_s: float = 20.0, media: bool = True, alerts: list[dict[str, Any]] | None = None,
-                 extra_mqtt: dict[str, Any] | None = None) -> None:
+                 extra_mqtt: dict[str, Any] | None = None, faults: dict[str, float] | None = None,
+                 fault_seed: int = 0) -> None:
         self.url = mqtt_url
         self.n = devices
         self.state_dir = Path(state_dir)
@@ -72,6 +69,7 @@ class Simulation:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-spool")
         self.agents: list[Agent] = []
         self.links: list[FleetLink] = []
+        self.faults = assign_faults(devices, faults or {}, fault_seed)  # fleet.sim_media.FAULTS per device
         for i in range(devices):
             dev_id = f"{prefix}{i:05d}"
             cfg = config_from_dict({
@@ -89,7 +87,10 @@ class Simulation:
             sensors = SimulatedSensors(i)
             agent.health.add("system", sensors)
             if media:
-                agent.health.add("media", lambda r=sensors.rng: simulated_media(r))
+                agent.health.add("media", SimulatedMedia(sensors.rng, step_s=interval_s, faults=self.faults[i]))
+            starts = 4 if "crashloop" in self.faults[i] else 1
+            agent.health.add("agent", lambda b=agent.boot_id, n=starts: {"boot": b, "starts_10min": n,
+                                                                          "starts_1h": n})
             self.agents.append(agent)
             self.links.append(link)
 
@@ -98,6 +99,8 @@ class Simulation:
         spread = min(self.interval_s, 10.0) if spread_s is None else spread_s
         for i, agent in enumerate(self.agents):
             await agent.start()
+            if "camera" in self.faults[i]:  # what the media component raises when the camera goes
+                agent.alerts.raise_alert("P1", "camera_unavailable", "simulated camera loss")
             if spread and self.n > 1:
                 await asyncio.sleep(spread / self.n)
 

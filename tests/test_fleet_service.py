@@ -61,7 +61,7 @@ async def test_two_workers_split_the_load_without_loss(tmp_path: Path, mosquitto
             assert sorted(seqs) == list(range(1, last + 1)), (dev, seqs, last)
         devices = stores[0].list_devices()
         assert len(devices) == 8 and not any(d["online"] for d in devices)  # clean stops
-        assert stores[0].device("sim-00003")["health"]["media"]["sessions"][0]["fps"] > 20
+        assert stores[0].device("sim-00003")["health"]["media"]["viewers"]["sessions"][0]["fps"] > 20  # the real shape
     finally:
         if backend == "postgresql":
             stores[0].drop_all()

@@ -15,6 +15,7 @@ from device_agent.agent import Agent
 from device_agent.media.audio_pipeline import AudioPipeline, Talkback
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.graph import GraphCallbacks, build_media_graph, build_video
+from device_agent.media.health_schema import media_section
 from device_agent.media.session_record import session_event_sink
 from device_agent.media.sessions import SessionManager
 from device_agent.media.stages import StageAlert
@@ -196,7 +197,7 @@ class MediaComponent:
         video = self.video.stats() if self.video is not None else {}
         audio = self.audio.stats() if self.audio is not None else None
         latency = self.latency.percentiles()
-        return {
+        return media_section({  # the one schema of this section (health_schema.py; the simulator uses it too)
             "encoder": {"backend": self.choice.backend if self.choice else None,
                         "reason": self.choice.reason if self.choice else None},
             "video": {**video, "capture_to_packet": latency},
@@ -205,4 +206,4 @@ class MediaComponent:
             "talkback": self.talkback.stats() if self.talkback is not None else None,
             "viewers": self.sessions.stats() if self.sessions is not None else None,
             "web": {"port": self.web.port} if self.web is not None else None,
-        }
+        })
