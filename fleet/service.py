@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
 from fleet.store import Incoming, Store
+from fleet.trend_rules import SharedAlertRule, evaluate_shared_alerts
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,14 @@ class FleetService:
                  cert_file: str = "", key_file: str = "", username: str = "", password: str = "",
                  tls_insecure: bool = False, flush_interval_s: float = 0.2, max_batch: int = 2000,
                  rule: GroupOfflineRule | None = None, rule_interval_s: float = 10.0,
-                 session_expiry_s: int = 3600, share_group: str = SHARE_GROUP) -> None:
+                 session_expiry_s: int = 3600, share_group: str = SHARE_GROUP,
+                 shared_rule: SharedAlertRule | None = None) -> None:
         self.store = store
         self.share_group = share_group
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self.rule = rule or GroupOfflineRule()
+        self.shared_rule = shared_rule or SharedAlertRule()  # N % of a group holding one P2 -> one fleet P1
         self.rule_interval_s = rule_interval_s
         self.conn = MqttConnection(MqttOptions(
             url=mqtt_url, client_id=f"fleet-worker-{worker_id}", ca_file=ca_file, cert_file=cert_file,
@@ -169,4 +172,4 @@ class FleetService:
                     changes.append(("raise", code))
             elif self.store.set_fleet_alert("clear", code, r.severity, f"group {grp!r} back to {pct:.0f}% offline"):
                 changes.append(("clear", code))
-        return changes
+        return changes + evaluate_shared_alerts(self.store, self.shared_rule)

@@ -1,0 +1,34 @@
+"""Fleet trend alerts: enough of a group holding the same P2 becomes one fleet P1 listing the devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleet.store import Store
+from fleet.trend_rules import SharedAlertRule, evaluate_shared_alerts
+from tests.test_fleet_store import event, status
+
+
+def _alert(dev: str, seq: int, active: bool, code: str = "freeze_rate_high", severity: str = "P2"):
+    return event(dev, seq, type="alert", severity=severity, code=code, message="m", active=active)
+
+
+def test_group_sharing_a_p2_raises_one_fleet_p1_and_clears_with_hysteresis(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "fleet.db"))
+    store.ingest([status(f"cam-{i}", True) for i in range(5)] + [status("lab-1", True, group="lab"),
+                                                                  status("lab-2", True, group="lab")])
+    rule = SharedAlertRule(pct=40.0, clear_pct=20.0, min_devices=3)
+    store.ingest([_alert("cam-0", 1, True), _alert("lab-1", 1, True), _alert("lab-2", 1, True),
+                  _alert("cam-3", 1, True, code="soc_hot", severity="P3")])
+    assert evaluate_shared_alerts(store, rule) == []  # 1 of 5 in g; lab is too small; P3 does not count
+    store.ingest([_alert("cam-1", 2, True)])
+    assert evaluate_shared_alerts(store, rule) == [("raise", "group_alert:g:freeze_rate_high")]
+    fleet = [a for a in store.list_alerts() if a["scope"] == "fleet"]
+    assert len(fleet) == 1 and fleet[0]["severity"] == "P1" and "cam-0, cam-1" in fleet[0]["message"]
+    assert "2 of 5" in fleet[0]["message"]
+    assert evaluate_shared_alerts(store, rule) == []  # raised once
+    store.ingest([_alert("cam-0", 3, False)])  # 1 of 5 = 20 %: not below the clear level yet
+    assert evaluate_shared_alerts(store, rule) == []
+    store.ingest([_alert("cam-1", 4, False)])  # nobody holds it
+    assert evaluate_shared_alerts(store, rule) == [("clear", "group_alert:g:freeze_rate_high")]
+    assert not [a for a in store.list_alerts() if a["scope"] == "fleet"]
