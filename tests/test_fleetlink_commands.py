@@ -484,3 +484,26 @@ async def test_answers_are_exact_not_rounded_like_telemetry(rig: dict[str, Any])
     echo = {"f": 0.0625, "big": 12345.6789, "list": [1.0005, -2.5e-7]}
     res = await rig["client"].send_command("cam-1", "ping", {"echo": echo}, timeout=5)
     assert res["echo"] == echo
+
+
+async def test_retained_ping_is_refused_by_the_agent_process_after_every_restart(tmp_path: Path,
+                                                                                  mosquitto: Mosquitto,
+                                                                                  wire: Wire) -> None:
+    """The reported case on the assembled agent process: a retained `ping` was answered once, then again
+    after every restart of the agent. Now it is refused each time it is delivered and never runs."""
+    from tests.support.agent_proc import AgentProcess
+
+    proc = AgentProcess(tmp_path / "agent", {"device": {"id": "cam-1", "state_dir": str(tmp_path / "state")},
+                                             "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 5.0}})
+    corr = await wire.command("ping", b'{"echo": "stale"}', retain=True)
+    try:
+        for run in (1, 2):
+            proc.start()
+            answers = await wire.wait_answers(corr, run, timeout=30)
+            assert len(answers) == run, proc.log_text()[-2000:]
+            assert all(a == answers[0] for a in answers) and answers[0]["error"]["code"] == "retained_refused"
+            assert await asyncio.to_thread(proc.stop) == 0
+        assert "Traceback" not in proc.log_text()
+    finally:
+        proc.kill()
+        await wire.conn.publish("dev/cam-1/cmd/ping", b"", retain=True)
