@@ -1,5 +1,9 @@
 """The agent's OTA component: device commands, progress events, the trial after a switch.
 
+It binds the ``ota`` library (which imports nothing of the agent) to the agent, through
+``OtaHost``: exactly what it uses of ``device_agent.agent.Agent``. State changes go through
+``ota.state``'s transitions.
+
 Commands (on ``agent.commands``):
 
 - ``ota.install`` ``{"url", "sha256", "size"}`` or ``{"path"}``: accepted at once, runs in the
