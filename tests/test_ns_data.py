@@ -281,3 +281,20 @@ def test_mixer_draws_extra_speech_and_noise_at_their_shares_and_leaves_the_old_r
             hits.append(p[(f > 0.8 * hz) & (f < 1.2 * hz)].sum() > 0.5 * p.sum())
         return float(np.mean(hits))
     assert 0.2 < share(3000) < 0.4 and 0.1 < share(1000) < 0.3
+
+
+def test_reverb_target_keeps_the_whole_room_when_asked() -> None:
+    rng = np.random.default_rng(14)
+    speech = [rng.standard_normal(SR // 2).astype(np.float32)]
+    room = (rng.standard_normal(SR // 2) * np.exp(-np.arange(SR // 2) / 1600)).astype(np.float32)
+    room[0] = 1.0
+    corpus = Corpus([], [], [rng.standard_normal(SR).astype(np.float32)], [room])
+
+    def residue(ms: float) -> list[float]:  # at 200 dB SNR the input is the reverberant speech itself
+        mixer = Mixer(corpus, np.random.default_rng(15), speech=speech, real=[], snr_db=(200.0, 200.0),
+                      reverb_target_ms=ms)
+        pairs = [mixer.pair(SR) for _ in range(40)]
+        return [float(np.std(x - c) / (np.std(x) + 1e-12)) for c, x in pairs if np.std(c) > 0]
+    early = residue(50.0)
+    assert max(residue(0.0)) < 1e-4  # the target is what the microphone heard, minus the noise
+    assert sum(r > 0.05 for r in early) >= 5  # by default the late reverb is left out of the target (35 %)

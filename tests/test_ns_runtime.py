@@ -30,6 +30,10 @@ def test_shipped_models_are_small_and_load() -> None:
     assert 20 * np.log10(np.std(a) / np.std(a - b)) > 25  # quantization costs little
 
 
+def test_default_model_is_at_most_one_megabyte() -> None:
+    assert DEFAULT_MODEL.stat().st_size <= 1_000_000  # the runtime contract for the shipped (quantized) model
+
+
 def test_asymmetric_windows_reconstruct_with_two_hop_latency() -> None:
     wa, ws = stft_windows(320)
     assert np.allclose(wa, ws) and np.allclose(wa ** 2, np.hanning(321)[:320])  # plain sqrt-Hann

@@ -634,13 +634,15 @@ class Mixer:
                  snr_db: tuple[float, float] = TRAIN_SNR_DB, ambient: list[np.ndarray] | None = None,
                  ambient_fraction: float = 0.0, extra_fraction: float = 0.0, extra_noise_fraction: float = 0.0,
                  shared_noise_fraction: float = 0.45, mic_fraction: float = 0.0,
-                 level_db: tuple[float, float] = TRAIN_LEVEL_DB) -> None:
+                 level_db: tuple[float, float] = TRAIN_LEVEL_DB, reverb_target_ms: float = 50.0) -> None:
         """``extra_fraction``: share of utterances from ns-extra's training talkers (also babble voices);
         noise shares: ``shared_noise_fraction`` the two recordings of ../shared/data/ns, then
         ``ambient_fraction`` the Debian ambient ones, ``extra_noise_fraction`` ns-extra's training
         recordings, the rest synthetic; ``mic_fraction``: share of examples given a random microphone
-        colouration (``microphone``); ``level_db``: the mixtures' RMS level range in dBFS. The defaults
-        draw exactly what the earlier recipes drew."""
+        colouration (``microphone``); ``level_db``: the mixtures' RMS level range in dBFS;
+        ``reverb_target_ms``: how much of a room's response the target keeps (50: direct path and early
+        reflections, the model also dereverberates; 0: all of it, the model removes noise only). The
+        defaults draw exactly what the earlier recipes drew."""
         self.c, self.rng, self.snr_db, self.level_db = corpus, rng, snr_db, level_db
         self.ambient = ambient if ambient is not None else corpus.ambient_train
         self.ambient_fraction = ambient_fraction if self.ambient else 0.0
@@ -654,7 +656,7 @@ class Mixer:
         self.noise_cuts = np.cumsum([shared_noise_fraction, self.ambient_fraction, self.extra_noise_fraction])
         if self.noise_cuts[-1] > 1.0:
             raise ValueError("noise shares add up to more than 1")
-        self.mic_fraction = mic_fraction
+        self.mic_fraction, self.reverb_target = mic_fraction, int(SR * reverb_target_ms / 1000)
         self.talkers = self.speech + self.real + (self.extra if self.extra_fraction else [])  # babble voices
 
     def _speech(self, n: int) -> np.ndarray:
@@ -701,10 +703,10 @@ class Mixer:
         rng = self.rng
         dry = self._speech(n)
         clean = dry
-        if rng.random() < 0.35:  # reverberant input; target keeps direct path + 50 ms early reflections
+        if rng.random() < 0.35:  # reverberant input; target keeps direct path + early reflections (or all)
             h = self.c.rirs[int(rng.integers(len(self.c.rirs)))]
             wet = fftconvolve(dry, h)[:n]
-            clean = fftconvolve(dry, h[: SR // 20])[:n]
+            clean = fftconvolve(dry, h[: self.reverb_target])[:n] if self.reverb_target else wet
             dry = wet
         clean, x = clean.astype(np.float32), dry.astype(np.float32)
         ref = np.std(x) + 1e-9

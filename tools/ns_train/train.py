@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of examples given a random microphone colouration (data.microphone)")
     ap.add_argument("--level", type=float, nargs=2, default=TRAIN_LEVEL_DB, metavar=("LOW", "HIGH"),
                     help="training mixtures' RMS level range in dBFS")
+    ap.add_argument("--reverb-target-ms", type=float, default=50.0,
+                    help="how much of a simulated room's response the target keeps (0: all; the model then does "
+                         "not dereverberate)")
     ap.add_argument("--select", choices=("mixed", "extra"), default="mixed",
                     help="checkpoint choice: 'mixed' the earlier validation set (PESQ-WB + 0.1 SI-SDR); 'extra' "
                          "ns-extra's held-out talkers in held-out noises (docs/noise-suppression.md, the rule)")
@@ -199,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
     mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr), ambient_fraction=a.ambient_fraction,
                   extra_fraction=a.extra_fraction, extra_noise_fraction=a.extra_noise_fraction,
-                  shared_noise_fraction=a.shared_noise_fraction, mic_fraction=a.mic_fraction, level_db=tuple(a.level))
+                  shared_noise_fraction=a.shared_noise_fraction, mic_fraction=a.mic_fraction, level_db=tuple(a.level),
+                  reverb_target_ms=a.reverb_target_ms)
     seg = int(a.segment * SR)
     if a.select == "extra":
         vc, vn = extra_validation_set(corpus.extra, a.val_count, 4.0)
