@@ -53,6 +53,7 @@ class Viewer:
     posted_at: float = 0.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     qoe: QoeProbe | None = None  # receiver reports to the device (the page's twin)
+    token: str = ""  # web.token, needed when the agent listens beyond loopback
 
     async def connect(self, session: aiohttp.ClientSession, audio: bool = True, qoe: bool = True,
                       qoe_interval_s: float = 2.0) -> None:
@@ -66,8 +67,9 @@ class Viewer:
         if self.qoe is not None:
             self.qoe.attach()
         self.posted_at = time.monotonic()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with session.post(f"{self.base_url}/whep", data=self.pc.localDescription.sdp,
-                                headers={"Content-Type": "application/sdp"}) as resp:
+                                headers={"Content-Type": "application/sdp", **auth}) as resp:
             body = await resp.text()
             assert resp.status == 201, (resp.status, body)
             self.location = resp.headers["Location"]
@@ -100,7 +102,8 @@ class Viewer:
 
     async def close(self, session: aiohttp.ClientSession | None = None) -> None:
         if session is not None and self.location:
-            async with session.delete(self.base_url + self.location) as resp:
+            auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            async with session.delete(self.base_url + self.location, headers=auth) as resp:
                 assert resp.status in (200, 404)
         if self.qoe is not None:
             await self.qoe.stop()
