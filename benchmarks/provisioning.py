@@ -11,13 +11,15 @@ at once against one responder (a factory line provisioning many devices).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fleet.provisioning.broker import write_broker_config
+from fleet.provisioning.broker import write_broker_config, write_claim_passwords
 from fleet.provisioning.ca import FleetCA
 from fleet.provisioning.responder import ClaimResponder
 from fleet.provisioning.store import ProvisioningStore
@@ -52,16 +54,22 @@ async def main(n_seq: int, n_conc: int) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-prov-"))
     state = base / "state"
     ca = FleetCA.init(state)
-    port, claim_port = free_port(), free_port()
-    files = write_broker_config(state, base / "broker", ["127.0.0.1"], port, claim_port, "127.0.0.1", user="root")
+    port, claim_port, service_port = free_port(), free_port(), free_port()
+    files = write_broker_config(state, base / "broker", ["127.0.0.1"], port, claim_port, "127.0.0.1", user="root",
+                                service_port=service_port)
     broker = Mosquitto(base / "work", plain=False)
-    broker.config_path, broker.ports = files.config, {"d": port, "c": claim_port}
+    broker.config_path, broker.ports = files.config, {"d": port, "c": claim_port, "s": service_port}
     broker.start()
-    responder = ClaimResponder(state, "127.0.0.1", port)
+    responder = ClaimResponder(state, "127.0.0.1", service_port)
     task = asyncio.create_task(responder.run())
     await responder.ready.wait()
     try:
-        tokens = ProvisioningStore(state).create_claims("bench", 3600, n_seq + n_conc, ca.cert_der)
+        store = ProvisioningStore(state)
+        tokens = store.create_claims("bench", 3600, n_seq + n_conc, ca.cert_der)
+        write_claim_passwords(store, state)  # the claim listener's logins, then reload it (SIGHUP)
+        assert broker.proc is not None
+        os.kill(broker.proc.pid, signal.SIGHUP)
+        await asyncio.sleep(0.5)
         seq = [await one(base, i, tokens[i], claim_port, port) for i in range(n_seq)]
         t0 = time.perf_counter()
         conc = await asyncio.gather(*(one(base, n_seq + i, tokens[n_seq + i], claim_port, port)

@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--claim", default="")
     p.set_defaults(func=cmd_claim_audit)
     p = claim_sub.add_parser("serve", parents=[state], help="answer claims and renewals (the claim responder)")
-    p.add_argument("--broker", required=True, help="device listener HOST[:PORT] (mutual TLS), e.g. fleet.example:8883")
+    p.add_argument("--broker", required=True,
+                   help="service listener HOST[:PORT] (mutual TLS, service CA), e.g. fleet.example:8885")
     p.add_argument("--cert-days", type=int, default=365)
     p.set_defaults(func=cmd_claim_serve)
 
@@ -80,7 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="broker name or address devices use (repeatable; goes into the certificate)")
     p.add_argument("--port", type=int, default=8883, help="mutual-TLS device listener")
     p.add_argument("--claim-port", type=int, default=8884, help="claim listener")
-    p.add_argument("--bind", default="", help="bind address for both listeners (default: all)")
+    p.add_argument("--service-port", type=int, default=8885,
+                   help="fleet service listener (mutual TLS with the service CA)")
+    p.add_argument("--bind", default="", help="bind address for the listeners (default: all)")
     p.add_argument("--log-dest", default="stderr")
     p.add_argument("--user", default="", help="mosquitto `user` (default: mosquitto's own)")
     p.set_defaults(func=cmd_broker_config)
@@ -133,6 +136,7 @@ def cmd_ca_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_claim_create(args: argparse.Namespace) -> int:
+    from fleet.provisioning.broker import write_claim_passwords
     from fleet.provisioning.ca import CAError, FleetCA
     from fleet.provisioning.qr import write_png, terminal
     from fleet.provisioning.store import ProvisioningStore
@@ -143,7 +147,11 @@ def cmd_claim_create(args: argparse.Namespace) -> int:
         ca = FleetCA.load(_state_dir(args))
     except CAError as exc:
         return _fail(str(exc))
-    tokens = ProvisioningStore(_state_dir(args)).create_claims(args.group, args.expires, args.count, ca.cert_der)
+    store = ProvisioningStore(_state_dir(args))
+    tokens = store.create_claims(args.group, args.expires, args.count, ca.cert_der)
+    if write_claim_passwords(store, _state_dir(args)):
+        print("reload the broker so its claim listener accepts the new tokens: systemctl reload mosquitto "
+              "(SIGHUP)", file=sys.stderr)
     out = []
     for t in tokens:
         item = {"token": str(t), "id": t.id, "group": args.group, "expires_in_s": args.expires,
@@ -192,7 +200,7 @@ def cmd_claim_serve(args: argparse.Namespace) -> int:
     from fleet.provisioning.responder import ClaimResponder
     from provisioning.mqtt import split_host_port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port = split_host_port(args.broker, 8883)
+    host, port = split_host_port(args.broker, 8885)
 
     async def main() -> None:
         responder = ClaimResponder(_state_dir(args), host, port, cert_days=args.cert_days)
@@ -213,10 +221,11 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     from fleet.provisioning.ca import CAError
     try:
         files = write_broker_config(_state_dir(args), args.out, args.host, args.port, args.claim_port, args.bind,
-                                    args.log_dest, args.user)
+                                    args.log_dest, args.user, service_port=args.service_port)
     except CAError as exc:
         return _fail(str(exc))
     print(f"mosquitto configuration written: {files.config}")
-    print(f"  devices (mutual TLS): port {files.port}; claims: port {files.claim_port}")
+    print(f"  devices (mutual TLS): port {files.port}; claims: port {files.claim_port}; "
+          f"fleet service (mutual TLS, service CA): port {files.service_port}")
     print(f"  run: mosquitto -c {files.config}")
     return 0

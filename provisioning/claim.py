@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from device_agent.checks.thresholds import CLOCK_FLOOR  # any clock before it is wrong (no RTC); doctor's too
 from provisioning.identity import public_key_der
 from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
-from provisioning.token import ClaimToken, ca_pin
+from provisioning.token import ClaimToken, ca_pin, hash_secret
 
 # Exit codes of `device-agent provision` (docs/provisioning.md lists them for technicians).
 EXIT_CODES = {
@@ -113,10 +113,17 @@ async def claim(host: str, port: int, token: ClaimToken, csr_pem: bytes, info: d
                 timeout: float = 20.0, clock: Callable[[], float] = time.time) -> ClaimResult:
     """Run the claim exchange; raises ProvisionError for every failure."""
     check_clock_floor(clock())
-    m = AsyncMqtt(token.id, tls=tls_context(verify=False))
+    # the claim listener binds the client id to the username (the token id): no claimant can take
+    # another's (or a device's) client id; the password is the SHA-256 of the secret, never the secret
+    m = AsyncMqtt(token.id, tls=tls_context(verify=False), username=token.id, password=hash_secret(token.secret))
     try:
         await m.connect(host, port, timeout=min(timeout, 10.0))
     except MqttError as exc:
+        if exc.kind == "rejected":
+            raise ProvisionError("bad_token", f"unknown claim token: the fleet claim service at {host}:{port} "
+                                              "does not accept it (a typo, expired, already used, or the broker "
+                                              "was not reloaded after `fleetctl claim create`): check it, or ask "
+                                              "for a new one.") from None
         raise mqtt_failure(exc, host, port, "The fleet claim service at") from None
     try:
         ca = await _fleet_ca(m, token, timeout)

@@ -25,6 +25,26 @@ from ota.atomic import fsync_dir, write_atomic
 SERVICE_USER = "device-agent"
 
 
+def certificate_cn(cert_file: str | Path) -> str:
+    """The first common name of a PEM certificate; "" when it has none or cannot be read."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    except (OSError, ValueError):
+        return ""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else ""
+
+
+def fleet_client_id(device_id: str, cert_file: str = "") -> str:
+    """The fleet link's MQTT client id.
+
+    With a client certificate it is the certificate's CN, exactly the id the fleet's device listener
+    assigns (``use_username_as_clientid``), so the persistent session is the one the broker keeps;
+    otherwise ``dev-<device id>``.
+    """
+    return (certificate_cn(cert_file) if cert_file else "") or f"dev-{device_id}"
+
+
 class IdentityError(Exception):
     """The identity is missing, incomplete or invalid; the message says what to do."""
 

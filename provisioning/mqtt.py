@@ -82,9 +82,11 @@ class AsyncMqtt:
     """One MQTT 5 connection: ``await connect()``, ``subscribe``, ``publish``, ``messages``."""
 
     def __init__(self, client_id: str, tls: ssl.SSLContext | None = None, keepalive: int = 30,
-                 will: tuple[str, bytes, bool] | None = None) -> None:
+                 will: tuple[str, bytes, bool] | None = None, username: str = "", password: str = "") -> None:
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
+        if username:
+            self.client.username_pw_set(username, password or None)
         if tls is not None:
             self.client.tls_set_context(tls)
         if will is not None:

@@ -17,7 +17,7 @@ from fleet.provisioning.ca import FleetCA, cert_pem
 from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
 from provisioning.provision import ProvisionRequest, provision
 from provisioning.token import ClaimToken
-from tests.test_prov_support import Fleet, create_tokens, device_client, run_cli, start_fleet
+from tests.test_prov_support import Fleet, claim_login, create_tokens, device_client, run_cli, start_fleet
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ async def test_device_cannot_touch_another_devices_topics(fleet: Fleet, devices:
     (a, a_dir), (b, b_dir) = devices.items()
     dev_a, dev_b = device_client(a_dir, f"{a}-t"), device_client(b_dir, f"{b}-t")
     watcher = fleet.fleet_service("acl-watch")
-    for m, port in ((dev_a, fleet.port), (dev_b, fleet.port), (watcher, fleet.port)):
+    for m, port in ((dev_a, fleet.port), (dev_b, fleet.port), (watcher, fleet.service_port)):
         await m.connect("127.0.0.1", port)
     assert await watcher.subscribe("dev/#") < 0x80
     assert await dev_b.subscribe(f"dev/{b}/cmd/#") < 0x80
@@ -130,10 +130,16 @@ async def test_claim_listener_reaches_only_claim_topics(fleet: Fleet, devices: d
     (a, a_dir), _ = devices.items()
     dev_a = device_client(a_dir, f"{a}-c")
     watcher = fleet.fleet_service("claim-watch")
-    claimer = AsyncMqtt("zzzzzzzz", tls=tls_context(verify=False))  # anonymous, like an unclaimed device
+    # an unclaimed device logs in with its token (id, and the SHA-256 of the secret)
+    (token,) = create_tokens(fleet)
+    mine = ClaimToken.parse(token).id
+    claimer = AsyncMqtt(mine, tls=tls_context(verify=False), **claim_login(token))
     await dev_a.connect("127.0.0.1", fleet.port)
-    await watcher.connect("127.0.0.1", fleet.port)
+    await watcher.connect("127.0.0.1", fleet.service_port)
     await claimer.connect("127.0.0.1", fleet.claim_port)
+    anonymous = AsyncMqtt("zzzzzzzz", tls=tls_context(verify=False))
+    with pytest.raises(MqttError):  # no claim, no login: the claim listener is not anonymous any more
+        await anonymous.connect("127.0.0.1", fleet.claim_port, timeout=5)
     assert await dev_a.subscribe(f"dev/{a}/cmd/#") < 0x80
     assert await watcher.subscribe("dev/#") < 0x80
     assert await watcher.subscribe("claim/+/req") < 0x80
@@ -146,8 +152,8 @@ async def test_claim_listener_reaches_only_claim_topics(fleet: Fleet, devices: d
     assert await claimer.publish(f"dev/{a}/status", b'{"forged": 2}') == 0x87
     assert await claimer.publish("claim/yyyyyyyy/req", b'{"forged": 3}') == 0x87
     # its own claim topic works: this is the marker
-    assert await claimer.publish("claim/zzzzzzzz/req", b'{"marker": 1}') in (0, 16)
-    got = await wait_for_topic(watcher, "claim/zzzzzzzz/req")
+    assert await claimer.publish(f"claim/{mine}/req", b'{"marker": 1}') in (0, 16)
+    got = await wait_for_topic(watcher, f"claim/{mine}/req")
     assert all(b"forged" not in p for _, p in got), got
     await watcher.publish(f"dev/{a}/cmd/ping", b'{"marker": 2}')
     got_a = await wait_for_topic(dev_a, f"dev/{a}/cmd/ping")
@@ -155,9 +161,9 @@ async def test_claim_listener_reaches_only_claim_topics(fleet: Fleet, devices: d
     # device traffic and other claims' answers never reach the claim listener
     await dev_a.publish(f"dev/{a}/telemetry", b'{"t": 1}')
     await watcher.publish("claim/yyyyyyyy/res", b'{"ok": true}')
-    await watcher.publish("claim/zzzzzzzz/res", b'{"marker": 3}')
-    got_c = await wait_for_topic(claimer, "claim/zzzzzzzz/res")
-    assert [t for t, _ in got_c if t != "claim/ca"] == ["claim/zzzzzzzz/res"], got_c
+    await watcher.publish(f"claim/{mine}/res", b'{"marker": 3}')
+    got_c = await wait_for_topic(claimer, f"claim/{mine}/res")
+    assert [t for t, _ in got_c if t != "claim/ca"] == [f"claim/{mine}/res"], got_c
     # and a client without a certificate cannot use the device listener at all
     anon = AsyncMqtt("anon", tls=tls_context(str(fleet.broker_dir / "ca.crt")))
     with pytest.raises(MqttError):

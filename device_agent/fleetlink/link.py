@@ -32,6 +32,7 @@ from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
 from device_agent.registry import Alert, CommandError
 from ota.layout import Layout
+from provisioning.identity import fleet_client_id
 
 if TYPE_CHECKING:
     from device_agent.agent import Agent
@@ -87,7 +88,8 @@ class FleetLink:
         self.rules = RuleEngine(effective_rules(cfg), agent.alerts)
         m = cfg.mqtt
         self.conn = MqttConnection(MqttOptions(
-            url=m.url, client_id=f"dev-{self.device_id}", ca_file=m.ca_file, cert_file=m.cert_file,
+            url=m.url, client_id=fleet_client_id(self.device_id, m.cert_file), ca_file=m.ca_file,
+            cert_file=m.cert_file,
             key_file=m.key_file, username=m.username, password=m.password, keepalive_s=m.keepalive_s,
             clean_start=False, session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
             reconnect_max_s=m.reconnect_max_s, max_inflight=SEND_WINDOW,

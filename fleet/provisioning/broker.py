@@ -1,19 +1,34 @@
 """`fleetctl broker-config`: a complete, locked-down mosquitto configuration for the fleet.
 
-Two listeners share one topic tree:
+Three listeners share one topic tree, and on each the MQTT client id is bound to an identity the
+broker checked (mosquitto's client ids are one namespace across listeners: a client that may pick
+its own id can disconnect anyone, whose last will then says "lost"):
 
-- the **device listener** (mutual TLS): ``require_certificate true``, ``use_identity_as_username
-  true`` (the certificate CN is the MQTT username), a CRL, and an ACL giving each device exactly
-  its own ``dev/<id>/...`` subtree and the fleet service its rights;
-- the **claim listener** (server TLS only, anonymous): a client may publish only on
-  ``claim/<its client id>/req``, read only ``claim/<its client id>/res`` and ``claim/ca``.
+- the **device listener** (mutual TLS, fleet CA): ``require_certificate true``,
+  ``use_identity_as_username true`` and ``use_username_as_clientid true`` (the certificate CN is
+  the username *and* the client id), a CRL, and an ACL giving each device exactly its own
+  ``dev/<id>/...`` subtree;
+- the **service listener** (mutual TLS, a separate *service CA* that signs only the fleet
+  service's certificate): the fleet service's processes, which keep their own client ids
+  (several workers, the claim responder and CLI commands at once); no device certificate is
+  accepted there;
+- the **claim listener** (server TLS): each claimant logs in with its token id as username (and
+  the SHA-256 of its token secret as password, checked against ``claim-passwd``, the open claims),
+  and ``use_username_as_clientid true`` makes the token id its client id; it may publish only on
+  ``claim/<token id>/req``, read only ``claim/<token id>/res`` and ``claim/ca``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 from fleet.provisioning.ca import FLEET_SERVICE_CN, FleetCA, cert_pem
 from fleet.provisioning.store import ProvisioningStore
@@ -37,7 +52,8 @@ pattern readwrite dev/%u/diag/ping/#
 """
 
 FLEET_ACL = f"""\
-# the fleet service (certificate CN {FLEET_SERVICE_CN}): every device, the claim requests
+# service listener: the fleet service (certificate CN {FLEET_SERVICE_CN}, from the service CA):
+# every device, the claim requests
 user {FLEET_SERVICE_CN}
 topic readwrite dev/#
 topic readwrite fleet/#
@@ -47,12 +63,19 @@ topic write claim/ca
 """
 
 CLAIM_ACL = """\
-# claim listener: anonymous clients, each only its own claim (client id = claim token id),
-# plus the fleet CA certificate (retained, published by the fleet service)
-topic read claim/ca
+# claim listener: each claimant only its own claim (username = client id = claim token id,
+# password checked against claim-passwd), plus the fleet CA certificate (retained, published by
+# the fleet service)
+pattern read claim/ca
 pattern write claim/%c/req
 pattern read claim/%c/res
 """
+
+
+SERVICE_CA_DIR = "service-ca"  # <state>/service-ca/ca/ca.{key,crt}: signs only the fleet service
+CLAIM_PASSWD = "claim-passwd"
+LISTENERS_FILE = "listeners.json"  # in the state dir: which port is which (the responder tells devices)
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes for its "$7$" (PBKDF2-SHA512) entries
 
 
 @dataclass
@@ -63,6 +86,7 @@ class BrokerFiles:
     crl: Path
     port: int
     claim_port: int
+    service_port: int = 8885
 
 
 def service_identity_paths(state_dir: str | Path) -> tuple[Path, Path]:
@@ -70,10 +94,25 @@ def service_identity_paths(state_dir: str | Path) -> tuple[Path, Path]:
     return d / f"{FLEET_SERVICE_CN}.key", d / f"{FLEET_SERVICE_CN}.crt"
 
 
+def service_ca(state_dir: str | Path) -> FleetCA:
+    """The CA of the service listener (created once): devices' certificates do not chain to it."""
+    d = Path(state_dir) / SERVICE_CA_DIR
+    key_path, _crt = FleetCA.paths(d)
+    if key_path.exists():
+        return FleetCA.load(d)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return FleetCA.init(d, name="device-agent fleet service CA")
+
+
 def ensure_service_identity(ca: FleetCA, store: ProvisioningStore, state_dir: str | Path) -> tuple[Path, Path]:
-    """The fleet service's own client certificate (CN ``fleet-service``), issued once."""
+    """The fleet service's own client certificate (CN ``fleet-service``) from ``ca`` (the service CA).
+
+    Issued once, and again when the one on disk is from another CA (before the service listener,
+    it came from the fleet CA, which the service listener does not accept).
+    """
     key_path, crt_path = service_identity_paths(state_dir)
-    if not (key_path.exists() and crt_path.exists()):
+    current = x509.load_pem_x509_certificate(crt_path.read_bytes()) if crt_path.exists() else None
+    if not key_path.exists() or current is None or current.issuer != ca.cert.subject:
         key, cert = ca.issue_client(FLEET_SERVICE_CN)
         write_atomic(key_path, key, mode=0o600)
         write_atomic(crt_path, cert_pem(cert))
@@ -85,10 +124,7 @@ def ensure_service_identity(ca: FleetCA, store: ProvisioningStore, state_dir: st
 def write_crl(ca: FleetCA, store: ProvisioningStore, state_dir: str | Path) -> list[Path]:
     """Re-issue the CRL into the state dir and every broker directory written before."""
     crl = ca.crl(store.revoked())
-    targets = [Path(state_dir) / "ca" / "crl.pem"]
-    reg = Path(state_dir) / "brokers.json"
-    if reg.exists():
-        targets += [Path(p) / "crl.pem" for p in json.loads(reg.read_text())]
+    targets = [Path(state_dir) / "ca" / "crl.pem"] + [d / "crl.pem" for d in _broker_dirs(state_dir)]
     written = []
     for t in targets:
         if t.parent.is_dir():
@@ -99,10 +135,66 @@ def write_crl(ca: FleetCA, store: ProvisioningStore, state_dir: str | Path) -> l
 
 
 
+def claim_password(secret_hash: str) -> str:
+    """What a claimant sends as its MQTT password: the SHA-256 (hex) of its token secret.
+
+    The fleet stores exactly that, so ``claim-passwd`` can be rebuilt from the registry at any
+    time; and it is no use to redeem the token (the fleet wants the secret itself).
+    """
+    return secret_hash
+
+
+def mosquitto_password_hash(password: str, salt: bytes | None = None) -> str:
+    """A mosquitto password-file hash (``$7$``: PBKDF2-SHA512, as ``mosquitto_passwd`` writes)."""
+    salt = os.urandom(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS, 64)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def claim_passwd_text(store: ProvisioningStore, now: float | None = None) -> str:
+    """The claim listener's password file: one line per open (unused, unexpired) claim."""
+    now = time.time() if now is None else now
+    lines = [f"{c.id}:{mosquitto_password_hash(claim_password(h))}"
+             for c, h in store.open_claims_with_hashes(now)]
+    return "".join(line + "\n" for line in lines)
+
+
+def listener_ports(state_dir: str | Path) -> dict[str, int]:
+    """The ports the last ``broker-config`` gave the listeners (``devices``, ``claim``, ``service``)."""
+    try:
+        return {k: int(v) for k, v in json.loads((Path(state_dir) / LISTENERS_FILE).read_text()).items()}
+    except (FileNotFoundError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _broker_dirs(state_dir: str | Path) -> list[Path]:
+    reg = Path(state_dir) / "brokers.json"
+    return [Path(p) for p in json.loads(reg.read_text())] if reg.exists() else []
+
+
+def write_claim_passwords(store: ProvisioningStore, state_dir: str | Path) -> list[Path]:
+    """Rewrite ``claim-passwd`` in every broker directory (after ``claim create``; then reload mosquitto)."""
+    text = claim_passwd_text(store)
+    written = []
+    for d in _broker_dirs(state_dir):
+        if d.is_dir():
+            written.append(write_atomic(d / CLAIM_PASSWD, text, mode=0o600, owner=_owner_of(d / "server.key")))
+    return written
+
+
+def _owner_of(path: Path) -> tuple[int, int] | None:
+    """The owner of the broker's key (the mosquitto user), so the broker can read what we write."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+
+
 def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[str], port: int = 8883,
                         claim_port: int = 8884, bind: str = "", log_dest: str = "stderr",
-                        user: str = "", persistence: bool = True) -> BrokerFiles:
-    """Write mosquitto.conf, the ACL files, the broker certificate, CA and CRL into ``out_dir``."""
+                        user: str = "", persistence: bool = True, service_port: int = 8885) -> BrokerFiles:
+    """Write mosquitto.conf, the ACL files, the broker certificate, CAs, CRL and claim passwords into ``out_dir``."""
     ca = FleetCA.load(state_dir)
     store = ProvisioningStore(state_dir)
     out = Path(out_dir).resolve()
@@ -112,14 +204,20 @@ def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[
     write_atomic(out / "server.key", key, mode=0o600, owner=service_owner(user or "mosquitto"))  # the broker reads it after dropping root
     write_atomic(out / "server.crt", cert_pem(cert))
     write_atomic(out / "ca.crt", ca.cert_pem)
-    write_atomic(out / "acl-devices", FLEET_ACL + "\n" + DEVICE_ACL)
+    svc_ca = service_ca(state_dir)
+    write_atomic(out / "service-ca.crt", svc_ca.cert_pem)
+    write_atomic(out / "acl-devices", DEVICE_ACL)
+    write_atomic(out / "acl-service", FLEET_ACL)
     write_atomic(out / "acl-claim", CLAIM_ACL)
-    ensure_service_identity(ca, store, state_dir)
+    ensure_service_identity(svc_ca, store, state_dir)
     reg = Path(state_dir) / "brokers.json"
     dirs = json.loads(reg.read_text()) if reg.exists() else []
     if str(out) not in dirs:
         write_atomic(reg, json.dumps(dirs + [str(out)], indent=1))
+    write_atomic(Path(state_dir) / LISTENERS_FILE,
+                 json.dumps({"devices": port, "claim": claim_port, "service": service_port}))
     write_crl(ca, store, state_dir)
+    write_claim_passwords(store, state_dir)
     b = f" {bind}" if bind else ""
     lines = [
         "# mosquitto configuration for the device-agent fleet, written by `fleetctl broker-config`.",
@@ -138,7 +236,8 @@ def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[
         lines.append(f"user {user}")
     lines += [
         "",
-        "# devices and the fleet service: mutual TLS, the certificate CN is the MQTT username",
+        "# devices: mutual TLS; the certificate CN is the MQTT username and the client id, so no",
+        "# client can take over (and disconnect) another's session",
         f"listener {port}{b}",
         f"cafile {out}/ca.crt",
         f"certfile {out}/server.crt",
@@ -146,18 +245,34 @@ def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[
         f"crlfile {out}/crl.pem",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
         "allow_anonymous false",
         f"acl_file {out}/acl-devices",
         "",
-        "# claims: server TLS only, anonymous, reaches nothing but claim/<client id>/... and claim/ca",
+        "# the fleet service: mutual TLS with the service CA (no device certificate chains to it);",
+        "# its processes keep their own client ids",
+        f"listener {service_port}{b}",
+        f"cafile {out}/service-ca.crt",
+        f"certfile {out}/server.crt",
+        f"keyfile {out}/server.key",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "allow_anonymous false",
+        f"acl_file {out}/acl-service",
+        "",
+        "# claims: server TLS; username = token id (password: SHA-256 of the token secret, open claims",
+        "# in claim-passwd, reload after `fleetctl claim create`) = client id; reaches nothing but",
+        "# claim/<token id>/... and claim/ca",
         f"listener {claim_port}{b}",
         f"certfile {out}/server.crt",
         f"keyfile {out}/server.key",
         "require_certificate false",
-        "allow_anonymous true",
+        "allow_anonymous false",
+        f"password_file {out}/{CLAIM_PASSWD}",
+        "use_username_as_clientid true",
         "max_connections 256",
         f"acl_file {out}/acl-claim",
     ]
     (out / "data").mkdir(exist_ok=True)
     config = write_atomic(out / "mosquitto.conf", "\n".join(lines) + "\n")
-    return BrokerFiles(out, config, out / "ca.crt", out / "crl.pem", port, claim_port)
+    return BrokerFiles(out, config, out / "ca.crt", out / "crl.pem", port, claim_port, service_port)

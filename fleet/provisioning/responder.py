@@ -24,7 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fleet.provisioning.broker import service_identity_paths
+from fleet.provisioning.broker import listener_ports, service_identity_paths
 from fleet.provisioning.ca import CAError, FleetCA, cert_pem
 from fleet.provisioning.store import ClaimRefused, ProvisioningStore
 from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
@@ -55,7 +55,8 @@ class ClaimResponder:
                  client_id: str = "fleet-provisioning") -> None:
         self.state_dir = Path(state_dir)
         self.host, self.port = broker_host, broker_port
-        self.device_port = device_port or broker_port
+        # devices connect to the device listener, not to the service listener the responder uses
+        self.device_port = device_port or listener_ports(state_dir).get("devices", 8883)
         self.cert_days = cert_days
         self.max_clock_skew_s = max_clock_skew_s
         self.client_id = client_id

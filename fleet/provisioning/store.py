@@ -120,6 +120,15 @@ class ProvisioningStore:
                               "FROM claims ORDER BY created_at").fetchall()
         return [Claim(*r) for r in rows]
 
+    def open_claims_with_hashes(self, now: float | None = None) -> list[tuple[Claim, str]]:
+        """Unused, unexpired claims with their stored secret hash (for the claim listener's logins)."""
+        now = time.time() if now is None else now
+        with self._db() as db:
+            rows = db.execute("SELECT id, group_name, created_at, expires_at, used_at, device_id, secret_hash "
+                              "FROM claims WHERE used_at IS NULL AND expires_at > ? ORDER BY created_at",
+                              (now,)).fetchall()
+        return [(Claim(*r[:6]), r[6]) for r in rows]
+
     def check_claim(self, token_id: str, secret: str, now: float | None = None,
                     device_id: str | None = None) -> Claim:
         """Validate a token without using it; refusals are audited. A token already used by
