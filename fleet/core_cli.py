@@ -59,6 +59,14 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
+    p = sub.add_parser("ack", help="acknowledge an active alert: who, when and a note")
+    _db_args(p)
+    p.add_argument("device", help="device id, or 'fleet' for a fleet-wide alert")
+    p.add_argument("code", help="alert code, e.g. freeze_rate_high or group_alert:lobby:fps_low")
+    p.add_argument("--by", default=os.environ.get("USER", "") or "operator", help="who (default: $USER)")
+    p.add_argument("--note", default="", help="why, what is being done")
+    p.set_defaults(func=cmd_ack)
+
     p = sub.add_parser("sessions", help="one device's viewer sessions: duration, fps, freezes, loss, MOS")
     _db_args(p)
     p.add_argument("device")
@@ -164,6 +172,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ack(args: argparse.Namespace) -> int:
+    from fleet.store import AlertNotFound
+    try:
+        ack = _store(args).ack_alert("" if args.device == "fleet" else args.device, args.code, args.by, args.note)
+    except AlertNotFound as exc:
+        print(f"fleetctl ack: {exc}", file=sys.stderr)
+        return 1
+    print(f"acknowledged {ack['key']} by {ack['by']}" + (f": {ack['note']}" if ack["note"] else ""))
+    return 0
+
+
 SESSION_COLUMNS = ["started", "duration_s", "client", "reason", "ttff_ms", "fps_mean", "fps_min", "freeze_rate",
                    "kbps", "loss_pct", "rtt_ms", "av_sync_p95_ms", "mos"]
 
@@ -184,7 +203,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(table(rows, ["severity", "scope", "device", "code", "active", "message", "raised"]) if rows
+        print(table(rows, ["severity", "scope", "device", "code", "active", "message", "raised", "acked_by"]) if rows
               else "no active alerts")
     return 0
 

@@ -108,6 +108,14 @@ class Store:
             sa.Column("raised", sa.Float, nullable=False),
             sa.Column("cleared", sa.Float, nullable=True),
         )
+        self.acks = sa.Table(  # an acknowledgement holds for one raising of an alert (a new raise is unacked)
+            f"{p}alert_acks", md,
+            sa.Column("key", sa.String(300), primary_key=True),
+            sa.Column("raised", sa.Float, primary_key=True),
+            sa.Column("by", sa.String(128), nullable=False),
+            sa.Column("at", sa.Float, nullable=False),
+            sa.Column("note", sa.Text, nullable=False, server_default=""),
+        )
         sa.Index(f"{p}telemetry_dev_id", self.telemetry.c.device_id, self.telemetry.c.id)
         sa.Index(f"{p}events_dev_id", self.events.c.device_id, self.events.c.id)
         md.create_all(self.engine)
@@ -322,12 +330,32 @@ class Store:
                                       ("events", self.events))}
 
     def list_alerts(self, include_cleared: bool = False) -> list[dict[str, Any]]:
-        a = self.alerts
-        q = sa.select(a).order_by(a.c.raised.desc())
+        a, k = self.alerts, self.acks
+        q = (sa.select(a, k.c.by.label("acked_by"), k.c.at.label("acked_at"), k.c.note.label("ack_note"))
+             .select_from(a.outerjoin(k, sa.and_(k.c.key == a.c.key, k.c.raised == a.c.raised)))
+             .order_by(a.c.raised.desc()))
         if not include_cleared:
             q = q.where(a.c.active == sa.true())
         with self.engine.connect() as conn:
-            return [_alert_dict(r) for r in conn.execute(q)]
+            return [{**_alert_dict(r), "acked_by": r.acked_by, "acked_at": r.acked_at, "ack_note": r.ack_note}
+                    for r in conn.execute(q)]
+
+    def ack_alert(self, device: str, code: str, by: str, note: str = "", now: float | None = None) -> dict[str, Any]:
+        """Acknowledge the active alert ``code`` of ``device`` (``""``: a fleet-wide alert): who, when, why.
+
+        Raises ``AlertNotFound`` when no such alert is active. Acknowledging again replaces the note.
+        """
+        key = f"device:{device}:{code}" if device else f"fleet:{code}"
+        a, k = self.alerts, self.acks
+        at = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(a.c.raised).where(a.c.key == key, a.c.active == sa.true())).first()
+            if row is None:
+                raise AlertNotFound(f"no active alert {code!r}" + (f" on {device}" if device else " (fleet-wide)"))
+            values = {"key": key, "raised": row[0], "by": by, "at": at, "note": note}
+            conn.execute(self._insert(k).values(**values).on_conflict_do_update(
+                index_elements=["key", "raised"], set_={"by": by, "at": at, "note": note}))
+        return {"key": key, **{n: values[n] for n in ("by", "at", "note")}}
 
     def group_offline(self, window_s: float, now: float | None = None) -> dict[str, tuple[int, int]]:
         """Per group: (devices that went offline within the window and are still offline, group size)."""
@@ -337,6 +365,10 @@ class Store:
         q = sa.select(d.c.grp, sa.func.sum(went), sa.func.count()).group_by(d.c.grp)
         with self.engine.connect() as conn:
             return {r[0]: (int(r[1] or 0), int(r[2])) for r in conn.execute(q)}
+
+
+class AlertNotFound(LookupError):
+    """The alert to acknowledge is not active (never raised, or already cleared)."""
 
 
 def _alert_dict(r: Any) -> dict[str, Any]:

@@ -32,3 +32,36 @@ def test_group_sharing_a_p2_raises_one_fleet_p1_and_clears_with_hysteresis(tmp_p
     store.ingest([_alert("cam-1", 4, False)])  # nobody holds it
     assert evaluate_shared_alerts(store, rule) == [("clear", "group_alert:g:freeze_rate_high")]
     assert not [a for a in store.list_alerts() if a["scope"] == "fleet"]
+
+
+def test_alerts_are_acknowledged_per_raising(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pytest
+
+    from fleet.store import AlertNotFound
+
+    db = str(tmp_path / "fleet.db")
+    store = Store(db)
+    store.ingest([status("cam-0", True), _alert("cam-0", 1, True)])
+    ack = store.ack_alert("cam-0", "freeze_rate_high", "ana", "ISP maintenance in the lobby", now=5000.0)
+    assert ack == {"key": "device:cam-0:freeze_rate_high", "by": "ana", "at": 5000.0,
+                   "note": "ISP maintenance in the lobby"}
+    (row,) = store.list_alerts()
+    assert (row["acked_by"], row["acked_at"], row["ack_note"]) == ("ana", 5000.0, "ISP maintenance in the lobby")
+    store.ingest([_alert("cam-0", 2, False), _alert("cam-0", 3, True)])  # cleared, raised again: a new raising
+    (row,) = store.list_alerts()
+    assert row["acked_by"] is None
+    with pytest.raises(AlertNotFound, match="no active alert 'nope' on cam-0"):
+        store.ack_alert("cam-0", "nope", "ana")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "fleet.cli", "ack", "cam-0", "freeze_rate_high", "--by", "bo",
+                          "--note", "looking", "--db", db], capture_output=True, text=True, timeout=30, cwd=root)
+    assert out.returncode == 0 and "acknowledged device:cam-0:freeze_rate_high by bo: looking" in out.stdout, out
+    missing = subprocess.run([sys.executable, "-m", "fleet.cli", "ack", "fleet", "group_alert:g:x", "--db", db],
+                             capture_output=True, text=True, timeout=30, cwd=root)
+    assert missing.returncode == 1 and "no active alert" in missing.stderr and "Traceback" not in missing.stderr
+    listed = subprocess.run([sys.executable, "-m", "fleet.cli", "alerts", "--db", db], capture_output=True, text=True,
+                            timeout=30, cwd=root)
+    assert "ACKED_BY" in listed.stdout and " bo" in listed.stdout, listed.stdout
