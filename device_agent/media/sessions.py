@@ -24,6 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
+from device_agent.media.remote_candidates import RemoteCandidates, split_mdns_candidates
 from device_agent.media.session_record import OnSessionEnd
 from device_agent.media.viewer_control import ViewerControl
 from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
@@ -122,6 +123,7 @@ class ViewerSession:
     connected_at: float | None = None
     feedback: collections.Counter[str] = field(default_factory=collections.Counter)
     control: ViewerControl | None = None  # estimate, pacing, RTX budget, keyframe guard
+    candidates: RemoteCandidates | None = None  # remote ICE candidates, mDNS ones in the background
     last_stats: dict[str, Any] = field(default_factory=dict)
     _stats_at: float = 0.0
     _stats_bytes: int = 0
@@ -233,10 +235,18 @@ class SessionManager:
         video_sender = video_tx.sender
         if session.audio is not None and "\nm=audio" in offer_sdp:
             pc.addTransceiver(session.audio, direction="sendrecv")  # viewer's microphone = talkback
+        # mDNS host candidates (a page without media permission) would be resolved inside
+        # setRemoteDescription, up to 1 s each: they are applied in the background instead.
+        offer = split_mdns_candidates(offer_sdp)
+        session.candidates = RemoteCandidates(pc, session.id)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise OfferError(f"invalid SDP offer: {exc}") from exc
+        for candidate in offer.deferred:
+            await session.candidates.add(candidate)
+        if offer.deferred and offer.ended:
+            await session.candidates.end()
         if video_tx.mid is None:
             raise OfferError("the offer has no video media section")
 
@@ -267,11 +277,17 @@ class SessionManager:
                     raise OfferError(f"bad candidate line {excerpt(line)}: {exc}") from None
                 candidate.sdpMid = mid
                 candidate.sdpMLineIndex = 0 if mid is None else None
-                await session.pc.addIceCandidate(candidate)
+                await self._candidates(session).add(candidate)  # an mDNS one resolves in the background
                 added += 1
             elif line == "a=end-of-candidates":
-                await session.pc.addIceCandidate(None)
+                await self._candidates(session).end()  # after the candidates still resolving
         return added
+
+    @staticmethod
+    def _candidates(session: ViewerSession) -> RemoteCandidates:
+        if session.candidates is None:
+            session.candidates = RemoteCandidates(session.pc, session.id)
+        return session.candidates
 
     def get(self, session_id: str) -> ViewerSession:
         try:
@@ -293,6 +309,8 @@ class SessionManager:
         try:
             if session.timeout is not None:
                 session.timeout.cancel()
+            if session.candidates is not None:
+                await session.candidates.close()  # nothing resolving for a peer about to close
             session.video.stop()
             if session.control is not None:
                 session.control.close()
