@@ -96,6 +96,7 @@ class CameraSection(CameraSettings):
                "must be an even number 16..4096")
         _check(1 <= self.fps <= 120, f"{key}.fps", "must be 1..120")
         _check(self.rotation in {0, 90, 180, 270}, f"{key}.rotation", "must be 0, 90, 180 or 270")
+        _check(self.pattern in {"bars", "busy"}, f"{key}.pattern", f"unknown test pattern {self.pattern!r} (bars, busy)")
         _check(self.backend != "file" or bool(self.path), f"{key}.path",
                "required when backend = 'file'")
 

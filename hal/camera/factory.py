@@ -15,7 +15,7 @@ def create_camera(section: CameraSettings) -> Camera:
     if section.backend == "test-pattern":
         from hal.camera.test_pattern import TestPatternCamera
 
-        return TestPatternCamera(section.width, section.height, section.fps, section.rotation)
+        return TestPatternCamera(section.width, section.height, section.fps, section.rotation, section.pattern)
     if section.backend == "file":
         from hal.camera.file import FileCamera
 

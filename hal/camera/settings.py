@@ -18,3 +18,4 @@ class CameraSettings:
     height: int = 720
     fps: int = 30
     rotation: int = 0
+    pattern: str = "bars"  # test-pattern only: bars (cheap to encode) | busy (needs several Mbit/s)
