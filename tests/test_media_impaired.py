@@ -1,6 +1,6 @@
 """Real headless Chromium watching the real agent through the emulated link (tests/support/linkemu.py).
 
-A short version of benchmarks/media_impaired.py: busy content that needs more than a 1 Mbit/s
+A short version of benchmarks/media_impaired.py, with Chromium and with a real aiortc viewer: busy content that needs more than a 1 Mbit/s
 link, 5 % loss, 100 ms each way, 300 ms drop-tail queue; what the agent offers into the link
 settles at or below the link, video keeps being presented, and PLIs do not become an IDR storm.
 And a 5 s total outage, after which the viewer shows moving video within 2 s of the link's return.
@@ -17,8 +17,9 @@ import pytest
 from playwright.async_api import async_playwright
 
 from tests.support.browser import CHROMIUM
-from tests.support.impaired_media import PLAIN_FLAGS, busy_clip, chromium_wrapper, server_in_namespace, watch
-from tests.support.linkemu import ImpairedLink, LinkProfile
+from tests.support.impaired_media import (PLAIN_FLAGS, aiortc_watch, busy_clip, chromium_wrapper, get_json,
+                                          server_in_namespace, watch)
+from tests.support.linkemu import ImpairedLink, LinkProfile, NamespaceLoop
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TUN devices need root"),
               pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium")]
@@ -85,3 +86,35 @@ async def test_moving_video_within_2_s_after_a_5_s_outage(clip: Path, tmp_path: 
     report = f"frames after the link returned (ms): {[round(t - back) for t in after[:40]]}; {res.inbound}"
     assert after and after[0] - back <= 2000, report
     assert sum(1 for t in after if t - back <= 3000) >= 15, report  # moving, not one frame
+
+
+@pytest.mark.timeout(180)
+async def test_aiortc_viewer_on_a_lossy_thin_link_loss_reaches_the_estimate(clip: Path) -> None:
+    with ImpairedLink(seed=5) as link:
+        link.set_both(LINK)
+        with server_in_namespace(link, "agent", clip, WIDTH, HEIGHT, FPS) as base:
+            viewer_ns, agent_ns = NamespaceLoop(link.ns_b), NamespaceLoop(link.ns_a)
+            try:
+                started = time.monotonic()
+                watching = viewer_ns.submit(aiortc_watch(base, 16))
+                before = None
+                while not watching.done():
+                    if before is None and time.monotonic() - started >= 8:
+                        before = (time.monotonic(), link.stats()["a_to_b"]["bytes"])
+                        stats = agent_ns.run(get_json(base + "/api/stats"), timeout=10)
+                    time.sleep(0.2)
+                after = (time.monotonic(), link.stats()["a_to_b"]["bytes"])
+                arrivals = watching.result()
+            finally:
+                viewer_ns.close()
+                agent_ns.close()
+    assert before is not None
+    sender_kbps = (after[1] - before[1]) * 8 / 1000 / (after[0] - before[0])
+    session = stats["viewers"]["sessions"][0]
+    late = [t for t in arrivals if t >= started + 8]
+    report = f"sender {sender_kbps:.0f} kbit/s, {len(arrivals)} frames ({len(late)} after 8 s), session {session}"
+    assert sender_kbps <= 1000, report
+    assert len(late) >= 8 * 10, report  # >= 10 fps decoded in the last 8 s
+    assert session["nack"] > 0 and session["rtx_sent"] > 0, report  # the receiver's NACKs were answered
+    assert session["fraction_lost"] is not None and session["estimate_bps"] <= 1_000_000, report  # reports were read
+    assert session["keyframes_sent"] <= 12, report

@@ -262,3 +262,38 @@ async def watch(browser: Any, link: ImpairedLink, base: str, seconds: float, *, 
             if index < len(per_second):
                 per_second[index] += 1
     return WatchResult(first, per_second, inbound, samples, server, presented or [], marks)
+
+
+async def aiortc_watch(base: str, seconds: float) -> list[float]:
+    """A real aiortc viewer (video only, decoding) for ``seconds``; returns each decoded frame's arrival time.
+
+    Run it on a ``NamespaceLoop`` of namespace b so its sockets are behind the link.
+    """
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    arrivals: list[float] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def pump(track: Any) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                arrivals.append(time.monotonic())
+
+    pc.on("track", lambda track: tasks.append(asyncio.ensure_future(pump(track))))
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/whep", data=pc.localDescription.sdp, headers=headers) as resp:
+            answer = await resp.text()
+            assert resp.status == 201, (resp.status, answer)
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await asyncio.sleep(seconds)
+    await pc.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return arrivals
