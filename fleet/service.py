@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ import paho.mqtt.client as mqtt
 
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
 from fleet.store import Incoming, Store
-from fleet.trend_rules import SharedAlertRule, evaluate_shared_alerts
+from fleet.trend_rules import BaselineRule, SharedAlertRule, evaluate_baseline, evaluate_shared_alerts
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,14 @@ class FleetService:
                  tls_insecure: bool = False, flush_interval_s: float = 0.2, max_batch: int = 2000,
                  rule: GroupOfflineRule | None = None, rule_interval_s: float = 10.0,
                  session_expiry_s: int = 3600, share_group: str = SHARE_GROUP,
-                 shared_rule: SharedAlertRule | None = None) -> None:
+                 shared_rule: SharedAlertRule | None = None, baseline_rule: BaselineRule | None = None) -> None:
         self.store = store
         self.share_group = share_group
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self.rule = rule or GroupOfflineRule()
         self.shared_rule = shared_rule or SharedAlertRule()  # N % of a group holding one P2 -> one fleet P1
+        self.baseline_rule = baseline_rule or BaselineRule()  # a group's freeze rate against its 24 h baseline
         self.rule_interval_s = rule_interval_s
         self.conn = MqttConnection(MqttOptions(
             url=mqtt_url, client_id=f"fleet-worker-{worker_id}", ca_file=ca_file, cert_file=cert_file,
@@ -77,6 +79,8 @@ class FleetService:
         self._tasks: list[asyncio.Task[Any]] = []
         self.stats = {"received": 0, "stored": 0, "duplicate": 0, "bad": 0, "batches": 0}
         self.fleet_alerts: dict[str, bool] = {}
+        # called on the loop with (batch, counts) after each committed batch (fleet/metrics.py)
+        self.batch_observers: list[Callable[[list[Incoming], dict[str, int]], None]] = []
 
     async def start(self, connect_timeout: float = 10.0) -> None:
         share = f"$share/{self.share_group}/" if self.share_group else ""
@@ -147,6 +151,11 @@ class FleetService:
         self.stats["batches"] += 1
         for k in ("stored", "duplicate", "bad"):
             self.stats[k] += res[k]
+        for observe in self.batch_observers:
+            try:
+                observe(batch, res)
+            except Exception:
+                log.exception("batch observer failed")
 
     async def _rule_loop(self) -> None:
         while True:
@@ -172,4 +181,5 @@ class FleetService:
                     changes.append(("raise", code))
             elif self.store.set_fleet_alert("clear", code, r.severity, f"group {grp!r} back to {pct:.0f}% offline"):
                 changes.append(("clear", code))
-        return changes + evaluate_shared_alerts(self.store, self.shared_rule)
+        return (changes + evaluate_shared_alerts(self.store, self.shared_rule)
+                + evaluate_baseline(self.store, self.baseline_rule))

@@ -116,6 +116,16 @@ class Store:
             sa.Column("at", sa.Float, nullable=False),
             sa.Column("note", sa.Text, nullable=False, server_default=""),
         )
+        self.group_metrics = sa.Table(  # per-group figures over time, for baselines (fleet/trend_rules.py)
+            f"{p}group_metrics", md,
+            sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+            sa.Column("grp", sa.String(128), nullable=False),
+            sa.Column("metric", sa.String(64), nullable=False),
+            sa.Column("ts", sa.Float, nullable=False),
+            sa.Column("value", sa.Float, nullable=False),
+        )
+        sa.Index(f"{p}group_metrics_gmt", self.group_metrics.c.grp, self.group_metrics.c.metric,
+                 self.group_metrics.c.ts)
         sa.Index(f"{p}telemetry_dev_id", self.telemetry.c.device_id, self.telemetry.c.id)
         sa.Index(f"{p}events_dev_id", self.events.c.device_id, self.events.c.id)
         md.create_all(self.engine)
@@ -322,6 +332,25 @@ class Store:
             rows = conn.execute(sa.select(e.c.payload).where(e.c.device_id == device_id, e.c.type == "media.session")
                                 .order_by(e.c.ts.desc(), e.c.id.desc()).limit(limit))
             return [json.loads(r[0]) for r in rows]
+
+    def latest_health(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(device, group, latest health sample) of every online device."""
+        d = self.devices
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(d.c.device_id, d.c.grp, d.c.health).where(d.c.online == sa.true()))
+            return [(r[0], r[1], json.loads(r[2] or "{}")) for r in rows]
+
+    def add_group_metric(self, group: str, metric: str, ts: float, value: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(self.group_metrics).values(grp=group, metric=metric, ts=ts, value=value))
+
+    def group_metric(self, group: str, metric: str, since: float, until: float) -> list[tuple[float, float]]:
+        """(ts, value) of ``metric`` for ``group`` with ``since <= ts < until``, oldest first."""
+        g = self.group_metrics
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(g.c.ts, g.c.value).where(
+                g.c.grp == group, g.c.metric == metric, g.c.ts >= since, g.c.ts < until).order_by(g.c.ts))
+            return [(float(r[0]), float(r[1])) for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

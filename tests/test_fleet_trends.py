@@ -65,3 +65,44 @@ def test_alerts_are_acknowledged_per_raising(tmp_path: Path) -> None:
     listed = subprocess.run([sys.executable, "-m", "fleet.cli", "alerts", "--db", db], capture_output=True, text=True,
                             timeout=30, cwd=root)
     assert "ACKED_BY" in listed.stdout and " bo" in listed.stdout, listed.stdout
+
+
+def _media_tele(dev: str, seq: int, *rates: float):
+    import json
+    import time as _time
+
+    from fleet.store import Incoming
+
+    health = {"media": {"viewers": {"sessions": [{"qoe": {"freeze_rate": r}} for r in rates]}}}
+    body = {"boot": "b1", "seq": seq, "ts": 1000.0 + seq, "health": health}
+    return Incoming("telemetry", dev, json.dumps(body).encode(), _time.time())
+
+
+def test_group_freeze_rate_against_its_own_baseline(tmp_path: Path) -> None:
+    from fleet.trend_rules import BaselineRule, evaluate_baseline
+
+    store = Store(str(tmp_path / "fleet.db"))
+    store.ingest([status(f"cam-{i}", True) for i in range(4)] + [status("lab-1", True, group="lab")])
+    rule = BaselineRule(min_devices=3)
+    now = 1_000_000.0
+    for k in range(4, 24 * 12):  # a day of 5-minute medians around 1 %, up to 20 minutes ago
+        store.add_group_metric("g", "freeze_rate", now - 300.0 * k, 1.0 if k % 2 else 0.8)
+    # now: the worst viewer per device 4 %, 5 %, 3 % (one device without viewers); lab is too small
+    store.ingest([_media_tele("cam-0", 1, 4.0, 0.1), _media_tele("cam-1", 1, 5.0), _media_tele("cam-2", 1, 3.0),
+                  _media_tele("lab-1", 1, 50.0)])
+    assert evaluate_baseline(store, rule, now=now) == [("raise", "freeze_trend:g")]
+    (alert,) = [a for a in store.list_alerts() if a["scope"] == "fleet"]
+    assert alert["severity"] == "P2" and "median freeze rate 4.0 %" in alert["message"], alert
+    assert evaluate_baseline(store, rule, now=now + 60) == []  # raised once; no second record within 5 min
+    assert len(store.group_metric("g", "freeze_rate", now - 1, now + 100)) == 1
+    store.ingest([_media_tele(f"cam-{i}", 2, 1.1) for i in range(3)])
+    assert evaluate_baseline(store, rule, now=now + 400) == []  # recent median (4.0, 1.1) still 2.5x
+    assert evaluate_baseline(store, rule, now=now + 1000) == [("clear", "freeze_trend:g")]  # (1.1, 1.1)
+
+
+def test_no_baseline_no_trend(tmp_path: Path) -> None:
+    from fleet.trend_rules import BaselineRule, evaluate_baseline
+
+    store = Store(str(tmp_path / "fleet.db"))
+    store.ingest([status(f"cam-{i}", True) for i in range(3)] + [_media_tele(f"cam-{i}", 1, 30.0) for i in range(3)])
+    assert evaluate_baseline(store, BaselineRule(), now=1_000_000.0) == []  # a new fleet has no baseline yet
