@@ -170,3 +170,18 @@ def test_start_history_counts_recent_starts_and_survives_a_bad_file(tmp_path) ->
     assert history() == {"boot": "", "starts_10min": 3, "starts_1h": 4}
     path.write_text("{not json")
     assert StartHistory(path, clock=lambda: now[0]).record()()["starts_10min"] == 1
+
+
+def test_encoder_output_qos() -> None:
+    from device_agent.media.source_qos import EncoderOutput
+
+    out = EncoderOutput()
+    assert out.stats() == {"output_fps": None, "output_interval_jitter_ms": None, "capture_to_output_p50_ms": None,
+                           "capture_to_output_p95_ms": None}
+    t = 100.0
+    for i in range(61):  # 30 fps with every 10th unit 20 ms late; 5 ms encode, the late ones 25 ms
+        late = 0.020 if i % 10 == 5 else 0.0
+        out.add(t + i / 30 + late, t + i / 30 - 0.005)
+    s = out.stats()
+    assert 29 <= s["output_fps"] <= 31 and s["output_interval_jitter_ms"] > 3
+    assert s["capture_to_output_p50_ms"] == 5.0 and s["capture_to_output_p95_ms"] == 25.0

@@ -26,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import av
 
 from device_agent.media.rate_control import choose_target
+from device_agent.media.source_qos import EncoderOutput
 from hal.encoder.base import EncodedPacket
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class PacketFanout:
         self.idr_min_interval = idr_min_interval
         self.min_bitrate, self.max_bitrate = min_bitrate, max_bitrate
         self._clock = clock
+        self.output = EncoderOutput()
         self._ids = itertools.count(1)
         self._subs: dict[int, Subscriber[FanoutPacket]] = {}
         self._last_idr_request = -1e9
@@ -137,6 +139,7 @@ class PacketFanout:
         packet.time_base = VIDEO_TIME_BASE
         item = FanoutPacket(packet, encoded.keyframe, encoded.capture_ts, encoded.frame_index)
         self.packets += 1
+        self.output.add(self._clock(), encoded.capture_ts)  # the encoder output's own QoS (source_qos.py)
         if encoded.keyframe:
             self.latest_keyframe_ts = self._clock()
             self._gop = [item]
@@ -228,4 +231,4 @@ class PacketFanout:
                 "target_bitrate": self.target_bitrate,
                 "constrained": sum(s.constrained for s in self._subs.values()),
                 "requested_bitrate": self.requested_bitrate,
-                "resyncs": sum(s.resyncs for s in self._subs.values())}
+                "resyncs": sum(s.resyncs for s in self._subs.values()), **self.output.stats()}

@@ -60,7 +60,9 @@ MEDIA = Section({
         "camera": Opaque("the camera backend's counters"), "encoder": Opaque("the encoder's counters"),
         "capture_to_packet": Section(_leaves("p50_ms", "p95_ms")),
     }, closed=False),
-    "fanout": Section(_leaves("viewers", "packets", "idrs_forced", "target_bitrate"), closed=False),
+    "fanout": Section(_leaves("viewers", "packets", "idrs_forced", "target_bitrate", "output_fps",
+                              "output_interval_jitter_ms", "capture_to_output_p50_ms", "capture_to_output_p95_ms"),
+                      closed=False),  # the encoder output's own QoS: source_qos.py
     "audio": Section({
         "source": Section(_leaves("backend", "state", "xruns", "level_rms_dbfs"), closed=False),
         **_leaves("level_dbfs", "chunks", "packets", "viewers", "stage_errors"),
