@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cryptography import x509
@@ -31,32 +32,33 @@ class RenewalError(Exception):
     """Renewal failed; the current certificate stays in use."""
 
 
-async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float = 30.0) -> x509.Certificate:
-    """Renew now; returns the installed certificate. The old key and cert stay until success."""
+# (request, request id, timeout) -> the fleet's reply: over the agent's own fleet-link connection
+Exchange = Callable[[dict[str, Any], str, float], Awaitable[dict[str, Any]]]
+
+
+async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float = 30.0,
+                            exchange: Exchange | None = None) -> x509.Certificate:
+    """Renew now; returns the installed certificate. The old key and cert stay until success.
+
+    ``exchange`` sends the request over a connection the caller already has (the running agent's
+    fleet link); without it a connection of its own is opened. The device listener binds the
+    client id to the certificate, so a second connection of a running agent would take over (and
+    disconnect) the agent's own.
+    """
     ident = store.load()
-    host, port = split_host_port(mqtt_url, 8883)
     pending = store.dir / "device.key.pending"
     key = await asyncio.to_thread(store.new_key, pending)
     request_id = secrets.token_hex(8)
-    tls = tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path))
-    m = AsyncMqtt(f"{ident.device_id}-renew", tls=tls)
     try:
-        try:
-            await m.connect(host, port, timeout=min(timeout, 10.0))
-        except MqttError as exc:
-            raise RenewalError(f"cannot reach the fleet broker: {exc}") from None
-        res_topic = f"dev/{ident.device_id}/renew/res"
-        if await m.subscribe(res_topic) >= 0x80:
-            raise RenewalError(f"the broker refused {res_topic}: ACL without renewal topics?")
         req = {"csr": store.csr(key, ident.device_id).decode(), "request_id": request_id,
                "device_time": time.time()}
-        await m.publish(f"dev/{ident.device_id}/renew/req", json.dumps(req).encode())
-        reply = await _reply(m, res_topic, request_id, timeout)
+        if exchange is not None:
+            reply = await exchange(req, request_id, timeout)
+        else:
+            reply = await _exchange_own_connection(store, ident.device_id, mqtt_url, req, request_id, timeout)
     except BaseException:
         pending.unlink(missing_ok=True)
         raise
-    finally:
-        await m.close()
     if not reply.get("ok"):
         pending.unlink(missing_ok=True)
         err = reply.get("error") or {}
@@ -76,6 +78,25 @@ async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float 
                             ca.public_bytes(serialization.Encoding.PEM))
     log.info("device certificate renewed until %s", cert.not_valid_after_utc)
     return cert
+
+
+async def _exchange_own_connection(store: IdentityStore, device_id: str, mqtt_url: str, req: dict[str, Any],
+                                   request_id: str, timeout: float) -> dict[str, Any]:
+    host, port = split_host_port(mqtt_url, 8883)
+    tls = tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path))
+    m = AsyncMqtt(device_id, tls=tls)  # the broker assigns the certificate CN anyway
+    try:
+        try:
+            await m.connect(host, port, timeout=min(timeout, 10.0))
+        except MqttError as exc:
+            raise RenewalError(f"cannot reach the fleet broker: {exc}") from None
+        res_topic = f"dev/{device_id}/renew/res"
+        if await m.subscribe(res_topic) >= 0x80:
+            raise RenewalError(f"the broker refused {res_topic}: ACL without renewal topics?")
+        await m.publish(f"dev/{device_id}/renew/req", json.dumps(req).encode())
+        return await _reply(m, res_topic, request_id, timeout)
+    finally:
+        await m.close()
 
 
 async def _reply(m: AsyncMqtt, topic: str, request_id: str, timeout: float) -> dict[str, Any]:
@@ -117,11 +138,42 @@ class RenewalComponent:
         self.last_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._link: Any = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         agent.commands.register("cert.renew", self._cmd_renew)
         agent.health.add("identity", self.health)
 
     async def start(self) -> None:
+        # renew over the fleet link's own connection: a second one would take it over (one client id)
+        self._link = self.agent.get("fleet_link")
+        if self._link is not None:
+            self._link.add_handler("renew/res", self._on_renew_res)
         self._task = asyncio.create_task(self._loop())
+
+    def _on_renew_res(self, subtopic: str, payload: bytes) -> None:
+        try:
+            reply = json.loads(payload)
+        except ValueError:
+            return
+        fut = self._waiting.get(reply.get("request_id", "")) if isinstance(reply, dict) else None
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    async def _exchange_over_link(self, req: dict[str, Any], request_id: str, timeout: float) -> dict[str, Any]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        try:
+            try:
+                await self._link.wait_ready(timeout)
+                await self._link.publish("renew/req", json.dumps(req).encode())
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise RenewalError(f"no renewal answer within {timeout:g} s: is the fleet's claim responder "
+                                   "running?") from None
+            except (OSError, RuntimeError, MqttError) as exc:
+                raise RenewalError(f"cannot send the renewal over the fleet link: {exc}") from None
+        finally:
+            self._waiting.pop(request_id, None)
 
     async def stop(self) -> None:
         if self._task:
@@ -154,7 +206,8 @@ class RenewalComponent:
     async def renew(self) -> x509.Certificate:
         async with self._lock:
             try:
-                cert = await renew_certificate(self.store, self.mqtt_url, self.cfg.renew_timeout_s)
+                cert = await renew_certificate(self.store, self.mqtt_url, self.cfg.renew_timeout_s,
+                                               self._exchange_over_link if self._link is not None else None)
             except (RenewalError, IdentityError, MqttError) as exc:
                 self.last_error = str(exc)
                 self.agent.alerts.raise_alert("P2", "cert_renewal_failed", f"certificate renewal failed: {exc}")

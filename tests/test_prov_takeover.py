@@ -171,3 +171,44 @@ async def test_a_claimant_cannot_kick_another_claimant(fleet: Fleet) -> None:
     log = fleet.broker.log_path.read_text(errors="replace")
     assert f"Client {second_id} already connected" not in log
     assert f"as {first_id} " in log  # the intruder got its own token id, whatever it asked for
+
+
+async def test_renewal_in_a_running_agent_keeps_its_connection(fleet: Fleet, tmp_path: Path) -> None:
+    """The agent renews over its fleet link's own connection: a second connection with the device
+    certificate would get the same (bound) client id and disconnect the agent's link."""
+    from device_agent.agent import Agent
+    from device_agent.fleetlink import FleetLink
+    from provisioning.renewal import RenewalComponent
+
+    responder = fleet.responder()
+    task = asyncio.create_task(responder.run())
+    await asyncio.wait_for(responder.ready.wait(), 10)
+    (token,) = create_tokens(fleet, group="renew")
+    cfg_path = tmp_path / "r.toml"
+    ident = await provision(ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}", cfg_path,
+                                             identity_dir=tmp_path / "id", say=lambda s: None))
+    did = ident.device_id
+    old_cert = (tmp_path / "id" / "device.crt").read_bytes()
+    cfg = load_config(cfg_path)
+    cfg.device.state_dir = str(tmp_path / "state")
+    watcher = fleet.fleet_service("renew-watch")
+    await watcher.connect("127.0.0.1", getattr(fleet, "service_port", fleet.port))
+    await watcher.subscribe(f"dev/{did}/status")
+    agent = Agent(cfg)
+    agent.add(FleetLink(agent))
+    renewal = RenewalComponent(agent)
+    agent.add(renewal)
+    await agent.start()
+    try:
+        await agent.get("fleet_link").wait_ready(15)  # type: ignore[union-attr]
+        await _statuses(watcher, 1.0)
+        await renewal.renew()
+        assert (tmp_path / "id" / "device.crt").read_bytes() != old_cert
+        seen = await _statuses(watcher, 2.0)
+        assert not [s for _, s in seen if not s.get("online")], f"the fleet was told the device is gone: {seen}"
+        assert f"Client {did} already connected" not in fleet.broker.log_path.read_text(errors="replace")
+    finally:
+        await agent.stop()
+        await responder.stop()
+        await asyncio.wait_for(task, 10)
+        await watcher.close()
