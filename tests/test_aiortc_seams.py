@@ -112,3 +112,40 @@ async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(t
         assert session.feedback["nack"] == 2
         assert session.control.stats()["paced_wait_s"] > 0  # the IDR burst waited for the pacer
         await viewer.close(http)
+
+
+def test_remote_candidate_behaviour_remote_candidates_relies_on() -> None:
+    """device_agent/media/remote_candidates.py: aiortc awaits every offered candidate inside
+    setRemoteDescription (so an mDNS one, resolved by aioice with a timeout, delays the answer), and
+    drops candidates that arrive after end-of-candidates (so end-of-candidates goes last)."""
+    from aioice.mdns import is_mdns_hostname
+    from aiortc import RTCIceTransport, RTCPeerConnection
+    from aiortc.rtcpeerconnection import add_remote_candidates
+
+    assert "addRemoteCandidate" in inspect.getsource(add_remote_candidates)
+    assert "add_remote_candidates(" in inspect.getsource(RTCPeerConnection.setRemoteDescription)
+    source = inspect.getsource(RTCIceTransport.addRemoteCandidate)
+    assert "if not self.__iceGatherer._remote_candidates_end:" in source
+    assert is_mdns_hostname("3f0c8a4e-1b2c-4d5e-8f90-123456789abc.local") and not is_mdns_hostname("192.0.2.1")
+
+
+async def test_aiortc_answers_opus_without_fmtp_and_keeps_the_one_we_add() -> None:
+    """device_agent/media/sdp_answer.py: aiortc's Opus has no parameters, so its answer has no Opus
+    fmtp; one added to the answer's text before setLocalDescription stays in localDescription."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from device_agent.media.sdp_answer import with_opus_fec
+
+    offerer, answerer = (RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2))
+    try:
+        offerer.addTransceiver("audio", direction="recvonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        answerer.addTransceiver("audio", direction="sendonly")
+        await answerer.setRemoteDescription(offerer.localDescription)
+        answer = await answerer.createAnswer()
+        assert "a=fmtp:" not in answer.sdp.split("m=audio", 1)[1]
+        await answerer.setLocalDescription(RTCSessionDescription(sdp=with_opus_fec(answer.sdp), type="answer"))
+        assert "useinbandfec=1" in answerer.localDescription.sdp
+    finally:
+        await offerer.close()
+        await answerer.close()

@@ -31,6 +31,10 @@ OPUS_RATE = 48000
 OPUS_FRAME = 960  # 20 ms
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 AUDIO_QUEUE_LIMIT = 25  # 0.5 s of packets per viewer
+# Opus in-band FEC: each packet also carries a low-bitrate copy of the previous one (LBRR), so a
+# receiver that loses one packet decodes it from the next. libopus adds it only when told to
+# expect loss; the encoder is shared by every viewer and opened once, so the figure is fixed.
+OPUS_FEC_LOSS_PCT = 10
 
 
 def level_dbfs(samples: np.ndarray) -> float:
@@ -42,14 +46,16 @@ def level_dbfs(samples: np.ndarray) -> float:
 class OpusPacketizer:
     """16 kHz int16 mono in, Opus packets (48 kHz clock) out; one encoder for every viewer."""
 
-    def __init__(self, bitrate: int = 32000) -> None:
+    def __init__(self, bitrate: int = 32000, fec_loss_pct: int = OPUS_FEC_LOSS_PCT) -> None:
+        """``fec_loss_pct``: the loss libopus is told to expect (in-band FEC on); 0 turns FEC off."""
         self.codec = av.CodecContext.create("libopus", "w")
         self.codec.bit_rate = bitrate
         self.codec.format = "s16"
         self.codec.layout = "mono"
         self.codec.sample_rate = OPUS_RATE
         self.codec.time_base = OPUS_TIME_BASE
-        self.codec.options = {"application": "voip", "frame_duration": "20"}
+        self.codec.options = {"application": "voip", "frame_duration": "20",
+                              "fec": "1" if fec_loss_pct > 0 else "0", "packet_loss": str(fec_loss_pct)}
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE, frame_size=OPUS_FRAME)
         self._pts = 0
 

@@ -27,6 +27,7 @@ from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
 from device_agent.media.remote_candidates import RemoteCandidates, split_mdns_candidates
 from device_agent.media.session_record import OnSessionEnd
 from device_agent.media.viewer_control import ViewerControl
+from device_agent.media.sdp_answer import with_opus_fec
 from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
 
@@ -256,7 +257,8 @@ class SessionManager:
         answer = await pc.createAnswer()
         if answer is None or "H264" not in answer.sdp:
             raise OfferError("the offer does not accept H.264 Constrained Baseline (42e01f) video")
-        await pc.setLocalDescription(answer)
+        # aiortc's Opus answer has no fmtp: say that we decode in-band FEC (sdp_answer.py)
+        await pc.setLocalDescription(RTCSessionDescription(sdp=with_opus_fec(answer.sdp), type="answer"))
         return pc.localDescription.sdp
 
     async def add_candidates(self, session_id: str, sdpfrag: str) -> int:

@@ -22,6 +22,38 @@ window.viewer = { state: "new", error: null, postToFirstFrameMs: null, postToAns
 let pc = null, resource = null, audioTx = null, micTrack = null, statsTimer = null, previous = null;
 let qoeChannel = null, qoeTimer = null, qoePrev = null;
 
+// Loss resilience at the receiver: on a lossy link (> JB_LOSS_PCT of the video packets lost or
+// NACKed in the last second) every receiver's jitter buffer is asked to hold
+// min(RTT * 1.5 + one frame interval, JB_MAX_MS), so a retransmission (one RTT) arrives before its
+// frame is due; back to the browser's default (null) after JB_HOLD_MS without loss. Chromium's
+// RTCRtpReceiver.jitterBufferTarget (ms); browsers without it keep their default.
+const JB_LOSS_PCT = 1, JB_MAX_MS = 400, JB_HOLD_MS = 10000, JB_STEP_MS = 10;
+const jitter = { supported: typeof RTCRtpReceiver !== "undefined" && "jitterBufferTarget" in RTCRtpReceiver.prototype,
+                 targetMs: null, lossyAt: null, rttMs: null };
+window.viewer.jitter = jitter;
+
+// The target (ms, or null for the browser's default) for one stats interval: rttMs (null: unknown),
+// lossPct (lost or NACKed share of the interval's packets), fps, now (ms).
+function jitterTarget(rttMs, lossPct, fps, now) {
+  if (rttMs !== null && rttMs !== undefined) jitter.rttMs = rttMs;
+  if (lossPct > JB_LOSS_PCT) jitter.lossyAt = now;
+  if (jitter.lossyAt === null || now - jitter.lossyAt >= JB_HOLD_MS || jitter.rttMs === null) return null;
+  const frameMs = 1000 / (fps > 1 ? fps : 30);
+  return Math.min(jitter.rttMs * 1.5 + frameMs, JB_MAX_MS);
+}
+
+function applyJitterTarget(s) {
+  if (!pc || !jitter.supported || s.lossPct === undefined) return;
+  const target = jitterTarget(s.rttMs, Math.max(s.lossPct, s.nackPct || 0), s.fps, s.time);
+  const same = target === null ? jitter.targetMs === null
+    : jitter.targetMs !== null && Math.abs(target - jitter.targetMs) < JB_STEP_MS;
+  if (same) return;
+  jitter.targetMs = target === null ? null : Math.round(target);
+  for (const receiver of pc.getReceivers()) {
+    try { receiver.jitterBufferTarget = jitter.targetMs; } catch (err) { jitter.error = String(err); }
+  }
+}
+
 // Receiver reports: what this page renders, sent to the device every QOE_INTERVAL_MS over the "qoe"
 // data channel (schema and definitions: device_agent/media/qoe.py, the same rules as FreezeCounter).
 // A video freeze is a gap > 500 ms between presented frames after at least 5 fps; A/V sync is audio
@@ -155,6 +187,7 @@ async function patchCandidates(lines) {
 
 async function connect() {
   await disconnect();
+  Object.assign(jitter, { targetMs: null, lossyAt: null, rttMs: null }); // a new peer starts at the default
   setState("connecting");
   pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
@@ -225,6 +258,7 @@ async function updateStats() {
     if (r.type === "inbound-rtp" && r.kind === "video") {
       Object.assign(s, { videoBytes: r.bytesReceived, framesDecoded: r.framesDecoded, framesReceived: r.framesReceived,
                          fps: r.framesPerSecond || 0, videoPacketsLost: r.packetsLost, videoPackets: r.packetsReceived,
+                         videoNacks: r.nackCount || 0,
                          keyFramesDecoded: r.keyFramesDecoded, frameWidth: r.frameWidth, frameHeight: r.frameHeight });
     } else if (r.type === "inbound-rtp" && r.kind === "audio") {
       Object.assign(s, { audioPackets: r.packetsReceived, audioBytes: r.bytesReceived, audioSamples: r.totalSamplesReceived });
@@ -237,8 +271,10 @@ async function updateStats() {
     s.bitrateKbps = ((s.videoBytes - previous.videoBytes) * 8) / 1000 / dt;
     const lost = s.videoPacketsLost - previous.videoPacketsLost, got = s.videoPackets - previous.videoPackets;
     s.lossPct = got + lost > 0 ? (100 * lost) / (got + lost) : 0;
+    s.nackPct = got + lost > 0 ? (100 * (s.videoNacks - previous.videoNacks)) / (got + lost) : 0;
   }
   previous = s;
+  applyJitterTarget(s);
   window.viewer.stats = s;
   $("bitrate").textContent = s.bitrateKbps !== undefined ? s.bitrateKbps.toFixed(0) + " kbit/s" : "–";
   $("fps").textContent = s.fps !== undefined ? s.fps.toFixed(1) + " fps" : "–";
