@@ -121,7 +121,7 @@ def secret_forms(draw: st.DrawFn) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.fuzz
-@fuzz_settings(examples=400)
+@fuzz_settings(examples=300)
 @given(form=secret_forms(), before=st.lists(ordinary_line, max_size=2), prefix=words, suffix=words)
 def test_no_secret_survives(form, before, prefix, suffix):
     lines, secrets_ = form
@@ -141,7 +141,7 @@ def test_no_secret_survives(form, before, prefix, suffix):
 
 
 @pytest.mark.fuzz
-@fuzz_settings(examples=400)
+@fuzz_settings(examples=300)
 @given(lines=st.lists(ordinary_line, min_size=1, max_size=4))
 def test_ordinary_lines_untouched(lines):
     with fuzz_example("redact") as ex:
