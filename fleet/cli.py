@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "fleet.ota.cli",  # ota keygen/build/sign/serve/rollout/status
     "fleet.provisioning_cli",  # ca init, claim create, broker-config
     "fleet.diag_cli",  # logs, diag, view
+    "fleet.token_cli",  # token create/list/revoke (the HTTP API's tokens)
 ]
 
 

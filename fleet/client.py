@@ -73,22 +73,39 @@ class FleetClient:
                                    reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
                                    max_inflight=1000)
         self.conn = MqttConnection(self.options)
+        self._owns_conn = True
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._res_subscribed: set[str] = set()
 
+    @classmethod
+    def sharing(cls, conn: MqttConnection) -> FleetClient:
+        """A client on an existing, already started connection (the fleet service's own session):
+        ``connect()`` only waits for it, ``close()`` leaves it open; answers are acknowledged
+        when the connection acknowledges by hand (``manual_ack``)."""
+        client = cls.__new__(cls)
+        client.options = conn.options
+        client.conn = conn
+        client._owns_conn = False
+        client._pending = {}
+        client._res_subscribed = set()
+        return client
+
     async def connect(self, timeout: float = 10.0) -> FleetClient:
         """Connect (retrying with backoff until ``timeout``); raises ConnectionError on failure."""
-        self.conn.start()
+        if self._owns_conn:
+            self.conn.start()
         try:
             await self.conn.wait_connected(timeout)
         except asyncio.TimeoutError:
-            await self.conn.close()
+            if self._owns_conn:
+                await self.conn.close()
             raise ConnectionError(f"cannot reach {self.options.url}: "
                                   f"{self.conn.last_connect_error or 'timeout'}") from None
         return self
 
     async def close(self) -> None:
-        await self.conn.close()
+        if self._owns_conn:
+            await self.conn.close()
 
     async def __aenter__(self) -> FleetClient:
         return await self.connect()
@@ -132,6 +149,8 @@ class FleetClient:
         return answer.get("result")
 
     def _on_response(self, msg: mqtt.MQTTMessage) -> None:
+        if self.conn.options.manual_ack and msg.qos:
+            self.conn.ack(msg.mid, msg.qos)  # every answer, ours or not: unacked ones fill the inflight window
         corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
         fut = self._pending.get(bytes(corr)) if corr is not None else None
         if fut is None or fut.done():

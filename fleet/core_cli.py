@@ -45,6 +45,10 @@ def register(sub: Any) -> None:
     p.add_argument("--stats-interval", type=float, default=0.0, help="print ingest stats every N s (0: never)")
     p.add_argument("--claims", default="", metavar="STATE_DIR",  # provisioning (issue 6)
                    help="also answer device claims and certificate renewals with the fleet CA in STATE_DIR")
+    p.add_argument("--http", default="", metavar="HOST:PORT",
+                   help="also serve the HTTP API and /metrics (docs/fleet-api.md); a token is required "
+                        "unless HOST is loopback")
+    p.add_argument("--http-require-token", action="store_true", help="require a token on loopback too")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("devices", help="list devices")
@@ -267,6 +271,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"fleetctl: cannot reach {args.mqtt}: {svc.conn.last_connect_error}", file=sys.stderr)
             return 3
         print(f"fleetctl serve: worker {args.worker_id} on {args.mqtt}, store {store.dialect}", flush=True)
+        api = None
+        if args.http:  # the HTTP API (fleet/api/), on this loop and this worker's MQTT session
+            from fleet.api.server import ApiServer, ListenError, parse_listen
+            try:
+                api = ApiServer(store, *parse_listen(args.http), service=svc, provisioning_dir=args.claims,
+                                require_token=True if args.http_require_token else None)
+                await api.start()
+            except (ListenError, OSError) as exc:
+                print(f"fleetctl serve: --http {args.http}: {exc}", file=sys.stderr)
+                await svc.stop()
+                return 2
+            print(f"fleetctl serve: API on {api.url}/api/v1/ (token {'required' if api.require_token else 'optional'})",
+                  flush=True)
         claims = claims_task = None
         if args.claims:  # the claim responder (fleet/provisioning/responder.py), its own connection
             from fleet.provisioning.responder import ClaimResponder
@@ -282,6 +299,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if claims is not None and claims_task is not None:
             await claims.stop()
             await claims_task
+        if api is not None:
+            await api.stop()
         await svc.stop()
         print(json.dumps({"final": True, **svc.stats}), flush=True)
         return 0

@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,8 @@ class FleetService:
         self._tasks: list[asyncio.Task[Any]] = []
         self.stats = {"received": 0, "stored": 0, "duplicate": 0, "bad": 0, "batches": 0}
         self.fleet_alerts: dict[str, bool] = {}
+        # called on the loop with (batch, counts) after each committed batch (fleet/metrics.py)
+        self.batch_observers: list[Callable[[list[Incoming], dict[str, int]], None]] = []
 
     async def start(self, connect_timeout: float = 10.0) -> None:
         share = f"$share/{self.share_group}/" if self.share_group else ""
@@ -148,6 +151,11 @@ class FleetService:
         self.stats["batches"] += 1
         for k in ("stored", "duplicate", "bad"):
             self.stats[k] += res[k]
+        for observe in self.batch_observers:
+            try:
+                observe(batch, res)
+            except Exception:
+                log.exception("batch observer failed")
 
     async def _rule_loop(self) -> None:
         while True:

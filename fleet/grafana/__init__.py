@@ -1,0 +1,1 @@
+"""Grafana dashboards for the fleet service's Prometheus metrics (package data)."""
