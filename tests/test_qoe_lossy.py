@@ -42,8 +42,14 @@ async def _watch(base: str, seconds: float) -> tuple[dict, Viewer]:
         await viewer.connect(http, qoe_interval_s=2.0)
         await viewer.wait_frames(10, timeout=20)
         await asyncio.sleep(seconds)
-        async with http.get(f"{base}/api/stats", headers=headers) as resp:
-            stats = await resp.json()
+        deadline = time.monotonic() + 15  # every figure there, including the SR-based delay
+        while True:
+            async with http.get(f"{base}/api/stats", headers=headers) as resp:
+                stats = await resp.json()
+            qoe = stats["viewers"]["sessions"][0]["qoe"]
+            if qoe["e2e_delay_ms"] is not None and qoe["reports"] >= 4 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
         await viewer.close(http)
     return stats, viewer
 
@@ -70,7 +76,7 @@ def test_lossy_link_shows_in_the_viewers_qoe_not_in_the_senders_fps(tmp_path: Pa
             log.close()
     session = stats["viewers"]["sessions"][0]
     qoe = session["qoe"]
-    assert session["fps"] > 25, session  # what the device sent: looks healthy
+    assert session["fps"] > 20, session  # what the device sent: looks healthy (~28-30; > 20 on a loaded machine)
     # what the viewer lived through: video rescued by retransmissions it had to ask for, audio (no
     # retransmission) with audible gaps, and the link's delay in the end-to-end figure
     assert qoe["reports"] >= 4 and qoe["rejected"] == 0, qoe
