@@ -383,3 +383,29 @@ async def test_fleetctl_token_cli_and_serve_http(tmp_path: Path, mosquitto: Mosq
     assert serve.returncode == 0 and b'"final": true' in out
     bad = fleetctl("serve", "--mqtt", mosquitto.url, "--db", db, "--http", "nonsense")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+async def test_command_answers_are_acknowledged_on_the_services_manual_ack_session(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """The worker's session acknowledges by hand (after commits); command answers arriving on it must
+    be acknowledged too, or a broker's inflight window (mosquitto's default: 20) fills up and every
+    later answer stays at the broker: commands time out."""
+    broker = Mosquitto(tmp_path / "broker", extra_config="max_inflight_messages 5").start()
+    store = Store(str(tmp_path / "fleet.db"))
+    svc = FleetService(broker.url, store, rule_interval_s=3600)
+    sim = Simulation(broker.url, 1, tmp_path / "sim", interval_s=30)
+    api = ApiServer(store, "127.0.0.1", 0, service=svc)
+    try:
+        await svc.start()
+        await api.start()
+        await sim.start(spread_s=0)
+        await _until(lambda: (store.device("sim-00000") or {}).get("online"), 15, "sim-00000 online")
+        for i in range(12):
+            st, body = await call(http, "POST", f"{api.url}/api/v1/devices/sim-00000/commands/ping?timeout=3",
+                                  json={"echo": i})
+            assert (st, body.get("result", {}).get("echo")) == (200, i), (i, st, body)
+    finally:
+        await sim.stop()
+        await api.stop()
+        await svc.stop()
+        broker.stop()
