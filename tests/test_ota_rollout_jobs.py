@@ -1,0 +1,188 @@
+"""Rollout jobs driven by the fleet service: real mosquitto, real FleetService workers, simulated
+devices answering ``ota.install`` / ``ota.rollback`` with events, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fleet.ota.jobs import GatePolicy, Jobs
+from fleet.ota.rollout import Policy
+from fleet.service import FleetService
+from fleet.sim_ota import SimOtaOptions
+from fleet.simulate import Simulation
+from fleet.store import Store
+from tests.support.mosquitto import Mosquitto
+from tests.test_fleet_store import PG, PG_URL
+
+SHA = "ab" * 32
+FAST = {"poll_s": 0.2, "lease_s": 2.0, "command_timeout_s": 10.0}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path):
+    """(url, prefix) of an empty fleet store."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "fleet.db"), ""
+        return
+    if not PG:
+        pytest.skip(f"no PostgreSQL at {PG_URL}")
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    yield PG_URL, prefix
+    s = Store(PG_URL, prefix=prefix)
+    Jobs(s)
+    s.drop_all()
+    s.close()
+
+
+async def _until(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(cond):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _fleet(mosquitto: Mosquitto, tmp_path: Path, url: str, prefix: str, n: int,
+                 faults_after: frozenset[str] = frozenset(), install_s: float = 0.8):
+    store = Store(url, prefix=prefix)
+    sim = Simulation(mosquitto.url, n, tmp_path / "sim", interval_s=0.5, reconnect_min_s=0.2,
+                     ota=SimOtaOptions(install_s=install_s, versions={SHA: "2.0.0"}, faults_after=faults_after))
+    return store, sim
+
+
+def _create(store: Store, devices: list[str], policy: Policy, gate: GatePolicy) -> tuple[Jobs, str]:
+    jobs = Jobs(store)
+    return jobs, jobs.create("2.0.0", devices, {"url": "http://127.0.0.1:9/v2.tar", "sha256": SHA, "size": 1000},
+                             policy, gate)
+
+
+async def test_rollout_job_completes(db, tmp_path: Path, mosquitto: Mosquitto) -> None:
+    url, prefix = db
+    store, sim = await _fleet(mosquitto, tmp_path, url, prefix, 7)
+    svc = FleetService(mosquitto.url, store, "w1", rule_interval_s=3600, rollout_options=FAST)
+    await svc.start()
+    await sim.start(spread_s=0)
+    try:
+        assert await sim.wait_connected(20) == 7
+        await _until(lambda: len(store.list_devices("sim")) == 7, 20, "registration")
+        devices = [d["device"] for d in store.list_devices("sim")]
+        jobs, rid = _create(store, devices, Policy(canary=1, batch_size=3, in_progress_timeout_s=30),
+                            GatePolicy(soak_s=0.5))
+        await _until(lambda: jobs.get(rid).status != "running", 60, "the rollout to end")
+        job = jobs.get(rid)
+        assert job.status == "completed", job.summary()
+        assert job.rollout.counts()["succeeded"] == 7
+        assert job.rollout.waves == 3  # canary 1, then 3 and 3
+        assert [o.installs for o in sim.otas] == [1] * 7
+        assert set(job.dispatches.values()) == {1}
+        assert all(o.sensors.version == "2.0.0" for o in sim.otas)
+        assert job.last_gate.get("passed") is True
+    finally:
+        await sim.stop()
+        await svc.stop()
+        store.close()
+
+
+@pytest.mark.parametrize("when", ["installing", "claimed"])
+async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twice(
+        db, when: str, tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Two real workers on one store: the lease holder dies with a wave in flight; the other takes
+    the expired lease and never sends an install again. ``installing``: the wave's devices are
+    installing, the heir follows their events and completes. ``claimed``: the worker died between
+    committing the claim and sending the commands: those devices time out, they are not re-sent."""
+    url, prefix = db
+    store_a, sim = await _fleet(mosquitto, tmp_path, url, prefix, 9, install_s=2.0)
+    store_b = Store(url, prefix=prefix)
+    a = FleetService(mosquitto.url, store_a, "a", rule_interval_s=3600,
+                     rollout_options={**FAST, "send_delay_s": 0.0 if when == "installing" else 1.0})
+    b = FleetService(mosquitto.url, store_b, "b", rule_interval_s=3600, rollout_options=FAST)
+    await a.start()
+    await sim.start(spread_s=0)
+    try:
+        assert await sim.wait_connected(20) == 9
+        await _until(lambda: len(store_a.list_devices("sim")) == 9, 20, "registration")
+        devices = [d["device"] for d in store_a.list_devices("sim")]
+        timeout = 30.0 if when == "installing" else 4.0
+        jobs, rid = _create(store_a, devices, Policy(canary=1, batch_size=4, in_progress_timeout_s=timeout),
+                            GatePolicy(soak_s=0.2))
+        await _until(lambda: jobs.get(rid).owner.startswith("a:"), 10, "worker a to take the lease")
+        await b.start()  # b sees the lease held and leaves the job alone
+
+        def batch_in_flight() -> bool:
+            r = jobs.get(rid).rollout
+            prog = r.in_progress()
+            return r.waves >= 2 and bool(prog) and (
+                when == "claimed" or all(r.per_device[d].phase not in ("dispatched", "") for d in prog))
+
+        await _until(batch_in_flight, 30, "the first batch in flight")
+        in_flight = jobs.get(rid).rollout.in_progress()
+        dead_owner = jobs.get(rid).owner
+        await a.rollouts.abandon()  # a's driver dies (its lease stays until it expires) ...
+        await a.stop()  # ... and so does the rest of the worker
+        # a restarts: its persistent session holds the events the broker queued for it meanwhile
+        # (docs/protocol.md); whichever live worker takes the expired lease finishes the job
+        a = FleetService(mosquitto.url, store_a, "a", rule_interval_s=3600, rollout_options=FAST)
+        await a.start()
+        await _until(lambda: jobs.get(rid).owner not in ("", dead_owner), 10, "another driver to take over")
+        await _until(lambda: jobs.get(rid).status != "running", 60, "the rollout to end")
+        job = jobs.get(rid)
+        by_id = {ag.config.device.id: o for ag, o in zip(sim.agents, sim.otas)}
+        assert max(o.installs for o in sim.otas) == 1  # the devices' own count: nobody updated twice
+        assert set(job.dispatches.values()) <= {0, 1}
+        if when == "installing":
+            assert job.status == "completed", {d: s for d, s in job.rollout.per_device.items() if s.state != "succeeded"}
+            assert all(job.rollout.per_device[d].state == "succeeded" for d in in_flight)
+            assert [o.installs for o in sim.otas] == [1] * 9
+            assert a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 9 - 1 - len(in_flight)
+        else:
+            unsent = [d for d in in_flight if by_id[d].installs == 0]
+            assert unsent, "the worker died after sending; nothing to prove"
+            assert all(job.rollout.per_device[d].state == "timed_out" for d in unsent)
+            assert a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 0  # nothing re-sent
+            assert job.status == "halted"
+    finally:
+        await sim.stop()
+        await b.stop()
+        await a.stop()
+        store_a.close()
+        store_b.close()
+
+
+async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
+        db, tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The new version makes the canary's viewers lossy (18 fps, freezes): the gate compares it with
+    the devices not yet updated over the soak window, halts the rollout and rolls the canary back."""
+    url, prefix = db
+    store, sim = await _fleet(mosquitto, tmp_path, url, prefix, 6, faults_after=frozenset({"lossy"}))
+    svc = FleetService(mosquitto.url, store, "w1", rule_interval_s=3600, rollout_options=FAST)
+    await svc.start()
+    await sim.start(spread_s=0)
+    try:
+        assert await sim.wait_connected(20) == 6
+        await _until(lambda: len(store.list_devices("sim")) == 6, 20, "registration")
+        devices = [d["device"] for d in store.list_devices("sim")]
+        jobs, rid = _create(store, devices, Policy(canary=2, batch_size=2, in_progress_timeout_s=30),
+                            GatePolicy(soak_s=3.0))
+        await _until(lambda: jobs.get(rid).status == "halted", 60, "the gate to halt the rollout")
+        job = jobs.get(rid)
+        assert "health gate" in job.rollout.reason and "rendered_fps" in job.rollout.reason, job.rollout.reason
+        canaries = [d for d in devices if job.rollout.per_device[d].wave == 0]
+        assert len(canaries) == 2
+        assert all(job.rollback.get(d) == "done" for d in canaries)
+        by_id = {a.config.device.id: o for a, o in zip(sim.agents, sim.otas)}
+        assert all(by_id[d].rollbacks == 1 and by_id[d].installs == 1 for d in canaries)
+        rest = [d for d in devices if d not in canaries]
+        assert all(job.rollout.per_device[d].state == "skipped" and by_id[d].installs == 0 for d in rest)
+        gate = job.last_gate
+        assert gate["passed"] is False and gate["updated"]["devices"] == 2 and gate["baseline"]["devices"] == 4
+        assert gate["updated"]["rendered_fps"] < 20 < gate["baseline"]["rendered_fps"]
+    finally:
+        await sim.stop()
+        await svc.stop()
+        store.close()
