@@ -31,6 +31,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
+from fleet.ota.driver import RolloutDriver
 from fleet.store import Incoming, Store
 from fleet.trend_rules import BaselineRule, SharedAlertRule, evaluate_baseline, evaluate_shared_alerts
 
@@ -57,8 +58,13 @@ class FleetService:
                  tls_insecure: bool = False, flush_interval_s: float = 0.2, max_batch: int = 2000,
                  rule: GroupOfflineRule | None = None, rule_interval_s: float = 10.0,
                  session_expiry_s: int = 3600, share_group: str = SHARE_GROUP,
-                 shared_rule: SharedAlertRule | None = None, baseline_rule: BaselineRule | None = None) -> None:
+                 shared_rule: SharedAlertRule | None = None, baseline_rule: BaselineRule | None = None,
+                 rollouts: bool = True, rollout_options: dict[str, Any] | None = None) -> None:
         self.store = store
+        # drives the rollout jobs whose lease this worker holds (fleet/ota/driver.py)
+        self.rollouts = RolloutDriver(store, mqtt_url, worker_id, ca_file=ca_file, cert_file=cert_file,
+                                      key_file=key_file, username=username, password=password,
+                                      tls_insecure=tls_insecure, **(rollout_options or {})) if rollouts else None
         self.share_group = share_group
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
@@ -92,10 +98,14 @@ class FleetService:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._flush_loop(), name="fleet-flush"),
                        loop.create_task(self._rule_loop(), name="fleet-rules")]
+        if self.rollouts is not None:
+            await self.rollouts.start()
 
     async def stop(self) -> None:
         self._stopping = True
         self._full.set()
+        if self.rollouts is not None:
+            await self.rollouts.stop()
         for t in self._tasks[1:]:
             t.cancel()
         for t in self._tasks:  # the flush loop ends by itself after a last flush

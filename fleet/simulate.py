@@ -18,6 +18,7 @@ from device_agent.agent import Agent
 from device_agent.config import config_from_dict
 from device_agent.fleetlink.link import FleetLink
 from fleet.sim_media import SimulatedMedia, assign_faults
+from fleet.sim_ota import SimOtaOptions, SimulatedOta
 
 
 class SimulatedSensors:
@@ -58,7 +59,7 @@ class Simulation:
                  group: str = "sim", interval_s: float = 30.0, reconnect_min_s: float = 1.0,
                  reconnect_max_s: float = 20.0, media: bool = True, alerts: list[dict[str, Any]] | None = None,
                  extra_mqtt: dict[str, Any] | None = None, faults: dict[str, float] | None = None,
-                 fault_seed: int = 0) -> None:
+                 fault_seed: int = 0, ota: SimOtaOptions | None = None) -> None:
         self.url = mqtt_url
         self.n = devices
         self.state_dir = Path(state_dir)
@@ -69,6 +70,7 @@ class Simulation:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-spool")
         self.agents: list[Agent] = []
         self.links: list[FleetLink] = []
+        self.otas: list[SimulatedOta] = []
         self.faults = assign_faults(devices, faults or {}, fault_seed)  # fleet.sim_media.FAULTS per device
         for i in range(devices):
             dev_id = f"{prefix}{i:05d}"
@@ -86,8 +88,12 @@ class Simulation:
             agent.add(link)
             sensors = SimulatedSensors(i)
             agent.health.add("system", sensors)
-            if media:
-                agent.health.add("media", SimulatedMedia(sensors.rng, step_s=interval_s, faults=self.faults[i]))
+            sim_media = SimulatedMedia(sensors.rng, step_s=interval_s, faults=self.faults[i]) if media else None
+            if sim_media is not None:
+                agent.health.add("media", sim_media)
+            if ota is not None:  # answers ota.install / ota.rollback with events (fleet/sim_ota.py)
+                self.otas.append(SimulatedOta(agent, sensors, sim_media, ota))
+                agent.add(self.otas[-1])
             starts = 4 if "crashloop" in self.faults[i] else 1
             agent.health.add("agent", lambda b=agent.boot_id, n=starts: {"boot": b, "starts_10min": n,
                                                                           "starts_1h": n})
