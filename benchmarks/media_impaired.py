@@ -48,6 +48,7 @@ def figures(res: WatchResult, seconds: float) -> dict[str, Any]:
         "nack_sent": inbound.get("nackCount"), "rtx_received": inbound.get("retransmittedPacketsReceived"),
         "frames_decoded": inbound.get("framesDecoded"), "frames_dropped": inbound.get("framesDropped"),
         "queue_drops": res.samples[-1]["queue_drops"] - res.samples[0]["queue_drops"] if res.samples else None,
+        "post_to": {k: None if v is None else round(v) for k, v in res.timeline.items()},
     }
     video = server.get("video") or {}
     if video:
@@ -58,7 +59,7 @@ def figures(res: WatchResult, seconds: float) -> dict[str, Any]:
         s = sessions[0]
         fan = server.get("fanout") or {}
         out.update({"idrs_forced": fan.get("idrs_forced"), "idrs_by_cause": s.get("idrs_by_cause"),
-                    "keyframes_sent": s.get("keyframes_sent"), "rtx_sent": s.get("rtx_sent"),
+                    "keyframes_sent": s.get("keyframes_sent"), "first_keyframe_bytes": s.get("first_keyframe_bytes"), "rtx_sent": s.get("rtx_sent"), "rtx_protective": s.get("rtx_protective"),
                     "rtx_suppressed": s.get("rtx_suppressed_by_reason"), "estimate_kbps": (s.get("estimate_bps") or 0) // 1000,
                     "target_kbps": (fan.get("target_bitrate") or 0) // 1000, "pli_handling": s.get("pli_handling")})
     return out

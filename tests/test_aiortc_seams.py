@@ -149,3 +149,23 @@ async def test_aiortc_answers_opus_without_fmtp_and_keeps_the_one_we_add() -> No
     finally:
         await offerer.close()
         await answerer.close()
+
+
+async def test_protective_copies_go_out_as_rtx_and_the_viewer_keeps_decoding(tmp_path: Path) -> None:
+    async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
+        viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
+        await viewer.connect(http, audio=False)
+        await viewer.wait_frames(10)
+        session = next(iter(agent.get("media").sessions.sessions.values()))
+        assert not session.control.protecting()
+        frames = len(viewer.stamps)
+        deadline = time.monotonic() + 8
+        while session.control.stats()["rtx_protective"] < 20:
+            session.control.estimator.last_loss = 0.05  # as a lossy link's receiver reports set it (loopback: 0)
+            assert session.control.protecting()
+            assert time.monotonic() < deadline, session.control.stats()
+            await asyncio.sleep(0.05)
+        stats = session.control.stats()
+        assert stats["rtx_sent"] >= stats["rtx_protective"]  # the copies are RTX packets, through the seam
+        await viewer.wait_frames(frames + 10)  # duplicates are harmless to the receiver
+        await viewer.close(http)

@@ -115,6 +115,7 @@ async def test_aiortc_viewer_on_a_lossy_thin_link_loss_reaches_the_estimate(clip
     report = f"sender {sender_kbps:.0f} kbit/s, {len(arrivals)} frames ({len(late)} after 8 s), session {session}"
     assert sender_kbps <= 1000, report
     assert len(late) >= 8 * 10, report  # >= 10 fps decoded in the last 8 s
-    assert session["nack"] > 0 and session["rtx_sent"] > 0, report  # the receiver's NACKs were answered
+    assert session["nack"] > 0 and session["rtx_sent"] > 0, report  # NACKs answered (or crossed by copies)
+    assert session["rtx_protective"] > 0, report  # 5 % loss: protective copies on
     assert session["fraction_lost"] is not None and session["estimate_bps"] <= 1_000_000, report  # reports were read
     assert session["keyframes_sent"] <= 12, report

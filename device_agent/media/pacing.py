@@ -19,12 +19,17 @@ if the seams move):
   use it (sent less than ``RTX_MAX_AGE_S`` ago and not before the latest IDR sent to this viewer)
   and the ``RtxBudget`` (``RTX_SHARE`` of the viewer's estimate) has room; otherwise it is counted
   in ``rtx_suppressed`` by reason.
+
+While the viewer's link shows random loss (``PacedLink.protecting()``), each video packet that is
+not part of an IDR is also sent as RTX ``COPY_DELAY_S`` later (``rtx_protective``): the receiver
+then rarely waits a NACK round trip, which on a 200 ms RTT is longer than its jitter buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import struct
 import time
 from collections.abc import Callable
@@ -44,6 +49,7 @@ RTX_MAX_AGE_S = 1.0
 RTX_MIN_DEPTH = 12_000  # bytes: ten full packets
 SENT_LOG = 1024  # video packets remembered (aiortc keeps 128 in its history)
 RTCP_SR = 200
+COPY_DELAY_S = 0.02  # a protective copy follows its packet this much later (past a short loss burst)
 
 
 class Pacer:
@@ -111,6 +117,12 @@ class PacedLink(Protocol):
 
     def idr_started(self, at: float) -> None: ...
 
+    def protecting(self) -> bool:
+        """Send a copy of every video packet (RTX, ``COPY_DELAY_S`` later): random loss without NACK waits."""
+        ...
+
+    def rtt(self) -> float: ...
+
     def sender_report_sent(self, ntp_middle: int, at: float) -> None: ...
 
 
@@ -140,7 +152,16 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
     original_retransmit = getattr(sender, RETRANSMIT_SEAM)
     counts: collections.Counter[str] = collections.Counter()
     log = SendLog()
+    copied = SendLog()  # video packets a protective copy was sent for, and when
     last_idr_at = [-1e9]
+    in_idr = [False]  # between an IDR's first packet and its marker bit
+    loop = asyncio.get_running_loop()
+
+    async def copy(seq: int) -> None:
+        counts["rtx_protective"] += 1
+        copied.add(seq, clock(), 0)
+        with contextlib.suppress(ConnectionError):
+            await original_retransmit(seq)
 
     async def send(data: bytes) -> None:
         if is_rtcp(data):
@@ -155,8 +176,14 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
             now = clock()
             if keyframe_pending():
                 last_idr_at[0] = now
+                in_idr[0] = True
                 link.idr_started(now)
-            log.add(struct.unpack_from("!H", data, 2)[0], now, len(data))
+            seq = struct.unpack_from("!H", data, 2)[0]
+            log.add(seq, now, len(data))
+            if not in_idr[0] and link.protecting():  # an IDR is repaired by NACK: copied, it would double the burst
+                loop.call_later(COPY_DELAY_S, lambda: asyncio.ensure_future(copy(seq)))
+            if data[1] & 0x80:  # the marker bit: the frame's last packet
+                in_idr[0] = False
         elif ssrc == sender._rtx_ssrc:
             link.pacer.charge(len(data))
             counts["rtx_sent"] += 1
@@ -169,7 +196,10 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
             counts["rtx_suppressed_unknown"] += 1
             return
         at, size = sent
-        if at < last_idr_at[0]:
+        copy_sent = copied.get(sequence_number)
+        if copy_sent is not None and clock() - copy_sent[0] < link.rtt():
+            counts["rtx_suppressed_copy_in_flight"] += 1  # the NACK crossed the protective copy
+        elif at < last_idr_at[0]:
             counts["rtx_suppressed_before_idr"] += 1  # the receiver restarts from that IDR
         elif clock() - at > RTX_MAX_AGE_S:
             counts["rtx_suppressed_too_old"] += 1
@@ -185,5 +215,5 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
 
 def rtx_stats(counts: collections.Counter[str]) -> dict[str, Any]:
     suppressed = {k.removeprefix("rtx_suppressed_"): v for k, v in counts.items() if k.startswith("rtx_suppressed_")}
-    return {"rtx_sent": counts["rtx_sent"], "rtx_bytes": counts["rtx_bytes"],
+    return {"rtx_sent": counts["rtx_sent"], "rtx_bytes": counts["rtx_bytes"], "rtx_protective": counts["rtx_protective"],
             "rtx_suppressed": sum(suppressed.values()), "rtx_suppressed_by_reason": suppressed}

@@ -6,7 +6,9 @@ sender's RTCP (rtcp_feedback: PLI/FIR, REMB, receiver reports), keeps the viewer
 this viewer's video budget, sets the viewer's pacing rate (``PACING_FACTOR`` x the larger of its
 estimate and the shared encoder's target: a constrained viewer gets the shared stream paced, not
 delayed without end) and retransmission budget (``RTX_SHARE`` of its estimate), and passes
-keyframe requests through its ``KeyframeGuard``.
+keyframe requests through its ``KeyframeGuard``. While the viewer's measured loss is in
+``PROTECT_LOSS`` it asks for protective copies (pacing.py) and its video budget is
+``PROTECTED_SHARE`` of the estimate, leaving as much again for the copies.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from device_agent.media.rate_control import START_BPS, BandwidthEstimator, LossW
 from device_agent.media.rtcp_feedback import attach_feedback
 
 VIDEO_SHARE = 0.85  # of a viewer's estimate, for video; the rest is audio, RTX and packet overhead
+PROTECTED_SHARE = 0.45  # the same while every video packet is sent twice (as much again for the copies)
+PROTECT_LOSS = (0.02, 0.25)  # measured loss in this range: protective copies on
+PROTECT = True
 FRAME_S = 1 / 30
 SR_LOG = 16
 
@@ -51,6 +56,7 @@ class ViewerControl:
         self.keyframes_sent = 0
         self._keyframe_pending = False
         self._last_idr_size = 0
+        self.first_keyframe_bytes: int | None = None
         self._srs: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._deferred: asyncio.TimerHandle | None = None
 
@@ -69,6 +75,8 @@ class ViewerControl:
         """The track hands an IDR of ``size`` bytes to aiortc: its first RTP packet starts it."""
         self._keyframe_pending = True
         self._last_idr_size = size
+        if self.first_keyframe_bytes is None:
+            self.first_keyframe_bytes = size
 
     def _take_keyframe_pending(self) -> bool:
         pending, self._keyframe_pending = self._keyframe_pending, False
@@ -79,6 +87,16 @@ class ViewerControl:
         self.keyframes_sent += 1
         transmit = self._last_idr_size * 8 / max(1.0, self.estimator.estimate)
         self.guard.idr_sent(at, self.estimator.rtt + FRAME_S + transmit)
+
+    def protecting(self) -> bool:
+        loss = self.estimator.last_loss
+        return PROTECT and loss is not None and PROTECT_LOSS[0] <= loss < PROTECT_LOSS[1]
+
+    def rtt(self) -> float:
+        return self.estimator.rtt
+
+    def _video_share(self) -> float:
+        return PROTECTED_SHARE if self.protecting() else VIDEO_SHARE
 
     def sender_report_sent(self, ntp_middle: int, at: float) -> None:
         self._srs[ntp_middle] = at
@@ -132,7 +150,7 @@ class ViewerControl:
     def _update(self) -> None:
         estimate = self.estimator.estimate
         if self.subscriber is not None:
-            self.fanout.report_estimate(self.subscriber, int(estimate * VIDEO_SHARE))
+            self.fanout.report_estimate(self.subscriber, int(estimate * self._video_share()))
         self.pacer.rate_bps = self._pacing_bps()
         self.rtx_budget.rate_bps = estimate * RTX_SHARE
 
@@ -144,9 +162,10 @@ class ViewerControl:
     def stats(self) -> dict[str, Any]:
         sub = self.subscriber
         return {**self.estimator.stats(), "rtt_est_ms": round(self.estimator.rtt * 1000, 1),
-                "video_budget_bps": int(self.estimator.estimate * VIDEO_SHARE),
+                "video_budget_bps": int(self.estimator.estimate * self._video_share()),
+                "protecting": self.protecting(),
                 "pacing_bps": int(self.pacer.rate_bps), "paced_wait_s": round(self.pacer.waited_s, 2),
                 "constrained": bool(sub and sub.constrained), **rtx_stats(self.rtx),
-                "keyframes_sent": self.keyframes_sent, "pli_handling": dict(self.guard.counts),
+                "keyframes_sent": self.keyframes_sent, "first_keyframe_bytes": self.first_keyframe_bytes, "pli_handling": dict(self.guard.counts),
                 "pli_interval_s": self.guard.interval,
                 "idrs_by_cause": dict(sub.idr_causes) if sub is not None else {}}

@@ -64,11 +64,27 @@ INBOUND_JS = """async () => {
   return s;
 }"""
 KEEP_PCS_JS = """
-window.__pcs = [];
+window.__pcs = []; window.__t = {};
+const _fetch = window.fetch;
+window.fetch = function (url, opts) {
+  if (opts && opts.method === "POST" && window.__t.post === undefined) window.__t.post = performance.now();
+  return _fetch.apply(this, arguments);
+};
 const _PC = window.RTCPeerConnection;
-window.RTCPeerConnection = function (...args) { const pc = new _PC(...args); window.__pcs.push(pc); return pc; };
+window.RTCPeerConnection = function (...args) {
+  const pc = new _PC(...args); window.__pcs.push(pc);
+  pc.addEventListener("iceconnectionstatechange", () => {
+    if (pc.iceConnectionState === "connected" && window.__t.ice === undefined) window.__t.ice = performance.now();
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "connected" && window.__t.dtls === undefined) window.__t.dtls = performance.now();
+  });
+  return pc;
+};
 window.RTCPeerConnection.prototype = _PC.prototype;
 """
+TIMELINE_JS = """() => ({answer: window.viewer.postToAnswerMs, ice: window.__t.ice - window.__t.post,
+  dtls: window.__t.dtls - window.__t.post, page_load_to_post: window.__t.post})"""
 
 
 def busy_clip(path: Path, width: int = 1280, height: int = 720, fps: int = 30, seconds: float = 8.0) -> Path:
@@ -178,6 +194,7 @@ class WatchResult:
     server: dict[str, Any] = field(default_factory=dict)
     presented: list[float] = field(default_factory=list)  # page time (ms) of every presented frame
     page_marks: list[float] = field(default_factory=list)  # page time (ms) when ``during`` marked
+    timeline: dict[str, Any] = field(default_factory=dict)  # POST -> answer, ICE, DTLS (ms); page start -> POST
 
     def fps_median(self) -> float | None:
         return statistics.median(self.per_second) if self.per_second else None
@@ -245,6 +262,7 @@ async def watch(browser: Any, link: ImpairedLink, base: str, seconds: float, *, 
                 break  # never a frame: report it
             await asyncio.sleep(1.0 - (time.monotonic() - started) % 1.0)
         inbound = await page.evaluate(INBOUND_JS)
+        timeline = await page.evaluate(TIMELINE_JS)
         presented = await page.evaluate("window.__presented")
         server = await probe.run_async(get_json(base + "/api/stats")) if probe is not None else {}
     finally:
@@ -261,7 +279,7 @@ async def watch(browser: Any, link: ImpairedLink, base: str, seconds: float, *, 
             index = int((t - origin) / 1000)
             if index < len(per_second):
                 per_second[index] += 1
-    return WatchResult(first, per_second, inbound, samples, server, presented or [], marks)
+    return WatchResult(first, per_second, inbound, samples, server, presented or [], marks, timeline)
 
 
 async def aiortc_watch(base: str, seconds: float) -> list[float]:
