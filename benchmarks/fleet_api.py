@@ -85,6 +85,7 @@ async def run(args: argparse.Namespace) -> int:
             shapes = [("default page (limit 100)", base, ""), ("limit 1000", base + "?limit=1000", ""),
                       ("group filter", base + "?group=g07", ""), ("offline (severity P1)", base + "?severity=P1", ""),
                       ("deep offset", base + f"?offset={max(0, args.devices - 100)}", ""),
+                      ("deep cursor (after=)", base + f"?after=dev-{max(0, args.devices - 101):05d}", ""),
                       ("id prefix", base + "?prefix=dev-05", ""), ("default page + bearer token", base, token)]
             print(f"{'query':30} {'rows':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
             for name, u, tok in shapes:

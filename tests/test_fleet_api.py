@@ -89,6 +89,11 @@ async def test_devices_alerts_pages_filters_and_errors(store: Store, http: aioht
         assert [d["id"] for d in body["devices"]][:2] == ["cam-00", "cam-01"]
         st, body = await call(http, "GET", f"{base}/devices?limit=5&offset=10")
         assert body["total"] == 13 and [d["id"] for d in body["devices"]] == ["cam-10", "cam-11", "spk-99"]
+        assert body["next"] is None
+        st, body = await call(http, "GET", f"{base}/devices?limit=5")
+        assert body["next"] == "cam-04"
+        st, body = await call(http, "GET", f"{base}/devices?limit=5&after=cam-04")
+        assert [d["id"] for d in body["devices"]][0] == "cam-05" and body["total"] == 13
         st, body = await call(http, "GET", f"{base}/devices?group=b&online=false")
         assert [d["id"] for d in body["devices"]] == ["cam-11"] and body["total"] == 1
         st, body = await call(http, "GET", f"{base}/devices?version=2.0&group=a")
@@ -373,7 +378,7 @@ async def test_fleetctl_token_cli_and_serve_http(tmp_path: Path, mosquitto: Mosq
         st, body = await call(http, "GET", f"http://127.0.0.1:{port}/api/v1/devices")
         assert st == 401
         st, body = await call(http, "GET", f"http://127.0.0.1:{port}/api/v1/devices", token=clear)
-        assert st == 200 and body == {"devices": [], "total": 0, "limit": 100, "offset": 0}
+        assert st == 200 and body == {"devices": [], "total": 0, "limit": 100, "offset": 0, "next": None}
         assert fleetctl("token", "revoke", rows[0]["id"], "--db", db).returncode == 0
         st, body = await call(http, "GET", f"http://127.0.0.1:{port}/api/v1/devices", token=clear)
         assert st == 401

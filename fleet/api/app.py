@@ -153,7 +153,8 @@ class FleetApi:
         q = request.query
         limit, offset = _page(q)
         f = DeviceFilter(group=q.get("group"), online=_bool(q, "online"), version=q.get("version"),
-                         severity=_enum(q, "severity", SEVERITY), prefix=q.get("prefix") or None)
+                         severity=_enum(q, "severity", SEVERITY), prefix=q.get("prefix") or None,
+                         after=q.get("after") or None)
         names: dict[str, dict[str, Any]] = {}
         if self.identities is not None:
             names = await asyncio.to_thread(self.identities.all)
@@ -163,7 +164,8 @@ class FleetApi:
         for r in rows:
             ident = names.get(r["id"])
             r["name"] = (ident or {}).get("name") or ""
-        return web.json_response({"devices": rows, "total": total, "limit": limit, "offset": offset})
+        nxt = rows[-1]["id"] if len(rows) == limit else None
+        return web.json_response({"devices": rows, "total": total, "limit": limit, "offset": offset, "next": nxt})
 
     async def device(self, request: web.Request, principal: str) -> web.Response:
         dev_id = request.match_info["id"]

@@ -28,6 +28,7 @@ class DeviceFilter:
     severity: str | None = None  # devices holding an active alert of this severity
     prefix: str | None = None  # device id prefix, or (with provisioning) name prefix
     ids: list[str] | None = None  # extra ids matching the prefix by name (from provisioning)
+    after: str | None = None  # keyset cursor: ids greater than this (not counted in ``total``)
 
 
 @dataclass
@@ -70,7 +71,8 @@ class ApiQueries:
         with self.store.engine.connect() as conn:
             total = int(conn.execute(sa.select(sa.func.count()).select_from(self.store.devices).where(*where))
                         .scalar() or 0)
-            rows = conn.execute(sa.select(*cols).where(*where).order_by(d.device_id).limit(limit).offset(offset)).all()
+            page = [*where, d.device_id > f.after] if f.after is not None else where
+            rows = conn.execute(sa.select(*cols).where(*page).order_by(d.device_id).limit(limit).offset(offset)).all()
             ids = [r.device_id for r in rows]
             counts: dict[str, dict[str, int]] = {}
             if ids:
