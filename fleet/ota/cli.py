@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-downgrade", action="store_true", help="signed permission to install an older version")
     p.add_argument("--key", type=Path, action="append", default=[], help="sign with this private key (repeatable)")
     p.add_argument("--notes", default="")
+    p.add_argument("--platform", default="", help="check the wheelhouse for this pip platform tag (e.g. "
+                                                  "manylinux2014_aarch64; default: this machine's)")
+    p.add_argument("--python-version", default="", help="... and this device Python (e.g. 3.11)")
+    p.add_argument("--skip-wheelhouse-check", action="store_true",
+                   help="do not check that the wheelhouse installs offline (pip --no-index --dry-run)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_build)
 
@@ -62,6 +67,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from fleet.ota.wheelhouse import WheelhouseIncomplete, check_installs
+
+    if not args.skip_wheelhouse_check:
+        try:
+            check_installs(args.wheelhouse, args.platform, args.python_version)
+        except WheelhouseIncomplete as exc:
+            print(f"error (incomplete_wheelhouse): {exc}", file=sys.stderr)
+            return 1
     try:
         keys = [signing.load_private(k) for k in args.key]
         manifest = bundle_mod.build(args.output, args.version, args.wheelhouse, args.hardware or ["generic"],
