@@ -4,6 +4,10 @@ devices answering ``ota.install`` / ``ota.rollback`` with events, SQLite and Pos
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +19,7 @@ from fleet.ota.rollout import Policy
 from fleet.service import FleetService
 from fleet.sim_ota import SimOtaOptions
 from fleet.simulate import Simulation
-from fleet.store import Store
+from fleet.store import Incoming, Store
 from tests.support.mosquitto import Mosquitto
 from tests.test_fleet_store import PG, PG_URL
 
@@ -186,3 +190,55 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
         await sim.stop()
         await svc.stop()
         store.close()
+
+
+def _cli(*argv: str, env: dict[str, str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "fleet.cli", *argv], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=cwd)
+
+
+def test_cli_creates_the_job_in_the_store_named_by_fleet_db_and_halts_resumes_lists(tmp_path: Path) -> None:
+    """`fleetctl ota rollout --group G` reads FLEET_DB (it used to open ./fleet.db: "no devices to
+    update"), creates a job the service drives, and rollouts / rollout-halt / rollout-resume work on it."""
+    from ota import bundle as bundle_mod
+    from tests.support.ota_harness import probe_wheel
+
+    db_path = tmp_path / "elsewhere" / "fleet.db"
+    db_path.parent.mkdir()
+    store = Store(str(db_path))
+    store.ingest([Incoming("status", f"cam-{i}", json.dumps({"online": True, "group": "lobby"}).encode(), time.time())
+                  for i in range(3)])
+    store.close()
+    wh = tmp_path / "wh"
+    wh.mkdir()
+    w = probe_wheel("2.0.0")
+    (wh / w.name).write_bytes(w.read_bytes())
+    bundle = tmp_path / "v2.tar"
+    bundle_mod.build(bundle, "2.0.0", wh, ["generic"])
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {**os.environ, "FLEET_DB": str(db_path), "FLEET_MQTT_URL": "mqtt://127.0.0.1:9"}
+    r = _cli("ota", "rollout", str(bundle), "--url", "http://127.0.0.1:8081/v2.tar", "--group", "lobby",
+             "--canary", "1", "--batch-size", "2", "--soak", "60", env=env, cwd=work)
+    assert r.returncode == 0, r.stderr
+    rid = r.stdout.split()[1].rstrip(":")
+    assert not (work / "fleet.db").exists()
+    store = Store(str(db_path))
+    job = Jobs(store).get(rid)
+    assert job.status == "running" and sorted(job.rollout.devices) == ["cam-0", "cam-1", "cam-2"]
+    assert job.gate.soak_s == 60 and job.rollout.policy.batch_size == 2
+    store.close()
+    r = _cli("ota", "rollouts", env=env, cwd=work)
+    assert r.returncode == 0 and rid in r.stdout and "running" in r.stdout and "0/3" in r.stdout, r.stdout
+    r = _cli("ota", "rollout-halt", rid, env=env, cwd=work)
+    assert r.returncode == 0 and "halted" in r.stdout, r.stderr
+    assert "skipped 3" in _cli("ota", "rollouts", env=env, cwd=work).stdout
+    r = _cli("ota", "rollout-status", rid, "--follow", env=env, cwd=work)
+    assert r.returncode == 1 and "halted" in r.stdout  # follows until the end: halted already
+    assert _cli("ota", "rollout-halt", rid, env=env, cwd=work).returncode == 1  # not running: refused
+    r = _cli("ota", "rollout-resume", rid, env=env, cwd=work)
+    assert r.returncode == 0 and "running" in r.stdout and "pending 3" in r.stdout, r.stdout
+    r = _cli("ota", "rollout-status", "nope", env=env, cwd=work)
+    assert r.returncode == 1 and "no rollout 'nope'" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("ota", "rollout", str(bundle), "--url", "http://x/v2.tar", "--group", "empty", env=env, cwd=work)
+    assert r.returncode == 1 and "no devices to update" in r.stderr
