@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# the long ones (a soak, the fuzz run, the full fleet ingest) are run by name only
-QUICK = ["audio_hal", "provisioning", "ota_install", "media_latency", "media_cpu", "media_first_frame",
-         "ns_quality"]
+# the long ones (a soak, the fuzz run, the full fleet ingest, first frame, impaired links) by name only
+QUICK = ["audio_hal", "provisioning", "ota_install", "media_latency", "media_cpu", "ns_quality"]
 
 
 def benchmarks() -> dict[str, str]:
