@@ -273,7 +273,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"fleetctl serve: worker {args.worker_id} on {args.mqtt}, store {store.dialect}", flush=True)
         api = None
         if args.http:  # the HTTP API (fleet/api/), on this loop and this worker's MQTT session
-            from fleet.api.server import ApiServer, ListenError, parse_listen
+            try:
+                from fleet.api.server import ApiServer, ListenError, parse_listen
+            except ImportError as exc:  # prometheus_client: the [fleet] extra
+                print(f"fleetctl serve: --http needs {exc.name}: pip install 'device-agent[fleet]'", file=sys.stderr)
+                await svc.stop()
+                return 2
             try:
                 api = ApiServer(store, *parse_listen(args.http), service=svc, provisioning_dir=args.claims,
                                 require_token=True if args.http_require_token else None)
