@@ -414,3 +414,28 @@ async def test_command_answers_are_acknowledged_on_the_services_manual_ack_sessi
         await api.stop()
         await svc.stop()
         broker.stop()
+
+
+async def test_identity_from_provisioning(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    import datetime as dt
+
+    from fleet.provisioning.store import ProvisioningStore
+
+    store = Store(str(tmp_path / "fleet.db"))
+    fill(store)
+    prov = ProvisioningStore(tmp_path / "prov")
+    (t,) = prov.create_claims("a", 60, 1, b"\x01" * 32)
+    now = dt.datetime.now(dt.timezone.utc)
+    prov.redeem(prov.check_claim(t.id, t.secret), "cam-05", {"name": "Lobby door", "location": "hall 2"}, 1, now, now)
+    api = ApiServer(store, "127.0.0.1", 0, provisioning_dir=str(tmp_path / "prov"))
+    await api.start()
+    try:
+        st, body = await call(http, "GET", f"{api.url}/api/v1/devices/cam-05")
+        assert st == 200 and body["identity"]["name"] == "Lobby door" and body["identity"]["location"] == "hall 2"
+        st, body = await call(http, "GET", f"{api.url}/api/v1/devices?prefix=Lobby")
+        assert [(d["id"], d["name"]) for d in body["devices"]] == [("cam-05", "Lobby door")]
+        st, body = await call(http, "GET", f"{api.url}/api/v1/devices?prefix=cam-0&limit=1")
+        assert body["total"] == 10 and body["devices"][0]["name"] == ""
+    finally:
+        await api.stop()
+        store.close()
