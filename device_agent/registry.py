@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from device_agent.params import Param, ParamError, validate
+from device_agent.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Command:
     name: str
     handler: CommandHandler
     params: tuple[Param, ...] = ()
-    param_error: str = "bad_params"
+    param_error: str = ErrorCode.BAD_PARAMS
 
 
 class CommandRegistry:
@@ -78,7 +79,7 @@ class CommandRegistry:
         self._commands: dict[str, Command] = {}
 
     def register(self, name: str, handler: CommandHandler, params: Sequence[Param] = (),
-                 param_error: str = "bad_params") -> None:
+                 param_error: str = ErrorCode.BAD_PARAMS) -> None:
         if name in self._commands:
             raise ValueError(f"command {name!r} registered twice")
         self._commands[name] = Command(name, handler, tuple(params), param_error)
@@ -93,7 +94,7 @@ class CommandRegistry:
     async def dispatch(self, name: str, params: dict[str, Any]) -> Any:
         command = self._commands.get(name)
         if command is None:
-            raise CommandError("unknown_command", f"no command {name!r}; known: {', '.join(self.names())}")
+            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"no command {name!r}; known: {', '.join(self.names())}")
         try:
             checked = validate(params, command.params)
         except ParamError as exc:

@@ -33,15 +33,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from device_agent import protocol
+from device_agent.protocol import ErrorCode, error_result
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, response_properties
 
 log = logging.getLogger(__name__)
 
 
-def is_command_topic(topic: str) -> bool:
-    """True for ``dev/{device}/cmd/{name}`` (and anything below ``cmd/``)."""
-    parts = topic.split("/")
-    return len(parts) >= 4 and parts[0] == "dev" and parts[2] == "cmd"
+is_command_topic = protocol.is_command_topic  # re-exported: fleet code and tests import it from here
 
 
 class CommandFailed(Exception):
@@ -124,7 +123,7 @@ class FleetClient:
 
         ``raw_payload`` sends those bytes instead of ``params`` (tests of malformed input).
         """
-        res_topic = f"dev/{device}/res"
+        res_topic = protocol.result(device)
         if res_topic not in self._res_subscribed:
             await self.conn.subscribe_wait(res_topic, self._on_response)
             self._res_subscribed.add(res_topic)
@@ -133,16 +132,16 @@ class FleetClient:
         self._pending[corr] = fut
         payload = raw_payload if raw_payload is not None else json.dumps(params or {}).encode()
         try:
-            await self.conn.publish(f"dev/{device}/cmd/{name}", payload, qos=1, retain=False,
+            await self.conn.publish(protocol.command(device, name), payload, qos=1, retain=False,
                                     properties=response_properties(res_topic, corr, max(1, round(timeout))),
                                     timeout=timeout)
             answer = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise CommandTimeout(device, name, "timeout", f"no answer within {timeout:g} s") from None
+            raise CommandTimeout(device, name, ErrorCode.TIMEOUT, f"no answer within {timeout:g} s") from None
         finally:
             self._pending.pop(corr, None)
         if not isinstance(answer, dict) or "ok" not in answer:
-            raise CommandFailed(device, name, "bad_answer", f"unexpected answer {answer!r}")
+            raise CommandFailed(device, name, ErrorCode.BAD_ANSWER, f"unexpected answer {answer!r}")
         if not answer["ok"]:
             err = answer.get("error") or {}
             raise CommandFailed(device, name, str(err.get("code", "error")), str(err.get("message", "")))
@@ -158,7 +157,7 @@ class FleetClient:
         try:
             fut.set_result(json.loads(msg.payload))
         except ValueError as exc:
-            fut.set_result({"ok": False, "error": {"code": "bad_answer", "message": str(exc)}})
+            fut.set_result(error_result(ErrorCode.BAD_ANSWER, str(exc)))
 
     # ---- streams --------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, callback: Callable[[str, bytes], Any], qos: int = 1) -> None:
@@ -182,24 +181,24 @@ class FleetClient:
             except ValueError:
                 log.warning("ignoring non-JSON %s", topic)
                 return None
-            return callback(topic.split("/")[1], obj)
-        self.subscribe(f"dev/{device}/{leaf}", deliver)
+            return callback(protocol.device_of(topic), obj)
+        self.subscribe(protocol.device_topic(device, leaf), deliver)
 
     def on_status(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
-        self._json_stream("status", callback, device)
+        self._json_stream(protocol.Leaf.STATUS, callback, device)
 
     def on_telemetry(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
-        self._json_stream("telemetry", callback, device)
+        self._json_stream(protocol.Leaf.TELEMETRY, callback, device)
 
     def on_events(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
-        self._json_stream("events", callback, device)
+        self._json_stream(protocol.Leaf.EVENTS, callback, device)
 
     def _keyed_stream(self, leaf: str, callback: Callable[[str, str, bytes], Any], device: str) -> None:
-        self.subscribe(f"dev/{device}/{leaf}/+",
+        self.subscribe(protocol.device_topic(device, f"{leaf}/{protocol.ANY}"),
                        lambda topic, payload: callback(topic.split("/")[1], topic.split("/", 3)[3], payload))
 
     def on_logs(self, callback: Callable[[str, str, bytes], Any], device: str = "+") -> None:
-        self._keyed_stream("logs", callback, device)
+        self._keyed_stream(protocol.Leaf.LOGS, callback, device)
 
     def on_rtc(self, callback: Callable[[str, str, bytes], Any], device: str = "+") -> None:
-        self._keyed_stream("rtc", callback, device)
+        self._keyed_stream(protocol.Leaf.RTC, callback, device)

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from device_agent import protocol
 from device_agent.media.qoe_client import QoeProbe
 from fleet.client import FleetClient
 
@@ -166,7 +167,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
                     stats_interval: float = 2.0) -> ViewResult:
     """Open a remote view for ``seconds``; optionally record it; returns frame counts and RTP stats."""
     sid = uuid.uuid4().hex[:12]
-    topic = f"dev/{device}/rtc/{sid}"
+    topic = protocol.rtc(device, sid)
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     def on_signal(msg: mqtt.MQTTMessage) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
+from device_agent import protocol
 from device_agent.diag.transfer import decode_chunk
 from fleet.client import FleetClient
 from ota.atomic import write_atomic
@@ -146,7 +147,7 @@ async def fetch_transfer(client: FleetClient, device: str, command: str, params:
     """
     rid = params.get("request") or uuid.uuid4().hex[:16]
     params = {**params, "request": rid}
-    topic = f"dev/{device}/logs/{rid}"
+    topic = protocol.logs(device, rid)
     queue: asyncio.Queue[tuple[dict[str, Any], bytes]] = asyncio.Queue()
 
     def on_chunk(msg: mqtt.MQTTMessage) -> None:

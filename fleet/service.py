@@ -30,6 +30,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from device_agent import protocol
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
 from fleet.ota.driver import RolloutDriver
 from fleet.store import Incoming, Store
@@ -89,10 +90,9 @@ class FleetService:
         self.batch_observers: list[Callable[[list[Incoming], dict[str, int]], None]] = []
 
     async def start(self, connect_timeout: float = 10.0) -> None:
-        share = f"$share/{self.share_group}/" if self.share_group else ""
-        self.conn.subscribe(f"{share}dev/+/telemetry", self._on_message)
-        self.conn.subscribe(f"{share}dev/+/events", self._on_message)
-        self.conn.subscribe("dev/+/status", self._on_message)
+        self.conn.subscribe(protocol.shared(self.share_group, protocol.ALL_TELEMETRY), self._on_message)
+        self.conn.subscribe(protocol.shared(self.share_group, protocol.ALL_EVENTS), self._on_message)
+        self.conn.subscribe(protocol.ALL_STATUS, self._on_message)
         self.conn.start()
         await self.conn.wait_connected(connect_timeout)
         loop = asyncio.get_running_loop()

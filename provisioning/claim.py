@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from device_agent.checks.thresholds import CLOCK_FLOOR  # any clock before it is wrong (no RTC); doctor's too
 from provisioning.identity import public_key_der
+from device_agent import protocol
 from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
 from provisioning.token import ClaimToken, ca_pin, hash_secret
 
@@ -128,23 +129,23 @@ async def claim(host: str, port: int, token: ClaimToken, csr_pem: bytes, info: d
     try:
         ca = await _fleet_ca(m, token, timeout)
         verify_broker_cert(m.peer_certificate_der(), ca, host, clock())
-        res_topic = f"claim/{token.id}/res"
+        res_topic = protocol.claim_result(token.id)
         if await m.subscribe(res_topic) >= 0x80:
             raise ProvisionError("refused", "The broker refused the claim subscription: its claim listener "
                                             "is misconfigured (see `fleetctl broker-config`).")
         req = {"token": str(token), "csr": csr_pem.decode(), "device_time": clock(), **info}
-        reply = await _request(m, f"claim/{token.id}/req", json.dumps(req).encode(), res_topic, timeout)
+        reply = await _request(m, protocol.claim_request(token.id), json.dumps(req).encode(), res_topic, timeout)
     finally:
         await m.close()
     return _check_reply(reply, ca, csr_pem, clock())
 
 
 async def _fleet_ca(m: AsyncMqtt, token: ClaimToken, timeout: float) -> x509.Certificate:
-    if await m.subscribe("claim/ca") >= 0x80:
+    if await m.subscribe(protocol.CLAIM_CA) >= 0x80:
         raise ProvisionError("refused", "The broker refused to show the fleet CA: this port is not the fleet's "
                                         "claim listener.")
     try:
-        msg = await _next_on(m, "claim/ca", timeout)
+        msg = await _next_on(m, protocol.CLAIM_CA, timeout)
     except asyncio.TimeoutError:
         raise ProvisionError("unreachable", "The broker answers but the fleet claim service does not (no CA "
                                             "published): ask the operator to start `fleetctl serve` / "

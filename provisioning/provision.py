@@ -15,6 +15,7 @@ from device_agent.config import ConfigError, config_from_dict, dump_toml
 from provisioning.claim import ProvisionError, check_clock_floor, claim, mqtt_failure
 from ota.atomic import write_atomic
 from provisioning.identity import IdentityStore, LoadedIdentity, service_owner
+from device_agent import protocol
 from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
 from provisioning.token import ClaimToken
 
@@ -79,7 +80,7 @@ async def report_online(ident: LoadedIdentity, store: IdentityStore, host: str, 
                         timeout: float = 10.0) -> None:
     """Connect as the device (mutual TLS, MQTT 5) and publish the retained online status."""
     did = ident.device_id
-    status_topic = f"dev/{did}/status"
+    status_topic = protocol.status(did)
     will = json.dumps({"online": False, "ts": time.time()}).encode()
     tls = tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path))
     m = AsyncMqtt(did, tls=tls, will=(status_topic, will, True))
@@ -160,5 +161,5 @@ async def provision(req: ProvisionRequest) -> LoadedIdentity:
     except ProvisionError as exc:
         raise ProvisionError(exc.kind, f"The device is provisioned as {ident.device_id}, but could not report "
                                        f"online: {exc} Run `device-agent doctor` once the cause is fixed.") from None
-    say(f"Online: dev/{ident.device_id}/status published. Provisioning complete.")
+    say(f"Online: {protocol.status(ident.device_id)} published. Provisioning complete.")
     return ident

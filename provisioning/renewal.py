@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from device_agent.config import AgentConfig
 from device_agent.registry import CommandError
 from provisioning.identity import IdentityError, IdentityStore, public_key_der, service_owner
+from device_agent import protocol
 from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ async def _exchange_own_connection(store: IdentityStore, device_id: str, mqtt_ur
             await m.connect(host, port, timeout=min(timeout, 10.0))
         except MqttError as exc:
             raise RenewalError(f"cannot reach the fleet broker: {exc}") from None
-        res_topic = f"dev/{device_id}/renew/res"
+        res_topic = protocol.renew_result(device_id)
         if await m.subscribe(res_topic) >= 0x80:
             raise RenewalError(f"the broker refused {res_topic}: ACL without renewal topics?")
-        await m.publish(f"dev/{device_id}/renew/req", json.dumps(req).encode())
+        await m.publish(protocol.renew_request(device_id), json.dumps(req).encode())
         return await _reply(m, res_topic, request_id, timeout)
     finally:
         await m.close()
@@ -147,7 +148,7 @@ class RenewalComponent:
         # renew over the fleet link's own connection: a second one would take it over (one client id)
         self._link = self.agent.get("fleet_link")
         if self._link is not None:
-            self._link.add_handler("renew/res", self._on_renew_res)
+            self._link.add_handler(protocol.Leaf.RENEW_RESULT, self._on_renew_res)
         self._task = asyncio.create_task(self._loop())
 
     def _on_renew_res(self, subtopic: str, payload: bytes) -> None:
@@ -165,7 +166,7 @@ class RenewalComponent:
         try:
             try:
                 await self._link.wait_ready(timeout)
-                await self._link.publish("renew/req", json.dumps(req).encode())
+                await self._link.publish(protocol.Leaf.RENEW_REQUEST, json.dumps(req).encode())
                 return await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
                 raise RenewalError(f"no renewal answer within {timeout:g} s: is the fleet's claim responder "
@@ -222,7 +223,7 @@ class RenewalComponent:
         try:
             cert = await self.renew()
         except (RenewalError, IdentityError, MqttError) as exc:
-            raise CommandError("renewal_failed", str(exc)) from None
+            raise CommandError(protocol.ErrorCode.RENEWAL_FAILED, str(exc)) from None
         return {"not_after": cert.not_valid_after_utc.isoformat()}
 
     async def _loop(self) -> None:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from device_agent.fleetlink.link import FleetLink
+from device_agent.protocol import Leaf
 
 
 class Pinger:
@@ -19,7 +20,7 @@ class Pinger:
         self._waiting: dict[str, asyncio.Future[float]] = {}
         self._ids = itertools.count()
         self._nonce = f"{time.time_ns():x}"
-        link.add_handler("diag/ping/+", self._on_ping)
+        link.add_handler(Leaf.DIAG_PING_FILTER, self._on_ping)
 
     def _on_ping(self, subtopic: str, payload: bytes) -> None:
         fut = self._waiting.pop(subtopic.rsplit("/", 1)[-1], None)
@@ -33,7 +34,7 @@ class Pinger:
         self._waiting[token] = fut
         start = time.perf_counter()
         try:
-            await self.link.publish(f"diag/ping/{token}", json.dumps({"t": start}).encode(), qos=qos)
+            await self.link.publish(Leaf.diag_ping(token), json.dumps({"t": start}).encode(), qos=qos)
             return await asyncio.wait_for(fut, timeout) - start
         except (asyncio.TimeoutError, ConnectionError):
             return None

@@ -20,6 +20,7 @@ from typing import Any
 
 from device_agent.fleetlink.link import FleetLink
 from device_agent.media.component import MediaComponent
+from device_agent.protocol import Leaf
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class RtcSignaling:
         self.max_seconds = max_seconds
         self.sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        link.add_handler("rtc/+", self._on_message)
+        link.add_handler(Leaf.RTC_FILTER, self._on_message)
 
     def _on_message(self, subtopic: str, payload: bytes) -> None:
         sid = subtopic.rsplit("/", 1)[-1]
@@ -55,7 +56,7 @@ class RtcSignaling:
 
     async def _send(self, sid: str, message: dict[str, Any]) -> None:
         try:
-            await self.link.publish(f"rtc/{sid}", json.dumps({**message, "from": "device"}).encode())
+            await self.link.publish(Leaf.rtc(sid), json.dumps({**message, "from": "device"}).encode())
         except (ConnectionError, asyncio.TimeoutError) as exc:
             log.warning("remote view %s: signaling message lost: %s", sid, exc)
 

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from device_agent.protocol import Leaf
+
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -123,7 +125,7 @@ class TransferManager:
     async def _send(self, transfer: Transfer, seqs: list[int] | None) -> None:
         lock = self._locks.setdefault(transfer.request, asyncio.Lock())
         todo = list(range(transfer.total)) if seqs is None else sorted(set(seqs))
-        topic = f"logs/{transfer.request}"
+        topic = Leaf.logs(transfer.request)
         try:
             async with lock:
                 for seq in todo:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from device_agent.diag.redact import is_secret
 from device_agent.config import ConfigError, config_from_dict, dump_toml
 from device_agent.params import Param
+from device_agent.protocol import ErrorCode
 from device_agent.registry import CommandError, CommandHandler
 from ota.atomic import write_atomic
 
@@ -80,7 +81,7 @@ class LinkCommands:
         section = params.get("section")
         if section is not None:
             if section not in data:
-                raise CommandError("bad_params", f"section: unknown section {section!r}")
+                raise CommandError(ErrorCode.BAD_PARAMS, f"section: unknown section {section!r}")
             data = {section: data[section]}
         return {"config": data, "source_path": self.agent.config.source_path}
 
@@ -88,35 +89,35 @@ class LinkCommands:
         changes = params["set"]  # a non-empty object (declared)
         source = self.agent.config.source_path
         if not source:
-            raise CommandError("not_persistent", "the agent runs without a configuration file; nothing changed")
+            raise CommandError(ErrorCode.NOT_PERSISTENT, "the agent runs without a configuration file; nothing changed")
         path = Path(source)
         async with self._lock:
             try:
                 raw = tomllib.loads(await asyncio.to_thread(path.read_text)) if path.exists() else {}
             except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise CommandError("config_unreadable", f"{path}: {exc}") from None
+                raise CommandError(ErrorCode.CONFIG_UNREADABLE, f"{path}: {exc}") from None
             new_raw = copy.deepcopy(raw)
             for key, value in changes.items():
                 if not isinstance(key, str) or not key:
-                    raise CommandError("bad_params", f"key {key!r}: expected 'section.key'")
+                    raise CommandError(ErrorCode.BAD_PARAMS, f"key {key!r}: expected 'section.key'")
                 if isinstance(value, str) and value == REDACTED:
-                    raise CommandError("bad_params", f"{key}: refusing to store the redaction marker")
+                    raise CommandError(ErrorCode.BAD_PARAMS, f"{key}: refusing to store the redaction marker")
                 section, _, name = key.partition(".")
                 if not name:
                     new_raw[section] = value
                     continue
                 table = new_raw.setdefault(section, {})
                 if not isinstance(table, dict):
-                    raise CommandError("bad_params", f"{key}: {section} is not a table")
+                    raise CommandError(ErrorCode.BAD_PARAMS, f"{key}: {section} is not a table")
                 table[name] = value
             try:
                 new_cfg = config_from_dict(new_raw, source_path=source)
             except ConfigError as exc:
-                raise CommandError("invalid_config", str(exc)) from None
+                raise CommandError(ErrorCode.INVALID_CONFIG, str(exc)) from None
             try:
                 text = dump_toml(new_raw)
             except TypeError as exc:
-                raise CommandError("invalid_config", str(exc)) from None
+                raise CommandError(ErrorCode.INVALID_CONFIG, str(exc)) from None
             mode = path.stat().st_mode & 0o777 if path.exists() else 0o640  # it may hold the broker password
             await asyncio.to_thread(write_atomic, path, text, mode)
             live, restart = self._apply(new_cfg, set(changes))
@@ -155,8 +156,8 @@ class LinkCommands:
 
     async def reboot(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("confirm") is not True:
-            raise CommandError("confirmation_required", 'reboot needs {"confirm": true}')
+            raise CommandError(ErrorCode.CONFIRMATION_REQUIRED, 'reboot needs {"confirm": true}')
         rc = await self.runner(["systemctl", "reboot"])
         if rc != 0:
-            raise CommandError("reboot_failed", f"systemctl reboot exited with {rc}")
+            raise CommandError(ErrorCode.REBOOT_FAILED, f"systemctl reboot exited with {rc}")
         return {"rebooting": True}

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from device_agent.protocol import ErrorCode, error_result
 from device_agent.registry import CommandError
 
 MAX_DEPTH = 32  # nesting of arrays and objects in a command's parameters
@@ -66,7 +67,7 @@ def _check_tree(value: Any) -> None:
 def decode_params(payload: bytes, limit: int) -> dict[str, Any]:
     """The command's parameters from its payload (empty = ``{}``); raises ``CommandError``."""
     if len(payload) > limit:
-        raise CommandError("payload_too_large", f"{len(payload)} bytes > mqtt.max_command_bytes {limit}")
+        raise CommandError(ErrorCode.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > mqtt.max_command_bytes {limit}")
     if not payload.strip():
         return {}
     try:
@@ -75,11 +76,11 @@ def decode_params(payload: bytes, limit: int) -> dict[str, Any]:
                             object_pairs_hook=_no_duplicates)
         _check_tree(params)
     except RecursionError:
-        raise CommandError("bad_json", f"payload is not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
+        raise CommandError(ErrorCode.BAD_JSON, f"payload is not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeError, the integer digit limit, our checks
-        raise CommandError("bad_json", f"payload is not valid JSON: {str(exc)[:200]}") from None
+        raise CommandError(ErrorCode.BAD_JSON, f"payload is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(params, dict):
-        raise CommandError("bad_params", f"params must be a JSON object, got {type(params).__name__}")
+        raise CommandError(ErrorCode.BAD_PARAMS, f"params must be a JSON object, got {type(params).__name__}")
     return params
 
 
@@ -141,8 +142,7 @@ class RecentCommands:
         if entry is None:
             return
         if len(answer) > ANSWER_CACHE_BYTES:
-            answer = json.dumps({"ok": False, "error": {
-                "code": "duplicate", "message": "this command already ran; its answer was sent"}}).encode()
+            answer = json.dumps(error_result(ErrorCode.DUPLICATE, "this command already ran; its answer was sent")).encode()
         self._seen[key] = (entry[0], answer)
 
 

@@ -23,13 +23,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_agent import __version__
+from device_agent import __version__, protocol
 from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
 from device_agent.fleetlink.intake import LogThrottle, RecentCommands, decode_params, response_topic_problem
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, PublishRefused
 from device_agent.fleetlink.default_rules import effective_rules
 from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
+from device_agent.protocol import ErrorCode, Leaf, error_result, ok_result
 from device_agent.registry import Alert, CommandError
 from ota.layout import Layout
 from provisioning.identity import fleet_client_id
@@ -76,7 +77,7 @@ class FleetLink:
         self.agent = agent
         cfg = agent.config
         self.device_id = cfg.device.id
-        self.base = f"dev/{self.device_id}"
+        self.base = protocol.device_base(self.device_id)
         self.version = __version__
         self.slot = Layout(cfg.ota.root, cfg.device.state_dir).current_slot() or ""  # "" outside A/B slots
         self._own_executor = executor is None
@@ -93,7 +94,7 @@ class FleetLink:
             key_file=m.key_file, username=m.username, password=m.password, keepalive_s=m.keepalive_s,
             clean_start=False, session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
             reconnect_max_s=m.reconnect_max_s, max_inflight=SEND_WINDOW,
-            will=(f"{self.base}/status", self._status(False, "lost"), 1, True)),
+            will=(protocol.status(self.device_id), self._status(False, "lost"), 1, True)),
             on_connect=self._on_connect, on_disconnect=self._on_disconnect)
         self._seq = 0
         self._inflight: dict[int, int] = {}  # mid -> spool row id
@@ -128,7 +129,7 @@ class FleetLink:
     async def publish(self, subtopic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> None:
         """Publish on ``dev/{id}/{subtopic}`` and wait for the broker's ack (QoS 1)."""
         data = dumps(payload) if isinstance(payload, dict) else payload
-        await self.conn.publish(f"{self.base}/{subtopic}", data, qos=qos)
+        await self.conn.publish(protocol.device_topic(self.device_id, subtopic), data, qos=qos)
 
     def add_handler(self, subtopic_filter: str, callback: Handler) -> None:
         """Call ``callback(subtopic, payload)`` for messages on ``dev/{id}/{subtopic_filter}``."""
@@ -142,11 +143,11 @@ class FleetLink:
             except Exception:
                 log.exception("handler for %s failed", msg.topic)
 
-        self.conn.subscribe(f"{self.base}/{subtopic_filter}", deliver)
+        self.conn.subscribe(protocol.device_topic(self.device_id, subtopic_filter), deliver)
 
     def emit_telemetry(self, sample: dict[str, Any]) -> None:
         """Spool one telemetry sample now (the periodic loop calls this too)."""
-        self._enqueue(KIND_TELEMETRY, "telemetry", {"ts": round(time.time(), 3), "health": compact(sample)})
+        self._enqueue(KIND_TELEMETRY, Leaf.TELEMETRY, {"ts": round(time.time(), 3), "health": compact(sample)})
 
     # ---- component ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,7 +173,7 @@ class FleetLink:
         if self.spool.quarantined is not None:
             self.agent.events.emit("spool.reset", reason="corrupt", moved_to=str(self.spool.quarantined))
         # retain-as-published: a retained command keeps its flag even when delivered live, so it is refused
-        self.conn.subscribe(f"{self.base}/cmd/+", self._on_command,
+        self.conn.subscribe(protocol.command_filter(self.device_id), self._on_command,
                             options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
         self.conn.start()
         self._tasks = [loop.create_task(self._send_loop(), name="fleetlink-send"),
@@ -190,7 +191,7 @@ class FleetLink:
                 pass
         if self.conn.connected:
             try:
-                await self.conn.publish(f"{self.base}/status", self._status(False, "stopped"), retain=True,
+                await self.conn.publish(protocol.status(self.device_id), self._status(False, "stopped"), retain=True,
                                         timeout=2.0)
             except (ConnectionError, asyncio.TimeoutError):
                 pass
@@ -223,7 +224,7 @@ class FleetLink:
 
     def _on_connect(self, session_present: bool) -> None:
         log.info("fleet link connected to %s (session present: %s)", self.agent.config.mqtt.url, session_present)
-        self.conn.publish_nowait(f"{self.base}/status", self._status(True), qos=1, retain=True)
+        self.conn.publish_nowait(protocol.status(self.device_id), self._status(True), qos=1, retain=True)
         self._wake.set()
 
     def _on_disconnect(self) -> None:
@@ -241,7 +242,7 @@ class FleetLink:
             log.warning("fleet link not started; %s seq %d not spooled", kind, self._seq)
             return
         fut = asyncio.get_running_loop().run_in_executor(self._executor, self._append_sync, kind,
-                                                         f"{self.base}/{subtopic}", data)
+                                                         protocol.device_topic(self.device_id, subtopic), data)
         fut.add_done_callback(self._appended)
 
     def _append_sync(self, kind: str, topic: str, data: bytes) -> dict[str, int]:
@@ -262,10 +263,10 @@ class FleetLink:
         self._wake.set()
 
     def _on_alert(self, alert: Alert) -> None:
-        self._enqueue_any_thread(KIND_EVENT, "events", alert.to_dict())
+        self._enqueue_any_thread(KIND_EVENT, Leaf.EVENTS, alert.to_dict())
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        self._enqueue_any_thread(KIND_EVENT, "events", compact(event))
+        self._enqueue_any_thread(KIND_EVENT, Leaf.EVENTS, compact(event))
 
     def _enqueue_any_thread(self, kind: str, subtopic: str, body: dict[str, Any]) -> None:
         """Alerts/events raised from a worker thread are numbered on the loop, in arrival order."""
@@ -364,9 +365,9 @@ class FleetLink:
     # ---- commands ------------------------------------------------------------------------------
     async def _on_command(self, msg: mqtt.MQTTMessage) -> None:
         """Check a command (retain flag, response topic, payload, parameters), run it once, answer it."""
-        name = msg.topic[len(self.base) + len("/cmd/"):]
+        name = msg.topic[len(protocol.command(self.device_id, "")):]
         props = getattr(msg, "properties", None)
-        own = f"{self.base}/res"
+        own = protocol.result(self.device_id)
         response_topic = getattr(props, "ResponseTopic", None) or own
         problem = response_topic_problem(response_topic, own)
         if problem is not None:
@@ -379,8 +380,7 @@ class FleetLink:
                 return  # the deletion of a retained message: nothing to run, nothing to answer
             # a retained command would run again on every reconnect or restart: never run one
             self._log_throttle.warning("retained", "retained command %s refused", name[:64])
-            answer = {"ok": False, "error": {"code": "retained_refused",
-                                             "message": "commands must not be published retained; nothing ran"}}
+            answer = error_result(ErrorCode.RETAINED_REFUSED, "commands must not be published retained; nothing ran")
             await self._answer(name, response_topic, correlation, expiry, dumps(answer))
             return
         key = RecentCommands.key(name, bytes(correlation or b""), msg.payload)
@@ -407,13 +407,13 @@ class FleetLink:
         except (ConnectionError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("answer to %s lost: %s", name[:64], exc)
 
-    async def _execute(self, name: str, payload: bytes) -> dict[str, Any]:
+    async def _execute(self, name: str, payload: bytes) -> protocol.CommandResult:
         try:
             params = decode_params(payload, self.agent.config.mqtt.max_command_bytes)
             result = await self.agent.commands.dispatch(name, params)
-            return {"ok": True, "result": result}  # exact: rounding is for telemetry (config.get, echo)
+            return ok_result(result)  # exact: rounding is for telemetry (config.get, echo)
         except CommandError as exc:
-            return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+            return error_result(exc.code, exc.message)
         except Exception as exc:
             log.exception("command %s failed", name[:64])
-            return {"ok": False, "error": {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}}
+            return error_result(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")

@@ -29,6 +29,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from device_agent import protocol
+
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[mqtt.MQTTMessage], Any]
@@ -318,7 +320,7 @@ class MqttConnection:
         callbacks = self._route_cache.get(topic)
         if callbacks is None:
             callbacks = [cb for sub, (_qos, cb, _shared) in self._subs.items()
-                         if mqtt.topic_matches_sub(_strip_share(sub), topic)]
+                         if mqtt.topic_matches_sub(protocol.strip_share(sub), topic)]
             if len(self._route_cache) > 100_000:
                 self._route_cache.clear()
             self._route_cache[topic] = callbacks
@@ -426,7 +428,7 @@ class MqttConnection:
 
         ``options`` (MQTT 5 subscribe options: QoS, retain-as-published, ...) replace ``qos``.
         """
-        self._subs[topic] = (options or qos, callback, topic.startswith("$share/"))
+        self._subs[topic] = (options or qos, callback, protocol.is_shared(topic))
         self._route_cache.clear()
         if self.connected:
             self._send_subscribe(topic, options or qos)
@@ -434,7 +436,7 @@ class MqttConnection:
     async def subscribe_wait(self, topic: str, callback: MessageCallback, qos: int = 1,
                              timeout: float = 10.0) -> None:
         """Subscribe and wait for the broker's SUBACK (raises PermissionError when refused)."""
-        self._subs[topic] = (qos, callback, topic.startswith("$share/"))
+        self._subs[topic] = (qos, callback, protocol.is_shared(topic))
         self._route_cache.clear()
         if not self.connected:
             raise ConnectionError(f"not connected to {self.options.url}")
@@ -514,12 +516,6 @@ def _set_tcp_option(sock: Any, name: str, value: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _strip_share(topic: str) -> str:
-    if topic.startswith("$share/"):
-        return topic.split("/", 2)[2]
-    return topic
 
 
 def response_properties(response_topic: str, correlation: bytes, expiry_s: int = 0) -> Properties:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from device_agent import protocol
 from fleet.ota.rollout import Rollout
 from ota.atomic import write_atomic
 
@@ -39,12 +40,12 @@ async def run_rollout(client: Any, rollout: Rollout, params: dict[str, Any], sta
             return
         if not isinstance(event, dict) or event.get("type") != "ota":
             return
-        device = msg.topic.split("/")[1]
+        device = protocol.device_of(msg.topic)
         rollout.report(device, str(event.get("phase", "")), clock(), version=event.get("version"),
                        reason=str(event.get("reason") or event.get("code") or ""), percent=event.get("percent"))
         changed.set()
 
-    await client.conn.subscribe_wait("dev/+/events", on_event)
+    await client.conn.subscribe_wait(protocol.ALL_EVENTS, on_event)
 
     async def dispatch(device: str) -> None:
         from fleet.client import CommandFailed

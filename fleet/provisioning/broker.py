@@ -30,45 +30,43 @@ from pathlib import Path
 
 from cryptography import x509
 
+from device_agent import protocol
+from device_agent.protocol import Leaf
 from fleet.provisioning.ca import FLEET_SERVICE_CN, FleetCA, cert_pem
 from fleet.provisioning.store import ProvisioningStore
 from ota.atomic import write_atomic
 from provisioning.identity import service_owner
 
-# What a device may do in its own subtree (see docs/protocol.md and docs/provisioning.md).
-DEVICE_ACL = """\
-# every device: exactly its own subtree (username = certificate CN = device id)
-pattern write dev/%u/status
-pattern write dev/%u/telemetry
-pattern write dev/%u/events
-pattern write dev/%u/res
-pattern write dev/%u/logs/#
-pattern write dev/%u/rtc/#
-pattern read dev/%u/rtc/#
-pattern read dev/%u/cmd/#
-pattern write dev/%u/renew/req
-pattern read dev/%u/renew/res
-pattern readwrite dev/%u/diag/ping/#
-"""
+# What a device may do in its own subtree (see docs/protocol.md and docs/provisioning.md); the
+# topic shapes come from device_agent.protocol, ``%u``/``%c`` are mosquitto's pattern substitutions
+# (username = certificate CN = device id; client id = claim token id).
+_DEVICE_GRANTS = (
+    ("write", Leaf.STATUS), ("write", Leaf.TELEMETRY), ("write", Leaf.EVENTS), ("write", Leaf.RESULT),
+    ("write", f"{Leaf.LOGS}/#"), ("write", f"{Leaf.RTC}/#"), ("read", f"{Leaf.RTC}/#"), ("read", f"{Leaf.CMD}/#"),
+    ("write", Leaf.RENEW_REQUEST), ("read", Leaf.RENEW_RESULT), ("readwrite", f"{Leaf.DIAG_PING}/#"),
+)
+
+DEVICE_ACL = "# every device: exactly its own subtree (username = certificate CN = device id)\n" + "".join(
+    f"pattern {access} {protocol.acl_device_pattern(leaf)}\n" for access, leaf in _DEVICE_GRANTS)
 
 FLEET_ACL = f"""\
 # service listener: the fleet service (certificate CN {FLEET_SERVICE_CN}, from the service CA):
 # every device, the claim requests
 user {FLEET_SERVICE_CN}
-topic readwrite dev/#
+topic readwrite {protocol.DEVICE_ROOT}/#
 topic readwrite fleet/#
-topic read claim/+/req
-topic write claim/+/res
-topic write claim/ca
+topic read {protocol.ALL_CLAIM_REQUESTS}
+topic write {protocol.claim_result(protocol.ANY)}
+topic write {protocol.CLAIM_CA}
 """
 
-CLAIM_ACL = """\
+CLAIM_ACL = f"""\
 # claim listener: each claimant only its own claim (username = client id = claim token id,
 # password checked against claim-passwd), plus the fleet CA certificate (retained, published by
 # the fleet service)
-pattern read claim/ca
-pattern write claim/%c/req
-pattern read claim/%c/res
+pattern read {protocol.CLAIM_CA}
+pattern write {protocol.claim_request("%c")}
+pattern read {protocol.claim_result("%c")}
 """
 
 
@@ -262,7 +260,7 @@ def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[
         "",
         "# claims: server TLS; username = token id (password: SHA-256 of the token secret, open claims",
         "# in claim-passwd, reload after `fleetctl claim create`) = client id; reaches nothing but",
-        "# claim/<token id>/... and claim/ca",
+        f"# {protocol.CLAIM_ROOT}/<token id>/... and {protocol.CLAIM_CA}",
         f"listener {claim_port}{b}",
         f"certfile {out}/server.crt",
         f"keyfile {out}/server.key",

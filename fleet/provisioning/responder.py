@@ -27,13 +27,14 @@ from cryptography.hazmat.primitives import serialization
 from fleet.provisioning.broker import listener_ports, service_identity_paths
 from fleet.provisioning.ca import CAError, FleetCA, cert_pem
 from fleet.provisioning.store import ClaimRefused, ProvisioningStore
+from device_agent import protocol
 from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
 from provisioning.token import ClaimToken, TokenFormatError
 
 log = logging.getLogger(__name__)
 
-CLAIM_SUB = "$share/fleet-provisioning/claim/+/req"
-RENEW_SUB = "$share/fleet-provisioning/dev/+/renew/req"
+CLAIM_SUB = protocol.shared(protocol.PROVISIONING_SHARE_GROUP, protocol.ALL_CLAIM_REQUESTS)
+RENEW_SUB = protocol.shared(protocol.PROVISIONING_SHARE_GROUP, protocol.ALL_RENEW_REQUESTS)
 MAX_REQUEST_BYTES = 16 * 1024
 
 
@@ -81,7 +82,7 @@ class ClaimResponder:
                     if rc >= 0x80:
                         raise MqttError("denied", f"subscription {topic} refused ({rc:#x}): check the ACL")
                 # after subscribing: a device that sees the CA may send its request at once
-                await m.publish("claim/ca", self.ca.cert_pem, retain=True)
+                await m.publish(protocol.CLAIM_CA, self.ca.cert_pem, retain=True)
                 log.info("claim responder ready on %s:%s", self.host, self.port)
                 backoff = 1.0
                 self.ready.set()
@@ -136,12 +137,15 @@ class ClaimResponder:
     # -- requests --------------------------------------------------------------------------
     async def handle(self, topic: str, payload: bytes) -> tuple[str, dict[str, Any]]:
         """Answer one request; returns (reply topic, reply) or ("", {}) for unrelated topics."""
-        parts = topic.split("/")
-        if len(parts) == 3 and parts[0] == "claim" and parts[2] == "req":
-            reply_topic = f"claim/{parts[1]}/res"
+        claim_topic = protocol.parse_claim_topic(topic)
+        renewing = protocol.parse_renew_request(topic)
+        if claim_topic is not None and claim_topic[1] == "req":
+            key = claim_topic[0]
+            reply_topic = protocol.claim_result(key)
             handler = self._claim
-        elif len(parts) == 4 and parts[0] == "dev" and parts[2:] == ["renew", "req"]:
-            reply_topic = f"dev/{parts[1]}/renew/res"
+        elif renewing is not None:
+            key = renewing
+            reply_topic = protocol.renew_result(key)
             handler = self._renew
         else:
             return "", {}
@@ -156,7 +160,7 @@ class ClaimResponder:
             except ValueError as exc:
                 raise ClaimRefused("bad_request", f"request is not a JSON object: {exc}") from None
             req = parsed
-            reply = await handler(parts[1], req)
+            reply = await handler(key, req)
             reply = {"ok": True, **reply}
         except ClaimRefused as exc:
             reply = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
