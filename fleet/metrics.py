@@ -5,6 +5,9 @@ configuration, never by its size. There are no per-device series (docs/fleet-api
 
 - ``fleet_devices{group,version,online}``: registry rows (gauge, from the store at scrape time)
 - ``fleet_alerts_open{scope,severity,code}``: active alerts (gauge, from the store at scrape time)
+- ``fleet_rollouts{status}``: rollout jobs (fleet/ota/jobs.py) by status
+- ``fleet_rollout_devices{rollout,version,state}``: devices of the *running* rollouts by state
+  (pending, in_progress, succeeded, failed, timed_out, skipped): bounded by concurrent rollouts
 - ``fleet_ingest_messages_total{result}``: received | stored | duplicate | bad (this worker)
 - ``fleet_ingest_batches_total``: committed store transactions (this worker)
 - ``fleet_ingest_lag_seconds{kind}``: commit time - the message's own ``ts`` (histogram, sampled:
@@ -86,6 +89,8 @@ class _StoreCollector(Collector):
         self._at = -1e9
         self._devices: list[tuple[str, str, bool, int]] = []
         self._alerts: list[tuple[str, str, str, int]] = []
+        self._jobs: list[tuple[str, int]] = []
+        self._rollout_devices: list[tuple[str, str, str, int]] = []
         self.errors = 0
 
     def _refresh(self) -> None:
@@ -95,6 +100,7 @@ class _StoreCollector(Collector):
             try:
                 self._devices = self.queries.device_counts()
                 self._alerts = self.queries.open_alert_counts()
+                self._jobs, self._rollout_devices = self.queries.rollout_counts()
             except Exception:  # a scrape must still answer; the counter says why the gauges are stale
                 log.exception("metrics: store query failed")
                 self.errors += 1
@@ -111,6 +117,15 @@ class _StoreCollector(Collector):
         for scope, sev, code, n in self._alerts:
             al.add_metric([scope, sev, code], n)
         yield al
+        jobs = GaugeMetricFamily("fleet_rollouts", "rollout jobs in the store", labels=["status"])
+        for status, n in self._jobs:
+            jobs.add_metric([status], n)
+        yield jobs
+        rd = GaugeMetricFamily("fleet_rollout_devices", "devices of the running rollouts by state",
+                               labels=["rollout", "version", "state"])
+        for rid, version, state, n in self._rollout_devices:
+            rd.add_metric([rid, version, state], n)
+        yield rd
         yield CounterMetricFamily("fleet_store_scrape_errors", "store queries failed during a scrape",
                                   value=self.errors)
 

@@ -22,6 +22,8 @@ import sqlalchemy as sa
 
 from fleet.api.server import ApiServer
 from fleet.api.spec import ROUTES
+from fleet.ota.jobs import GatePolicy, Jobs
+from fleet.ota.rollout import Policy
 from fleet.service import FleetService
 from fleet.simulate import Simulation
 from fleet.store import Incoming, Store
@@ -204,6 +206,7 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(tmp_
     store = Store(str(tmp_path / "fleet.db"))
     fill(store)
     tok_id = TokenStore(store.engine).create("viewer")[0].id
+    rollout_id = Jobs(store).create("1.2.0", ["cam-00", "cam-01"], {}, Policy(), GatePolicy())
     api = ApiServer(store, "127.0.0.1", 0)
     await api.start()
     try:
@@ -221,11 +224,19 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(tmp_
                 url = url.replace("cam-00", "device:cam-03:offline")
             if path == "/api/v1/tokens/{id}":
                 url = url.replace("cam-00", tok_id)
+            if path == "/api/v1/rollouts/{id}":
+                url = url.replace("cam-00", rollout_id)
             st, body = await call(http, method, api.url + url, json={"role": "viewer"} if method == "POST" else None)
             # the command route answers 503 here: this API runs without an MQTT session
             assert st in (200, 201, 503), (method, path, st, body)
             for code in {int(c) for c in spec["paths"][path][method.lower()]["responses"]}:
                 assert 200 <= code < 600
+        st, body = await call(http, "GET", f"{api.url}/api/v1/rollouts/{rollout_id}")
+        assert body["version"] == "1.2.0" and [(d["id"], d["state"]) for d in body["devices"]] == [
+            ("cam-00", "pending"), ("cam-01", "pending")]
+        st, body = await call(http, "GET", f"{api.url}/api/v1/rollouts?active=true")
+        assert [r["id"] for r in body["rollouts"]] == [rollout_id]
+        assert (await call(http, "GET", f"{api.url}/api/v1/rollouts/nope"))[0] == 404
     finally:
         await api.stop()
         store.close()
@@ -277,6 +288,7 @@ async def test_commands_metrics_and_dashboard_with_a_real_service(store: Store, 
         assert body["mqtt"]["connected"] is True and body["ingest"]["stored"] > 0
 
         await _until(lambda: svc.stats["batches"] >= 3, 10, "batches")
+        rid = Jobs(store).create("9.9.9", ["gone-1"], {}, Policy(), GatePolicy())
         async with http.get(f"{api.url}/metrics") as resp:
             assert resp.status == 200 and resp.content_type == "text/plain"
             text = await resp.text()
@@ -288,6 +300,10 @@ async def test_commands_metrics_and_dashboard_with_a_real_service(store: Store, 
         assert samples[('fleet_ingest_lag_seconds_count', (('kind', 'telemetry'),))] > 0
         assert samples[('fleet_ingest_commit_delay_seconds_count', ())] > 0
         assert samples[('fleet_mqtt_connected', ())] == 1
+        assert sum(v for (name, _), v in samples.items() if name == "fleet_rollouts") == 1
+        # one device in some state (the service's rollout driver may already have dispatched it)
+        assert sum(v for (name, labels), v in samples.items() if name == "fleet_rollout_devices"
+                   and ("rollout", rid) in labels and ("version", "9.9.9") in labels) == 1
         assert samples[('fleet_api_requests_total', (('method', 'POST'),
                                                      ('route', '/api/v1/devices/{id}/commands/{name}'),
                                                      ('status', '200')))] == 30

@@ -236,6 +236,22 @@ class FleetApi:
             raise ApiError(409, "not_active", str(exc)) from None
         return web.json_response(await asyncio.to_thread(self.queries.alert, key))
 
+    async def rollouts(self, request: web.Request, principal: str) -> web.Response:
+        active = bool(_bool(request.query, "active"))
+        rows = await asyncio.to_thread(lambda: self.queries.jobs.list(active_only=active))
+        return web.json_response({"rollouts": rows})
+
+    async def rollout(self, request: web.Request, principal: str) -> web.Response:
+        from fleet.ota.jobs import JobNotFound
+        rid = request.match_info["id"]
+        try:
+            job = await asyncio.to_thread(lambda: self.queries.jobs.get(rid))
+        except JobNotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        devices = [{"id": dev, "state": st.state, "phase": st.phase, "percent": st.percent, "reason": st.reason,
+                    "wave": st.wave} for dev, st in job.rollout.per_device.items()]
+        return web.json_response({**job.summary(), "devices": devices})
+
     async def token_list(self, request: web.Request, principal: str) -> web.Response:
         rows = await asyncio.to_thread(self.tokens.list)
         return web.json_response({"tokens": [t.to_dict() for t in rows]})

@@ -49,6 +49,15 @@ class ApiQueries:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._jobs: Any = None
+
+    @property
+    def jobs(self) -> Any:
+        """The store's rollout jobs (fleet/ota/jobs.py), opened on first use."""
+        if self._jobs is None:
+            from fleet.ota.jobs import Jobs
+            self._jobs = Jobs(self.store)
+        return self._jobs
 
     # ---- devices ---------------------------------------------------------------------------
     def devices_page(self, f: DeviceFilter, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -136,6 +145,20 @@ class ApiQueries:
             return [(r[0], r[1], r[2], int(r[3])) for r in conn.execute(
                 sa.select(a.scope, a.severity, a.code, sa.func.count()).where(a.active == sa.true())
                 .group_by(a.scope, a.severity, a.code))]
+
+
+    def rollout_counts(self) -> tuple[list[tuple[str, int]], list[tuple[str, str, str, int]]]:
+        """((status, jobs) over every rollout, (rollout, version, device state, devices) of the driven ones)."""
+        from fleet.ota.jobs import DRIVEN
+        r, d = self.jobs.rollouts.c, self.jobs.devices.c
+        with self.store.engine.connect() as conn:
+            jobs = [(row[0], int(row[1])) for row in conn.execute(
+                sa.select(r.status, sa.func.count()).group_by(r.status))]
+            devs = [(row[0], row[1], row[2], int(row[3])) for row in conn.execute(
+                sa.select(r.id, r.version, d.state, sa.func.count()).select_from(
+                    self.jobs.rollouts.join(self.jobs.devices, d.rollout_id == r.id))
+                .where(r.status.in_(DRIVEN)).group_by(r.id, r.version, d.state))]
+        return jobs, devs
 
 
 def _alert(r: Any) -> dict[str, Any]:
