@@ -20,10 +20,11 @@
 #     tools/ns_train/interpolate.py); 12 fine-tune stage 11's float16 model with three quarters of the
 #     speech from Debian's human recordings, tuxpaint's read phrases added (its package must be installed
 #     too: "train-deps"), and mixtures at -5 to 12 dB SNR instead of -5 to 20; 13 fine-tune again at half
-#     that learning rate, -5 to 10 dB, with fresh mixtures. 14 (4 Dec; a candidate, see the docs): fine-tune
-#     stage 13's float16 model with ../shared/data/ns-extra's training talkers and noise recordings (its
-#     held-out ones choose the checkpoint: --select extra), microphone colouration, levels -45..-10 dBFS,
-#     SNR -5..20 dB.
+#     that learning rate, -5 to 10 dB, with fresh mixtures. 14 and 15 (4 Dec; candidates, see the docs):
+#     14 fine-tunes stage 13's float16 model with ../shared/data/ns-extra's training talkers and noise
+#     recordings (its held-out ones choose the checkpoint: --select extra), microphone colouration, levels
+#     -45..-10 dBFS, SNR -5..20 dB (stopped at step 250, its best checkpoint then); 15 fine-tunes 14 with
+#     a target that keeps the whole room (--reverb-target-ms 0) and a larger penalty on suppressed speech.
 # Each stage takes well under an hour on this 2-core machine (minutes in docs/noise-suppression.md).
 # The package ships ns_quant.tflite (default) and ns_float16.tflite; the float32 ns_float.tflite that
 # the next stage reads stays in $NS_WORK.
@@ -65,10 +66,11 @@ train 10 --init "$WORK/stage9/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5
 nice -n 10 "$PY" -m tools.ns_train.interpolate "$WORK/stage8/ns_float16.tflite" "$WORK/stage10/ns_float.tflite" --alpha 0.5 --out "$WORK/stage11"
 train 12 --init "$WORK/stage11/ns_float16.tflite" --hidden 192 --frame 512 --lr 3e-4 --steps 2500 --mix-seed 195 --asym-weight 2.0 --real-fraction 0.75 --ambient-fraction 0.25 --speech-sources klettres ktuberling tuxpaint --snr -5 12
 train 13 --init "$WORK/stage12/ns_float.tflite" --hidden 192 --frame 512 --lr 1.5e-4 --steps 2500 --mix-seed 199 --asym-weight 2.0 --real-fraction 0.75 --ambient-fraction 0.25 --speech-sources klettres ktuberling tuxpaint --snr -5 10
-train 14 --init "$WORK/stage13/ns_float16.tflite" --hidden 192 --frame 512 --lr 3e-4 --steps 3000 --mix-seed 211 --asym-weight 2.0 --real-fraction 0.3 --extra-fraction 0.45 --speech-sources klettres ktuberling tuxpaint --ambient-fraction 0.15 --extra-noise-fraction 0.35 --shared-noise-fraction 0.15 --mic-fraction 0.3 --snr -5 20 --level -45 -10 --select extra --val-count 40 --max-minutes 95
+train 14 --init "$WORK/stage13/ns_float16.tflite" --hidden 192 --frame 512 --lr 3e-4 --steps 3000 --mix-seed 211 --asym-weight 2.0 --real-fraction 0.3 --extra-fraction 0.45 --speech-sources klettres ktuberling tuxpaint --ambient-fraction 0.15 --extra-noise-fraction 0.35 --shared-noise-fraction 0.15 --mic-fraction 0.3 --snr -5 20 --level -45 -10 --select extra --val-count 40 --stop-after 250
+train 15 --init "$WORK/stage14/ns_float.tflite" --hidden 192 --frame 512 --lr 2e-4 --steps 1200 --mix-seed 215 --asym-weight 3.0 --reverb-target-ms 0 --real-fraction 0.3 --extra-fraction 0.45 --speech-sources klettres ktuberling tuxpaint --ambient-fraction 0.15 --extra-noise-fraction 0.35 --shared-noise-fraction 0.15 --mic-fraction 0.3 --snr -5 20 --level -45 -10 --select extra --val-count 40
 FINAL=$WORK/stage13
 cp "$FINAL/ns_quant.tflite" "$FINAL/ns_float16.tflite" "$FINAL/ns_train_report.json" "$OUT/"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$OUT/ns_float16.tflite" --peers --cache "$WORK/cache"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" --real --count 30 --peers --cache "$WORK/cache"
 nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" --ambient --count 30 --peers --cache "$WORK/cache"
-nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$WORK/stage14/ns_quant.tflite" --extra --count 60 --peers
+nice -n 10 "$PY" -m tools.ns_train.evaluate "$OUT/ns_quant.tflite" "$WORK/stage15/ns_quant.tflite" --extra --count 60 --peers
