@@ -242,3 +242,52 @@ def test_cli_creates_the_job_in_the_store_named_by_fleet_db_and_halts_resumes_li
     assert r.returncode == 1 and "no rollout 'nope'" in r.stderr and "Traceback" not in r.stderr
     r = _cli("ota", "rollout", str(bundle), "--url", "http://x/v2.tar", "--group", "empty", env=env, cwd=work)
     assert r.returncode == 1 and "no devices to update" in r.stderr
+
+
+def test_lease_is_exclusive_renewed_and_taken_over_after_expiry(db) -> None:
+    """The conditional UPDATE on two stores (two workers' engines): one holder at a time; the holder
+    renews; another takes it only once it expired; a halted job is nobody's."""
+    url, prefix = db
+    s1, s2 = Store(url, prefix=prefix), Store(url, prefix=prefix)
+    try:
+        j1, j2 = Jobs(s1), Jobs(s2)
+        rid = j1.create("2.0.0", ["a", "b"], {}, Policy(), GatePolicy(), now=100.0)
+
+        def take(jobs: Jobs, owner: str, now: float) -> bool:
+            with jobs.engine.begin() as conn:
+                return jobs.take_lease(conn, rid, owner, now, 10.0)
+
+        assert take(j1, "w1", 100.0)
+        assert not take(j2, "w2", 105.0)  # held
+        assert take(j1, "w1", 109.0)  # renewed: until 119
+        assert not take(j2, "w2", 115.0)
+        assert take(j2, "w2", 119.5)  # expired: taken over
+        assert not take(j1, "w1", 120.0)  # the old holder lost it
+        assert j1.get(rid).owner == "w2"
+        j1.halt(rid)
+        assert not take(j2, "w2", 121.0) and rid not in j2.driven_ids()
+    finally:
+        s1.close()
+        s2.close()
+
+
+def test_gate_compare_thresholds() -> None:
+    from fleet.ota.health_gate import GroupFigures, compare, sample_figures
+
+    gate = GatePolicy()
+    base = GroupFigures(devices=10, alerts_per_device=0.1, crashloop_share=0.0, freeze_rate=0.5, rendered_fps=29.8,
+                        ns_rtf=0.18)
+    assert compare(base, base, gate) == []
+    assert compare(GroupFigures(devices=2, rendered_fps=20.0), base, gate)[0].startswith("rendered_fps")
+    assert compare(GroupFigures(devices=2, freeze_rate=3.0), base, gate)[0].startswith("freeze_rate")
+    assert compare(GroupFigures(devices=2, alerts_per_device=1.0), base, gate)[0].startswith("alerts_per_device")
+    assert compare(GroupFigures(devices=2, crashloop_share=0.5), base, gate)[0].startswith("crashloop_share")
+    assert compare(GroupFigures(devices=2, ns_rtf=0.4), base, gate)[0].startswith("ns_rtf")
+    assert compare(GroupFigures(devices=2, rendered_fps=1.0), GroupFigures(), gate) == []  # no baseline: passes
+    assert compare(GroupFigures(devices=2, rendered_fps=None), base, gate) == []  # missing figure: skipped
+    f = sample_figures({"agent": {"starts_10min": 4}, "media": {
+        "viewers": {"sessions": [{"qoe": {"freeze_rate": 10.0, "rendered_fps": 20.0}}, {"qoe": None},
+                                 {"qoe": {"freeze_rate": 0.0, "rendered_fps": 30.0}}]},
+        "audio": {"stage": {"rtf": 0.2}}}})
+    assert f == {"crashloop": True, "freeze_rate": 5.0, "rendered_fps": 25.0, "ns_rtf": 0.2}
+    assert sample_figures({}) == {"crashloop": False, "freeze_rate": None, "rendered_fps": None, "ns_rtf": None}
