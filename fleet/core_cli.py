@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
     p.add_argument("--stats-interval", type=float, default=0.0, help="print ingest stats every N s (0: never)")
     p.add_argument("--claims", default="", metavar="STATE_DIR",  # provisioning (issue 6)
                    help="also answer device claims and certificate renewals with the fleet CA in STATE_DIR")
+    p.add_argument("--rollout-lease", type=float, default=15.0, metavar="S",  # fleet/ota/driver.py
+                   help="rollout jobs: lease length; another worker takes a dead worker's job after it (default 15)")
     p.add_argument("--http", default="", metavar="HOST:PORT",
                    help="also serve the HTTP API and /metrics (docs/fleet-api.md); a token is required "
                         "unless HOST is loopback")
@@ -259,7 +261,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> int:
         store = _store(args)
         svc = FleetService(args.mqtt, store, args.worker_id, ca_file=args.ca, cert_file=args.cert,
-                           key_file=args.key, share_group=args.share_group, rule=GroupOfflineRule(args.offline_pct, args.offline_window,
+                           key_file=args.key, share_group=args.share_group,
+                           rollout_options={"lease_s": args.rollout_lease}, rule=GroupOfflineRule(args.offline_pct, args.offline_window,
                                                                     args.offline_min_devices))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
