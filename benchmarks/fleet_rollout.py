@@ -42,24 +42,26 @@ PG_URL = os.environ.get("FLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:54
 SHA = "cd" * 32
 
 
-def _serve(url: str, db: str, prefix: str, log: Path) -> subprocess.Popen:
+def _serve(url: str, db: str, prefix: str, log: Path, lease_s: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--mqtt", url, "--db", db,
-                             "--prefix", prefix, "--worker-id", "bench"], cwd=ROOT,
+                             "--prefix", prefix, "--worker-id", "bench", "--rollout-lease", str(lease_s)], cwd=ROOT,
                             stdout=open(log, "a"), stderr=subprocess.STDOUT)
 
 
-async def run(devices: int, db_kind: str, kill: bool, install_s: float, soak_s: float, interval_s: float) -> dict:
+async def run(devices: int, db_kind: str, kill: bool, install_s: float, soak_s: float, interval_s: float,
+              lease_s: float = 15.0) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="fleet-rollout-"))
     broker = Mosquitto(tmp / "broker", extra_config="max_connections -1\nmax_queued_messages 100000\n")
     broker.start()
     db, prefix = (str(tmp / "fleet.db"), "") if db_kind == "sqlite" else (PG_URL, f"b{uuid.uuid4().hex[:8]}_")
     store = Store(db, prefix=prefix)
     jobs = Jobs(store)
-    serve = _serve(broker.url, db, prefix, tmp / "serve.log")
+    serve = _serve(broker.url, db, prefix, tmp / "serve.log", lease_s)
     sim = Simulation(broker.url, devices, tmp / "sim", interval_s=interval_s, reconnect_min_s=0.5,
                      ota=SimOtaOptions(install_s=install_s, versions={SHA: "2.0.0"}))
     result: dict = {"devices": devices, "db": db_kind, "install_s": install_s, "soak_s": soak_s,
-                    "telemetry_interval_s": interval_s, "killed": kill}
+                    "telemetry_interval_s": interval_s, "killed": kill,
+                    "lease_s": lease_s}
     try:
         await sim.start(spread_s=5.0)
         result["connected"] = await sim.wait_connected(120)
@@ -92,7 +94,7 @@ async def run(devices: int, db_kind: str, kill: bool, install_s: float, soak_s: 
                 killed_at, dead_owner = time.monotonic(), job.owner
                 result["killed_with_in_progress"] = len(prog)
                 print(f"killed the worker with {len(prog)} devices in progress", flush=True)
-                serve = _serve(broker.url, db, prefix, tmp / "serve.log")
+                serve = _serve(broker.url, db, prefix, tmp / "serve.log", lease_s)
             if killed_at is not None and resumed_at is None and job.owner not in ("", dead_owner):
                 resumed_at = time.monotonic()
             await asyncio.sleep(0.25)
@@ -130,8 +132,9 @@ def main() -> int:
     ap.add_argument("--install-s", type=float, default=3.0)
     ap.add_argument("--soak", type=float, default=2.0)
     ap.add_argument("--interval", type=float, default=5.0, help="simulated telemetry interval (s)")
+    ap.add_argument("--lease", type=float, default=15.0, help="fleetctl serve --rollout-lease (s)")
     args = ap.parse_args()
-    res = asyncio.run(run(args.devices, args.db, not args.no_kill, args.install_s, args.soak, args.interval))
+    res = asyncio.run(run(args.devices, args.db, not args.no_kill, args.install_s, args.soak, args.interval, args.lease))
     print(json.dumps(res, indent=1))
     return 0 if res.get("installs_sent_twice") == 0 and res.get("status") == "completed" else 1
 
