@@ -36,6 +36,10 @@ class FrameEncoderSource:
     ``wanted()`` says whether anyone needs packets now; while it is False frames are still captured
     (health, snapshots) but not encoded, so a software encoder costs nothing with no viewers. The
     first viewer's keyframe request makes the next encoded frame an IDR.
+
+    ``add_layer`` adds a lower encoding of the same frames (its encoder scales them): each layer
+    has its own worker thread, its own ``wanted`` and its own packet callback (its fan-out), and is
+    encoded only while someone watches it.
     """
 
     def __init__(self, camera: Camera, encoder: H264Encoder, on_state: StateCallback | None = None,
@@ -52,6 +56,14 @@ class FrameEncoderSource:
         self._latest: CapturedFrame | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="h264-encoder")
         self._task: asyncio.Task[None] | None = None
+        self.layers: list[EncoderLayer] = []
+
+    def add_layer(self, encoder: H264Encoder, on_packet: PacketCallback,
+                  wanted: Callable[[], bool]) -> EncoderLayer:
+        """A further (lower) encoding of the same captured frames; call before ``start``."""
+        layer = EncoderLayer(encoder, on_packet, wanted)
+        self.layers.append(layer)
+        return layer
 
     @property
     def camera_errors(self) -> int:
@@ -74,6 +86,8 @@ class FrameEncoderSource:
         finally:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.encoder.close)
             self._executor.shutdown(wait=True)
+            for layer in self.layers:
+                layer.close()
 
     async def _run(self, on_packet: PacketCallback) -> None:
         loop = asyncio.get_running_loop()
@@ -84,16 +98,23 @@ class FrameEncoderSource:
             if self.camera.opens != opens:  # a new picture after a gap: every viewer resyncs
                 if opens:
                     self.encoder.force_keyframe()
+                    for layer in self.layers:
+                        layer.encoder.force_keyframe()
                 opens = self.camera.opens
             self._latest = frame
+            extra = [layer for layer in self.layers if layer.wanted()]
+            lower = [loop.run_in_executor(layer.executor, layer.encoder.encode, frame) for layer in extra]
             if self.wanted is not None and not self.wanted():
                 self.timing.add(frame.timestamp)
-                continue
-            started = time.monotonic()
-            packets = await loop.run_in_executor(self._executor, self.encoder.encode, frame)
-            self.timing.add(frame.timestamp, time.monotonic() - started)
-            for packet in packets:
-                on_packet(packet)
+            else:
+                started = time.monotonic()
+                packets = await loop.run_in_executor(self._executor, self.encoder.encode, frame)
+                self.timing.add(frame.timestamp, time.monotonic() - started)
+                for packet in packets:
+                    on_packet(packet)
+            for layer, done in zip(extra, await asyncio.gather(*lower)):
+                for packet in done:
+                    layer.on_packet(packet)
 
     def force_keyframe(self) -> None:
         self.encoder.force_keyframe()
@@ -117,5 +138,26 @@ class FrameEncoderSource:
         return bool(self.last_error) or (last is not None and time.monotonic() - last < 5.0)
 
     def stats(self) -> dict[str, Any]:
-        return {"camera": self.camera.stats(), "encoder": self.encoder.stats(), **self.timing.stats(),
+        layers = {"layers": [layer.encoder.stats() for layer in self.layers]} if self.layers else {}
+        return {"camera": self.camera.stats(), "encoder": self.encoder.stats(), **layers, **self.timing.stats(),
                 "camera_errors": self.camera_errors, "last_error": self.last_error or None}
+
+
+class EncoderLayer:
+    """A lower encoding in a ``FrameEncoderSource``: what its fan-out drives (keyframes, bitrate)."""
+
+    def __init__(self, encoder: H264Encoder, on_packet: PacketCallback, wanted: Callable[[], bool]) -> None:
+        self.encoder = encoder
+        self.on_packet = on_packet
+        self.wanted = wanted
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="h264-layer")
+
+    def force_keyframe(self) -> None:
+        self.encoder.force_keyframe()
+
+    def set_bitrate(self, bps: int) -> bool:
+        return self.encoder.set_bitrate(bps)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.encoder.close()
