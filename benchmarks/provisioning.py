@@ -25,7 +25,7 @@ from fleet.provisioning.responder import ClaimResponder
 from fleet.provisioning.store import ProvisioningStore
 from provisioning.claim import claim
 from provisioning.identity import IdentityStore
-from provisioning.mqtt import AsyncMqtt, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, tls_context
 from tests.support.mosquitto import Mosquitto, free_port
 
 
@@ -43,7 +43,7 @@ async def one(base: Path, i: int, token, claim_port: int, port: int) -> tuple[fl
     res = await claim("127.0.0.1", claim_port, token, csr, {"name": f"bench{i}"}, timeout=60)
     t2 = time.perf_counter()
     store.save(res.cert_pem, res.ca_pem, {"device_id": res.device_id})
-    m = AsyncMqtt(res.device_id, tls=tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path)))
+    m = MqttClient(res.device_id, tls=tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path)))
     await m.connect("127.0.0.1", port)
     await m.close()
     t3 = time.perf_counter()

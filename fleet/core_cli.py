@@ -294,9 +294,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   flush=True)
         claims = claims_task = None
         if args.claims:  # the claim responder (fleet/provisioning/responder.py), its own connection
+            from device_agent.fleetlink.mqtt import parse_broker_url
             from fleet.provisioning.responder import ClaimResponder
-            from provisioning.mqtt import split_host_port
-            claims = ClaimResponder(args.claims, *split_host_port(args.mqtt, 8883),
+            broker = parse_broker_url(args.mqtt)  # the service's own URL: mqtt:// 1883, mqtts:// 8883
+            claims = ClaimResponder(args.claims, broker.host, broker.port,
                                     client_id=f"fleet-provisioning-{args.worker_id}")
             claims_task = asyncio.create_task(claims.run())
         while not stop.is_set():

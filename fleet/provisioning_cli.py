@@ -198,9 +198,12 @@ def cmd_claim_audit(args: argparse.Namespace) -> int:
 def cmd_claim_serve(args: argparse.Namespace) -> int:
     from fleet.provisioning.ca import CAError
     from fleet.provisioning.responder import ClaimResponder
-    from provisioning.mqtt import split_host_port
+    from device_agent.fleetlink.mqtt import split_endpoint
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port = split_host_port(args.broker, 8885)
+    try:
+        host, port = split_endpoint(args.broker, 8885)
+    except ValueError as exc:
+        return _fail(f"--broker: {exc}")
 
     async def main() -> None:
         responder = ClaimResponder(_state_dir(args), host, port, cert_days=args.cert_days)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from device_agent.checks.thresholds import CLOCK_FLOOR  # any clock before it is wrong (no RTC); doctor's too
 from provisioning.identity import public_key_der
 from device_agent import protocol
-from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
 from provisioning.token import ClaimToken, ca_pin, hash_secret
 
 # Exit codes of `device-agent provision` (docs/provisioning.md lists them for technicians).
@@ -116,7 +116,7 @@ async def claim(host: str, port: int, token: ClaimToken, csr_pem: bytes, info: d
     check_clock_floor(clock())
     # the claim listener binds the client id to the username (the token id): no claimant can take
     # another's (or a device's) client id; the password is the SHA-256 of the secret, never the secret
-    m = AsyncMqtt(token.id, tls=tls_context(verify=False), username=token.id, password=hash_secret(token.secret))
+    m = MqttClient(token.id, tls=tls_context(verify=False), username=token.id, password=hash_secret(token.secret))
     try:
         await m.connect(host, port, timeout=min(timeout, 10.0))
     except MqttError as exc:
@@ -140,7 +140,7 @@ async def claim(host: str, port: int, token: ClaimToken, csr_pem: bytes, info: d
     return _check_reply(reply, ca, csr_pem, clock())
 
 
-async def _fleet_ca(m: AsyncMqtt, token: ClaimToken, timeout: float) -> x509.Certificate:
+async def _fleet_ca(m: MqttClient, token: ClaimToken, timeout: float) -> x509.Certificate:
     if await m.subscribe(protocol.CLAIM_CA) >= 0x80:
         raise ProvisionError("refused", "The broker refused to show the fleet CA: this port is not the fleet's "
                                         "claim listener.")
@@ -160,7 +160,7 @@ async def _fleet_ca(m: AsyncMqtt, token: ClaimToken, timeout: float) -> x509.Cer
     return ca
 
 
-async def _next_on(m: AsyncMqtt, topic: str, timeout: float) -> Any:
+async def _next_on(m: MqttClient, topic: str, timeout: float) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         left = deadline - asyncio.get_running_loop().time()
@@ -171,7 +171,7 @@ async def _next_on(m: AsyncMqtt, topic: str, timeout: float) -> Any:
             return msg
 
 
-async def _request(m: AsyncMqtt, topic: str, payload: bytes, res_topic: str, timeout: float,
+async def _request(m: MqttClient, topic: str, payload: bytes, res_topic: str, timeout: float,
                    resend_s: float = RESEND_S) -> dict[str, Any]:
     """Publish the request and wait for the answer, re-sending every ``resend_s``: ``claim/ca`` is
     retained, so it is there even while the responder restarts and misses a request."""

@@ -121,7 +121,7 @@ def cmd_factory_reset(args: argparse.Namespace) -> int:
 
 def cmd_renew(args: argparse.Namespace) -> int:
     from provisioning.identity import IdentityError, IdentityStore, service_owner
-    from provisioning.mqtt import MqttError
+    from device_agent.fleetlink.mqtt import MqttError
     from provisioning.renewal import RenewalError, renew_certificate
     try:
         cfg = load_config(args.config)

@@ -30,7 +30,7 @@ from device_agent.diag.frames import frame_stats
 from hal.audio.factory import create_sink, create_source
 from hal.camera.factory import create_camera
 from provisioning.identity import IdentityError, IdentityStore
-from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, parse_broker_url, tls_context
 
 __all__ = ["FAIL", "PASS", "SKIP", "Check", "as_json", "render", "run_doctor"]
 
@@ -82,12 +82,16 @@ async def check_broker(cfg: AgentConfig) -> Check:
         return Check("Broker", FAIL, "no fleet broker configured (mqtt.url is empty)", fix="provision the device")
     if not m.url.startswith("mqtts://") or not m.cert_file:
         return Check("Broker", FAIL, f"{m.url} is not mutual TLS", fix="provision the device (mqtts with a certificate)")
-    host, port = split_host_port(m.url, 8883)
+    try:
+        addr = parse_broker_url(m.url)
+    except ValueError as exc:
+        return Check("Broker", FAIL, str(exc), fix="provision the device again")
+    host, port = addr.host, addr.port
     try:
         tls = tls_context(m.ca_file, m.cert_file, m.key_file)
     except (OSError, ValueError) as exc:
         return Check("Broker", FAIL, f"cannot load the TLS files: {exc}", fix="factory-reset and provision again")
-    client = AsyncMqtt(f"{cfg.device.id}-doctor", tls=tls)
+    client = MqttClient(f"{cfg.device.id}-doctor", tls=tls)
     t0 = time.monotonic()
     try:
         await client.connect(host, port, timeout=10)

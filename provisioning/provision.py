@@ -16,7 +16,7 @@ from provisioning.claim import ProvisionError, check_clock_floor, claim, mqtt_fa
 from ota.atomic import write_atomic
 from provisioning.identity import IdentityStore, LoadedIdentity, service_owner
 from device_agent import protocol
-from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, split_endpoint, tls_context
 from provisioning.token import ClaimToken
 
 DEFAULT_CLAIM_PORT = 8884
@@ -83,7 +83,7 @@ async def report_online(ident: LoadedIdentity, store: IdentityStore, host: str, 
     status_topic = protocol.status(did)
     will = json.dumps({"online": False, "ts": time.time()}).encode()
     tls = tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path))
-    m = AsyncMqtt(did, tls=tls, will=(status_topic, will, True))
+    m = MqttClient(did, tls=tls, will=(status_topic, will, True))
     try:
         await m.connect(host, port, timeout=timeout)
     except MqttError as exc:
@@ -104,7 +104,7 @@ async def report_online(ident: LoadedIdentity, store: IdentityStore, host: str, 
 async def provision(req: ProvisionRequest) -> LoadedIdentity:
     """The whole technician flow; raises ProvisionError (with its exit code) on any failure."""
     say = req.say
-    host, claim_port = split_host_port(req.fleet, DEFAULT_CLAIM_PORT)
+    host, claim_port = split_endpoint(req.fleet, DEFAULT_CLAIM_PORT)
     cfg_dict = read_config_dict(req.config_path)
     cfg = config_from_dict(cfg_dict)
     ident_dir = req.identity_dir or cfg.provisioning.resolve_identity_dir(cfg.device.state_dir)

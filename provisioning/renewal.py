@@ -24,7 +24,7 @@ from device_agent.config import AgentConfig
 from device_agent.registry import CommandError
 from provisioning.identity import IdentityError, IdentityStore, public_key_der, service_owner
 from device_agent import protocol
-from provisioning.mqtt import AsyncMqtt, MqttError, split_host_port, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, parse_broker_url, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,13 @@ async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float 
 
 async def _exchange_own_connection(store: IdentityStore, device_id: str, mqtt_url: str, req: dict[str, Any],
                                    request_id: str, timeout: float) -> dict[str, Any]:
-    host, port = split_host_port(mqtt_url, 8883)
+    try:
+        addr = parse_broker_url(mqtt_url)
+    except ValueError as exc:
+        raise RenewalError(str(exc)) from None
+    host, port = addr.host, addr.port
     tls = tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path))
-    m = AsyncMqtt(device_id, tls=tls)  # the broker assigns the certificate CN anyway
+    m = MqttClient(device_id, tls=tls)  # the broker assigns the certificate CN anyway
     try:
         try:
             await m.connect(host, port, timeout=min(timeout, 10.0))
@@ -100,7 +104,7 @@ async def _exchange_own_connection(store: IdentityStore, device_id: str, mqtt_ur
         await m.close()
 
 
-async def _reply(m: AsyncMqtt, topic: str, request_id: str, timeout: float) -> dict[str, Any]:
+async def _reply(m: MqttClient, topic: str, request_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()

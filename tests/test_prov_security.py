@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.provisioning.ca import FleetCA, cert_pem
-from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
 from provisioning.provision import ProvisionRequest, provision
 from provisioning.token import ClaimToken
 from tests.test_prov_support import Fleet, claim_login, create_tokens, device_client, run_cli, start_fleet
@@ -46,7 +46,7 @@ async def devices(fleet: Fleet, tmp_path: Path) -> dict[str, Path]:
     return out
 
 
-async def drain(m: AsyncMqtt, seconds: float) -> list[tuple[str, bytes]]:
+async def drain(m: MqttClient, seconds: float) -> list[tuple[str, bytes]]:
     got = []
     try:
         while True:
@@ -56,7 +56,7 @@ async def drain(m: AsyncMqtt, seconds: float) -> list[tuple[str, bytes]]:
         return got
 
 
-async def wait_for_topic(m: AsyncMqtt, topic: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+async def wait_for_topic(m: MqttClient, topic: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
     """Collect messages until one on ``topic`` arrives; returns all collected (marker last)."""
     got = []
     while True:
@@ -133,11 +133,11 @@ async def test_claim_listener_reaches_only_claim_topics(fleet: Fleet, devices: d
     # an unclaimed device logs in with its token (id, and the SHA-256 of the secret)
     (token,) = create_tokens(fleet)
     mine = ClaimToken.parse(token).id
-    claimer = AsyncMqtt(mine, tls=tls_context(verify=False), **claim_login(token))
+    claimer = MqttClient(mine, tls=tls_context(verify=False), **claim_login(token))
     await dev_a.connect("127.0.0.1", fleet.port)
     await watcher.connect("127.0.0.1", fleet.service_port)
     await claimer.connect("127.0.0.1", fleet.claim_port)
-    anonymous = AsyncMqtt("zzzzzzzz", tls=tls_context(verify=False))
+    anonymous = MqttClient("zzzzzzzz", tls=tls_context(verify=False))
     with pytest.raises(MqttError):  # no claim, no login: the claim listener is not anonymous any more
         await anonymous.connect("127.0.0.1", fleet.claim_port, timeout=5)
     assert await dev_a.subscribe(f"dev/{a}/cmd/#") < 0x80
@@ -165,7 +165,7 @@ async def test_claim_listener_reaches_only_claim_topics(fleet: Fleet, devices: d
     got_c = await wait_for_topic(claimer, f"claim/{mine}/res")
     assert [t for t, _ in got_c if t != "claim/ca"] == [f"claim/{mine}/res"], got_c
     # and a client without a certificate cannot use the device listener at all
-    anon = AsyncMqtt("anon", tls=tls_context(str(fleet.broker_dir / "ca.crt")))
+    anon = MqttClient("anon", tls=tls_context(str(fleet.broker_dir / "ca.crt")))
     with pytest.raises(MqttError):
         await anon.connect("127.0.0.1", fleet.port, timeout=5)
     for m in (dev_a, watcher, claimer):
@@ -179,7 +179,7 @@ async def test_foreign_ca_certificate_is_refused(fleet: Fleet, devices: dict[str
     key, cert = rogue.issue_client(a)
     (tmp_path / "r.key").write_bytes(key)
     (tmp_path / "r.crt").write_bytes(cert_pem(cert))
-    m = AsyncMqtt("rogue", tls=tls_context(str(a_dir / "ca.crt"), str(tmp_path / "r.crt"), str(tmp_path / "r.key")))
+    m = MqttClient("rogue", tls=tls_context(str(a_dir / "ca.crt"), str(tmp_path / "r.crt"), str(tmp_path / "r.key")))
     with pytest.raises(MqttError) as e:
         await m.connect("127.0.0.1", fleet.port, timeout=5)
     assert e.value.kind in ("tls", "closed", "rejected")

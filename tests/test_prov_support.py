@@ -17,7 +17,7 @@ from fleet.provisioning.broker import service_identity_paths
 from fleet.provisioning.ca import FleetCA
 from fleet.provisioning.responder import ClaimResponder
 from fleet.provisioning.store import ProvisioningStore
-from provisioning.mqtt import AsyncMqtt, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, tls_context
 from provisioning.token import ClaimToken, hash_secret
 from tests.support.mosquitto import Mosquitto, free_port
 
@@ -58,9 +58,9 @@ class Fleet:
     def responder(self, **kw: object) -> ClaimResponder:
         return ClaimResponder(self.state, "127.0.0.1", self.service_port, **kw)  # type: ignore[arg-type]
 
-    def fleet_service(self, client_id: str = "fleet-test") -> AsyncMqtt:
+    def fleet_service(self, client_id: str = "fleet-test") -> MqttClient:
         key, crt = service_identity_paths(self.state)
-        return AsyncMqtt(client_id, tls=tls_context(str(self.broker_dir / "ca.crt"), str(crt), str(key)))
+        return MqttClient(client_id, tls=tls_context(str(self.broker_dir / "ca.crt"), str(crt), str(key)))
 
 
 def start_fleet(base: Path) -> Fleet:
@@ -129,7 +129,7 @@ def reload_claims(fleet: Fleet, token: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def device_client(identity_dir: Path, client_id: str, ca_file: Path | None = None) -> AsyncMqtt:
+def device_client(identity_dir: Path, client_id: str, ca_file: Path | None = None) -> MqttClient:
     """An MQTT client authenticating with a device's certificate."""
-    return AsyncMqtt(client_id, tls=tls_context(str(ca_file or identity_dir / "ca.crt"),
+    return MqttClient(client_id, tls=tls_context(str(ca_file or identity_dir / "ca.crt"),
                                                  str(identity_dir / "device.crt"), str(identity_dir / "device.key")))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from device_agent.config import load_config
-from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
 from provisioning.provision import ProvisionRequest, provision
 from provisioning.token import ClaimToken
 from tests.support.agent_proc import AgentProcess
@@ -58,7 +58,7 @@ def _agent(tmp: Path, name: str, cfg_path: Path) -> AgentProcess:
     return AgentProcess(tmp / name, data).start()
 
 
-async def _statuses(watcher: AsyncMqtt, seconds: float) -> list[tuple[str, dict]]:
+async def _statuses(watcher: MqttClient, seconds: float) -> list[tuple[str, dict]]:
     """Every status message the fleet side sees during the next ``seconds``."""
     got = []
     loop = asyncio.get_running_loop()
@@ -73,7 +73,7 @@ async def _statuses(watcher: AsyncMqtt, seconds: float) -> list[tuple[str, dict]
     return got
 
 
-async def _until_online(watcher: AsyncMqtt, ids: set[str], agents: list[AgentProcess],
+async def _until_online(watcher: MqttClient, ids: set[str], agents: list[AgentProcess],
                         timeout: float = 40.0) -> None:
     online: set[str] = set()
     deadline = asyncio.get_running_loop().time() + timeout
@@ -91,7 +91,7 @@ async def _until_online(watcher: AsyncMqtt, ids: set[str], agents: list[AgentPro
             online.add(did)  # live from the agent, not the retained copy provisioning left
 
 
-async def _telemetry_from(watcher: AsyncMqtt, did: str, timeout: float = 10.0) -> None:
+async def _telemetry_from(watcher: MqttClient, did: str, timeout: float = 10.0) -> None:
     while True:
         msg = await watcher.next_message(timeout)
         if msg.topic == f"dev/{did}/telemetry":
@@ -122,13 +122,13 @@ async def test_no_client_can_take_over_a_devices_client_id(fleet: Fleet, tmp_pat
         _assert_b_kept(await _statuses(watcher, 2.0), b)
         # 2. a plain client (no certificate) on the claim listener, with and without a made-up login
         for login in ({}, {"username": b, "password": "x"}, {"username": f"dev-{b}", "password": ""}):
-            plain = AsyncMqtt(f"dev-{b}" if not login else login["username"], tls=tls_context(verify=False), **login)
+            plain = MqttClient(f"dev-{b}" if not login else login["username"], tls=tls_context(verify=False), **login)
             with pytest.raises(MqttError) as refused:
                 await plain.connect("127.0.0.1", fleet.claim_port, timeout=5)
             assert refused.value.kind in ("rejected", "closed"), refused.value
             await plain.close()
         # 3. and on the device listener a client without a certificate does not even finish TLS
-        plain = AsyncMqtt(b, tls=tls_context(str(fleet.broker_dir / "ca.crt")))
+        plain = MqttClient(b, tls=tls_context(str(fleet.broker_dir / "ca.crt")))
         with pytest.raises(MqttError):
             await plain.connect("127.0.0.1", fleet.port, timeout=5)
         await plain.close()
@@ -145,14 +145,14 @@ async def test_no_client_can_take_over_a_devices_client_id(fleet: Fleet, tmp_pat
 async def test_a_claimant_cannot_kick_another_claimant(fleet: Fleet) -> None:
     first, second = create_tokens(fleet, count=2)
     first_id, second_id = ClaimToken.parse(first).id, ClaimToken.parse(second).id
-    victim = AsyncMqtt(second_id, tls=tls_context(verify=False), **claim_login(second))
+    victim = MqttClient(second_id, tls=tls_context(verify=False), **claim_login(second))
     await victim.connect("127.0.0.1", fleet.claim_port)
     assert await victim.subscribe(f"claim/{second_id}/res") < 0x80
     # the first claimant logs in with its own token but asks for the second's client id
-    intruder = AsyncMqtt(second_id, tls=tls_context(verify=False), **claim_login(first))
+    intruder = MqttClient(second_id, tls=tls_context(verify=False), **claim_login(first))
     await intruder.connect("127.0.0.1", fleet.claim_port)
     # ... and with the second's id as username, it needs the second's secret
-    guess = AsyncMqtt(second_id, tls=tls_context(verify=False), username=second_id,
+    guess = MqttClient(second_id, tls=tls_context(verify=False), username=second_id,
                       password=claim_login(first)["password"])
     with pytest.raises(MqttError):
         await guess.connect("127.0.0.1", fleet.claim_port, timeout=5)

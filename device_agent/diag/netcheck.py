@@ -6,27 +6,15 @@ import asyncio
 import ssl
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from device_agent.config import AgentConfig
+from device_agent.fleetlink.mqtt import parse_broker_url, tls_context
 from device_agent.diag.ping import Pinger
 from device_agent.diag.results import FAIL, PASS, SKIP, WARN, Check, report
 
 
-def broker_endpoint(url: str) -> tuple[str, int, bool]:
-    """Host, port and TLS flag of an ``mqtt://`` / ``mqtts://`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"not an mqtt:// or mqtts:// URL: {url!r}")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
-
-
 def _tls_context(cfg: AgentConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=cfg.mqtt.ca_file or None)
-    if cfg.mqtt.cert_file:
-        ctx.load_cert_chain(cfg.mqtt.cert_file, cfg.mqtt.key_file or None)
-    return ctx
+    return tls_context(cfg.mqtt.ca_file, cfg.mqtt.cert_file, cfg.mqtt.key_file)
 
 
 async def run_netcheck(cfg: AgentConfig, pinger: Pinger | None, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -34,9 +22,10 @@ async def run_netcheck(cfg: AgentConfig, pinger: Pinger | None, timeout_s: float
     if not cfg.mqtt.url:
         return report("netcheck", [Check("broker", SKIP, "no broker configured (mqtt.url)")])
     try:
-        host, port, tls = broker_endpoint(cfg.mqtt.url)
+        addr = parse_broker_url(cfg.mqtt.url)
     except ValueError as exc:
         return report("netcheck", [Check("dns", FAIL, str(exc))])
+    host, port, tls = addr.host, addr.port, addr.tls
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     try:

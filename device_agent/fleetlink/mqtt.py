@@ -6,7 +6,11 @@ devices cost no threads; only the blocking TCP/TLS connect runs in a worker thre
 the connection retries with exponential backoff and *full jitter* (``uniform(0, min(max,
 min * 2**attempt))``) so a fleet does not stampede a restarted broker.
 
-Used by the device's fleet link and by the fleet side (:mod:`fleet.client`, ``fleetctl serve``).
+The one MQTT transport of the project: the device's fleet link, the fleet side
+(:mod:`fleet.client`, ``fleetctl serve``) and, through :class:`MqttClient` (one connection for a
+request/response exchange, no reconnects, classified :class:`MqttError`), the claim, the online
+report, renewal before the agent runs, ``doctor`` and the fleet's claim responder. Broker URLs are
+parsed by :func:`parse_broker_url` only, TLS contexts are built by :func:`tls_context` only.
 """
 
 from __future__ import annotations
@@ -33,6 +37,108 @@ from device_agent import protocol
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class BrokerUrlError(ValueError):
+    """A broker URL that is not ``mqtt://host[:port]`` or ``mqtts://host[:port]``."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host[:port]`` (default 1883) or ``mqtts://host[:port]`` (default 8883, TLS).
+
+    Anything else (another scheme, no scheme, no host, a bad port) raises :class:`BrokerUrlError`
+    naming the URL.
+    """
+    expected = "expected mqtt://host[:port] or mqtts://host[:port]"
+    text = (url or "").strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise BrokerUrlError(f"mqtt url {url!r}: {exc}; {expected}") from None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise BrokerUrlError(f"mqtt url {url!r}: {expected}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerUrlError(f"mqtt url {url!r}: no path, query or fragment allowed; {expected}")
+    if port == 0:
+        raise BrokerUrlError(f"mqtt url {url!r}: port 0; {expected}")
+    return BrokerAddress(parts.hostname, port or DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts")
+
+
+def split_endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """A scheme-less endpoint ``host``, ``host:port`` or ``[v6]:port`` -> (host, port) (the claim
+    listener given to ``provision --fleet``); an ``mqtt://``/``mqtts://`` URL goes through
+    :func:`parse_broker_url` and its default ports."""
+    text = (text or "").strip()
+    if "://" in text:
+        addr = parse_broker_url(text)
+        return addr.host, addr.port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise BrokerUrlError(f"no host in {text!r}")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise BrokerUrlError(f"bad port in {text!r}")
+    return host, int(port) if port else default_port
+
+
+def tls_context(ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
+                verify: bool = True, check_hostname: bool = True) -> ssl.SSLContext:
+    """The client TLS context of every MQTT connection (TLS 1.2 at least).
+
+    ``verify``: check the broker against ``ca_file`` (the system CAs when empty); false for the
+    claim connection, which checks the broker's certificate by hand against the token's pin.
+    ``cert_file``/``key_file``: the client certificate for mutual TLS.
+    """
+    if verify:
+        ctx = ssl.create_default_context(cafile=ca_file or None)
+        ctx.check_hostname = check_hostname
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file or None)
+    return ctx
+
+
+class MqttError(Exception):
+    """A connection, subscription or publication failed; ``kind`` classifies it for people.
+
+    kinds: ``dns`` (name does not resolve: no network or a typo), ``network`` (no route),
+    ``refused`` (nothing listening), ``timeout``, ``tls`` (handshake or certificate refused),
+    ``rejected`` (CONNACK refused), ``denied`` (not authorised), ``closed``.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Message:
+    """A received message, as :class:`MqttClient` queues it."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: Any = None
+
+
 MessageCallback = Callable[[mqtt.MQTTMessage], Any]
 
 
@@ -56,15 +162,13 @@ class MqttOptions:
     will: tuple[str, bytes, int, bool] | None = None  # topic, payload, qos, retain
     tls_insecure: bool = False  # skip hostname check (tests with IP-only certs)
     manual_ack: bool = False  # QoS 1 messages are acknowledged by ``ack()``, not on receipt
+    ssl_context: ssl.SSLContext | None = None  # a ready context (MqttClient); else built from the files
     extra: dict[str, Any] = field(default_factory=dict)
 
     def host_port(self) -> tuple[str, int, bool]:
-        """Parse the URL into (host, port, tls); raises ValueError naming the URL."""
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"mqtt url {self.url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-        tls = parts.scheme == "mqtts"
-        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+        """Parse the URL into (host, port, tls); raises BrokerUrlError (a ValueError) naming the URL."""
+        addr = parse_broker_url(self.url)
+        return addr.host, addr.port, addr.tls
 
 
 class _BufferedClient(mqtt.Client):
@@ -99,6 +203,10 @@ class _BufferedClient(mqtt.Client):
 class PublishRefused(PermissionError):
     """The broker answered a QoS 1 publish with a failure reason code (ACL, quota, ...)."""
 
+    def __init__(self, message: str, code: int = 0x80) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(max_s, min_s * 2**attempt)]."""
@@ -116,7 +224,10 @@ class MqttConnection:
     def __init__(self, options: MqttOptions, on_connect: Callable[[bool], Any] | None = None,
                  on_disconnect: Callable[[], Any] | None = None) -> None:
         self.options = options
-        self.host, self.port, self.tls = options.host_port()
+        if options.url:
+            self.host, self.port, self.tls = options.host_port()
+        else:  # MqttClient: the address comes with connect()
+            self.host, self.port, self.tls = "", 0, options.ssl_context is not None
         self.client_id = options.client_id or f"c-{uuid.uuid4().hex[:12]}"
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
@@ -130,6 +241,8 @@ class MqttConnection:
         self._connected_evt = asyncio.Event()
         self._ready_evt = asyncio.Event()  # connected and every subscription acknowledged
         self._sub_mids: set[int] = set()
+        self._sub_codes: dict[int, asyncio.Future[int]] = {}  # mid -> SUBACK reason code
+        self._refused = ""  # the CONNACK failure of the last attempt
         self._handler_tasks: set[asyncio.Future[Any]] = set()  # strong refs until done
         self._closing = False
         self._tls_ctx: ssl.SSLContext | None = None
@@ -139,6 +252,7 @@ class MqttConnection:
         self.connects = 0
         self.last_connect_error = ""
         self.connected_at = 0.0
+        self.disconnect_reason = ""
         self.rng = random.Random()
 
     # ---- setup -------------------------------------------------------------------------
@@ -172,12 +286,12 @@ class MqttConnection:
                         protocol=mqtt.MQTTv5, reconnect_on_failure=False, manual_ack=o.manual_ack)
         if o.username:
             c.username_pw_set(o.username, o.password or None)
-        if self.tls:
-            ctx = ssl.create_default_context(cafile=o.ca_file or None)
+        if o.ssl_context is not None:
+            c.tls_set_context(o.ssl_context)
+        elif self.tls:
+            ctx = tls_context(o.ca_file, check_hostname=not o.tls_insecure)
             self._tls_ctx = ctx
             self._refresh_client_cert()
-            if o.tls_insecure:
-                ctx.check_hostname = False
             c.tls_set_context(ctx)
         if o.will:
             topic, payload, qos, retain = o.will
@@ -284,7 +398,7 @@ class MqttConnection:
     # ---- paho callbacks (on the loop) ---------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
-            self.last_connect_error = str(rc)
+            self.last_connect_error = self._refused = str(rc)
             log.warning("mqtt %s refused the connection: %s", self.host, rc)
             return
         self.connected = True
@@ -307,10 +421,12 @@ class MqttConnection:
         self.connected = False
         self._connected_evt.clear()
         self._ready_evt.clear()
-        for fut in self._acks.values():
+        for fut in [*self._acks.values(), *self._sub_codes.values()]:
             if not fut.done():
-                fut.set_exception(ConnectionError("connection lost before the broker acknowledged"))
+                fut.set_exception(ConnectionError(f"connection closed ({rc}) before the broker acknowledged"))
         self._acks.clear()
+        self._sub_codes.clear()
+        self.disconnect_reason = str(rc)
         self._dropped.set()
         if was and self._on_disconnect_cb:
             self._on_disconnect_cb()
@@ -335,6 +451,9 @@ class MqttConnection:
                 log.exception("mqtt message handler for %s failed", topic)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        code = self._sub_codes.pop(mid, None)
+        if code is not None and not code.done():
+            code.set_result(int(rcs[0].value) if rcs else 0x80)
         if mid in self._sub_mids:
             self._sub_mids.discard(mid)
             if not self._sub_mids:
@@ -351,7 +470,7 @@ class MqttConnection:
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
             if getattr(rc, "is_failure", False):  # e.g. 0x87 not authorized: the broker dropped it
-                fut.set_exception(PublishRefused(f"broker refused the publish: {rc}"))
+                fut.set_exception(PublishRefused(f"broker refused the publish: {rc}", int(getattr(rc, "value", 0x80))))
             else:
                 fut.set_result(None)
 
@@ -362,6 +481,57 @@ class MqttConnection:
         self._loop_thread = threading.get_ident()
         self._closing = False
         self._runner = self._loop.create_task(self._run())
+
+    async def connect_once(self, host: str, port: int, timeout: float = 10.0) -> None:
+        """Connect once, without reconnecting after a drop; raises a classified :class:`MqttError`.
+
+        For request/response exchanges (:class:`MqttClient`); :meth:`start` is the self-healing session.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._closing = False
+        self.host, self.port = host, port
+        self._refused = ""
+        self._dropped.clear()
+        self._client.connect_timeout = timeout
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.options.session_expiry_s
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._client.connect, host, port, self.options.keepalive_s,
+                                                     clean_start=self.options.clean_start, properties=props),
+                                   timeout)
+        except socket.gaierror as exc:
+            raise MqttError("dns", f"cannot resolve {host!r} ({exc.strerror or exc}): no network, "
+                                   f"no DNS, or a typo in the host name") from None
+        except ssl.SSLError as exc:
+            raise MqttError("tls", f"TLS handshake with {host}:{port} failed: {exc.reason or exc}") from None
+        except ConnectionRefusedError:
+            raise MqttError("refused", f"{host}:{port} refused the connection: broker not running "
+                                       f"or wrong port") from None
+        except (TimeoutError, asyncio.TimeoutError, socket.timeout):
+            raise MqttError("timeout", f"no answer from {host}:{port} within {timeout:g} s: broker "
+                                       f"unreachable or a firewall drops the traffic") from None
+        except OSError as exc:
+            raise MqttError("network", f"cannot reach {host}:{port}: {exc.strerror or exc}: check the "
+                                       f"network cable or Wi-Fi") from None
+        if await self._wait_connack(timeout):
+            return
+        refused, reason = self._refused, self.disconnect_reason
+        dropped = self._dropped.is_set()
+        await self.close()
+        if refused:
+            raise MqttError("rejected", f"broker refused the connection: {refused}")
+        if dropped:
+            raise MqttError("tls", f"broker closed the connection during the handshake ({reason}): "
+                                   "certificate refused?")
+        raise MqttError("timeout", f"{host}:{port} accepted TCP but sent no CONNACK within {timeout:g} s")
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The broker's leaf certificate (DER) of the current TLS connection."""
+        sock = self._client.socket()
+        if isinstance(sock, ssl.SSLSocket):
+            return sock.getpeercert(binary_form=True)
+        return None
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until connected with every subscription acknowledged (SUBACK) by the broker."""
@@ -444,6 +614,21 @@ class MqttConnection:
         if rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"subscribe {topic}: {mqtt.error_string(rc)}")
         await asyncio.wait_for(self.ack_future(mid), timeout)
+
+    async def subscribe_code(self, topic: str, callback: MessageCallback, qos: int = 1,
+                             timeout: float = 10.0) -> int:
+        """Subscribe and return the SUBACK reason code (0..2 granted QoS, >= 0x80 refused)."""
+        self._subs[topic] = (qos, callback, protocol.is_shared(topic))
+        self._route_cache.clear()
+        if not self.connected:
+            raise ConnectionError(f"not connected to {self.host}:{self.port}")
+        rc, mid = self._client.subscribe(topic, qos=qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"subscribe {topic}: {mqtt.error_string(rc)}")
+        assert self._loop is not None
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._sub_codes[mid] = fut
+        return await asyncio.wait_for(fut, timeout)
 
     def unsubscribe(self, topic: str) -> None:
         self._route_cache.clear()
@@ -529,3 +714,80 @@ def response_properties(response_topic: str, correlation: bytes, expiry_s: int =
 
 
 AsyncHandler = Callable[[str, bytes], Awaitable[None] | None]
+
+
+class MqttClient:
+    """One MQTT 5 connection for a request/response exchange, on :class:`MqttConnection`.
+
+    ``await connect(host, port)``, ``subscribe`` (returns the SUBACK code), ``publish`` (returns
+    the PUBACK code: 0 or 16 accepted, 0x87 not authorised), every message in ``messages``
+    (``next_message``), ``close``. Clean start, no session, no reconnects; failures are
+    :class:`MqttError`. Used by the claim, the online report, renewal outside the agent, ``doctor``
+    and the fleet's claim responder.
+    """
+
+    def __init__(self, client_id: str, tls: ssl.SSLContext | None = None, keepalive: int = 30,
+                 will: tuple[str, bytes, bool] | None = None, username: str = "", password: str = "") -> None:
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self._last: Any = None
+        self.conn = MqttConnection(MqttOptions(
+            url="", client_id=client_id, ssl_context=tls, keepalive_s=keepalive, clean_start=True,
+            session_expiry_s=0, username=username, password=password,
+            will=(will[0], will[1], 1, will[2]) if will is not None else None))
+
+    @property
+    def connected(self) -> bool:
+        return self.conn.connected
+
+    @property
+    def disconnect_reason(self) -> str:
+        return self.conn.disconnect_reason
+
+    def _queue(self, msg: mqtt.MQTTMessage) -> None:
+        if msg is self._last:  # one message matching two of our filters is queued once
+            return
+        self._last = msg
+        self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain),
+                                         getattr(msg, "properties", None)))
+
+    async def connect(self, host: str, port: int, timeout: float = 10.0) -> None:
+        """Open TCP + TLS and wait for a successful CONNACK; raises ``MqttError``."""
+        await self.conn.connect_once(host, port, timeout)
+
+    async def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> int:
+        """Subscribe and return the SUBACK reason code (0..2 granted QoS, >= 0x80 refused)."""
+        try:
+            return await self.conn.subscribe_code(topic, self._queue, qos, timeout)
+        except ConnectionError as exc:
+            raise MqttError("closed", f"subscribe {topic}: {exc}") from None
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                      timeout: float = 10.0, response_topic: str | None = None,
+                      correlation: bytes | None = None) -> int:
+        """Publish and, for QoS 1, wait for the PUBACK; returns its reason code (0 or 16: accepted,
+        0x87: not authorised; mosquitto drops denied messages either way)."""
+        props = None
+        if response_topic or correlation:
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation:
+                props.CorrelationData = correlation
+        try:
+            await self.conn.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=timeout)
+        except PublishRefused as exc:
+            return exc.code
+        except ConnectionError as exc:
+            raise MqttError("closed", f"publish {topic}: {exc}") from None
+        return 0
+
+    async def next_message(self, timeout: float) -> Message:
+        return await asyncio.wait_for(self.messages.get(), timeout)
+
+    async def close(self) -> None:
+        """Disconnect cleanly (no will)."""
+        await self.conn.close()
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The broker's leaf certificate (DER) of the current TLS connection."""
+        return self.conn.peer_certificate_der()

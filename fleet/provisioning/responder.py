@@ -28,7 +28,7 @@ from fleet.provisioning.broker import listener_ports, service_identity_paths
 from fleet.provisioning.ca import CAError, FleetCA, cert_pem
 from fleet.provisioning.store import ClaimRefused, ProvisioningStore
 from device_agent import protocol
-from provisioning.mqtt import AsyncMqtt, MqttError, tls_context
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
 from provisioning.token import ClaimToken, TokenFormatError
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,14 @@ class ClaimResponder:
         self.ready = asyncio.Event()
         self.handled = 0
         self._stop = asyncio.Event()
-        self._mqtt: AsyncMqtt | None = None
+        self._mqtt: MqttClient | None = None
 
     async def run(self) -> None:
         key, crt = service_identity_paths(self.state_dir)
         tls = tls_context(str(self.ca.directory / "ca.crt"), str(crt), str(key))
         backoff = 1.0
         while not self._stop.is_set():
-            m = AsyncMqtt(self.client_id, tls=tls)
+            m = MqttClient(self.client_id, tls=tls)
             try:
                 await m.connect(self.host, self.port)
                 self._mqtt = m
@@ -100,7 +100,7 @@ class ClaimResponder:
                     pass
                 backoff = min(backoff * 2, 30.0)
 
-    async def _serve(self, m: AsyncMqtt) -> None:
+    async def _serve(self, m: MqttClient) -> None:
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             while m.connected:
