@@ -192,8 +192,8 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
         store.close()
 
 
-def _cli(*argv: str, env: dict[str, str], cwd: Path) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "fleet.cli", *argv], capture_output=True, text=True, timeout=120,
+def _cli(*argv: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fleet.cli", *argv], check=False, capture_output=True, text=True, timeout=120,
                           env=env, cwd=cwd)
 
 

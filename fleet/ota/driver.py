@@ -55,9 +55,10 @@ class RolloutDriver:
         self.rollback_timeout_s = rollback_timeout_s
         self.send_delay_s = send_delay_s  # between committing a claim and sending it (tests of a crash there)
         self.clock = clock
-        self._client_opts = dict(ca_file=ca_file, cert_file=cert_file, key_file=key_file, username=username,
-                                 password=password, tls_insecure=tls_insecure,
-                                 client_id=f"fleet-rollout-{worker_id}-{uuid.uuid4().hex[:6]}")
+        self._client_opts: dict[str, Any] = {
+            "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file, "username": username,
+            "password": password, "tls_insecure": tls_insecure,
+            "client_id": f"fleet-rollout-{worker_id}-{uuid.uuid4().hex[:6]}"}
         self.mqtt_url = mqtt_url
         self.jobs: Jobs | None = None
         self._client: FleetClient | None = None

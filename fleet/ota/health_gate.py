@@ -33,21 +33,25 @@ class GroupFigures:
     ns_rtf: float | None = None
 
 
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def sample_figures(health: dict[str, Any]) -> dict[str, Any]:
     """One telemetry sample's figures: crash loop flag and per-sample means (None when absent)."""
-    agent = health.get("agent") if isinstance(health.get("agent"), dict) else {}
-    media = health.get("media") if isinstance(health.get("media"), dict) else {}
-    viewers = media.get("viewers") if isinstance(media.get("viewers"), dict) else {}
-    sessions = viewers.get("sessions") if isinstance(viewers.get("sessions"), list) else []
+    agent = _obj(health.get("agent"))
+    media = _obj(health.get("media"))
+    viewers = _obj(media.get("viewers"))
+    raw = viewers.get("sessions")
+    sessions: list[Any] = raw if isinstance(raw, list) else []
     qoes = [s["qoe"] for s in sessions if isinstance(s, dict) and isinstance(s.get("qoe"), dict)]
     freeze = [x for x in (_num(q.get("freeze_rate")) for q in qoes) if x is not None]
     fps = [x for x in (_num(q.get("rendered_fps")) for q in qoes) if x is not None]
-    stage = (media.get("audio") or {}).get("stage") if isinstance(media.get("audio"), dict) else None
-    rtf = _num(stage.get("rtf")) if isinstance(stage, dict) else None
+    rtf = _num(_obj(_obj(media.get("audio")).get("stage")).get("rtf"))
     starts = _num(agent.get("starts_10min"))
     return {"crashloop": starts is not None and starts >= CRASH_LOOP_STARTS,
             "freeze_rate": fmean(freeze) if freeze else None, "rendered_fps": fmean(fps) if fps else None,

@@ -16,6 +16,7 @@ and ``rollback`` ('' | ``sent`` | ``done`` | ``failed``).
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -185,7 +186,7 @@ class Jobs:
         with self.engine.connect() as conn:
             return [self.get(row[0], conn).summary() for row in conn.execute(q).all()]
 
-    def driven_ids(self) -> list[str]:
+    def driven_ids(self) -> builtins.list[str]:
         r = self.rollouts.c
         with self.engine.connect() as conn:
             return [row[0] for row in conn.execute(sa.select(r.id).where(r.status.in_(DRIVEN)).order_by(r.created))]
@@ -258,13 +259,13 @@ class Jobs:
         return {x[0]: x[1] or 0.0 for x in conn.execute(sa.select(d.device_id, d.rollback_at).where(
             d.rollout_id == rid, d.rollback == "sent"))}
 
-    def ota_events(self, conn: sa.Connection, devices: dict[str, float]) -> list[tuple[str, dict[str, Any]]]:
+    def ota_events(self, conn: sa.Connection, devices: dict[str, float]) -> builtins.list[tuple[str, dict[str, Any]]]:
         """OTA events the service ingested for ``devices`` (id -> since when, server time), in order."""
         if not devices:
             return []
         e = self.store.events.c
-        out: list[tuple[str, dict[str, Any]]] = []
-        ids = list(devices)
+        out: builtins.list[tuple[str, dict[str, Any]]] = []
+        ids = builtins.list(devices)
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             since = min(devices[x] for x in chunk)

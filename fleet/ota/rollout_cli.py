@@ -13,8 +13,8 @@ import asyncio
 import json
 import os
 import sys
-import time
 import tarfile
+import time
 from pathlib import Path
 
 from fleet.ota.rollout import Policy, Rollout

@@ -38,7 +38,7 @@ def check_installs(wheelhouse: Path, platform: str = "", python_version: str = "
             ["--python-version", python_version] if python_version else [])
     argv += [str(w) for w in wheels]
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise WheelhouseIncomplete(f"pip did not resolve {wheelhouse} within {timeout_s:g} s") from None
     if res.returncode == 0:
