@@ -103,10 +103,12 @@ class CameraSection(CameraSettings):
 
 @dataclass
 class EncoderSection(EncoderSettings):
-    """``[encoder]``: the HAL's fields (``hal.encoder.settings``) plus the fan-out's own two."""
+    """``[encoder]``: the HAL's fields (``hal.encoder.settings``) plus the fan-out's and the layers' own."""
 
     min_bitrate: int = 250_000  # lower clamp of the REMB-driven target (max_bitrate is the upper)
     idr_min_interval_ms: int = 250  # at most one forced IDR per this interval
+    layers: int = 2  # 2: a second, lower encoding for viewers far below the others (1: one encoding)
+    low_layer_scale: float = 0.5  # the low layer's width and height, as a share of the camera's
 
     def validate(self, key: str) -> None:
         _check(self.backend in {"auto", "picamera2", "v4l2m2m", "libx264"}, f"{key}.backend",
@@ -114,6 +116,8 @@ class EncoderSection(EncoderSettings):
         _check(0 < self.min_bitrate <= self.bitrate <= self.max_bitrate, f"{key}.bitrate",
                "need 0 < min_bitrate <= bitrate <= max_bitrate")
         _check(self.keyframe_interval_s > 0, f"{key}.keyframe_interval_s", "must be > 0")
+        _check(self.layers in (1, 2), f"{key}.layers", "must be 1 or 2")
+        _check(0.1 <= self.low_layer_scale <= 0.75, f"{key}.low_layer_scale", "must be in [0.1, 0.75]")
 
 
 @dataclass

@@ -14,7 +14,8 @@ from typing import Any
 from device_agent.agent import Agent
 from device_agent.media.audio_pipeline import AudioPipeline, Talkback
 from device_agent.media.fanout import PacketFanout
-from device_agent.media.graph import GraphCallbacks, build_media_graph, build_video
+from device_agent.media.graph import GraphCallbacks, build_layers, build_media_graph, build_video
+from device_agent.media.layers import LayerSet
 from device_agent.media.health_schema import media_section
 from device_agent.media.session_record import session_event_sink
 from device_agent.media.sessions import SessionManager
@@ -45,6 +46,7 @@ class MediaComponent:
         self.choice: EncoderChoice | None = None
         self.video: EncodedVideoSource | None = None
         self.fanout: PacketFanout | None = None
+        self.layers: LayerSet | None = None
         self.audio: AudioPipeline | None = None
         self.talkback: Talkback | None = None
         self.sessions: SessionManager | None = None
@@ -62,14 +64,14 @@ class MediaComponent:
         graph = build_media_graph(self.config, GraphCallbacks(
             camera_state=self._camera_state, mic_state=self._mic_state, speaker_state=self._speaker_state,
             stage_alert=self._ns_alert))
-        self.choice, self.video, self.fanout = graph.choice, graph.video, graph.fanout
+        self.choice, self.video, self.fanout, self.layers = graph.choice, graph.video, graph.fanout, graph.layers
         self.audio, self.talkback, self.ns_error = graph.audio, graph.talkback, graph.ns_error
         await self._start_video()
         await self._start_audio()
         web = self.config.web
         self.sessions = SessionManager(self.fanout, self.audio, self.talkback, latency=self.latency,
                                        max_viewers=web.max_viewers, connect_timeout_s=web.session_timeout_s,
-                                       ice_servers=web.stun_servers)
+                                       ice_servers=web.stun_servers, layers=self.layers)
         self.sessions.on_end = session_event_sink(self.agent.events, self.config.camera.fps)  # media.session
         if web.enabled:
             host, _, port = web.listen.rpartition(":")
@@ -161,6 +163,8 @@ class MediaComponent:
             raise CommandError("bad_request", f"media.restart takes no parameters, got {sorted(params)}")
         await self._stop_video()
         self.choice, self.video, self.fanout = build_video(self.config, self._camera_state, self.fanout)
+        if self.layers is not None:  # keep the low fan-out (its viewers) on the new source's low layer
+            build_layers(self.config, self.video, self.fanout, self.layers)
         await self._start_video()
         if self.audio is not None:
             await self.audio.restart_source()
@@ -193,6 +197,13 @@ class MediaComponent:
             if stage is not None and stage.enabled and not stage.fell_back:
                 self.agent.alerts.clear(StageAlert.OVER_BUDGET.code, "noise suppression back within budget")
 
+    def _fanout_stats(self) -> dict[str, Any] | None:
+        """The high layer's fan-out, with the low layer's as ``low_layer`` when there is one."""
+        if self.fanout is None:
+            return None
+        low = {"low_layer": self.layers.fanouts[1].stats()} if self.layers is not None else {}
+        return {**self.fanout.stats(), **low}
+
     def health(self) -> dict[str, Any]:
         video = self.video.stats() if self.video is not None else {}
         audio = self.audio.stats() if self.audio is not None else None
@@ -201,7 +212,7 @@ class MediaComponent:
             "encoder": {"backend": self.choice.backend if self.choice else None,
                         "reason": self.choice.reason if self.choice else None},
             "video": {**video, "capture_to_packet": latency},
-            "fanout": self.fanout.stats() if self.fanout is not None else None,
+            "fanout": self._fanout_stats(),
             "audio": audio,
             "talkback": self.talkback.stats() if self.talkback is not None else None,
             "viewers": self.sessions.stats() if self.sessions is not None else None,

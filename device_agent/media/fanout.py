@@ -106,10 +106,11 @@ class PacketFanout:
         self.replayed_joins = 0
 
     # -- subscribers ---------------------------------------------------------------------------
-    def subscribe(self, name: str = "") -> Subscriber[FanoutPacket]:
+    def subscribe(self, name: str = "", *, reason: str = "new viewer", replay: bool = True) -> Subscriber[FanoutPacket]:
+        """A new queue, started from the cached recent IDR (``replay``) or at the next one, asked for with ``reason``."""
         sub: Subscriber[FanoutPacket] = Subscriber(id=next(self._ids), name=name)
         self._subs[sub.id] = sub
-        recent = (self._gop and self.latest_keyframe_ts is not None
+        recent = (replay and self._gop and self.latest_keyframe_ts is not None
                   and self._clock() - self.latest_keyframe_ts <= self.idr_min_interval)
         if recent:  # an IDR just went out: start from it instead of waiting for the cool-down
             sub.queue.extend(self._gop)
@@ -117,7 +118,7 @@ class PacketFanout:
             sub.wakeup.set()
             self.replayed_joins += 1
         else:
-            self.request_keyframe("new viewer", sub)
+            self.request_keyframe(reason, sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber[FanoutPacket]) -> None:

@@ -23,6 +23,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.fanout import PacketFanout
+from device_agent.media.layers import LayerSet
 from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
 from device_agent.media.remote_candidates import RemoteCandidates, split_mdns_candidates
 from device_agent.media.session_record import OnSessionEnd
@@ -146,8 +147,9 @@ class SessionManager:
 
     def __init__(self, fanout: PacketFanout, audio: AudioPipeline | None, talkback: Talkback | None, *,
                  latency: LatencyWindow, max_viewers: int = 8, connect_timeout_s: float = 30.0,
-                 ice_servers: list[str] | None = None) -> None:
-        self.fanout = fanout
+                 ice_servers: list[str] | None = None, layers: LayerSet | None = None) -> None:
+        self.fanout = fanout  # the high layer's: every viewer starts there
+        self.layers = layers  # the encoding layers, when there is more than one (layers.py)
         self.audio = audio
         self.talkback = talkback
         self.latency = latency
@@ -251,7 +253,8 @@ class SessionManager:
         if video_tx.mid is None:
             raise OfferError("the offer has no video media section")
 
-        session.control = ViewerControl(self.fanout, session.id)
+        session.control = ViewerControl(self.fanout, session.id, layers=self.layers,
+                                        switch_layer=session.video.switch_to)
         session.video.hooks = session.control
         session.feedback = session.control.attach(video_sender)
         answer = await pc.createAnswer()

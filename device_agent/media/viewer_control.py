@@ -9,6 +9,10 @@ delayed without end) and retransmission budget (``RTX_SHARE`` of its estimate), 
 keyframe requests through its ``KeyframeGuard``. While the viewer's measured loss is in
 ``PROTECT_LOSS`` it asks for protective copies (pacing.py) and its video budget is
 ``PROTECTED_SHARE`` of the estimate, leaving as much again for the copies.
+
+With encoding layers (``layers.LayerSet``) each budget also goes to the ``LayerPolicy``, and the
+viewer's track is moved (``switch_layer``, the track's ``switch_to``) to the layer it names; from
+the switch on the viewer's estimates and keyframe requests go to that layer's fan-out only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from aiortc.rtp import RtcpReceiverInfo
 
 from device_agent.media.fanout import FanoutPacket, PacketFanout, Subscriber
 from device_agent.media.keyframe_guard import KeyframeGuard
+from device_agent.media.layers import LayerSet
 from device_agent.media.pacing import PACING_FACTOR, RTX_SHARE, Pacer, RtxBudget, attach_pacing, rtx_stats
 from device_agent.media.rate_control import START_BPS, BandwidthEstimator, LossWindow
 from device_agent.media.rtcp_feedback import attach_feedback
@@ -40,8 +45,11 @@ class ViewerControl:
     """See the module docstring. ``attach(sender)`` once negotiation fixed the sender's transport."""
 
     def __init__(self, fanout: PacketFanout, name: str = "", *, start_bps: int = START_BPS,
+                 layers: LayerSet | None = None, switch_layer: Callable[[PacketFanout], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.fanout = fanout
+        self.fanout = fanout  # the fan-out of the layer this viewer is on now
+        self.layers = layers
+        self.switch_layer = switch_layer
         self.name = name
         self._clock = clock
         self.estimator = BandwidthEstimator(start_bps=start_bps, min_bps=fanout.min_bitrate,
@@ -67,8 +75,9 @@ class ViewerControl:
         return self.feedback
 
     # -- the video track ----------------------------------------------------------------------------
-    def subscribed(self, sub: Subscriber[FanoutPacket]) -> None:
-        self.subscriber = sub
+    def subscribed(self, sub: Subscriber[FanoutPacket], fanout: PacketFanout | None = None) -> None:
+        """The track is on ``fanout`` (its first subscription, or a layer switch; None: the same) as ``sub``."""
+        self.subscriber, self.fanout = sub, fanout or self.fanout
         self._update()
 
     def keyframe_out(self, size: int) -> None:
@@ -150,11 +159,16 @@ class ViewerControl:
     def _update(self) -> None:
         estimate = self.estimator.estimate
         if self.subscriber is not None:
-            self.fanout.report_estimate(self.subscriber, int(estimate * self._video_share()))
+            budget = int(estimate * self._video_share())
+            self.fanout.report_estimate(self.subscriber, budget)
+            if self.layers is not None and self.switch_layer is not None:
+                self.switch_layer(self.layers.report(self.name, budget))
         self.pacer.rate_bps = self._pacing_bps()
         self.rtx_budget.rate_bps = estimate * RTX_SHARE
 
     def close(self) -> None:
+        if self.layers is not None:
+            self.layers.policy.forget(self.name)
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
@@ -166,6 +180,7 @@ class ViewerControl:
                 "protecting": self.protecting(),
                 "pacing_bps": int(self.pacer.rate_bps), "paced_wait_s": round(self.pacer.waited_s, 2),
                 "constrained": bool(sub and sub.constrained), **rtx_stats(self.rtx),
+                "layer": self.layers.fanouts.index(self.fanout) if self.layers and self.fanout in self.layers.fanouts else 0,
                 "keyframes_sent": self.keyframes_sent, "first_keyframe_bytes": self.first_keyframe_bytes, "pli_handling": dict(self.guard.counts),
                 "pli_interval_s": self.guard.interval,
                 "idrs_by_cause": dict(sub.idr_causes) if sub is not None else {}}

@@ -117,25 +117,29 @@ def busy_clip(path: Path, width: int = 1280, height: int = 720, fps: int = 30, s
     return path
 
 
-def _agent_toml(tmp: Path, addr: str, clip: Path | None, width: int, height: int, fps: int) -> Path:
+def _agent_toml(tmp: Path, addr: str, clip: Path | None, width: int, height: int, fps: int,
+                extra: dict[str, str] | None = None) -> Path:
+    """The agent's configuration; ``extra`` adds TOML lines to the ``camera`` and ``encoder`` sections."""
+    extra = extra or {}
     camera = (f'backend = "file"\npath = "{clip}"\n' if clip is not None else 'backend = "test-pattern"\n')
     path = tmp / "agent.toml"
     path.write_text(f'[device]\nid = "impaired"\nstate_dir = "{tmp / "state"}"\n\n'
-                    f'[camera]\n{camera}width = {width}\nheight = {height}\nfps = {fps}\n\n'
-                    f'[audio]\nbackend = "synthetic"\n\n[encoder]\nbackend = "libx264"\n\n'
+                    f'[camera]\n{camera}width = {width}\nheight = {height}\nfps = {fps}\n{extra.get("camera", "")}\n'
+                    f'[audio]\nbackend = "synthetic"\n\n[encoder]\nbackend = "libx264"\n{extra.get("encoder", "")}\n'
                     f'[web]\nlisten = "{addr}:{PORT}"\ntoken = "{TOKEN}"\n\n[mqtt]\nurl = ""\n')
     return path
 
 
 @contextlib.contextmanager
 def server_in_namespace(link: ImpairedLink, kind: str, clip: Path | None, width: int = 1280, height: int = 720,
-                        fps: int = 30) -> Iterator[str]:
-    """The agent (``kind="agent"``, ``device-agent run``) or the naive peer in namespace a; yields its URL."""
+                        fps: int = 30, extra: dict[str, str] | None = None) -> Iterator[str]:
+    """The agent (``kind="agent"``, ``device-agent run``; ``extra``: see ``_agent_toml``) or the naive
+    peer in namespace a; yields its URL."""
     with tempfile.TemporaryDirectory(prefix="impaired-") as tmp_name:
         tmp = Path(tmp_name)
         if kind == "agent":
             argv = [str(ROOT / ".venv/bin/device-agent"), "run", "--config",
-                    str(_agent_toml(tmp, link.addr_a, clip, width, height, fps))]
+                    str(_agent_toml(tmp, link.addr_a, clip, width, height, fps, extra))]
         else:
             argv = [sys.executable, "-m", "benchmarks.naive_whep", "--listen", f"{link.addr_a}:{PORT}",
                     "--width", str(width), "--height", str(height), "--fps", str(fps)]

@@ -1,0 +1,106 @@
+"""Layer policy (down at once, up after a hold, probation, doubling hold) and a track's switch at an IDR."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from device_agent.media.fanout import PacketFanout
+from device_agent.media.layers import HOLD_S, PROBE_S, LayerPolicy
+from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
+from hal.encoder.base import EncodedPacket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_policy_down_at_once_up_after_hold_with_hysteresis() -> None:
+    clock = Clock()
+    policy = LayerPolicy(layers=2, clock=clock)
+    assert policy.report("a", 2_000_000) == 0 and policy.report("b", 2_000_000) == 0
+    assert policy.report("c", 900_000) == 1  # below half the reference: down at once
+    clock.now += 10
+    assert policy.report("c", 1_300_000) == 1  # above the down line, below UP_RATIO: stays
+    clock.now += 10
+    assert policy.report("c", 1_600_000) == 1  # fits now: the hold starts
+    clock.now += HOLD_S - 0.5
+    assert policy.report("c", 1_600_000) == 1
+    clock.now += 1
+    assert policy.report("c", 1_600_000) == 0  # held long enough: up
+
+
+def test_policy_up_past_the_low_ceiling_then_probation_and_a_longer_hold_after_a_failed_probe() -> None:
+    clock = Clock()
+    policy = LayerPolicy(layers=2, clock=clock)
+    policy.report("a", 2_000_000)
+    policy.report("b", 2_000_000)
+    assert policy.report("c", 300_000, low_ceiling=500_000) == 1
+    clock.now += 10
+    policy.report("c", 560_000, low_ceiling=500_000)  # past the low layer's ceiling: fits
+    clock.now += HOLD_S + 0.1
+    assert policy.report("c", 560_000, low_ceiling=500_000) == 0  # up, on probation
+    clock.now += PROBE_S - 1
+    assert policy.report("c", 560_000, low_ceiling=500_000) == 0  # still constrained, not sent down yet
+    clock.now += 1.5
+    assert policy.report("c", 560_000, low_ceiling=500_000) == 1  # probe failed: down
+    clock.now += HOLD_S + 0.1
+    policy.report("c", 560_000, low_ceiling=500_000)
+    clock.now += HOLD_S + 0.1
+    assert policy.report("c", 560_000, low_ceiling=500_000) == 1  # the hold doubled
+    clock.now += HOLD_S
+    assert policy.report("c", 560_000, low_ceiling=500_000) == 0
+
+
+def test_one_layer_never_switches() -> None:
+    policy = LayerPolicy(layers=1)
+    policy.report("a", 2_000_000)
+    assert policy.report("b", 100_000) == 0
+
+
+class Enc:
+    def __init__(self) -> None:
+        self.forced = 0
+
+    def force_keyframe(self) -> None:
+        self.forced += 1
+
+    def set_bitrate(self, bps: int) -> bool:
+        return True
+
+
+def _packet(index: int, key: bool, size: int) -> EncodedPacket:
+    return EncodedPacket(data=bytes(size), pts=index * 3000, keyframe=key, capture_ts=0.0, frame_index=index)
+
+
+@pytest.mark.timeout(10)
+async def test_track_switches_at_the_target_layers_idr_and_asks_only_that_layer() -> None:
+    high_enc, low_enc = Enc(), Enc()
+    high, low = PacketFanout(high_enc, idr_min_interval=0), PacketFanout(low_enc, idr_min_interval=0)
+    track = FanoutVideoTrack(high, LatencyWindow(), name="v")
+    high.publish(_packet(0, True, 1000))
+    receiving = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    high.publish(_packet(1, True, 1000))
+    assert (await receiving).size == 1000
+    high_forced, low_forced = high_enc.forced, low_enc.forced
+    track.switch_to(low)
+    assert low_enc.forced == low_forced + 1 and high_enc.forced == high_forced  # the target layer's IDR
+    high.publish(_packet(2, False, 1001))
+    low.publish(_packet(2, False, 501))  # not an IDR: not switched yet
+    assert (await track.recv()).size == 1001
+    receiving = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    low.publish(_packet(3, True, 500))  # the low layer's IDR: the track moves at it
+    assert (await receiving).size == 500
+    assert track.fanout is low and high.subscribers == 0 and low.subscribers == 1
+    high.publish(_packet(4, False, 1002))
+    low.publish(_packet(4, False, 502))
+    assert (await track.recv()).size == 502
+    assert track.stats()["layer_switches"] == 1
+    track.stop()
