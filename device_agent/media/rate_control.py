@@ -131,9 +131,9 @@ def choose_target(estimates: Sequence[tuple[int, int]], *, min_bps: int, max_bps
     The reference is the upper median of the estimates (with one viewer, its own estimate; with
     two, the better one). A viewer whose estimate is below ``ratio`` x the reference is
     *constrained*: it does not lower the target, and the target is the lowest estimate among the
-    others. A constrained viewer still receives the one encoding, which is more than its link
-    carries: it sees loss and freezes until a lower layer exists to switch it to (the layers step
-    changes this policy only). Everybody else gets a stream that fits their estimate.
+    others. ``layers.LayerPolicy`` moves a constrained viewer to the low layer (with one layer it
+    still receives the one encoding, more than its link carries). Everybody else gets a stream
+    that fits their estimate.
     """
     if not estimates:
         return TargetDecision(None, frozenset())
