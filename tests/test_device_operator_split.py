@@ -11,7 +11,7 @@ import tomllib
 from tests.test_layering import ROOT, imported_modules, module_name
 
 DEVICE_PACKAGES = ("device_agent", "hal", "ota", "provisioning", "firmware_hooks")
-OPERATOR_ONLY = {"fleet", "sqlalchemy", "segno"}  # fleet/ and what only fleet/ uses ([fleet] extra)
+OPERATOR_ONLY = {"fleet", "sqlalchemy", "segno", "prometheus_client"}  # fleet/ and what only it uses ([fleet])
 
 # Refuse the operator's modules on import, then run the device CLI: what a device without the
 # [fleet] extra (and without fleet/) sees.
