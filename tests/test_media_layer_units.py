@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from device_agent.config import ConfigError, config_from_dict
 from device_agent.media.fanout import PacketFanout
+from device_agent.media.graph import build_layers, build_video
+from device_agent.media.video_source import FrameEncoderSource
 from device_agent.media.layers import HOLD_S, PROBE_S, LayerPolicy
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
 from hal.encoder.base import EncodedPacket
+from tests.support.media import media_config
 
 
 class Clock:
@@ -104,3 +109,20 @@ async def test_track_switches_at_the_target_layers_idr_and_asks_only_that_layer(
     assert (await track.recv()).size == 502
     assert track.stats()["layer_switches"] == 1
     track.stop()
+
+
+def test_the_low_layer_is_built_from_config_and_kept_across_a_restart(tmp_path: Path) -> None:
+    cfg = config_from_dict(media_config(tmp_path, camera={"width": 160, "height": 120}))
+    _, video, fanout = build_video(cfg, lambda ok, msg: None)
+    layers = build_layers(cfg, video, fanout)
+    assert layers is not None and layers.fanouts[0] is fanout
+    low = layers.fanouts[1]
+    assert isinstance(video, FrameEncoderSource) and low.encoder is video.layers[0]
+    assert (video.layers[0].encoder.width, video.layers[0].encoder.height) == (80, 60)
+    assert low.max_bitrate == cfg.encoder.max_bitrate // 4
+    _, again, same = build_video(cfg, lambda ok, msg: None, fanout)
+    assert build_layers(cfg, again, same, layers) is layers and low.encoder is again.layers[0]
+    one = config_from_dict(media_config(tmp_path, encoder={"layers": 1}))
+    assert build_layers(one, *build_video(one, lambda ok, msg: None)[1:]) is None
+    with pytest.raises(ConfigError):
+        config_from_dict(media_config(tmp_path, encoder={"layers": 3}))
