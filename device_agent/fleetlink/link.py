@@ -400,8 +400,10 @@ class FleetLink:
         out = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             out.CorrelationData = correlation
-        if expiry:  # an answer nobody waits for any more is not kept either
-            out.MessageExpiryInterval = int(expiry)
+        if expiry is not None:  # an answer nobody waits for any more is not kept either
+            # the broker hands on the remaining lifetime, which rounds to 0 in the command's last
+            # second: 0 would mean "never expires" on the answer, so the shortest is 1 s
+            out.MessageExpiryInterval = max(1, int(expiry))
         try:
             await self.conn.publish(topic, data, qos=1, properties=out, timeout=10.0)
         except (ConnectionError, asyncio.TimeoutError, ValueError) as exc:
