@@ -36,6 +36,8 @@ def align(clean: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def ours(x: np.ndarray, model: MaskModel) -> np.ndarray:
+    """Our stage over one clip, hop by hop, from a fresh recurrent state."""
+    model.reset()
     st = NoiseSuppressionStage(model, budget_rtf=1e9)
     n = (len(x) + 2 * HOP) // HOP * HOP
     pcm = np.clip(np.round(np.pad(x, (0, n - len(x))) * 32768), -32768, 32767).astype(np.int16)
