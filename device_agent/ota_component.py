@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from device_agent.agent import RESTART_EXIT_CODE  # 75, EX_TEMPFAIL: "restart me"
 from device_agent.config import AgentConfig
 from device_agent.params import Param
+from device_agent.protocol import ErrorCode
 from device_agent.registry import CommandError, CommandRegistry, EventBus, HealthRegistry
 from ota import state as sm
 from ota import trial as trial_mod
@@ -157,21 +158,21 @@ class OtaComponent:
     # -- commands ----------------------------------------------------------------------------
     async def _cmd_install(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.busy():
-            raise CommandError("busy", "an update is already in flight")
+            raise CommandError(ErrorCode.BUSY, "an update is already in flight")
         st = self.layout.load()
         if st.update is not None and st.in_flight():
-            raise CommandError("busy", f"version {st.update.version} is in {st.state.value}")
+            raise CommandError(ErrorCode.BUSY, f"version {st.update.version} is in {st.state.value}")
         url, path = params.get("url"), params.get("path")
         if bool(url) == bool(path):
-            raise CommandError("bad_params", "give either url (with sha256 and size) or path")
+            raise CommandError(ErrorCode.BAD_PARAMS, "give either url (with sha256 and size) or path")
         if url:
             sha, size = params.get("sha256"), params.get("size")
             if not isinstance(sha, str) or len(sha) != 64 or not isinstance(size, int) or size <= 0:
-                raise CommandError("bad_params", "url needs sha256 (64 hex) and size (bytes > 0)")
+                raise CommandError(ErrorCode.BAD_PARAMS, "url needs sha256 (64 hex) and size (bytes > 0)")
             if not str(url).startswith(("http://", "https://")):
-                raise CommandError("bad_params", "url must be http:// or https://")
+                raise CommandError(ErrorCode.BAD_PARAMS, "url must be http:// or https://")
         elif not Path(path).is_file():
-            raise CommandError("not_found", f"no bundle at {path}")
+            raise CommandError(ErrorCode.NOT_FOUND, f"no bundle at {path}")
         self._task = asyncio.create_task(self._install(params), name="ota-install")
         return {"accepted": True}
 
@@ -237,7 +238,7 @@ class OtaComponent:
     async def _cmd_rollback(self, params: dict[str, Any]) -> dict[str, Any]:
         reason = str(params.get("reason") or "requested by the operator")
         if self.busy():
-            raise CommandError("busy", "an install is in flight; wait for it to finish")
+            raise CommandError(ErrorCode.BUSY, "an install is in flight; wait for it to finish")
         try:
             st = await asyncio.to_thread(manual_rollback, self.layout, self.options, reason,
                                          bool(params.get("force", False)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from device_agent.params import Param
+from device_agent.protocol import ErrorCode
 from device_agent.registry import CommandError
 
 
@@ -65,7 +66,7 @@ class SimulatedOta:
 
     async def _cmd_install(self, params: dict[str, Any]) -> dict[str, Any]:
         if self._task is not None and not self._task.done():
-            raise CommandError("busy", "an install is in flight")
+            raise CommandError(ErrorCode.BUSY, "an install is in flight")
         version = self.options.versions.get(str(params.get("sha256", "")), "0.0.0-sim")
         self.installs += 1
         self._task = asyncio.create_task(self._install(version, int(params.get("size") or 1)))
@@ -90,7 +91,7 @@ class SimulatedOta:
 
     async def _cmd_rollback(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self.previous:
-            raise CommandError("no_previous_slot", "no older version to go back to")
+            raise CommandError(ErrorCode.NO_PREVIOUS_SLOT, "no older version to go back to")
         self.rollbacks += 1
         self.sensors.version, self.previous = self.previous, ""
         if self.media is not None:

@@ -30,6 +30,7 @@ from device_agent.diag.worker import run_in_worker_process
 from device_agent.fleetlink.link import FleetLink
 from device_agent.media.component import MediaComponent
 from device_agent.params import Param
+from device_agent.protocol import ErrorCode
 from device_agent.registry import CommandError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class DiagnosticsComponent:
         self.signaling: RtcSignaling | None = None
         for name, handler in zip(COMMANDS, (self.logs_pull, self.selftest, self.snapshot, self.netcheck,
                                             self.stats)):
-            agent.commands.register(name, handler, params=PARAMS[name], param_error="bad_request")
+            agent.commands.register(name, handler, params=PARAMS[name], param_error=ErrorCode.BAD_REQUEST)
 
     async def start(self) -> None:
         self.link = cast("FleetLink | None", self.agent.get("fleet_link"))
@@ -91,7 +92,7 @@ class DiagnosticsComponent:
 
     def _need_transfers(self) -> TransferManager:
         if self.transfers is None:
-            raise CommandError("unavailable", "bulk transfers need the fleet link (mqtt.url)")
+            raise CommandError(ErrorCode.UNAVAILABLE, "bulk transfers need the fleet link (mqtt.url)")
         return self.transfers
 
     # -- logs ----------------------------------------------------------------------------------
@@ -112,9 +113,9 @@ class DiagnosticsComponent:
                 raise ValueError(f"unknown level {level!r} (debug, info, warning, error, critical)")
             query = LogQuery(since=since, until=until, level=level, grep=p.get("grep") or "", max_bytes=cap)
         except ValueError as exc:
-            raise CommandError("bad_request", str(exc)) from None
+            raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
         if transfers.get(rid) is not None:
-            raise CommandError("conflict", f"transfer {rid!r} exists; use a new request id or resend")
+            raise CommandError(ErrorCode.CONFLICT, f"transfer {rid!r} exists; use a new request id or resend")
         started = time.monotonic()
         blob, bundle = await run_in_worker_process(collect_compressed, query, self.cfg.logging.file,
                                                    d.journalctl, d.journald_unit)
@@ -132,11 +133,11 @@ class DiagnosticsComponent:
     def _resend(self, transfers: TransferManager, rid: str, seqs: list[Any]) -> dict[str, Any]:
         transfer = transfers.get(rid)
         if transfer is None:
-            raise CommandError("not_found", f"no transfer {rid!r} (finished more than "
+            raise CommandError(ErrorCode.NOT_FOUND, f"no transfer {rid!r} (finished more than "
                                f"{self.cfg.diagnostics.transfer_keep_s:.0f} s ago or never started)")
         if not seqs or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < transfer.total
                                for s in seqs):
-            raise CommandError("bad_request", f"resend needs chunk numbers 0..{transfer.total - 1}")
+            raise CommandError(ErrorCode.BAD_REQUEST, f"resend needs chunk numbers 0..{transfer.total - 1}")
         transfers.start_send(transfer, [int(s) for s in seqs])
         return {**transfer.describe(), "resending": sorted(set(seqs))}
 
@@ -153,14 +154,14 @@ class DiagnosticsComponent:
         d = self.cfg.diagnostics
         width, height = p.get("width") or d.snapshot_width, p.get("height") or d.snapshot_height
         if not (16 <= width <= 4096 and 16 <= height <= 4096 and width % 2 == 0 and height % 2 == 0):
-            raise CommandError("bad_request", "width and height must be even numbers 16..4096")
+            raise CommandError(ErrorCode.BAD_REQUEST, "width and height must be even numbers 16..4096")
         transfers = self._need_transfers()
         rid = request_id(p)
         if transfers.get(rid) is not None:
-            raise CommandError("conflict", f"transfer {rid!r} exists; use a new request id")
+            raise CommandError(ErrorCode.CONFLICT, f"transfer {rid!r} exists; use a new request id")
         captured = await self.media.capture_frame() if self.media is not None else None
         if captured is None:
-            raise CommandError("camera_unavailable", "no camera frame from the media pipeline")
+            raise CommandError(ErrorCode.CAMERA_UNAVAILABLE, "no camera frame from the media pipeline")
         jpeg = await asyncio.to_thread(encode_jpeg, captured.frame, width, height, d.snapshot_quality)
         stats = await asyncio.to_thread(frame_stats, captured.frame)
         transfer = transfers.add(rid, "snapshot", jpeg, width=width, height=height, content_type="image/jpeg",

@@ -215,9 +215,9 @@ class FleetLink:
     # ---- status ---------------------------------------------------------------------------
     def _status(self, online: bool, reason: str = "") -> bytes:
         cfg = self.agent.config.device
-        body: dict[str, Any] = {"online": online, "boot": self.agent.boot_id, "ts": round(time.time(), 3),
-                                "version": self.version, "slot": self.slot, "hardware": cfg.hardware,
-                                "group": cfg.group}
+        body: protocol.Status = {"online": online, "boot": self.agent.boot_id, "ts": round(time.time(), 3),
+                                 "version": self.version, "slot": self.slot, "hardware": cfg.hardware,
+                                 "group": cfg.group}
         if reason:
             body["reason"] = reason
         return dumps(body)
