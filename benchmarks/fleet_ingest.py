@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from device_agent import protocol  # noqa: E402
 from device_agent.fleetlink.link import compact, dumps  # noqa: E402
 from fleet.simulate import SimulatedSensors, simulated_media  # noqa: E402
 
@@ -47,7 +48,7 @@ def payloads(devices: int, n: int) -> list[tuple[str, bytes]]:
                                  "spool": {"depth": 0, "bytes": 0, "max_bytes": 8388608, "dropped_telemetry": 0,
                                            "dropped_events": 0}}}
         body = {"boot": boots[d], "seq": k // devices + 1, "ts": round(time.time(), 3), "health": compact(health)}
-        out.append((f"dev/bench-{d:05d}/telemetry", dumps(body)))
+        out.append((protocol.telemetry(f"bench-{d:05d}"), dumps(body)))
     return out
 
 

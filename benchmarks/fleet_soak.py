@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from device_agent import protocol  # noqa: E402
 from fleet.core_cli import raise_nofile  # noqa: E402
 from fleet.simulate import Simulation, percentile  # noqa: E402
 from fleet.store import Store  # noqa: E402
@@ -128,7 +129,7 @@ async def soak(devices: int, minutes: float, interval: float, reconnect_min: flo
     with store.engine.connect() as conn:
         import sqlalchemy as sa
         sizes = [len(r[0]) for r in conn.execute(sa.select(store.telemetry.c.payload).limit(5000))]
-        topic_len = len("dev/sim-00000/telemetry")
+        topic_len = len(protocol.telemetry("sim-00000"))
     store.close()
     avg = sum(sizes) / max(1, len(sizes))
     per_hour = 3600 / interval
