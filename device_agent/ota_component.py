@@ -43,6 +43,12 @@ from ota.state import OtaState, Update
 log = logging.getLogger(__name__)
 
 
+
+# the OTA commands' parameters (also the fleet simulator's, which answers the same commands)
+INSTALL_PARAMS = (Param("url", "string", max_len=4096), Param("path", "string", max_len=4096),
+                  Param("sha256", "string"), Param("size", "integer", low=1))
+ROLLBACK_PARAMS = (Param("reason", "string", max_len=1024), Param("force", "boolean"))
+
 class OtaHost(Protocol):
     """Exactly what the OTA component uses of the agent (``device_agent.agent.Agent`` is one)."""
 
@@ -83,12 +89,9 @@ class OtaComponent:
     # -- component -------------------------------------------------------------------------
     async def start(self) -> None:
         if not self._registered:
-            self.agent.commands.register("ota.install", self._cmd_install, params=[
-                Param("url", "string", max_len=4096), Param("path", "string", max_len=4096),
-                Param("sha256", "string"), Param("size", "integer", low=1)])
+            self.agent.commands.register("ota.install", self._cmd_install, params=INSTALL_PARAMS)
             self.agent.commands.register("ota.status", self._cmd_status)
-            self.agent.commands.register("ota.rollback", self._cmd_rollback, params=[
-                Param("reason", "string", max_len=1024), Param("force", "boolean")])
+            self.agent.commands.register("ota.rollback", self._cmd_rollback, params=ROLLBACK_PARAMS)
             self.agent.health.add("ota", self._health)
             self._registered = True
         try:

@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.params import Param
+from device_agent.ota_component import INSTALL_PARAMS, ROLLBACK_PARAMS
 from device_agent.protocol import ErrorCode
 from device_agent.registry import CommandError
 
@@ -46,11 +46,8 @@ class SimulatedOta:
 
     async def start(self) -> None:
         if not self._registered:
-            self.agent.commands.register("ota.install", self._cmd_install, params=[
-                Param("url", "string", max_len=4096), Param("path", "string", max_len=4096),
-                Param("sha256", "string"), Param("size", "integer", low=1)])
-            self.agent.commands.register("ota.rollback", self._cmd_rollback, params=[
-                Param("reason", "string", max_len=1024), Param("force", "boolean")])
+            self.agent.commands.register("ota.install", self._cmd_install, params=INSTALL_PARAMS)
+            self.agent.commands.register("ota.rollback", self._cmd_rollback, params=ROLLBACK_PARAMS)
             self._registered = True
 
     async def stop(self) -> None:
