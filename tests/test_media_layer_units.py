@@ -126,3 +126,36 @@ def test_the_low_layer_is_built_from_config_and_kept_across_a_restart(tmp_path: 
     assert build_layers(one, *build_video(one, lambda ok, msg: None)[1:]) is None
     with pytest.raises(ConfigError):
         config_from_dict(media_config(tmp_path, encoder={"layers": 3}))
+
+
+@pytest.mark.timeout(10)
+async def test_a_constrained_viewers_plis_reach_only_its_layer_after_the_switch() -> None:
+    from device_agent.media.layers import LayerPolicy, LayerSet
+    from device_agent.media.viewer_control import ViewerControl
+
+    high_enc, low_enc = Enc(), Enc()
+    high, low = PacketFanout(high_enc, idr_min_interval=0), PacketFanout(low_enc, idr_min_interval=0)
+    layers = LayerSet([high, low], LayerPolicy(layers=2))
+    others = [high.subscribe(name) for name in ("a", "b")]
+    for name, sub in zip(("a", "b"), others):
+        high.report_estimate(sub, 2_000_000)
+        layers.report(name, 2_000_000)
+    track = FanoutVideoTrack(high, LatencyWindow(), name="v")
+    control = ViewerControl(high, "v", layers=layers, switch_layer=track.switch_to)
+    track.hooks = control
+    receiving = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    high.publish(_packet(0, True, 1000))
+    assert (await receiving).size == 1000 and control.fanout is high
+    control.estimator.rate = 300_000.0  # a thin link: far below the others
+    control.on_remb(300_000)
+    assert track._pending is not None and track._pending[0] is low  # switching, at low's next IDR
+    low.publish(_packet(1, True, 500))
+    assert (await track.recv()).size == 500 and control.fanout is low and control.stats()["layer"] == 1
+    high_forced, low_forced = high_enc.forced, low_enc.forced
+    control.guard.idr_sent_at = -1e9
+    control.on_keyframe_request("pli")
+    assert low_enc.forced == low_forced + 1 and high_enc.forced == high_forced
+    assert "pli" not in high.idrs_by_cause and low.idrs_by_cause["pli"] == 1
+    control.close()
+    track.stop()
