@@ -45,6 +45,8 @@ KNOWN_BACK_EDGES = {
                                       "token pattern, fleetlink reads the identity; provisioning builds on "
                                       "device_agent.config",
     ("tools", "benchmarks"): "tools/ns_train/evaluate.py reuses the benchmark's reference denoisers",
+    ("tests", "benchmarks"): "tests check benchmarks' own measuring code (test_ns_benchmark); benchmarks run "
+                             "on tests/support's real brokers and ALSA files",
 }
 
 

@@ -167,11 +167,12 @@ def _forward(tun_a: str, tun_b: str, seed: int) -> None:
 
 
 def _control(message: dict[str, Any], names: dict[str, _Direction]) -> None:
+    """Apply a control message and answer it: the counters for ``stats``, else ``{}``."""
     for key in ("a_to_b", "b_to_a"):
         if key in message:
             names[key].profile = LinkProfile(**message[key])
-    if message.get("stats"):
-        print(json.dumps({key: d.counters for key, d in names.items()}), flush=True)
+    answer = {key: d.counters for key, d in names.items()} if message.get("stats") else {}
+    print(json.dumps(answer), flush=True)
 
 
 # ---------------------------------------------------------------- the parent side
@@ -261,7 +262,7 @@ class ImpairedLink:
         if b_to_a is not None:
             message["b_to_a"] = b_to_a.to_json()
         with self._lock:
-            self._write(message)
+            self._request(message)
 
     def set_both(self, profile: LinkProfile) -> None:
         self.set(profile, profile)
@@ -269,15 +270,19 @@ class ImpairedLink:
     def stats(self) -> dict[str, dict[str, int]]:
         """The forwarder's counters per direction (``a_to_b``, ``b_to_a``)."""
         with self._lock:
-            self._write({"stats": True})
-            assert self.proc is not None and self.proc.stdout is not None
-            return json.loads(self.proc.stdout.readline())
+            return self._request({"stats": True})
 
-    def _write(self, message: dict[str, Any]) -> None:
-        if self.proc is None or self.proc.stdin is None or self.proc.poll() is not None:
+    def _request(self, message: dict[str, Any]) -> Any:
+        """Send a control message and wait for its answer: once ``set`` returns, packets see the change."""
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdout is None or proc.poll() is not None:
             raise RuntimeError("the link forwarder is not running")
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
+        proc.stdin.write(json.dumps(message) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the link forwarder exited")
+        return json.loads(line)
 
     def close(self) -> None:
         if self.proc is not None:
