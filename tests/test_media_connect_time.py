@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from device_agent.media.remote_candidates import split_mdns_candidates
 from tests.support.agent_proc import AgentProcess
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, open_page_when_up
 from tests.support.media import media_config, running_agent
 from tests.support.mosquitto import free_port
 
@@ -122,14 +122,7 @@ def test_chromium_as_it_comes_is_answered_fast_and_shows_a_frame(tmp_path: Path)
                 page.add_init_script("""window.__offers = []; const _f = window.fetch;
                   window.fetch = function (url, o) { if (o && o.method === 'POST') window.__offers.push(o.body);
                                                      return _f.apply(this, arguments); };""")
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        page.goto(f"http://127.0.0.1:{port}/")
-                        break
-                    except playwright.Error:
-                        assert time.monotonic() < deadline, agent.log_text()[-3000:]
-                        time.sleep(0.3)
+                open_page_when_up(page, f"http://127.0.0.1:{port}/", lambda: agent.log_text()[-3000:])
                 answers, firsts = [], []
                 for join in range(3):
                     if join:

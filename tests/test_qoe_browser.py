@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.support.agent_proc import AgentProcess
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, open_page_when_up
 from tests.support.mosquitto import free_port
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -56,14 +56,7 @@ def test_chromium_viewer_reports_reach_stats_and_telemetry(tmp_path: Path, mosqu
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=VIEWER_ARGS, headless=True)
             try:
                 page = browser.new_page()
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        page.goto(f"http://127.0.0.1:{port}/")
-                        break
-                    except playwright.Error:
-                        assert time.monotonic() < deadline, agent.log_text()[-3000:]
-                        time.sleep(0.3)
+                open_page_when_up(page, f"http://127.0.0.1:{port}/", lambda: agent.log_text()[-3000:])
                 page.wait_for_function("window.viewer.state === 'connected'", timeout=20000)
                 # a few reports at 2 s, with the sender-report clock mapping in place
                 page.wait_for_function("(window.viewer.qoe.frames || 0) > 150 && window.viewer.qoe.av_ms !== undefined"

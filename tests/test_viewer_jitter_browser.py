@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_proc import AgentProcess
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, open_page_when_up
 from tests.support.mosquitto import free_port
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -70,14 +70,7 @@ def test_jitter_buffer_target_follows_rtt_and_loss_and_returns_to_default(tmp_pa
             try:
                 page = browser.new_page()
                 page.add_init_script(INJECT_JS)
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        page.goto(f"http://127.0.0.1:{port}/")
-                        break
-                    except playwright.Error:
-                        assert time.monotonic() < deadline, agent.log_text()[-3000:]
-                        time.sleep(0.3)
+                open_page_when_up(page, f"http://127.0.0.1:{port}/", lambda: agent.log_text()[-3000:])
                 page.wait_for_function("(window.viewer.stats.framesDecoded || 0) > 30", timeout=20000)
                 assert page.evaluate("window.viewer.jitter.supported"), "Chromium has RTCRtpReceiver.jitterBufferTarget"
                 clean = page.evaluate(TARGETS_JS)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import time
+from collections.abc import Callable
+from typing import Any
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -25,3 +28,17 @@ READ_STAMP_JS = """() => {
   }
   return value;
 }"""
+
+
+def open_page_when_up(page: Any, url: str, diagnostics: Callable[[], str], timeout: float = 30.0) -> None:
+    """``page.goto(url)``, retried until the agent that serves it answers; ``diagnostics()`` on time-out."""
+    from playwright.sync_api import Error
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            page.goto(url)
+            return
+        except Error:
+            assert time.monotonic() < deadline, diagnostics()
+            time.sleep(0.3)
