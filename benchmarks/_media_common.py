@@ -46,15 +46,19 @@ def pct(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> str:
     if not values:
         return "no samples"
-    return (f"p50 {pct(values, .5):7.1f}  p95 {pct(values, .95):7.1f}  max {max(values):7.1f}  "
-            f"mean {statistics.mean(values):7.1f}  (n={len(values)})")
+    return (
+        f"p50 {pct(values, 0.5):7.1f}  p95 {pct(values, 0.95):7.1f}  max {max(values):7.1f}  "
+        f"mean {statistics.mean(values):7.1f}  (n={len(values)})"
+    )
 
 
 def agent_config(width: int, height: int, fps: int, state_dir: str) -> str:
     """A TOML for ``device-agent demo --config``: libx264 at the given size, no broker."""
     path = Path(state_dir) / "bench-agent.toml"
-    path.write_text(f"""[device]\nstate_dir = "{state_dir}"\n\n[camera]\nbackend = "test-pattern"\n"""
-                    f"""width = {width}\nheight = {height}\nfps = {fps}\n\n[encoder]\nbackend = "libx264"\n""")
+    path.write_text(
+        f"""[device]\nstate_dir = "{state_dir}"\n\n[camera]\nbackend = "test-pattern"\n"""
+        f"""width = {width}\nheight = {height}\nfps = {fps}\n\n[encoder]\nbackend = "libx264"\n"""
+    )
     return str(path)
 
 
@@ -65,11 +69,29 @@ def server(kind: str, width: int = 1280, height: int = 720, fps: int = 30) -> It
     listen = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="media-bench-") as tmp:
         if kind == "agent":
-            cmd = [str(ROOT / ".venv/bin/device-agent"), "demo", "--listen", listen, "--no-broker",
-                   "--config", agent_config(width, height, fps, tmp)]
+            cmd = [
+                str(ROOT / ".venv/bin/device-agent"),
+                "demo",
+                "--listen",
+                listen,
+                "--no-broker",
+                "--config",
+                agent_config(width, height, fps, tmp),
+            ]
         else:
-            cmd = [sys.executable, "-m", "benchmarks.naive_whep", "--listen", listen,
-                   "--width", str(width), "--height", str(height), "--fps", str(fps)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.naive_whep",
+                "--listen",
+                listen,
+                "--width",
+                str(width),
+                "--height",
+                str(height),
+                "--fps",
+                str(fps),
+            ]
         log = open(Path(tmp) / "server.log", "w+")
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -110,6 +132,7 @@ async def get_json(url: str) -> dict:
 
 # -- receive-only aiortc clients (run in their own process: see benchmarks.media_cpu) ---------------
 
+
 def patch_no_decode(counter: list[int]) -> None:
     """Make aiortc's receivers drain encoded frames without decoding them (counted in ``counter``)."""
     import aiortc.rtcrtpreceiver as rr
@@ -131,8 +154,13 @@ async def open_client(whep_url: str):  # noqa: ANN201
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     tr = pc.addTransceiver("video", direction="recvonly")
-    tr.setCodecPreferences([c for c in RTCRtpReceiver.getCapabilities("video").codecs
-                            if c.mimeType.lower() in ("video/h264", "video/rtx")])
+    tr.setCodecPreferences(
+        [
+            c
+            for c in RTCRtpReceiver.getCapabilities("video").codecs
+            if c.mimeType.lower() in ("video/h264", "video/rtx")
+        ]
+    )
 
     @pc.on("track")
     def on_track(track) -> None:  # noqa: ANN001
@@ -140,12 +168,14 @@ async def open_client(whep_url: str):  # noqa: ANN201
             with contextlib.suppress(Exception):
                 while True:
                     await track.recv()
+
         asyncio.ensure_future(pump())
 
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
-        async with http.post(whep_url, data=pc.localDescription.sdp,
-                             headers={"Content-Type": "application/sdp"}) as resp:
+        async with http.post(
+            whep_url, data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+        ) as resp:
             if resp.status != 201:
                 raise RuntimeError(f"WHEP {resp.status}: {await resp.text()}")
             answer = await resp.text()

@@ -21,8 +21,10 @@ from tests.support.alsa import AlsaTestConfig
 
 
 def _row(name: str, audio_s: float, cpu_s: float, wall_s: float) -> None:
-    print(f"{name:<42} audio {audio_s:6.1f} s  cpu {cpu_s * 1000:7.1f} ms  "
-          f"cpu/audio {cpu_s / audio_s * 100:6.3f} %  (x{audio_s / wall_s:,.0f} real time)")
+    print(
+        f"{name:<42} audio {audio_s:6.1f} s  cpu {cpu_s * 1000:7.1f} ms  "
+        f"cpu/audio {cpu_s / audio_s * 100:6.3f} %  (x{audio_s / wall_s:,.0f} real time)"
+    )
 
 
 def bench_synthetic(rate: int, channels: int, seconds: float) -> None:
@@ -32,8 +34,12 @@ def bench_synthetic(rate: int, channels: int, seconds: float) -> None:
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         src._render(period)
-    _row(f"synthetic render {rate} Hz x{channels}, 10 ms", seconds,
-         time.process_time() - c0, time.perf_counter() - w0)
+    _row(
+        f"synthetic render {rate} Hz x{channels}, 10 ms",
+        seconds,
+        time.process_time() - c0,
+        time.perf_counter() - w0,
+    )
 
 
 async def bench_capture(alsa: AlsaTestConfig, rate: int, seconds: float) -> None:

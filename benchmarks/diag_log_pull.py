@@ -39,21 +39,29 @@ def bench_processing(path: Path, size: int) -> None:
     blob, bundle = collect_compressed(LogQuery(max_bytes=1 << 40), str(path), "", "")
     ours = time.perf_counter() - start
     start = time.perf_counter()
-    peer = subprocess.run(f"grep -i 'level' {path} | gzip -6 -c", shell=True, capture_output=True,
-                          check=True).stdout
+    peer = subprocess.run(
+        f"grep -i 'level' {path} | gzip -6 -c", shell=True, capture_output=True, check=True
+    ).stdout
     theirs = time.perf_counter() - start
     mb = size / 1e6
-    print(f"collect+filter+redact+gzip (one process): {ours:6.2f} s {mb / ours:6.1f} MB/s -> "
-          f"{len(blob) / 1e6:.2f} MB gz ({size / len(blob):.1f}:1)")
-    print(f"peer grep | gzip -6 (no redaction)      : {theirs:6.2f} s {mb / theirs:6.1f} MB/s -> "
-          f"{len(peer) / 1e6:.2f} MB gz")
+    print(
+        f"collect+filter+redact+gzip (one process): {ours:6.2f} s {mb / ours:6.1f} MB/s -> "
+        f"{len(blob) / 1e6:.2f} MB gz ({size / len(blob):.1f}:1)"
+    )
+    print(
+        f"peer grep | gzip -6 (no redaction)      : {theirs:6.2f} s {mb / theirs:6.1f} MB/s -> "
+        f"{len(peer) / 1e6:.2f} MB gz"
+    )
     print(f"ratio ours/peer time: {ours / theirs:.2f}")
 
 
 def media_figures(agent: Any) -> dict[str, Any]:
     video = agent.health.sample()["media"]["video"]
-    return {"fps": video.get("fps"), "jitter_ms": video.get("frame_interval_jitter_ms"),
-            "capture_to_packet": video.get("capture_to_packet")}
+    return {
+        "fps": video.get("fps"),
+        "jitter_ms": video.get("frame_interval_jitter_ms"),
+        "capture_to_packet": video.get("capture_to_packet"),
+    }
 
 
 async def bench_pulls(tmp: Path, mb: int) -> None:
@@ -69,9 +77,11 @@ async def bench_pulls(tmp: Path, mb: int) -> None:
             during = media_figures(rig.agent)
             res = await task
             took = time.perf_counter() - start
-            print(f"uncapped pull of {size / 1e6:.1f} MB ({res.info['bytes'] / 1e6:.2f} MB gz, "
-                  f"{res.info['total']} chunks): {took:.2f} s end to end, collect {res.info['collect_s']} s, "
-                  f"{size / 1e6 / took:.1f} MB/s raw")
+            print(
+                f"uncapped pull of {size / 1e6:.1f} MB ({res.info['bytes'] / 1e6:.2f} MB gz, "
+                f"{res.info['total']} chunks): {took:.2f} s end to end, collect {res.info['collect_s']} s, "
+                f"{size / 1e6 / took:.1f} MB/s raw"
+            )
             print(f"  media idle        : {idle}")
             print(f"  media during pull : {during}")
         async with diag_rig(tmp / "capped", broker) as rig:  # the default cap
@@ -82,10 +92,12 @@ async def bench_pulls(tmp: Path, mb: int) -> None:
             took = time.perf_counter() - start - res.info["collect_s"]
             ratio = raw / res.info["bytes"]  # measured compression ratio of this very pull
             gz50 = 50 * 1048576 / ratio
-            print(f"default cap {cap} B/s: {res.info['bytes']} B gz sent in {took:.2f} s = "
-                  f"{res.info['bytes'] / took:.0f} B/s (ratio to cap {res.info['bytes'] / took / cap:.2f}); "
-                  f"measured compression {ratio:.1f}:1, so a 50 MB log (~{gz50 / 1e6:.1f} MB gz) takes "
-                  f"~{gz50 / cap:.0f} s at this cap")
+            print(
+                f"default cap {cap} B/s: {res.info['bytes']} B gz sent in {took:.2f} s = "
+                f"{res.info['bytes'] / took:.0f} B/s (ratio to cap {res.info['bytes'] / took / cap:.2f}); "
+                f"measured compression {ratio:.1f}:1, so a 50 MB log (~{gz50 / 1e6:.1f} MB gz) takes "
+                f"~{gz50 / cap:.0f} s at this cap"
+            )
     finally:
         broker.stop()
 

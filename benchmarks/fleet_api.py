@@ -35,8 +35,15 @@ def fill(store: Store, n: int) -> None:
     batch: list[Incoming] = []
     for i in range(n):
         lost = i % 20 == 7
-        body = {"online": not lost, "boot": "b1", "version": ("1.0.0", "1.1.0", "1.2.0")[i % 3], "slot": "a",
-                "group": f"g{i % 50:02d}", "hardware": "pi4", "ts": now}
+        body = {
+            "online": not lost,
+            "boot": "b1",
+            "version": ("1.0.0", "1.1.0", "1.2.0")[i % 3],
+            "slot": "a",
+            "group": f"g{i % 50:02d}",
+            "hardware": "pi4",
+            "ts": now,
+        }
         if lost:
             body["reason"] = "lost"
         batch.append(Incoming("status", f"dev-{i:05d}", json.dumps(body).encode(), now))
@@ -69,8 +76,10 @@ async def measure(url: str, requests: int, token: str = "") -> tuple[list[float]
 
 
 async def run(args: argparse.Namespace) -> int:
-    url = {"postgresql": PG_URL, "sqlite": os.path.join(tempfile.mkdtemp(prefix="fleet-api-"), "fleet.db")}.get(
-        args.db, args.db)
+    url = {
+        "postgresql": PG_URL,
+        "sqlite": os.path.join(tempfile.mkdtemp(prefix="fleet-api-"), "fleet.db"),
+    }.get(args.db, args.db)
     store = Store(url, prefix=f"bench{uuid.uuid4().hex[:8]}_")
     tokens = TokenStore(store.engine, store.prefix)
     try:
@@ -82,16 +91,24 @@ async def run(args: argparse.Namespace) -> int:
         await api.start()
         try:
             base = f"{api.url}/api/v1/devices"
-            shapes = [("default page (limit 100)", base, ""), ("limit 1000", base + "?limit=1000", ""),
-                      ("group filter", base + "?group=g07", ""), ("offline (severity P1)", base + "?severity=P1", ""),
-                      ("deep offset", base + f"?offset={max(0, args.devices - 100)}", ""),
-                      ("deep cursor (after=)", base + f"?after=dev-{max(0, args.devices - 101):05d}", ""),
-                      ("id prefix", base + "?prefix=dev-05", ""), ("default page + bearer token", base, token)]
+            shapes = [
+                ("default page (limit 100)", base, ""),
+                ("limit 1000", base + "?limit=1000", ""),
+                ("group filter", base + "?group=g07", ""),
+                ("offline (severity P1)", base + "?severity=P1", ""),
+                ("deep offset", base + f"?offset={max(0, args.devices - 100)}", ""),
+                ("deep cursor (after=)", base + f"?after=dev-{max(0, args.devices - 101):05d}", ""),
+                ("id prefix", base + "?prefix=dev-05", ""),
+                ("default page + bearer token", base, token),
+            ]
             print(f"{'query':30} {'rows':>5} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
             for name, u, tok in shapes:
                 times, rows = await measure(u, args.requests, tok)
-                print(f"{name:30} {rows:5d} {statistics.median(times) * 1e3:8.1f} {pct(times, 0.95) * 1e3:8.1f} "
-                      f"{max(times) * 1e3:8.1f}", flush=True)
+                print(
+                    f"{name:30} {rows:5d} {statistics.median(times) * 1e3:8.1f} {pct(times, 0.95) * 1e3:8.1f} "
+                    f"{max(times) * 1e3:8.1f}",
+                    flush=True,
+                )
         finally:
             await api.stop()
     finally:
@@ -106,7 +123,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--db", default="postgresql", help="postgresql (FLEET_TEST_PG_URL), sqlite, or a store URL")
+    p.add_argument(
+        "--db", default="postgresql", help="postgresql (FLEET_TEST_PG_URL), sqlite, or a store URL"
+    )
     return asyncio.run(run(p.parse_args()))
 
 

@@ -43,11 +43,28 @@ def payloads(devices: int, n: int) -> list[tuple[str, bytes]]:
     out = []
     for k in range(n):
         d = k % devices
-        health = {"system": sensors[d](), "media": simulated_media(rng),
-                  "fleet_link": {"connected": True, "connects": 1, "seq": k // devices + 1,
-                                 "spool": {"depth": 0, "bytes": 0, "max_bytes": 8388608, "dropped_telemetry": 0,
-                                           "dropped_events": 0}}}
-        body = {"boot": boots[d], "seq": k // devices + 1, "ts": round(time.time(), 3), "health": compact(health)}
+        health = {
+            "system": sensors[d](),
+            "media": simulated_media(rng),
+            "fleet_link": {
+                "connected": True,
+                "connects": 1,
+                "seq": k // devices + 1,
+                "spool": {
+                    "depth": 0,
+                    "bytes": 0,
+                    "max_bytes": 8388608,
+                    "dropped_telemetry": 0,
+                    "dropped_events": 0,
+                },
+            },
+        }
+        body = {
+            "boot": boots[d],
+            "seq": k // devices + 1,
+            "ts": round(time.time(), 3),
+            "health": compact(health),
+        }
         out.append((protocol.telemetry(f"bench-{d:05d}"), dumps(body)))
     return out
 
@@ -57,7 +74,9 @@ def _publisher(url: str, devices: int, n: int, q: mp.Queue) -> None:
 
     async def run() -> None:
         msgs = payloads(devices, n)
-        conn = MqttConnection(MqttOptions(url=url, client_id="bench-pub", clean_start=True, max_inflight=2000))
+        conn = MqttConnection(
+            MqttOptions(url=url, client_id="bench-pub", clean_start=True, max_inflight=2000)
+        )
         conn.start()
         await conn.wait_connected(10)
         t0 = time.perf_counter()
@@ -65,15 +84,29 @@ def _publisher(url: str, devices: int, n: int, q: mp.Queue) -> None:
             mid = conn.publish_nowait(topic, data, qos=1)
             if i % 1000 == 999 or i == len(msgs) - 1:  # the last ack: the broker holds every message
                 await asyncio.wait_for(conn.ack_future(mid), 120)
-        q.put({"published": n, "publish_s": time.perf_counter() - t0,
-               "avg_bytes": sum(len(d) for _, d in msgs) / len(msgs)})
+        q.put(
+            {
+                "published": n,
+                "publish_s": time.perf_counter() - t0,
+                "avg_bytes": sum(len(d) for _, d in msgs) / len(msgs),
+            }
+        )
         await conn.close()
 
     asyncio.run(run())
 
 
-def _worker(url: str, db: str, prefix: str, wid: str, ready: mp.Event, go: mp.Event, done: mp.Event,
-            q: mp.Queue, create_only: bool) -> None:
+def _worker(
+    url: str,
+    db: str,
+    prefix: str,
+    wid: str,
+    ready: mp.Event,
+    go: mp.Event,
+    done: mp.Event,
+    q: mp.Queue,
+    create_only: bool,
+) -> None:
     from fleet.service import FleetService
     from fleet.store import Store
 
@@ -112,11 +145,18 @@ def run_case(workers: int, n: int, devices: int, backend: str) -> dict:
 
     tmp = tempfile.mkdtemp(prefix="fleet-bench-")
     os.chmod(tmp, 0o777)
-    broker = Mosquitto(Path(tmp) / "broker", extra_config="max_queued_messages 1000000\n" + os.environ.get("FLEET_BENCH_BROKER_EXTRA", "").replace(";", "\n"))
+    broker = Mosquitto(
+        Path(tmp) / "broker",
+        extra_config="max_queued_messages 1000000\n"
+        + os.environ.get("FLEET_BENCH_BROKER_EXTRA", "").replace(";", "\n"),
+    )
     os.chmod(broker.workdir, 0o777)
     broker.start()
-    db = str(Path(tmp) / "fleet.db") if backend == "sqlite" else os.environ.get(
-        "FLEET_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    db = (
+        str(Path(tmp) / "fleet.db")
+        if backend == "sqlite"
+        else os.environ.get("FLEET_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     prefix = "" if backend == "sqlite" else f"b{uuid.uuid4().hex[:8]}_"
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -165,10 +205,22 @@ def run_case(workers: int, n: int, devices: int, backend: str) -> dict:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     cpu = sum(r["cpu_s"] for r in results)
-    return {"workers": workers, "backend": backend, "messages": n, "stored": stored, "seconds": round(elapsed, 2),
-            "msg_per_s": round(stored / elapsed), "cpu_us_per_msg": round(1e6 * cpu / max(1, stored), 1),
-            "per_worker": [{k: r[k] for k in ("worker", "received", "stored", "duplicate", "batches", "cpu_s")} for r in results],
-            "broker_cpu_s": round(broker_cpu, 2), "payload_bytes": round(pubinfo["avg_bytes"]), "publish_s": round(pubinfo["publish_s"], 1)}
+    return {
+        "workers": workers,
+        "backend": backend,
+        "messages": n,
+        "stored": stored,
+        "seconds": round(elapsed, 2),
+        "msg_per_s": round(stored / elapsed),
+        "cpu_us_per_msg": round(1e6 * cpu / max(1, stored), 1),
+        "per_worker": [
+            {k: r[k] for k in ("worker", "received", "stored", "duplicate", "batches", "cpu_s")}
+            for r in results
+        ],
+        "broker_cpu_s": round(broker_cpu, 2),
+        "payload_bytes": round(pubinfo["avg_bytes"]),
+        "publish_s": round(pubinfo["publish_s"], 1),
+    }
 
 
 def main() -> None:
@@ -187,14 +239,20 @@ def main() -> None:
     print("\n| workers | store | messages | seconds | msg/s | CPU µs/msg | payload bytes |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['backend']} | {r['stored']} | {r['seconds']} | {r['msg_per_s']} | "
-              f"{r['cpu_us_per_msg']} | {r['payload_bytes']} |")
+        print(
+            f"| {r['workers']} | {r['backend']} | {r['stored']} | {r['seconds']} | {r['msg_per_s']} | "
+            f"{r['cpu_us_per_msg']} | {r['payload_bytes']} |"
+        )
     if len(rows) > 1:
-        print(f"\nscaling {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
-              f"{rows[-1]['msg_per_s'] / rows[0]['msg_per_s']:.2f}x")
+        print(
+            f"\nscaling {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
+            f"{rows[-1]['msg_per_s'] / rows[0]['msg_per_s']:.2f}x"
+        )
     if short:  # a rate over an incomplete ingest is not a result
-        sys.exit("FAIL: fewer messages stored than sent: "
-                 + ", ".join(f"{r['workers']} worker(s) {r['stored']}/{r['messages']}" for r in short))
+        sys.exit(
+            "FAIL: fewer messages stored than sent: "
+            + ", ".join(f"{r['workers']} worker(s) {r['stored']}/{r['messages']}" for r in short)
+        )
 
 
 if __name__ == "__main__":

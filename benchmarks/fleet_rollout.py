@@ -43,13 +43,38 @@ SHA = "cd" * 32
 
 
 def _serve(url: str, db: str, prefix: str, log: Path, lease_s: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--mqtt", url, "--db", db,
-                             "--prefix", prefix, "--worker-id", "bench", "--rollout-lease", str(lease_s)], cwd=ROOT,
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet.cli",
+            "serve",
+            "--mqtt",
+            url,
+            "--db",
+            db,
+            "--prefix",
+            prefix,
+            "--worker-id",
+            "bench",
+            "--rollout-lease",
+            str(lease_s),
+        ],
+        cwd=ROOT,
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
-async def run(devices: int, db_kind: str, kill: bool, install_s: float, soak_s: float, interval_s: float,
-              lease_s: float = 15.0) -> dict:
+async def run(
+    devices: int,
+    db_kind: str,
+    kill: bool,
+    install_s: float,
+    soak_s: float,
+    interval_s: float,
+    lease_s: float = 15.0,
+) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="fleet-rollout-"))
     broker = Mosquitto(tmp / "broker", extra_config="max_connections -1\nmax_queued_messages 100000\n")
     broker.start()
@@ -57,11 +82,23 @@ async def run(devices: int, db_kind: str, kill: bool, install_s: float, soak_s: 
     store = Store(db, prefix=prefix)
     jobs = Jobs(store)
     serve = _serve(broker.url, db, prefix, tmp / "serve.log", lease_s)
-    sim = Simulation(broker.url, devices, tmp / "sim", interval_s=interval_s, reconnect_min_s=0.5,
-                     ota=SimOtaOptions(install_s=install_s, versions={SHA: "2.0.0"}))
-    result: dict = {"devices": devices, "db": db_kind, "install_s": install_s, "soak_s": soak_s,
-                    "telemetry_interval_s": interval_s, "killed": kill,
-                    "lease_s": lease_s}
+    sim = Simulation(
+        broker.url,
+        devices,
+        tmp / "sim",
+        interval_s=interval_s,
+        reconnect_min_s=0.5,
+        ota=SimOtaOptions(install_s=install_s, versions={SHA: "2.0.0"}),
+    )
+    result: dict = {
+        "devices": devices,
+        "db": db_kind,
+        "install_s": install_s,
+        "soak_s": soak_s,
+        "telemetry_interval_s": interval_s,
+        "killed": kill,
+        "lease_s": lease_s,
+    }
     try:
         await sim.start(spread_s=5.0)
         result["connected"] = await sim.wait_connected(120)
@@ -69,26 +106,42 @@ async def run(devices: int, db_kind: str, kill: bool, install_s: float, soak_s: 
         while len(store.list_devices("sim")) < devices and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         targets = [d["device"] for d in store.list_devices("sim")]
-        policy = Policy(canary=10, batch_size=100, growth=2.0, max_failure_rate=0.05, min_executed=10,
-                        in_progress_timeout_s=120)
+        policy = Policy(
+            canary=10,
+            batch_size=100,
+            growth=2.0,
+            max_failure_rate=0.05,
+            min_executed=10,
+            in_progress_timeout_s=120,
+        )
         result["policy"] = {"canary": 10, "batch_size": 100, "growth": 2.0}
         t0 = time.monotonic()
-        rid = jobs.create("2.0.0", targets, {"url": "http://127.0.0.1:9/v2.tar", "sha256": SHA, "size": 1000000},
-                          policy, GatePolicy(soak_s=soak_s))
+        rid = jobs.create(
+            "2.0.0",
+            targets,
+            {"url": "http://127.0.0.1:9/v2.tar", "sha256": SHA, "size": 1000000},
+            policy,
+            GatePolicy(soak_s=soak_s),
+        )
         killed_at = resumed_at = None
         last = ""
         while True:
             job = jobs.get(rid)
             r = job.rollout
-            line = f"{job.status} wave {r.waves} {({k: v for k, v in r.counts().items() if v})} owner {job.owner}"
+            line = f"{job.status} wave {r.waves} { ({k: v for k, v in r.counts().items() if v}) } owner {job.owner}"
             if line != last:
                 print(f"{time.monotonic() - t0:6.1f}s {line}", flush=True)
                 last = line
             if job.status not in ("running", "rolling_back"):
                 break
             prog = r.in_progress()
-            if kill and killed_at is None and r.waves >= 2 and prog and \
-                    sum(r.per_device[d].phase not in ("dispatched", "") for d in prog) >= len(prog) // 2:
+            if (
+                kill
+                and killed_at is None
+                and r.waves >= 2
+                and prog
+                and sum(r.per_device[d].phase not in ("dispatched", "") for d in prog) >= len(prog) // 2
+            ):
                 serve.send_signal(signal.SIGKILL)
                 serve.wait()
                 killed_at, dead_owner = time.monotonic(), job.owner
@@ -134,7 +187,9 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=5.0, help="simulated telemetry interval (s)")
     ap.add_argument("--lease", type=float, default=15.0, help="fleetctl serve --rollout-lease (s)")
     args = ap.parse_args()
-    res = asyncio.run(run(args.devices, args.db, not args.no_kill, args.install_s, args.soak, args.interval, args.lease))
+    res = asyncio.run(
+        run(args.devices, args.db, not args.no_kill, args.install_s, args.soak, args.interval, args.lease)
+    )
     print(json.dumps(res, indent=1))
     return 0 if res.get("installs_sent_twice") == 0 and res.get("status") == "completed" else 1
 

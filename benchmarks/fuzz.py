@@ -39,8 +39,10 @@ class TargetTally:
 
     def line(self, name: str) -> str:
         failed = f", {self.failed_rounds} failed rounds" if self.failed_rounds else ""
-        return (f"{name:8s} {self.tried} tried, {self.crashes} crashes, {self.lost} lost "
-                f"({self.rounds} rounds, {self.seconds:.0f} s, seeds {self.seeds[0]}..{self.seeds[-1]}{failed})")
+        return (
+            f"{name:8s} {self.tried} tried, {self.crashes} crashes, {self.lost} lost "
+            f"({self.rounds} rounds, {self.seconds:.0f} s, seeds {self.seeds[0]}..{self.seeds[-1]}{failed})"
+        )
 
 
 def available_targets() -> list[str]:
@@ -52,14 +54,34 @@ def run_round(target: str, seed: int, scale: float, out: Path) -> tuple[bool, fl
     """One pytest run of one target at ``scale`` with ``seed``; its counts from the report file."""
     report = out / f"{target}-{seed}.jsonl"
     report.unlink(missing_ok=True)
-    env = {**os.environ, "DEVICE_AGENT_FUZZ_SCALE": f"{scale:.3f}", "DEVICE_AGENT_FUZZ_SEED": str(seed),
-           "DEVICE_AGENT_FUZZ_REPORT": str(report)}
+    env = {
+        **os.environ,
+        "DEVICE_AGENT_FUZZ_SCALE": f"{scale:.3f}",
+        "DEVICE_AGENT_FUZZ_SEED": str(seed),
+        "DEVICE_AGENT_FUZZ_REPORT": str(report),
+    }
     log = out / f"{target}-{seed}.log"
     started = time.monotonic()
     with open(log, "wb") as sink:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "fuzz",
-                               "-o", "timeout=0", str(TESTS / f"test_fuzz_{target}.py")],
-                              cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-m",
+                "fuzz",
+                "-o",
+                "timeout=0",
+                str(TESTS / f"test_fuzz_{target}.py"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     seconds = time.monotonic() - started
     counts = {"tried": 0, "crashes": 0, "lost": 0}
     if report.exists():
@@ -98,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="total time, shared by the targets")
     parser.add_argument("--seed", type=int, default=1, help="first seed (each round takes the next)")
-    parser.add_argument("--targets", default=",".join(available_targets()),
-                        help=f"comma-separated, from: {', '.join(available_targets())}")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/device-agent-fuzz"),
-                        help="where failed rounds keep their output")
+    parser.add_argument(
+        "--targets",
+        default=",".join(available_targets()),
+        help=f"comma-separated, from: {', '.join(available_targets())}",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("/tmp/device-agent-fuzz"),
+        help="where failed rounds keep their output",
+    )
     parser.add_argument("--json", action="store_true", help="print the tallies as JSON too")
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
@@ -122,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         total.crashes += t.crashes
         total.lost += t.lost
         total.failed_rounds += t.failed_rounds
-    print(f"all      {total.tried} tried, {total.crashes} crashes, {total.lost} lost"
-          + (f"; failed rounds kept in {args.out}" if total.failed_rounds else ""))
+    print(
+        f"all      {total.tried} tried, {total.crashes} crashes, {total.lost} lost"
+        + (f"; failed rounds kept in {args.out}" if total.failed_rounds else "")
+    )
     if args.json:
         print(json.dumps({name: vars(t) for name, t in tallies.items()}))
     return 1 if total.crashes or total.lost or total.failed_rounds else 0

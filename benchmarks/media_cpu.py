@@ -21,8 +21,19 @@ from benchmarks._media_common import ROOT, cpu_seconds, load, server
 
 def measure(base: str, pid: int, viewers: int, seconds: float, warmup: float) -> tuple[float, int]:
     """CPU s/s of ``pid`` while ``viewers`` receive-only clients watch; returns (cpu per s, frames got)."""
-    client = subprocess.Popen([sys.executable, "-m", "benchmarks._media_common", base + "/whep", str(viewers),
-                               str(warmup + seconds + 1)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks._media_common",
+            base + "/whep",
+            str(viewers),
+            str(warmup + seconds + 1),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert client.stdout is not None
     line = client.stdout.readline().strip()
     if not line.startswith("connected") or int(line.split()[1]) != viewers:
@@ -48,7 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"media_cpu: {args.width}x{args.height} {args.fps} fps, {args.seconds:.0f} s per case; {load()}")
     results: dict[str, dict[int, float]] = {}
-    for kind, label in (("agent", "agent (encode once, fan out)"), ("naive", "aiortc naive WHEP (per-viewer encode)")):
+    for kind, label in (
+        ("agent", "agent (encode once, fan out)"),
+        ("naive", "aiortc naive WHEP (per-viewer encode)"),
+    ):
         with server(kind, args.width, args.height, args.fps) as (base, pid):
             time.sleep(args.warmup)
             idle0, w0 = cpu_seconds(pid), time.monotonic()
@@ -59,12 +73,20 @@ def main() -> None:
                 cpu, frames = measure(base, pid, viewers, args.seconds, args.warmup)
                 results[kind][viewers] = cpu
                 per_viewer_fps = frames / viewers / (args.seconds + args.warmup + 1)
-                print(f"{label:<40} viewers {viewers}: cpu {cpu:5.3f} s/s  "
-                      f"(clients got {frames} frames, ~{per_viewer_fps:.1f} fps per viewer)", flush=True)
-            print(f"{label:<40} idle (0 viewers): cpu {idle:5.3f} s/s; 4/1 ratio "
-                  f"{results[kind][4] / results[kind][1]:.2f}x; {load()}", flush=True)
+                print(
+                    f"{label:<40} viewers {viewers}: cpu {cpu:5.3f} s/s  "
+                    f"(clients got {frames} frames, ~{per_viewer_fps:.1f} fps per viewer)",
+                    flush=True,
+                )
+            print(
+                f"{label:<40} idle (0 viewers): cpu {idle:5.3f} s/s; 4/1 ratio "
+                f"{results[kind][4] / results[kind][1]:.2f}x; {load()}",
+                flush=True,
+            )
     a, n = results["agent"], results["naive"]
-    print(f"\nratio 4 viewers / 1 viewer: agent {a[4] / a[1]:.2f}x (target <= 1.3x), naive {n[4] / n[1]:.2f}x")
+    print(
+        f"\nratio 4 viewers / 1 viewer: agent {a[4] / a[1]:.2f}x (target <= 1.3x), naive {n[4] / n[1]:.2f}x"
+    )
     print(f"CPU at 4 viewers: agent {a[4]:.3f} s/s, naive {n[4]:.3f} s/s -> naive/agent {n[4] / a[4]:.2f}x")
 
 

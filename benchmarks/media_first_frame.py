@@ -30,8 +30,11 @@ from benchmarks._media_common import get_json, load, pct, server, summary
 CHROMIUM = "/usr/bin/chromium"
 PAGE_PARAMS = ""  # extra viewer-page query parameters (--page-params), e.g. "&trickle=0"
 PLAIN_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-FLAGS = PLAIN_FLAGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                       "--autoplay-policy=no-user-gesture-required"]
+FLAGS = PLAIN_FLAGS + [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 # Browser-side timeline: when the POST left, ICE connected, DTLS connected (connectionState), per page.
@@ -67,8 +70,9 @@ async def one_viewer(browser: Browser, url: str, timeout_ms: int) -> tuple[dict,
     await page.add_init_script(TIMELINE_JS)
     try:
         await page.goto(url)
-        await page.wait_for_function("window.viewer && window.viewer.postToFirstFrameMs !== null",
-                                     timeout=timeout_ms)
+        await page.wait_for_function(
+            "window.viewer && window.viewer.postToFirstFrameMs !== null", timeout=timeout_ms
+        )
         return await page.evaluate(RESULT_JS), context
     except Exception as exc:  # a viewer that never shows a frame is reported, not hidden
         state = await page.evaluate("window.viewer ? [viewer.state, viewer.error] : null")
@@ -87,7 +91,11 @@ async def _wait_first(page, timeout_ms: int) -> dict:  # noqa: ANN001
             print(f"  slow viewer {result}: getStats {await page.evaluate('viewer.stats')}")
         return result
     except Exception as exc:
-        return {"first": None, "answer": None, "error": f"{type(exc).__name__}: {await page.evaluate('viewer.state')}"}
+        return {
+            "first": None,
+            "answer": None,
+            "error": f"{type(exc).__name__}: {await page.evaluate('viewer.state')}",
+        }
 
 
 async def close_viewer(context: BrowserContext) -> None:
@@ -96,11 +104,29 @@ async def close_viewer(context: BrowserContext) -> None:
     await context.close()
 
 
-async def run_rounds(browser: Browser, base: str, page_base: str, rounds: int, viewers: int,
-                     agent: bool, preloaded: bool = False, query: str = "") -> dict[str, list[float]]:
+async def run_rounds(
+    browser: Browser,
+    base: str,
+    page_base: str,
+    rounds: int,
+    viewers: int,
+    agent: bool,
+    preloaded: bool = False,
+    query: str = "",
+) -> dict[str, list[float]]:
     url = f"{page_base}/?whep={base}/whep{query}{PAGE_PARAMS}"
-    out: dict[str, list[float]] = {"first": [], "answer": [], "slowest": [], "connect": [], "keyframe": [],
-                                   "ice": [], "dtls": [], "failed": [], "nav": [], "slowest_nav": []}
+    out: dict[str, list[float]] = {
+        "first": [],
+        "answer": [],
+        "slowest": [],
+        "connect": [],
+        "keyframe": [],
+        "ice": [],
+        "dtls": [],
+        "failed": [],
+        "nav": [],
+        "slowest_nav": [],
+    }
     for r in range(rounds + 1):  # round 0 warms up (browser, codecs, page cache) and is not counted
         opened = await asyncio.gather(*(one_viewer(browser, url, 15000) for _ in range(viewers)))
         results = [res for res, _ in opened]
@@ -162,34 +188,58 @@ def _p(values: list[float], q: float) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    print(f"media_first_frame: {args.viewers} viewers at once, {args.rounds} rounds, "
-          f"{args.width}x{args.height} {args.fps} fps; {load()}")
+    print(
+        f"media_first_frame: {args.viewers} viewers at once, {args.rounds} rounds, "
+        f"{args.width}x{args.height} {args.fps} fps; {load()}"
+    )
     table: list[tuple[str, dict[str, list[float]]]] = []
     async with async_playwright() as pw:
         if args.agent_url:  # an agent already running (e.g. under py-spy): measure only that
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=PLAIN_FLAGS, headless=True)
             try:
-                res = await run_rounds(browser, args.agent_url, args.agent_url, args.rounds, args.viewers[-1],
-                                       agent=True, preloaded=args.preloaded)
+                res = await run_rounds(
+                    browser,
+                    args.agent_url,
+                    args.agent_url,
+                    args.rounds,
+                    args.viewers[-1],
+                    agent=True,
+                    preloaded=args.preloaded,
+                )
                 report("agent at " + args.agent_url, res)
             finally:
                 await browser.close()
             return
-        browsers = {"as it comes": await pw.chromium.launch(executable_path=CHROMIUM, args=PLAIN_FLAGS, headless=True),
-                    "permission flags": await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)}
+        browsers = {
+            "as it comes": await pw.chromium.launch(
+                executable_path=CHROMIUM, args=PLAIN_FLAGS, headless=True
+            ),
+            "permission flags": await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True),
+        }
         try:
-            with server("agent", args.width, args.height, args.fps) as (abase, _), \
-                    server("naive", args.width, args.height, args.fps) as (nbase, _):
+            with (
+                server("agent", args.width, args.height, args.fps) as (abase, _),
+                server("naive", args.width, args.height, args.fps) as (nbase, _),
+            ):
                 await asyncio.sleep(2.0)
                 for flavour, browser in browsers.items():
                     for viewers in args.viewers:
                         for preloaded in (True, False):
                             for kind, base in (("agent", abase), ("naive", nbase)):
                                 started = time.monotonic()
-                                res = await run_rounds(browser, base, base, args.rounds, viewers,
-                                                       agent=kind == "agent", preloaded=preloaded)
-                                label = (f"{kind:5s} | Chromium {flavour:16s} | {viewers} viewer(s) | "
-                                         f"{'pages preloaded' if preloaded else 'with page load'}")
+                                res = await run_rounds(
+                                    browser,
+                                    base,
+                                    base,
+                                    args.rounds,
+                                    viewers,
+                                    agent=kind == "agent",
+                                    preloaded=preloaded,
+                                )
+                                label = (
+                                    f"{kind:5s} | Chromium {flavour:16s} | {viewers} viewer(s) | "
+                                    f"{'pages preloaded' if preloaded else 'with page load'}"
+                                )
                                 report(f"{label}  ({time.monotonic() - started:.0f} s; {load()})", res)
                                 table.append((label, res))
         finally:
@@ -197,12 +247,16 @@ async def main_async(args: argparse.Namespace) -> None:
                 await browser.close()
         if not args.no_link and os.geteuid() == 0:
             table += await behind_link(pw, args)
-    print("\nPOST -> first frame (ms), per viewer p50/p95, slowest/round p95; page load -> first frame p50/p95"
-          " (targets, 4 viewers: p95 <= 300 preloaded, <= 500 with the page load)")
+    print(
+        "\nPOST -> first frame (ms), per viewer p50/p95, slowest/round p95; page load -> first frame p50/p95"
+        " (targets, 4 viewers: p95 <= 300 preloaded, <= 500 with the page load)"
+    )
     for label, res in table:
-        print(f"  {label}  POST p50 {_p(res['first'], .5)} p95 {_p(res['first'], .95)} slowest p95 "
-              f"{_p(res['slowest'], .95)} | load p50 {_p(res['nav'], .5)} p95 {_p(res['nav'], .95)}"
-              f"{'  (' + str(len(res['failed'])) + ' without a frame)' if res['failed'] else ''}")
+        print(
+            f"  {label}  POST p50 {_p(res['first'], 0.5)} p95 {_p(res['first'], 0.95)} slowest p95 "
+            f"{_p(res['slowest'], 0.95)} | load p50 {_p(res['nav'], 0.5)} p95 {_p(res['nav'], 0.95)}"
+            f"{'  (' + str(len(res['failed'])) + ' without a frame)' if res['failed'] else ''}"
+        )
 
 
 async def behind_link(pw, args: argparse.Namespace) -> list[tuple[str, dict[str, list[float]]]]:  # noqa: ANN001
@@ -215,12 +269,16 @@ async def behind_link(pw, args: argparse.Namespace) -> list[tuple[str, dict[str,
         for kind in ("agent", "naive"):
             with ImpairedLink(seed=2) as link:
                 link.set_both(LinkProfile(delay_ms=100))
-                browser = await pw.chromium.launch(executable_path=str(chromium_wrapper(link.ns_b, Path(tmp))),
-                                                   args=PLAIN_FLAGS, headless=True)
+                browser = await pw.chromium.launch(
+                    executable_path=str(chromium_wrapper(link.ns_b, Path(tmp))),
+                    args=PLAIN_FLAGS,
+                    headless=True,
+                )
                 try:
                     with server_in_namespace(link, kind, None, args.width, args.height, args.fps) as base:
-                        res = await run_rounds(browser, base, base, args.rounds, 1, agent=False,
-                                               query=f"&token={TOKEN}")
+                        res = await run_rounds(
+                            browser, base, base, args.rounds, 1, agent=False, query=f"&token={TOKEN}"
+                        )
                 finally:
                     await browser.close()
             label = f"{kind:5s} | Chromium as it comes, behind the link (200 ms RTT) | 1 viewer(s) | with page load"
@@ -236,8 +294,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
-    parser.add_argument("--page-params", default="", help='extra viewer-page parameters, e.g. "&trickle=0&audio=0"')
-    parser.add_argument("--preloaded", action="store_true", help="with --agent-url: pages preloaded, then (re)join")
+    parser.add_argument(
+        "--page-params", default="", help='extra viewer-page parameters, e.g. "&trickle=0&audio=0"'
+    )
+    parser.add_argument(
+        "--preloaded", action="store_true", help="with --agent-url: pages preloaded, then (re)join"
+    )
     parser.add_argument("--no-link", action="store_true", help="skip the viewer behind the emulated link")
     parser.add_argument("--agent-url", default="", help="measure an agent already running at this URL only")
     args = parser.parse_args()

@@ -23,8 +23,12 @@ from benchmarks._media_common import ROOT, get_json, load, server
 
 def run(width: int, height: int, fps: int, seconds: float) -> dict:
     with server("agent", width, height, fps) as (base, _pid):
-        client = subprocess.Popen([sys.executable, "-m", "benchmarks._media_common", base + "/whep", "1",
-                                   str(seconds + 2)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._media_common", base + "/whep", "1", str(seconds + 2)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert client.stdout is not None
         line = client.stdout.readline().strip()
         if line != "connected 1":
@@ -42,19 +46,23 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=30)
     args = parser.parse_args()
     interval = 1000 / args.fps
-    print(f"media_latency: libx264, {args.fps} fps (frame interval {interval:.1f} ms), "
-          f"{args.seconds:.0f} s per size; {load()}")
+    print(
+        f"media_latency: libx264, {args.fps} fps (frame interval {interval:.1f} ms), "
+        f"{args.seconds:.0f} s per size; {load()}"
+    )
     for width, height in ((640, 480), (1280, 720)):
         stats = run(width, height, args.fps, args.seconds)
         video = stats["video"]
         lat = video["capture_to_packet"]
         cam = video.get("camera", {})
         p95 = lat["p95_ms"]
-        print(f"{width}x{height}: capture->packet p50 {lat['p50_ms']:6.2f} ms  p95 {p95:6.2f} ms  "
-              f"(p95 = {p95 / interval:.2f} frame intervals, target < 1: {'met' if p95 < interval else 'MISSED'}); "
-              f"encode mean {video.get('encode_ms')} ms, fps {video.get('fps')}, "
-              f"jitter {video.get('frame_interval_jitter_ms')} ms, camera skipped {cam.get('skipped')}; {load()}",
-              flush=True)
+        print(
+            f"{width}x{height}: capture->packet p50 {lat['p50_ms']:6.2f} ms  p95 {p95:6.2f} ms  "
+            f"(p95 = {p95 / interval:.2f} frame intervals, target < 1: {'met' if p95 < interval else 'MISSED'}); "
+            f"encode mean {video.get('encode_ms')} ms, fps {video.get('fps')}, "
+            f"jitter {video.get('frame_interval_jitter_ms')} ms, camera skipped {cam.get('skipped')}; {load()}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,15 @@ async def run_case(layers: int, args: argparse.Namespace) -> tuple[float, list[i
     def counter(i: int):  # noqa: ANN202
         def on_packet(_: EncodedPacket) -> None:
             counts[i] += 1
+
         return on_packet
 
     high = Timed(Libx264Encoder(w, h, fps, args.bitrate, 6_000_000))
-    source = FrameEncoderSource(TestPatternCamera(w, h, fps, pattern=args.pattern), high,  # type: ignore[arg-type]
-                                wanted=lambda: layers >= 1)
+    source = FrameEncoderSource(
+        TestPatternCamera(w, h, fps, pattern=args.pattern),
+        high,  # type: ignore[arg-type]
+        wanted=lambda: layers >= 1,
+    )
     lw, lh = round(w * args.scale) // 2 * 2, round(h * args.scale) // 2 * 2
     low = Timed(Libx264Encoder(lw, lh, fps, args.bitrate // 4, 1_500_000))
     source.add_layer(low, counter(1), lambda: layers >= 2)  # type: ignore[arg-type]
@@ -79,20 +83,28 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--pattern", default="busy", choices=("bars", "busy"))
     parser.add_argument("--scale", type=float, default=0.5, help="low layer size / high layer size")
-    parser.add_argument("--bitrate", type=int, default=2_000_000, help="high layer target; the low one gets 1/4")
+    parser.add_argument(
+        "--bitrate", type=int, default=2_000_000, help="high layer target; the low one gets 1/4"
+    )
     args = parser.parse_args()
-    print(f"media_layers: {args.width}x{args.height} {args.fps} fps {args.pattern}, low layer x{args.scale}, "
-          f"{args.seconds:.0f} s per case; {load()}")
+    print(
+        f"media_layers: {args.width}x{args.height} {args.fps} fps {args.pattern}, low layer x{args.scale}, "
+        f"{args.seconds:.0f} s per case; {load()}"
+    )
     cpu = {}
     for layers in (0, 1, 2):
         cpu[layers], frames, encode = asyncio.run(run_case(layers, args))
-        print(f"  {layers} layer(s) {'(camera only)' if layers == 0 else '':14s} CPU {cpu[layers]:.3f} s/s, "
-              f"frames encoded per layer {frames}, encode threads {encode[0]:.3f} + {encode[1]:.3f} s/s")
+        print(
+            f"  {layers} layer(s) {'(camera only)' if layers == 0 else '':14s} CPU {cpu[layers]:.3f} s/s, "
+            f"frames encoded per layer {frames}, encode threads {encode[0]:.3f} + {encode[1]:.3f} s/s"
+        )
     first, second = cpu[1] - cpu[0], cpu[2] - cpu[1]
     ratio = second / first if first > 0 else float("nan")
     print(f"  process: first layer {first:.3f} s/s, second {second:.3f} s/s: second/first = {ratio:.2f}")
-    print(f"  encode threads (2 layers): first {encode[0]:.3f} s/s, second {encode[1]:.3f} s/s: "
-          f"second/first = {encode[1] / encode[0]:.2f} (target <= 0.6); {load()}")
+    print(
+        f"  encode threads (2 layers): first {encode[0]:.3f} s/s, second {encode[1]:.3f} s/s: "
+        f"second/first = {encode[1] / encode[0]:.2f} (target <= 0.6); {load()}"
+    )
 
 
 if __name__ == "__main__":

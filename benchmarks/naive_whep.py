@@ -27,8 +27,12 @@ from device_agent.media.whep import viewer_page, viewer_script
 from hal.camera.file import FileCamera
 from hal.camera.test_pattern import TestPatternCamera
 
-CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Expose-Headers": "Location"}
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location",
+}
 
 
 class SharedPattern:
@@ -102,8 +106,12 @@ class NaiveWhep:
         pc.addTrack(PatternTrack(self.pattern))
         await pc.setLocalDescription(await pc.createAnswer())
         self.post_ms.append((time.monotonic() - started) * 1000)
-        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-                            headers={**CORS, "Location": f"/whep/{sid}"})
+        return web.Response(
+            status=201,
+            text=pc.localDescription.sdp,
+            content_type="application/sdp",
+            headers={**CORS, "Location": f"/whep/{sid}"},
+        )
 
     async def patch(self, request: web.Request) -> web.Response:
         pc = self.pcs.get(request.match_info["id"])
@@ -129,10 +137,18 @@ class NaiveWhep:
 async def serve(host: str, port: int, width: int, height: int, fps: int, clip: str = "") -> None:
     handler = NaiveWhep(SharedPattern(width, height, fps, clip))
     app = web.Application()
-    app.add_routes([web.get("/", viewer_page), web.get("/viewer.js", viewer_script),
-                    web.get("/api/stats", handler.stats), web.options("/whep", handler.options),
-                    web.post("/whep", handler.post), web.options("/whep/{id}", handler.options),
-                    web.patch("/whep/{id}", handler.patch), web.delete("/whep/{id}", handler.delete)])
+    app.add_routes(
+        [
+            web.get("/", viewer_page),
+            web.get("/viewer.js", viewer_script),
+            web.get("/api/stats", handler.stats),
+            web.options("/whep", handler.options),
+            web.post("/whep", handler.post),
+            web.options("/whep/{id}", handler.options),
+            web.patch("/whep/{id}", handler.patch),
+            web.delete("/whep/{id}", handler.delete),
+        ]
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -28,7 +28,7 @@ from fleet.ota.serve import make_app
 from ota import bundle as bundle_mod
 from ota import signing
 from ota.download import CHUNK, download
-from ota.installer import InstallOptions, Installer
+from ota.installer import Installer, InstallOptions
 from ota.layout import Layout, boot_check
 from ota.trial import commit
 
@@ -36,8 +36,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_agent_wheel(out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--disable-pip-version-check", "-w", str(out), str(REPO)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+    )
     return next(out.glob("device_agent-*.whl"))
 
 
@@ -90,15 +104,24 @@ async def download_figures(bundle: Path, work: Path) -> dict[str, float]:
     server.close()
     await runner.cleanup()
     missing = size - size // 2
-    return {"bundle_bytes": size, "full_download_bytes": full.bytes_fetched, "full_download_s": full_s,
-            "cut_after_bytes": first, "resume_bytes": resumed.bytes_fetched, "resume_wire_bytes": proxy.sent[1],
-            "missing_half": missing, "resume_over_missing": resumed.bytes_fetched / missing,
-            "resume_limit": missing + CHUNK}
+    return {
+        "bundle_bytes": size,
+        "full_download_bytes": full.bytes_fetched,
+        "full_download_s": full_s,
+        "cut_after_bytes": first,
+        "resume_bytes": resumed.bytes_fetched,
+        "resume_wire_bytes": proxy.sent[1],
+        "missing_half": missing,
+        "resume_over_missing": resumed.bytes_fetched / missing,
+        "resume_limit": missing + CHUNK,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--wheelhouse", type=Path, help="a full wheelhouse (pip wheel -w DIR .) instead of a layer")
+    ap.add_argument(
+        "--wheelhouse", type=Path, help="a full wheelhouse (pip wheel -w DIR .) instead of a layer"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ota-bench-"))
@@ -118,9 +141,12 @@ def main() -> int:
         signing.generate(work / "k.key", work / "keys" / "k.pub")
         key = signing.load_private(work / "k.key")
         state_dir, root = work / "state", work / "opt"
-        cfg = config_from_dict({"device": {"state_dir": str(state_dir), "hardware": "bench"},
-                                "ota": {"root": str(root), "trusted_keys_dir": str(work / "keys"),
-                                        "slot_extra_paths": extra}})
+        cfg = config_from_dict(
+            {
+                "device": {"state_dir": str(state_dir), "hardware": "bench"},
+                "ota": {"root": str(root), "trusted_keys_dir": str(work / "keys"), "slot_extra_paths": extra},
+            }
+        )
         layout = Layout(root, state_dir)
         opts = InstallOptions.from_config(cfg)
         times = []
@@ -130,35 +156,55 @@ def main() -> int:
             bundle_mod.build(bundle, version, wh, ["bench"], keys=[key])
             marks: list[tuple[str, float]] = []
             t0 = time.monotonic()
-            Installer(layout, opts, lambda name, info: name == "verify.progress" or
-                      marks.append((name, time.monotonic()))).install(bundle)
+            Installer(
+                layout,
+                opts,
+                lambda name, info: name == "verify.progress" or marks.append((name, time.monotonic())),
+            ).install(bundle)
             installed = time.monotonic() - t0
             steps = {a[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])}
             t1 = time.monotonic()
             slot, _ = boot_check(layout)
             boot = time.monotonic() - t1
-            check = subprocess.run([str(root / "current" / "bin" / "python"), "-m", "device_agent.cli", "--help"],
-                                   capture_output=True, text=True)
+            check = subprocess.run(
+                [str(root / "current" / "bin" / "python"), "-m", "device_agent.cli", "--help"],
+                capture_output=True,
+                text=True,
+            )
             assert check.returncode == 0, check.stderr
             commit(layout, opts)
             if i:  # round 0 is the factory install into an empty slot
                 times.append((installed, boot))
-            print(f"round {i}: install+switch {installed:.2f} s, boot check {boot * 1000:.0f} ms, slot {slot}; "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in steps.items() if v >= 0.005))
+            print(
+                f"round {i}: install+switch {installed:.2f} s, boot check {boot * 1000:.0f} ms, slot {slot}; "
+                + ", ".join(f"{k} {v:.2f}" for k, v in steps.items() if v >= 0.005)
+            )
         figures = asyncio.run(download_figures(bundle, work))
         inst = sorted(t for t, _ in times)
         print()
-        print(f"wheels in bundle:            {len(wheels)} ({'full wheelhouse' if args.wheelhouse else 'agent wheel, deps from a layer'})")
-        print(f"bundle size:                 {figures['bundle_bytes'] / 1e6:.2f} MB (wheel build {build_s:.1f} s)")
-        print(f"install + switch (median):   {inst[len(inst) // 2]:.2f} s  (min {inst[0]:.2f}, max {inst[-1]:.2f}, "
-              f"{len(inst)} rounds)")
+        print(
+            f"wheels in bundle:            {len(wheels)} ({'full wheelhouse' if args.wheelhouse else 'agent wheel, deps from a layer'})"
+        )
+        print(
+            f"bundle size:                 {figures['bundle_bytes'] / 1e6:.2f} MB (wheel build {build_s:.1f} s)"
+        )
+        print(
+            f"install + switch (median):   {inst[len(inst) // 2]:.2f} s  (min {inst[0]:.2f}, max {inst[-1]:.2f}, "
+            f"{len(inst)} rounds)"
+        )
         print(f"boot check:                  {sorted(b for _, b in times)[len(times) // 2] * 1000:.0f} ms")
-        print(f"download, uncut:             {figures['full_download_bytes']} bytes in {figures['full_download_s']:.2f} s "
-              f"(ratio to bundle {figures['full_download_bytes'] / figures['bundle_bytes']:.4f})")
-        print(f"cut at 50 %, then resumed:   first attempt kept {figures['cut_after_bytes']} bytes; "
-              f"resume fetched {figures['resume_bytes']} body bytes ({figures['resume_wire_bytes']} on the wire)")
-        print(f"resume / missing half:       {figures['resume_over_missing']:.4f} "
-              f"(limit: missing half + one {CHUNK}-byte chunk = {figures['resume_limit']} bytes)")
+        print(
+            f"download, uncut:             {figures['full_download_bytes']} bytes in {figures['full_download_s']:.2f} s "
+            f"(ratio to bundle {figures['full_download_bytes'] / figures['bundle_bytes']:.4f})"
+        )
+        print(
+            f"cut at 50 %, then resumed:   first attempt kept {figures['cut_after_bytes']} bytes; "
+            f"resume fetched {figures['resume_bytes']} body bytes ({figures['resume_wire_bytes']} on the wire)"
+        )
+        print(
+            f"resume / missing half:       {figures['resume_over_missing']:.4f} "
+            f"(limit: missing half + one {CHUNK}-byte chunk = {figures['resume_limit']} bytes)"
+        )
         ok = figures["resume_bytes"] <= figures["resume_limit"]
         print(f"resume within the limit:     {'yes' if ok else 'NO'}")
         return 0 if ok else 1

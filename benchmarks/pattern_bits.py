@@ -23,15 +23,27 @@ from hal.camera.marker import read_stamp
 from hal.camera.test_pattern import PATTERNS, TestPatternCamera
 
 
-def encode(frames: list[av.VideoFrame], width: int, height: int, fps: int, options: dict[str, str],
-           bit_rate: int | None = None) -> tuple[float, float, int]:
+def encode(
+    frames: list[av.VideoFrame],
+    width: int,
+    height: int,
+    fps: int,
+    options: dict[str, str],
+    bit_rate: int | None = None,
+) -> tuple[float, float, int]:
     """(kbit/s, mean luma PSNR dB, frames whose stamp read back right) for ``frames`` through libx264."""
     enc = av.CodecContext.create("libx264", "w")
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base, enc.framerate = fractions.Fraction(1, fps), fps
     if bit_rate is not None:
         enc.bit_rate = bit_rate
-    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline", "g": str(2 * fps), **options}
+    enc.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "profile": "baseline",
+        "g": str(2 * fps),
+        **options,
+    }
     dec = av.CodecContext.create("h264", "r")
     originals = {i: f.to_ndarray()[:height].astype(np.float64) for i, f in enumerate(frames)}
     size, psnrs, stamps = 0, [], 0
@@ -48,7 +60,7 @@ def encode(frames: list[av.VideoFrame], width: int, height: int, fps: int, optio
             stamps += index in originals
             if index in originals:
                 mse = float(np.mean((luma.astype(np.float64) - originals[index]) ** 2))
-                psnrs.append(99.0 if mse == 0 else 10 * np.log10(255 ** 2 / mse))
+                psnrs.append(99.0 if mse == 0 else 10 * np.log10(255**2 / mse))
     return size * 8 / 1000 / (len(frames) / fps), statistics.mean(psnrs) if psnrs else 0.0, stamps
 
 
@@ -69,16 +81,28 @@ def main() -> None:
             frames.append(camera.render(i).frame)
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
-        print(f"{pattern}: draw p50 {times[len(times) // 2]:.2f} ms, p95 {times[int(len(times) * .95)]:.2f} ms "
-              f"per frame ({load()})")
+        print(
+            f"{pattern}: draw p50 {times[len(times) // 2]:.2f} ms, p95 {times[int(len(times) * 0.95)]:.2f} ms "
+            f"per frame ({load()})"
+        )
         for crf in ("23", "28"):
             kbps, psnr, ok = encode(frames, args.width, args.height, args.fps, {"crf": crf})
-            print(f"  libx264 crf {crf}: {kbps:7.0f} kbit/s, luma PSNR {psnr:.1f} dB, stamps read {ok}/{count}")
+            print(
+                f"  libx264 crf {crf}: {kbps:7.0f} kbit/s, luma PSNR {psnr:.1f} dB, stamps read {ok}/{count}"
+            )
         for rate in (2_000_000, 1_000_000):
-            kbps, psnr, ok = encode(frames, args.width, args.height, args.fps,
-                                    {"x264-params": f"vbv-maxrate={rate // 1000}:vbv-bufsize={rate // 1000}"}, rate)
-            print(f"  libx264 at {rate // 1000} kbit/s (VBV): {kbps:7.0f} kbit/s, luma PSNR {psnr:.1f} dB, "
-                  f"stamps read {ok}/{count}")
+            kbps, psnr, ok = encode(
+                frames,
+                args.width,
+                args.height,
+                args.fps,
+                {"x264-params": f"vbv-maxrate={rate // 1000}:vbv-bufsize={rate // 1000}"},
+                rate,
+            )
+            print(
+                f"  libx264 at {rate // 1000} kbit/s (VBV): {kbps:7.0f} kbit/s, luma PSNR {psnr:.1f} dB, "
+                f"stamps read {ok}/{count}"
+            )
 
 
 if __name__ == "__main__":

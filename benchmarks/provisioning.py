@@ -19,13 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from device_agent.fleetlink.mqtt import MqttClient, tls_context
 from fleet.provisioning.broker import write_broker_config, write_claim_passwords
 from fleet.provisioning.ca import FleetCA
 from fleet.provisioning.responder import ClaimResponder
 from fleet.provisioning.store import ProvisioningStore
 from provisioning.claim import claim
 from provisioning.identity import IdentityStore
-from device_agent.fleetlink.mqtt import MqttClient, tls_context
 from tests.support.mosquitto import Mosquitto, free_port
 
 
@@ -43,7 +43,9 @@ async def one(base: Path, i: int, token, claim_port: int, port: int) -> tuple[fl
     res = await claim("127.0.0.1", claim_port, token, csr, {"name": f"bench{i}"}, timeout=60)
     t2 = time.perf_counter()
     store.save(res.cert_pem, res.ca_pem, {"device_id": res.device_id})
-    m = MqttClient(res.device_id, tls=tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path)))
+    m = MqttClient(
+        res.device_id, tls=tls_context(str(store.ca_path), str(store.cert_path), str(store.key_path))
+    )
     await m.connect("127.0.0.1", port)
     await m.close()
     t3 = time.perf_counter()
@@ -55,8 +57,16 @@ async def main(n_seq: int, n_conc: int) -> None:
     state = base / "state"
     ca = FleetCA.init(state)
     port, claim_port, service_port = free_port(), free_port(), free_port()
-    files = write_broker_config(state, base / "broker", ["127.0.0.1"], port, claim_port, "127.0.0.1", user="root",
-                                service_port=service_port)
+    files = write_broker_config(
+        state,
+        base / "broker",
+        ["127.0.0.1"],
+        port,
+        claim_port,
+        "127.0.0.1",
+        user="root",
+        service_port=service_port,
+    )
     broker = Mosquitto(base / "work", plain=False)
     broker.config_path, broker.ports = files.config, {"d": port, "c": claim_port, "s": service_port}
     broker.start()
@@ -72,8 +82,9 @@ async def main(n_seq: int, n_conc: int) -> None:
         await asyncio.sleep(0.5)
         seq = [await one(base, i, tokens[i], claim_port, port) for i in range(n_seq)]
         t0 = time.perf_counter()
-        conc = await asyncio.gather(*(one(base, n_seq + i, tokens[n_seq + i], claim_port, port)
-                                      for i in range(n_conc)))
+        conc = await asyncio.gather(
+            *(one(base, n_seq + i, tokens[n_seq + i], claim_port, port) for i in range(n_conc))
+        )
         wall = time.perf_counter() - t0
     finally:
         await responder.stop()
@@ -84,12 +95,16 @@ async def main(n_seq: int, n_conc: int) -> None:
     for name, xs in (("key + CSR on device", keygen), ("claim exchange", exch), ("first mTLS connect", mtls)):
         print(f"  {name:22s} p50 {1000 * statistics.median(xs):7.1f} ms   p95 {1000 * pct(xs, 95):7.1f} ms")
     total = [a + b + c for a, b, c in seq]
-    print(f"  {'total':22s} p50 {1000 * statistics.median(total):7.1f} ms   p95 {1000 * pct(total, 95):7.1f} ms")
+    print(
+        f"  {'total':22s} p50 {1000 * statistics.median(total):7.1f} ms   p95 {1000 * pct(total, 95):7.1f} ms"
+    )
     cx = [c[1] for c in conc]
     if not cx:
         return
-    print(f"concurrent claims: n={n_conc} in {wall:.2f} s = {n_conc / wall:.1f} devices/s; claim exchange "
-          f"p50 {1000 * statistics.median(cx):.0f} ms, max {1000 * max(cx):.0f} ms")
+    print(
+        f"concurrent claims: n={n_conc} in {wall:.2f} s = {n_conc / wall:.1f} devices/s; claim exchange "
+        f"p50 {1000 * statistics.median(cx):.0f} ms, max {1000 * max(cx):.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """device-agent: media and fleet agent for Raspberry Pi-class smart hardware."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("device-agent")

@@ -10,8 +10,8 @@ def build_agent(config: AgentConfig) -> Agent:
     """Compose the agent. Components start in this order and stop in reverse."""
     from device_agent.diag.component import DiagnosticsComponent
     from device_agent.media.component import MediaComponent
-    from device_agent.watchdog import WatchdogComponent, pipelines_healthy
     from device_agent.ota_component import OtaComponent
+    from device_agent.watchdog import WatchdogComponent, pipelines_healthy
 
     agent = Agent(config)
     if config.mqtt.url:  # fleet link first: it carries the others' alerts, events and commands

@@ -42,8 +42,11 @@ class DeviceSection:
     state_dir: str = "/var/lib/device-agent"
 
     def validate(self, key: str) -> None:
-        _check(bool(self.id) and all(c.isalnum() or c in "-_." for c in self.id), f"{key}.id",
-               "must be non-empty and contain only letters, digits, '-', '_' or '.'")
+        _check(
+            bool(self.id) and all(c.isalnum() or c in "-_." for c in self.id),
+            f"{key}.id",
+            "must be non-empty and contain only letters, digits, '-', '_' or '.'",
+        )
 
 
 @dataclass
@@ -55,8 +58,11 @@ class LoggingSection:
     file_backups: int = 3  # rotated files kept (file.1 .. file.N)
 
     def validate(self, key: str) -> None:
-        _check(self.level.lower() in {"debug", "info", "warning", "error", "critical"},
-               f"{key}.level", f"unknown level {self.level!r}")
+        _check(
+            self.level.lower() in {"debug", "info", "warning", "error", "critical"},
+            f"{key}.level",
+            f"unknown level {self.level!r}",
+        )
         _check(self.file_max_bytes >= 64 * 1024, f"{key}.file_max_bytes", "must be >= 65536")
         _check(0 <= self.file_backups <= 50, f"{key}.file_backups", "must be 0..50")
 
@@ -66,21 +72,33 @@ class AudioSection(AudioSettings):
     """``[audio]``: the fields are the HAL's (``hal.audio.settings``); the checks are the config's."""
 
     def validate(self, key: str) -> None:
-        _check(self.backend in {"synthetic", "wav", "alsa"}, f"{key}.backend",
-               f"unknown backend {self.backend!r} (synthetic, wav, alsa)")
-        _check(self.playback_rate in {8000, 16000, 22050, 32000, 44100, 48000},
-               f"{key}.playback_rate", f"unsupported rate {self.playback_rate}")
+        _check(
+            self.backend in {"synthetic", "wav", "alsa"},
+            f"{key}.backend",
+            f"unknown backend {self.backend!r} (synthetic, wav, alsa)",
+        )
+        _check(
+            self.playback_rate in {8000, 16000, 22050, 32000, 44100, 48000},
+            f"{key}.playback_rate",
+            f"unsupported rate {self.playback_rate}",
+        )
         _check(1 <= self.playback_channels <= 8, f"{key}.playback_channels", "must be 1..8")
-        _check(20 <= self.playback_queue_ms <= 5000, f"{key}.playback_queue_ms",
-               "must be 20..5000")
-        _check(0 < self.reopen_min_s <= self.reopen_max_s <= 3600, f"{key}.reopen_min_s",
-               "need 0 < reopen_min_s <= reopen_max_s <= 3600")
-        _check(self.rate in {8000, 16000, 22050, 32000, 44100, 48000}, f"{key}.rate",
-               f"unsupported rate {self.rate}")
+        _check(20 <= self.playback_queue_ms <= 5000, f"{key}.playback_queue_ms", "must be 20..5000")
+        _check(
+            0 < self.reopen_min_s <= self.reopen_max_s <= 3600,
+            f"{key}.reopen_min_s",
+            "need 0 < reopen_min_s <= reopen_max_s <= 3600",
+        )
+        _check(
+            self.rate in {8000, 16000, 22050, 32000, 44100, 48000},
+            f"{key}.rate",
+            f"unsupported rate {self.rate}",
+        )
         _check(1 <= self.channels <= 8, f"{key}.channels", "must be 1..8")
         _check(self.period_ms in {5, 10, 20, 40}, f"{key}.period_ms", "must be 5, 10, 20 or 40")
-        _check(self.backend != "wav" or bool(self.wav_path), f"{key}.wav_path",
-               "required when backend = 'wav'")
+        _check(
+            self.backend != "wav" or bool(self.wav_path), f"{key}.wav_path", "required when backend = 'wav'"
+        )
 
 
 @dataclass
@@ -88,17 +106,29 @@ class CameraSection(CameraSettings):
     """``[camera]``: the fields are the HAL's (``hal.camera.settings``); the checks are the config's."""
 
     def validate(self, key: str) -> None:
-        _check(self.backend in {"test-pattern", "file", "v4l2", "picamera2"}, f"{key}.backend",
-               f"unknown backend {self.backend!r} (test-pattern, file, v4l2, picamera2)")
-        _check(16 <= self.width <= 4096 and self.width % 2 == 0, f"{key}.width",
-               "must be an even number 16..4096")
-        _check(16 <= self.height <= 4096 and self.height % 2 == 0, f"{key}.height",
-               "must be an even number 16..4096")
+        _check(
+            self.backend in {"test-pattern", "file", "v4l2", "picamera2"},
+            f"{key}.backend",
+            f"unknown backend {self.backend!r} (test-pattern, file, v4l2, picamera2)",
+        )
+        _check(
+            16 <= self.width <= 4096 and self.width % 2 == 0,
+            f"{key}.width",
+            "must be an even number 16..4096",
+        )
+        _check(
+            16 <= self.height <= 4096 and self.height % 2 == 0,
+            f"{key}.height",
+            "must be an even number 16..4096",
+        )
         _check(1 <= self.fps <= 120, f"{key}.fps", "must be 1..120")
         _check(self.rotation in {0, 90, 180, 270}, f"{key}.rotation", "must be 0, 90, 180 or 270")
-        _check(self.pattern in {"bars", "busy"}, f"{key}.pattern", f"unknown test pattern {self.pattern!r} (bars, busy)")
-        _check(self.backend != "file" or bool(self.path), f"{key}.path",
-               "required when backend = 'file'")
+        _check(
+            self.pattern in {"bars", "busy"},
+            f"{key}.pattern",
+            f"unknown test pattern {self.pattern!r} (bars, busy)",
+        )
+        _check(self.backend != "file" or bool(self.path), f"{key}.path", "required when backend = 'file'")
 
 
 @dataclass
@@ -111,10 +141,16 @@ class EncoderSection(EncoderSettings):
     low_layer_scale: float = 0.5  # the low layer's width and height, as a share of the camera's
 
     def validate(self, key: str) -> None:
-        _check(self.backend in {"auto", "picamera2", "v4l2m2m", "libx264"}, f"{key}.backend",
-               f"unknown backend {self.backend!r} (auto, picamera2, v4l2m2m, libx264)")
-        _check(0 < self.min_bitrate <= self.bitrate <= self.max_bitrate, f"{key}.bitrate",
-               "need 0 < min_bitrate <= bitrate <= max_bitrate")
+        _check(
+            self.backend in {"auto", "picamera2", "v4l2m2m", "libx264"},
+            f"{key}.backend",
+            f"unknown backend {self.backend!r} (auto, picamera2, v4l2m2m, libx264)",
+        )
+        _check(
+            0 < self.min_bitrate <= self.bitrate <= self.max_bitrate,
+            f"{key}.bitrate",
+            "need 0 < min_bitrate <= bitrate <= max_bitrate",
+        )
         _check(self.keyframe_interval_s > 0, f"{key}.keyframe_interval_s", "must be > 0")
         _check(self.layers in (1, 2), f"{key}.layers", "must be 1 or 2")
         _check(0.1 <= self.low_layer_scale <= 0.75, f"{key}.low_layer_scale", "must be in [0.1, 0.75]")
@@ -143,12 +179,18 @@ class WebSection:
 
     def validate(self, key: str) -> None:
         host, sep, port = self.listen.rpartition(":")
-        _check(bool(sep) and port.isdigit() and 0 <= int(port) <= 65535, f"{key}.listen",
-               f"expected HOST:PORT, got {self.listen!r}")
+        _check(
+            bool(sep) and port.isdigit() and 0 <= int(port) <= 65535,
+            f"{key}.listen",
+            f"expected HOST:PORT, got {self.listen!r}",
+        )
         _check(1 <= self.max_viewers <= 256, f"{key}.max_viewers", "must be 1..256")
-        _check(not self.enabled or bool(self.token) or is_loopback(host), f"{key}.token",
-               f"required when web.listen ({self.listen}) is not a loopback address: anyone on the "
-               "network could watch the camera and talk through the speaker")
+        _check(
+            not self.enabled or bool(self.token) or is_loopback(host),
+            f"{key}.token",
+            f"required when web.listen ({self.listen}) is not a loopback address: anyone on the "
+            "network could watch the camera and talk through the speaker",
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -174,15 +216,24 @@ class MqttSection:
     max_command_bytes: int = 64 * 1024
 
     def validate(self, key: str) -> None:
-        _check(self.url == "" or self.url.startswith(("mqtt://", "mqtts://")), f"{key}.url",
-               "must start with mqtt:// or mqtts://")
+        _check(
+            self.url == "" or self.url.startswith(("mqtt://", "mqtts://")),
+            f"{key}.url",
+            "must start with mqtt:// or mqtts://",
+        )
         _check(5 <= self.keepalive_s <= 3600, f"{key}.keepalive_s", "must be 5..3600")
-        _check(0 < self.reconnect_min_s <= self.reconnect_max_s, f"{key}.reconnect_min_s",
-               "need 0 < reconnect_min_s <= reconnect_max_s")
+        _check(
+            0 < self.reconnect_min_s <= self.reconnect_max_s,
+            f"{key}.reconnect_min_s",
+            "need 0 < reconnect_min_s <= reconnect_max_s",
+        )
         _check(self.telemetry_interval_s > 0, f"{key}.telemetry_interval_s", "must be > 0")
         _check(self.spool_max_bytes >= 64 * 1024, f"{key}.spool_max_bytes", "must be >= 65536")
-        _check(1024 <= self.max_command_bytes <= 256 * 1024 * 1024, f"{key}.max_command_bytes",
-               "must be 1024..268435456")
+        _check(
+            1024 <= self.max_command_bytes <= 256 * 1024 * 1024,
+            f"{key}.max_command_bytes",
+            "must be 1024..268435456",
+        )
         _check(self.session_expiry_s >= 0, f"{key}.session_expiry_s", "must be >= 0")
 
 
@@ -206,14 +257,27 @@ class AlertRule:
         _check(self.op in {">", ">=", "<", "<=", "==", "!="}, f"{key}.op", f"unknown op {self.op!r}")
         _check(self.severity in {"P1", "P2", "P3"}, f"{key}.severity", "must be P1, P2 or P3")
         _check(self.hold_s >= 0, f"{key}.hold_s", "must be >= 0")
-        _check(self.aggregate in {"", "any", "all", "max", "min", "median", "mean", "count"}, f"{key}.aggregate",
-               "must be any, all, max, min, median, mean or count")
-        _check(("*" in self.metric) == bool(self.aggregate), f"{key}.aggregate",
-               "needed exactly when metric has a '*' segment")
+        _check(
+            self.aggregate in {"", "any", "all", "max", "min", "median", "mean", "count"},
+            f"{key}.aggregate",
+            "must be any, all, max, min, median, mean or count",
+        )
+        _check(
+            ("*" in self.metric) == bool(self.aggregate),
+            f"{key}.aggregate",
+            "needed exactly when metric has a '*' segment",
+        )
         _check(self.window_s >= 0, f"{key}.window_s", "must be >= 0")
-        _check(self.window in {"mean", "max", "min", "increase"}, f"{key}.window", "must be mean, max, min or increase")
-        _check(not (self.window_s and self.aggregate in {"any", "all"}), f"{key}.window_s",
-               "a window needs a number: use max/min/median/mean/count, not any/all")
+        _check(
+            self.window in {"mean", "max", "min", "increase"},
+            f"{key}.window",
+            "must be mean, max, min or increase",
+        )
+        _check(
+            not (self.window_s and self.aggregate in {"any", "all"}),
+            f"{key}.window_s",
+            "a window needs a number: use max/min/median/mean/count, not any/all",
+        )
 
 
 @dataclass
@@ -222,11 +286,16 @@ class AlertDefaultsSection:
 
     enabled: bool = True
     disable: list[str] = field(default_factory=list)  # codes of default rules to drop
-    evaluate_interval_s: float = 5.0  # rules run this often (and on every telemetry sample); 0: telemetry only
+    evaluate_interval_s: float = (
+        5.0  # rules run this often (and on every telemetry sample); 0: telemetry only
+    )
 
     def validate(self, key: str) -> None:
-        _check(self.evaluate_interval_s == 0 or self.evaluate_interval_s >= 0.5, f"{key}.evaluate_interval_s",
-               "must be 0 or >= 0.5")
+        _check(
+            self.evaluate_interval_s == 0 or self.evaluate_interval_s >= 0.5,
+            f"{key}.evaluate_interval_s",
+            "must be 0 or >= 0.5",
+        )
 
 
 @dataclass
@@ -248,8 +317,11 @@ class OtaSection:
         _check(self.trial_deadline_s > 0, f"{key}.trial_deadline_s", "must be > 0")
         _check(self.max_failed_starts >= 1, f"{key}.max_failed_starts", "must be >= 1")
         _check(self.download_rate_bps >= 0, f"{key}.download_rate_bps", "must be >= 0")
-        _check(0 < self.trial_healthy_s < self.trial_deadline_s, f"{key}.trial_healthy_s",
-               "must be > 0 and below trial_deadline_s")
+        _check(
+            0 < self.trial_healthy_s < self.trial_deadline_s,
+            f"{key}.trial_healthy_s",
+            "must be > 0 and below trial_deadline_s",
+        )
         _check(self.hook_timeout_s > 0, f"{key}.hook_timeout_s", "must be > 0")
         _check(0 <= self.download_retries <= 100, f"{key}.download_retries", "must be 0..100")
         _check(self.free_space_reserve_bytes >= 0, f"{key}.free_space_reserve_bytes", "must be >= 0")
@@ -279,14 +351,23 @@ class DiagnosticsSection:
         _check(self.chunk_bytes >= 1024, f"{key}.chunk_bytes", "must be >= 1024")
         _check(self.log_pull_rate_bps >= 0, f"{key}.log_pull_rate_bps", "must be >= 0")
         _check(self.log_pull_max_bytes >= 0, f"{key}.log_pull_max_bytes", "must be >= 0")
-        _check(16 <= self.snapshot_width <= 4096 and self.snapshot_width % 2 == 0,
-               f"{key}.snapshot_width", "must be an even number 16..4096")
-        _check(16 <= self.snapshot_height <= 4096 and self.snapshot_height % 2 == 0,
-               f"{key}.snapshot_height", "must be an even number 16..4096")
+        _check(
+            16 <= self.snapshot_width <= 4096 and self.snapshot_width % 2 == 0,
+            f"{key}.snapshot_width",
+            "must be an even number 16..4096",
+        )
+        _check(
+            16 <= self.snapshot_height <= 4096 and self.snapshot_height % 2 == 0,
+            f"{key}.snapshot_height",
+            "must be an even number 16..4096",
+        )
         _check(2 <= self.snapshot_quality <= 31, f"{key}.snapshot_quality", "must be 2..31")
         _check(self.temp_warn_c < self.temp_fail_c, f"{key}.temp_warn_c", "must be < temp_fail_c")
-        _check(0 <= self.disk_fail_free <= self.disk_warn_free < 1, f"{key}.disk_warn_free",
-               "need 0 <= disk_fail_free <= disk_warn_free < 1")
+        _check(
+            0 <= self.disk_fail_free <= self.disk_warn_free < 1,
+            f"{key}.disk_warn_free",
+            "need 0 <= disk_fail_free <= disk_warn_free < 1",
+        )
         _check(1 <= self.ping_count <= 200, f"{key}.ping_count", "must be 1..200")
         _check(0 <= self.view_max_sessions <= 16, f"{key}.view_max_sessions", "must be 0..16")
         _check(self.view_max_s > 0, f"{key}.view_max_s", "must be > 0")
@@ -390,8 +471,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
-    kwargs = {name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
-              for name, value in data.items()}
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

@@ -32,7 +32,8 @@ class LogContext:
     device_id: str
     boot_id: str
     session: contextvars.ContextVar[str] = field(
-        default_factory=lambda: contextvars.ContextVar("log_session", default=""))
+        default_factory=lambda: contextvars.ContextVar("log_session", default="")
+    )
 
 
 def iso_ts(epoch: float) -> str:
@@ -59,9 +60,14 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, device, boot, session, extras, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"ts": iso_ts(record.created), "level": record.levelname.lower(),
-                               "logger": record.name, "msg": record.getMessage(),
-                               "device": getattr(record, "device", ""), "boot": getattr(record, "boot", "")}
+        out: dict[str, Any] = {
+            "ts": iso_ts(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "device": getattr(record, "device", ""),
+            "boot": getattr(record, "boot", ""),
+        }
         if getattr(record, "session", ""):
             out["session"] = record.session
         for key, value in vars(record).items():
@@ -85,8 +91,13 @@ class PlainFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(section: LoggingSection, ctx: LogContext, *, stream: TextIO | None = None,
-                  root: logging.Logger | None = None) -> list[logging.Handler]:
+def setup_logging(
+    section: LoggingSection,
+    ctx: LogContext,
+    *,
+    stream: TextIO | None = None,
+    root: logging.Logger | None = None,
+) -> list[logging.Handler]:
     """Configure ``root`` (the process root logger by default): stream handler plus optional rotating file.
 
     Returns the handlers it installed so callers (and tests) can remove them again.
@@ -97,8 +108,11 @@ def setup_logging(section: LoggingSection, ctx: LogContext, *, stream: TextIO | 
     if section.file:
         path = Path(section.file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(
-            path, maxBytes=section.file_max_bytes, backupCount=section.file_backups, encoding="utf-8"))
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                path, maxBytes=section.file_max_bytes, backupCount=section.file_backups, encoding="utf-8"
+            )
+        )
     context_filter = ContextFilter(ctx)
     for handler in handlers:
         handler.setFormatter(formatter)

@@ -36,18 +36,22 @@ from ota import trial as trial_mod
 from ota.bundle import parse_version
 from ota.download import download
 from ota.errors import OtaError
-from ota.installer import InstallOptions, Installer
+from ota.installer import Installer, InstallOptions
 from ota.layout import SLOTS, Layout, lock_holder
 from ota.state import OtaState, Update
 
 log = logging.getLogger(__name__)
 
 
-
 # the OTA commands' parameters (also the fleet simulator's, which answers the same commands)
-INSTALL_PARAMS = (Param("url", "string", max_len=4096), Param("path", "string", max_len=4096),
-                  Param("sha256", "string"), Param("size", "integer", low=1))
+INSTALL_PARAMS = (
+    Param("url", "string", max_len=4096),
+    Param("path", "string", max_len=4096),
+    Param("sha256", "string"),
+    Param("size", "integer", low=1),
+)
 ROLLBACK_PARAMS = (Param("reason", "string", max_len=1024), Param("force", "boolean"))
+
 
 class OtaHost(Protocol):
     """Exactly what the OTA component uses of the agent (``device_agent.agent.Agent`` is one)."""
@@ -73,7 +77,9 @@ class OtaComponent:
 
     name = "ota"
 
-    def __init__(self, agent: OtaHost, layout: Layout | None = None, options: InstallOptions | None = None) -> None:
+    def __init__(
+        self, agent: OtaHost, layout: Layout | None = None, options: InstallOptions | None = None
+    ) -> None:
         cfg = agent.config
         self.agent = agent
         self.layout = layout or Layout(cfg.ota.root, cfg.device.state_dir)
@@ -100,8 +106,9 @@ class OtaComponent:
             log.warning("ota: cannot update %s: %s", self.layout.state_path, exc)
         update = await asyncio.to_thread(trial_mod.pending_trial, self.layout)
         if update is not None:
-            trial = trial_mod.Trial(self.layout, self.options, self._agent_healthy, self._emit,
-                                    healthy_s=self.healthy_s)
+            trial = trial_mod.Trial(
+                self.layout, self.options, self._agent_healthy, self._emit, healthy_s=self.healthy_s
+            )
             self._trial_task = asyncio.create_task(self._run_trial(trial, update), name="ota-trial")
 
     async def stop(self) -> None:
@@ -124,8 +131,14 @@ class OtaComponent:
         st = self.layout.load()
         last = st.last_result
         if last is not None and not last.reported:
-            self._emit("ota", phase=last.result.value, version=last.version, reason=last.reason,
-                       slot=self.layout.current_slot(), at=last.ts)
+            self._emit(
+                "ota",
+                phase=last.result.value,
+                version=last.version,
+                reason=last.reason,
+                slot=self.layout.current_slot(),
+                at=last.ts,
+            )
             sm.mark_reported(self.layout, st)
 
     async def _run_trial(self, trial: trial_mod.Trial, update: Update) -> None:
@@ -152,8 +165,12 @@ class OtaComponent:
         st = self.layout.load()
         slot = self.layout.current_slot()
         info = self.layout.slot_info(slot) if slot else None
-        return {"slot": slot, "version": (info or {}).get("version"),
-                "update": st.update.phase.value if st.update else None, **({"progress": self._progress} if self._progress else {})}
+        return {
+            "slot": slot,
+            "version": (info or {}).get("version"),
+            "update": st.update.phase.value if st.update else None,
+            **({"progress": self._progress} if self._progress else {}),
+        }
 
     def busy(self) -> bool:
         return (self._task is not None and not self._task.done()) or lock_holder(self.layout) is not None
@@ -192,16 +209,35 @@ class OtaComponent:
                     self._progress = {"phase": "download", "bytes": done, "total": total}
                     if now - last[0] >= 1.0 or done == total:
                         last[0] = now
-                        self._emit("ota", phase="download", bytes=done, total=total,
-                                   percent=round(100.0 * done / total, 1), eta_s=None if eta is None else round(eta, 1))
+                        self._emit(
+                            "ota",
+                            phase="download",
+                            bytes=done,
+                            total=total,
+                            percent=round(100.0 * done / total, 1),
+                            eta_s=None if eta is None else round(eta, 1),
+                        )
 
                 cfg = self.agent.config.ota
-                result_ = await download(params["url"], bundle, params["size"], params["sha256"],
-                                         rate_bps=cfg.download_rate_bps, retries=cfg.download_retries,
-                                         reserve_bytes=cfg.free_space_reserve_bytes, progress=progress,
-                                         ca_file=cfg.download_ca_file)
-                self._emit("ota", phase="downloaded", bytes=result_.bytes_fetched, total=result_.size,
-                           percent=100.0, seconds=round(result_.seconds, 2))
+                result_ = await download(
+                    params["url"],
+                    bundle,
+                    params["size"],
+                    params["sha256"],
+                    rate_bps=cfg.download_rate_bps,
+                    retries=cfg.download_retries,
+                    reserve_bytes=cfg.free_space_reserve_bytes,
+                    progress=progress,
+                    ca_file=cfg.download_ca_file,
+                )
+                self._emit(
+                    "ota",
+                    phase="downloaded",
+                    bytes=result_.bytes_fetched,
+                    total=result_.size,
+                    percent=100.0,
+                    seconds=round(result_.seconds, 2),
+                )
             else:
                 bundle = Path(params["path"])
             loop = asyncio.get_running_loop()
@@ -211,15 +247,21 @@ class OtaComponent:
                     done, total = info["bytes"], info["total"] or 1
                     self._progress = {"phase": "verify", "bytes": done, "total": total}
                     if done == total:
-                        loop.call_soon_threadsafe(lambda: self._emit("ota", phase="verify", bytes=done, total=total,
-                                                                     percent=100.0))
+                        loop.call_soon_threadsafe(
+                            lambda: self._emit("ota", phase="verify", bytes=done, total=total, percent=100.0)
+                        )
                     return
                 self._progress = {"phase": name}
                 loop.call_soon_threadsafe(lambda: self._emit("ota", phase=name, **info))
 
             update = await asyncio.to_thread(Installer(self.layout, self.options, on_step).install, bundle)
-            self._emit("ota", phase="restarting", version=update.version, slot=update.target_slot,
-                       install_s=round(time.monotonic() - started, 2))
+            self._emit(
+                "ota",
+                phase="restarting",
+                version=update.version,
+                slot=update.target_slot,
+                install_s=round(time.monotonic() - started, 2),
+            )
             self._request_restart()
         except OtaError as exc:
             log.error("ota install failed: %s", exc)
@@ -243,11 +285,14 @@ class OtaComponent:
         if self.busy():
             raise CommandError(ErrorCode.BUSY, "an install is in flight; wait for it to finish")
         try:
-            st = await asyncio.to_thread(manual_rollback, self.layout, self.options, reason,
-                                         bool(params.get("force", False)))
+            st = await asyncio.to_thread(
+                manual_rollback, self.layout, self.options, reason, bool(params.get("force", False))
+            )
         except OtaError as exc:
             raise CommandError(exc.code, exc.message) from None
-        self._emit("ota", phase="rolled_back", reason=reason, slot=st.committed_slot, version=st.committed_version)
+        self._emit(
+            "ota", phase="rolled_back", reason=reason, slot=st.committed_slot, version=st.committed_version
+        )
         self._mark_reported()
         self._request_restart()
         return {"slot": st.committed_slot, "version": st.committed_version, "restarting": True}
@@ -256,10 +301,16 @@ class OtaComponent:
 def status(layout: Layout, busy: bool = False, progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """Slots, versions, update in flight, last result: for ``ota.status`` and the CLI."""
     st = layout.load()
-    return {"current_slot": layout.current_slot(), "committed_slot": st.committed_slot,
-            "committed_version": st.committed_version, "slots": {s: layout.slot_info(s) for s in SLOTS},
-            "update": st.update.to_dict() if st.update else None, "in_flight": busy, "progress": progress or {},
-            "last_result": st.last_result.to_dict() if st.last_result else None}
+    return {
+        "current_slot": layout.current_slot(),
+        "committed_slot": st.committed_slot,
+        "committed_version": st.committed_version,
+        "slots": {s: layout.slot_info(s) for s in SLOTS},
+        "update": st.update.to_dict() if st.update else None,
+        "in_flight": busy,
+        "progress": progress or {},
+        "last_result": st.last_result.to_dict() if st.last_result else None,
+    }
 
 
 def manual_rollback(layout: Layout, options: InstallOptions, reason: str, force: bool = False) -> OtaState:
@@ -278,8 +329,11 @@ def manual_rollback(layout: Layout, options: InstallOptions, reason: str, force:
         raise OtaError("no_previous_slot", f"slot {other} holds no complete installation to go back to")
     running = (layout.slot_info(current) or {}).get("version") if current else None
     if running and not force and parse_version(str(info.get("version"))) >= parse_version(running):
-        raise OtaError("no_previous_slot", f"slot {other} holds {info.get('version')}, not older than the running "
-                       f"{running}; pass force to switch anyway")
+        raise OtaError(
+            "no_previous_slot",
+            f"slot {other} holds {info.get('version')}, not older than the running "
+            f"{running}; pass force to switch anyway",
+        )
     layout.point_current(other)
     sm.revert(layout, st, other, info.get("version"), reason)
     return st

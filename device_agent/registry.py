@@ -78,8 +78,13 @@ class CommandRegistry:
     def __init__(self) -> None:
         self._commands: dict[str, Command] = {}
 
-    def register(self, name: str, handler: CommandHandler, params: Sequence[Param] = (),
-                 param_error: str = ErrorCode.BAD_PARAMS) -> None:
+    def register(
+        self,
+        name: str,
+        handler: CommandHandler,
+        params: Sequence[Param] = (),
+        param_error: str = ErrorCode.BAD_PARAMS,
+    ) -> None:
         if name in self._commands:
             raise ValueError(f"command {name!r} registered twice")
         self._commands[name] = Command(name, handler, tuple(params), param_error)
@@ -94,7 +99,9 @@ class CommandRegistry:
     async def dispatch(self, name: str, params: dict[str, Any]) -> Any:
         command = self._commands.get(name)
         if command is None:
-            raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"no command {name!r}; known: {', '.join(self.names())}")
+            raise CommandError(
+                ErrorCode.UNKNOWN_COMMAND, f"no command {name!r}; known: {', '.join(self.names())}"
+            )
         try:
             checked = validate(params, command.params)
         except ParamError as exc:
@@ -112,8 +119,15 @@ class Alert:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "alert", "severity": self.severity, "code": self.code, "message": self.message,
-                "active": self.active, "ts": round(self.ts, 3), "details": self.details}
+        return {
+            "type": "alert",
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "active": self.active,
+            "ts": round(self.ts, 3),
+            "details": self.details,
+        }
 
 
 class AlertBus:

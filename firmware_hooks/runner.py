@@ -30,7 +30,9 @@ class HookFailed(Exception):
     """A hook exited non-zero or timed out; ``stderr`` is its capped error output."""
 
     def __init__(self, hook: str, phase: str, reason: str, stderr: str = "") -> None:
-        super().__init__(f"hook {hook} failed in {phase}: {reason}" + (f": {stderr.strip()[-300:]}" if stderr else ""))
+        super().__init__(
+            f"hook {hook} failed in {phase}: {reason}" + (f": {stderr.strip()[-300:]}" if stderr else "")
+        )
         self.hook, self.phase, self.reason, self.stderr = hook, phase, reason, stderr
 
 
@@ -58,23 +60,38 @@ def discover(dirs: Iterable[Path | str | None]) -> list[Path]:
     return hooks
 
 
-def run_hook(hook: Path, phase: str, env: Mapping[str, str], timeout_s: float = 300.0,
-             retries: int = 3, retry_delay_s: float = 1.0) -> HookResult:
+def run_hook(
+    hook: Path,
+    phase: str,
+    env: Mapping[str, str],
+    timeout_s: float = 300.0,
+    retries: int = 3,
+    retry_delay_s: float = 1.0,
+) -> HookResult:
     """Run one hook for one phase; raises HookFailed on non-zero exit or timeout."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}")
     full_env = {**os.environ, **env, "OTA_PHASE": phase}
     for attempt in range(retries + 1):
         start = time.monotonic()
-        proc = subprocess.Popen([str(hook), phase], env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(hook), phase],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise HookFailed(hook.name, phase, f"timed out after {timeout_s:g} s",
-                             err.decode(errors="replace")[-STDERR_CAP:]) from None
+            raise HookFailed(
+                hook.name,
+                phase,
+                f"timed out after {timeout_s:g} s",
+                err.decode(errors="replace")[-STDERR_CAP:],
+            ) from None
         seconds = time.monotonic() - start
         stderr = err.decode(errors="replace")[-STDERR_CAP:]
         for line in out.decode(errors="replace").splitlines():
@@ -92,6 +109,8 @@ def run_hook(hook: Path, phase: str, env: Mapping[str, str], timeout_s: float = 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def run_phase(hooks: Iterable[Path], phase: str, env: Mapping[str, str], timeout_s: float = 300.0) -> list[HookResult]:
+def run_phase(
+    hooks: Iterable[Path], phase: str, env: Mapping[str, str], timeout_s: float = 300.0
+) -> list[HookResult]:
     """Run every hook for ``phase`` in order; the first failure stops and raises."""
     return [run_hook(h, phase, env, timeout_s) for h in hooks]

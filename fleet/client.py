@@ -34,8 +34,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from device_agent import protocol
-from device_agent.protocol import ErrorCode, error_result
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, response_properties
+from device_agent.protocol import ErrorCode, error_result
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,39 @@ class CommandTimeout(CommandFailed):
 class FleetClient:
     """An operator/service MQTT session; see the module docstring."""
 
-    def __init__(self, url: str, *, ca_file: str = "", cert_file: str = "", key_file: str = "",
-                 username: str = "", password: str = "", client_id: str = "", clean_start: bool = True,
-                 session_expiry_s: int = 0, tls_insecure: bool = False, keepalive_s: int = 30,
-                 reconnect_min_s: float = 0.5, reconnect_max_s: float = 10.0) -> None:
-        self.options = MqttOptions(url=url, client_id=client_id or f"fleet-{uuid.uuid4().hex[:10]}",
-                                   ca_file=ca_file, cert_file=cert_file, key_file=key_file, username=username,
-                                   password=password, keepalive_s=keepalive_s, clean_start=clean_start,
-                                   session_expiry_s=session_expiry_s, tls_insecure=tls_insecure,
-                                   reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
-                                   max_inflight=1000)
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        username: str = "",
+        password: str = "",
+        client_id: str = "",
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        tls_insecure: bool = False,
+        keepalive_s: int = 30,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 10.0,
+    ) -> None:
+        self.options = MqttOptions(
+            url=url,
+            client_id=client_id or f"fleet-{uuid.uuid4().hex[:10]}",
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            username=username,
+            password=password,
+            keepalive_s=keepalive_s,
+            clean_start=clean_start,
+            session_expiry_s=session_expiry_s,
+            tls_insecure=tls_insecure,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            max_inflight=1000,
+        )
         self.conn = MqttConnection(self.options)
         self._owns_conn = True
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
@@ -95,11 +118,12 @@ class FleetClient:
             self.conn.start()
         try:
             await self.conn.wait_connected(timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if self._owns_conn:
                 await self.conn.close()
-            raise ConnectionError(f"cannot reach {self.options.url}: "
-                                  f"{self.conn.last_connect_error or 'timeout'}") from None
+            raise ConnectionError(
+                f"cannot reach {self.options.url}: {self.conn.last_connect_error or 'timeout'}"
+            ) from None
         return self
 
     async def close(self) -> None:
@@ -117,8 +141,14 @@ class FleetClient:
         return self.conn.connected
 
     # ---- commands ------------------------------------------------------------------------
-    async def send_command(self, device: str, name: str, params: dict[str, Any] | None = None,
-                           timeout: float = 10.0, raw_payload: bytes | None = None) -> Any:
+    async def send_command(
+        self,
+        device: str,
+        name: str,
+        params: dict[str, Any] | None = None,
+        timeout: float = 10.0,
+        raw_payload: bytes | None = None,
+    ) -> Any:
         """Run command ``name`` on ``device`` and return its result (see the module docstring).
 
         ``raw_payload`` sends those bytes instead of ``params`` (tests of malformed input).
@@ -132,11 +162,16 @@ class FleetClient:
         self._pending[corr] = fut
         payload = raw_payload if raw_payload is not None else json.dumps(params or {}).encode()
         try:
-            await self.conn.publish(protocol.command(device, name), payload, qos=1, retain=False,
-                                    properties=response_properties(res_topic, corr, max(1, round(timeout))),
-                                    timeout=timeout)
+            await self.conn.publish(
+                protocol.command(device, name),
+                payload,
+                qos=1,
+                retain=False,
+                properties=response_properties(res_topic, corr, max(1, round(timeout))),
+                timeout=timeout,
+            )
             answer = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CommandTimeout(device, name, ErrorCode.TIMEOUT, f"no answer within {timeout:g} s") from None
         finally:
             self._pending.pop(corr, None)
@@ -149,7 +184,9 @@ class FleetClient:
 
     def _on_response(self, msg: mqtt.MQTTMessage) -> None:
         if self.conn.options.manual_ack and msg.qos:
-            self.conn.ack(msg.mid, msg.qos)  # every answer, ours or not: unacked ones fill the inflight window
+            self.conn.ack(
+                msg.mid, msg.qos
+            )  # every answer, ours or not: unacked ones fill the inflight window
         corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
         fut = self._pending.get(bytes(corr)) if corr is not None else None
         if fut is None or fut.done():
@@ -164,8 +201,9 @@ class FleetClient:
         """Raw subscription: ``callback(topic, payload)``; renewed after reconnects."""
         self.conn.subscribe(topic_filter, lambda msg: callback(msg.topic, msg.payload), qos)
 
-    async def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1,
-                      retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1, retain: bool = False
+    ) -> None:
         """Raw publish. A retained command (``dev/+/cmd/#``) is refused with ``ValueError``: it would
         run again on every reconnect of the device (devices refuse them too, ``retained_refused``);
         an empty retained payload, which deletes a retained message, is allowed."""
@@ -182,6 +220,7 @@ class FleetClient:
                 log.warning("ignoring non-JSON %s", topic)
                 return None
             return callback(protocol.device_of(topic), obj)
+
         self.subscribe(protocol.device_topic(device, leaf), deliver)
 
     def on_status(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
@@ -194,8 +233,10 @@ class FleetClient:
         self._json_stream(protocol.Leaf.EVENTS, callback, device)
 
     def _keyed_stream(self, leaf: str, callback: Callable[[str, str, bytes], Any], device: str) -> None:
-        self.subscribe(protocol.device_topic(device, f"{leaf}/{protocol.ANY}"),
-                       lambda topic, payload: callback(topic.split("/")[1], topic.split("/", 3)[3], payload))
+        self.subscribe(
+            protocol.device_topic(device, f"{leaf}/{protocol.ANY}"),
+            lambda topic, payload: callback(topic.split("/")[1], topic.split("/", 3)[3], payload),
+        )
 
     def on_logs(self, callback: Callable[[str, str, bytes], Any], device: str = "+") -> None:
         self._keyed_stream(protocol.Leaf.LOGS, callback, device)

@@ -19,15 +19,20 @@ DEFAULT_DB = os.environ.get("FLEET_DB", "fleet.db")
 
 
 def _mqtt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mqtt", default=DEFAULT_MQTT, help="broker URL (env FLEET_MQTT_URL; default %(default)s)")
+    p.add_argument(
+        "--mqtt", default=DEFAULT_MQTT, help="broker URL (env FLEET_MQTT_URL; default %(default)s)"
+    )
     p.add_argument("--ca", default="", help="CA file for mqtts://")
     p.add_argument("--cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--key", default="", help="client key")
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB,
-                   help="SQLite path or postgresql:// URL (env FLEET_DB; default %(default)s)")
+    p.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help="SQLite path or postgresql:// URL (env FLEET_DB; default %(default)s)",
+    )
     p.add_argument("--prefix", default="", help="table name prefix")
 
 
@@ -36,20 +41,40 @@ def register(sub: Any) -> None:
     _mqtt_args(p)
     _db_args(p)
     p.add_argument("--worker-id", default="1", help="unique per worker; workers share the load")
-    p.add_argument("--share-group", default="fleet",
-                   help="shared subscription group (default %(default)s); '' for one worker with plain "
-                        "subscriptions that survive a mosquitto crash")
-    p.add_argument("--offline-pct", type=float, default=20.0, help="group offline alert: percent (default 20)")
+    p.add_argument(
+        "--share-group",
+        default="fleet",
+        help="shared subscription group (default %(default)s); '' for one worker with plain "
+        "subscriptions that survive a mosquitto crash",
+    )
+    p.add_argument(
+        "--offline-pct", type=float, default=20.0, help="group offline alert: percent (default 20)"
+    )
     p.add_argument("--offline-window", type=float, default=300.0, help="... within seconds (default 300)")
     p.add_argument("--offline-min-devices", type=int, default=3, help="... in groups of at least N devices")
-    p.add_argument("--stats-interval", type=float, default=0.0, help="print ingest stats every N s (0: never)")
-    p.add_argument("--claims", default="", metavar="STATE_DIR",  # provisioning (issue 6)
-                   help="also answer device claims and certificate renewals with the fleet CA in STATE_DIR")
-    p.add_argument("--rollout-lease", type=float, default=15.0, metavar="S",  # fleet/ota/driver.py
-                   help="rollout jobs: lease length; another worker takes a dead worker's job after it (default 15)")
-    p.add_argument("--http", default="", metavar="HOST:PORT",
-                   help="also serve the HTTP API and /metrics (docs/fleet-api.md); a token is required "
-                        "unless HOST is loopback")
+    p.add_argument(
+        "--stats-interval", type=float, default=0.0, help="print ingest stats every N s (0: never)"
+    )
+    p.add_argument(
+        "--claims",
+        default="",
+        metavar="STATE_DIR",  # provisioning (issue 6)
+        help="also answer device claims and certificate renewals with the fleet CA in STATE_DIR",
+    )
+    p.add_argument(
+        "--rollout-lease",
+        type=float,
+        default=15.0,
+        metavar="S",  # fleet/ota/driver.py
+        help="rollout jobs: lease length; another worker takes a dead worker's job after it (default 15)",
+    )
+    p.add_argument(
+        "--http",
+        default="",
+        metavar="HOST:PORT",
+        help="also serve the HTTP API and /metrics (docs/fleet-api.md); a token is required "
+        "unless HOST is loopback",
+    )
     p.add_argument("--http-require-token", action="store_true", help="require a token on loopback too")
     p.set_defaults(func=cmd_serve)
 
@@ -103,9 +128,14 @@ def register(sub: Any) -> None:
     p.add_argument("--prefix", default="sim-", help="device id prefix")
     p.add_argument("--group", default="sim")
     p.add_argument("--state-dir", default="", help="spools live here (default: a temp dir)")
-    p.add_argument("--fault", action="append", default=[], metavar="NAME=SHARE",
-                   help="inject a fault on a share of the fleet (repeatable): freeze, lossy, camera, crashloop, "
-                        "avdrift, e.g. --fault freeze=0.1")
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME=SHARE",
+        help="inject a fault on a share of the fleet (repeatable): freeze, lossy, camera, crashloop, "
+        "avdrift, e.g. --fault freeze=0.1",
+    )
     p.add_argument("--fault-seed", type=int, default=0, help="which devices get the faults")
     p.set_defaults(func=cmd_simulate)
 
@@ -141,6 +171,7 @@ def _ago(ts: float) -> str:
 
 def _store(args: argparse.Namespace) -> Any:
     from fleet.store import Store
+
     return Store(args.db, prefix=args.prefix)
 
 
@@ -162,7 +193,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    for k in ("device", "group", "online", "version", "slot", "hardware", "boot", "last_seen", "telemetry_count"):
+    for k in (
+        "device",
+        "group",
+        "online",
+        "version",
+        "slot",
+        "hardware",
+        "boot",
+        "last_seen",
+        "telemetry_count",
+    ):
         print(f"{k:16} {_cell(info[k])}")
     print("\nhealth:")
     for section, values in info["health"].items():
@@ -170,18 +211,27 @@ def cmd_show(args: argparse.Namespace) -> int:
             flat = ", ".join(f"{k}={v}" for k, v in values.items() if not isinstance(v, (dict, list)))
             print(f"  {section}: {flat}")
     print("\nactive alerts:")
-    print(table(info["active_alerts"], ["severity", "code", "message", "raised"]) if info["active_alerts"] else "  none")
+    print(
+        table(info["active_alerts"], ["severity", "code", "message", "raised"])
+        if info["active_alerts"]
+        else "  none"
+    )
     print("\nrecent events:")
     for e in info["recent_events"][:10]:
-        print(f"  {_cell(e.get('ts'))}  {e.get('type')}  {e.get('severity', '')} {e.get('code', '')} "
-              f"{'raised' if e.get('active') else 'cleared' if e.get('type') == 'alert' else ''}")
+        print(
+            f"  {_cell(e.get('ts'))}  {e.get('type')}  {e.get('severity', '')} {e.get('code', '')} "
+            f"{'raised' if e.get('active') else 'cleared' if e.get('type') == 'alert' else ''}"
+        )
     return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
     from fleet.store import AlertNotFound
+
     try:
-        ack = _store(args).ack_alert("" if args.device == "fleet" else args.device, args.code, args.by, args.note)
+        ack = _store(args).ack_alert(
+            "" if args.device == "fleet" else args.device, args.code, args.by, args.note
+        )
     except AlertNotFound as exc:
         print(f"fleetctl ack: {exc}", file=sys.stderr)
         return 1
@@ -189,8 +239,21 @@ def cmd_ack(args: argparse.Namespace) -> int:
     return 0
 
 
-SESSION_COLUMNS = ["started", "duration_s", "client", "reason", "ttff_ms", "fps_mean", "fps_min", "freeze_rate",
-                   "kbps", "loss_pct", "rtt_ms", "av_sync_p95_ms", "mos"]
+SESSION_COLUMNS = [
+    "started",
+    "duration_s",
+    "client",
+    "reason",
+    "ttff_ms",
+    "fps_mean",
+    "fps_min",
+    "freeze_rate",
+    "kbps",
+    "loss_pct",
+    "rtt_ms",
+    "av_sync_p95_ms",
+    "mos",
+]
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
@@ -209,13 +272,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(table(rows, ["severity", "scope", "device", "code", "active", "message", "raised", "acked_by"]) if rows
-              else "no active alerts")
+        print(
+            table(rows, ["severity", "scope", "device", "code", "active", "message", "raised", "acked_by"])
+            if rows
+            else "no active alerts"
+        )
     return 0
 
 
 def cmd_cmd(args: argparse.Namespace) -> int:
     from fleet.client import CommandFailed, FleetClient
+
     try:
         params = json.loads(args.params)
     except ValueError as exc:
@@ -256,21 +323,29 @@ def cmd_cmd(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fleet.service import FleetService, GroupOfflineRule
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> int:
         store = _store(args)
-        svc = FleetService(args.mqtt, store, args.worker_id, ca_file=args.ca, cert_file=args.cert,
-                           key_file=args.key, share_group=args.share_group,
-                           rollout_options={"lease_s": args.rollout_lease}, rule=GroupOfflineRule(args.offline_pct, args.offline_window,
-                                                                    args.offline_min_devices))
+        svc = FleetService(
+            args.mqtt,
+            store,
+            args.worker_id,
+            ca_file=args.ca,
+            cert_file=args.cert,
+            key_file=args.key,
+            share_group=args.share_group,
+            rollout_options={"lease_s": args.rollout_lease},
+            rule=GroupOfflineRule(args.offline_pct, args.offline_window, args.offline_min_devices),
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             await svc.start(connect_timeout=30.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             print(f"fleetctl: cannot reach {args.mqtt}: {svc.conn.last_connect_error}", file=sys.stderr)
             return 3
         print(f"fleetctl serve: worker {args.worker_id} on {args.mqtt}, store {store.dialect}", flush=True)
@@ -279,31 +354,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
             try:
                 from fleet.api.server import ApiServer, ListenError, parse_listen
             except ImportError as exc:  # prometheus_client: the [fleet] extra
-                print(f"fleetctl serve: --http needs {exc.name}: pip install 'device-agent[fleet]'", file=sys.stderr)
+                print(
+                    f"fleetctl serve: --http needs {exc.name}: pip install 'device-agent[fleet]'",
+                    file=sys.stderr,
+                )
                 await svc.stop()
                 return 2
             try:
-                api = ApiServer(store, *parse_listen(args.http), service=svc, provisioning_dir=args.claims,
-                                require_token=True if args.http_require_token else None)
+                api = ApiServer(
+                    store,
+                    *parse_listen(args.http),
+                    service=svc,
+                    provisioning_dir=args.claims,
+                    require_token=True if args.http_require_token else None,
+                )
                 await api.start()
             except (ListenError, OSError) as exc:
                 print(f"fleetctl serve: --http {args.http}: {exc}", file=sys.stderr)
                 await svc.stop()
                 return 2
-            print(f"fleetctl serve: API on {api.url}/api/v1/ (token {'required' if api.require_token else 'optional'})",
-                  flush=True)
+            print(
+                f"fleetctl serve: API on {api.url}/api/v1/ (token {'required' if api.require_token else 'optional'})",
+                flush=True,
+            )
         claims = claims_task = None
         if args.claims:  # the claim responder (fleet/provisioning/responder.py), its own connection
             from device_agent.fleetlink.mqtt import parse_broker_url
             from fleet.provisioning.responder import ClaimResponder
+
             broker = parse_broker_url(args.mqtt)  # the service's own URL: mqtt:// 1883, mqtts:// 8883
-            claims = ClaimResponder(args.claims, broker.host, broker.port,
-                                    client_id=f"fleet-provisioning-{args.worker_id}")
+            claims = ClaimResponder(
+                args.claims, broker.host, broker.port, client_id=f"fleet-provisioning-{args.worker_id}"
+            )
             claims_task = asyncio.create_task(claims.run())
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), args.stats_interval or None)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 print(json.dumps({"ts": round(time.time(), 3), **svc.stats}), flush=True)
         if claims is not None and claims_task is not None:
             await claims.stop()
@@ -344,6 +431,7 @@ def parse_faults(items: list[str]) -> dict[str, float]:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fleet.simulate import Simulation
+
     logging.basicConfig(level=logging.WARNING)
     raise_nofile()
 
@@ -355,20 +443,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         state = args.state_dir or tempfile.mkdtemp(prefix="fleet-sim-")
-        sim = Simulation(args.mqtt, args.devices, state, prefix=args.prefix, group=args.group,
-                         interval_s=args.interval, faults=faults, fault_seed=args.fault_seed)
+        sim = Simulation(
+            args.mqtt,
+            args.devices,
+            state,
+            prefix=args.prefix,
+            group=args.group,
+            interval_s=args.interval,
+            faults=faults,
+            fault_seed=args.fault_seed,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await sim.start()
-        print(f"fleetctl simulate: {args.devices} devices ({args.prefix}00000..) on {args.mqtt}, "
-              f"spools in {state}", flush=True)
+        print(
+            f"fleetctl simulate: {args.devices} devices ({args.prefix}00000..) on {args.mqtt}, "
+            f"spools in {state}",
+            flush=True,
+        )
         t_end = time.monotonic() + args.duration if args.duration else None
         while not stop.is_set() and (t_end is None or time.monotonic() < t_end):
             try:
-                await asyncio.wait_for(stop.wait(), 10.0 if t_end is None else max(0.01, min(10.0, t_end - time.monotonic())))
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(
+                    stop.wait(), 10.0 if t_end is None else max(0.01, min(10.0, t_end - time.monotonic()))
+                )
+            except TimeoutError:
                 print(json.dumps(sim.totals()), flush=True)
         await sim.stop()
         print(json.dumps({"final": True, **sim.totals()}), flush=True)

@@ -23,7 +23,9 @@ ACTIONS = ("selftest", "snapshot", "netcheck", "stats")
 
 
 def _mqtt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mqtt", default=DEFAULT_MQTT, help="broker URL (env FLEET_MQTT_URL; default %(default)s)")
+    p.add_argument(
+        "--mqtt", default=DEFAULT_MQTT, help="broker URL (env FLEET_MQTT_URL; default %(default)s)"
+    )
     p.add_argument("--ca", default="", help="CA file for mqtts://")
     p.add_argument("--cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--key", default="", help="client key")
@@ -39,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", help="minimum level: debug, info, warning, error, critical")
     p.add_argument("--grep", help="only lines containing TEXT (case-insensitive)")
     p.add_argument("--max-bytes", type=int, help="cap below the device's diagnostics.log_pull_max_bytes")
-    p.add_argument("-o", "--output", type=Path,
-                   help="output file (.gz keeps it compressed); default DEVICE-TIME.log")
+    p.add_argument(
+        "-o", "--output", type=Path, help="output file (.gz keeps it compressed); default DEVICE-TIME.log"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _mqtt_args(p)
     p.set_defaults(func=cmd_logs)
@@ -91,22 +94,39 @@ def cmd_logs(args: argparse.Namespace) -> int:
     out = args.output or Path(f"{args.device}-{time.strftime('%Y%m%dT%H%M%S')}.log")
 
     async def body(client: FleetClient) -> int:
-        res = await pull_logs(client, args.device, since=args.since, until=args.until, level=args.level,
-                              grep=args.grep, max_bytes=args.max_bytes, out=out,
-                              progress=None if args.quiet else Progress(sys.stderr), command_timeout=args.timeout)
+        res = await pull_logs(
+            client,
+            args.device,
+            since=args.since,
+            until=args.until,
+            level=args.level,
+            grep=args.grep,
+            max_bytes=args.max_bytes,
+            out=out,
+            progress=None if args.quiet else Progress(sys.stderr),
+            command_timeout=args.timeout,
+        )
         info = res.info
-        print(f"{out}: {info['lines']} lines, {human(info['raw_bytes'])} ({human(info['bytes'])} gzipped, "
-              f"{info['total']} chunks, sha256 verified) in {res.seconds:.1f} s"
-              + (f"; {len(res.resent)} chunks re-requested" if res.resent else ""))
+        print(
+            f"{out}: {info['lines']} lines, {human(info['raw_bytes'])} ({human(info['bytes'])} gzipped, "
+            f"{info['total']} chunks, sha256 verified) in {res.seconds:.1f} s"
+            + (f"; {len(res.resent)} chunks re-requested" if res.resent else "")
+        )
         if info.get("truncated"):
-            print(f"warning: truncated at the cap of {info['max_bytes']} bytes (newest lines kept, "
-                  f"{info['dropped_bytes']} older bytes left out)", file=sys.stderr)
+            print(
+                f"warning: truncated at the cap of {info['max_bytes']} bytes (newest lines kept, "
+                f"{info['dropped_bytes']} older bytes left out)",
+                file=sys.stderr,
+            )
         if info.get("redacted_lines"):
             print(f"note: {info['redacted_lines']} lines had secrets redacted on the device", file=sys.stderr)
         for src in info.get("sources", []):
             if src.get("status") != "ok":
-                print(f"note: {src.get('source')} {src.get('unit') or src.get('path', '')}: {src.get('status')} "
-                      f"({src.get('reason', '')})", file=sys.stderr)
+                print(
+                    f"note: {src.get('source')} {src.get('unit') or src.get('path', '')}: {src.get('status')} "
+                    f"({src.get('reason', '')})",
+                    file=sys.stderr,
+                )
         return 0
 
     return _run(args, body)
@@ -119,16 +139,20 @@ def cmd_diag(args: argparse.Namespace) -> int:
     async def body(client: FleetClient) -> int:
         if args.action == "snapshot":
             params = {k: v for k, v in (("width", args.width), ("height", args.height)) if v}
-            res = await fetch_transfer(client, args.device, "diag.snapshot", params, command_timeout=args.timeout)
+            res = await fetch_transfer(
+                client, args.device, "diag.snapshot", params, command_timeout=args.timeout
+            )
             out = args.output or Path(f"{args.device}-snapshot.jpg")
             await asyncio.to_thread(write_atomic, out, res.data)
             if args.json:
                 print(json.dumps({**res.info, "path": str(out)}, indent=2))
             else:
                 frame = res.info.get("frame", {})
-                print(f"{out}: {res.info['width']}x{res.info['height']} JPEG, {len(res.data)} bytes "
-                      f"(camera frame {frame.get('width')}x{frame.get('height')}, brightness "
-                      f"{frame.get('brightness')}, {res.info.get('age_ms')} ms old)")
+                print(
+                    f"{out}: {res.info['width']}x{res.info['height']} JPEG, {len(res.data)} bytes "
+                    f"(camera frame {frame.get('width')}x{frame.get('height')}, brightness "
+                    f"{frame.get('brightness')}, {res.info.get('age_ms')} ms old)"
+                )
             return 0
         params: dict[str, Any] = {"fleet_ts": time.time()} if args.action == "selftest" else {}
         result = await client.send_command(args.device, f"diag.{args.action}", params, timeout=args.timeout)
@@ -142,12 +166,21 @@ def cmd_view(args: argparse.Namespace) -> int:
     from fleet.live_view import live_view
 
     def show(stats: dict[str, Any]) -> None:
-        print(f"  {stats.get('frames')} frames, packets {stats.get('packetsReceived')} "
-              f"lost {stats.get('packetsLost')} jitter {stats.get('jitter')}", file=sys.stderr)
+        print(
+            f"  {stats.get('frames')} frames, packets {stats.get('packetsReceived')} "
+            f"lost {stats.get('packetsLost')} jitter {stats.get('jitter')}",
+            file=sys.stderr,
+        )
 
     async def body(client: FleetClient) -> int:
-        res = await live_view(client, args.device, seconds=args.seconds, record=args.record,
-                              answer_timeout=args.timeout, on_stats=show)
+        res = await live_view(
+            client,
+            args.device,
+            seconds=args.seconds,
+            record=args.record,
+            answer_timeout=args.timeout,
+            on_stats=show,
+        )
         print(res.summary())
         return 0 if res.frames else 1
 

@@ -62,7 +62,9 @@ class _TapQueue(queue.Queue):  # type: ignore[type-arg]
 def tap_encoded(receiver: RTCRtpReceiver, sink: Callable[[bytes, int], None]) -> None:
     """Call ``sink(annexb_access_unit, rtp_timestamp_90khz)`` for every H.264 frame ``receiver`` decodes."""
     if not isinstance(getattr(receiver, DECODER_QUEUE_ATTR, None), queue.Queue):
-        raise RuntimeError("aiortc's RTCRtpReceiver changed: no decoder queue to tap (see fleet/live_view.py)")
+        raise RuntimeError(
+            "aiortc's RTCRtpReceiver changed: no decoder queue to tap (see fleet/live_view.py)"
+        )
     setattr(receiver, DECODER_QUEUE_ATTR, _TapQueue(sink))
 
 
@@ -147,8 +149,10 @@ class ViewResult:
     ended_by_device: str = ""
 
     def summary(self) -> str:
-        text = (f"view {self.session}: answer in {self.answer_s * 1000:.0f} ms, {self.frames} frames "
-                f"{self.width}x{self.height} at {self.fps:.1f} fps over {self.seconds:.1f} s")
+        text = (
+            f"view {self.session}: answer in {self.answer_s * 1000:.0f} ms, {self.frames} frames "
+            f"{self.width}x{self.height} at {self.fps:.1f} fps over {self.seconds:.1f} s"
+        )
         if self.first_frame_s is not None:
             text += f", first frame after {self.first_frame_s * 1000:.0f} ms"
         for key in ("packetsReceived", "packetsLost", "jitter", "bytesReceived"):
@@ -161,10 +165,16 @@ class ViewResult:
         return text
 
 
-async def live_view(client: FleetClient, device: str, seconds: float = 10.0, record: Path | None = None,
-                    answer_timeout: float = 20.0, on_frame: Callable[[av.VideoFrame], None] | None = None,
-                    on_stats: Callable[[dict[str, Any]], None] | None = None,
-                    stats_interval: float = 2.0) -> ViewResult:
+async def live_view(
+    client: FleetClient,
+    device: str,
+    seconds: float = 10.0,
+    record: Path | None = None,
+    answer_timeout: float = 20.0,
+    on_frame: Callable[[av.VideoFrame], None] | None = None,
+    on_stats: Callable[[dict[str, Any]], None] | None = None,
+    stats_interval: float = 2.0,
+) -> ViewResult:
     """Open a remote view for ``seconds``; optionally record it; returns frame counts and RTP stats."""
     sid = uuid.uuid4().hex[:12]
     topic = protocol.rtc(device, sid)
@@ -199,8 +209,10 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
         await client.publish(topic, {"type": "offer", "sdp": pc.localDescription.sdp, "from": "fleet"})
         try:
             msg = await asyncio.wait_for(inbox.get(), answer_timeout)
-        except asyncio.TimeoutError:
-            raise ViewError("timeout", f"{device} did not answer the view offer within {answer_timeout:g} s") from None
+        except TimeoutError:
+            raise ViewError(
+                "timeout", f"{device} did not answer the view offer within {answer_timeout:g} s"
+            ) from None
         if msg.get("type") == "error":
             raise ViewError(str(msg.get("code")), str(msg.get("message")))
         if msg.get("type") != "answer" or not isinstance(msg.get("sdp"), str):
@@ -216,7 +228,7 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
         while time.monotonic() < deadline and not ended:
             try:
                 frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
-            except (asyncio.TimeoutError, MediaStreamError):
+            except (TimeoutError, MediaStreamError):
                 break
             if first_frame is None:
                 first_frame = time.monotonic() - started
@@ -236,10 +248,20 @@ async def live_view(client: FleetClient, device: str, seconds: float = 10.0, rec
         stats = await inbound_stats(pc)
         try:
             await client.publish(topic, {"type": "bye", "from": "fleet"})
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
-        result = ViewResult(sid, answer_s, first_frame, frames, width, height,
-                            frames / elapsed if elapsed > 0 else 0.0, elapsed, stats=stats, ended_by_device=ended)
+        result = ViewResult(
+            sid,
+            answer_s,
+            first_frame,
+            frames,
+            width,
+            height,
+            frames / elapsed if elapsed > 0 else 0.0,
+            elapsed,
+            stats=stats,
+            ended_by_device=ended,
+        )
         if recorder is not None and record is not None:
             result.recorded_frames = await asyncio.to_thread(recorder.write, width, height)
             result.record_path = record

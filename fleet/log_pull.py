@@ -44,8 +44,9 @@ class Progress:
         self.width = width
         self._last = 0.0
 
-    def update(self, got_bytes: int, total_bytes: int, got_chunks: int, total_chunks: int,
-               force: bool = False) -> None:
+    def update(
+        self, got_bytes: int, total_bytes: int, got_chunks: int, total_chunks: int, force: bool = False
+    ) -> None:
         if self.stream is None:
             return
         now = time.monotonic()
@@ -54,8 +55,10 @@ class Progress:
         self._last = now
         frac = got_bytes / total_bytes if total_bytes else 1.0
         bar = "#" * int(frac * self.width)
-        self.stream.write(f"\r[{bar:<{self.width}}] {human(got_bytes)}/{human(total_bytes)} "
-                          f"{got_chunks}/{total_chunks} chunks")
+        self.stream.write(
+            f"\r[{bar:<{self.width}}] {human(got_bytes)}/{human(total_bytes)} "
+            f"{got_chunks}/{total_chunks} chunks"
+        )
         self.stream.flush()
 
     def done(self) -> None:
@@ -89,8 +92,12 @@ class Reassembler:
     def add(self, header: dict[str, Any], body: bytes) -> bool:
         """Store a chunk; False (and counted) when it does not belong to this transfer."""
         try:
-            seq, total, size, sha = (int(header["seq"]), int(header["total"]), int(header["size"]),
-                                     str(header["sha256"]))
+            seq, total, size, sha = (
+                int(header["seq"]),
+                int(header["total"]),
+                int(header["size"]),
+                str(header["sha256"]),
+            )
         except (KeyError, TypeError, ValueError):
             self.rejected += 1
             return False
@@ -137,10 +144,18 @@ class TransferResult:
     seconds: float
 
 
-async def fetch_transfer(client: FleetClient, device: str, command: str, params: dict[str, Any], *,
-                         idle_timeout: float = 15.0, max_rounds: int = 5, progress: Progress | None = None,
-                         chunk_filter: Callable[[dict[str, Any]], bool] | None = None,
-                         command_timeout: float = 120.0) -> TransferResult:
+async def fetch_transfer(
+    client: FleetClient,
+    device: str,
+    command: str,
+    params: dict[str, Any],
+    *,
+    idle_timeout: float = 15.0,
+    max_rounds: int = 5,
+    progress: Progress | None = None,
+    chunk_filter: Callable[[dict[str, Any]], bool] | None = None,
+    command_timeout: float = 120.0,
+) -> TransferResult:
     """Run ``command`` (``logs.pull`` or ``diag.snapshot``) and collect the blob it streams.
 
     ``chunk_filter`` returning False discards a received message (tests simulate a lost chunk).
@@ -166,14 +181,16 @@ async def fetch_transfer(client: FleetClient, device: str, command: str, params:
         while True:
             try:
                 header, body = await asyncio.wait_for(queue.get(), idle_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 header, body = {"type": "idle"}, b""
             if chunk_filter is not None and header.get("type") != "idle" and not chunk_filter(header):
                 continue
             if header.get("type") == "chunk":
                 asm.add(header, body)
                 if progress:
-                    progress.update(asm.received_bytes, int(info["bytes"]), len(asm.chunks), int(info["total"]))
+                    progress.update(
+                        asm.received_bytes, int(info["bytes"]), len(asm.chunks), int(info["total"])
+                    )
                 if asm.complete():
                     break
                 continue
@@ -186,11 +203,14 @@ async def fetch_transfer(client: FleetClient, device: str, command: str, params:
             if header.get("type") == "end" and set(missing) - set(header.get("sent", [])):
                 continue  # that pass did not include them (an earlier resend): wait for its own marker
             if rounds >= max_rounds:
-                raise TransferError("incomplete", f"{len(missing)} chunks still missing after {rounds} rounds")
+                raise TransferError(
+                    "incomplete", f"{len(missing)} chunks still missing after {rounds} rounds"
+                )
             rounds += 1
             resent += missing
-            await client.send_command(device, command, {"request": rid, "resend": missing},
-                                      timeout=command_timeout)
+            await client.send_command(
+                device, command, {"request": rid, "resend": missing}, timeout=command_timeout
+            )
         if progress:
             progress.update(asm.received_bytes, asm.size or 0, len(asm.chunks), asm.total or 0, force=True)
             progress.done()
@@ -200,13 +220,31 @@ async def fetch_transfer(client: FleetClient, device: str, command: str, params:
         client.conn.unsubscribe(topic)
 
 
-async def pull_logs(client: FleetClient, device: str, *, since: str | float | None = None,
-                    until: str | float | None = None, level: str | None = None, grep: str | None = None,
-                    max_bytes: int | None = None, out: Path | None = None, progress: Progress | None = None,
-                    **kwargs: Any) -> TransferResult:
+async def pull_logs(
+    client: FleetClient,
+    device: str,
+    *,
+    since: str | float | None = None,
+    until: str | float | None = None,
+    level: str | None = None,
+    grep: str | None = None,
+    max_bytes: int | None = None,
+    out: Path | None = None,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> TransferResult:
     """Pull a device's logs; writes gzip when ``out`` ends in ``.gz``, plain text otherwise."""
-    params: dict[str, Any] = {k: v for k, v in {"since": since, "until": until, "level": level, "grep": grep,
-                                                "max_bytes": max_bytes}.items() if v is not None}
+    params: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "since": since,
+            "until": until,
+            "level": level,
+            "grep": grep,
+            "max_bytes": max_bytes,
+        }.items()
+        if v is not None
+    }
     result = await fetch_transfer(client, device, "logs.pull", params, progress=progress, **kwargs)
     if out is not None:
         data = result.data if out.suffix == ".gz" else gzip.decompress(result.data)

@@ -47,21 +47,41 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class FleetMetrics:
     """One service's registry; ``observe_batch`` after each committed batch, ``render()`` per scrape."""
 
-    def __init__(self, queries: ApiQueries, stats: Callable[[], dict[str, int]] | None = None,
-                 connected: Callable[[], bool] | None = None, cache_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        queries: ApiQueries,
+        stats: Callable[[], dict[str, int]] | None = None,
+        connected: Callable[[], bool] | None = None,
+        cache_s: float = 5.0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.store_gauges = _StoreCollector(queries, cache_s)
         self.registry.register(self.store_gauges)
         self.registry.register(_ServiceCollector(stats, connected))
         r = self.registry
-        self.lag = Histogram("fleet_ingest_lag_seconds", "commit time minus the message's own ts (sampled)",
-                             ["kind"], buckets=LAG_BUCKETS, registry=r)
-        self.commit_delay = Histogram("fleet_ingest_commit_delay_seconds", "commit time minus arrival at the worker",
-                                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.api_requests = Counter("fleet_api_requests", "API requests", ["route", "method", "status"], registry=r)
-        self.api_duration = Histogram("fleet_api_request_duration_seconds", "API request handling time", ["route"],
-                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
-                                      registry=r)
+        self.lag = Histogram(
+            "fleet_ingest_lag_seconds",
+            "commit time minus the message's own ts (sampled)",
+            ["kind"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.commit_delay = Histogram(
+            "fleet_ingest_commit_delay_seconds",
+            "commit time minus arrival at the worker",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "fleet_api_requests", "API requests", ["route", "method", "status"], registry=r
+        )
+        self.api_duration = Histogram(
+            "fleet_api_request_duration_seconds",
+            "API request handling time",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+            registry=r,
+        )
 
     def observe_batch(self, batch: list[Incoming], result: dict[str, int] | None = None) -> None:
         """Record one committed batch (called by the service on the event loop)."""
@@ -109,7 +129,9 @@ class _StoreCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         self._refresh()
-        dev = GaugeMetricFamily("fleet_devices", "devices in the registry", labels=["group", "version", "online"])
+        dev = GaugeMetricFamily(
+            "fleet_devices", "devices in the registry", labels=["group", "version", "online"]
+        )
         for grp, version, online, n in self._devices:
             dev.add_metric([grp, version, "true" if online else "false"], n)
         yield dev
@@ -121,26 +143,39 @@ class _StoreCollector(Collector):
         for status, n in self._jobs:
             jobs.add_metric([status], n)
         yield jobs
-        rd = GaugeMetricFamily("fleet_rollout_devices", "devices of the running rollouts by state",
-                               labels=["rollout", "version", "state"])
+        rd = GaugeMetricFamily(
+            "fleet_rollout_devices",
+            "devices of the running rollouts by state",
+            labels=["rollout", "version", "state"],
+        )
         for rid, version, state, n in self._rollout_devices:
             rd.add_metric([rid, version, state], n)
         yield rd
-        yield CounterMetricFamily("fleet_store_scrape_errors", "store queries failed during a scrape",
-                                  value=self.errors)
+        yield CounterMetricFamily(
+            "fleet_store_scrape_errors", "store queries failed during a scrape", value=self.errors
+        )
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, stats: Callable[[], dict[str, int]] | None, connected: Callable[[], bool] | None) -> None:
+    def __init__(
+        self, stats: Callable[[], dict[str, int]] | None, connected: Callable[[], bool] | None
+    ) -> None:
         self.stats = stats
         self.connected = connected
 
     def collect(self) -> Iterable[Metric]:
         s: dict[str, Any] = self.stats() if self.stats else {}
-        msgs = CounterMetricFamily("fleet_ingest_messages", "messages handled by this worker", labels=["result"])
+        msgs = CounterMetricFamily(
+            "fleet_ingest_messages", "messages handled by this worker", labels=["result"]
+        )
         for k in ("received", "stored", "duplicate", "bad"):
             msgs.add_metric([k], s.get(k, 0))
         yield msgs
-        yield CounterMetricFamily("fleet_ingest_batches", "committed store transactions", value=s.get("batches", 0))
-        yield GaugeMetricFamily("fleet_mqtt_connected", "1 while the worker's MQTT session is up",
-                                value=1 if self.connected and self.connected() else 0)
+        yield CounterMetricFamily(
+            "fleet_ingest_batches", "committed store transactions", value=s.get("batches", 0)
+        )
+        yield GaugeMetricFamily(
+            "fleet_mqtt_connected",
+            "1 while the worker's MQTT session is up",
+            value=1 if self.connected and self.connected() else 0,
+        )

@@ -32,8 +32,11 @@ def parse_duration(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument("--state-dir", default="", help=f"fleet state directory (env FLEETCTL_STATE_DIR, "
-                                                       f"default {DEFAULT_STATE_DIR})")
+    state.add_argument(
+        "--state-dir",
+        default="",
+        help=f"fleet state directory (env FLEETCTL_STATE_DIR, default {DEFAULT_STATE_DIR})",
+    )
 
     ca = sub.add_parser("ca", help="the fleet certificate authority")
     ca.set_defaults(func=lambda a: ca.print_help() or 2)
@@ -43,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=int, default=3650)
     p.add_argument("--force", action="store_true", help="replace an existing CA (every device must re-claim)")
     p.set_defaults(func=cmd_ca_init)
-    p = ca_sub.add_parser("revoke", parents=[state], help="revoke every certificate of a device and rewrite the CRL")
+    p = ca_sub.add_parser(
+        "revoke", parents=[state], help="revoke every certificate of a device and rewrite the CRL"
+    )
     p.add_argument("device_id")
     p.add_argument("--reason", default="")
     p.set_defaults(func=cmd_ca_revoke)
@@ -69,20 +74,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = claim_sub.add_parser("audit", parents=[state], help="the provisioning audit log")
     p.add_argument("--claim", default="")
     p.set_defaults(func=cmd_claim_audit)
-    p = claim_sub.add_parser("serve", parents=[state], help="answer claims and renewals (the claim responder)")
-    p.add_argument("--broker", required=True,
-                   help="service listener HOST[:PORT] (mutual TLS, service CA), e.g. fleet.example:8885")
+    p = claim_sub.add_parser(
+        "serve", parents=[state], help="answer claims and renewals (the claim responder)"
+    )
+    p.add_argument(
+        "--broker",
+        required=True,
+        help="service listener HOST[:PORT] (mutual TLS, service CA), e.g. fleet.example:8885",
+    )
     p.add_argument("--cert-days", type=int, default=365)
     p.set_defaults(func=cmd_claim_serve)
 
     p = sub.add_parser("broker-config", parents=[state], help="write a locked-down mosquitto configuration")
     p.add_argument("--out", required=True, help="directory for mosquitto.conf, ACLs, certificates, CRL")
-    p.add_argument("--host", action="append", required=True,
-                   help="broker name or address devices use (repeatable; goes into the certificate)")
+    p.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="broker name or address devices use (repeatable; goes into the certificate)",
+    )
     p.add_argument("--port", type=int, default=8883, help="mutual-TLS device listener")
     p.add_argument("--claim-port", type=int, default=8884, help="claim listener")
-    p.add_argument("--service-port", type=int, default=8885,
-                   help="fleet service listener (mutual TLS with the service CA)")
+    p.add_argument(
+        "--service-port",
+        type=int,
+        default=8885,
+        help="fleet service listener (mutual TLS with the service CA)",
+    )
     p.add_argument("--bind", default="", help="bind address for the listeners (default: all)")
     p.add_argument("--log-dest", default="stderr")
     p.add_argument("--user", default="", help="mosquitto `user` (default: mosquitto's own)")
@@ -97,12 +115,15 @@ def _fail(message: str, code: int = 1) -> int:
 def cmd_ca_init(args: argparse.Namespace) -> int:
     from fleet.provisioning.ca import CAError, FleetCA
     from provisioning.token import ca_pin
+
     try:
         ca = FleetCA.init(_state_dir(args), args.name, args.days, args.force)
     except CAError as exc:
         return _fail(str(exc))
-    print(f"fleet CA created in {ca.directory} (pin {ca_pin(ca.cert_der)}), valid until "
-          f"{ca.cert.not_valid_after_utc:%Y-%m-%d}")
+    print(
+        f"fleet CA created in {ca.directory} (pin {ca_pin(ca.cert_der)}), valid until "
+        f"{ca.cert.not_valid_after_utc:%Y-%m-%d}"
+    )
     return 0
 
 
@@ -110,6 +131,7 @@ def cmd_ca_revoke(args: argparse.Namespace) -> int:
     from fleet.provisioning.broker import write_crl
     from fleet.provisioning.ca import CAError, FleetCA
     from fleet.provisioning.store import ClaimRefused, ProvisioningStore
+
     try:
         ca = FleetCA.load(_state_dir(args))
         store = ProvisioningStore(_state_dir(args))
@@ -118,13 +140,16 @@ def cmd_ca_revoke(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     paths = write_crl(ca, store, _state_dir(args))
     print(f"revoked {n} certificate(s) of {args.device_id}; CRL written to {', '.join(map(str, paths))}")
-    print("reload the broker so it reads the new CRL: systemctl reload mosquitto (SIGHUP) refuses new "
-          "connections; restart it to also drop a connection already open")
+    print(
+        "reload the broker so it reads the new CRL: systemctl reload mosquitto (SIGHUP) refuses new "
+        "connections; restart it to also drop a connection already open"
+    )
     return 0
 
 
 def cmd_ca_devices(args: argparse.Namespace) -> int:
     from fleet.provisioning.store import ProvisioningStore
+
     devices = ProvisioningStore(_state_dir(args)).devices()
     if args.json:
         print(json.dumps(devices, indent=2))
@@ -138,9 +163,10 @@ def cmd_ca_devices(args: argparse.Namespace) -> int:
 def cmd_claim_create(args: argparse.Namespace) -> int:
     from fleet.provisioning.broker import write_claim_passwords
     from fleet.provisioning.ca import CAError, FleetCA
-    from fleet.provisioning.qr import write_png, terminal
+    from fleet.provisioning.qr import terminal, write_png
     from fleet.provisioning.store import ProvisioningStore
     from provisioning.token import qr_payload
+
     if not 1 <= args.count <= 10000:
         return _fail("--count must be 1..10000", 2)
     try:
@@ -150,12 +176,20 @@ def cmd_claim_create(args: argparse.Namespace) -> int:
     store = ProvisioningStore(_state_dir(args))
     tokens = store.create_claims(args.group, args.expires, args.count, ca.cert_der)
     if write_claim_passwords(store, _state_dir(args)):
-        print("reload the broker so its claim listener accepts the new tokens: systemctl reload mosquitto "
-              "(SIGHUP)", file=sys.stderr)
+        print(
+            "reload the broker so its claim listener accepts the new tokens: systemctl reload mosquitto "
+            "(SIGHUP)",
+            file=sys.stderr,
+        )
     out = []
     for t in tokens:
-        item = {"token": str(t), "id": t.id, "group": args.group, "expires_in_s": args.expires,
-                "qr": qr_payload(t, args.fleet)}
+        item = {
+            "token": str(t),
+            "id": t.id,
+            "group": args.group,
+            "expires_in_s": args.expires,
+            "qr": qr_payload(t, args.fleet),
+        }
         if args.qr_dir:
             item["png"] = str(write_png(item["qr"], Path(args.qr_dir) / f"claim-{t.id}.png"))
         out.append(item)
@@ -168,8 +202,10 @@ def cmd_claim_create(args: argparse.Namespace) -> int:
             print(terminal(item["qr"]))
         if "png" in item:
             print(f"  QR code: {item['png']}")
-    print(f"{len(out)} claim token(s) for group {args.group!r}, single use, valid {args.expires / 3600:g} h",
-          file=sys.stderr)
+    print(
+        f"{len(out)} claim token(s) for group {args.group!r}, single use, valid {args.expires / 3600:g} h",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -177,6 +213,7 @@ def cmd_claim_list(args: argparse.Namespace) -> int:
     import time
 
     from fleet.provisioning.store import ProvisioningStore
+
     claims = ProvisioningStore(_state_dir(args)).claims()
     if args.json:
         print(json.dumps([c.__dict__ for c in claims], indent=2))
@@ -190,15 +227,17 @@ def cmd_claim_list(args: argparse.Namespace) -> int:
 
 def cmd_claim_audit(args: argparse.Namespace) -> int:
     from fleet.provisioning.store import ProvisioningStore
+
     for row in ProvisioningStore(_state_dir(args)).audit_log(args.claim or None):
         print(json.dumps(row, sort_keys=True))
     return 0
 
 
 def cmd_claim_serve(args: argparse.Namespace) -> int:
+    from device_agent.fleetlink.mqtt import split_endpoint
     from fleet.provisioning.ca import CAError
     from fleet.provisioning.responder import ClaimResponder
-    from device_agent.fleetlink.mqtt import split_endpoint
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         host, port = split_endpoint(args.broker, 8885)
@@ -222,13 +261,25 @@ def cmd_claim_serve(args: argparse.Namespace) -> int:
 def cmd_broker_config(args: argparse.Namespace) -> int:
     from fleet.provisioning.broker import write_broker_config
     from fleet.provisioning.ca import CAError
+
     try:
-        files = write_broker_config(_state_dir(args), args.out, args.host, args.port, args.claim_port, args.bind,
-                                    args.log_dest, args.user, service_port=args.service_port)
+        files = write_broker_config(
+            _state_dir(args),
+            args.out,
+            args.host,
+            args.port,
+            args.claim_port,
+            args.bind,
+            args.log_dest,
+            args.user,
+            service_port=args.service_port,
+        )
     except CAError as exc:
         return _fail(str(exc))
     print(f"mosquitto configuration written: {files.config}")
-    print(f"  devices (mutual TLS): port {files.port}; claims: port {files.claim_port}; "
-          f"fleet service (mutual TLS, service CA): port {files.service_port}")
+    print(
+        f"  devices (mutual TLS): port {files.port}; claims: port {files.claim_port}; "
+        f"fleet service (mutual TLS, service CA): port {files.service_port}"
+    )
     print(f"  run: mosquitto -c {files.config}")
     return 0

@@ -54,30 +54,73 @@ class GroupOfflineRule:
 class FleetService:
     """One worker; ``await start()``, then ``await stop()``. ``stats`` counts what it did."""
 
-    def __init__(self, mqtt_url: str, store: Store, worker_id: str = "1", *, ca_file: str = "",
-                 cert_file: str = "", key_file: str = "", username: str = "", password: str = "",
-                 tls_insecure: bool = False, flush_interval_s: float = 0.2, max_batch: int = 2000,
-                 rule: GroupOfflineRule | None = None, rule_interval_s: float = 10.0,
-                 session_expiry_s: int = 3600, share_group: str = SHARE_GROUP,
-                 shared_rule: SharedAlertRule | None = None, baseline_rule: BaselineRule | None = None,
-                 rollouts: bool = True, rollout_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        mqtt_url: str,
+        store: Store,
+        worker_id: str = "1",
+        *,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        username: str = "",
+        password: str = "",
+        tls_insecure: bool = False,
+        flush_interval_s: float = 0.2,
+        max_batch: int = 2000,
+        rule: GroupOfflineRule | None = None,
+        rule_interval_s: float = 10.0,
+        session_expiry_s: int = 3600,
+        share_group: str = SHARE_GROUP,
+        shared_rule: SharedAlertRule | None = None,
+        baseline_rule: BaselineRule | None = None,
+        rollouts: bool = True,
+        rollout_options: dict[str, Any] | None = None,
+    ) -> None:
         self.store = store
         # drives the rollout jobs whose lease this worker holds (fleet/ota/driver.py)
-        self.rollouts = RolloutDriver(store, mqtt_url, worker_id, ca_file=ca_file, cert_file=cert_file,
-                                      key_file=key_file, username=username, password=password,
-                                      tls_insecure=tls_insecure, **(rollout_options or {})) if rollouts else None
+        self.rollouts = (
+            RolloutDriver(
+                store,
+                mqtt_url,
+                worker_id,
+                ca_file=ca_file,
+                cert_file=cert_file,
+                key_file=key_file,
+                username=username,
+                password=password,
+                tls_insecure=tls_insecure,
+                **(rollout_options or {}),
+            )
+            if rollouts
+            else None
+        )
         self.share_group = share_group
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self.rule = rule or GroupOfflineRule()
         self.shared_rule = shared_rule or SharedAlertRule()  # N % of a group holding one P2 -> one fleet P1
-        self.baseline_rule = baseline_rule or BaselineRule()  # a group's freeze rate against its 24 h baseline
+        self.baseline_rule = (
+            baseline_rule or BaselineRule()
+        )  # a group's freeze rate against its 24 h baseline
         self.rule_interval_s = rule_interval_s
-        self.conn = MqttConnection(MqttOptions(
-            url=mqtt_url, client_id=f"fleet-worker-{worker_id}", ca_file=ca_file, cert_file=cert_file,
-            key_file=key_file, username=username, password=password, clean_start=False,
-            session_expiry_s=session_expiry_s, reconnect_min_s=0.2, reconnect_max_s=5.0, max_inflight=1000,
-            manual_ack=True))
+        self.conn = MqttConnection(
+            MqttOptions(
+                url=mqtt_url,
+                client_id=f"fleet-worker-{worker_id}",
+                ca_file=ca_file,
+                cert_file=cert_file,
+                key_file=key_file,
+                username=username,
+                password=password,
+                clean_start=False,
+                session_expiry_s=session_expiry_s,
+                reconnect_min_s=0.2,
+                reconnect_max_s=5.0,
+                max_inflight=1000,
+                manual_ack=True,
+            )
+        )
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleet-store")
         self._buffer: list[Incoming] = []
         self._unacked: list[tuple[int, int, int]] = []  # (mid, qos, connection number) per buffered message
@@ -96,8 +139,10 @@ class FleetService:
         self.conn.start()
         await self.conn.wait_connected(connect_timeout)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._flush_loop(), name="fleet-flush"),
-                       loop.create_task(self._rule_loop(), name="fleet-rules")]
+        self._tasks = [
+            loop.create_task(self._flush_loop(), name="fleet-flush"),
+            loop.create_task(self._rule_loop(), name="fleet-rules"),
+        ]
         if self.rollouts is not None:
             await self.rollouts.start()
 
@@ -133,7 +178,7 @@ class FleetService:
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._full.clear()
             try:
@@ -189,7 +234,12 @@ class FleetService:
                 msg = f"{offline} of {size} devices in group {grp!r} ({pct:.0f}%) went offline within {r.window_s:g} s"
                 if self.store.set_fleet_alert("raise", code, r.severity, msg):
                     changes.append(("raise", code))
-            elif self.store.set_fleet_alert("clear", code, r.severity, f"group {grp!r} back to {pct:.0f}% offline"):
+            elif self.store.set_fleet_alert(
+                "clear", code, r.severity, f"group {grp!r} back to {pct:.0f}% offline"
+            ):
                 changes.append(("clear", code))
-        return (changes + evaluate_shared_alerts(self.store, self.shared_rule)
-                + evaluate_baseline(self.store, self.baseline_rule))
+        return (
+            changes
+            + evaluate_shared_alerts(self.store, self.shared_rule)
+            + evaluate_baseline(self.store, self.baseline_rule)
+        )

@@ -57,7 +57,9 @@ class SimulatedMedia:
     def __post_init__(self) -> None:
         self.av_ms = self.rng.gauss(-20, 8)
         for i in range(self.rng.choice((1, 1, 2))):
-            self.viewers.append(_Viewer(f"s{i + 1}", ViewerQoe(clock=lambda: self.t, wall=lambda: 1.7e9 + self.t)))
+            self.viewers.append(
+                _Viewer(f"s{i + 1}", ViewerQoe(clock=lambda: self.t, wall=lambda: 1.7e9 + self.t))
+            )
 
     def _report(self, v: _Viewer, step: float) -> dict[str, Any]:
         r, f = self.rng, self.faults
@@ -80,14 +82,32 @@ class SimulatedMedia:
         v.frames += fps * step
         if "avdrift" in f:
             self.av_ms += 3.0 * step
-        return {"v": 1, "client": "simulated", "frames": int(v.frames), "fps": round(max(0.0, fps), 1),
-                "freezes": v.freezes, "freeze_ms": round(v.freeze_ms), "stall_ms": round(v.stall_ms),
-                "freeze_max_ms": round(max(longest * 1000, v.stall_ms if v.stall_ms > 500 else 0)),
-                "ttff_ms": 180.0, "jb_ms": round(abs(r.gauss(25, 5)), 1), "decode_ms": round(abs(r.gauss(2, .3)), 2),
-                "kbps": 0.0 if camera else round(abs(r.gauss(1800, 50)), 1), "recv": int(v.recv), "lost": int(v.lost),
-                "nack": v.nack, "pli": v.pli, "w": 1280, "h": 720, "conceal_pct": round(abs(r.gauss(0.2, 0.1)), 2),
-                "afreezes": 0, "afreeze_ms": 0, "av_ms": round(self.av_ms + r.gauss(0, 3), 1),
-                "play_ms": round(abs(r.gauss(40, 5)), 1), "rtt_ms": round(abs(r.gauss(35, 5)), 1)}
+        return {
+            "v": 1,
+            "client": "simulated",
+            "frames": int(v.frames),
+            "fps": round(max(0.0, fps), 1),
+            "freezes": v.freezes,
+            "freeze_ms": round(v.freeze_ms),
+            "stall_ms": round(v.stall_ms),
+            "freeze_max_ms": round(max(longest * 1000, v.stall_ms if v.stall_ms > 500 else 0)),
+            "ttff_ms": 180.0,
+            "jb_ms": round(abs(r.gauss(25, 5)), 1),
+            "decode_ms": round(abs(r.gauss(2, 0.3)), 2),
+            "kbps": 0.0 if camera else round(abs(r.gauss(1800, 50)), 1),
+            "recv": int(v.recv),
+            "lost": int(v.lost),
+            "nack": v.nack,
+            "pli": v.pli,
+            "w": 1280,
+            "h": 720,
+            "conceal_pct": round(abs(r.gauss(0.2, 0.1)), 2),
+            "afreezes": 0,
+            "afreeze_ms": 0,
+            "av_ms": round(self.av_ms + r.gauss(0, 3), 1),
+            "play_ms": round(abs(r.gauss(40, 5)), 1),
+            "rtt_ms": round(abs(r.gauss(35, 5)), 1),
+        }
 
     def __call__(self) -> dict[str, Any]:
         r = self.rng
@@ -101,38 +121,80 @@ class SimulatedMedia:
             v.age += step
             v.qoe.accept(json.dumps(self._report(v, step)))
             rtt = round(abs(r.gauss(35, 5)), 1)
-            sessions.append({
-                "id": v.sid, "kind": "whep", "state": "connected", "age_s": round(v.age, 1), "connect_ms": 120.0,
-                "pli": v.pli, "fir": 0, "nack": v.nack, "packets": int(v.recv + v.lost), "bytes": int((v.recv + v.lost) * 1100),
-                "first_keyframe_ms": 60.0, "rtt_ms": rtt, "jitter": abs(int(r.gauss(400, 80))),
-                "packets_lost": int(v.lost), "bitrate_bps": 0 if camera else int(1.8e6 + r.gauss(0, 5e4)),
-                "fps": 0.0 if camera else round(self.fps - abs(r.gauss(0, 0.3)), 2),
-                "qoe": v.qoe.figures(rtt, 12.0)})
+            sessions.append(
+                {
+                    "id": v.sid,
+                    "kind": "whep",
+                    "state": "connected",
+                    "age_s": round(v.age, 1),
+                    "connect_ms": 120.0,
+                    "pli": v.pli,
+                    "fir": 0,
+                    "nack": v.nack,
+                    "packets": int(v.recv + v.lost),
+                    "bytes": int((v.recv + v.lost) * 1100),
+                    "first_keyframe_ms": 60.0,
+                    "rtt_ms": rtt,
+                    "jitter": abs(int(r.gauss(400, 80))),
+                    "packets_lost": int(v.lost),
+                    "bitrate_bps": 0 if camera else int(1.8e6 + r.gauss(0, 5e4)),
+                    "fps": 0.0 if camera else round(self.fps - abs(r.gauss(0, 0.3)), 2),
+                    "qoe": v.qoe.figures(rtt, 12.0),
+                }
+            )
         self.packets += 0 if camera else int(self.fps * step)
         fps = 0.0 if camera else round(self.fps - abs(r.gauss(0, 0.2)), 2)
-        return media_section({
-            "encoder": {"backend": "simulated", "reason": "fleet simulation"},
-            "video": {"fps": fps, "frame_interval_jitter_ms": round(abs(r.gauss(1.5, .4)), 2),
-                      "encode_ms": round(abs(r.gauss(4, 1)), 2), "camera_errors": 1 if camera else 0,
-                      "last_error": "simulated camera loss" if camera else None,
-                      "camera": {"backend": "simulated", "state": "unavailable" if camera else "running"},
-                      "encoder": {"backend": "simulated"},
-                      "capture_to_packet": {"p50_ms": round(abs(r.gauss(12, 2)), 2), "p95_ms": round(abs(r.gauss(25, 4)), 2)}},
-            "fanout": {"viewers": len(sessions), "packets": self.packets, "idrs_forced": len(sessions),
-                       "target_bitrate": 1_800_000, "output_fps": fps,
-                       "output_interval_jitter_ms": round(abs(r.gauss(2.0, .5)), 2),
-                       "capture_to_output_p50_ms": round(abs(r.gauss(8, 1)), 2),
-                       "capture_to_output_p95_ms": round(abs(r.gauss(15, 3)), 2)},
-            "audio": {"source": {"backend": "simulated", "state": "running", "xruns": self.xruns,
-                                 "level_rms_dbfs": round(-35 + r.gauss(0, 3), 1)},
-                      "level_dbfs": round(-35 + r.gauss(0, 3), 1), "chunks": int(self.t * 100),
-                      "packets": int(self.t * 50), "viewers": len(sessions), "stage_errors": 0,
-                      "stage": {"enabled": True, "fell_back": False, "rtf": round(abs(r.gauss(0.18, 0.01)), 3)}},
-            "talkback": None,
-            "viewers": {"active": len(sessions), "max": 8, "ended": {}, "failed_connects_10min": 0,
-                        "sessions": sessions},
-            "web": {"port": 8080},
-        })
+        return media_section(
+            {
+                "encoder": {"backend": "simulated", "reason": "fleet simulation"},
+                "video": {
+                    "fps": fps,
+                    "frame_interval_jitter_ms": round(abs(r.gauss(1.5, 0.4)), 2),
+                    "encode_ms": round(abs(r.gauss(4, 1)), 2),
+                    "camera_errors": 1 if camera else 0,
+                    "last_error": "simulated camera loss" if camera else None,
+                    "camera": {"backend": "simulated", "state": "unavailable" if camera else "running"},
+                    "encoder": {"backend": "simulated"},
+                    "capture_to_packet": {
+                        "p50_ms": round(abs(r.gauss(12, 2)), 2),
+                        "p95_ms": round(abs(r.gauss(25, 4)), 2),
+                    },
+                },
+                "fanout": {
+                    "viewers": len(sessions),
+                    "packets": self.packets,
+                    "idrs_forced": len(sessions),
+                    "target_bitrate": 1_800_000,
+                    "output_fps": fps,
+                    "output_interval_jitter_ms": round(abs(r.gauss(2.0, 0.5)), 2),
+                    "capture_to_output_p50_ms": round(abs(r.gauss(8, 1)), 2),
+                    "capture_to_output_p95_ms": round(abs(r.gauss(15, 3)), 2),
+                },
+                "audio": {
+                    "source": {
+                        "backend": "simulated",
+                        "state": "running",
+                        "xruns": self.xruns,
+                        "level_rms_dbfs": round(-35 + r.gauss(0, 3), 1),
+                    },
+                    "level_dbfs": round(-35 + r.gauss(0, 3), 1),
+                    "chunks": int(self.t * 100),
+                    "packets": int(self.t * 50),
+                    "viewers": len(sessions),
+                    "stage_errors": 0,
+                    "stage": {"enabled": True, "fell_back": False, "rtf": round(abs(r.gauss(0.18, 0.01)), 3)},
+                },
+                "talkback": None,
+                "viewers": {
+                    "active": len(sessions),
+                    "max": 8,
+                    "ended": {},
+                    "failed_connects_10min": 0,
+                    "sessions": sessions,
+                },
+                "web": {"port": 8080},
+            }
+        )
 
 
 def assign_faults(n: int, shares: dict[str, float], seed: int = 0) -> list[frozenset[str]]:

@@ -93,5 +93,7 @@ class SimulatedOta:
         self.sensors.version, self.previous = self.previous, ""
         if self.media is not None:
             self.media.faults = frozenset(self.media.faults - self.options.faults_after)
-        self._emit(phase="rolled_back", reason=str(params.get("reason") or "operator"), version=self.sensors.version)
+        self._emit(
+            phase="rolled_back", reason=str(params.get("reason") or "operator"), version=self.sensors.version
+        )
         return {"rolled_back": True}

@@ -38,11 +38,21 @@ class SimulatedSensors:
         self.temp = min(90.0, max(30.0, self.temp + r.gauss(0, 0.5)))
         self.rssi = int(min(-30, max(-90, self.rssi + r.choice((-1, 0, 0, 1)))))
         up = time.monotonic() - self.t0
-        return {"version": self.version, "slot": "a", "cpu_pct": round(self.cpu, 1),
-                "load": [round(self.cpu / 50, 2), round(self.cpu / 55, 2), round(self.cpu / 60, 2)],
-                "mem_total_mb": 3794, "mem_avail_mb": 2900 - int(self.cpu * 3), "mem_used_pct": 23.6,
-                "temperature_c": round(self.temp, 1), "throttled": 0, "disk_free_mb": 21000,
-                "disk_free_pct": 71.2, "uptime_s": int(up), "wifi_rssi_dbm": self.rssi}
+        return {
+            "version": self.version,
+            "slot": "a",
+            "cpu_pct": round(self.cpu, 1),
+            "load": [round(self.cpu / 50, 2), round(self.cpu / 55, 2), round(self.cpu / 60, 2)],
+            "mem_total_mb": 3794,
+            "mem_avail_mb": 2900 - int(self.cpu * 3),
+            "mem_used_pct": 23.6,
+            "temperature_c": round(self.temp, 1),
+            "throttled": 0,
+            "disk_free_mb": 21000,
+            "disk_free_pct": 71.2,
+            "uptime_s": int(up),
+            "wifi_rssi_dbm": self.rssi,
+        }
 
 
 def simulated_media(rng: random.Random) -> dict[str, Any]:
@@ -55,11 +65,24 @@ def simulated_media(rng: random.Random) -> dict[str, Any]:
 class Simulation:
     """N simulated agents sharing one event loop and one spool thread."""
 
-    def __init__(self, mqtt_url: str, devices: int, state_dir: str | Path, *, prefix: str = "sim-",
-                 group: str = "sim", interval_s: float = 30.0, reconnect_min_s: float = 1.0,
-                 reconnect_max_s: float = 20.0, media: bool = True, alerts: list[dict[str, Any]] | None = None,
-                 extra_mqtt: dict[str, Any] | None = None, faults: dict[str, float] | None = None,
-                 fault_seed: int = 0, ota: SimOtaOptions | None = None) -> None:
+    def __init__(
+        self,
+        mqtt_url: str,
+        devices: int,
+        state_dir: str | Path,
+        *,
+        prefix: str = "sim-",
+        group: str = "sim",
+        interval_s: float = 30.0,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 20.0,
+        media: bool = True,
+        alerts: list[dict[str, Any]] | None = None,
+        extra_mqtt: dict[str, Any] | None = None,
+        faults: dict[str, float] | None = None,
+        fault_seed: int = 0,
+        ota: SimOtaOptions | None = None,
+    ) -> None:
         self.url = mqtt_url
         self.n = devices
         self.state_dir = Path(state_dir)
@@ -74,29 +97,53 @@ class Simulation:
         self.faults = assign_faults(devices, faults or {}, fault_seed)  # fleet.sim_media.FAULTS per device
         for i in range(devices):
             dev_id = f"{prefix}{i:05d}"
-            cfg = config_from_dict({
-                "device": {"id": dev_id, "group": group, "hardware": "simulated",
-                           "state_dir": str(self.state_dir / dev_id)},
-                "mqtt": {"url": mqtt_url, "telemetry_interval_s": interval_s, "reconnect_min_s": reconnect_min_s,
-                         "reconnect_max_s": reconnect_max_s, **(extra_mqtt or {})},
-                "alert_defaults": {"evaluate_interval_s": 0.0},  # rules on telemetry samples only
-                "alerts": alerts or [{"code": "hot", "metric": "system.temperature_c", "op": ">", "threshold": 80.0,
-                                      "clear_threshold": 75.0, "hold_s": 60.0, "severity": "P2"}],
-            })
+            cfg = config_from_dict(
+                {
+                    "device": {
+                        "id": dev_id,
+                        "group": group,
+                        "hardware": "simulated",
+                        "state_dir": str(self.state_dir / dev_id),
+                    },
+                    "mqtt": {
+                        "url": mqtt_url,
+                        "telemetry_interval_s": interval_s,
+                        "reconnect_min_s": reconnect_min_s,
+                        "reconnect_max_s": reconnect_max_s,
+                        **(extra_mqtt or {}),
+                    },
+                    "alert_defaults": {"evaluate_interval_s": 0.0},  # rules on telemetry samples only
+                    "alerts": alerts
+                    or [
+                        {
+                            "code": "hot",
+                            "metric": "system.temperature_c",
+                            "op": ">",
+                            "threshold": 80.0,
+                            "clear_threshold": 75.0,
+                            "hold_s": 60.0,
+                            "severity": "P2",
+                        }
+                    ],
+                }
+            )
             agent = Agent(cfg)
             link = FleetLink(agent, runner=_no_reboot, executor=self.executor, system_metrics=False)
             agent.add(link)
             sensors = SimulatedSensors(i)
             agent.health.add("system", sensors)
-            sim_media = SimulatedMedia(sensors.rng, step_s=interval_s, faults=self.faults[i]) if media else None
+            sim_media = (
+                SimulatedMedia(sensors.rng, step_s=interval_s, faults=self.faults[i]) if media else None
+            )
             if sim_media is not None:
                 agent.health.add("media", sim_media)
             if ota is not None:  # answers ota.install / ota.rollback with events (fleet/sim_ota.py)
                 self.otas.append(SimulatedOta(agent, sensors, sim_media, ota))
                 agent.add(self.otas[-1])
             starts = 4 if "crashloop" in self.faults[i] else 1
-            agent.health.add("agent", lambda b=agent.boot_id, n=starts: {"boot": b, "starts_10min": n,
-                                                                          "starts_1h": n})
+            agent.health.add(
+                "agent", lambda b=agent.boot_id, n=starts: {"boot": b, "starts_10min": n, "starts_1h": n}
+            )
             self.agents.append(agent)
             self.links.append(link)
 
@@ -124,10 +171,13 @@ class Simulation:
         self.executor.shutdown(wait=True)
 
     def totals(self) -> dict[str, int]:
-        return {"devices": self.n, "connected": sum(link.connected for link in self.links),
-                "samples": sum(link.samples for link in self.links),
-                "delivered": sum(link.delivered for link in self.links),
-                "spooled": sum(link.health()["spool"].get("depth", 0) for link in self.links)}
+        return {
+            "devices": self.n,
+            "connected": sum(link.connected for link in self.links),
+            "samples": sum(link.samples for link in self.links),
+            "delivered": sum(link.delivered for link in self.links),
+            "spooled": sum(link.health()["spool"].get("depth", 0) for link in self.links),
+        }
 
 
 async def _no_reboot(argv: list[str]) -> int:

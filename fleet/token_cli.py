@@ -41,8 +41,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(json.dumps({**tok.to_dict(), "token": clear}))
     else:
         print(clear)
-        print(f"token {tok.id} ({tok.role}{', ' + tok.name if tok.name else ''}): shown once, keep it safe",
-              file=sys.stderr)
+        print(
+            f"token {tok.id} ({tok.role}{', ' + tok.name if tok.name else ''}): shown once, keep it safe",
+            file=sys.stderr,
+        )
     return 0
 
 

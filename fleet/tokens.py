@@ -45,8 +45,13 @@ class Token:
         return role_allows(self.role, role)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role, "created": self.created,
-                "revoked": self.revoked}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "created": self.created,
+            "revoked": self.revoked,
+        }
 
 
 def role_allows(have: str, need: str) -> bool:
@@ -65,7 +70,8 @@ class TokenStore:
         self.engine = engine
         self.metadata = sa.MetaData()
         self.table = sa.Table(
-            f"{prefix}api_tokens", self.metadata,
+            f"{prefix}api_tokens",
+            self.metadata,
             sa.Column("id", sa.String(16), primary_key=True),
             sa.Column("name", sa.String(128), nullable=False, server_default=""),
             sa.Column("role", sa.String(16), nullable=False),
@@ -85,8 +91,14 @@ class TokenStore:
                 tid = secrets.token_hex(4)
                 if conn.execute(sa.select(self.table.c.id).where(self.table.c.id == tid)).first() is None:
                     break
-            row = {"id": tid, "name": name, "role": role, "secret_sha256": _hash(secret), "created": time.time(),
-                   "revoked": None}
+            row = {
+                "id": tid,
+                "name": name,
+                "role": role,
+                "secret_sha256": _hash(secret),
+                "created": time.time(),
+                "revoked": None,
+            }
             conn.execute(sa.insert(self.table).values(**row))
         return self._token(row), f"{PREFIX}{tid}_{secret}"
 
@@ -94,7 +106,7 @@ class TokenStore:
         """The token's row if ``token`` is a valid, unrevoked token; otherwise None."""
         if not token.startswith(PREFIX):
             return None
-        tid, sep, secret = token[len(PREFIX):].partition("_")
+        tid, sep, secret = token[len(PREFIX) :].partition("_")
         if not sep or not secret or len(tid) > 16:
             return None
         t = self.table.c
@@ -108,15 +120,18 @@ class TokenStore:
 
     def list(self) -> list[Token]:
         with self.engine.connect() as conn:
-            return [self._token(r) for r in conn.execute(
-                sa.select(self.table).order_by(self.table.c.created)).mappings()]
+            return [
+                self._token(r)
+                for r in conn.execute(sa.select(self.table).order_by(self.table.c.created)).mappings()
+            ]
 
     def revoke(self, token_id: str) -> Token:
         """Revoke (idempotent); raises TokenError(not_found) for an unknown id."""
         t = self.table.c
         with self.engine.begin() as conn:
-            conn.execute(sa.update(self.table).where(t.id == token_id, t.revoked.is_(None))
-                         .values(revoked=time.time()))
+            conn.execute(
+                sa.update(self.table).where(t.id == token_id, t.revoked.is_(None)).values(revoked=time.time())
+            )
             row = conn.execute(sa.select(self.table).where(t.id == token_id)).mappings().first()
         if row is None:
             raise TokenError("not_found", f"no token {token_id!r}")

@@ -37,14 +37,20 @@ class SharedAlertRule:
     raise_severity: str = "P1"
 
 
-def shared_alerts(devices: list[dict[str, Any]], alerts: list[dict[str, Any]], rule: SharedAlertRule
-                  ) -> dict[tuple[str, str], tuple[list[str], int]]:
+def shared_alerts(
+    devices: list[dict[str, Any]], alerts: list[dict[str, Any]], rule: SharedAlertRule
+) -> dict[tuple[str, str], tuple[list[str], int]]:
     """(group, code) -> (devices holding it, group size), for device alerts of ``rule.severity``."""
     group_of = {d["device"]: d["group"] or "" for d in devices}
     sizes = collections.Counter(group_of.values())
     holding: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     for a in alerts:
-        if a["scope"] == "device" and a["active"] and a["severity"] == rule.severity and a["device"] in group_of:
+        if (
+            a["scope"] == "device"
+            and a["active"]
+            and a["severity"] == rule.severity
+            and a["device"] in group_of
+        ):
             holding[(group_of[a["device"]], a["code"])].append(a["device"])
     return {key: (sorted(devs), sizes[key[0]]) for key, devs in holding.items()}
 
@@ -63,12 +69,16 @@ def evaluate_shared_alerts(store: Store, rule: SharedAlertRule) -> list[tuple[st
         fleet_code = f"{PREFIX}{group}:{code}"
         pct = 100.0 * len(devs) / size if size else 0.0
         if size >= rule.min_devices and pct >= rule.pct:
-            listed = ", ".join(devs[:MAX_LISTED]) + (f" and {len(devs) - MAX_LISTED} more" if len(devs) > MAX_LISTED else "")
+            listed = ", ".join(devs[:MAX_LISTED]) + (
+                f" and {len(devs) - MAX_LISTED} more" if len(devs) > MAX_LISTED else ""
+            )
             msg = f"{len(devs)} of {size} devices in group {group!r} ({pct:.0f}%) hold {code}: {listed}"
             if store.set_fleet_alert("raise", fleet_code, rule.raise_severity, msg):
                 changes.append(("raise", fleet_code))
         elif pct < rule.clear_pct and fleet_code in active:
-            if store.set_fleet_alert("clear", fleet_code, rule.raise_severity, f"{code} down to {pct:.0f}% of {group!r}"):
+            if store.set_fleet_alert(
+                "clear", fleet_code, rule.raise_severity, f"{code} down to {pct:.0f}% of {group!r}"
+            ):
                 changes.append(("clear", fleet_code))
     held = {f"{PREFIX}{group}:{code}" for group, code in shares}
     for fleet_code in sorted(active - held):  # nobody holds it any more
@@ -96,7 +106,11 @@ def group_medians(health: list[tuple[str, str, dict[str, Any]]], rule: BaselineR
     """group -> median over its devices with viewers of their worst viewer's figure."""
     per_group: dict[str, list[float]] = collections.defaultdict(list)
     for _device, group, sample in health:
-        values = [v for v in lookup_all(sample, rule.metric) or [] if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        values = [
+            v
+            for v in lookup_all(sample, rule.metric) or []
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         if values:
             per_group[group or ""].append(float(max(values)))
     return {g: statistics.median(v) for g, v in per_group.items() if len(v) >= rule.min_devices}
@@ -118,8 +132,10 @@ def evaluate_baseline(store: Store, rule: BaselineRule, now: float | None = None
         base, cur = statistics.median(v for _, v in history), statistics.median(recent)
         code = f"freeze_trend:{group}"
         if cur >= rule.floor and cur >= rule.factor * base:
-            msg = (f"group {group!r}: median freeze rate {cur:.1f} % over the last {rule.recent_s / 60:g} min, "
-                   f"{cur / base if base else float('inf'):.1f}x its {rule.baseline_s / 3600:g} h baseline ({base:.1f} %)")
+            msg = (
+                f"group {group!r}: median freeze rate {cur:.1f} % over the last {rule.recent_s / 60:g} min, "
+                f"{cur / base if base else float('inf'):.1f}x its {rule.baseline_s / 3600:g} h baseline ({base:.1f} %)"
+            )
             if store.set_fleet_alert("raise", code, rule.severity, msg):
                 changes.append(("raise", code))
         elif code in active and (cur < rule.clear_factor * base or cur < rule.floor / 2):

@@ -59,8 +59,14 @@ class Backoff:
 class Availability:
     """State and reporting of one device (see the module docstring for the contract)."""
 
-    def __init__(self, what: str, on_state: StateCallback | None = None, *,
-                 repeat_failures: bool = False, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        on_state: StateCallback | None = None,
+        *,
+        repeat_failures: bool = False,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.what = what  # for log lines: "ALSA capture 'hw:1'", "camera"
         self.on_state = on_state
         self.repeat_failures = repeat_failures
@@ -86,10 +92,13 @@ class Availability:
         first = self.state != "unavailable"
         self.state = "unavailable"
         if first:
-            log.warning("%s; reopening with backoff (%.2g..%.2g s)", message, self.backoff.min_s,
-                        self.backoff.max_s)
+            log.warning(
+                "%s; reopening with backoff (%.2g..%.2g s)", message, self.backoff.min_s, self.backoff.max_s
+            )
         else:
-            log.log(logging.INFO if self.repeat_failures else logging.DEBUG, "%s (still unavailable)", message)
+            log.log(
+                logging.INFO if self.repeat_failures else logging.DEBUG, "%s (still unavailable)", message
+            )
         if first or self.repeat_failures:
             self._notify(False, message)
 

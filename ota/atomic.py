@@ -20,7 +20,9 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes | str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> Path:
+def write_atomic(
+    path: str | Path, data: bytes | str, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> Path:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a mix.
 
     The temp file is created with ``mode`` from the start (a key is never world-readable,

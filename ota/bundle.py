@@ -60,14 +60,20 @@ class Manifest:
     notes: str = ""
 
     def to_json(self) -> bytes:
-        data = {"format": FORMAT, "version": self.version, "compatible": self.compatible,
-                "min_version": self.min_version, "allow_downgrade": self.allow_downgrade,
-                "created": self.created, "notes": self.notes,
-                "payloads": [{"path": p.path, "sha256": p.sha256, "size": p.size} for p in self.payloads]}
+        data = {
+            "format": FORMAT,
+            "version": self.version,
+            "compatible": self.compatible,
+            "min_version": self.min_version,
+            "allow_downgrade": self.allow_downgrade,
+            "created": self.created,
+            "notes": self.notes,
+            "payloads": [{"path": p.path, "sha256": p.sha256, "size": p.size} for p in self.payloads],
+        }
         return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Manifest":
+    def from_json(cls, raw: bytes) -> Manifest:
         """The manifest in ``raw`` (see :func:`parse_manifest`)."""
         return parse_manifest(raw)
 
@@ -85,9 +91,25 @@ class Manifest:
 # -- the one manifest parser ----------------------------------------------------------------------
 # Every field has one JSON type; nothing is coerced (``"false"`` is not a boolean, ``1`` is not
 # ``true``, ``true`` is not an integer). Unknown fields are refused: a newer format bumps ``format``.
-_JSON_TYPE = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-              list: "a list", dict: "an object"}
-_TOP_FIELDS = {"format", "version", "compatible", "min_version", "allow_downgrade", "created", "notes", "payloads"}
+_JSON_TYPE = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+_TOP_FIELDS = {
+    "format",
+    "version",
+    "compatible",
+    "min_version",
+    "allow_downgrade",
+    "created",
+    "notes",
+    "payloads",
+}
 _PAYLOAD_FIELDS = {"path", "sha256", "size"}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_CREATED = 1e11  # seconds since 1970: year 5138
@@ -96,8 +118,11 @@ MAX_CREATED = 1e11  # seconds since 1970: year 5138
 def _bad(field_name: str, want: str, value: Any) -> OtaError:
     got = _JSON_TYPE.get(type(value), type(value).__name__)
     shown = repr(value) if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40 else ""
-    return OtaError("bad_manifest", f"manifest field {field_name!r} must be {want}, got {got}"
-                    + (f" {shown}" if shown and value is not None else ""))
+    return OtaError(
+        "bad_manifest",
+        f"manifest field {field_name!r} must be {want}, got {got}"
+        + (f" {shown}" if shown and value is not None else ""),
+    )
 
 
 def _string(value: Any, name: str) -> str:
@@ -117,8 +142,10 @@ def _object(value: Any, name: str, fields: set[str], required: set[str]) -> dict
         raise _bad(name, "an object", value)
     unknown = sorted(set(value) - fields)
     if unknown:
-        raise OtaError("bad_manifest", f"manifest field {_member_of(name, unknown[0])!r} is unknown "
-                                       f"(manifest format {FORMAT})")
+        raise OtaError(
+            "bad_manifest",
+            f"manifest field {_member_of(name, unknown[0])!r} is unknown (manifest format {FORMAT})",
+        )
     missing = sorted(required - set(value))
     if missing:
         raise OtaError("bad_manifest", f"manifest field {_member_of(name, missing[0])!r} is missing")
@@ -183,8 +210,11 @@ def parse_manifest(raw: bytes) -> Manifest:
     for i, p in enumerate(data["payloads"]):
         where = f"payloads[{i}]"
         p = _object(p, where, _PAYLOAD_FIELDS, _PAYLOAD_FIELDS)
-        item = Payload(_string(p["path"], f"{where}.path"), _string(p["sha256"], f"{where}.sha256"),
-                       _integer(p["size"], f"{where}.size", 0, MAX_MEMBER_BYTES))
+        item = Payload(
+            _string(p["path"], f"{where}.path"),
+            _string(p["sha256"], f"{where}.sha256"),
+            _integer(p["size"], f"{where}.size", 0, MAX_MEMBER_BYTES),
+        )
         check_member_name(item.path)
         if item.path in seen:
             raise OtaError("bad_manifest", f"payload {item.path} listed twice")
@@ -194,8 +224,15 @@ def parse_manifest(raw: bytes) -> Manifest:
         payloads.append(item)
     if not any(p.path.startswith("wheels/") and p.path.endswith(".whl") for p in payloads):
         raise OtaError("bad_manifest", "bundle holds no wheels")
-    return Manifest(version=version, compatible=list(compatible), min_version=min_version,
-                    allow_downgrade=allow_downgrade, payloads=payloads, created=float(created), notes=notes)
+    return Manifest(
+        version=version,
+        compatible=list(compatible),
+        min_version=min_version,
+        allow_downgrade=allow_downgrade,
+        payloads=payloads,
+        created=float(created),
+        notes=notes,
+    )
 
 
 def check_member_name(name: str) -> str:
@@ -211,17 +248,24 @@ def check_member_name(name: str) -> str:
 def check_compatible(manifest: Manifest, hardware: str, current_version: str | None) -> None:
     """Hardware model, minimum version and anti-rollback (unless the manifest allows a downgrade)."""
     if hardware not in manifest.compatible:
-        raise OtaError("incompatible", f"bundle is for {', '.join(manifest.compatible)}, this device is {hardware!r}")
+        raise OtaError(
+            "incompatible", f"bundle is for {', '.join(manifest.compatible)}, this device is {hardware!r}"
+        )
     if current_version is None:
         return
     cur = parse_version(current_version, "running version")
     if manifest.min_version and cur < parse_version(manifest.min_version):
-        raise OtaError("incompatible", f"bundle needs at least {manifest.min_version}, device runs {current_version}")
+        raise OtaError(
+            "incompatible", f"bundle needs at least {manifest.min_version}, device runs {current_version}"
+        )
     new = parse_version(manifest.version)
     if new <= cur and not manifest.allow_downgrade:
         word = "same as" if new == cur else "older than"
-        raise OtaError("downgrade", f"bundle version {manifest.version} is {word} the running {current_version}"
-                       " and the manifest does not allow a downgrade")
+        raise OtaError(
+            "downgrade",
+            f"bundle version {manifest.version} is {word} the running {current_version}"
+            " and the manifest does not allow a downgrade",
+        )
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
@@ -234,9 +278,18 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> b
     return f.read()
 
 
-def build(out: Path, version: str, wheelhouse: Path, hardware: list[str], hooks: Path | None = None,
-          firmware: Path | None = None, min_version: str | None = None, allow_downgrade: bool = False,
-          keys: list[Ed25519PrivateKey] | None = None, notes: str = "") -> Manifest:
+def build(
+    out: Path,
+    version: str,
+    wheelhouse: Path,
+    hardware: list[str],
+    hooks: Path | None = None,
+    firmware: Path | None = None,
+    min_version: str | None = None,
+    allow_downgrade: bool = False,
+    keys: list[Ed25519PrivateKey] | None = None,
+    notes: str = "",
+) -> Manifest:
     """Write a bundle from a directory of wheels (plus hooks and firmware); signed if keys are given."""
     parse_version(version)
     files: list[tuple[str, Path]] = []
@@ -251,13 +304,21 @@ def build(out: Path, version: str, wheelhouse: Path, hardware: list[str], hooks:
                 continue
             files.append((f"{prefix}/{path.relative_to(d).as_posix()}", path))
     payloads = [Payload(name, sha256_file(path), path.stat().st_size) for name, path in files]
-    manifest = Manifest(version=version, compatible=list(hardware), min_version=min_version,
-                        allow_downgrade=allow_downgrade, payloads=payloads, created=round(time.time(), 3),
-                        notes=notes)
+    manifest = Manifest(
+        version=version,
+        compatible=list(hardware),
+        min_version=min_version,
+        allow_downgrade=allow_downgrade,
+        payloads=payloads,
+        created=round(time.time(), 3),
+        notes=notes,
+    )
     raw = manifest.to_json()
     Manifest.from_json(raw)  # the same checks a device runs
-    modes = {name: (0o755 if name.startswith("hooks/") or os.access(path, os.X_OK) else 0o644)
-             for name, path in files}
+    modes = {
+        name: (0o755 if name.startswith("hooks/") or os.access(path, os.X_OK) else 0o644)
+        for name, path in files
+    }
     _write(out, raw, signing.sign(raw, keys) if keys else b"", [(n, p, modes[n]) for n, p in files])
     return manifest
 
@@ -333,9 +394,14 @@ def _open_manifest(tar: tarfile.TarFile, trusted: dict[str, Ed25519PublicKey]) -
     return Manifest.from_json(raw), kid
 
 
-def verify_and_extract(bundle: Path, trusted: dict[str, Ed25519PublicKey], dest: Path | None,
-                       hardware: str | None = None, current_version: str | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> Manifest:
+def verify_and_extract(
+    bundle: Path,
+    trusted: dict[str, Ed25519PublicKey],
+    dest: Path | None,
+    hardware: str | None = None,
+    current_version: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Manifest:
     """Stream ``bundle``: signature, manifest, compatibility, then every payload checked.
 
     With ``dest`` the payloads land under it (which must not exist; it is removed again on any
@@ -354,7 +420,9 @@ def verify_and_extract(bundle: Path, trusted: dict[str, Ed25519PublicKey], dest:
                     check_compatible(manifest, hardware, current_version)
                 _stream_payloads(tar, manifest, dest, progress)
             except tarfile.TarError as exc:
-                raise OtaError("bad_bundle", f"not a valid bundle (truncated or corrupt tar): {exc}") from None
+                raise OtaError(
+                    "bad_bundle", f"not a valid bundle (truncated or corrupt tar): {exc}"
+                ) from None
             except EOFError:
                 raise OtaError("bad_bundle", "bundle is truncated") from None
     except BaseException:
@@ -364,8 +432,9 @@ def verify_and_extract(bundle: Path, trusted: dict[str, Ed25519PublicKey], dest:
     return manifest
 
 
-def _stream_payloads(tar: tarfile.TarFile, manifest: Manifest, dest: Path | None,
-                     progress: Callable[[int, int], None] | None) -> None:
+def _stream_payloads(
+    tar: tarfile.TarFile, manifest: Manifest, dest: Path | None, progress: Callable[[int, int], None] | None
+) -> None:
     expected = {p.path: p for p in manifest.payloads}
     seen: set[str] = set()
     total, done = manifest.total_size, 0
@@ -419,6 +488,11 @@ def _stream_payloads(tar: tarfile.TarFile, manifest: Manifest, dest: Path | None
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:
-    return {"version": manifest.version, "compatible": manifest.compatible, "min_version": manifest.min_version,
-            "allow_downgrade": manifest.allow_downgrade, "payloads": len(manifest.payloads),
-            "bytes": manifest.total_size}
+    return {
+        "version": manifest.version,
+        "compatible": manifest.compatible,
+        "min_version": manifest.min_version,
+        "allow_downgrade": manifest.allow_downgrade,
+        "payloads": len(manifest.payloads),
+        "bytes": manifest.total_size,
+    }

@@ -82,13 +82,25 @@ def _content_range_start(value: str | None) -> int | None:
 def check_space(directory: Path, needed: int, reserve: int) -> None:
     free = shutil.disk_usage(directory).free
     if free - needed < reserve:
-        raise OtaError("no_space", f"{directory}: {free} bytes free, the bundle needs {needed} more "
-                       f"and {reserve} must stay free")
+        raise OtaError(
+            "no_space",
+            f"{directory}: {free} bytes free, the bundle needs {needed} more and {reserve} must stay free",
+        )
 
 
-async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int = 0, retries: int = 5,
-                   reserve_bytes: int = 64 << 20, progress: Progress | None = None,
-                   retry_delay_s: float = 1.0, timeout_s: float = 60.0, ca_file: str = "") -> DownloadResult:
+async def download(
+    url: str,
+    dest: Path,
+    size: int,
+    sha256: str,
+    rate_bps: int = 0,
+    retries: int = 5,
+    reserve_bytes: int = 64 << 20,
+    progress: Progress | None = None,
+    retry_delay_s: float = 1.0,
+    timeout_s: float = 60.0,
+    ca_file: str = "",
+) -> DownloadResult:
     """Fetch ``url`` into ``dest`` (resuming ``dest.part``), checked against ``size`` and ``sha256``.
 
     HTTPS servers are checked against the system CAs, or only against ``ca_file`` when given.
@@ -123,10 +135,14 @@ async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int =
                     if resp.status == 200 and have:
                         log.info("server ignored Range; starting over")
                         have = 0
-                    elif resp.status == 206 and _content_range_start(resp.headers.get("Content-Range")) != have:
+                    elif (
+                        resp.status == 206 and _content_range_start(resp.headers.get("Content-Range")) != have
+                    ):
                         start = _content_range_start(resp.headers.get("Content-Range"))
-                        last_error = (f"206 with Content-Range {resp.headers.get('Content-Range')!r}, "
-                                      f"expected it to start at {have}")
+                        last_error = (
+                            f"206 with Content-Range {resp.headers.get('Content-Range')!r}, "
+                            f"expected it to start at {have}"
+                        )
                         log.warning("%s; starting over from 0", last_error)
                         part.unlink(missing_ok=True)
                         if start != 0:
@@ -142,7 +158,9 @@ async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int =
                         done = have
                         async for chunk in resp.content.iter_chunked(CHUNK):
                             if done + len(chunk) > size:
-                                raise OtaError("download_failed", f"{url} is larger than the expected {size} bytes")
+                                raise OtaError(
+                                    "download_failed", f"{url} is larger than the expected {size} bytes"
+                                )
                             f.write(chunk)
                             done += len(chunk)
                             fetched += len(chunk)
@@ -158,15 +176,18 @@ async def download(url: str, dest: Path, size: int, sha256: str, rate_bps: int =
             except OtaError:
                 raise
             except aiohttp.ClientConnectorCertificateError as exc:  # retrying will not fix a certificate
-                raise OtaError("tls", f"{url}: server certificate not trusted: {exc.certificate_error}") from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, _ShortResponse) as exc:
+                raise OtaError(
+                    "tls", f"{url}: server certificate not trusted: {exc.certificate_error}"
+                ) from None
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, _ShortResponse) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("download attempt %d of %s failed: %s", attempts, url, last_error)
                 await asyncio.sleep(min(retry_delay_s * 2 ** (attempts - 1), 60))
     digest = await asyncio.to_thread(sha256_file, part)
     if digest != sha256:
         part.unlink()
-        raise OtaError("bad_digest", f"downloaded file sha256 {digest[:16]}... does not match {sha256[:16]}...")
+        raise OtaError(
+            "bad_digest", f"downloaded file sha256 {digest[:16]}... does not match {sha256[:16]}..."
+        )
     os.replace(part, dest)
     return DownloadResult(dest, size, fetched, attempts, time.monotonic() - started)
-

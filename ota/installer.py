@@ -60,12 +60,18 @@ class InstallOptions:
     free_space_reserve_bytes: int = 0  # ota.free_space_reserve_bytes: never fill a disk below this
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "InstallOptions":
+    def from_config(cls, cfg: Any) -> InstallOptions:
         hooks = [runner.PACKAGED_HOOKS] + ([Path(cfg.ota.hooks_dir)] if cfg.ota.hooks_dir else [])
-        return cls(trusted_keys_dir=Path(cfg.ota.trusted_keys_dir), hardware=cfg.device.hardware, hooks_dirs=hooks,
-                   hook_timeout_s=cfg.ota.hook_timeout_s, max_failed_starts=cfg.ota.max_failed_starts,
-                   trial_deadline_s=cfg.ota.trial_deadline_s, slot_extra_paths=list(cfg.ota.slot_extra_paths),
-                   free_space_reserve_bytes=cfg.ota.free_space_reserve_bytes)
+        return cls(
+            trusted_keys_dir=Path(cfg.ota.trusted_keys_dir),
+            hardware=cfg.device.hardware,
+            hooks_dirs=hooks,
+            hook_timeout_s=cfg.ota.hook_timeout_s,
+            max_failed_starts=cfg.ota.max_failed_starts,
+            trial_deadline_s=cfg.ota.trial_deadline_s,
+            slot_extra_paths=list(cfg.ota.slot_extra_paths),
+            free_space_reserve_bytes=cfg.ota.free_space_reserve_bytes,
+        )
 
 
 VENV_FACTOR = 2  # a slot venv takes about twice the bundle's payload (wheels unpack bigger)
@@ -89,7 +95,9 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def check_install_space(needs: list[tuple[Path, int]], reserve: int, freeable: dict[int, int] | None = None) -> None:
+def check_install_space(
+    needs: list[tuple[Path, int]], reserve: int, freeable: dict[int, int] | None = None
+) -> None:
     """Refuse with ``no_space`` unless every filesystem can take what ``needs`` puts on it.
 
     ``needs`` is (directory, bytes) pairs; pairs on the same filesystem are added up and
@@ -103,8 +111,11 @@ def check_install_space(needs: list[tuple[Path, int]], reserve: int, freeable: d
     for dev, (d, n) in per_dev.items():
         free = shutil.disk_usage(d).free + (freeable or {}).get(dev, 0)
         if free - n < reserve:
-            raise OtaError("no_space", f"{d}: {free} bytes free (counting the inactive slot), the update needs "
-                           f"{n} (unpacked payload and a new slot) and {reserve} must stay free")
+            raise OtaError(
+                "no_space",
+                f"{d}: {free} bytes free (counting the inactive slot), the update needs "
+                f"{n} (unpacked payload and a new slot) and {reserve} must stay free",
+            )
 
 
 def check_owner(dirs: list[Path], euid: int | None = None, as_root: bool = False) -> None:
@@ -119,9 +130,12 @@ def check_owner(dirs: list[Path], euid: int | None = None, as_root: bool = False
             continue
         owner = os.stat(d).st_uid
         if owner != euid and not as_root:
-            raise OtaError("wrong_user", f"{d} belongs to uid {owner} but this runs as uid {euid}: run it as "
-                           f"the service user (e.g. sudo -u device-agent ...), or pass --as-root if the "
-                           "layout is root-owned on purpose")
+            raise OtaError(
+                "wrong_user",
+                f"{d} belongs to uid {owner} but this runs as uid {euid}: run it as "
+                f"the service user (e.g. sudo -u device-agent ...), or pass --as-root if the "
+                "layout is root-owned on purpose",
+            )
 
 
 class UpdateLock:
@@ -131,7 +145,7 @@ class UpdateLock:
         self.layout = layout
         self.fd: int | None = None
 
-    def __enter__(self) -> "UpdateLock":
+    def __enter__(self) -> UpdateLock:
         self.layout.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(str(self.layout.lock_path), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -151,14 +165,29 @@ class UpdateLock:
             self.fd = None
 
 
-def env_for(layout: Layout, manifest_version: str, slot: str, previous: str | None, bundle: Path | str,
-            work: Path, current_version: str | None) -> dict[str, str]:
+def env_for(
+    layout: Layout,
+    manifest_version: str,
+    slot: str,
+    previous: str | None,
+    bundle: Path | str,
+    work: Path,
+    current_version: str | None,
+) -> dict[str, str]:
     """The environment every hook sees: bundle, versions and slots."""
-    return {"OTA_BUNDLE": str(bundle), "OTA_VERSION": manifest_version, "OTA_CURRENT_VERSION": current_version or "",
-            "OTA_SLOT": slot, "OTA_SLOT_PATH": str(layout.slot_path(slot)), "OTA_PREVIOUS_SLOT": previous or "",
-            "OTA_PREVIOUS_SLOT_PATH": str(layout.slot_path(previous)) if previous else "",
-            "OTA_FIRMWARE_DIR": str(work / "firmware"), "OTA_HOOKS_DIR": str(work / "hooks"),
-            "OTA_ROOT": str(layout.root), "OTA_STATE_DIR": str(layout.state_dir)}
+    return {
+        "OTA_BUNDLE": str(bundle),
+        "OTA_VERSION": manifest_version,
+        "OTA_CURRENT_VERSION": current_version or "",
+        "OTA_SLOT": slot,
+        "OTA_SLOT_PATH": str(layout.slot_path(slot)),
+        "OTA_PREVIOUS_SLOT": previous or "",
+        "OTA_PREVIOUS_SLOT_PATH": str(layout.slot_path(previous)) if previous else "",
+        "OTA_FIRMWARE_DIR": str(work / "firmware"),
+        "OTA_HOOKS_DIR": str(work / "hooks"),
+        "OTA_ROOT": str(layout.root),
+        "OTA_STATE_DIR": str(layout.state_dir),
+    }
 
 
 def slot_hooks(layout: Layout, options: InstallOptions, slot: str) -> list[Path]:
@@ -168,8 +197,15 @@ def slot_hooks(layout: Layout, options: InstallOptions, slot: str) -> list[Path]
 
 def slot_env(layout: Layout, slot: str, update: Update) -> dict[str, str]:
     bundle_dir = layout.slot_path(slot) / "ota-bundle"
-    return env_for(layout, str(update.version or ""), slot, update.previous_slot, update.bundle or "", bundle_dir,
-                   update.previous_version)
+    return env_for(
+        layout,
+        str(update.version or ""),
+        slot,
+        update.previous_slot,
+        update.bundle or "",
+        bundle_dir,
+        update.previous_version,
+    )
 
 
 class Installer:
@@ -195,8 +231,10 @@ class Installer:
             self._step("lock")
             st = layout.load()
             if st.update is not None and st.in_flight():
-                raise OtaError("busy", f"version {st.update.version} is in {st.state.value}; "
-                               "it must commit or roll back first")
+                raise OtaError(
+                    "busy",
+                    f"version {st.update.version} is in {st.state.value}; it must commit or roll back first",
+                )
             current = layout.current_slot()
             current_info = layout.slot_info(current) if current else None
             current_version = (current_info or {}).get("version")
@@ -204,16 +242,22 @@ class Installer:
             work = layout.work_dir / "unpacked"
             # On-device hooks only: the bundle's own hooks are not trusted before verification.
             try:
-                runner.run_phase(runner.discover(self.options.hooks_dirs), "download",
-                                 env_for(layout, "", target, current, bundle_path, work, current_version),
-                                 self.options.hook_timeout_s)
+                runner.run_phase(
+                    runner.discover(self.options.hooks_dirs),
+                    "download",
+                    env_for(layout, "", target, current, bundle_path, work, current_version),
+                    self.options.hook_timeout_s,
+                )
             except runner.HookFailed as exc:
                 raise OtaError("hook_failed", str(exc)) from None
             payload_guess = Path(bundle_path).stat().st_size  # an uncompressed tar: ~ the payload
             target_path = layout.slot_path(target)
             freeable = {os.stat(target_path).st_dev: _tree_bytes(target_path)} if target_path.exists() else {}
-            check_install_space([(layout.work_dir, payload_guess), (layout.root, VENV_FACTOR * payload_guess)],
-                                self.options.free_space_reserve_bytes, freeable)
+            check_install_space(
+                [(layout.work_dir, payload_guess), (layout.root, VENV_FACTOR * payload_guess)],
+                self.options.free_space_reserve_bytes,
+                freeable,
+            )
             self._step("verify", bundle=str(bundle_path))
             trusted = signing.load_trusted(self.options.trusted_keys_dir)
             started = time.monotonic()
@@ -221,8 +265,9 @@ class Installer:
             def progress(done: int, total: int) -> None:
                 self.on_step("verify.progress", {"bytes": done, "total": total})
 
-            manifest = bundle_mod.verify_and_extract(bundle_path, trusted, work, self.options.hardware,
-                                                     current_version, progress)
+            manifest = bundle_mod.verify_and_extract(
+                bundle_path, trusted, work, self.options.hardware, current_version, progress
+            )
             env = env_for(layout, manifest.version, target, current, bundle_path, work, current_version)
             hooks = runner.discover([*self.options.hooks_dirs, work / "hooks"])
             prepared = False
@@ -232,8 +277,10 @@ class Installer:
                 sm.prepare(layout, st, manifest.version, target, current, current_version, str(bundle_path))
                 prepared = True
                 self._wipe(target)
-                check_install_space([(layout.root, VENV_FACTOR * sum(p.size for p in manifest.payloads))],
-                                    self.options.free_space_reserve_bytes)
+                check_install_space(
+                    [(layout.root, VENV_FACTOR * sum(p.size for p in manifest.payloads))],
+                    self.options.free_space_reserve_bytes,
+                )
                 self._step("venv", slot=target)
                 self._make_venv(target)
                 self._step("pip", wheels=len(manifest.wheels()))
@@ -243,26 +290,49 @@ class Installer:
                 runner.run_phase(hooks, "install", env, self.options.hook_timeout_s)
                 self._step("seal")
                 os.sync()
-                atomic_write_json(layout.slot_path(target) / MARKER,
-                                  {"version": manifest.version, "installed": round(time.time(), 3),
-                                   "bundle": str(bundle_path)})
+                atomic_write_json(
+                    layout.slot_path(target) / MARKER,
+                    {
+                        "version": manifest.version,
+                        "installed": round(time.time(), 3),
+                        "bundle": str(bundle_path),
+                    },
+                )
             except (OtaError, runner.HookFailed, OSError, subprocess.SubprocessError) as exc:
                 reason = exc.message if isinstance(exc, OtaError) else str(exc)
                 self._fail(st, manifest.version, target if prepared else None, env, hooks, reason)
-                code = (exc.code if isinstance(exc, OtaError)
-                        else "hook_failed" if isinstance(exc, runner.HookFailed) else "install_failed")
+                code = (
+                    exc.code
+                    if isinstance(exc, OtaError)
+                    else "hook_failed"
+                    if isinstance(exc, runner.HookFailed)
+                    else "install_failed"
+                )
                 raise OtaError(code, reason) from None
             self._step("switch", slot=target)
-            update = sm.switch(layout, st, self.options.max_failed_starts, self.options.trial_deadline_s,
-                               round(time.monotonic() - started, 3))
+            update = sm.switch(
+                layout,
+                st,
+                self.options.max_failed_starts,
+                self.options.trial_deadline_s,
+                round(time.monotonic() - started, 3),
+            )
             layout.point_current(target)
             shutil.rmtree(work, ignore_errors=True)
             try:
-                runner.run_phase(slot_hooks(layout, self.options, target), "switch",
-                                 slot_env(layout, target, update), self.options.hook_timeout_s)
+                runner.run_phase(
+                    slot_hooks(layout, self.options, target),
+                    "switch",
+                    slot_env(layout, target, update),
+                    self.options.hook_timeout_s,
+                )
             except runner.HookFailed as exc:
-                _run_quietly(slot_hooks(layout, self.options, target), "rollback", slot_env(layout, target, update),
-                             self.options.hook_timeout_s)
+                _run_quietly(
+                    slot_hooks(layout, self.options, target),
+                    "rollback",
+                    slot_env(layout, target, update),
+                    self.options.hook_timeout_s,
+                )
                 finish_rollback(layout, st, str(exc))
                 raise OtaError("hook_failed", str(exc)) from None
             self._step("switched", slot=target, version=manifest.version)
@@ -283,20 +353,45 @@ class Installer:
         # made that way has no pip, so when the running interpreter lacks one the new slot gets
         # its own from ensurepip (offline, bundled with Python) and pip runs inside it.
         self._own_pip = not _has_pip(self.options.python)
-        _run([self.options.python, "-m", "venv", *([] if self._own_pip else ["--without-pip"]),
-              str(self.layout.slot_path(slot))], "venv")
+        _run(
+            [
+                self.options.python,
+                "-m",
+                "venv",
+                *([] if self._own_pip else ["--without-pip"]),
+                str(self.layout.slot_path(slot)),
+            ],
+            "venv",
+        )
 
     def _pip_install(self, slot: str, work: Path, wheels: list[str]) -> None:
         path = self.layout.slot_path(slot)
         if self.options.slot_extra_paths:  # first, so pip sees the layer's packages as installed
             site = _site_packages(path)
-            (site / "_ota_extra_paths.pth").write_text("".join(p + "\n" for p in self.options.slot_extra_paths))
+            (site / "_ota_extra_paths.pth").write_text(
+                "".join(p + "\n" for p in self.options.slot_extra_paths)
+            )
         slot_python = str(path / "bin" / "python")
-        pip = [slot_python, "-m", "pip"] if self._own_pip else [self.options.python, "-m", "pip", "--python",
-                                                                slot_python]
-        _run([*pip, "install", "--no-index", "--find-links", str(work / "wheels"), "--no-cache-dir",
-              "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
-              *[str(work / w) for w in wheels]], "pip install")
+        pip = (
+            [slot_python, "-m", "pip"]
+            if self._own_pip
+            else [self.options.python, "-m", "pip", "--python", slot_python]
+        )
+        _run(
+            [
+                *pip,
+                "install",
+                "--no-index",
+                "--find-links",
+                str(work / "wheels"),
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "--quiet",
+                *[str(work / w) for w in wheels],
+            ],
+            "pip install",
+        )
 
     def _copy_bundle_files(self, slot: str, work: Path) -> None:
         dest = self.layout.slot_path(slot) / "ota-bundle"
@@ -305,8 +400,15 @@ class Installer:
                 shutil.copytree(work / sub, dest / sub)
         dest.mkdir(parents=True, exist_ok=True)
 
-    def _fail(self, st: OtaState, version: str, target: str | None, env: dict[str, str], hooks: list[Path],
-              reason: str) -> None:
+    def _fail(
+        self,
+        st: OtaState,
+        version: str,
+        target: str | None,
+        env: dict[str, str],
+        hooks: list[Path],
+        reason: str,
+    ) -> None:
         self._step("failed", reason=reason)
         _run_quietly(hooks, "failure", env, self.options.hook_timeout_s)
         sm.install_failed(self.layout, st, reason, version)
@@ -331,7 +433,9 @@ def _site_packages(venv: Path) -> Path:
 def _run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
-        raise OtaError("install_failed", f"{what} failed (exit {proc.returncode}): {proc.stdout.strip()[-800:]}")
+        raise OtaError(
+            "install_failed", f"{what} failed (exit {proc.returncode}): {proc.stdout.strip()[-800:]}"
+        )
 
 
 def _run_quietly(hooks: list[Path], phase: str, env: dict[str, str], timeout_s: float) -> None:

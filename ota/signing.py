@@ -23,15 +23,19 @@ def key_id(public: Ed25519PublicKey) -> str:
 def generate(private_path: Path, public_path: Path) -> str:
     """Write a new key pair (private file 0600, PKCS8 PEM; public SPKI PEM); returns its id."""
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     private_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(str(private_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     public_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return key_id(key.public_key())
 
 
@@ -90,7 +94,9 @@ def check(manifest: bytes, sig_text: bytes, trusted: dict[str, Ed25519PublicKey]
         try:
             key.verify(base64.b64decode(b64, validate=True), manifest)
         except (InvalidSignature, ValueError):
-            raise OtaError("bad_signature", f"signature by key {kid} does not verify over the manifest") from None
+            raise OtaError(
+                "bad_signature", f"signature by key {kid} does not verify over the manifest"
+            ) from None
         return kid
     if not seen:
         raise OtaError("bad_signature", "manifest.sig holds no signature")

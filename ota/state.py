@@ -91,7 +91,9 @@ class IllegalTransition(OtaError):
     """``event`` is not allowed in ``state`` (a race or a bug); nothing was changed."""
 
     def __init__(self, state: State, event: Event) -> None:
-        super().__init__("illegal_transition", f"{event.value} is not allowed while the update is {state.value}")
+        super().__init__(
+            "illegal_transition", f"{event.value} is not allowed while the update is {state.value}"
+        )
         self.state = state
         self.event = event
 
@@ -129,18 +131,22 @@ class Update:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Update":
+    def from_dict(cls, data: dict[str, Any]) -> Update:
         known, extra = _known(cls, data)
         phase = known.get("phase")
         # Only a hand edit writes another phase; like every release so far, treat it as an install.
-        known["phase"] = State(phase) if phase in (State.TRIAL.value, State.ROLLING_BACK.value) else State.INSTALLING
+        known["phase"] = (
+            State(phase) if phase in (State.TRIAL.value, State.ROLLING_BACK.value) else State.INSTALLING
+        )
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "extra" or (value is None and f.name not in ("version", "target_slot", "previous_slot")):
+            if f.name == "extra" or (
+                value is None and f.name not in ("version", "target_slot", "previous_slot")
+            ):
                 continue
             out[f.name] = value.value if isinstance(value, Enum) else value
         return out
@@ -158,14 +164,26 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Outcome":
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
         known, extra = _known(cls, data)
-        return cls(result=Result(known["result"]), version=known.get("version"), reason=str(known.get("reason") or ""),
-                   ts=float(known.get("ts") or 0.0), reported=bool(known.get("reported", False)), extra=extra)
+        return cls(
+            result=Result(known["result"]),
+            version=known.get("version"),
+            reason=str(known.get("reason") or ""),
+            ts=float(known.get("ts") or 0.0),
+            reported=bool(known.get("reported", False)),
+            extra=extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.extra, "result": self.result.value, "version": self.version, "reason": self.reason,
-                "ts": self.ts, "reported": self.reported}
+        return {
+            **self.extra,
+            "result": self.result.value,
+            "version": self.version,
+            "reason": self.reason,
+            "ts": self.ts,
+            "reported": self.reported,
+        }
 
 
 @dataclass
@@ -188,21 +206,28 @@ class OtaState:
         return self.state in (State.TRIAL, State.ROLLING_BACK)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OtaState":
+    def from_dict(cls, data: dict[str, Any]) -> OtaState:
         known, extra = _known(cls, data)
         update = known.get("update")
         last = known.get("last_result")
         if isinstance(last, dict) and last.get("result") not in {r.value for r in Result}:
             extra["last_result"], last = last, None  # not ours to interpret: kept as it is
-        return cls(committed_slot=known.get("committed_slot"), committed_version=known.get("committed_version"),
-                   update=Update.from_dict(update) if isinstance(update, dict) and update else None,
-                   last_result=Outcome.from_dict(last) if isinstance(last, dict) and last.get("result") else None,
-                   history=list(known.get("history") or []), extra=extra)
+        return cls(
+            committed_slot=known.get("committed_slot"),
+            committed_version=known.get("committed_version"),
+            update=Update.from_dict(update) if isinstance(update, dict) and update else None,
+            last_result=Outcome.from_dict(last) if isinstance(last, dict) and last.get("result") else None,
+            history=list(known.get("history") or []),
+            extra=extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.extra, "committed_slot": self.committed_slot,
-                               "committed_version": self.committed_version,
-                               "update": self.update.to_dict() if self.update else None}
+        out: dict[str, Any] = {
+            **self.extra,
+            "committed_slot": self.committed_slot,
+            "committed_version": self.committed_version,
+            "update": self.update.to_dict() if self.update else None,
+        }
         if self.last_result is not None:
             out["last_result"] = self.last_result.to_dict()
         if self.history:
@@ -214,7 +239,7 @@ class OtaState:
         return self.to_dict()[key]
 
     @classmethod
-    def load(cls, store: StateStore) -> "OtaState":
+    def load(cls, store: StateStore) -> OtaState:
         return cls.from_dict(store.load_state())
 
     def save(self, store: StateStore) -> None:
@@ -222,6 +247,7 @@ class OtaState:
 
 
 # -- transitions: the only functions that change an OtaState -----------------------------------
+
 
 def _fire(st: OtaState, event: Event) -> State:
     """Check ``event`` against the table; returns the next state (the caller applies, then ``_save``)."""
@@ -247,12 +273,26 @@ def _update(st: OtaState) -> Update:
     return st.update
 
 
-def prepare(store: StateStore, st: OtaState, version: str, target_slot: str, previous_slot: str | None,
-            previous_version: str | None, bundle: str) -> Update:
+def prepare(
+    store: StateStore,
+    st: OtaState,
+    version: str,
+    target_slot: str,
+    previous_slot: str | None,
+    previous_version: str | None,
+    bundle: str,
+) -> Update:
     """``installing``: from here the inactive slot may be half written."""
     nxt = _fire(st, Event.PREPARE)
-    st.update = Update(State.INSTALLING, version, target_slot, previous_slot, previous_version, bundle,
-                       started=round(time.time(), 3))
+    st.update = Update(
+        State.INSTALLING,
+        version,
+        target_slot,
+        previous_slot,
+        previous_version,
+        bundle,
+        started=round(time.time(), 3),
+    )
     _save(store, st, nxt)
     return st.update
 
@@ -260,7 +300,9 @@ def prepare(store: StateStore, st: OtaState, version: str, target_slot: str, pre
 def install_failed(store: StateStore, st: OtaState, reason: str, version: str | None = None) -> None:
     """A failure before the switch: ``failed`` recorded, nothing in flight."""
     nxt = _fire(st, Event.INSTALL_FAILED)
-    _record(st, Result.FAILED, version if version is not None or st.update is None else st.update.version, reason)
+    _record(
+        st, Result.FAILED, version if version is not None or st.update is None else st.update.version, reason
+    )
     st.update = None
     _save(store, st, nxt)
 
@@ -274,13 +316,18 @@ def install_interrupted(store: StateStore, st: OtaState) -> None:
     _save(store, st, nxt)
 
 
-def switch(store: StateStore, st: OtaState, max_failed_starts: int, trial_deadline_s: float,
-           install_s: float) -> Update:
+def switch(
+    store: StateStore, st: OtaState, max_failed_starts: int, trial_deadline_s: float, install_s: float
+) -> Update:
     """``trial``, saved *before* ``current`` moves (the boot check tells the two apart)."""
     nxt = _fire(st, Event.SWITCH)
     update = _update(st)
     update.phase, update.starts, update.max_failed_starts = State.TRIAL, 0, max_failed_starts
-    update.trial_deadline_s, update.switched, update.install_s = trial_deadline_s, round(time.time(), 3), install_s
+    update.trial_deadline_s, update.switched, update.install_s = (
+        trial_deadline_s,
+        round(time.time(), 3),
+        install_s,
+    )
     _save(store, st, nxt)
     return update
 

@@ -103,8 +103,15 @@ def rollback(layout: Layout, options: InstallOptions, reason: str) -> OtaState:
 class Trial:
     """Watches health after a switch and commits or rolls back."""
 
-    def __init__(self, layout: Layout, options: InstallOptions, healthy: Callable[[], bool], emit: Emit,
-                 healthy_s: float = 5.0, poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        options: InstallOptions,
+        healthy: Callable[[], bool],
+        emit: Emit,
+        healthy_s: float = 5.0,
+        poll_s: float = 0.2,
+    ) -> None:
         self.layout = layout
         self.options = options
         self.healthy = healthy
@@ -116,8 +123,14 @@ class Trial:
         """Watch health until the trial commits, rolls back, or turns out to have ended."""
         version = update.version
         deadline_s = float(update.trial_deadline_s or self.options.trial_deadline_s)
-        self.emit("ota", phase="trial", version=version, slot=update.target_slot,
-                  start=update.starts, deadline_s=deadline_s)
+        self.emit(
+            "ota",
+            phase="trial",
+            version=version,
+            slot=update.target_slot,
+            start=update.starts,
+            deadline_s=deadline_s,
+        )
         start = time.monotonic()
         healthy_since: float | None = None
         while True:
@@ -145,8 +158,13 @@ class Trial:
             log.warning("ota: the trial of %s ended meanwhile (rolled back by the operator)", version)
             return TrialOutcome.ENDED
         log.info("ota: committed %s", version)
-        self.emit("ota", phase="committed", version=version, slot=update.target_slot,
-                  trial_s=round(time.monotonic() - start, 2))
+        self.emit(
+            "ota",
+            phase="committed",
+            version=version,
+            slot=update.target_slot,
+            trial_s=round(time.monotonic() - start, 2),
+        )
         return TrialOutcome.COMMITTED
 
     async def _rollback(self, version: str | None, reason: str) -> TrialOutcome:

@@ -15,22 +15,30 @@ import datetime as dt
 import ipaddress
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from device_agent.checks.thresholds import CLOCK_FLOOR  # any clock before it is wrong (no RTC); doctor's too
-from provisioning.identity import public_key_der
 from device_agent import protocol
+from device_agent.checks.thresholds import CLOCK_FLOOR  # any clock before it is wrong (no RTC); doctor's too
 from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
+from provisioning.identity import public_key_der
 from provisioning.token import ClaimToken, ca_pin, hash_secret
 
 # Exit codes of `device-agent provision` (docs/provisioning.md lists them for technicians).
 EXIT_CODES = {
-    "local": 1, "no_network": 3, "unreachable": 4, "clock": 5, "bad_token": 6, "expired_token": 7,
-    "used_token": 8, "refused": 9, "connect_as_device": 10,
+    "local": 1,
+    "no_network": 3,
+    "unreachable": 4,
+    "clock": 5,
+    "bad_token": 6,
+    "expired_token": 7,
+    "used_token": 8,
+    "refused": 9,
+    "connect_as_device": 10,
 }
 MAX_SKEW_S = 300.0
 RESEND_S = 3.0  # re-send an unanswered claim request this often
@@ -66,18 +74,24 @@ def mqtt_failure(exc: MqttError, host: str, port: int, what: str) -> ProvisionEr
 
 
 def check_clock_floor(now: float) -> None:
-    t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
     if t < CLOCK_FLOOR:
-        raise ProvisionError("clock", f"The device clock says {t:%Y-%m-%d %H:%M} UTC, which cannot be right: "
-                                      f"connect the device to a network with NTP (or set the date) and retry.")
+        raise ProvisionError(
+            "clock",
+            f"The device clock says {t:%Y-%m-%d %H:%M} UTC, which cannot be right: "
+            f"connect the device to a network with NTP (or set the date) and retry.",
+        )
 
 
 def check_skew(now: float, server_time: float) -> None:
     skew = now - server_time
     if abs(skew) > MAX_SKEW_S:
-        raise ProvisionError("clock", f"The device clock is {abs(skew) / 60:.0f} minutes "
-                                      f"{'ahead of' if skew > 0 else 'behind'} the fleet: fix the time "
-                                      f"(NTP) and retry; the claim token is still valid.")
+        raise ProvisionError(
+            "clock",
+            f"The device clock is {abs(skew) / 60:.0f} minutes "
+            f"{'ahead of' if skew > 0 else 'behind'} the fleet: fix the time "
+            f"(NTP) and retry; the claim token is still valid.",
+        )
 
 
 def verify_broker_cert(leaf_der: bytes | None, ca: x509.Certificate, host: str, now: float) -> None:
@@ -88,13 +102,19 @@ def verify_broker_cert(leaf_der: bytes | None, ca: x509.Certificate, host: str, 
     try:
         leaf.verify_directly_issued_by(ca)
     except Exception:
-        raise ProvisionError("refused", "The broker's certificate was not issued by the fleet CA in the token: "
-                                        "wrong fleet address, or someone is intercepting the connection.") from None
-    t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        raise ProvisionError(
+            "refused",
+            "The broker's certificate was not issued by the fleet CA in the token: "
+            "wrong fleet address, or someone is intercepting the connection.",
+        ) from None
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
     if not leaf.not_valid_before_utc <= t <= leaf.not_valid_after_utc:
-        raise ProvisionError("clock", f"The fleet broker's certificate is valid {leaf.not_valid_before_utc:%Y-%m-%d} "
-                                      f"to {leaf.not_valid_after_utc:%Y-%m-%d} but the device clock says "
-                                      f"{t:%Y-%m-%d %H:%M} UTC: fix the device time (NTP) and retry.")
+        raise ProvisionError(
+            "clock",
+            f"The fleet broker's certificate is valid {leaf.not_valid_before_utc:%Y-%m-%d} "
+            f"to {leaf.not_valid_after_utc:%Y-%m-%d} but the device clock says "
+            f"{t:%Y-%m-%d %H:%M} UTC: fix the device time (NTP) and retry.",
+        )
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -106,35 +126,55 @@ def verify_broker_cert(leaf_der: bytes | None, ca: x509.Certificate, host: str, 
     except ValueError:
         ok = host.lower() in {n.lower() for n in names}
     if not ok:
-        raise ProvisionError("refused", f"The broker's certificate is for {sorted(names | ips)}, not {host!r}: "
-                                        f"use one of those names with --fleet.")
+        raise ProvisionError(
+            "refused",
+            f"The broker's certificate is for {sorted(names | ips)}, not {host!r}: "
+            f"use one of those names with --fleet.",
+        )
 
 
-async def claim(host: str, port: int, token: ClaimToken, csr_pem: bytes, info: dict[str, str],
-                timeout: float = 20.0, clock: Callable[[], float] = time.time) -> ClaimResult:
+async def claim(
+    host: str,
+    port: int,
+    token: ClaimToken,
+    csr_pem: bytes,
+    info: dict[str, str],
+    timeout: float = 20.0,
+    clock: Callable[[], float] = time.time,
+) -> ClaimResult:
     """Run the claim exchange; raises ProvisionError for every failure."""
     check_clock_floor(clock())
     # the claim listener binds the client id to the username (the token id): no claimant can take
     # another's (or a device's) client id; the password is the SHA-256 of the secret, never the secret
-    m = MqttClient(token.id, tls=tls_context(verify=False), username=token.id, password=hash_secret(token.secret))
+    m = MqttClient(
+        token.id, tls=tls_context(verify=False), username=token.id, password=hash_secret(token.secret)
+    )
     try:
         await m.connect(host, port, timeout=min(timeout, 10.0))
     except MqttError as exc:
         if exc.kind == "rejected":
-            raise ProvisionError("bad_token", f"unknown claim token: the fleet claim service at {host}:{port} "
-                                              "does not accept it (a typo, expired, already used, or the broker "
-                                              "was not reloaded after `fleetctl claim create`): check it, or ask "
-                                              "for a new one.") from None
+            raise ProvisionError(
+                "bad_token",
+                f"unknown claim token: the fleet claim service at {host}:{port} "
+                "does not accept it (a typo, expired, already used, or the broker "
+                "was not reloaded after `fleetctl claim create`): check it, or ask "
+                "for a new one.",
+            ) from None
         raise mqtt_failure(exc, host, port, "The fleet claim service at") from None
     try:
         ca = await _fleet_ca(m, token, timeout)
         verify_broker_cert(m.peer_certificate_der(), ca, host, clock())
         res_topic = protocol.claim_result(token.id)
         if await m.subscribe(res_topic) >= 0x80:
-            raise ProvisionError("refused", "The broker refused the claim subscription: its claim listener "
-                                            "is misconfigured (see `fleetctl broker-config`).")
+            raise ProvisionError(
+                "refused",
+                "The broker refused the claim subscription: its claim listener "
+                "is misconfigured (see `fleetctl broker-config`).",
+            )
         req = {"token": str(token), "csr": csr_pem.decode(), "device_time": clock(), **info}
-        reply = await _request(m, protocol.claim_request(token.id), json.dumps(req).encode(), res_topic, timeout)
+        reply = await _request(
+            m, protocol.claim_request(token.id), json.dumps(req).encode(), res_topic, timeout
+        )
     finally:
         await m.close()
     return _check_reply(reply, ca, csr_pem, clock())
@@ -142,21 +182,28 @@ async def claim(host: str, port: int, token: ClaimToken, csr_pem: bytes, info: d
 
 async def _fleet_ca(m: MqttClient, token: ClaimToken, timeout: float) -> x509.Certificate:
     if await m.subscribe(protocol.CLAIM_CA) >= 0x80:
-        raise ProvisionError("refused", "The broker refused to show the fleet CA: this port is not the fleet's "
-                                        "claim listener.")
+        raise ProvisionError(
+            "refused", "The broker refused to show the fleet CA: this port is not the fleet's claim listener."
+        )
     try:
         msg = await _next_on(m, protocol.CLAIM_CA, timeout)
-    except asyncio.TimeoutError:
-        raise ProvisionError("unreachable", "The broker answers but the fleet claim service does not (no CA "
-                                            "published): ask the operator to start `fleetctl serve` / "
-                                            "`fleetctl claim serve`.") from None
+    except TimeoutError:
+        raise ProvisionError(
+            "unreachable",
+            "The broker answers but the fleet claim service does not (no CA "
+            "published): ask the operator to start `fleetctl serve` / "
+            "`fleetctl claim serve`.",
+        ) from None
     try:
         ca = x509.load_pem_x509_certificate(msg.payload)
     except ValueError:
         raise ProvisionError("refused", "The fleet published an unreadable CA certificate.") from None
     if ca_pin(ca.public_bytes(serialization.Encoding.DER)) != token.pin:
-        raise ProvisionError("bad_token", "This token belongs to another fleet (its CA pin does not match this "
-                                          "broker's CA): check the fleet address or the token.")
+        raise ProvisionError(
+            "bad_token",
+            "This token belongs to another fleet (its CA pin does not match this "
+            "broker's CA): check the fleet address or the token.",
+        )
     return ca
 
 
@@ -165,14 +212,15 @@ async def _next_on(m: MqttClient, topic: str, timeout: float) -> Any:
     while True:
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         msg = await m.next_message(left)
         if msg.topic == topic:
             return msg
 
 
-async def _request(m: MqttClient, topic: str, payload: bytes, res_topic: str, timeout: float,
-                   resend_s: float = RESEND_S) -> dict[str, Any]:
+async def _request(
+    m: MqttClient, topic: str, payload: bytes, res_topic: str, timeout: float, resend_s: float = RESEND_S
+) -> dict[str, Any]:
     """Publish the request and wait for the answer, re-sending every ``resend_s``: ``claim/ca`` is
     retained, so it is there even while the responder restarts and misses a request."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -182,11 +230,14 @@ async def _request(m: MqttClient, topic: str, payload: bytes, res_topic: str, ti
         try:
             msg = await _next_on(m, res_topic, min(resend_s, left))
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if asyncio.get_running_loop().time() >= deadline:
-                raise ProvisionError("unreachable", f"The fleet did not answer the claim within {timeout:g} s: "
-                                                    f"the claim service may be down; retry later (the token is "
-                                                    f"not used).") from None
+                raise ProvisionError(
+                    "unreachable",
+                    f"The fleet did not answer the claim within {timeout:g} s: "
+                    f"the claim service may be down; retry later (the token is "
+                    f"not used).",
+                ) from None
     try:
         reply = json.loads(msg.payload)
         assert isinstance(reply, dict)
@@ -199,10 +250,18 @@ def _check_reply(reply: dict[str, Any], ca: x509.Certificate, csr_pem: bytes, no
     if not reply.get("ok"):
         err = reply.get("error") or {}
         code, message = str(err.get("code", "refused")), str(err.get("message", "refused"))
-        kind = {"bad_token": "bad_token", "expired_token": "expired_token", "used_token": "used_token",
-                "clock_skew": "clock"}.get(code, "refused")
-        prefix = {"bad_token": "Bad claim token", "expired_token": "Expired claim token",
-                  "used_token": "Claim token already used", "clock": "Wrong clock"}.get(kind, "Claim refused")
+        kind = {
+            "bad_token": "bad_token",
+            "expired_token": "expired_token",
+            "used_token": "used_token",
+            "clock_skew": "clock",
+        }.get(code, "refused")
+        prefix = {
+            "bad_token": "Bad claim token",
+            "expired_token": "Expired claim token",
+            "used_token": "Claim token already used",
+            "clock": "Wrong clock",
+        }.get(kind, "Claim refused")
         raise ProvisionError(kind, f"{prefix}: {message}")
     server_time = float(reply.get("server_time", now))
     check_skew(now, server_time)
@@ -210,7 +269,9 @@ def _check_reply(reply: dict[str, Any], ca: x509.Certificate, csr_pem: bytes, no
         cert = x509.load_pem_x509_certificate(str(reply["certificate"]).encode())
         cert.verify_directly_issued_by(ca)
     except Exception:
-        raise ProvisionError("refused", "The fleet's certificate is invalid or not from the fleet CA.") from None
+        raise ProvisionError(
+            "refused", "The fleet's certificate is invalid or not from the fleet CA."
+        ) from None
     csr = x509.load_pem_x509_csr(csr_pem)
     if public_key_der(cert.public_key()) != public_key_der(csr.public_key()):
         raise ProvisionError("refused", "The fleet's certificate is not for this device's key.")
@@ -218,5 +279,11 @@ def _check_reply(reply: dict[str, Any], ca: x509.Certificate, csr_pem: bytes, no
     cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
     if not cn or cn[0].value != device_id:
         raise ProvisionError("refused", "The fleet's certificate does not name the device id it announced.")
-    return ClaimResult(device_id, str(reply.get("group", "")), str(reply["certificate"]).encode(),
-                       ca.public_bytes(serialization.Encoding.PEM), int(reply.get("mqtts_port", 8883)), server_time)
+    return ClaimResult(
+        device_id,
+        str(reply.get("group", "")),
+        str(reply["certificate"]).encode(),
+        ca.public_bytes(serialization.Encoding.PEM),
+        int(reply.get("mqtts_port", 8883)),
+        server_time,
+    )

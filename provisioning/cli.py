@@ -19,16 +19,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--location", default="", help="where it is installed")
     p.add_argument("--interactive", action="store_true", help="ask for what is missing")
     p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="agent configuration to write")
-    p.add_argument("--identity-dir", default="", help="where the key and certificates go "
-                                                    "(default: provisioning.identity_dir or <state_dir>/identity)")
+    p.add_argument(
+        "--identity-dir",
+        default="",
+        help="where the key and certificates go (default: provisioning.identity_dir or <state_dir>/identity)",
+    )
     p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for the fleet")
     p.add_argument("--force", action="store_true", help="replace an existing identity")
     p.set_defaults(func=cmd_provision)
 
-    p = sub.add_parser("doctor", help="checklist: identity, clock, broker, disk, NS model, mic, speaker, camera")
+    p = sub.add_parser(
+        "doctor", help="checklist: identity, clock, broker, disk, NS model, mic, speaker, camera"
+    )
     p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
     p.add_argument("--json", action="store_true")
-    p.add_argument("--no-hardware", action="store_true", help="skip the microphone, speaker and camera checks")
+    p.add_argument(
+        "--no-hardware", action="store_true", help="skip the microphone, speaker and camera checks"
+    )
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("factory-reset", help="wipe the device identity and configuration")
@@ -71,11 +78,21 @@ def cmd_provision(args: argparse.Namespace) -> int:
         name = name or _ask("Device name (optional)")
         location = location or _ask("Location (optional)")
     if token is None or not fleet:
-        print("error: --claim TOKEN and --fleet HOST[:PORT] are required (or use --interactive)", file=sys.stderr)
+        print(
+            "error: --claim TOKEN and --fleet HOST[:PORT] are required (or use --interactive)",
+            file=sys.stderr,
+        )
         return 2
-    req = ProvisionRequest(token=token, fleet=fleet, config_path=Path(args.config), name=name, location=location,
-                           identity_dir=Path(args.identity_dir) if args.identity_dir else None, force=args.force,
-                           timeout=args.timeout)
+    req = ProvisionRequest(
+        token=token,
+        fleet=fleet,
+        config_path=Path(args.config),
+        name=name,
+        location=location,
+        identity_dir=Path(args.identity_dir) if args.identity_dir else None,
+        force=args.force,
+        timeout=args.timeout,
+    )
     try:
         asyncio.run(provision(req))
     except ProvisionError as exc:
@@ -89,10 +106,14 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from provisioning.doctor import as_json, render, run_doctor
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"FAIL  Configuration: {exc}\n      fix: provision the device or correct the file", file=sys.stderr)
+        print(
+            f"FAIL  Configuration: {exc}\n      fix: provision the device or correct the file",
+            file=sys.stderr,
+        )
         return 1
     results = asyncio.run(run_doctor(cfg, hardware=not args.no_hardware))
     report = as_json(results)
@@ -102,6 +123,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_factory_reset(args: argparse.Namespace) -> int:
     from provisioning.reset import factory_reset, reset_targets
+
     config = Path(args.config)
     ident = Path(args.identity_dir) if args.identity_dir else None
     if not args.yes:
@@ -120,13 +142,16 @@ def cmd_factory_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
-    from provisioning.identity import IdentityError, IdentityStore, service_owner
     from device_agent.fleetlink.mqtt import MqttError
+    from provisioning.identity import IdentityError, IdentityStore, service_owner
     from provisioning.renewal import RenewalError, renew_certificate
+
     try:
         cfg = load_config(args.config)
-        store = IdentityStore(cfg.provisioning.resolve_identity_dir(cfg.device.state_dir),
-                              owner=service_owner(cfg.provisioning.service_user))
+        store = IdentityStore(
+            cfg.provisioning.resolve_identity_dir(cfg.device.state_dir),
+            owner=service_owner(cfg.provisioning.service_user),
+        )
         cert = asyncio.run(renew_certificate(store, cfg.mqtt.url, cfg.provisioning.renew_timeout_s))
     except (ConfigError, IdentityError, RenewalError, MqttError) as exc:
         print(f"renewal failed: {exc}", file=sys.stderr)

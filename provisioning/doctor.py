@@ -17,8 +17,9 @@ import dataclasses
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,10 +28,10 @@ from device_agent.checks import FAIL, PASS, SKIP, WARN, Check
 from device_agent.checks.thresholds import MIC_SPEECH_MIN_DBFS
 from device_agent.config import AgentConfig
 from device_agent.diag.frames import frame_stats
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, parse_broker_url, tls_context
 from hal.audio.factory import create_sink, create_source
 from hal.camera.factory import create_camera
 from provisioning.identity import IdentityError, IdentityStore
-from device_agent.fleetlink.mqtt import MqttClient, MqttError, parse_broker_url, tls_context
 
 __all__ = ["FAIL", "PASS", "SKIP", "Check", "as_json", "render", "run_doctor"]
 
@@ -46,22 +47,43 @@ async def check_identity(cfg: AgentConfig) -> Check:
     try:
         ident = await asyncio.to_thread(store.load)
     except IdentityError as exc:
-        return Check("Identity", FAIL, str(exc), fix="provision the device: device-agent provision --claim TOKEN "
-                                                      "--fleet HOST (factory-reset first if it was provisioned)")
+        return Check(
+            "Identity",
+            FAIL,
+            str(exc),
+            fix="provision the device: device-agent provision --claim TOKEN "
+            "--fleet HOST (factory-reset first if it was provisioned)",
+        )
     mode = stat.S_IMODE(store.key_path.stat().st_mode)
     if mode & 0o077:
-        return Check("Identity", FAIL, f"the device key {store.key_path} is readable by others (mode {mode:o})",
-                     fix=f"chmod 600 {store.key_path}")
+        return Check(
+            "Identity",
+            FAIL,
+            f"the device key {store.key_path} is readable by others (mode {mode:o})",
+            fix=f"chmod 600 {store.key_path}",
+        )
     days = ident.days_left()
     if days <= 0:
-        return Check("Identity", FAIL, f"device {ident.device_id}: certificate expired on {ident.not_after:%Y-%m-%d}",
-                     fix="the fleet must issue a new one: factory-reset and provision with a new claim token")
+        return Check(
+            "Identity",
+            FAIL,
+            f"device {ident.device_id}: certificate expired on {ident.not_after:%Y-%m-%d}",
+            fix="the fleet must issue a new one: factory-reset and provision with a new claim token",
+        )
     if ident.device_id != cfg.device.id:
-        return Check("Identity", FAIL, f"certificate is for {ident.device_id} but the configuration says "
-                                       f"device.id = {cfg.device.id!r}", fix=f"set device.id = \"{ident.device_id}\"")
+        return Check(
+            "Identity",
+            FAIL,
+            f"certificate is for {ident.device_id} but the configuration says device.id = {cfg.device.id!r}",
+            fix=f'set device.id = "{ident.device_id}"',
+        )
     note = " (renewal due)" if days <= cfg.provisioning.renew_before_days else ""
-    return Check("Identity", PASS, f"device {ident.device_id}, certificate valid until "
-                                   f"{ident.not_after:%Y-%m-%d} ({days:.0f} days){note}")
+    return Check(
+        "Identity",
+        PASS,
+        f"device {ident.device_id}, certificate valid until "
+        f"{ident.not_after:%Y-%m-%d} ({days:.0f} days){note}",
+    )
 
 
 async def check_clock(cfg: AgentConfig, now: float | None = None) -> Check:
@@ -73,15 +95,24 @@ async def check_clock(cfg: AgentConfig, now: float | None = None) -> Check:
     except IdentityError:
         not_before = None
     sync = await asyncio.to_thread(checks.ntp_synchronized)
-    return _line(checks.check_clock(time.time() if now is None else now, sync, not_before=not_before), "Clock")
+    return _line(
+        checks.check_clock(time.time() if now is None else now, sync, not_before=not_before), "Clock"
+    )
 
 
 async def check_broker(cfg: AgentConfig) -> Check:
     m = cfg.mqtt
     if not m.url:
-        return Check("Broker", FAIL, "no fleet broker configured (mqtt.url is empty)", fix="provision the device")
+        return Check(
+            "Broker", FAIL, "no fleet broker configured (mqtt.url is empty)", fix="provision the device"
+        )
     if not m.url.startswith("mqtts://") or not m.cert_file:
-        return Check("Broker", FAIL, f"{m.url} is not mutual TLS", fix="provision the device (mqtts with a certificate)")
+        return Check(
+            "Broker",
+            FAIL,
+            f"{m.url} is not mutual TLS",
+            fix="provision the device (mqtts with a certificate)",
+        )
     try:
         addr = parse_broker_url(m.url)
     except ValueError as exc:
@@ -90,17 +121,22 @@ async def check_broker(cfg: AgentConfig) -> Check:
     try:
         tls = tls_context(m.ca_file, m.cert_file, m.key_file)
     except (OSError, ValueError) as exc:
-        return Check("Broker", FAIL, f"cannot load the TLS files: {exc}", fix="factory-reset and provision again")
+        return Check(
+            "Broker", FAIL, f"cannot load the TLS files: {exc}", fix="factory-reset and provision again"
+        )
     client = MqttClient(f"{cfg.device.id}-doctor", tls=tls)
     t0 = time.monotonic()
     try:
         await client.connect(host, port, timeout=10)
     except MqttError as exc:
-        fix = {"dns": "check the network (cable, Wi-Fi) and DNS", "network": "check the network cable or Wi-Fi",
-               "refused": "the broker is down or the port is wrong: tell the fleet operator",
-               "timeout": "a firewall may block the port; check the network",
-               "tls": "the certificate may be revoked or expired: tell the fleet operator",
-               "rejected": "the certificate was refused: tell the fleet operator"}.get(exc.kind, "")
+        fix = {
+            "dns": "check the network (cable, Wi-Fi) and DNS",
+            "network": "check the network cable or Wi-Fi",
+            "refused": "the broker is down or the port is wrong: tell the fleet operator",
+            "timeout": "a firewall may block the port; check the network",
+            "tls": "the certificate may be revoked or expired: tell the fleet operator",
+            "rejected": "the certificate was refused: tell the fleet operator",
+        }.get(exc.kind, "")
         return Check("Broker", FAIL, str(exc), fix=fix)
     ms = (time.monotonic() - t0) * 1000
     await client.close()
@@ -110,8 +146,12 @@ async def check_broker(cfg: AgentConfig) -> Check:
 async def check_disk(cfg: AgentConfig) -> Check:
     """Free space where the state lives (``[diagnostics] disk_fail_free``/``disk_warn_free``, 200 MB)."""
     d = cfg.diagnostics
-    return _line(await asyncio.to_thread(checks.check_disk, Path(cfg.device.state_dir), d.disk_fail_free,
-                                         d.disk_warn_free), "Disk")
+    return _line(
+        await asyncio.to_thread(
+            checks.check_disk, Path(cfg.device.state_dir), d.disk_fail_free, d.disk_warn_free
+        ),
+        "Disk",
+    )
 
 
 async def check_ns(cfg: AgentConfig) -> Check:
@@ -120,6 +160,7 @@ async def check_ns(cfg: AgentConfig) -> Check:
 
     def load() -> str:
         from device_agent.ns.model import MaskModel
+
         model = MaskModel(cfg.ns.model, cfg.ns.threads)
         model.step(np.zeros(model.bins, np.float32))  # the phase input, if any, defaults to zeros
         return str(model.path)
@@ -127,8 +168,12 @@ async def check_ns(cfg: AgentConfig) -> Check:
     try:
         path = await asyncio.to_thread(load)
     except Exception as exc:
-        return Check("Noise suppression model", FAIL, str(exc),
-                     fix="reinstall the agent, or fix ns.model in the configuration")
+        return Check(
+            "Noise suppression model",
+            FAIL,
+            str(exc),
+            fix="reinstall the agent, or fix ns.model in the configuration",
+        )
     return Check("Noise suppression model", PASS, f"loaded {Path(path).name}")
 
 
@@ -145,8 +190,12 @@ async def check_microphone(cfg: AgentConfig, seconds: float = 1.0) -> Check:
         finally:
             await source.stop()
     except Exception as exc:
-        return Check("Microphone", FAIL, f"{cfg.audio.backend} capture from {cfg.audio.device!r} failed: {exc}",
-                     fix="check the microphone is connected and audio.device names it (arecord -l)")
+        return Check(
+            "Microphone",
+            FAIL,
+            f"{cfg.audio.backend} capture from {cfg.audio.device!r} failed: {exc}",
+            fix="check the microphone is connected and audio.device names it (arecord -l)",
+        )
     x = np.concatenate(chunks) / 32768.0
     rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
     peak = float(np.max(np.abs(x))) if x.size else 0.0
@@ -160,6 +209,7 @@ async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
         return Check("Speaker", SKIP, "no speaker configured (audio.playback_device is empty)")
     try:
         from hal.audio.base import AudioChunk
+
         sink = create_sink(cfg.audio)
         if sink is None:
             return Check("Speaker", SKIP, "no speaker configured")
@@ -174,7 +224,7 @@ async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
                 ahead = t0 + k * 0.02 - 0.1 - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-                block = np.repeat(tone[i:i + n, None], ch, axis=1)
+                block = np.repeat(tone[i : i + n, None], ch, axis=1)
                 await asyncio.wait_for(sink.write(AudioChunk(block, rate, time.monotonic())), 5.0)
             drain = getattr(sink, "drain", None)
             if drain is not None:
@@ -183,15 +233,27 @@ async def check_speaker(cfg: AgentConfig, seconds: float = 1.0) -> Check:
         finally:
             await sink.stop()
     except Exception as exc:
-        return Check("Speaker", FAIL, f"playback on {cfg.audio.playback_device!r} failed: {exc}",
-                     fix="check the speaker is connected and audio.playback_device names it (aplay -l)")
+        return Check(
+            "Speaker",
+            FAIL,
+            f"playback on {cfg.audio.playback_device!r} failed: {exc}",
+            fix="check the speaker is connected and audio.playback_device names it (aplay -l)",
+        )
     written = stats.get("frames_written")
     if stats.get("dropped_frames") or (written is not None and written < 0.9 * tone.size):
-        return Check("Speaker", FAIL, f"the speaker did not take the tone ({written} of {tone.size} frames "
-                                      f"played, {stats.get('dropped_frames', 0)} dropped)",
-                     fix="check the speaker device is not used by another program (fuser -v /dev/snd/*)")
-    return Check("Speaker", PASS, f"played a 1 kHz tone for {seconds:g} s on {cfg.audio.playback_device!r} "
-                                  f"({written} frames): you should have heard it")
+        return Check(
+            "Speaker",
+            FAIL,
+            f"the speaker did not take the tone ({written} of {tone.size} frames "
+            f"played, {stats.get('dropped_frames', 0)} dropped)",
+            fix="check the speaker device is not used by another program (fuser -v /dev/snd/*)",
+        )
+    return Check(
+        "Speaker",
+        PASS,
+        f"played a 1 kHz tone for {seconds:g} s on {cfg.audio.playback_device!r} "
+        f"({written} frames): you should have heard it",
+    )
 
 
 async def check_camera(cfg: AgentConfig) -> Check:
@@ -204,14 +266,23 @@ async def check_camera(cfg: AgentConfig) -> Check:
             await cam.stop()
         stats = await asyncio.to_thread(frame_stats, captured.frame)
     except Exception as exc:
-        return Check("Camera", FAIL, f"{cfg.camera.backend} camera gave no frame: {exc}",
-                     fix="check the camera cable and camera.device/backend in the configuration")
+        return Check(
+            "Camera",
+            FAIL,
+            f"{cfg.camera.backend} camera gave no frame: {exc}",
+            fix="check the camera cable and camera.device/backend in the configuration",
+        )
     return _line(checks.check_camera_frame(stats), "Camera")
 
 
 async def run_doctor(cfg: AgentConfig, hardware: bool = True) -> list[Check]:
     steps: list[Callable[[AgentConfig], Awaitable[Check]]] = [
-        check_identity, check_clock, check_broker, check_disk, check_ns]
+        check_identity,
+        check_clock,
+        check_broker,
+        check_disk,
+        check_ns,
+    ]
     if hardware:
         steps += [check_microphone, check_speaker, check_camera]
     results = []
@@ -219,8 +290,14 @@ async def run_doctor(cfg: AgentConfig, hardware: bool = True) -> list[Check]:
         try:
             results.append(await step(cfg))
         except Exception as exc:  # a broken check is a failed line, not a crash
-            results.append(Check(step.__name__.removeprefix("check_").capitalize(), FAIL,
-                                 f"{type(exc).__name__}: {exc}", fix="report this to the device maker"))
+            results.append(
+                Check(
+                    step.__name__.removeprefix("check_").capitalize(),
+                    FAIL,
+                    f"{type(exc).__name__}: {exc}",
+                    fix="report this to the device maker",
+                )
+            )
     return results
 
 
@@ -236,6 +313,8 @@ def render(results: list[Check]) -> str:
 
 
 def as_json(results: list[Check]) -> dict[str, Any]:
-    return {"ok": not any(c.status == FAIL for c in results),
-            "checks": [{"name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix} for c in results],
-            "host": os.uname().nodename}
+    return {
+        "ok": not any(c.status == FAIL for c in results),
+        "checks": [{"name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix} for c in results],
+        "host": os.uname().nodename,
+    }

@@ -77,7 +77,7 @@ class LoadedIdentity:
         return self.cert.not_valid_after_utc
 
     def days_left(self, now: dt.datetime | None = None) -> float:
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         return (self.not_after - now).total_seconds() / 86400
 
 
@@ -95,8 +95,15 @@ class IdentityStore:
 
     def files(self) -> list[Path]:
         """Every file the identity may consist of (for factory reset)."""
-        names = ["device.key", "device.crt", "ca.crt", "identity.json", "device.key.new", "device.crt.new",
-                 "device.key.pending"]
+        names = [
+            "device.key",
+            "device.crt",
+            "ca.crt",
+            "identity.json",
+            "device.key.new",
+            "device.crt.new",
+            "device.key.pending",
+        ]
         return [self.dir / n for n in names]
 
     def _mkdir(self) -> None:
@@ -110,17 +117,20 @@ class IdentityStore:
         """Generate an EC P-256 key and write it 0600 (owned by the service user)."""
         self._mkdir()
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         write_atomic(path or self.key_path, pem, mode=0o600, owner=self.owner)
         return key
 
     @staticmethod
     def csr(key: ec.EllipticCurvePrivateKey, hint: str = "unclaimed-device") -> bytes:
         """A CSR proving possession of ``key``; the fleet sets the real CN (the device id)."""
-        req = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hint)]))
-               .sign(key, hashes.SHA256()))
+        req = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hint)]))
+            .sign(key, hashes.SHA256())
+        )
         return req.public_bytes(serialization.Encoding.PEM)
 
     def load_key(self, path: Path | None = None) -> ec.EllipticCurvePrivateKey:
@@ -130,7 +140,9 @@ class IdentityStore:
         except FileNotFoundError:
             raise IdentityError(f"no device key at {p}: provision the device first") from None
         except ValueError as exc:
-            raise IdentityError(f"{p} is not a valid private key ({exc}): factory-reset and provision again") from None
+            raise IdentityError(
+                f"{p} is not a valid private key ({exc}): factory-reset and provision again"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise IdentityError(f"{p}: not an EC key")
         return key
@@ -176,15 +188,19 @@ class IdentityStore:
             cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
             ca = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
         except (ValueError, FileNotFoundError) as exc:
-            raise IdentityError(f"certificate or CA in {self.dir} unreadable ({exc}): factory-reset and "
-                                f"provision again") from None
+            raise IdentityError(
+                f"certificate or CA in {self.dir} unreadable ({exc}): factory-reset and provision again"
+            ) from None
         if public_key_der(cert.public_key()) != public_key_der(key.public_key()):
-            raise IdentityError("the device certificate does not match the device key: factory-reset and "
-                                "provision again")
+            raise IdentityError(
+                "the device certificate does not match the device key: factory-reset and provision again"
+            )
         try:
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, Exception) as exc:
-            raise IdentityError(f"the device certificate was not issued by the stored fleet CA ({exc})") from None
+            raise IdentityError(
+                f"the device certificate was not issued by the stored fleet CA ({exc})"
+            ) from None
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         device_id = str(cns[0].value) if cns else ""
         try:

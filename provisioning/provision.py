@@ -7,16 +7,17 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from device_agent.config import ConfigError, config_from_dict, dump_toml
-from provisioning.claim import ProvisionError, check_clock_floor, claim, mqtt_failure
-from ota.atomic import write_atomic
-from provisioning.identity import IdentityStore, LoadedIdentity, service_owner
 from device_agent import protocol
+from device_agent.config import ConfigError, config_from_dict, dump_toml
 from device_agent.fleetlink.mqtt import MqttClient, MqttError, split_endpoint, tls_context
+from ota.atomic import write_atomic
+from provisioning.claim import ProvisionError, check_clock_floor, claim, mqtt_failure
+from provisioning.identity import IdentityStore, LoadedIdentity, service_owner
 from provisioning.token import ClaimToken
 
 DEFAULT_CLAIM_PORT = 8884
@@ -26,6 +27,7 @@ AGENT_VERSION = "0.1.0"
 def agent_version() -> str:
     try:
         from importlib.metadata import version
+
         return version("device-agent")
     except Exception:
         return AGENT_VERSION
@@ -54,8 +56,11 @@ def read_config_dict(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
         config_from_dict(data)
     except (tomllib.TOMLDecodeError, ConfigError, UnicodeDecodeError) as exc:
-        raise ProvisionError("local", f"{path} is not a valid agent configuration ({exc}): fix or remove it "
-                                      f"first; nothing was changed.") from None
+        raise ProvisionError(
+            "local",
+            f"{path} is not a valid agent configuration ({exc}): fix or remove it "
+            f"first; nothing was changed.",
+        ) from None
     return data
 
 
@@ -70,14 +75,17 @@ def _check_writable(config_path: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ProvisionError("local", f"cannot create {parent} ({exc.strerror}): run as root (sudo).") from None
+        raise ProvisionError(
+            "local", f"cannot create {parent} ({exc.strerror}): run as root (sudo)."
+        ) from None
     target = config_path if config_path.exists() else parent
     if not os.access(target, os.W_OK) or not os.access(parent, os.W_OK):
         raise ProvisionError("local", f"cannot write {config_path}: run as root (sudo) or pass --config.")
 
 
-async def report_online(ident: LoadedIdentity, store: IdentityStore, host: str, port: int,
-                        timeout: float = 10.0) -> None:
+async def report_online(
+    ident: LoadedIdentity, store: IdentityStore, host: str, port: int, timeout: float = 10.0
+) -> None:
     """Connect as the device (mutual TLS, MQTT 5) and publish the retained online status."""
     did = ident.device_id
     status_topic = protocol.status(did)
@@ -89,14 +97,23 @@ async def report_online(ident: LoadedIdentity, store: IdentityStore, host: str, 
     except MqttError as exc:
         if exc.kind in ("dns", "network", "refused", "timeout"):
             raise mqtt_failure(exc, host, port, "The fleet broker at") from None
-        raise ProvisionError("connect_as_device", f"The broker refused the device's new certificate: {exc}") from None
+        raise ProvisionError(
+            "connect_as_device", f"The broker refused the device's new certificate: {exc}"
+        ) from None
     try:
-        status = {"online": True, "version": agent_version(), "ts": round(time.time(), 3),
-                  "provisioned": True, "group": ident.info.get("group", "")}
+        status = {
+            "online": True,
+            "version": agent_version(),
+            "ts": round(time.time(), 3),
+            "provisioned": True,
+            "group": ident.info.get("group", ""),
+        }
         rc = await m.publish(status_topic, json.dumps(status).encode(), retain=True, timeout=timeout)
         if rc >= 0x80:
-            raise ProvisionError("connect_as_device", f"The broker refused the device's status ({rc:#x}): "
-                                                      f"its ACL does not match this device id.")
+            raise ProvisionError(
+                "connect_as_device",
+                f"The broker refused the device's status ({rc:#x}): its ACL does not match this device id.",
+            )
     finally:
         await m.close()
 
@@ -111,8 +128,11 @@ async def provision(req: ProvisionRequest) -> LoadedIdentity:
     owner = service_owner(cfg.provisioning.service_user)
     store = IdentityStore(ident_dir, owner=owner)
     if store.exists() and not req.force:
-        raise ProvisionError("local", f"This device already has an identity in {ident_dir}: run "
-                                      f"`device-agent factory-reset --yes` first (or pass --force).")
+        raise ProvisionError(
+            "local",
+            f"This device already has an identity in {ident_dir}: run "
+            f"`device-agent factory-reset --yes` first (or pass --force).",
+        )
     check_clock_floor(req.clock())
     _check_writable(req.config_path)
     say(f"Generating the device key in {store.key_path} (it never leaves the device)...")
@@ -131,13 +151,25 @@ async def provision(req: ProvisionRequest) -> LoadedIdentity:
         (store.dir / stale).unlink(missing_ok=True)
     pending.replace(store.key_path)
     mqtts_url = f"mqtts://{host}:{result.mqtts_port}"
-    store.save(result.cert_pem, result.ca_pem, {
-        "device_id": result.device_id, "group": result.group, "fleet": mqtts_url,
-        "claim_endpoint": f"{host}:{claim_port}", "claim_id": req.token.id,
-        "provisioned_at": round(time.time(), 3), "name": req.name, "location": req.location})
+    store.save(
+        result.cert_pem,
+        result.ca_pem,
+        {
+            "device_id": result.device_id,
+            "group": result.group,
+            "fleet": mqtts_url,
+            "claim_endpoint": f"{host}:{claim_port}",
+            "claim_id": req.token.id,
+            "provisioned_at": round(time.time(), 3),
+            "name": req.name,
+            "location": req.location,
+        },
+    )
     ident = store.load()
-    say(f"Device id {ident.device_id}, group {result.group}, certificate valid until "
-        f"{ident.not_after:%Y-%m-%d}.")
+    say(
+        f"Device id {ident.device_id}, group {result.group}, certificate valid until "
+        f"{ident.not_after:%Y-%m-%d}."
+    )
     device = dict(cfg_dict.get("device", {}))
     device.update({"id": result.device_id, "group": result.group})
     if req.name:
@@ -145,8 +177,14 @@ async def provision(req: ProvisionRequest) -> LoadedIdentity:
     if req.location:
         device["location"] = req.location
     mqtt = dict(cfg_dict.get("mqtt", {}))
-    mqtt.update({"url": mqtts_url, "ca_file": str(store.ca_path), "cert_file": str(store.cert_path),
-                 "key_file": str(store.key_path)})
+    mqtt.update(
+        {
+            "url": mqtts_url,
+            "ca_file": str(store.ca_path),
+            "cert_file": str(store.cert_path),
+            "key_file": str(store.key_path),
+        }
+    )
     mqtt.pop("username", None)
     mqtt.pop("password", None)
     new_cfg = {**cfg_dict, "device": device, "mqtt": mqtt}
@@ -159,7 +197,10 @@ async def provision(req: ProvisionRequest) -> LoadedIdentity:
     try:
         await report_online(ident, store, host, result.mqtts_port, timeout=min(req.timeout, 15.0))
     except ProvisionError as exc:
-        raise ProvisionError(exc.kind, f"The device is provisioned as {ident.device_id}, but could not report "
-                                       f"online: {exc} Run `device-agent doctor` once the cause is fixed.") from None
+        raise ProvisionError(
+            exc.kind,
+            f"The device is provisioned as {ident.device_id}, but could not report "
+            f"online: {exc} Run `device-agent doctor` once the cause is fixed.",
+        ) from None
     say(f"Online: {protocol.status(ident.device_id)} published. Provisioning complete.")
     return ident

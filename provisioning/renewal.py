@@ -20,11 +20,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from device_agent import protocol
 from device_agent.config import AgentConfig
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, parse_broker_url, tls_context
 from device_agent.registry import CommandError
 from provisioning.identity import IdentityError, IdentityStore, public_key_der, service_owner
-from device_agent import protocol
-from device_agent.fleetlink.mqtt import MqttClient, MqttError, parse_broker_url, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class RenewalError(Exception):
 Exchange = Callable[[dict[str, Any], str, float], Awaitable[dict[str, Any]]]
 
 
-async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float = 30.0,
-                            exchange: Exchange | None = None) -> x509.Certificate:
+async def renew_certificate(
+    store: IdentityStore, mqtt_url: str, timeout: float = 30.0, exchange: Exchange | None = None
+) -> x509.Certificate:
     """Renew now; returns the installed certificate. The old key and cert stay until success.
 
     ``exchange`` sends the request over a connection the caller already has (the running agent's
@@ -51,8 +52,11 @@ async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float 
     key = await asyncio.to_thread(store.new_key, pending)
     request_id = secrets.token_hex(8)
     try:
-        req = {"csr": store.csr(key, ident.device_id).decode(), "request_id": request_id,
-               "device_time": time.time()}
+        req = {
+            "csr": store.csr(key, ident.device_id).decode(),
+            "request_id": request_id,
+            "device_time": time.time(),
+        }
         if exchange is not None:
             reply = await exchange(req, request_id, timeout)
         else:
@@ -75,14 +79,16 @@ async def renew_certificate(store: IdentityStore, mqtt_url: str, timeout: float 
     if not ok:
         pending.unlink(missing_ok=True)
         raise RenewalError("the fleet's certificate is not for the new key")
-    await asyncio.to_thread(store.install_renewed, str(reply["certificate"]).encode(),
-                            ca.public_bytes(serialization.Encoding.PEM))
+    await asyncio.to_thread(
+        store.install_renewed, str(reply["certificate"]).encode(), ca.public_bytes(serialization.Encoding.PEM)
+    )
     log.info("device certificate renewed until %s", cert.not_valid_after_utc)
     return cert
 
 
-async def _exchange_own_connection(store: IdentityStore, device_id: str, mqtt_url: str, req: dict[str, Any],
-                                   request_id: str, timeout: float) -> dict[str, Any]:
+async def _exchange_own_connection(
+    store: IdentityStore, device_id: str, mqtt_url: str, req: dict[str, Any], request_id: str, timeout: float
+) -> dict[str, Any]:
     try:
         addr = parse_broker_url(mqtt_url)
     except ValueError as exc:
@@ -109,10 +115,12 @@ async def _reply(m: MqttClient, topic: str, request_id: str, timeout: float) -> 
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise RenewalError(f"no renewal answer within {timeout:g} s: is the fleet's claim responder running?")
+            raise RenewalError(
+                f"no renewal answer within {timeout:g} s: is the fleet's claim responder running?"
+            )
         try:
             msg = await m.next_message(left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         if msg.topic != topic:
             continue
@@ -137,8 +145,10 @@ class RenewalComponent:
         cfg: AgentConfig = agent.config
         self.cfg = cfg.provisioning
         self.mqtt_url = cfg.mqtt.url
-        self.store = IdentityStore(cfg.provisioning.resolve_identity_dir(cfg.device.state_dir),
-                                   owner=service_owner(cfg.provisioning.service_user))
+        self.store = IdentityStore(
+            cfg.provisioning.resolve_identity_dir(cfg.device.state_dir),
+            owner=service_owner(cfg.provisioning.service_user),
+        )
         self.last_error = ""
         self.last_renewal = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -164,7 +174,9 @@ class RenewalComponent:
         if fut is not None and not fut.done():
             fut.set_result(reply)
 
-    async def _exchange_over_link(self, req: dict[str, Any], request_id: str, timeout: float) -> dict[str, Any]:
+    async def _exchange_over_link(
+        self, req: dict[str, Any], request_id: str, timeout: float
+    ) -> dict[str, Any]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
         try:
@@ -172,9 +184,10 @@ class RenewalComponent:
                 await self._link.wait_ready(timeout)
                 await self._link.publish(protocol.Leaf.RENEW_REQUEST, json.dumps(req).encode())
                 return await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
-                raise RenewalError(f"no renewal answer within {timeout:g} s: is the fleet's claim responder "
-                                   "running?") from None
+            except TimeoutError:
+                raise RenewalError(
+                    f"no renewal answer within {timeout:g} s: is the fleet's claim responder running?"
+                ) from None
             except (OSError, RuntimeError, MqttError) as exc:
                 raise RenewalError(f"cannot send the renewal over the fleet link: {exc}") from None
         finally:
@@ -196,9 +209,14 @@ class RenewalComponent:
             ident = self.store.load()
         except IdentityError as exc:
             return {"present": False, "error": str(exc)}
-        return {"present": True, "device_id": ident.device_id, "cert_days_left": round(ident.days_left(), 2),
-                "cert_not_after": ident.not_after.isoformat(), "last_renewal": self.last_renewal,
-                "last_error": self.last_error}
+        return {
+            "present": True,
+            "device_id": ident.device_id,
+            "cert_days_left": round(ident.days_left(), 2),
+            "cert_not_after": ident.not_after.isoformat(),
+            "last_renewal": self.last_renewal,
+            "last_error": self.last_error,
+        }
 
     async def renew_if_due(self) -> bool:
         """Renew when within ``renew_before_days`` of expiry; True when a renewal happened."""
@@ -211,11 +229,17 @@ class RenewalComponent:
     async def renew(self) -> x509.Certificate:
         async with self._lock:
             try:
-                cert = await renew_certificate(self.store, self.mqtt_url, self.cfg.renew_timeout_s,
-                                               self._exchange_over_link if self._link is not None else None)
+                cert = await renew_certificate(
+                    self.store,
+                    self.mqtt_url,
+                    self.cfg.renew_timeout_s,
+                    self._exchange_over_link if self._link is not None else None,
+                )
             except (RenewalError, IdentityError, MqttError) as exc:
                 self.last_error = str(exc)
-                self.agent.alerts.raise_alert("P2", "cert_renewal_failed", f"certificate renewal failed: {exc}")
+                self.agent.alerts.raise_alert(
+                    "P2", "cert_renewal_failed", f"certificate renewal failed: {exc}"
+                )
                 raise
             self.last_error = ""
             self.last_renewal = time.time()

@@ -53,26 +53,31 @@ class ClaimToken:
         return f"{self.id}.{self.secret}.{self.pin}"
 
     @classmethod
-    def new(cls, ca_der: bytes) -> "ClaimToken":
-        return cls(_b32(secrets.token_bytes(5))[:ID_LEN], _b32(secrets.token_bytes(13))[:SECRET_LEN],
-                   ca_pin(ca_der))
+    def new(cls, ca_der: bytes) -> ClaimToken:
+        return cls(
+            _b32(secrets.token_bytes(5))[:ID_LEN], _b32(secrets.token_bytes(13))[:SECRET_LEN], ca_pin(ca_der)
+        )
 
     @classmethod
-    def parse(cls, text: str) -> "ClaimToken":
+    def parse(cls, text: str) -> ClaimToken:
         """Parse a typed or scanned token (case, spaces and dashes forgiven)."""
         t = text.strip()
         if t.startswith(QR_PREFIX):
-            t = t[len(QR_PREFIX):].split("@", 1)[0]
+            t = t[len(QR_PREFIX) :].split("@", 1)[0]
         t = t.lower().replace(" ", "").replace("-", "")
         parts = t.split(".")
         if len(parts) != 3:
-            raise TokenFormatError("a claim token has three parts separated by dots "
-                                   "(id.secret.pin); check it was copied completely")
+            raise TokenFormatError(
+                "a claim token has three parts separated by dots "
+                "(id.secret.pin); check it was copied completely"
+            )
         tid, secret, pin = parts
         for name, value, n in (("id", tid, ID_LEN), ("secret", secret, SECRET_LEN), ("pin", pin, PIN_LEN)):
             if len(value) != n or not set(value) <= ALPHABET:
-                raise TokenFormatError(f"the token's {name} part must be {n} characters a-z/2-7; "
-                                       f"got {value!r}: check for typos (0/o, 1/l, 8/b)")
+                raise TokenFormatError(
+                    f"the token's {name} part must be {n} characters a-z/2-7; "
+                    f"got {value!r}: check for typos (0/o, 1/l, 8/b)"
+                )
         return cls(tid, secret, pin)
 
 

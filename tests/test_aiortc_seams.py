@@ -32,7 +32,7 @@ def test_seam_signatures() -> None:
     handler = getattr(RTCRtpSender, SEAM)
     assert inspect.iscoroutinefunction(handler)
     assert list(inspect.signature(handler).parameters) == ["self", "packet"]
-    assert callable(getattr(AiortcH264, "pack"))  # the passthrough path for av.Packet tracks
+    assert callable(AiortcH264.pack)  # the passthrough path for av.Packet tracks
     source = inspect.getsource(RTCRtpSender._next_encoded_frame)
     assert ".pack(" in source and "isinstance(data, Frame)" in source
 
@@ -45,8 +45,10 @@ async def _wait(predicate, timeout: float = 8.0) -> None:
 
 
 async def test_pli_and_remb_from_a_real_receiver_reach_the_fanout(tmp_path: Path) -> None:
-    async with running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent, \
-            aiohttp.ClientSession() as http:
+    async with (
+        running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent,
+        aiohttp.ClientSession() as http,
+    ):
         viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
         await viewer.connect(http, audio=False)
         await viewer.wait_frames(10)
@@ -80,19 +82,24 @@ def test_pacing_and_retransmission_seams() -> None:
     # every video packet and every retransmission goes through the transport attribute, looked up per call
     assert "await self.transport._send_rtp(packet_bytes)" in inspect.getsource(RTCRtpSender._run_rtp)
     rtx_source = inspect.getsource(RTCRtpSender._retransmit)
-    assert "ssrc=self._rtx_ssrc" in rtx_source and "await self.transport._send_rtp(packet_bytes)" in rtx_source
+    assert (
+        "ssrc=self._rtx_ssrc" in rtx_source and "await self.transport._send_rtp(packet_bytes)" in rtx_source
+    )
     # NACKs reach _retransmit through the instance (so the wrapper sees them); SSRCs are plain attributes
     assert "await self._retransmit(seq)" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
     init = inspect.getsource(RTCRtpSender.__init__)
     assert "self._ssrc = " in init and "self._rtx_ssrc = " in init
     # receiver reports reach _handle_rtcp_packet with the report blocks the estimator reads
     from aiortc.rtp import RtcpReceiverInfo
+
     assert {"fraction_lost", "lsr", "dlsr", "ssrc"} <= set(inspect.signature(RtcpReceiverInfo).parameters)
 
 
 async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(tmp_path: Path) -> None:
-    async with running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent, \
-            aiohttp.ClientSession() as http:
+    async with (
+        running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent,
+        aiohttp.ClientSession() as http,
+    ):
         viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
         await viewer.connect(http, audio=False)
         await viewer.wait_frames(10)
@@ -126,7 +133,9 @@ def test_remote_candidate_behaviour_remote_candidates_relies_on() -> None:
     assert "add_remote_candidates(" in inspect.getsource(RTCPeerConnection.setRemoteDescription)
     source = inspect.getsource(RTCIceTransport.addRemoteCandidate)
     assert "if not self.__iceGatherer._remote_candidates_end:" in source
-    assert is_mdns_hostname("3f0c8a4e-1b2c-4d5e-8f90-123456789abc.local") and not is_mdns_hostname("192.0.2.1")
+    assert is_mdns_hostname("3f0c8a4e-1b2c-4d5e-8f90-123456789abc.local") and not is_mdns_hostname(
+        "192.0.2.1"
+    )
 
 
 async def test_aiortc_answers_opus_without_fmtp_and_keeps_the_one_we_add() -> None:
@@ -144,7 +153,9 @@ async def test_aiortc_answers_opus_without_fmtp_and_keeps_the_one_we_add() -> No
         await answerer.setRemoteDescription(offerer.localDescription)
         answer = await answerer.createAnswer()
         assert "a=fmtp:" not in answer.sdp.split("m=audio", 1)[1]
-        await answerer.setLocalDescription(RTCSessionDescription(sdp=with_opus_fec(answer.sdp), type="answer"))
+        await answerer.setLocalDescription(
+            RTCSessionDescription(sdp=with_opus_fec(answer.sdp), type="answer")
+        )
         assert "useinbandfec=1" in answerer.localDescription.sdp
     finally:
         await offerer.close()
@@ -161,7 +172,9 @@ async def test_protective_copies_go_out_as_rtx_and_the_viewer_keeps_decoding(tmp
         frames = len(viewer.stamps)
         deadline = time.monotonic() + 8
         while session.control.stats()["rtx_protective"] < 20:
-            session.control.estimator.last_loss = 0.05  # as a lossy link's receiver reports set it (loopback: 0)
+            session.control.estimator.last_loss = (
+                0.05  # as a lossy link's receiver reports set it (loopback: 0)
+            )
             assert session.control.protecting()
             assert time.monotonic() < deadline, session.control.stats()
             await asyncio.sleep(0.05)

@@ -30,4 +30,5 @@ def test_a_broker_url_the_transport_refuses_is_one_line_and_exit_2(tmp_path: Pat
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "fleetctl: error: mqtt url 'http://broker.example': expected mqtt://host[:port] or mqtts://host[:port]"]
+        "fleetctl: error: mqtt url 'http://broker.example': expected mqtt://host[:port] or mqtts://host[:port]"
+    ]

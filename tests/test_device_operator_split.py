@@ -11,7 +11,12 @@ import tomllib
 from tests.test_layering import ROOT, imported_modules, module_name
 
 DEVICE_PACKAGES = ("device_agent", "hal", "ota", "provisioning", "firmware_hooks")
-OPERATOR_ONLY = {"fleet", "sqlalchemy", "segno", "prometheus_client"}  # fleet/ and what only it uses ([fleet])
+OPERATOR_ONLY = {
+    "fleet",
+    "sqlalchemy",
+    "segno",
+    "prometheus_client",
+}  # fleet/ and what only it uses ([fleet])
 
 # Refuse the operator's modules on import, then run the device CLI: what a device without the
 # [fleet] extra (and without fleet/) sees.
@@ -41,22 +46,33 @@ def test_device_code_never_imports_the_operator_dependencies() -> None:
     bad = []
     for package in DEVICE_PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            for line, name in imported_modules(path.read_text(encoding="utf-8"), module_name(path),
-                                               path.name == "__init__.py"):
+            for line, name in imported_modules(
+                path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py"
+            ):
                 if name.split(".")[0] in OPERATOR_ONLY:
                     bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
     assert not bad, bad
 
 
 def test_the_device_cli_runs_without_sqlalchemy_segno_or_fleet() -> None:
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=sorted(OPERATOR_ONLY))], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN.format(blocked=sorted(OPERATOR_ONLY))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "device CLI ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 def test_the_blocker_has_teeth() -> None:
-    proc = subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=sorted(OPERATOR_ONLY)) +
-                           "\nimport fleet.cli\n"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN.format(blocked=sorted(OPERATOR_ONLY)) + "\nimport fleet.cli\n"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "blocked on a device: fleet" in proc.stderr
 
 
@@ -71,8 +87,13 @@ def test_operator_dependencies_are_the_fleet_extra() -> None:
 
 
 def test_fleetctl_ota_keeps_its_commands() -> None:
-    proc = subprocess.run([sys.executable, "-m", "fleet.cli", "ota", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "ota", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     for command in ("keygen", "build", "sign", "serve", "rollout", "status"):
         assert command in proc.stdout
@@ -83,4 +104,6 @@ def test_the_systemd_unit_copy_matches_the_packaged_unit() -> None:
     renders); systemd/device-agent.service is the copy for people and packagers."""
     source = ROOT / "device_agent" / "commands" / "device-agent.service"
     copy = ROOT / "systemd" / "device-agent.service"
-    assert copy.read_bytes() == source.read_bytes(), f"systemd/ drifted: cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}"
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"systemd/ drifted: cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}"
+    )

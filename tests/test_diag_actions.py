@@ -32,10 +32,23 @@ async def test_selftest_reports_each_check(tmp_path: Path, mosquitto) -> None:
     async with diag_rig(tmp_path, mosquitto, diagnostics={"thermal_path": str(thermal)}) as rig:
         await asyncio.sleep(1.5)  # let the pipelines run long enough for fps and NS figures
         import time
-        res = await rig.client.send_command(rig.device, "diag.selftest", {"fleet_ts": time.time()}, timeout=30)
+
+        res = await rig.client.send_command(
+            rig.device, "diag.selftest", {"fleet_ts": time.time()}, timeout=30
+        )
         checks = _by_name(res)
-        assert set(checks) >= {"mic", "loopback", "camera", "encoder", "ns", "disk", "temperature",
-                               "throttling", "clock", "broker"}
+        assert set(checks) >= {
+            "mic",
+            "loopback",
+            "camera",
+            "encoder",
+            "ns",
+            "disk",
+            "temperature",
+            "throttling",
+            "clock",
+            "broker",
+        }
         assert checks["camera"]["status"] == "pass" and checks["camera"]["value"]["width"] == 640
         assert checks["encoder"]["status"] in ("pass", "warn") and checks["encoder"]["value"]["backend"]
         assert checks["mic"]["status"] in ("pass", "warn"), checks["mic"]
@@ -53,8 +66,9 @@ async def test_selftest_reports_each_check(tmp_path: Path, mosquitto) -> None:
 
 
 async def test_snapshot_is_a_jpeg_of_the_configured_size(tmp_path: Path, mosquitto) -> None:
-    async with diag_rig(tmp_path, mosquitto, diagnostics={"snapshot_width": 320, "snapshot_height": 180,
-                                                          "chunk_bytes": 4096}) as rig:
+    async with diag_rig(
+        tmp_path, mosquitto, diagnostics={"snapshot_width": 320, "snapshot_height": 180, "chunk_bytes": 4096}
+    ) as rig:
         await asyncio.sleep(0.5)
         res = await fetch_transfer(rig.client, rig.device, "diag.snapshot", {})
         assert res.data[:2] == b"\xff\xd8" and res.info["content_type"] == "image/jpeg"
@@ -120,8 +134,15 @@ async def test_fleetctl_cli_logs_and_diag(tmp_path: Path, mosquitto) -> None:
 
         async def fleetctl(*argv: str) -> tuple[int, str, str]:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fleet.cli", *argv, "--mqtt", mosquitto.url,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                sys.executable,
+                "-m",
+                "fleet.cli",
+                *argv,
+                "--mqtt",
+                mosquitto.url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             o, e = await asyncio.wait_for(proc.communicate(), 60)
             return proc.returncode or 0, o.decode(), e.decode()
 
@@ -145,24 +166,37 @@ async def test_over_mutual_tls_with_acls(tmp_path: Path) -> None:
 
     with mtls_broker(tmp_path / "broker", ["test-cam"]) as (broker, pki):
         url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
-        async with diag_rig(tmp_path, broker, client_url=url,
-                            client_tls={"ca_file": pki["ca"], "cert_file": pki["operator_cert"],
-                                        "key_file": pki["operator_key"]},
-                            mqtt={"url": url, "ca_file": pki["ca"], "cert_file": pki["test-cam_cert"],
-                                  "key_file": pki["test-cam_key"]},
-                            diagnostics={"ping_count": 5}) as rig:
+        async with diag_rig(
+            tmp_path,
+            broker,
+            client_url=url,
+            client_tls={
+                "ca_file": pki["ca"],
+                "cert_file": pki["operator_cert"],
+                "key_file": pki["operator_key"],
+            },
+            mqtt={
+                "url": url,
+                "ca_file": pki["ca"],
+                "cert_file": pki["test-cam_cert"],
+                "key_file": pki["test-cam_key"],
+            },
+            diagnostics={"ping_count": 5},
+        ) as rig:
             res = await rig.client.send_command(rig.device, "diag.netcheck", {}, timeout=30)
             checks = _by_name(res)
             assert checks["tls"]["status"] == "pass" and checks["tls"]["value"]["version"].startswith("TLS")
             assert checks["mqtt_loss"]["value"]["loss_pct"] == 0 and res["status"] == "pass"
             rig.log_path.write_text("2026-01-01T00:00:00.000Z INFO x [d b]: over tls key=abc\n")
             from fleet.log_pull import pull_logs
+
             pulled = await pull_logs(rig.client, rig.device, out=tmp_path / "tls.log")
             assert pulled.info["lines"] == 1 and "abc" not in (tmp_path / "tls.log").read_text()
 
 
-async def test_selftest_loopback_plays_a_tone_the_synthetic_mic_cannot_hear(tmp_path: Path, mosquitto,
-                                                                           monkeypatch) -> None:
+async def test_selftest_loopback_plays_a_tone_the_synthetic_mic_cannot_hear(
+    tmp_path: Path, mosquitto, monkeypatch
+) -> None:
     """A real ALSA playback PCM (tests/support/alsa.py: file plugin, no sound card) as the speaker and the
     synthetic microphone, which cannot hear it: the tone reaches the speaker and the loopback fails."""
     import numpy as np

@@ -14,8 +14,27 @@ from device_agent.logging_setup import iso_ts
 from fleet.log_pull import Progress, pull_logs
 from tests.support.diag import diag_rig
 
-WORDS = ["frame", "encoded", "viewer", "rtcp", "nack", "pli", "bitrate", "jitter", "audio", "level",
-         "ns", "rtf", "spool", "telemetry", "session", "connected", "keyframe", "fanout", "camera"]
+WORDS = [
+    "frame",
+    "encoded",
+    "viewer",
+    "rtcp",
+    "nack",
+    "pli",
+    "bitrate",
+    "jitter",
+    "audio",
+    "level",
+    "ns",
+    "rtf",
+    "spool",
+    "telemetry",
+    "session",
+    "connected",
+    "keyframe",
+    "fanout",
+    "camera",
+]
 
 
 def log_lines(count: int, t0: float, seed: int = 1) -> list[str]:
@@ -25,9 +44,11 @@ def log_lines(count: int, t0: float, seed: int = 1) -> list[str]:
     out = []
     for i in range(count):
         msg = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
-        out.append(f'{{"ts": "{iso_ts(t0 + i * 0.001)}", "level": "{rng.choice(levels)}", '
-                   f'"logger": "device_agent.media", "device": "test-cam", "boot": "b00t{rng.randint(0, 3)}", '
-                   f'"session": "{rng.getrandbits(32):08x}", "msg": "{msg} {rng.random() * 1000:.3f} ms #{i}"}}\n')
+        out.append(
+            f'{{"ts": "{iso_ts(t0 + i * 0.001)}", "level": "{rng.choice(levels)}", '
+            f'"logger": "device_agent.media", "device": "test-cam", "boot": "b00t{rng.randint(0, 3)}", '
+            f'"session": "{rng.getrandbits(32):08x}", "msg": "{msg} {rng.random() * 1000:.3f} ms #{i}"}}\n'
+        )
     return out
 
 
@@ -60,8 +81,14 @@ async def test_pull_of_50_mb_with_a_dropped_chunk_re_requested(tmp_path: Path, m
 
         bar = io.StringIO()
         out = tmp_path / "pulled.log.gz"
-        res = await pull_logs(rig.client, rig.device, out=out, progress=Progress(bar),
-                              chunk_filter=drop_chunk_2_once, command_timeout=120)
+        res = await pull_logs(
+            rig.client,
+            rig.device,
+            out=out,
+            progress=Progress(bar),
+            chunk_filter=drop_chunk_2_once,
+            command_timeout=120,
+        )
         assert dropped == [2]
         assert res.resent == [2] and res.rounds == 2  # one chunk re-requested, not the whole file
         assert res.info["total"] > 3 and res.info["raw_bytes"] == written and not res.info["truncated"]
@@ -101,7 +128,8 @@ async def test_secrets_are_redacted_on_the_device_and_filters_apply(tmp_path: Pa
             f"{recent} WARNING device_agent.fleetlink [test-cam b1]: url mqtts://op:pa55word@broker:8883 refused\n"
             f"{recent} ERROR device_agent.ota [test-cam b1]: Authorization: Bearer eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl\n"
             f"{recent} DEBUG device_agent.media [test-cam b1]: key material follows\n"
-            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n")
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+        )
         out = tmp_path / "redacted.log"
         res = await pull_logs(rig.client, rig.device, since="1h", out=out)
         text = out.read_text()

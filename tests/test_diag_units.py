@@ -58,8 +58,9 @@ def test_json_logs_carry_device_boot_and_session_and_are_pullable(tmp_path):
 
 
 def test_plain_logs_and_rotation(tmp_path):
-    section = LoggingSection(level="debug", json=False, file=str(tmp_path / "a.log"), file_max_bytes=65536,
-                             file_backups=2)
+    section = LoggingSection(
+        level="debug", json=False, file=str(tmp_path / "a.log"), file_max_bytes=65536, file_backups=2
+    )
     ctx = LogContext("dev1", "boot1")
     root = _logger("diagtest.plain")
     handlers = setup_logging(section, ctx, stream=io.StringIO(), root=root)
@@ -81,61 +82,91 @@ def test_plain_logs_and_rotation(tmp_path):
 def test_journald_entries_are_parsed(tmp_path):
     """journalctl cannot run in this container: a script stands in for its documented `-o json` output."""
     now = time.time()
-    entries = [{"__REALTIME_TIMESTAMP": str(int((now - 10) * 1e6)), "PRIORITY": "3", "MESSAGE": "camera gone",
-                "SYSLOG_IDENTIFIER": "device-agent"},
-               {"__REALTIME_TIMESTAMP": str(int((now - 5) * 1e6)), "PRIORITY": "6",
-                "MESSAGE": list(b"token=abc123 bytes")},
-               {"__REALTIME_TIMESTAMP": str(int((now - 4) * 1e6)), "PRIORITY": "7", "MESSAGE": "debug"}]
+    entries = [
+        {
+            "__REALTIME_TIMESTAMP": str(int((now - 10) * 1e6)),
+            "PRIORITY": "3",
+            "MESSAGE": "camera gone",
+            "SYSLOG_IDENTIFIER": "device-agent",
+        },
+        {
+            "__REALTIME_TIMESTAMP": str(int((now - 5) * 1e6)),
+            "PRIORITY": "6",
+            "MESSAGE": list(b"token=abc123 bytes"),
+        },
+        {"__REALTIME_TIMESTAMP": str(int((now - 4) * 1e6)), "PRIORITY": "7", "MESSAGE": "debug"},
+    ]
     fake = tmp_path / "journalctl"
     args_file = tmp_path / "args.json"
-    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    f"json.dump(sys.argv[1:], open({str(args_file)!r}, 'w'))\n"
-                    f"for e in {entries!r}: print(json.dumps(e))\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"json.dump(sys.argv[1:], open({str(args_file)!r}, 'w'))\n"
+        f"for e in {entries!r}: print(json.dumps(e))\n"
+    )
     fake.chmod(0o755)
-    bundle = collect_logs(LogQuery(since=now - 60, level="info"), log_file="", journalctl=str(fake),
-                          unit="device-agent.service")
+    bundle = collect_logs(
+        LogQuery(since=now - 60, level="info"), log_file="", journalctl=str(fake), unit="device-agent.service"
+    )
     lines = bundle.data.decode().splitlines()
     assert len(lines) == 2
     assert " ERROR journal/device-agent: camera gone" in lines[0]
     assert lines[1].endswith("token=[REDACTED] bytes")
     args = json.loads(args_file.read_text())
-    assert args[:4] == ["-o", "json", "--no-pager", "-u"] and "device-agent.service" in args and "--since" in args
+    assert (
+        args[:4] == ["-o", "json", "--no-pager", "-u"]
+        and "device-agent.service" in args
+        and "--since" in args
+    )
     assert bundle.sources[0]["status"] == "ok"
     missing = collect_logs(LogQuery(), log_file="", journalctl=str(tmp_path / "nope"), unit="x.service")
     assert missing.sources[0]["status"] == "skipped" and missing.data == b""
 
 
-@pytest.mark.parametrize("line, secret", [
-    ('[mqtt]\npassword = "pa55word!"', "pa55word!"),
-    ("wpa_passphrase=correcthorse", "correcthorse"),
-    ('network={ ssid="home" psk="battery staple" }', "battery staple"),
-    ("curl -H 'Authorization: Bearer abcdef0123456789'", "abcdef0123456789"),
-    ('{"client_secret": "s3cr3t\\"quoted"}', "s3cr3t"),
-    ("AWS AKIAABCDEFGHIJKLMNOP used", "AKIAABCDEFGHIJKLMNOP"),
-    ("https://bob:hunter2@example.com/x", "hunter2"),
-    ("api_key: 1234-5678", "1234-5678"),
-    ("MQTT_TOKEN=eyJhbGciOi.eyJzdWIiOi.c2lnbmF0", "eyJhbGciOi"),
-    ("journal/device-agent.service: token=abc123 bytes", "abc123"),  # a pair inside a pair's value
-    ('{"ts": "x", "msg": "loaded password=hunter2 ok"}', "hunter2"),  # inside a JSON log line
-    ("config dump: wifi.psk = 'sesame open'", "sesame open"),
-    ("mqtt key=abc123 signing_key: zz99", "abc123"),
-    ("mqtt key=abc123 signing_key: zz99", "zz99"),
-])
+@pytest.mark.parametrize(
+    "line, secret",
+    [
+        ('[mqtt]\npassword = "pa55word!"', "pa55word!"),
+        ("wpa_passphrase=correcthorse", "correcthorse"),
+        ('network={ ssid="home" psk="battery staple" }', "battery staple"),
+        ("curl -H 'Authorization: Bearer abcdef0123456789'", "abcdef0123456789"),
+        ('{"client_secret": "s3cr3t\\"quoted"}', "s3cr3t"),
+        ("AWS AKIAABCDEFGHIJKLMNOP used", "AKIAABCDEFGHIJKLMNOP"),
+        ("https://bob:hunter2@example.com/x", "hunter2"),
+        ("api_key: 1234-5678", "1234-5678"),
+        ("MQTT_TOKEN=eyJhbGciOi.eyJzdWIiOi.c2lnbmF0", "eyJhbGciOi"),
+        ("journal/device-agent.service: token=abc123 bytes", "abc123"),  # a pair inside a pair's value
+        ('{"ts": "x", "msg": "loaded password=hunter2 ok"}', "hunter2"),  # inside a JSON log line
+        ("config dump: wifi.psk = 'sesame open'", "sesame open"),
+        ("mqtt key=abc123 signing_key: zz99", "abc123"),
+        ("mqtt key=abc123 signing_key: zz99", "zz99"),
+    ],
+)
 def test_redaction_patterns(line, secret):
     out = "\n".join(redact_text(part) for part in line.split("\n"))
     assert secret not in out and "[REDACTED]" in out
 
 
 def test_redaction_leaves_ordinary_lines_and_paths():
-    for line in ("frame 12 encoded, bitrate=2000000", 'key_file = "/etc/device-agent/device.key"',
-                 "keyframe forced for viewer 3"):
+    for line in (
+        "frame 12 encoded, bitrate=2000000",
+        'key_file = "/etc/device-agent/device.key"',
+        "keyframe forced for viewer 3",
+    ):
         assert redact_text(line) == line
 
 
 def test_pem_block_across_lines():
     r = Redactor()
-    out = [r.line(x) for x in ("cert follows", "-----BEGIN CERTIFICATE-----", "MIIBAAAA", "-----END CERTIFICATE-----",
-                               "after")]
+    out = [
+        r.line(x)
+        for x in (
+            "cert follows",
+            "-----BEGIN CERTIFICATE-----",
+            "MIIBAAAA",
+            "-----END CERTIFICATE-----",
+            "after",
+        )
+    ]
     assert out == ["cert follows", "[REDACTED PEM BLOCK]", None, "[REDACTED PEM BLOCK]", "after"]
 
 
@@ -185,12 +216,19 @@ def test_device_agent_diag_netcheck_cli(tmp_path, mosquitto, capsys):
     from device_agent.config import dump_toml
 
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(dump_toml({"device": {"id": "cli-dev", "state_dir": str(tmp_path / "s")},
-                              "mqtt": {"url": mosquitto.url}}))
+    cfg.write_text(
+        dump_toml(
+            {"device": {"id": "cli-dev", "state_dir": str(tmp_path / "s")}, "mqtt": {"url": mosquitto.url}}
+        )
+    )
     assert main(["diag", "netcheck", "--config", str(cfg), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {c["name"]: c["status"] for c in result["checks"]} == {
-        "dns": "pass", "tcp": "pass", "tls": "skip", "mqtt_loss": "skip"}
+        "dns": "pass",
+        "tcp": "pass",
+        "tls": "skip",
+        "mqtt_loss": "skip",
+    }
     mosquitto.stop()
     assert main(["diag", "netcheck", "--config", str(cfg)]) == 1
     assert "FAIL" in capsys.readouterr().out
@@ -208,8 +246,14 @@ def test_size_cap_keeps_the_newest_lines_across_journal_and_files(tmp_path):
     base = 1_700_000_000.0
     log = tmp_path / "agent.log"
     log.write_text("".join(f"{iso_ts(base + 2 * i)} INFO file: f{i:03d} {'x' * 40}\n" for i in range(100)))
-    entries = [{"__REALTIME_TIMESTAMP": str(int((base + 2 * i + 1) * 1e6)), "PRIORITY": "6",
-                "MESSAGE": f"j{i:03d} {'y' * 40}"} for i in range(100)]
+    entries = [
+        {
+            "__REALTIME_TIMESTAMP": str(int((base + 2 * i + 1) * 1e6)),
+            "PRIORITY": "6",
+            "MESSAGE": f"j{i:03d} {'y' * 40}",
+        }
+        for i in range(100)
+    ]
     fake = _fake_journalctl(tmp_path, f"for e in {entries!r}: print(json.dumps(e))")
     full = collect_logs(LogQuery(), log_file=str(log), journalctl=fake, unit="u.service")
     assert full.lines == 200 and not full.truncated
@@ -228,13 +272,19 @@ def test_size_cap_keeps_the_newest_lines_across_journal_and_files(tmp_path):
 
 def test_journalctl_stderr_flood_and_hang_do_not_block_the_pull(tmp_path):
     # 1 MB on stderr before any stdout: with a stderr pipe nobody reads, this deadlocked
-    fake = _fake_journalctl(tmp_path, "sys.stderr.write('e' * 1_000_000); sys.stderr.flush()\n"
-                                      "print(json.dumps({'__REALTIME_TIMESTAMP': '1700000000000000', "
-                                      "'MESSAGE': 'after the flood'}))")
+    fake = _fake_journalctl(
+        tmp_path,
+        "sys.stderr.write('e' * 1_000_000); sys.stderr.flush()\n"
+        "print(json.dumps({'__REALTIME_TIMESTAMP': '1700000000000000', "
+        "'MESSAGE': 'after the flood'}))",
+    )
     bundle = collect_logs(LogQuery(), log_file="", journalctl=fake, unit="u.service", journal_timeout=20)
     assert bundle.sources[0]["status"] == "ok" and b"after the flood" in bundle.data
-    hung = _fake_journalctl(tmp_path, "print(json.dumps({'__REALTIME_TIMESTAMP': '1700000000000000', "
-                                      "'MESSAGE': 'first'}), flush=True)\ntime.sleep(60)")
+    hung = _fake_journalctl(
+        tmp_path,
+        "print(json.dumps({'__REALTIME_TIMESTAMP': '1700000000000000', "
+        "'MESSAGE': 'first'}), flush=True)\ntime.sleep(60)",
+    )
     t0 = time.monotonic()
     bundle = collect_logs(LogQuery(), log_file="", journalctl=hung, unit="u.service", journal_timeout=1.0)
     assert time.monotonic() - t0 < 10

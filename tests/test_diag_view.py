@@ -22,7 +22,9 @@ async def test_live_view_over_mqtt_receives_frames_and_records_mp4(tmp_path: Pat
             stamps.append(read_stamp(frame.to_ndarray(format="gray")).index)
 
         mp4 = tmp_path / "ticket.mp4"
-        view = asyncio.create_task(live_view(rig.client, rig.device, seconds=3.0, record=mp4, on_frame=on_frame))
+        view = asyncio.create_task(
+            live_view(rig.client, rig.device, seconds=3.0, record=mp4, on_frame=on_frame)
+        )
         await asyncio.sleep(2.0)
         stats = await rig.client.send_command(rig.device, "diag.stats", {}, timeout=10)
         viewers = [c for c in stats["checks"] if c["name"].startswith("viewer.")]
@@ -59,9 +61,11 @@ async def test_bad_signaling_is_refused_with_a_structured_error(tmp_path: Path, 
                 got.put_nowait(body)
 
         await rig.client.conn.subscribe_wait(topic, on_msg)
-        for payload, code in ((b"not json", "bad_json"),
-                              (json.dumps({"type": "offer", "sdp": "v=0\r\n", "from": "fleet"}).encode(), "bad_request"),
-                              (json.dumps({"type": "exec", "from": "fleet"}).encode(), "bad_request")):
+        for payload, code in (
+            (b"not json", "bad_json"),
+            (json.dumps({"type": "offer", "sdp": "v=0\r\n", "from": "fleet"}).encode(), "bad_request"),
+            (json.dumps({"type": "exec", "from": "fleet"}).encode(), "bad_request"),
+        ):
             await rig.client.publish(topic, payload)
             msg = await asyncio.wait_for(got.get(), 10)
             assert msg["type"] == "error" and msg["code"] == code, msg
@@ -69,6 +73,7 @@ async def test_bad_signaling_is_refused_with_a_structured_error(tmp_path: Path, 
         first = asyncio.create_task(live_view(rig.client, rig.device, seconds=2.0))
         await asyncio.sleep(1.0)
         from fleet.live_view import ViewError
+
         try:
             await live_view(rig.client, rig.device, seconds=1.0)
         except ViewError as exc:

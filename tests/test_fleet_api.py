@@ -68,15 +68,23 @@ def fill(store: Store) -> None:
     """13 devices: groups a/b, versions 1.0/2.0, three lost (P1 offline); a P2 and a P3 alert."""
     batch = []
     for i in range(12):
-        body = {"online": i % 4 != 3, "boot": "b1", "version": "2.0" if i % 2 else "1.0", "slot": "a",
-                "group": "a" if i < 8 else "b", "ts": time.time()}
+        body = {
+            "online": i % 4 != 3,
+            "boot": "b1",
+            "version": "2.0" if i % 2 else "1.0",
+            "slot": "a",
+            "group": "a" if i < 8 else "b",
+            "ts": time.time(),
+        }
         if not body["online"]:
             body["reason"] = "lost"
         batch.append(Incoming("status", f"cam-{i:02d}", json.dumps(body).encode(), time.time()))
-    batch += [tele("cam-00", "b1", 1, temperature_c=51.0),
-              event("cam-01", 2, type="alert", severity="P2", code="fps_low", message="fps 9", active=True),
-              event("cam-02", 3, type="alert", severity="P3", code="disk", message="disk", active=True),
-              status("spk-99", True, group="b")]
+    batch += [
+        tele("cam-00", "b1", 1, temperature_c=51.0),
+        event("cam-01", 2, type="alert", severity="P2", code="fps_low", message="fps 9", active=True),
+        event("cam-02", 3, type="alert", severity="P3", code="disk", message="disk", active=True),
+        status("spk-99", True, group="b"),
+    ]
     store.ingest(batch)
 
 
@@ -101,7 +109,9 @@ async def test_devices_alerts_pages_filters_and_errors(store: Store, http: aioht
         st, body = await call(http, "GET", f"{base}/devices?version=2.0&group=a")
         assert body["total"] == 4
         st, body = await call(http, "GET", f"{base}/devices?severity=P2")
-        assert [d["id"] for d in body["devices"]] == ["cam-01"] and body["devices"][0]["alerts_by_severity"] == {"P2": 1}
+        assert [d["id"] for d in body["devices"]] == ["cam-01"] and body["devices"][0][
+            "alerts_by_severity"
+        ] == {"P2": 1}
         st, body = await call(http, "GET", f"{base}/devices?severity=P1")
         assert [d["id"] for d in body["devices"]] == ["cam-03", "cam-07", "cam-11"]
         st, body = await call(http, "GET", f"{base}/devices?prefix=spk")
@@ -134,7 +144,9 @@ async def test_devices_alerts_pages_filters_and_errors(store: Store, http: aioht
         st, body = await call(http, "GET", f"{base}/alerts?device=cam-02")
         assert [(a["id"], a["acknowledged"]) for a in body["alerts"]] == [("device:cam-02:disk", None)]
         st, body = await call(http, "POST", f"{base}/alerts/device:cam-02:disk/ack", json={"note": "on it"})
-        assert st == 200 and body["acknowledged"]["note"] == "on it" and body["acknowledged"]["by"] == "loopback"
+        assert (
+            st == 200 and body["acknowledged"]["note"] == "on it" and body["acknowledged"]["by"] == "loopback"
+        )
         st, body = await call(http, "POST", f"{base}/alerts/device:cam-02:nope/ack")
         assert st == 404
         store.ingest([event("cam-02", 4, type="alert", severity="P3", code="disk", active=False)])
@@ -176,7 +188,9 @@ async def test_tokens_roles_and_revocation(store: Store, http: aiohttp.ClientSes
         st, body = await call(http, "POST", f"{base}/alerts/device:cam-01:fps_low/ack", token=operator)
         assert st == 200 and body["acknowledged"]["by"].endswith("(oncall)")
         assert (await call(http, "GET", f"{base}/tokens", token=operator))[0] == 403
-        st, body = await call(http, "POST", f"{base}/tokens", token=admin, json={"role": "viewer", "name": "tmp"})
+        st, body = await call(
+            http, "POST", f"{base}/tokens", token=admin, json={"role": "viewer", "name": "tmp"}
+        )
         assert st == 201 and body["token"].startswith("fleet_")
         fresh, fresh_id = body["token"], body["id"]
         assert (await call(http, "GET", f"{base}/alerts", token=fresh))[0] == 200
@@ -186,7 +200,9 @@ async def test_tokens_roles_and_revocation(store: Store, http: aiohttp.ClientSes
         assert (await call(http, "GET", f"{base}/alerts", token=fresh))[0] == 401  # revoked: refused at once
         assert (await call(http, "DELETE", f"{base}/tokens/nope", token=admin))[0] == 404
         st, body = await call(http, "GET", f"{base}/tokens", token=admin)
-        assert len(body["tokens"]) == 4 and all("token" not in t and "secret_sha256" not in t for t in body["tokens"])
+        assert len(body["tokens"]) == 4 and all(
+            "token" not in t and "secret_sha256" not in t for t in body["tokens"]
+        )
         async with http.get(f"{api.url}/metrics") as resp:
             assert resp.status == 401
         async with http.get(f"{api.url}/metrics", headers={"Authorization": f"Bearer {viewer}"}) as resp:
@@ -201,8 +217,9 @@ async def test_tokens_roles_and_revocation(store: Store, http: aiohttp.ClientSes
         await open_api.stop()
 
 
-async def test_openapi_lists_every_route_and_every_documented_route_answers(tmp_path: Path,
-                                                                           http: aiohttp.ClientSession) -> None:
+async def test_openapi_lists_every_route_and_every_documented_route_answers(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     store = Store(str(tmp_path / "fleet.db"))
     fill(store)
     tok_id = TokenStore(store.engine).create("viewer")[0].id
@@ -213,8 +230,11 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(tmp_
         st, spec = await call(http, "GET", f"{api.url}/api/v1/openapi.json")
         assert st == 200 and spec["openapi"].startswith("3.")
         documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
-        served = {(r.method, r.resource.canonical) for r in api.api.app().router.routes()
-                  if r.resource is not None and r.resource.canonical.startswith("/api/")}
+        served = {
+            (r.method, r.resource.canonical)
+            for r in api.api.app().router.routes()
+            if r.resource is not None and r.resource.canonical.startswith("/api/")
+        }
         assert served == documented
         assert documented == {(r.method, r.path) for r in ROUTES}
         values = {"id": "cam-00", "name": "ping"}
@@ -226,14 +246,18 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(tmp_
                 url = url.replace("cam-00", tok_id)
             if path == "/api/v1/rollouts/{id}":
                 url = url.replace("cam-00", rollout_id)
-            st, body = await call(http, method, api.url + url, json={"role": "viewer"} if method == "POST" else None)
+            st, body = await call(
+                http, method, api.url + url, json={"role": "viewer"} if method == "POST" else None
+            )
             # the command route answers 503 here: this API runs without an MQTT session
             assert st in (200, 201, 503), (method, path, st, body)
             for code in {int(c) for c in spec["paths"][path][method.lower()]["responses"]}:
                 assert 200 <= code < 600
         st, body = await call(http, "GET", f"{api.url}/api/v1/rollouts/{rollout_id}")
         assert body["version"] == "1.2.0" and [(d["id"], d["state"]) for d in body["devices"]] == [
-            ("cam-00", "pending"), ("cam-01", "pending")]
+            ("cam-00", "pending"),
+            ("cam-01", "pending"),
+        ]
         st, body = await call(http, "GET", f"{api.url}/api/v1/rollouts?active=true")
         assert [r["id"] for r in body["rollouts"]] == [rollout_id]
         assert (await call(http, "GET", f"{api.url}/api/v1/rollouts/nope"))[0] == 404
@@ -251,8 +275,9 @@ async def _until(pred, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_commands_metrics_and_dashboard_with_a_real_service(store: Store, tmp_path: Path, mosquitto: Mosquitto,
-                                                                  http: aiohttp.ClientSession) -> None:
+async def test_commands_metrics_and_dashboard_with_a_real_service(
+    store: Store, tmp_path: Path, mosquitto: Mosquitto, http: aiohttp.ClientSession
+) -> None:
     svc = FleetService(mosquitto.url, store, rule_interval_s=3600)
     sim = Simulation(mosquitto.url, 3, tmp_path / "sim", interval_s=0.3)
     api = ApiServer(store, "127.0.0.1", 0, service=svc, metrics_cache_s=0.0)
@@ -274,9 +299,12 @@ async def test_commands_metrics_and_dashboard_with_a_real_service(store: Store, 
         assert st == 504 and body["error"]["code"] == "timeout" and time.monotonic() - t0 >= 0.9
         # more answers than mosquitto's default inflight window (20): each must be acknowledged
         for i in range(30):
-            st, body = await call(http, "POST", f"{base}/devices/sim-0000{i % 3}/commands/ping?timeout=5",
-                                  json={"echo": i})
-            assert st == 200 and body == {"ok": True, "result": body["result"]} and body["result"]["echo"] == i
+            st, body = await call(
+                http, "POST", f"{base}/devices/sim-0000{i % 3}/commands/ping?timeout=5", json={"echo": i}
+            )
+            assert (
+                st == 200 and body == {"ok": True, "result": body["result"]} and body["result"]["echo"] == i
+            )
         st, body = await call(http, "POST", f"{base}/devices/sim-00001/commands/reboot")
         assert st == 422 and body["error"]["code"] == "confirmation_required" and body["ok"] is False
         for bad in ("[1]", "{nope"):
@@ -293,20 +321,41 @@ async def test_commands_metrics_and_dashboard_with_a_real_service(store: Store, 
             assert resp.status == 200 and resp.content_type == "text/plain"
             text = await resp.text()
         samples = _samples(text)
-        assert samples[('fleet_devices', (('group', 'sim'), ('online', 'true'), ('version', '0.1.0')))] == 3
-        assert samples[('fleet_devices', (('group', 'sim'), ('online', 'false'), ('version', '1.0')))] == 1
-        assert samples[('fleet_alerts_open', (('code', 'offline'), ('scope', 'device'), ('severity', 'P1')))] == 1
-        assert samples[('fleet_ingest_messages_total', (('result', 'stored'),))] > 0
-        assert samples[('fleet_ingest_lag_seconds_count', (('kind', 'telemetry'),))] > 0
-        assert samples[('fleet_ingest_commit_delay_seconds_count', ())] > 0
-        assert samples[('fleet_mqtt_connected', ())] == 1
+        assert samples[("fleet_devices", (("group", "sim"), ("online", "true"), ("version", "0.1.0")))] == 3
+        assert samples[("fleet_devices", (("group", "sim"), ("online", "false"), ("version", "1.0")))] == 1
+        assert (
+            samples[("fleet_alerts_open", (("code", "offline"), ("scope", "device"), ("severity", "P1")))]
+            == 1
+        )
+        assert samples[("fleet_ingest_messages_total", (("result", "stored"),))] > 0
+        assert samples[("fleet_ingest_lag_seconds_count", (("kind", "telemetry"),))] > 0
+        assert samples[("fleet_ingest_commit_delay_seconds_count", ())] > 0
+        assert samples[("fleet_mqtt_connected", ())] == 1
         assert sum(v for (name, _), v in samples.items() if name == "fleet_rollouts") == 1
         # one device in some state (the service's rollout driver may already have dispatched it)
-        assert sum(v for (name, labels), v in samples.items() if name == "fleet_rollout_devices"
-                   and ("rollout", rid) in labels and ("version", "9.9.9") in labels) == 1
-        assert samples[('fleet_api_requests_total', (('method', 'POST'),
-                                                     ('route', '/api/v1/devices/{id}/commands/{name}'),
-                                                     ('status', '200')))] == 30
+        assert (
+            sum(
+                v
+                for (name, labels), v in samples.items()
+                if name == "fleet_rollout_devices"
+                and ("rollout", rid) in labels
+                and ("version", "9.9.9") in labels
+            )
+            == 1
+        )
+        assert (
+            samples[
+                (
+                    "fleet_api_requests_total",
+                    (
+                        ("method", "POST"),
+                        ("route", "/api/v1/devices/{id}/commands/{name}"),
+                        ("status", "200"),
+                    ),
+                )
+            ]
+            == 30
+        )
         assert not any("sim-0000" in str(labels) for _, labels in samples)  # no per-device series
 
         # every query of the shipped Grafana dashboard names a metric this scrape exports
@@ -324,10 +373,44 @@ async def test_commands_metrics_and_dashboard_with_a_real_service(store: Store, 
         await svc.stop()
 
 
-PROMQL_WORDS = {"sum", "rate", "irate", "increase", "by", "without", "histogram_quantile", "avg", "max", "min",
-                "count", "topk", "bottomk", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-                "offset", "bool", "abs", "clamp_min", "clamp_max", "delta", "deriv", "time", "vector", "scalar",
-                "label_replace", "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "le"}
+PROMQL_WORDS = {
+    "sum",
+    "rate",
+    "irate",
+    "increase",
+    "by",
+    "without",
+    "histogram_quantile",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "topk",
+    "bottomk",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "delta",
+    "deriv",
+    "time",
+    "vector",
+    "scalar",
+    "label_replace",
+    "avg_over_time",
+    "max_over_time",
+    "min_over_time",
+    "sum_over_time",
+    "le",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -340,7 +423,7 @@ def promql_metric_names(expr: str) -> set[str]:
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", s):
         word = m.group(0)
-        after = s[m.end():].lstrip()
+        after = s[m.end() :].lstrip()
         if word in PROMQL_WORDS or after.startswith("("):
             continue
         names.add(word)
@@ -365,13 +448,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_fleetctl_token_cli_and_serve_http(tmp_path: Path, mosquitto: Mosquitto,
-                                                 http: aiohttp.ClientSession) -> None:
+async def test_fleetctl_token_cli_and_serve_http(
+    tmp_path: Path, mosquitto: Mosquitto, http: aiohttp.ClientSession
+) -> None:
     db = str(tmp_path / "fleet.db")
 
     def fleetctl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fleet.cli", *args], capture_output=True, text=True,
-                              timeout=60, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "fleet.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
 
     res = fleetctl("token", "create", "--role", "operator", "--name", "ci", "--db", db)
     assert res.returncode == 0, res.stderr
@@ -386,8 +471,21 @@ async def test_fleetctl_token_cli_and_serve_http(tmp_path: Path, mosquitto: Mosq
 
     port = _free_port()
     serve = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fleet.cli", "serve", "--mqtt", mosquitto.url, "--db", db, "--http",
-        f"127.0.0.1:{port}", "--http-require-token", cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "fleet.cli",
+        "serve",
+        "--mqtt",
+        mosquitto.url,
+        "--db",
+        db,
+        "--http",
+        f"127.0.0.1:{port}",
+        "--http-require-token",
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         lines = [(await asyncio.wait_for(serve.stdout.readline(), 30)).decode() for _ in range(2)]
         assert "API on http://127.0.0.1:" in lines[1] and "token required" in lines[1], lines
@@ -407,7 +505,8 @@ async def test_fleetctl_token_cli_and_serve_http(tmp_path: Path, mosquitto: Mosq
 
 
 async def test_command_answers_are_acknowledged_on_the_services_manual_ack_session(
-        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     """The worker's session acknowledges by hand (after commits); command answers arriving on it must
     be acknowledged too, or a broker's inflight window (mosquitto's default: 20) fills up and every
     later answer stays at the broker: commands time out."""
@@ -422,8 +521,9 @@ async def test_command_answers_are_acknowledged_on_the_services_manual_ack_sessi
         await sim.start(spread_s=0)
         await _until(lambda: (store.device("sim-00000") or {}).get("online"), 15, "sim-00000 online")
         for i in range(12):
-            st, body = await call(http, "POST", f"{api.url}/api/v1/devices/sim-00000/commands/ping?timeout=3",
-                                  json={"echo": i})
+            st, body = await call(
+                http, "POST", f"{api.url}/api/v1/devices/sim-00000/commands/ping?timeout=3", json={"echo": i}
+            )
             assert (st, body.get("result", {}).get("echo")) == (200, i), (i, st, body)
     finally:
         await sim.stop()
@@ -441,13 +541,19 @@ async def test_identity_from_provisioning(tmp_path: Path, http: aiohttp.ClientSe
     fill(store)
     prov = ProvisioningStore(tmp_path / "prov")
     (t,) = prov.create_claims("a", 60, 1, b"\x01" * 32)
-    now = dt.datetime.now(dt.timezone.utc)
-    prov.redeem(prov.check_claim(t.id, t.secret), "cam-05", {"name": "Lobby door", "location": "hall 2"}, 1, now, now)
+    now = dt.datetime.now(dt.UTC)
+    prov.redeem(
+        prov.check_claim(t.id, t.secret), "cam-05", {"name": "Lobby door", "location": "hall 2"}, 1, now, now
+    )
     api = ApiServer(store, "127.0.0.1", 0, provisioning_dir=str(tmp_path / "prov"))
     await api.start()
     try:
         st, body = await call(http, "GET", f"{api.url}/api/v1/devices/cam-05")
-        assert st == 200 and body["identity"]["name"] == "Lobby door" and body["identity"]["location"] == "hall 2"
+        assert (
+            st == 200
+            and body["identity"]["name"] == "Lobby door"
+            and body["identity"]["location"] == "hall 2"
+        )
         st, body = await call(http, "GET", f"{api.url}/api/v1/devices?prefix=Lobby")
         assert [(d["id"], d["name"]) for d in body["devices"]] == [("cam-05", "Lobby door")]
         st, body = await call(http, "GET", f"{api.url}/api/v1/devices?prefix=cam-0&limit=1")

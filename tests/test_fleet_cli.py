@@ -22,13 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fleetctl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fleet.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 async def afleetctl(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "fleet.cli", *args, cwd=ROOT,
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fleet.cli", *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -36,12 +38,21 @@ async def afleetctl(*args: str, timeout: float = 30) -> tuple[int, str, str]:
 def test_devices_show_alerts(tmp_path: Path) -> None:
     db = str(tmp_path / "fleet.db")
     store = Store(db)
-    store.ingest([status("cam-1", True), status("cam-2", False, reason="lost"), tele("cam-1", "b1", 1, temperature_c=48.0),
-                  event("cam-1", 2, type="alert", severity="P2", code="fps_low", message="fps 9 < 25", active=True)])
+    store.ingest(
+        [
+            status("cam-1", True),
+            status("cam-2", False, reason="lost"),
+            tele("cam-1", "b1", 1, temperature_c=48.0),
+            event("cam-1", 2, type="alert", severity="P2", code="fps_low", message="fps 9 < 25", active=True),
+        ]
+    )
     res = fleetctl("devices", "--db", db, "--json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert [(r["device"], r["online"], r["active_alerts"]) for r in rows] == [("cam-1", True, 1), ("cam-2", False, 1)]
+    assert [(r["device"], r["online"], r["active_alerts"]) for r in rows] == [
+        ("cam-1", True, 1),
+        ("cam-2", False, 1),
+    ]
     res = fleetctl("devices", "--db", db)
     assert res.stdout.splitlines()[0].split()[:3] == ["DEVICE", "GROUP", "ONLINE"] and "cam-2" in res.stdout
     res = fleetctl("show", "cam-1", "--db", db, "--json")
@@ -52,17 +63,24 @@ def test_devices_show_alerts(tmp_path: Path) -> None:
     assert fleetctl("show", "nope", "--db", db).returncode == 1
     res = fleetctl("alerts", "--db", db, "--json")
     assert sorted((a["device"], a["code"], a["severity"]) for a in json.loads(res.stdout)) == [
-        ("cam-1", "fps_low", "P2"), ("cam-2", "offline", "P1")]
+        ("cam-1", "fps_low", "P2"),
+        ("cam-2", "offline", "P1"),
+    ]
     assert "offline" in fleetctl("alerts", "--db", db).stdout
 
 
 async def test_cmd_round_trip_and_errors(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    agent = Agent(config_from_dict({"device": {"id": "spk-1", "state_dir": str(tmp_path / "s")},
-                                    "mqtt": {"url": mosquitto.url}}))
+    agent = Agent(
+        config_from_dict(
+            {"device": {"id": "spk-1", "state_dir": str(tmp_path / "s")}, "mqtt": {"url": mosquitto.url}}
+        )
+    )
     agent.add(FleetLink(agent))
     await agent.start()
     try:
-        rc, out, err = await afleetctl("cmd", "spk-1", "ping", '{"echo": 7}', "--mqtt", mosquitto.url, "--json")
+        rc, out, err = await afleetctl(
+            "cmd", "spk-1", "ping", '{"echo": 7}', "--mqtt", mosquitto.url, "--json"
+        )
         assert rc == 0, err
         assert json.loads(out)["result"]["echo"] == 7
         rc, out, _ = await afleetctl("cmd", "spk-1", "ping", "--mqtt", mosquitto.url)
@@ -79,12 +97,29 @@ async def test_cmd_round_trip_and_errors(tmp_path: Path, mosquitto: Mosquitto) -
 
 def test_serve_and_simulate_processes(tmp_path: Path, mosquitto: Mosquitto) -> None:
     db = str(tmp_path / "fleet.db")
-    serve = subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--mqtt", mosquitto.url, "--db", db],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli", "serve", "--mqtt", mosquitto.url, "--db", db],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert "fleetctl serve: worker 1" in serve.stdout.readline()
-        sim = fleetctl("simulate", "--devices", "5", "--interval", "0.5", "--duration", "3", "--mqtt", mosquitto.url,
-                       "--state-dir", str(tmp_path / "sim"), timeout=60)
+        sim = fleetctl(
+            "simulate",
+            "--devices",
+            "5",
+            "--interval",
+            "0.5",
+            "--duration",
+            "3",
+            "--mqtt",
+            mosquitto.url,
+            "--state-dir",
+            str(tmp_path / "sim"),
+            timeout=60,
+        )
         assert sim.returncode == 0, sim.stderr
         final = json.loads(sim.stdout.strip().splitlines()[-1])
         assert final["devices"] == 5 and final["samples"] >= 20

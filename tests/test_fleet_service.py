@@ -27,13 +27,17 @@ async def _until(pred, timeout: float, what: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-async def test_two_workers_split_the_load_without_loss(tmp_path: Path, mosquitto: Mosquitto, backend: str) -> None:
+async def test_two_workers_split_the_load_without_loss(
+    tmp_path: Path, mosquitto: Mosquitto, backend: str
+) -> None:
     if backend == "postgresql" and not PG:
         pytest.skip(f"no PostgreSQL at {PG_URL}")
     url = str(tmp_path / "fleet.db") if backend == "sqlite" else PG_URL
     prefix = "" if backend == "sqlite" else f"t{uuid.uuid4().hex[:10]}_"
     stores = [Store(url, prefix=prefix), Store(url, prefix=prefix)]
-    workers = [FleetService(mosquitto.url, s, worker_id=str(i), rule_interval_s=3600) for i, s in enumerate(stores)]
+    workers = [
+        FleetService(mosquitto.url, s, worker_id=str(i), rule_interval_s=3600) for i, s in enumerate(stores)
+    ]
     sim = Simulation(mosquitto.url, 8, tmp_path / "sim", interval_s=0.2)
     try:
         for w in workers:
@@ -61,7 +65,9 @@ async def test_two_workers_split_the_load_without_loss(tmp_path: Path, mosquitto
             assert sorted(seqs) == list(range(1, last + 1)), (dev, seqs, last)
         devices = stores[0].list_devices()
         assert len(devices) == 8 and not any(d["online"] for d in devices)  # clean stops
-        assert stores[0].device("sim-00003")["health"]["media"]["viewers"]["sessions"][0]["fps"] > 20  # the real shape
+        assert (
+            stores[0].device("sim-00003")["health"]["media"]["viewers"]["sessions"][0]["fps"] > 20
+        )  # the real shape
     finally:
         if backend == "postgresql":
             stores[0].drop_all()
@@ -72,10 +78,14 @@ async def test_two_workers_split_the_load_without_loss(tmp_path: Path, mosquitto
 async def test_last_will_marks_a_killed_agent_offline(tmp_path: Path, mosquitto: Mosquitto) -> None:
     store = Store(str(tmp_path / "fleet.db"))
     svc = FleetService(mosquitto.url, store, rule_interval_s=3600)
-    agent = AgentProcess(tmp_path / "agent", {
-        "device": {"id": "cam-7", "state_dir": str(tmp_path / "agent" / "state"), "group": "yard"},
-        "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 1.0, "keepalive_s": 5},
-        "web": {"enabled": False}})
+    agent = AgentProcess(
+        tmp_path / "agent",
+        {
+            "device": {"id": "cam-7", "state_dir": str(tmp_path / "agent" / "state"), "group": "yard"},
+            "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 1.0, "keepalive_s": 5},
+            "web": {"enabled": False},
+        },
+    )
     await svc.start()
     try:
         agent.start()
@@ -97,13 +107,20 @@ async def test_last_will_marks_a_killed_agent_offline(tmp_path: Path, mosquitto:
         await svc.stop()
 
 
-async def test_agent_restart_command_exits_with_the_restart_code(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_agent_restart_command_exits_with_the_restart_code(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     from device_agent.agent import RESTART_EXIT_CODE
     from fleet.client import FleetClient
 
-    agent = AgentProcess(tmp_path / "agent", {
-        "device": {"id": "spk-9", "state_dir": str(tmp_path / "agent" / "state")},
-        "mqtt": {"url": mosquitto.url}, "web": {"enabled": False}})
+    agent = AgentProcess(
+        tmp_path / "agent",
+        {
+            "device": {"id": "spk-9", "state_dir": str(tmp_path / "agent" / "state")},
+            "mqtt": {"url": mosquitto.url},
+            "web": {"enabled": False},
+        },
+    )
     agent.start()
     client = FleetClient(mosquitto.url)
     await client.connect()
@@ -144,7 +161,9 @@ async def test_worker_crash_before_commit_loses_nothing(tmp_path: Path, mosquitt
     pub = FleetClient(mosquitto.url)
     await pub.connect()
     for seq in range(1, 51):
-        await pub.publish("dev/cam-3/telemetry", json.dumps({"boot": "b", "seq": seq, "ts": 1.0, "health": {}}).encode())
+        await pub.publish(
+            "dev/cam-3/telemetry", json.dumps({"boot": "b", "seq": seq, "ts": 1.0, "health": {}}).encode()
+        )
     await _until(lambda: crashed.stats["received"] == 50, 10, "delivery to the first worker")
     crashed.conn._client._sock_close()  # connection gone without DISCONNECT, like a killed process
     crashed._stopping = True

@@ -19,8 +19,9 @@ PG_URL = os.environ.get("FLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:54
 
 def _pg_reachable() -> bool:
     try:
-        eng = sa.create_engine("postgresql+psycopg://" + PG_URL.split("://", 1)[1],
-                               connect_args={"connect_timeout": 2})
+        eng = sa.create_engine(
+            "postgresql+psycopg://" + PG_URL.split("://", 1)[1], connect_args={"connect_timeout": 2}
+        )
         with eng.connect():
             pass
         eng.dispose()
@@ -59,22 +60,32 @@ def status(dev: str, online: bool, group: str = "g", reason: str = "") -> Incomi
 
 
 def event(dev: str, seq: int, **fields) -> Incoming:
-    return Incoming("events", dev, json.dumps({"boot": "b1", "seq": seq, "ts": 2000.0 + seq, **fields}).encode(),
-                    time.time())
+    return Incoming(
+        "events",
+        dev,
+        json.dumps({"boot": "b1", "seq": seq, "ts": 2000.0 + seq, **fields}).encode(),
+        time.time(),
+    )
 
 
 def test_dedup_by_device_boot_seq(store: Store) -> None:
     res = store.ingest([tele("a", "b1", 1), tele("a", "b1", 2), tele("a", "b1", 2), tele("b", "b1", 1)])
     assert res == {"stored": 3, "duplicate": 1, "bad": 0}
-    res = store.ingest([tele("a", "b1", 1), tele("a", "b2", 1), event("a", 3, type="x"), event("a", 3, type="x")])
+    res = store.ingest(
+        [tele("a", "b1", 1), tele("a", "b2", 1), event("a", 3, type="x"), event("a", 3, type="x")]
+    )
     assert res == {"stored": 2, "duplicate": 2, "bad": 0}
     assert store.telemetry_seqs("a") == [("b1", 1), ("b1", 2), ("b2", 1)]
     assert store.counts() == {"devices": 2, "telemetry": 4, "events": 1}
 
 
 def test_bad_messages_are_counted_not_stored(store: Store) -> None:
-    bad = [Incoming("telemetry", "a", b"{nope", 1.0), Incoming("telemetry", "a", b"[1]", 1.0),
-           Incoming("telemetry", "a", b'{"seq": "x", "boot": "b"}', 1.0), Incoming("events", "a", b'{"ts": 1}', 1.0)]
+    bad = [
+        Incoming("telemetry", "a", b"{nope", 1.0),
+        Incoming("telemetry", "a", b"[1]", 1.0),
+        Incoming("telemetry", "a", b'{"seq": "x", "boot": "b"}', 1.0),
+        Incoming("events", "a", b'{"ts": 1}', 1.0),
+    ]
     assert store.ingest(bad + [tele("a", "b1", 1)]) == {"stored": 1, "duplicate": 0, "bad": 4}
     assert store.counts()["telemetry"] == 1
 
@@ -96,7 +107,12 @@ def test_status_registry_and_offline_alert(store: Store) -> None:
 
 
 def test_device_alert_events(store: Store) -> None:
-    store.ingest([status("a", True), event("a", 1, type="alert", severity="P2", code="hot", message="hot", active=True)])
+    store.ingest(
+        [
+            status("a", True),
+            event("a", 1, type="alert", severity="P2", code="hot", message="hot", active=True),
+        ]
+    )
     assert [(a["code"], a["severity"], a["active"]) for a in store.list_alerts()] == [("hot", "P2", True)]
     assert store.list_devices()[0]["active_alerts"] == 1
     store.ingest([event("a", 2, type="alert", severity="P2", code="hot", message="cool again", active=False)])
@@ -108,11 +124,15 @@ def test_device_alert_events(store: Store) -> None:
 def test_group_offline_rule(store: Store) -> None:
     svc = FleetService("mqtt://127.0.0.1:1", store, rule=GroupOfflineRule(pct=30, window_s=60, min_devices=3))
     try:
-        store.ingest([status(f"d{i}", True, group="north") for i in range(10)]
-                     + [status(f"s{i}", True, group="south") for i in range(2)])
+        store.ingest(
+            [status(f"d{i}", True, group="north") for i in range(10)]
+            + [status(f"s{i}", True, group="south") for i in range(2)]
+        )
         assert svc._evaluate_sync() == []
-        store.ingest([status(f"d{i}", False, group="north", reason="lost") for i in range(3)]
-                     + [status(f"s{i}", False, group="south", reason="lost") for i in range(2)])
+        store.ingest(
+            [status(f"d{i}", False, group="north", reason="lost") for i in range(3)]
+            + [status(f"s{i}", False, group="south", reason="lost") for i in range(2)]
+        )
         assert svc._evaluate_sync() == []  # 30 % is not more than 30 %; south is too small
         store.ingest([status("d3", False, group="north", reason="lost")])
         assert svc._evaluate_sync() == [("raise", "group_offline:north")]

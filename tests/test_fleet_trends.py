@@ -15,11 +15,19 @@ def _alert(dev: str, seq: int, active: bool, code: str = "freeze_rate_high", sev
 
 def test_group_sharing_a_p2_raises_one_fleet_p1_and_clears_with_hysteresis(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "fleet.db"))
-    store.ingest([status(f"cam-{i}", True) for i in range(5)] + [status("lab-1", True, group="lab"),
-                                                                  status("lab-2", True, group="lab")])
+    store.ingest(
+        [status(f"cam-{i}", True) for i in range(5)]
+        + [status("lab-1", True, group="lab"), status("lab-2", True, group="lab")]
+    )
     rule = SharedAlertRule(pct=40.0, clear_pct=20.0, min_devices=3)
-    store.ingest([_alert("cam-0", 1, True), _alert("lab-1", 1, True), _alert("lab-2", 1, True),
-                  _alert("cam-3", 1, True, code="soc_hot", severity="P3")])
+    store.ingest(
+        [
+            _alert("cam-0", 1, True),
+            _alert("lab-1", 1, True),
+            _alert("lab-2", 1, True),
+            _alert("cam-3", 1, True, code="soc_hot", severity="P3"),
+        ]
+    )
     assert evaluate_shared_alerts(store, rule) == []  # 1 of 5 in g; lab is too small; P3 does not count
     store.ingest([_alert("cam-1", 2, True)])
     assert evaluate_shared_alerts(store, rule) == [("raise", "group_alert:g:freeze_rate_high")]
@@ -46,24 +54,66 @@ def test_alerts_are_acknowledged_per_raising(tmp_path: Path) -> None:
     store = Store(db)
     store.ingest([status("cam-0", True), _alert("cam-0", 1, True)])
     ack = store.ack_alert("cam-0", "freeze_rate_high", "ana", "ISP maintenance in the lobby", now=5000.0)
-    assert ack == {"key": "device:cam-0:freeze_rate_high", "by": "ana", "at": 5000.0,
-                   "note": "ISP maintenance in the lobby"}
+    assert ack == {
+        "key": "device:cam-0:freeze_rate_high",
+        "by": "ana",
+        "at": 5000.0,
+        "note": "ISP maintenance in the lobby",
+    }
     (row,) = store.list_alerts()
-    assert (row["acked_by"], row["acked_at"], row["ack_note"]) == ("ana", 5000.0, "ISP maintenance in the lobby")
-    store.ingest([_alert("cam-0", 2, False), _alert("cam-0", 3, True)])  # cleared, raised again: a new raising
+    assert (row["acked_by"], row["acked_at"], row["ack_note"]) == (
+        "ana",
+        5000.0,
+        "ISP maintenance in the lobby",
+    )
+    store.ingest(
+        [_alert("cam-0", 2, False), _alert("cam-0", 3, True)]
+    )  # cleared, raised again: a new raising
     (row,) = store.list_alerts()
     assert row["acked_by"] is None
     with pytest.raises(AlertNotFound, match="no active alert 'nope' on cam-0"):
         store.ack_alert("cam-0", "nope", "ana")
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "fleet.cli", "ack", "cam-0", "freeze_rate_high", "--by", "bo",
-                          "--note", "looking", "--db", db], capture_output=True, text=True, timeout=30, cwd=root)
-    assert out.returncode == 0 and "acknowledged device:cam-0:freeze_rate_high by bo: looking" in out.stdout, out
-    missing = subprocess.run([sys.executable, "-m", "fleet.cli", "ack", "fleet", "group_alert:g:x", "--db", db],
-                             capture_output=True, text=True, timeout=30, cwd=root)
-    assert missing.returncode == 1 and "no active alert" in missing.stderr and "Traceback" not in missing.stderr
-    listed = subprocess.run([sys.executable, "-m", "fleet.cli", "alerts", "--db", db], capture_output=True, text=True,
-                            timeout=30, cwd=root)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleet.cli",
+            "ack",
+            "cam-0",
+            "freeze_rate_high",
+            "--by",
+            "bo",
+            "--note",
+            "looking",
+            "--db",
+            db,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+    )
+    assert (
+        out.returncode == 0 and "acknowledged device:cam-0:freeze_rate_high by bo: looking" in out.stdout
+    ), out
+    missing = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "ack", "fleet", "group_alert:g:x", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+    )
+    assert (
+        missing.returncode == 1 and "no active alert" in missing.stderr and "Traceback" not in missing.stderr
+    )
+    listed = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "alerts", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+    )
     assert "ACKED_BY" in listed.stdout and " bo" in listed.stdout, listed.stdout
 
 
@@ -88,8 +138,14 @@ def test_group_freeze_rate_against_its_own_baseline(tmp_path: Path) -> None:
     for k in range(4, 24 * 12):  # a day of 5-minute medians around 1 %, up to 20 minutes ago
         store.add_group_metric("g", "freeze_rate", now - 300.0 * k, 1.0 if k % 2 else 0.8)
     # now: the worst viewer per device 4 %, 5 %, 3 % (one device without viewers); lab is too small
-    store.ingest([_media_tele("cam-0", 1, 4.0, 0.1), _media_tele("cam-1", 1, 5.0), _media_tele("cam-2", 1, 3.0),
-                  _media_tele("lab-1", 1, 50.0)])
+    store.ingest(
+        [
+            _media_tele("cam-0", 1, 4.0, 0.1),
+            _media_tele("cam-1", 1, 5.0),
+            _media_tele("cam-2", 1, 3.0),
+            _media_tele("lab-1", 1, 50.0),
+        ]
+    )
     assert evaluate_baseline(store, rule, now=now) == [("raise", "freeze_trend:g")]
     (alert,) = [a for a in store.list_alerts() if a["scope"] == "fleet"]
     assert alert["severity"] == "P2" and "median freeze rate 4.0 %" in alert["message"], alert
@@ -104,5 +160,7 @@ def test_no_baseline_no_trend(tmp_path: Path) -> None:
     from fleet.trend_rules import BaselineRule, evaluate_baseline
 
     store = Store(str(tmp_path / "fleet.db"))
-    store.ingest([status(f"cam-{i}", True) for i in range(3)] + [_media_tele(f"cam-{i}", 1, 30.0) for i in range(3)])
+    store.ingest(
+        [status(f"cam-{i}", True) for i in range(3)] + [_media_tele(f"cam-{i}", 1, 30.0) for i in range(3)]
+    )
     assert evaluate_baseline(store, BaselineRule(), now=1_000_000.0) == []  # a new fleet has no baseline yet

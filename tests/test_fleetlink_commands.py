@@ -35,13 +35,26 @@ class Runner:
 @pytest.fixture
 async def rig(tmp_path: Path, mosquitto: Mosquitto):
     cfg_path = tmp_path / "agent.toml"
-    cfg_path.write_text(dump_toml({
-        "device": {"id": "cam-1", "state_dir": str(tmp_path / "state"), "group": "lab"},
-        "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 0.3, "password": "hunter2"},
-        "web": {"token": "s3cret"},
-        "alerts": [{"code": "hot", "metric": "probe.temp", "op": ">", "threshold": 80.0,
-                    "clear_threshold": 70.0, "hold_s": 0.5, "severity": "P2"}],
-    }))
+    cfg_path.write_text(
+        dump_toml(
+            {
+                "device": {"id": "cam-1", "state_dir": str(tmp_path / "state"), "group": "lab"},
+                "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 0.3, "password": "hunter2"},
+                "web": {"token": "s3cret"},
+                "alerts": [
+                    {
+                        "code": "hot",
+                        "metric": "probe.temp",
+                        "op": ">",
+                        "threshold": 80.0,
+                        "clear_threshold": 70.0,
+                        "hold_s": 0.5,
+                        "severity": "P2",
+                    }
+                ],
+            }
+        )
+    )
     agent = Agent(load_config(cfg_path))
     runner = Runner()
     link = FleetLink(agent, runner=runner)
@@ -62,13 +75,16 @@ async def test_ping_round_trip(rig: dict[str, Any]) -> None:
     assert res["pong"] is True and res["echo"] == "hi" and res["boot"] == rig["agent"].boot_id
 
 
-@pytest.mark.parametrize("payload,code", [
-    (b"{not json", "bad_json"),
-    (b"\xff\xfe", "bad_json"),
-    (b"[1, 2]", "bad_params"),
-    (b'"text"', "bad_params"),
-    (b'{"pad": "' + b"x" * 70000 + b'"}', "payload_too_large"),
-])
+@pytest.mark.parametrize(
+    "payload,code",
+    [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        (b"[1, 2]", "bad_params"),
+        (b'"text"', "bad_params"),
+        (b'{"pad": "' + b"x" * 70000 + b'"}', "payload_too_large"),
+    ],
+)
 async def test_bad_payloads_get_structured_errors(rig: dict[str, Any], payload: bytes, code: str) -> None:
     before = rig["path"].read_bytes()
     with pytest.raises(CommandFailed) as err:
@@ -105,9 +121,17 @@ async def test_config_get_redacts_secrets(rig: dict[str, Any]) -> None:
 async def test_config_set_persists_and_applies_live(rig: dict[str, Any]) -> None:
     agent: Agent = rig["agent"]
     res = await rig["client"].send_command(
-        "cam-1", "config.set", {"set": {"mqtt.telemetry_interval_s": 2.5, "device.location": "porch"}}, timeout=5)
-    assert res == {"persisted": True, "applied": ["device.location", "mqtt.telemetry_interval_s"],
-                   "restart_required": False, "pending_restart": []}
+        "cam-1",
+        "config.set",
+        {"set": {"mqtt.telemetry_interval_s": 2.5, "device.location": "porch"}},
+        timeout=5,
+    )
+    assert res == {
+        "persisted": True,
+        "applied": ["device.location", "mqtt.telemetry_interval_s"],
+        "restart_required": False,
+        "pending_restart": [],
+    }
     assert agent.config.mqtt.telemetry_interval_s == 2.5 and agent.config.device.location == "porch"
     reloaded = load_config(rig["path"])
     assert reloaded.mqtt.telemetry_interval_s == 2.5 and reloaded.device.location == "porch"
@@ -120,14 +144,17 @@ async def test_config_set_persists_and_applies_live(rig: dict[str, Any]) -> None
     assert agent.config.camera.fps == 30  # not applied live
 
 
-@pytest.mark.parametrize("changes,code", [
-    ({"mqtt.keepalive_s": 1}, "invalid_config"),
-    ({"mqtt.keepalive_s": "thirty"}, "invalid_config"),
-    ({"mqtt.no_such_key": 1}, "invalid_config"),
-    ({"camera.fps": 15, "audio.backend": "tape"}, "invalid_config"),
-    ({"mqtt.password": "***"}, "bad_params"),
-    ({}, "bad_params"),
-])
+@pytest.mark.parametrize(
+    "changes,code",
+    [
+        ({"mqtt.keepalive_s": 1}, "invalid_config"),
+        ({"mqtt.keepalive_s": "thirty"}, "invalid_config"),
+        ({"mqtt.no_such_key": 1}, "invalid_config"),
+        ({"camera.fps": 15, "audio.backend": "tape"}, "invalid_config"),
+        ({"mqtt.password": "***"}, "bad_params"),
+        ({}, "bad_params"),
+    ],
+)
 async def test_config_set_rejects_and_changes_nothing(rig: dict[str, Any], changes: dict, code: str) -> None:
     before = rig["path"].read_bytes()
     fps = rig["agent"].config.camera.fps
@@ -144,7 +171,9 @@ async def test_reboot_is_guarded_and_uses_the_runner(rig: dict[str, Any]) -> Non
     with pytest.raises(CommandFailed):
         await rig["client"].send_command("cam-1", "reboot", {"confirm": "yes"}, timeout=5)
     assert rig["runner"].calls == []
-    assert await rig["client"].send_command("cam-1", "reboot", {"confirm": True}, timeout=5) == {"rebooting": True}
+    assert await rig["client"].send_command("cam-1", "reboot", {"confirm": True}, timeout=5) == {
+        "rebooting": True
+    }
     assert rig["runner"].calls == [["systemctl", "reboot"]]
 
 
@@ -249,6 +278,7 @@ async def test_config_set_alert_rules_live(rig: dict[str, Any]) -> None:
 
 # ---- hardening of the command path: retained, redelivered, hostile response topics, bad JSON, typed params ----
 
+
 class Wire:
     """A raw MQTT 5 session for what a FleetClient never sends, plus a recorder of everything but streams."""
 
@@ -256,7 +286,7 @@ class Wire:
         self.conn = MqttConnection(MqttOptions(url=url, clean_start=True, session_expiry_s=0))
         self.seen: list[Any] = []  # paho messages (answers, wherever they went)
 
-    async def start(self) -> "Wire":
+    async def start(self) -> Wire:
         self.conn.subscribe("#", self._record)
         self.conn.start()
         await self.conn.wait_ready(10)
@@ -266,9 +296,18 @@ class Wire:
         if not msg.topic.endswith(("/telemetry", "/status", "/events")) and "/cmd/" not in msg.topic:
             self.seen.append(msg)
 
-    async def command(self, name: str, payload: bytes = b"{}", *, device: str = "cam-1", retain: bool = False,
-                      response_topic: str | None = "dev/cam-1/res", correlation: bytes | None = None,
-                      expiry_s: int = 0, qos: int = 1) -> bytes:
+    async def command(
+        self,
+        name: str,
+        payload: bytes = b"{}",
+        *,
+        device: str = "cam-1",
+        retain: bool = False,
+        response_topic: str | None = "dev/cam-1/res",
+        correlation: bytes | None = None,
+        expiry_s: int = 0,
+        qos: int = 1,
+    ) -> bytes:
         corr = correlation if correlation is not None else uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         if response_topic is not None:
@@ -280,8 +319,11 @@ class Wire:
         return corr
 
     def answers(self, corr: bytes) -> list[dict[str, Any]]:
-        return [json.loads(m.payload) for m in self.seen
-                if bytes(getattr(m.properties, "CorrelationData", b"") or b"") == corr]
+        return [
+            json.loads(m.payload)
+            for m in self.seen
+            if bytes(getattr(m.properties, "CorrelationData", b"") or b"") == corr
+        ]
 
     async def wait_answers(self, corr: bytes, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
         for _ in range(int(timeout / 0.05)):
@@ -331,8 +373,11 @@ async def test_retained_command_is_refused_live_and_after_restarts(rig: dict[str
 
 async def test_fleet_client_never_publishes_a_retained_command(rig: dict[str, Any], wire: Wire) -> None:
     flags: list[bool] = []
-    wire.conn.subscribe("dev/+/cmd/#", lambda msg: flags.append(msg.retain),
-                        options=SubscribeOptions(qos=1, retainAsPublished=True))
+    wire.conn.subscribe(
+        "dev/+/cmd/#",
+        lambda msg: flags.append(msg.retain),
+        options=SubscribeOptions(qos=1, retainAsPublished=True),
+    )
     await asyncio.sleep(0.3)
     client: FleetClient = rig["client"]
     await client.send_command("cam-1", "ping", {}, timeout=5)
@@ -355,28 +400,38 @@ async def test_fleet_client_never_publishes_a_retained_command(rig: dict[str, An
     assert retained == []
 
 
-async def test_redelivered_command_runs_once_and_gets_the_same_answer(rig: dict[str, Any], wire: Wire) -> None:
+async def test_redelivered_command_runs_once_and_gets_the_same_answer(
+    rig: dict[str, Any], wire: Wire
+) -> None:
     corr = uuid.uuid4().bytes
     for qos in (2, 1):  # a QoS 2 command, then the "same" one again as a redelivery would bring it
         await wire.command("reboot", b'{"confirm": true}', correlation=corr, qos=qos, expiry_s=30)
     answers = await wire.wait_answers(corr, 2)
     assert answers == [{"ok": True, "result": {"rebooting": True}}] * 2
     assert rig["runner"].calls == [["systemctl", "reboot"]]
-    expiry = [getattr(m.properties, "MessageExpiryInterval", None) for m in wire.seen
-              if bytes(m.properties.CorrelationData) == corr]
+    expiry = [
+        getattr(m.properties, "MessageExpiryInterval", None)
+        for m in wire.seen
+        if bytes(m.properties.CorrelationData) == corr
+    ]
     assert all(e is not None and 0 < e <= 30 for e in expiry)  # an answer does not outlive its request
     other = await wire.command("reboot", b'{"confirm": true}', expiry_s=30)  # new correlation: a new command
     assert (await wire.wait_answers(other))[0]["ok"] is True
     assert len(rig["runner"].calls) == 2
 
 
-@pytest.mark.parametrize("response_topic", ["#", "dev/#", "dev/+/res", "dev/cam-1/+", "dev/other/res",
-                                            "dev/cam-1/cmd/ping", "elsewhere"])
+@pytest.mark.parametrize(
+    "response_topic",
+    ["#", "dev/#", "dev/+/res", "dev/cam-1/+", "dev/other/res", "dev/cam-1/cmd/ping", "elsewhere"],
+)
 async def test_unusable_response_topic_runs_nothing_and_answers_nothing(
-        rig: dict[str, Any], wire: Wire, response_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    rig: dict[str, Any], wire: Wire, response_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
     loop_errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
-    corrs = [await wire.command("reboot", b'{"confirm": true}', response_topic=response_topic) for _ in range(5)]
+    corrs = [
+        await wire.command("reboot", b'{"confirm": true}', response_topic=response_topic) for _ in range(5)
+    ]
     ok = await wire.command("ping")  # the link still answers proper commands, after those
     assert (await wire.wait_answers(ok))[0]["ok"] is True
     await asyncio.sleep(0.2)
@@ -387,18 +442,24 @@ async def test_unusable_response_topic_runs_nothing_and_answers_nothing(
     assert len(ignored) == 1 and ignored[0].levelname == "WARNING"  # once, not once per message
 
 
-@pytest.mark.parametrize("payload", [
-    b'{"echo": ' + b"1" * 5000 + b"}",     # ValueError: Exceeds the limit (4300 digits)
-    b"[" * 50000,                          # RecursionError in the decoder
-    b'{"echo": ' + b"[" * 100 + b"]" * 100 + b"}",  # decodes, but deeper than anything a command takes
-    b'{"echo": NaN}', b'{"echo": -Infinity}', b'{"echo": 1e999}',
-    b'{"echo": 1, "echo": 2}',             # duplicate keys
-    b'{"echo": "\\ud800"}',                # a lone surrogate
-    b"\xef\xbb\xbf{}",                     # a byte order mark
-    "{}".encode("utf-16"),
-])
-async def test_json_python_refuses_is_bad_json(rig: dict[str, Any], caplog: pytest.LogCaptureFixture,
-                                               payload: bytes) -> None:
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"echo": ' + b"1" * 5000 + b"}",  # ValueError: Exceeds the limit (4300 digits)
+        b"[" * 50000,  # RecursionError in the decoder
+        b'{"echo": ' + b"[" * 100 + b"]" * 100 + b"}",  # decodes, but deeper than anything a command takes
+        b'{"echo": NaN}',
+        b'{"echo": -Infinity}',
+        b'{"echo": 1e999}',
+        b'{"echo": 1, "echo": 2}',  # duplicate keys
+        b'{"echo": "\\ud800"}',  # a lone surrogate
+        b"\xef\xbb\xbf{}",  # a byte order mark
+        "{}".encode("utf-16"),
+    ],
+)
+async def test_json_python_refuses_is_bad_json(
+    rig: dict[str, Any], caplog: pytest.LogCaptureFixture, payload: bytes
+) -> None:
     with pytest.raises(CommandFailed) as err:
         await rig["client"].send_command("cam-1", "ping", raw_payload=payload, timeout=5)
     assert err.value.code == "bad_json" and len(err.value.message) < 300
@@ -411,11 +472,18 @@ async def assembled(tmp_path: Path, mosquitto: Mosquitto):
     from device_agent.assemble import build_agent
 
     cfg_path = tmp_path / "agent.toml"
-    cfg_path.write_text(dump_toml({
-        "device": {"id": "cam-1", "state_dir": str(tmp_path / "state")},
-        "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 1.0},
-        "camera": {"width": 160, "height": 120, "fps": 5}, "ns": {"enabled": False},
-        "web": {"enabled": False}, "ota": {"root": str(tmp_path / "ota")}}))
+    cfg_path.write_text(
+        dump_toml(
+            {
+                "device": {"id": "cam-1", "state_dir": str(tmp_path / "state")},
+                "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 1.0},
+                "camera": {"width": 160, "height": 120, "fps": 5},
+                "ns": {"enabled": False},
+                "web": {"enabled": False},
+                "ota": {"root": str(tmp_path / "ota")},
+            }
+        )
+    )
     agent = build_agent(load_config(cfg_path))
     await agent.start()
     link = agent.get("fleet_link")
@@ -440,15 +508,33 @@ def wrong_values(param: Any) -> list[Any]:
     """One value of every JSON type the parameter does not accept."""
     if "any" in param.kinds:
         return []
-    return [v for k, v in SAMPLES.items() if k not in param.kinds and not (k == "integer" and "number" in param.kinds)]
+    return [
+        v
+        for k, v in SAMPLES.items()
+        if k not in param.kinds and not (k == "integer" and "number" in param.kinds)
+    ]
 
 
 async def test_every_registered_command_checks_its_declared_parameter_types(assembled: Any) -> None:
     agent, client = assembled
     names = agent.commands.names()
-    assert {"ping", "config.get", "config.set", "agent.restart", "reboot", "media.restart", "media.ns",
-            "ota.install", "ota.status", "ota.rollback", "logs.pull", "diag.selftest", "diag.snapshot",
-            "diag.netcheck", "diag.stats"} <= set(names)
+    assert {
+        "ping",
+        "config.get",
+        "config.set",
+        "agent.restart",
+        "reboot",
+        "media.restart",
+        "media.ns",
+        "ota.install",
+        "ota.status",
+        "ota.rollback",
+        "logs.pull",
+        "diag.selftest",
+        "diag.snapshot",
+        "diag.netcheck",
+        "diag.stats",
+    } <= set(names)
     tried = 0
     for name in names:
         command = agent.commands.get(name)
@@ -486,15 +572,20 @@ async def test_answers_are_exact_not_rounded_like_telemetry(rig: dict[str, Any])
     assert res["echo"] == echo
 
 
-async def test_retained_ping_is_refused_by_the_agent_process_after_every_restart(tmp_path: Path,
-                                                                                  mosquitto: Mosquitto,
-                                                                                  wire: Wire) -> None:
+async def test_retained_ping_is_refused_by_the_agent_process_after_every_restart(
+    tmp_path: Path, mosquitto: Mosquitto, wire: Wire
+) -> None:
     """The reported case on the assembled agent process: a retained `ping` was answered once, then again
     after every restart of the agent. Now it is refused each time it is delivered and never runs."""
     from tests.support.agent_proc import AgentProcess
 
-    proc = AgentProcess(tmp_path / "agent", {"device": {"id": "cam-1", "state_dir": str(tmp_path / "state")},
-                                             "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 5.0}})
+    proc = AgentProcess(
+        tmp_path / "agent",
+        {
+            "device": {"id": "cam-1", "state_dir": str(tmp_path / "state")},
+            "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 5.0},
+        },
+    )
     corr = await wire.command("ping", b'{"echo": "stale"}', retain=True)
     try:
         for run in (1, 2):

@@ -73,8 +73,9 @@ async def test_reconnects_after_broker_restart_and_resubscribes(tmp_path: Path) 
 
 
 async def test_unreachable_broker_keeps_retrying_without_blocking() -> None:
-    conn = MqttConnection(MqttOptions(url=f"mqtt://127.0.0.1:{free_port()}", reconnect_min_s=0.05,
-                                      reconnect_max_s=0.1))
+    conn = MqttConnection(
+        MqttOptions(url=f"mqtt://127.0.0.1:{free_port()}", reconnect_min_s=0.05, reconnect_max_s=0.1)
+    )
     conn.start()
     t0 = time.monotonic()
     ticks = 0
@@ -96,6 +97,7 @@ def test_socket_hooks_after_the_loop_closed_are_ignored() -> None:
         await asyncio.sleep(0)
         conn._runner.cancel()  # noqa: SLF001 - the loop ends with the connection never closed
         return conn
+
     conn = asyncio.run(started())
     errors: list[BaseException] = []
 
@@ -105,6 +107,8 @@ def test_socket_hooks_after_the_loop_closed_are_ignored() -> None:
                 conn._sock_close(conn._client, None, sock)  # noqa: SLF001 - what paho's __del__ calls
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+
     worker = threading.Thread(target=collect)
-    worker.start(); worker.join()
+    worker.start()
+    worker.join()
     assert not errors, errors

@@ -9,8 +9,8 @@ in the fleet store exactly once and in order.
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -69,19 +69,35 @@ async def _scenario(tmp_path: Path, broker: Mosquitto) -> None:
     store = Store(str(tmp_path / "fleet.db"))
     # plain subscription: mosquitto 2.0 does not restore shared subscriptions after a crash
     svc = FleetService(broker.url, store, rule_interval_s=3600, share_group="")
-    mqtt_cfg = {"url": broker.url, "telemetry_interval_s": INTERVAL_S, "reconnect_min_s": 0.2,
-                "reconnect_max_s": 2.0, "keepalive_s": 5}
-    agent = Agent(config_from_dict({"device": {"id": "d1", "state_dir": str(tmp_path / "d1")}, "mqtt": mqtt_cfg}))
+    mqtt_cfg = {
+        "url": broker.url,
+        "telemetry_interval_s": INTERVAL_S,
+        "reconnect_min_s": 0.2,
+        "reconnect_max_s": 2.0,
+        "keepalive_s": 5,
+    }
+    agent = Agent(
+        config_from_dict({"device": {"id": "d1", "state_dir": str(tmp_path / "d1")}, "mqtt": mqtt_cfg})
+    )
     link = FleetLink(agent)
     agent.add(link)
-    d2 = AgentProcess(tmp_path / "d2", {"device": {"id": "d2", "state_dir": str(tmp_path / "d2" / "state")},
-                                        "mqtt": mqtt_cfg, "web": {"enabled": False}})
+    d2 = AgentProcess(
+        tmp_path / "d2",
+        {
+            "device": {"id": "d2", "state_dir": str(tmp_path / "d2" / "state")},
+            "mqtt": mqtt_cfg,
+            "web": {"enabled": False},
+        },
+    )
     try:
         await svc.start()
         await agent.start()
         d2.start()
-        await _until(lambda: len(store.telemetry_seqs("d1")) >= 3 and len(store.telemetry_seqs("d2")) >= 3,
-                     20, "first samples")
+        await _until(
+            lambda: len(store.telemetry_seqs("d1")) >= 3 and len(store.telemetry_seqs("d2")) >= 3,
+            20,
+            "first samples",
+        )
         await asyncio.sleep(2.0)  # the worker's persistent session is autosaved by the broker
 
         broker.kill()
@@ -98,8 +114,13 @@ async def _scenario(tmp_path: Path, broker: Mosquitto) -> None:
         broker.start()
 
         await _until(lambda: len(store.telemetry_seqs("d1")) >= seq_during, 60, "d1 to drain its spool")
-        await _until(lambda: len({b for b, _ in store.telemetry_seqs("d2")}) == 2
-                     and len(store.telemetry_seqs("d2")) > 0, 60, "d2's second boot")
+        await _until(
+            lambda: (
+                len({b for b, _ in store.telemetry_seqs("d2")}) == 2 and len(store.telemetry_seqs("d2")) > 0
+            ),
+            60,
+            "d2's second boot",
+        )
         await asyncio.sleep(2.0)
         await agent.stop()
         d2.stop()

@@ -64,8 +64,10 @@ def test_system_metrics_from_a_fake_tree(tmp_path: Path) -> None:
     (proc / "loadavg").write_text("0.50 0.40 0.30 1/100 123\n")
     (proc / "meminfo").write_text("MemTotal: 4000000 kB\nMemFree: 100 kB\nMemAvailable: 1000000 kB\n")
     (proc / "uptime").write_text("12345.6 100.0\n")
-    (proc / "net/wireless").write_text("Inter-| sta-|   Quality\n face | tus | link level noise\n"
-                                        " wlan0: 0000   54.  -56.  -256        0      0      0\n")
+    (proc / "net/wireless").write_text(
+        "Inter-| sta-|   Quality\n face | tus | link level noise\n"
+        " wlan0: 0000   54.  -56.  -256        0      0      0\n"
+    )
     (sys_ / "class/thermal/thermal_zone0").mkdir(parents=True)
     (sys_ / "class/thermal/thermal_zone0/temp").write_text("61234\n")
     (sys_ / "devices/platform/soc/soc:firmware").mkdir(parents=True)
@@ -77,7 +79,12 @@ def test_system_metrics_from_a_fake_tree(tmp_path: Path) -> None:
     assert s["cpu_pct"] == 50.0 and s["load"] == [0.5, 0.4, 0.3]
     assert s["mem_used_pct"] == 75.0 and s["temperature_c"] == 61.2 and s["uptime_s"] == 12346
     assert s["throttled"] == 0x50005
-    assert s["throttle_flags"] == ["under_voltage", "throttled", "under_voltage_occurred", "throttled_occurred"]
+    assert s["throttle_flags"] == [
+        "under_voltage",
+        "throttled",
+        "under_voltage_occurred",
+        "throttled_occurred",
+    ]
     assert s["wifi_rssi_dbm"] == -56 and s["wifi_iface"] == "wlan0"
     assert s["disk_free_mb"] > 0 and s["version"] == "1.2.3" and s["slot"] == "b"
     empty = SystemMetrics(proc=str(tmp_path / "none"), sys=str(tmp_path / "none"))()

@@ -62,9 +62,18 @@ async def test_link_offline_bound_reports_drops_and_keeps_events(tmp_path: Path)
     from device_agent.fleetlink import FleetLink
     from tests.support.mosquitto import free_port
 
-    agent = Agent(config_from_dict({"device": {"id": "d", "state_dir": str(tmp_path)},
-                                    "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}", "spool_max_bytes": 65536,
-                                             "telemetry_interval_s": 3600}}))
+    agent = Agent(
+        config_from_dict(
+            {
+                "device": {"id": "d", "state_dir": str(tmp_path)},
+                "mqtt": {
+                    "url": f"mqtt://127.0.0.1:{free_port()}",
+                    "spool_max_bytes": 65536,
+                    "telemetry_interval_s": 3600,
+                },
+            }
+        )
+    )
     link = FleetLink(agent)
     agent.add(link)
     await agent.start()

@@ -25,9 +25,20 @@ def tls_broker(tmp_path: Path):
 async def test_mqtts_client_certificates_and_acl(tmp_path: Path, tls_broker) -> None:
     broker, pki = tls_broker
     url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
-    agent = Agent(config_from_dict({"device": {"id": "cam-1", "state_dir": str(tmp_path / "s")},
-                                    "mqtt": {"url": url, "ca_file": pki["ca"], "cert_file": pki["cam-1_cert"],
-                                             "key_file": pki["cam-1_key"], "telemetry_interval_s": 0.3}}))
+    agent = Agent(
+        config_from_dict(
+            {
+                "device": {"id": "cam-1", "state_dir": str(tmp_path / "s")},
+                "mqtt": {
+                    "url": url,
+                    "ca_file": pki["ca"],
+                    "cert_file": pki["cam-1_cert"],
+                    "key_file": pki["cam-1_key"],
+                    "telemetry_interval_s": 0.3,
+                },
+            }
+        )
+    )
     link = FleetLink(agent)
     agent.add(link)
     await agent.start()
@@ -69,9 +80,21 @@ async def test_a_renewed_certificate_is_used_on_the_next_connect(tmp_path: Path,
     shutil.copy(pki["cam-1_cert"], cert)
     shutil.copy(pki["cam-1_key"], key)
     url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
-    agent = Agent(config_from_dict({"device": {"id": "cam-1", "state_dir": str(tmp_path / "s")},
-                                    "mqtt": {"url": url, "ca_file": pki["ca"], "cert_file": str(cert),
-                                             "key_file": str(key), "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}}))
+    agent = Agent(
+        config_from_dict(
+            {
+                "device": {"id": "cam-1", "state_dir": str(tmp_path / "s")},
+                "mqtt": {
+                    "url": url,
+                    "ca_file": pki["ca"],
+                    "cert_file": str(cert),
+                    "key_file": str(key),
+                    "reconnect_min_s": 0.1,
+                    "reconnect_max_s": 0.5,
+                },
+            }
+        )
+    )
     link = FleetLink(agent)
     agent.add(link)
     await agent.start()
@@ -96,9 +119,20 @@ async def test_refused_telemetry_stays_in_the_spool_and_is_reported(tmp_path: Pa
     """A device whose id does not match its certificate: the broker refuses (0x87); nothing is deleted."""
     broker, pki = tls_broker
     url = f"mqtts://127.0.0.1:{broker.ports['tls']}"
-    agent = Agent(config_from_dict({"device": {"id": "cam-2", "state_dir": str(tmp_path / "s")},  # cert says cam-1
-                                    "mqtt": {"url": url, "ca_file": pki["ca"], "cert_file": pki["cam-1_cert"],
-                                             "key_file": pki["cam-1_key"], "telemetry_interval_s": 0.2}}))
+    agent = Agent(
+        config_from_dict(
+            {
+                "device": {"id": "cam-2", "state_dir": str(tmp_path / "s")},  # cert says cam-1
+                "mqtt": {
+                    "url": url,
+                    "ca_file": pki["ca"],
+                    "cert_file": pki["cam-1_cert"],
+                    "key_file": pki["cam-1_key"],
+                    "telemetry_interval_s": 0.2,
+                },
+            }
+        )
+    )
     link = FleetLink(agent)
     agent.add(link)
     await agent.start()

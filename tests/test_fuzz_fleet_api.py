@@ -35,12 +35,54 @@ from tests.test_fleet_api import fill
 pytestmark = [pytest.mark.fuzz]
 
 PARAMS = sorted({p.name for r in ROUTES for p in r.params} | {"x", "limit[]", ""})
-VALUES = st.one_of(st.sampled_from(["", "0", "1", "-1", "1001", "true", "false", "all", "P1", "P9", "nan", "inf",
-                                    "1e309", "cam-0", "%", "_", "\\", "'", "device", "fleet", "99999999999999999999"]),
-                   st.text(max_size=30))
-SEGMENTS = st.one_of(st.sampled_from(["cam-00", "cam-03", "spk-99", "device:cam-03:offline", "ping", "reboot",
-                                      "..", ".", "%00", "%2F", "a+b", "#", "ghost"]),
-                     st.text(min_size=1, max_size=20))
+VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "-1",
+            "1001",
+            "true",
+            "false",
+            "all",
+            "P1",
+            "P9",
+            "nan",
+            "inf",
+            "1e309",
+            "cam-0",
+            "%",
+            "_",
+            "\\",
+            "'",
+            "device",
+            "fleet",
+            "99999999999999999999",
+        ]
+    ),
+    st.text(max_size=30),
+)
+SEGMENTS = st.one_of(
+    st.sampled_from(
+        [
+            "cam-00",
+            "cam-03",
+            "spk-99",
+            "device:cam-03:offline",
+            "ping",
+            "reboot",
+            "..",
+            ".",
+            "%00",
+            "%2F",
+            "a+b",
+            "#",
+            "ghost",
+        ]
+    ),
+    st.text(min_size=1, max_size=20),
+)
 
 
 class ErrorLog(logging.Handler):
@@ -65,7 +107,10 @@ class RunningApi:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.servers = [ApiServer(self.store, "127.0.0.1", 0, require_token=True), ApiServer(self.store, "127.0.0.1", 0)]
+        self.servers = [
+            ApiServer(self.store, "127.0.0.1", 0, require_token=True),
+            ApiServer(self.store, "127.0.0.1", 0),
+        ]
         for s in self.servers:
             asyncio.run_coroutine_threadsafe(s.start(), self.loop).result(10)
 
@@ -77,8 +122,9 @@ class RunningApi:
         self.loop.close()
         self.store.close()
 
-    def request(self, server: int, method: str, path: str, body: bytes | None, headers: dict[str, str]
-                ) -> tuple[int, str, bytes]:
+    def request(
+        self, server: int, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.servers[server].port, timeout=15)
         try:
             conn.request(method, path, body=body, headers=headers)
@@ -109,9 +155,17 @@ def requests(draw: st.DrawFn) -> tuple[int, str, str, bytes | None, dict[str, st
     query = draw(st.lists(st.tuples(st.sampled_from(PARAMS), VALUES), max_size=4))
     if query:
         path += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query)
-    body = draw(st.one_of(st.none(), st.just(b""), st.just(b'{"role": "viewer"}'), st.just(b"[1]"),
-                          st.just(b'{"note": 5}'), st.binary(max_size=64),
-                          st.text(max_size=64).map(lambda t: t.encode())))
+    body = draw(
+        st.one_of(
+            st.none(),
+            st.just(b""),
+            st.just(b'{"role": "viewer"}'),
+            st.just(b"[1]"),
+            st.just(b'{"note": 5}'),
+            st.binary(max_size=64),
+            st.text(max_size=64).map(lambda t: t.encode()),
+        )
+    )
     auth = draw(st.sampled_from(["", "viewer", "admin", "Bearer ", "Bearer fleet_0_0", "Basic x", "garbage"]))
     server = draw(st.integers(0, 1))
     return server, method, path, body, {"Authorization": auth} if auth else {}
@@ -140,8 +194,9 @@ def test_fleet_api_never_5xx_and_always_json_errors(running: RunningApi, req) ->
                 assert isinstance(err["code"], str) and isinstance(err["message"], str)
             assert not errors.lines, errors.lines
             t0 = time.monotonic()
-            st_, _, _ = running.request(0, "GET", "/api/v1/devices?limit=1", None,
-                                        {"Authorization": f"Bearer {running.viewer}"})
+            st_, _, _ = running.request(
+                0, "GET", "/api/v1/devices?limit=1", None, {"Authorization": f"Bearer {running.viewer}"}
+            )
             if st_ != 200 or time.monotonic() - t0 > 5:
                 example.lost()
             assert st_ == 200

@@ -53,10 +53,30 @@ ANSWER_S = 8.0
 # commands that change nothing when called with valid parameters (the JSON edge cases go to these)
 SAFE = ["ping", "config.get", "ota.status", "diag.stats", "media.ns"]
 # valid parameters that must never run here: these commands only get wrong ones
-DANGEROUS = {"agent.restart", "reboot", "ota.install", "ota.rollback", "config.set", "media.restart",
-             "logs.pull", "diag.snapshot", "diag.selftest", "diag.netcheck", "cert.renew"}
-STRUCTURED = {"bad_json", "bad_params", "bad_request", "payload_too_large", "unknown_command",
-              "retained_refused", "confirmation_required", "not_found", "unavailable"}
+DANGEROUS = {
+    "agent.restart",
+    "reboot",
+    "ota.install",
+    "ota.rollback",
+    "config.set",
+    "media.restart",
+    "logs.pull",
+    "diag.snapshot",
+    "diag.selftest",
+    "diag.netcheck",
+    "cert.renew",
+}
+STRUCTURED = {
+    "bad_json",
+    "bad_params",
+    "bad_request",
+    "payload_too_large",
+    "unknown_command",
+    "retained_refused",
+    "confirmation_required",
+    "not_found",
+    "unavailable",
+}
 
 
 class Recorder:
@@ -107,15 +127,23 @@ class Rig:
     # -- setup ------------------------------------------------------------------------------
     def start(self) -> None:
         self.thread.start()
-        self.loop.call_soon_threadsafe(self.loop.set_exception_handler,
-                                       lambda loop, ctx: self.loop_errors.append(ctx))
+        self.loop.call_soon_threadsafe(
+            self.loop.set_exception_handler, lambda loop, ctx: self.loop_errors.append(ctx)
+        )
         logging.getLogger().addHandler(self.problems)
         cfg = self.workdir / "agent.toml"
-        cfg.write_text(dump_toml({
-            "device": {"id": DEVICE, "state_dir": str(self.workdir / "state")},
-            "mqtt": {"url": self.broker.url, "telemetry_interval_s": TELEMETRY_S},
-            "camera": {"width": 160, "height": 120, "fps": 5}, "ns": {"enabled": False},
-            "web": {"enabled": False}, "ota": {"root": str(self.workdir / "ota")}}))
+        cfg.write_text(
+            dump_toml(
+                {
+                    "device": {"id": DEVICE, "state_dir": str(self.workdir / "state")},
+                    "mqtt": {"url": self.broker.url, "telemetry_interval_s": TELEMETRY_S},
+                    "camera": {"width": 160, "height": 120, "fps": 5},
+                    "ns": {"enabled": False},
+                    "web": {"enabled": False},
+                    "ota": {"root": str(self.workdir / "ota")},
+                }
+            )
+        )
         self.run(self._start(cfg))
 
     async def _start(self, cfg: Path) -> None:
@@ -124,8 +152,9 @@ class Rig:
         link.commands.runner = self.runner
         await self.agent.start()
         await link.wait_ready(10)
-        self.wire = MqttConnection(MqttOptions(url=self.broker.url, clean_start=True, session_expiry_s=0,
-                                               max_inflight=1000))
+        self.wire = MqttConnection(
+            MqttOptions(url=self.broker.url, clean_start=True, session_expiry_s=0, max_inflight=1000)
+        )
         self.wire.subscribe("#", self._record)
         self.wire.start()
         await self.wire.wait_ready(10)
@@ -159,9 +188,20 @@ class Rig:
         self.answers.setdefault(corr, []).append((topic, json.loads(msg.payload), msg.properties))
 
     # -- sending ------------------------------------------------------------------------------
-    def publish(self, name: str, payload: bytes, *, corr: bytes | None = None, response_topic: str | None = RES,
-                qos: int = 1, retain: bool = False, expiry: int | None = None, content_type: str | None = None,
-                user_props: list[tuple[str, str]] | None = None, utf8_flag: bool = False) -> tuple[bytes, bool]:
+    def publish(
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        corr: bytes | None = None,
+        response_topic: str | None = RES,
+        qos: int = 1,
+        retain: bool = False,
+        expiry: int | None = None,
+        content_type: str | None = None,
+        user_props: list[tuple[str, str]] | None = None,
+        utf8_flag: bool = False,
+    ) -> tuple[bytes, bool]:
         """Publish one command; returns (correlation data, whether the broker took it)."""
         corr = corr if corr is not None else uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
@@ -178,8 +218,16 @@ class Rig:
             props.PayloadFormatIndicator = 1
         assert self.wire is not None
         try:
-            self.run(self.wire.publish(f"dev/{DEVICE}/cmd/{name}", payload, qos=qos, retain=retain,
-                                       properties=props, timeout=10.0))
+            self.run(
+                self.wire.publish(
+                    f"dev/{DEVICE}/cmd/{name}",
+                    payload,
+                    qos=qos,
+                    retain=retain,
+                    properties=props,
+                    timeout=10.0,
+                )
+            )
         except PublishRefused:
             return corr, False
         return corr, True
@@ -269,15 +317,22 @@ def expect_answer(rig: Rig, ex: Any, corr: bytes) -> dict[str, Any]:
 
 
 # ---- values ---------------------------------------------------------------------------------------
-scalars = st.one_of(st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=40))
-json_values = st.recursive(st.one_of(st.none(), scalars),
-                           lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                   st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=12)
+scalars = st.one_of(
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+)
+json_values = st.recursive(
+    st.one_of(st.none(), scalars),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "string": st.text(max_size=200),
-    "integer": st.integers(-10**40, 10**40),
+    "integer": st.integers(-(10**40), 10**40),
     "number": st.floats(allow_nan=False, allow_infinity=False),
     "boolean": st.booleans(),
     "array": st.lists(json_values, max_size=5),
@@ -286,8 +341,9 @@ BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
 
 
 # the same, small: one example of the sweep below draws ~110 of them within Hypothesis's data budget
-small_scalars = st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                          st.text(max_size=8))
+small_scalars = st.one_of(
+    st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)
+)
 SMALL_BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "string": st.text(max_size=12),
     "integer": st.integers(),
@@ -309,8 +365,9 @@ def wrong_types(param: Param) -> list[str]:
 # character, a surrogate or a non-character (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF: category Cn)
 BROKER_CATEGORIES = ("Cs", "Cc", "Cn")
 BROKER_TEXT = st.characters(exclude_categories=BROKER_CATEGORIES)
-command_names = st.text(st.characters(exclude_categories=BROKER_CATEGORIES, exclude_characters="/+#"),
-                        min_size=1, max_size=80)
+command_names = st.text(
+    st.characters(exclude_categories=BROKER_CATEGORIES, exclude_characters="/+#"), min_size=1, max_size=80
+)
 
 
 # ---- every registered command, every declared parameter, every wrong JSON type ---------------------
@@ -324,8 +381,11 @@ def test_every_parameter_of_every_command_refuses_every_wrong_type(rig: Rig, dat
         for name in rig.agent.commands.names():
             declared = {p.name for p in rig.agent.commands.get(name).params}
             fields.append((name, ""))  # an undeclared key
-            values.append(st.tuples(st.text(min_size=1, max_size=12).filter(lambda k, d=declared: k not in d),
-                                    small_scalars).map(lambda kv: {kv[0]: kv[1]}))
+            values.append(
+                st.tuples(
+                    st.text(min_size=1, max_size=12).filter(lambda k, d=declared: k not in d), small_scalars
+                ).map(lambda kv: {kv[0]: kv[1]})
+            )
             for param in rig.agent.commands.get(name).params:
                 for kind in wrong_types(param):
                     fields.append((name, param.name))
@@ -354,19 +414,47 @@ def _nested(depth: int, opener: str) -> bytes:
 
 
 edge_payloads = st.one_of(
-    st.integers(4301, 20000).map(lambda n: b'{"echo": ' + b"7" * n + b"}"),            # int digit limit
+    st.integers(4301, 20000).map(lambda n: b'{"echo": ' + b"7" * n + b"}"),  # int digit limit
     st.integers(4301, 20000).map(lambda n: b'{"echo": -' + b"9" * n + b"e5}"),
     st.tuples(st.integers(33, 100_000), st.sampled_from("[{")).map(lambda t: _nested(*t)),
-    st.integers(1, 60_000).map(lambda n: b"[" * n),                                    # unterminated
-    st.sampled_from([b'{"echo": NaN}', b'{"echo": Infinity}', b'{"echo": -Infinity}', b'NaN', b'{"echo": 1e999}',
-                     b'{"echo": -1e400}', b'{"echo": "\\ud800"}', b'{"\\udfff": 1}', b"\xef\xbb\xbf{}",
-                     "{}".encode("utf-16"), "{}".encode("utf-32"), b"{}\x00", b"\x00", b"null", b"[]", b"1",
-                     b'"x"', b"true", b"{", b"}", b'{"a":1,}', b"{'a': 1}", b"", b" \t\r\n", b"{}" * 3]),
-    st.tuples(st.text(min_size=1, max_size=6), json_values, json_values).map(      # duplicate keys
-        lambda t: ('{"%s": %s, "%s": %s}' % (json.dumps(t[0])[1:-1], json.dumps(t[1]), json.dumps(t[0])[1:-1],
-                                             json.dumps(t[2]))).encode()),
-    st.binary(min_size=1, max_size=300),                                               # anything, mostly not UTF-8
-    st.integers(65_537, 300_000).map(lambda n: b'{"echo": "' + b"x" * n + b'"}'),    # over max_command_bytes
+    st.integers(1, 60_000).map(lambda n: b"[" * n),  # unterminated
+    st.sampled_from(
+        [
+            b'{"echo": NaN}',
+            b'{"echo": Infinity}',
+            b'{"echo": -Infinity}',
+            b"NaN",
+            b'{"echo": 1e999}',
+            b'{"echo": -1e400}',
+            b'{"echo": "\\ud800"}',
+            b'{"\\udfff": 1}',
+            b"\xef\xbb\xbf{}",
+            "{}".encode("utf-16"),
+            "{}".encode("utf-32"),
+            b"{}\x00",
+            b"\x00",
+            b"null",
+            b"[]",
+            b"1",
+            b'"x"',
+            b"true",
+            b"{",
+            b"}",
+            b'{"a":1,}',
+            b"{'a': 1}",
+            b"",
+            b" \t\r\n",
+            b"{}" * 3,
+        ]
+    ),
+    st.tuples(st.text(min_size=1, max_size=6), json_values, json_values).map(  # duplicate keys
+        lambda t: (
+            '{"%s": %s, "%s": %s}'
+            % (json.dumps(t[0])[1:-1], json.dumps(t[1]), json.dumps(t[0])[1:-1], json.dumps(t[2]))
+        ).encode()
+    ),
+    st.binary(min_size=1, max_size=300),  # anything, mostly not UTF-8
+    st.integers(65_537, 300_000).map(lambda n: b'{"echo": "' + b"x" * n + b'"}'),  # over max_command_bytes
     json_values.map(lambda v: json.dumps(v).encode()),
 )
 
@@ -386,22 +474,45 @@ def test_json_edge_cases_get_structured_errors(rig: Rig, name: str, payload: byt
 
 # ---- MQTT 5 properties ---------------------------------------------------------------------------
 @fuzz_settings(examples=40)
-@given(corr=st.binary(min_size=1, max_size=64) | st.integers(1000, 65_000).map(lambda n: bytes(range(256)) * (n // 256)),
-       expiry=st.sampled_from([None, 0, 1, 30, 2**32 - 1]),
-       content_type=st.none() | st.text(BROKER_TEXT, max_size=300) | st.integers(1000, 32_000).map(lambda n: "\u00e9" * n),
-       user_props=st.lists(st.tuples(st.text(BROKER_TEXT, max_size=30), st.text(BROKER_TEXT, max_size=30)),
-                           max_size=20)
-       | st.integers(100, 1000).map(lambda n: [(f"k{i}", "v" * (i % 50)) for i in range(n)]),
-       utf8_flag=st.booleans(), qos=st.sampled_from([1, 2]), echo=json_values)
-def test_mqtt5_properties_are_harmless(rig: Rig, corr: bytes, expiry: int | None, content_type: str | None,
-                                       user_props: list[tuple[str, str]], utf8_flag: bool, qos: int,
-                                       echo: Any) -> None:
+@given(
+    corr=st.binary(min_size=1, max_size=64)
+    | st.integers(1000, 65_000).map(lambda n: bytes(range(256)) * (n // 256)),
+    expiry=st.sampled_from([None, 0, 1, 30, 2**32 - 1]),
+    content_type=st.none()
+    | st.text(BROKER_TEXT, max_size=300)
+    | st.integers(1000, 32_000).map(lambda n: "\u00e9" * n),
+    user_props=st.lists(
+        st.tuples(st.text(BROKER_TEXT, max_size=30), st.text(BROKER_TEXT, max_size=30)), max_size=20
+    )
+    | st.integers(100, 1000).map(lambda n: [(f"k{i}", "v" * (i % 50)) for i in range(n)]),
+    utf8_flag=st.booleans(),
+    qos=st.sampled_from([1, 2]),
+    echo=json_values,
+)
+def test_mqtt5_properties_are_harmless(
+    rig: Rig,
+    corr: bytes,
+    expiry: int | None,
+    content_type: str | None,
+    user_props: list[tuple[str, str]],
+    utf8_flag: bool,
+    qos: int,
+    echo: Any,
+) -> None:
     with fuzz_example("mqtt") as ex:
         since = rig.begin()
         corr = uuid.uuid4().bytes + corr  # unique, however much Hypothesis shrinks it
         payload = json.dumps({"echo": echo}).encode()
-        corr, taken = rig.publish("ping", payload, corr=corr, expiry=expiry, content_type=content_type,
-                                  user_props=user_props, utf8_flag=utf8_flag, qos=qos)
+        corr, taken = rig.publish(
+            "ping",
+            payload,
+            corr=corr,
+            expiry=expiry,
+            content_type=content_type,
+            user_props=user_props,
+            utf8_flag=utf8_flag,
+            qos=qos,
+        )
         assert taken
         answer = expect_answer(rig, ex, corr)
         assert answer["ok"] is True and answer["result"]["echo"] == json.loads(payload)["echo"], answer
@@ -413,11 +524,18 @@ def test_mqtt5_properties_are_harmless(rig: Rig, corr: bytes, expiry: int | None
 
 # ---- retained and QoS 2 deliveries, redeliveries -----------------------------------------------------
 @fuzz_settings(examples=30)
-@given(name=st.sampled_from(["reboot", "agent.restart", "ping", "ota.rollback", "config.set"]),
-       qos=st.sampled_from([0, 1, 2]), retain=st.booleans(), repeats=st.integers(1, 3))
-def test_retained_commands_never_run_and_repeats_run_once(rig: Rig, name: str, qos: int, retain: bool,
-                                                          repeats: int) -> None:
-    payload = {"reboot": b'{"confirm": true}', "config.set": b'{"set": {"device.name": "fuzzed"}}'}.get(name, b"{}")
+@given(
+    name=st.sampled_from(["reboot", "agent.restart", "ping", "ota.rollback", "config.set"]),
+    qos=st.sampled_from([0, 1, 2]),
+    retain=st.booleans(),
+    repeats=st.integers(1, 3),
+)
+def test_retained_commands_never_run_and_repeats_run_once(
+    rig: Rig, name: str, qos: int, retain: bool, repeats: int
+) -> None:
+    payload = {"reboot": b'{"confirm": true}', "config.set": b'{"set": {"device.name": "fuzzed"}}'}.get(
+        name, b"{}"
+    )
     if not retain:
         name, payload = "ping", b'{"echo": "again"}'  # only retained ones may carry a live command
     with fuzz_example("mqtt") as ex:
@@ -441,23 +559,53 @@ def test_retained_commands_never_run_and_repeats_run_once(rig: Rig, name: str, q
 
 
 # ---- response topics it must not answer on -----------------------------------------------------------
-topic_piece = st.text(st.characters(exclude_categories=BROKER_CATEGORIES, exclude_characters="/"), max_size=12)
+topic_piece = st.text(
+    st.characters(exclude_categories=BROKER_CATEGORIES, exclude_characters="/"), max_size=12
+)
 hostile_topics = st.one_of(
-    st.sampled_from(["#", "+", "dev/#", "dev/+/res", f"dev/{DEVICE}/#", f"dev/{DEVICE}/+", f"dev/{DEVICE}/res/#",
-                     f"dev/{DEVICE}/res/+", f"dev/{DEVICE}/cmd/ping", f"dev/{DEVICE}/cmd/reboot",
-                     f"dev/{DEVICE}/res/x", f"dev/{DEVICE}/resx", f"dev/{DEVICE}/status", "dev/other/res",
-                     "$SYS/broker", "/", "dev//res", f"dev/{DEVICE}/rtc/s1", f"dev/{DEVICE}/diag/ping/t"]),
-    st.lists(st.one_of(topic_piece, st.sampled_from(["#", "+", "dev", DEVICE, "res", "a+b", "x#"])),
-             min_size=1, max_size=6).map("/".join).filter(lambda t: t not in ("", RES)),
+    st.sampled_from(
+        [
+            "#",
+            "+",
+            "dev/#",
+            "dev/+/res",
+            f"dev/{DEVICE}/#",
+            f"dev/{DEVICE}/+",
+            f"dev/{DEVICE}/res/#",
+            f"dev/{DEVICE}/res/+",
+            f"dev/{DEVICE}/cmd/ping",
+            f"dev/{DEVICE}/cmd/reboot",
+            f"dev/{DEVICE}/res/x",
+            f"dev/{DEVICE}/resx",
+            f"dev/{DEVICE}/status",
+            "dev/other/res",
+            "$SYS/broker",
+            "/",
+            "dev//res",
+            f"dev/{DEVICE}/rtc/s1",
+            f"dev/{DEVICE}/diag/ping/t",
+        ]
+    ),
+    st.lists(
+        st.one_of(topic_piece, st.sampled_from(["#", "+", "dev", DEVICE, "res", "a+b", "x#"])),
+        min_size=1,
+        max_size=6,
+    )
+    .map("/".join)
+    .filter(lambda t: t not in ("", RES)),
     st.integers(70, 2000).map(lambda n: f"dev/{DEVICE}/" + "r" * n),
 )
 
 
 @fuzz_settings(examples=60)
-@given(response_topic=hostile_topics, name=st.sampled_from(["reboot", "agent.restart", "ping"]),
-       qos=st.sampled_from([1, 2]))
-def test_hostile_response_topics_run_nothing_and_answer_nothing(rig: Rig, response_topic: str, name: str,
-                                                               qos: int) -> None:
+@given(
+    response_topic=hostile_topics,
+    name=st.sampled_from(["reboot", "agent.restart", "ping"]),
+    qos=st.sampled_from([1, 2]),
+)
+def test_hostile_response_topics_run_nothing_and_answer_nothing(
+    rig: Rig, response_topic: str, name: str, qos: int
+) -> None:
     payload = b'{"confirm": true}' if name == "reboot" else b"{}"
     with fuzz_example("mqtt") as ex:
         since = rig.begin()

@@ -15,12 +15,18 @@ from device_agent.media.qoe import REPORT_FIELDS, QoeReportError, ViewerQoe, par
 from tests.support.fuzzing import fuzz_example, fuzz_settings
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12)
-hostile_numbers = st.one_of(st.floats(), st.integers(-2**80, 2**80), st.sampled_from([1e308, -1e308, 0, -0.0]))
-shaped = st.dictionaries(st.sampled_from([*REPORT_FIELDS, "client", "x"]),
-                         st.one_of(hostile_numbers, json_values), max_size=len(REPORT_FIELDS) + 2)
+    max_leaves=12,
+)
+hostile_numbers = st.one_of(
+    st.floats(), st.integers(-(2**80), 2**80), st.sampled_from([1e308, -1e308, 0, -0.0])
+)
+shaped = st.dictionaries(
+    st.sampled_from([*REPORT_FIELDS, "client", "x"]),
+    st.one_of(hostile_numbers, json_values),
+    max_size=len(REPORT_FIELDS) + 2,
+)
 messages = st.one_of(
     st.binary(max_size=3000),
     json_values.map(lambda v: json.dumps(v)),
@@ -28,9 +34,19 @@ messages = st.one_of(
     st.text(max_size=300),
 )
 
-RANGES = {"rendered_fps": (0, 1000), "freeze_rate": (0, 100), "loss_pct": (0, 100), "audio_concealed_pct": (0, 100),
-          "jitter_buffer_ms": (0, 1e5), "av_sync_ms": (-1e5, 1e5), "e2e_delay_ms": (0, 1e6), "received_kbps": (0, 1e7),
-          "stall_ms": (0, 1e13), "width": (0, 16384), "height": (0, 16384)}
+RANGES = {
+    "rendered_fps": (0, 1000),
+    "freeze_rate": (0, 100),
+    "loss_pct": (0, 100),
+    "audio_concealed_pct": (0, 100),
+    "jitter_buffer_ms": (0, 1e5),
+    "av_sync_ms": (-1e5, 1e5),
+    "e2e_delay_ms": (0, 1e6),
+    "received_kbps": (0, 1e7),
+    "stall_ms": (0, 1e13),
+    "width": (0, 16384),
+    "height": (0, 16384),
+}
 
 
 class Clock:
@@ -43,8 +59,11 @@ class Clock:
 
 @pytest.mark.fuzz
 @fuzz_settings(examples=150)
-@given(batch=st.lists(st.tuples(messages, st.floats(0.0, 5.0)), min_size=1, max_size=8),
-       rtt=st.one_of(st.none(), st.floats(0, 1e5)), sender=st.one_of(st.none(), st.floats(0, 1e4)))
+@given(
+    batch=st.lists(st.tuples(messages, st.floats(0.0, 5.0)), min_size=1, max_size=8),
+    rtt=st.one_of(st.none(), st.floats(0, 1e5)),
+    sender=st.one_of(st.none(), st.floats(0, 1e4)),
+)
 def test_reports_never_raise_and_figures_stay_in_range(batch, rtt, sender) -> None:
     with fuzz_example("qoe"):
         clock = Clock()

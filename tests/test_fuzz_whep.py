@@ -29,9 +29,11 @@ from hypothesis import strategies as st
 from tests.support.fuzzing import fuzz_example, fuzz_settings
 from tests.support.media import Viewer, media_config, running_agent
 
-pytestmark = [pytest.mark.fuzz,
-              # the agent's thread uses the random module while Hypothesis draws; nothing here uses it
-              pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")]
+pytestmark = [
+    pytest.mark.fuzz,
+    # the agent's thread uses the random module while Hypothesis draws; nothing here uses it
+    pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
+]
 
 CHROMIUM_OFFER = (Path(__file__).parent / "data" / "chromium_offer.sdp").read_bytes().decode()  # CRLF kept
 FRAGMENT = "application/trickle-ice-sdpfrag"
@@ -167,8 +169,9 @@ class NoAnswer(Exception):
     """The agent did not answer a request."""
 
 
-def send(whep: RunningWhep, method: str, path: str, body: bytes = b"",
-         headers: dict[str, str] | None = None) -> tuple[int, str, bytes, http.client.HTTPMessage]:
+def send(
+    whep: RunningWhep, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes, http.client.HTTPMessage]:
     """One request on a fresh connection; (status, content type, body, headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", whep.port, timeout=15)
     try:
@@ -181,8 +184,15 @@ def send(whep: RunningWhep, method: str, path: str, body: bytes = b"",
         conn.close()
 
 
-def check_answer(whep: RunningWhep, ex: Any, method: str, path: str, body: bytes, headers: dict[str, str],
-                 parsed: bool = True) -> int:
+def check_answer(
+    whep: RunningWhep,
+    ex: Any,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    parsed: bool = True,
+) -> int:
     """Send, then judge the answer, the log and the live viewer; returns the status.
 
     ``parsed=False`` for a request aiohttp's HTTP parser refuses before the endpoint sees it (an
@@ -212,17 +222,56 @@ def check_answer(whep: RunningWhep, ex: Any, method: str, path: str, body: bytes
 
 
 # methods aiohttp's parser (llhttp) knows; any other token is refused there, before the endpoint
-KNOWN_METHODS = ["GET", "POST", "PATCH", "DELETE", "OPTIONS", "PUT", "HEAD", "TRACE", "PROPFIND", "MKCOL", "COPY",
-                 "MOVE", "LOCK", "UNLOCK", "SEARCH", "REPORT", "PURGE", "QUERY"]
+KNOWN_METHODS = [
+    "GET",
+    "POST",
+    "PATCH",
+    "DELETE",
+    "OPTIONS",
+    "PUT",
+    "HEAD",
+    "TRACE",
+    "PROPFIND",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "SEARCH",
+    "REPORT",
+    "PURGE",
+    "QUERY",
+]
 
 
 # -- strategies --------------------------------------------------------------------------------------
-CHARSETS = ["utf-8", "UTF-8", "utf8", "us-ascii", "latin-1", "utf-16", "utf-32", "bogus", "", '"utf-8"',
-            "rot13", "idna", "zlib", "utf-8-sig", "cp1252", "\tutf-8 ", "UTF_8", "x" * 300]
+CHARSETS = [
+    "utf-8",
+    "UTF-8",
+    "utf8",
+    "us-ascii",
+    "latin-1",
+    "utf-16",
+    "utf-32",
+    "bogus",
+    "",
+    '"utf-8"',
+    "rot13",
+    "idna",
+    "zlib",
+    "utf-8-sig",
+    "cp1252",
+    "\tutf-8 ",
+    "UTF_8",
+    "x" * 300,
+]
 junk_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=40)
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
-token = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"),
-                min_size=1, max_size=20)
+token = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"),
+    min_size=1,
+    max_size=20,
+)
 
 
 def content_type_for(main: str, data: st.DataObject) -> str | None:
@@ -231,18 +280,32 @@ def content_type_for(main: str, data: st.DataObject) -> str | None:
     if variant < 7:
         return main
     charset = st.one_of(st.sampled_from(CHARSETS), header_text.filter(lambda s: ";" not in s))
-    return data.draw(st.one_of(
-        st.just(main.upper()),
-        st.builds(lambda c: f"{main}; charset={c}", charset),
-        st.builds(lambda c, extra: f"{main}; {extra}; charset={c}", charset, header_text),
-        st.sampled_from(["application/sdp", FRAGMENT, "text/plain", "application/json", "multipart/form-data",
-                         "application/x-www-form-urlencoded", ""]),
-        header_text, st.none()), label="content type")
+    return data.draw(
+        st.one_of(
+            st.just(main.upper()),
+            st.builds(lambda c: f"{main}; charset={c}", charset),
+            st.builds(lambda c, extra: f"{main}; {extra}; charset={c}", charset, header_text),
+            st.sampled_from(
+                [
+                    "application/sdp",
+                    FRAGMENT,
+                    "text/plain",
+                    "application/json",
+                    "multipart/form-data",
+                    "application/x-www-form-urlencoded",
+                    "",
+                ]
+            ),
+            header_text,
+            st.none(),
+        ),
+        label="content type",
+    )
 
 
 def _mutate_line(line: str, kind: str, data: st.DataObject) -> str:
     if kind == "truncate":
-        return line[:data.draw(st.integers(0, max(0, len(line) - 1)))]
+        return line[: data.draw(st.integers(0, max(0, len(line) - 1)))]
     if kind == "oversize":
         return line + "x" * data.draw(st.sampled_from([100, 1000, 5000, 30_000, 70_000]))
     if kind == "field":  # one space- or colon-separated field replaced
@@ -259,7 +322,9 @@ def mutate_offer(offer: str, data: st.DataObject) -> str:
     """Drop, duplicate, move, truncate, oversize or rewrite a few of the offer's lines."""
     lines = offer.split("\r\n")
     for _ in range(data.draw(st.integers(1, 5), label="mutations")):
-        kind = data.draw(st.sampled_from(["drop", "duplicate", "move", "truncate", "oversize", "field", "replace"]))
+        kind = data.draw(
+            st.sampled_from(["drop", "duplicate", "move", "truncate", "oversize", "field", "replace"])
+        )
         i = data.draw(st.integers(0, len(lines) - 1))
         if kind == "drop" and len(lines) > 1:
             del lines[i]
@@ -278,7 +343,9 @@ def encode(text: str, data: st.DataObject) -> bytes:
     body = text.encode("utf-8")
     if data.draw(st.integers(0, 9), label="not UTF-8") == 9:  # Hypothesis starts from 0: the plain case
         at = data.draw(st.integers(0, len(body)))
-        bad = data.draw(st.sampled_from([b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\x80", b"\xf8\x88\x80\x80\x80"]))
+        bad = data.draw(
+            st.sampled_from([b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\x80", b"\xf8\x88\x80\x80\x80"])
+        )
         body = body[:at] + bad + body[at:]
     return body
 
@@ -295,24 +362,69 @@ def _routes_off_loopback(address: str) -> bool:
 
 def candidate_lines() -> st.SearchStrategy[str]:
     number = st.one_of(st.integers(-5, 2**33).map(str), token, st.just(""))
-    address = st.one_of(st.sampled_from(["127.0.0.1", "127.3.4.5", "::1", "0.0.0.0", "localhost", "::ffff:127.0.0.1",
-                                         "1.2.3", "999.1.1.1"]), token).filter(lambda a: not _routes_off_loopback(a))
-    fields = st.tuples(token, number, st.sampled_from(["udp", "UDP", "tcp", "sctp", ""]), number, address, number,
-                       st.sampled_from(["typ", "type", ""]),
-                       st.sampled_from(["host", "srflx", "prflx", "relay", "bogus", ""]),
-                       st.lists(st.one_of(st.sampled_from(["raddr", "rport", "tcptype", "generation", "ufrag",
-                                                           "network-id", "network-cost"]), token, number,
-                                          address), max_size=6))
+    address = st.one_of(
+        st.sampled_from(
+            [
+                "127.0.0.1",
+                "127.3.4.5",
+                "::1",
+                "0.0.0.0",
+                "localhost",
+                "::ffff:127.0.0.1",
+                "1.2.3",
+                "999.1.1.1",
+            ]
+        ),
+        token,
+    ).filter(lambda a: not _routes_off_loopback(a))
+    fields = st.tuples(
+        token,
+        number,
+        st.sampled_from(["udp", "UDP", "tcp", "sctp", ""]),
+        number,
+        address,
+        number,
+        st.sampled_from(["typ", "type", ""]),
+        st.sampled_from(["host", "srflx", "prflx", "relay", "bogus", ""]),
+        st.lists(
+            st.one_of(
+                st.sampled_from(
+                    ["raddr", "rport", "tcptype", "generation", "ufrag", "network-id", "network-cost"]
+                ),
+                token,
+                number,
+                address,
+            ),
+            max_size=6,
+        ),
+    )
     built = fields.map(lambda f: " ".join([*f[:8], *f[8]]))
-    return st.builds(lambda value, cut: "a=candidate:" + (value[:cut] if cut is not None else value), built,
-                     st.one_of(st.none(), st.integers(0, 40)))
+    return st.builds(
+        lambda value, cut: "a=candidate:" + (value[:cut] if cut is not None else value),
+        built,
+        st.one_of(st.none(), st.integers(0, 40)),
+    )
 
 
 fragment_lines = st.one_of(
-    candidate_lines(), st.sampled_from(["a=mid:0", "a=mid:1", "a=mid:", "a=mid:9", "a=end-of-candidates",
-                                        "a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuvwx", "a=candidate",
-                                        "a=candidate:", "m=audio 9 UDP/TLS/RTP/SAVPF 0", ""]),
-    junk_text)
+    candidate_lines(),
+    st.sampled_from(
+        [
+            "a=mid:0",
+            "a=mid:1",
+            "a=mid:",
+            "a=mid:9",
+            "a=end-of-candidates",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+            "a=candidate",
+            "a=candidate:",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 0",
+            "",
+        ]
+    ),
+    junk_text,
+)
 
 
 # -- the fuzz tests (every draw before fuzz_example: running out of data is not a crash) ---------------
@@ -343,18 +455,50 @@ def test_trickled_fragments_get_204_or_a_reason(whep: RunningWhep, data: st.Data
             assert status == 404, status  # an unknown session whatever the body
 
 
-FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection", "host", "expect", "upgrade", "te", "trailer"}
-header_names = st.one_of(st.sampled_from(["Content-Type", "Content-Encoding", "Authorization", "Accept", "Origin",
-                                          "If-Match", "Range", "Cookie"]),
-                         token.filter(lambda name: name.lower() not in FRAMING_HEADERS))
+FRAMING_HEADERS = {
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "expect",
+    "upgrade",
+    "te",
+    "trailer",
+}
+header_names = st.one_of(
+    st.sampled_from(
+        [
+            "Content-Type",
+            "Content-Encoding",
+            "Authorization",
+            "Accept",
+            "Origin",
+            "If-Match",
+            "Range",
+            "Cookie",
+        ]
+    ),
+    token.filter(lambda name: name.lower() not in FRAMING_HEADERS),
+)
 
 
 @fuzz_settings(examples=120)
 @given(data=st.data())
 def test_random_requests_get_an_answer(whep: RunningWhep, data: st.DataObject) -> None:
     method = data.draw(st.one_of(st.sampled_from(KNOWN_METHODS), token), label="method")
-    paths = ["/whep", "/whep/", "/whep/x", "/whep/x/y", "/", "/viewer.js", "/api/stats", "/whep?x=1", "/%ff",
-             "/whep/%00", "//whep"]
+    paths = [
+        "/whep",
+        "/whep/",
+        "/whep/x",
+        "/whep/x/y",
+        "/",
+        "/viewer.js",
+        "/api/stats",
+        "/whep?x=1",
+        "/%ff",
+        "/whep/%00",
+        "//whep",
+    ]
     if method != "DELETE":
         paths.append(whep.live_path)  # a DELETE there would rightly end the live viewer
     path = data.draw(st.sampled_from(paths), label="path")

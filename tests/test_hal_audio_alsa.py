@@ -127,7 +127,7 @@ async def test_capture_rechunks_when_the_device_period_differs(alsa: AlsaTestCon
     finally:
         await mic.stop()
     assert all(c.frames == 160 for c in chunks)
-    assert np.array_equal(np.concatenate([c.samples for c in chunks]), data[:200 * 160])
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]), data[: 200 * 160])
     gaps = np.diff([c.timestamp for c in chunks])
     read_of = [(160 * (j + 1) - 1) // 441 for j in range(200)]  # device read completing chunk j
     within_read = gaps[[read_of[j] == read_of[j + 1] for j in range(199)]]
@@ -167,11 +167,17 @@ async def test_capture_counts_overruns_and_keeps_going(alsa: AlsaTestConfig) -> 
     assert np.array_equal(np.concatenate([c.samples for c in chunks]), data)
 
 
-async def test_missing_device_is_reported_retried_and_capture_resumes(
-        alsa: AlsaTestConfig) -> None:
+async def test_missing_device_is_reported_retried_and_capture_resumes(alsa: AlsaTestConfig) -> None:
     states: list[tuple[bool, str]] = []
-    mic = AlsaCapture("late", RATE, 1, PERIOD, on_state=lambda a, m: states.append((a, m)),
-                      reopen_min_s=0.02, reopen_max_s=0.1)
+    mic = AlsaCapture(
+        "late",
+        RATE,
+        1,
+        PERIOD,
+        on_state=lambda a, m: states.append((a, m)),
+        reopen_min_s=0.02,
+        reopen_max_s=0.1,
+    )
     await mic.start()
     reader = asyncio.create_task(mic.read())
     try:
@@ -201,9 +207,17 @@ async def test_device_lost_while_running_is_retried_with_backoff(alsa: AlsaTestC
     alsa.write()
     script: dict[str, Any] = {}
     states: list[tuple[bool, str]] = []
-    mic = AlsaCapture("mic", RATE, 1, PERIOD, queue_periods=4,
-                      on_state=lambda a, m: states.append((a, m)), reopen_min_s=0.02,
-                      reopen_max_s=0.08, pcm_factory=faulty_factory(script))
+    mic = AlsaCapture(
+        "mic",
+        RATE,
+        1,
+        PERIOD,
+        queue_periods=4,
+        on_state=lambda a, m: states.append((a, m)),
+        reopen_min_s=0.02,
+        reopen_max_s=0.08,
+        pcm_factory=faulty_factory(script),
+    )
     await mic.start()
     try:
         before = await read_n(mic, 10)
@@ -227,10 +241,13 @@ async def test_device_lost_while_running_is_retried_with_backoff(alsa: AlsaTestC
         await mic.stop()
     stream = np.concatenate([c.samples[:, 0] for c in before + after])
     # what was captured before the loss is delivered in order, then the restarted device's audio
-    restart = next(i for i in range(PERIOD, stream.size, PERIOD)
-                   if np.array_equal(stream[i:i + PERIOD], data[:PERIOD, 0]))
+    restart = next(
+        i
+        for i in range(PERIOD, stream.size, PERIOD)
+        if np.array_equal(stream[i : i + PERIOD], data[:PERIOD, 0])
+    )
     assert np.array_equal(stream[:restart], data[:restart, 0])
-    assert np.array_equal(stream[restart:], data[:stream.size - restart, 0])
+    assert np.array_equal(stream[restart:], data[: stream.size - restart, 0])
     assert [a for a, _ in states] == [False, True]
     assert final["opens"] == 2 and final["state"] == "running" and final["device_losses"] == 1
 
@@ -263,7 +280,7 @@ async def test_playback_writes_exactly_the_samples_given(alsa: AlsaTestConfig) -
     data = ramp(PERIOD * 300, channels=2, seed=7)
     try:
         for i in range(0, data.shape[0], 250):  # chunk sizes unrelated to the period
-            await spk.write(AudioChunk(data[i:i + 250], RATE, 0.0))
+            await spk.write(AudioChunk(data[i : i + 250], RATE, 0.0))
             if spk.stats()["queued_frames"] > 1000:
                 assert await spk.drain()
         assert await spk.drain()
@@ -276,8 +293,7 @@ async def test_playback_writes_exactly_the_samples_given(alsa: AlsaTestConfig) -
     assert stats["dropped_chunks"] == 0 and stats["xruns"] == 0
 
 
-async def test_playback_underrun_is_counted_and_the_audio_rewritten(
-        alsa: AlsaTestConfig) -> None:
+async def test_playback_underrun_is_counted_and_the_audio_rewritten(alsa: AlsaTestConfig) -> None:
     out = alsa.add_playback("spk")
     alsa.write()
     script: dict[str, Any] = {"write": 3, "fault": "xrun"}
@@ -293,12 +309,18 @@ async def test_playback_underrun_is_counted_and_the_audio_rewritten(
     assert np.array_equal(np.fromfile(out, dtype="<i2"), data[:, 0])
 
 
-async def test_playback_drops_when_full_and_recovers_a_late_device(
-        alsa: AlsaTestConfig) -> None:
+async def test_playback_drops_when_full_and_recovers_a_late_device(alsa: AlsaTestConfig) -> None:
     states: list[bool] = []
-    spk = AlsaPlayback("spk", RATE, 1, PERIOD, queue_ms=100,
-                       on_state=lambda a, m: states.append(a), reopen_min_s=0.02,
-                       reopen_max_s=0.05)
+    spk = AlsaPlayback(
+        "spk",
+        RATE,
+        1,
+        PERIOD,
+        queue_ms=100,
+        on_state=lambda a, m: states.append(a),
+        reopen_min_s=0.02,
+        reopen_max_s=0.05,
+    )
     await spk.start()
     try:
         assert spk.stats()["state"] == "unavailable"
@@ -329,7 +351,7 @@ async def test_playback_converts_rate_and_channels(alsa: AlsaTestConfig) -> None
     stereo = np.stack([tone, tone], axis=1)
     try:
         for i in range(0, 48000, 960):  # 20 ms chunks of 48 kHz stereo, as aiortc delivers
-            await spk.write(AudioChunk(stereo[i:i + 960], 48000, 0.0))
+            await spk.write(AudioChunk(stereo[i : i + 960], 48000, 0.0))
             assert await spk.drain()
     finally:
         await spk.stop()
@@ -352,14 +374,12 @@ def test_alsa_lib_honours_the_test_config(alsa: AlsaTestConfig) -> None:
     """The in-process approach works: alsa-lib follows ALSA_CONFIG_PATH and file rewrites."""
     alsa.add_capture("probe", ramp(PERIOD))
     alsa.write()
-    pcm = alsaaudio.PCM(type=alsaaudio.PCM_CAPTURE, device="probe", rate=RATE, channels=1,
-                        periodsize=PERIOD)
+    pcm = alsaaudio.PCM(type=alsaaudio.PCM_CAPTURE, device="probe", rate=RATE, channels=1, periodsize=PERIOD)
     pcm.close()
     alsa.remove("probe")
     alsa.write()
     with pytest.raises(alsaaudio.ALSAAudioError):
-        alsaaudio.PCM(type=alsaaudio.PCM_CAPTURE, device="probe", rate=RATE, channels=1,
-                      periodsize=PERIOD)
+        alsaaudio.PCM(type=alsaaudio.PCM_CAPTURE, device="probe", rate=RATE, channels=1, periodsize=PERIOD)
 
 
 LOOPBACK = """
@@ -390,12 +410,18 @@ def test_fresh_agent_process_loops_mic_to_speaker(alsa: AlsaTestConfig, tmp_path
     out = alsa.add_playback("spk")
     alsa.write()
     toml = tmp_path / "agent.toml"
-    toml.write_text('[audio]\nbackend = "alsa"\ndevice = "mic"\nplayback_device = "spk"\n'
-                    'playback_rate = 16000\n')
+    toml.write_text(
+        '[audio]\nbackend = "alsa"\ndevice = "mic"\nplayback_device = "spk"\nplayback_rate = 16000\n'
+    )
     env = {**os.environ, **alsa.env}
-    proc = subprocess.run([sys.executable, "-c", LOOPBACK, str(toml), "50"], env=env,
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOPBACK, str(toml), "50"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", str(PERIOD * 50)]
     assert np.array_equal(np.fromfile(out, dtype="<i2"), data[:, 0])
@@ -406,8 +432,16 @@ async def test_playback_device_lost_while_running_comes_back(alsa: AlsaTestConfi
     alsa.write()
     script: dict[str, Any] = {"write": 3, "fault": "unplug"}
     states: list[bool] = []
-    spk = AlsaPlayback("spk", RATE, 1, PERIOD, on_state=lambda a, m: states.append(a),
-                       reopen_min_s=0.02, reopen_max_s=0.05, pcm_factory=faulty_factory(script))
+    spk = AlsaPlayback(
+        "spk",
+        RATE,
+        1,
+        PERIOD,
+        on_state=lambda a, m: states.append(a),
+        reopen_min_s=0.02,
+        reopen_max_s=0.05,
+        pcm_factory=faulty_factory(script),
+    )
     await spk.start()
     data = ramp(PERIOD * 8, seed=12)
     try:
@@ -420,7 +454,7 @@ async def test_playback_device_lost_while_running_comes_back(alsa: AlsaTestConfi
     assert stats["dropped_frames"] == PERIOD  # the period in flight when the device vanished
     assert states == [False, True]
     # the file plugin truncates its output when the PCM is reopened: what follows the loss is there
-    assert np.array_equal(np.fromfile(out, dtype="<i2"), data[3 * PERIOD:, 0])
+    assert np.array_equal(np.fromfile(out, dtype="<i2"), data[3 * PERIOD :, 0])
 
 
 async def test_capture_can_be_restarted(alsa: AlsaTestConfig) -> None:

@@ -29,8 +29,9 @@ def peak_hz(x: np.ndarray, rate: int) -> float:
     return float(np.argmax(np.abs(np.fft.rfft(x * np.hanning(x.size))))) * rate / x.size
 
 
-@pytest.mark.parametrize(("rate_in", "rate_out"), [(48000, 16000), (16000, 48000),
-                                                   (44100, 48000), (48000, 22050)])
+@pytest.mark.parametrize(
+    ("rate_in", "rate_out"), [(48000, 16000), (16000, 48000), (44100, 48000), (48000, 22050)]
+)
 def test_streaming_resampler_is_seamless(rate_in: int, rate_out: int) -> None:
     x = tone(rate_in, 440, 1.0)
     whole = StreamResampler(rate_in, rate_out, 1).process(x)
@@ -38,7 +39,7 @@ def test_streaming_resampler_is_seamless(rate_in: int, rate_out: int) -> None:
     sizes = np.random.default_rng(0).integers(1, 2000, 200)
     parts, pos = [], 0
     for n in sizes:
-        parts.append(chunked_rs.process(x[pos:pos + n]))
+        parts.append(chunked_rs.process(x[pos : pos + n]))
         pos += n
         if pos >= x.shape[0]:
             break

@@ -25,8 +25,9 @@ def test_default_is_the_synthetic_microphone_without_a_speaker() -> None:
 
 
 def test_synthetic_seed_and_period_follow_config() -> None:
-    audio = config_from_dict({"audio": {"rate": 48000, "channels": 2, "period_ms": 20,
-                                        "synthetic_seed": 7}}).audio
+    audio = config_from_dict(
+        {"audio": {"rate": 48000, "channels": 2, "period_ms": 20, "synthetic_seed": 7}}
+    ).audio
     a, b = create_source(audio), create_source(audio)
     assert a.period_frames == 960 and a.channels == 2
     assert np.array_equal(a._render(960), b._render(960))
@@ -51,10 +52,20 @@ async def test_alsa_backend_and_sink(tmp_path: Path, monkeypatch: pytest.MonkeyP
     alsa.write()
     alsa.activate(monkeypatch)
     states = []
-    audio = config_from_dict({"audio": {
-        "backend": "alsa", "device": "mic", "rate": 44100, "playback_device": "spk",
-        "playback_rate": 16000, "playback_channels": 2, "reopen_min_s": 0.1,
-        "reopen_max_s": 1.0}}).audio
+    audio = config_from_dict(
+        {
+            "audio": {
+                "backend": "alsa",
+                "device": "mic",
+                "rate": 44100,
+                "playback_device": "spk",
+                "playback_rate": 16000,
+                "playback_channels": 2,
+                "reopen_min_s": 0.1,
+                "reopen_max_s": 1.0,
+            }
+        }
+    ).audio
     src = create_source(audio, on_state=lambda a, m: states.append(a))
     sink = create_sink(audio)
     assert isinstance(src, AlsaCapture) and isinstance(sink, AlsaPlayback)
@@ -73,13 +84,16 @@ async def test_alsa_backend_and_sink(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert states == []  # the device was there all along: nothing to report
 
 
-@pytest.mark.parametrize(("audio", "message"), [
-    ({"playback_channels": 0}, "audio.playback_channels: must be 1..8"),
-    ({"playback_rate": 12345}, "audio.playback_rate: unsupported rate 12345"),
-    ({"reopen_min_s": 5.0, "reopen_max_s": 1.0}, "audio.reopen_min_s"),
-    ({"playback_queue_ms": 5}, "audio.playback_queue_ms: must be 20..5000"),
-    ({"synthetic_seed": "x"}, "audio.synthetic_seed: expected an integer"),
-])
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        ({"playback_channels": 0}, "audio.playback_channels: must be 1..8"),
+        ({"playback_rate": 12345}, "audio.playback_rate: unsupported rate 12345"),
+        ({"reopen_min_s": 5.0, "reopen_max_s": 1.0}, "audio.reopen_min_s"),
+        ({"playback_queue_ms": 5}, "audio.playback_queue_ms: must be 20..5000"),
+        ({"synthetic_seed": "x"}, "audio.synthetic_seed: expected an integer"),
+    ],
+)
 def test_new_keys_are_validated(audio: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"audio": audio})

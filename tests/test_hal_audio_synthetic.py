@@ -24,19 +24,21 @@ def modulation_octaves(env: np.ndarray, frame_rate: float) -> dict[float, float]
     e = env - env.mean()
     power = np.abs(np.fft.rfft(e)) ** 2
     f = np.fft.rfftfreq(e.size, 1.0 / frame_rate)
-    return {c: float(power[(f >= c / np.sqrt(2)) & (f < c * np.sqrt(2))].sum())
-            for c in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
+    return {
+        c: float(power[(f >= c / np.sqrt(2)) & (f < c * np.sqrt(2))].sum())
+        for c in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    }
 
 
 def pitch_track(x: np.ndarray, rate: int, frame: int = 640) -> np.ndarray:
     """F0 (autocorrelation peak, 70..400 Hz) of every frame louder than -35 dBFS."""
     f0 = []
     for i in range(0, x.size - frame, frame):
-        seg = x[i:i + frame].astype(np.float64)
-        if np.sqrt(np.mean(seg ** 2)) / 32768 < 10 ** (-35 / 20):
+        seg = x[i : i + frame].astype(np.float64)
+        if np.sqrt(np.mean(seg**2)) / 32768 < 10 ** (-35 / 20):
             continue
         seg -= seg.mean()
-        ac = np.correlate(seg, seg, "full")[frame - 1:]
+        ac = np.correlate(seg, seg, "full")[frame - 1 :]
         lo, hi = rate // 400, rate // 70
         f0.append(rate / (lo + int(np.argmax(ac[lo:hi]))))
     return np.array(f0)
@@ -59,7 +61,7 @@ def test_signal_is_speech_like(seed: int) -> None:
     f = np.fft.rfftfreq(x.size, 1 / RATE)
     assert spectrum[(f >= 80) & (f <= 4000)].sum() / spectrum.sum() > 0.95  # speech band
     active = env[env > 0]
-    level = 20 * np.log10(np.sqrt(np.mean(active ** 2)) / 32768)
+    level = 20 * np.log10(np.sqrt(np.mean(active**2)) / 32768)
     assert -26 < level < -16 and np.abs(x).max() < 32767  # -20 dBFS-ish, never clipped
 
 

@@ -44,7 +44,7 @@ async def test_converts_rate_and_channels(tmp_path: Path) -> None:
     x = chunk.samples[200:1400, 0].astype(np.float64)
     peak_hz = np.argmax(np.abs(np.fft.rfft(x * np.hanning(x.size)))) * 16000 / x.size
     assert abs(peak_hz - 1000) < 15
-    assert np.sqrt(np.mean(x ** 2)) == pytest.approx(0.25 * 32767 / np.sqrt(2), rel=0.03)
+    assert np.sqrt(np.mean(x**2)) == pytest.approx(0.25 * 32767 / np.sqrt(2), rel=0.03)
     assert src.stats()["file_rate"] == 48000 and src.stats()["file_channels"] == 2
 
 

@@ -31,8 +31,12 @@ def test_backoff_doubles_to_the_cap_and_starts_over_after_a_stable_run() -> None
 async def test_a_missing_camera_is_reported_reopened_with_backoff_and_comes_back(tmp_path: Path) -> None:
     path = tmp_path / "camera.mp4"
     states: list[tuple[bool, str]] = []
-    cam = ReopeningCamera(FileCamera(path, 160, 120, fps=30), lambda ok, msg: states.append((ok, msg)),
-                          reopen_min_s=0.02, reopen_max_s=0.08)
+    cam = ReopeningCamera(
+        FileCamera(path, 160, 120, fps=30),
+        lambda ok, msg: states.append((ok, msg)),
+        reopen_min_s=0.02,
+        reopen_max_s=0.08,
+    )
     await cam.start()  # does not raise: the camera is reported missing instead
     reader = asyncio.create_task(cam.read())
     try:

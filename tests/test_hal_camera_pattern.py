@@ -52,7 +52,7 @@ def test_busy_is_a_function_of_the_frame_index_and_moves() -> None:
 
     def picture(camera: TestPatternCamera, index: int) -> np.ndarray:
         yuv = camera.render(index).frame.to_ndarray()
-        yuv[size:2 * size] = 0  # the stamp's second row is the wall-clock capture time
+        yuv[size : 2 * size] = 0  # the stamp's second row is the wall-clock capture time
         return yuv
 
     for index in (0, 1, 77, 1000):

@@ -23,8 +23,13 @@ class ScriptedV4L2:
     ``vanish_after`` makes demux fail with ENODEV after that many packets (device unplugged).
     """
 
-    def __init__(self, modes: dict[str, tuple[int, int]], missing: bool = False, vanish_after: int | None = None,
-                 rate: int = 30) -> None:
+    def __init__(
+        self,
+        modes: dict[str, tuple[int, int]],
+        missing: bool = False,
+        vanish_after: int | None = None,
+        rate: int = 30,
+    ) -> None:
         self.modes, self.missing, self.vanish_after, self.rate = modes, missing, vanish_after, rate
         self.calls: list[tuple[str, str, dict[str, str]]] = []
 
@@ -58,8 +63,11 @@ class _Vanishing:
 
 
 def test_option_mapping():
-    assert v4l2_options(1280, 720, 30, "mjpeg") == {"video_size": "1280x720", "framerate": "30",
-                                                    "input_format": "mjpeg"}
+    assert v4l2_options(1280, 720, 30, "mjpeg") == {
+        "video_size": "1280x720",
+        "framerate": "30",
+        "input_format": "mjpeg",
+    }
 
 
 async def test_prefers_mjpeg_at_the_requested_size_and_delivers_frames():
@@ -139,9 +147,11 @@ async def test_frame_encoder_source_reports_vanished_camera_and_recovers():
 
     opener = Replug({"mjpeg": (320, 240)})
     states: list[tuple[bool, str]] = []
-    source = FrameEncoderSource(V4L2Camera("/dev/video0", 320, 240, 30, opener=opener),
-                                Libx264Encoder(320, 240, 30, 500_000, 1_000_000),
-                                on_state=lambda ok, msg: states.append((ok, msg)))
+    source = FrameEncoderSource(
+        V4L2Camera("/dev/video0", 320, 240, 30, opener=opener),
+        Libx264Encoder(320, 240, 30, 500_000, 1_000_000),
+        on_state=lambda ok, msg: states.append((ok, msg)),
+    )
     packets: list = []
     await source.start(packets.append)
     try:

@@ -80,8 +80,9 @@ async def test_h264_source_packets_decode_and_force_keyframe(script):
 async def test_h264_source_reports_failure_and_recovers(script):
     cam = CameraSettings(backend="picamera2", width=320, height=240, fps=30)
     states: list[tuple[bool, str]] = []
-    source = Picamera2H264Source(cam, EncoderSettings(), on_state=lambda ok, msg: states.append((ok, msg)),
-                                 stall_timeout_s=0.4)
+    source = Picamera2H264Source(
+        cam, EncoderSettings(), on_state=lambda ok, msg: states.append((ok, msg)), stall_timeout_s=0.4
+    )
     queue: asyncio.Queue = asyncio.Queue()
     script.fail_after_frames = 10
     script.open_failures = 0
@@ -106,7 +107,7 @@ async def test_h264_source_reports_failure_and_recovers(script):
             starts = [i for i, p in enumerate(seen) if p.frame_index == 0]
             if starts and len(seen) - starts[-1] >= 5:
                 break
-        after = seen[starts[-1]:]
+        after = seen[starts[-1] :]
         assert after[0].keyframe  # the reopened encoder starts with an IDR (SPS/PPS in front)
         assert len(decode(after)) >= 4
         assert source.camera_errors >= 2 and script.opened >= 2

@@ -18,8 +18,9 @@ from hal.encoder.pyav import V4l2m2mEncoder
 class ScriptedEnv(ProbeEnvironment):
     """A sysfs/dev tree in tmp dirs; picamera2 importability and FFmpeg codecs are scripted."""
 
-    def __init__(self, root: Path, nodes: dict[str, str], dev_nodes: set[str], picamera2: bool,
-                 codecs: set[str]) -> None:
+    def __init__(
+        self, root: Path, nodes: dict[str, str], dev_nodes: set[str], picamera2: bool, codecs: set[str]
+    ) -> None:
         super().__init__(sysfs_video=root / "sys", dev=root / "dev")
         self.sysfs_video.mkdir(parents=True)
         self.dev.mkdir()
@@ -40,8 +41,13 @@ class ScriptedEnv(ProbeEnvironment):
 PI4 = {"video10": "bcm2835-codec-decode", "video11": "bcm2835-codec-encode", "video12": "bcm2835-codec-isp"}
 
 
-def env(tmp_path, nodes=PI4, dev=("video10", "video11", "video12"), picamera2=True,
-        codecs=("h264_v4l2m2m", "libx264")) -> ScriptedEnv:
+def env(
+    tmp_path,
+    nodes=PI4,
+    dev=("video10", "video11", "video12"),
+    picamera2=True,
+    codecs=("h264_v4l2m2m", "libx264"),
+) -> ScriptedEnv:
     return ScriptedEnv(tmp_path, dict(nodes), set(dev), picamera2, set(codecs))
 
 
@@ -125,8 +131,12 @@ class M2MStandIn:
     def __setattr__(self, key: str, value: Any) -> None:
         self.recorded[key] = value
         if key == "options":  # translate the V4L2 M2M options to what x264 understands
-            value = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline",
-                     "x264-params": "forced-idr=1:scenecut=0"}
+            value = {
+                "preset": "ultrafast",
+                "tune": "zerolatency",
+                "profile": "baseline",
+                "x264-params": "forced-idr=1:scenecut=0",
+            }
         setattr(self._real, key, value)
 
     def __getattr__(self, key: str) -> Any:
@@ -140,8 +150,16 @@ def test_v4l2m2m_encoder_through_codec_factory():
         made.append(M2MStandIn(name))
         return made[-1]
 
-    enc = V4l2m2mEncoder(320, 240, 30, bitrate=1_000_000, max_bitrate=4_000_000, keyframe_interval_s=10,
-                         reason="scripted", codec_factory=factory)
+    enc = V4l2m2mEncoder(
+        320,
+        240,
+        30,
+        bitrate=1_000_000,
+        max_bitrate=4_000_000,
+        keyframe_interval_s=10,
+        reason="scripted",
+        codec_factory=factory,
+    )
     cc = made[0]
     assert cc.recorded["options"]["profile"] == "578"  # Constrained Baseline
     assert cc.recorded["bit_rate"] == 1_000_000 and cc.recorded["gop_size"] == 300

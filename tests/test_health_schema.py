@@ -60,8 +60,13 @@ async def test_real_provider_and_simulator_have_the_same_keys(tmp_path: Path) ->
 
 def test_schema_catches_a_drifting_producer() -> None:
     good = SimulatedMedia(random.Random(1), step_s=2.0)()
-    bad = {**good, "viewers": {**good["viewers"], "sessions": [
-        {k: v for k, v in good["viewers"]["sessions"][0].items() if k != "rtt_ms"}]}}
+    bad = {
+        **good,
+        "viewers": {
+            **good["viewers"],
+            "sessions": [{k: v for k, v in good["viewers"]["sessions"][0].items() if k != "rtt_ms"}],
+        },
+    }
     bad["viewers"]["sessions"][0]["qoe"] = {**bad["viewers"]["sessions"][0]["qoe"], "fps_jitter_ms": 1.0}
     found = problems(bad)
     assert "media.viewers.sessions.0.rtt_ms: missing" in found
@@ -106,17 +111,28 @@ def test_fault_assignment() -> None:
         assign_faults(10, {"meteor": 0.1})
 
 
-async def test_simulated_fleet_with_faults_reaches_the_fleet_store(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_simulated_fleet_with_faults_reaches_the_fleet_store(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     store = Store(str(tmp_path / "fleet.db"))
     worker = FleetService(mosquitto.url, store, rule_interval_s=3600)
-    sim = Simulation(mosquitto.url, 3, tmp_path / "sim", interval_s=0.5, faults={"crashloop": 1 / 3, "camera": 1 / 3},
-                     fault_seed=2)
+    sim = Simulation(
+        mosquitto.url,
+        3,
+        tmp_path / "sim",
+        interval_s=0.5,
+        faults={"crashloop": 1 / 3, "camera": 1 / 3},
+        fault_seed=2,
+    )
     await worker.start()
     try:
         await sim.start(spread_s=0.1)
         deadline = time.monotonic() + 20
-        want = {f"sim-{i:05d}": {"crash_loop" if "crashloop" in f else "camera_unavailable"}
-                for i, f in enumerate(sim.faults) if f}
+        want = {
+            f"sim-{i:05d}": {"crash_loop" if "crashloop" in f else "camera_unavailable"}
+            for i, f in enumerate(sim.faults)
+            if f
+        }
         while time.monotonic() < deadline:
             got: dict[str, set[str]] = {}
             for a in store.list_alerts():

@@ -24,16 +24,32 @@ class Rule:
 
 
 RULES = [
-    Rule("hal", frozenset({"hal"}),
-         "the HAL stands alone: it takes plain arguments and settings dataclasses, never agent types"),
-    Rule("ota", frozenset({"ota", "firmware_hooks"}),
-         "ota is a library below the agent: device_agent binds it (ota_component.py, commands/ota.py), "
-         "never the other way; the operator's side is fleet/ota"),
-    Rule("firmware_hooks", frozenset({"firmware_hooks"}), "the hook runner stands alone (ota and the hooks use it)"),
-    Rule("device_agent", frozenset({"device_agent", "hal", "ota", "provisioning"}),
-         "device code never imports the operator's fleet/ (a device installs without the [fleet] extra)"),
-    Rule("provisioning", frozenset({"provisioning", "device_agent", "hal", "ota"}),
-         "device code never imports the operator's fleet/ (a device installs without the [fleet] extra)"),
+    Rule(
+        "hal",
+        frozenset({"hal"}),
+        "the HAL stands alone: it takes plain arguments and settings dataclasses, never agent types",
+    ),
+    Rule(
+        "ota",
+        frozenset({"ota", "firmware_hooks"}),
+        "ota is a library below the agent: device_agent binds it (ota_component.py, commands/ota.py), "
+        "never the other way; the operator's side is fleet/ota",
+    ),
+    Rule(
+        "firmware_hooks",
+        frozenset({"firmware_hooks"}),
+        "the hook runner stands alone (ota and the hooks use it)",
+    ),
+    Rule(
+        "device_agent",
+        frozenset({"device_agent", "hal", "ota", "provisioning"}),
+        "device code never imports the operator's fleet/ (a device installs without the [fleet] extra)",
+    ),
+    Rule(
+        "provisioning",
+        frozenset({"provisioning", "device_agent", "hal", "ota"}),
+        "device code never imports the operator's fleet/ (a device installs without the [fleet] extra)",
+    ),
 ]
 
 
@@ -41,12 +57,15 @@ RULES = [
 # back edges existed when the rule was written (package pair, the direction that is the debt); the
 # test ignores them and fails on any other import that closes a cycle.
 KNOWN_BACK_EDGES = {
-    ("device_agent", "provisioning"): "assemble.py adds the renewal component, diag/redact.py reuses the claim "
-                                      "token pattern, fleetlink reads the identity; provisioning builds on "
-                                      "device_agent.config",
+    (
+        "device_agent",
+        "provisioning",
+    ): "assemble.py adds the renewal component, diag/redact.py reuses the claim "
+    "token pattern, fleetlink reads the identity; provisioning builds on "
+    "device_agent.config",
     ("tools", "benchmarks"): "tools/ns_train/evaluate.py reuses the benchmark's reference denoisers",
     ("tests", "benchmarks"): "tests check benchmarks' own measuring code (test_ns_benchmark); benchmarks run "
-                             "on tests/support's real brokers and ALSA files",
+    "on tests/support's real brokers and ALSA files",
 }
 
 
@@ -74,7 +93,7 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
@@ -96,12 +115,20 @@ def violations(rule: Rule) -> list[str]:
 
 def test_the_scan_sees_every_import_and_resolves_relative_ones() -> None:
     assert {"hal", "device_agent", "ota", "fleet", "provisioning", "tests"} <= project_packages()
-    source = ("from . import base\nfrom ..encoder import annexb\n"
-              "def f():\n    import device_agent.config\n"
-              "if TYPE_CHECKING:\n    from ota.bundle import Bundle\n")
+    source = (
+        "from . import base\nfrom ..encoder import annexb\n"
+        "def f():\n    import device_agent.config\n"
+        "if TYPE_CHECKING:\n    from ota.bundle import Bundle\n"
+    )
     assert [name for _, name in imported_modules(source, "hal.camera.x")] == [
-        "hal.camera", "hal.encoder", "device_agent.config", "ota.bundle"]
-    assert [name for _, name in imported_modules("from . import y", "hal.audio", is_package=True)] == ["hal.audio"]
+        "hal.camera",
+        "hal.encoder",
+        "device_agent.config",
+        "ota.bundle",
+    ]
+    assert [name for _, name in imported_modules("from . import y", "hal.audio", is_package=True)] == [
+        "hal.audio"
+    ]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.package)
@@ -123,7 +150,9 @@ def package_imports() -> dict[tuple[str, str], list[str]]:
             for line, name in imported_modules(source, module_name(path), path.name == "__init__.py"):
                 other = name.split(".")[0]
                 if other in own and other != top:
-                    edges.setdefault((top, other), []).append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+                    edges.setdefault((top, other), []).append(
+                        f"{path.relative_to(ROOT)}:{line} imports {name}"
+                    )
     return edges
 
 
@@ -140,7 +169,7 @@ def find_cycle(edges: set[tuple[str, str]]) -> list[str] | None:
         path.append(node)
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()

@@ -101,6 +101,7 @@ def test_namespaces_are_removed_when_the_test_fails_and_after_a_killed_run() -> 
 
 def test_processes_join_a_namespace() -> None:
     with ImpairedLink() as link:
-        out = subprocess.run(netns_command(link.ns_a, ["ip", "-brief", "addr"]), capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            netns_command(link.ns_a, ["ip", "-brief", "addr"]), capture_output=True, text=True, check=True
+        ).stdout
         assert link.addr_a in out

@@ -38,14 +38,30 @@ def demo(tmp_path: Path):
     speaker = alsa.add_playback("speaker")
     alsa.write()
     config = tmp_path / "agent.toml"
-    config.write_text(f'[device]\nstate_dir = "{tmp_path / "state"}"\n'
-                      '[camera]\nwidth = 640\nheight = 360\n'
-                      '[audio]\nplayback_device = "speaker"\nplayback_rate = 16000\n')
+    config.write_text(
+        f'[device]\nstate_dir = "{tmp_path / "state"}"\n'
+        "[camera]\nwidth = 640\nheight = 360\n"
+        '[audio]\nplayback_device = "speaker"\nplayback_rate = 16000\n'
+    )
     port = free_port()
     env = {**os.environ, **alsa.env}
-    proc = subprocess.Popen([sys.executable, "-m", "device_agent.cli", "demo", "--listen", f"127.0.0.1:{port}",
-                             "--config", str(config), "--no-broker"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device_agent.cli",
+            "demo",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--config",
+            str(config),
+            "--no-broker",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_port(port, proc)
         yield f"http://127.0.0.1:{port}", speaker
@@ -71,14 +87,20 @@ def test_viewer_page_plays_video_and_audio_and_talks_back(demo) -> None:
             page = browser.new_page()
             page.goto(url + "/")
             _wait_for(page, "window.viewer.state === 'connected'")
-            _wait_for(page, "(window.viewer.stats.framesDecoded || 0) > 30 && (window.viewer.stats.audioPackets || 0) > 25")
+            _wait_for(
+                page,
+                "(window.viewer.stats.framesDecoded || 0) > 30 && (window.viewer.stats.audioPackets || 0) > 25",
+            )
             stats = page.evaluate("window.viewer.stats")
             assert stats["frameWidth"] == 640 and stats["frameHeight"] == 360
             assert page.evaluate("window.viewer.postToFirstFrameMs") > 0
             first = page.evaluate(READ_STAMP_JS)
             page.wait_for_timeout(1000)
             second = page.evaluate(READ_STAMP_JS)
-            assert first is not None and 15 <= second - first <= 45, (first, second)  # ~30 fps, burnt-in counter
+            assert first is not None and 15 <= second - first <= 45, (
+                first,
+                second,
+            )  # ~30 fps, burnt-in counter
             # the page's stats line is filled in for a person too
             assert "kbit/s" in page.inner_text("#bitrate") and "fps" in page.inner_text("#fps")
 
@@ -90,7 +112,7 @@ def test_viewer_page_plays_video_and_audio_and_talks_back(demo) -> None:
             talk.dispatch_event("pointerup")
             media = page.evaluate("fetch('/api/stats').then(r => r.json())")
             assert media["talkback"]["frames_played"] > 50
-            written = np.fromfile(speaker, dtype="<i2")[size_before // 2:]
+            written = np.fromfile(speaker, dtype="<i2")[size_before // 2 :]
             assert written.size > 16000  # > 1 s at 16 kHz of Chromium's fake microphone (a beep)
             assert np.abs(written.astype(np.int32)).max() > 1000
         finally:

@@ -25,8 +25,11 @@ UNRESOLVABLE = "3f0c8a4e-1b2c-4d5e-8f90-123456789abc.local"
 MDNS_LINE = f"a=candidate:1467250027 1 udp 2122260223 {UNRESOLVABLE} 54321 typ host generation 0"
 ANSWER_BUDGET_MS = 300
 # Chromium as it comes: the machine's flags without the media-permission ones (which make it offer plain IPs)
-AS_IT_COMES = [a for a in CHROMIUM_ARGS if a not in ("--use-fake-ui-for-media-stream",
-                                                      "--use-fake-device-for-media-stream")]
+AS_IT_COMES = [
+    a
+    for a in CHROMIUM_ARGS
+    if a not in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+]
 
 
 def _with_mdns_candidate(offer: str) -> str:
@@ -42,8 +45,9 @@ async def _warm_up(http: aiohttp.ClientSession, base: str) -> None:
     try:
         pc.addTransceiver("video", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
-        async with http.post(f"{base}/whep", data=pc.localDescription.sdp,
-                             headers={"Content-Type": "application/sdp"}) as resp:
+        async with http.post(
+            f"{base}/whep", data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+        ) as resp:
             assert resp.status == 201, await resp.text()
             location = resp.headers["Location"]
         async with http.delete(f"{base}{location}" if location.startswith("/") else location) as resp:
@@ -53,14 +57,17 @@ async def _warm_up(http: aiohttp.ClientSession, base: str) -> None:
 
 
 def test_split_takes_out_mdns_lines_and_end_of_candidates() -> None:
-    offer = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
-             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
-             "a=candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host\r\n" + MDNS_LINE + "\r\n"
-             "a=end-of-candidates\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n")
+    offer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+        "a=candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host\r\n" + MDNS_LINE + "\r\n"
+        "a=end-of-candidates\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n"
+    )
     split = split_mdns_candidates(offer)
     assert UNRESOLVABLE not in split.sdp and "end-of-candidates" not in split.sdp and "192.0.2.1" in split.sdp
-    assert split.ended and [(c.ip, c.port, c.sdpMid, c.sdpMLineIndex) for c in split.deferred] == \
-        [(UNRESOLVABLE, 54321, "0", 0)]
+    assert split.ended and [(c.ip, c.port, c.sdpMid, c.sdpMLineIndex) for c in split.deferred] == [
+        (UNRESOLVABLE, 54321, "0", 0)
+    ]
     plain = offer.replace(MDNS_LINE + "\r\n", "")
     assert split_mdns_candidates(plain).sdp == plain and split_mdns_candidates(plain).ended  # left as it was
 
@@ -76,7 +83,9 @@ async def test_offer_with_an_unresolvable_mdns_candidate_is_answered_at_once(tmp
             await pc.setLocalDescription(await pc.createOffer())
             offer = _with_mdns_candidate(pc.localDescription.sdp)
             started = time.monotonic()
-            async with http.post(f"{base}/whep", data=offer, headers={"Content-Type": "application/sdp"}) as resp:
+            async with http.post(
+                f"{base}/whep", data=offer, headers={"Content-Type": "application/sdp"}
+            ) as resp:
                 answer = await resp.text()
                 assert resp.status == 201, answer
                 location = resp.headers["Location"]
@@ -85,8 +94,11 @@ async def test_offer_with_an_unresolvable_mdns_candidate_is_answered_at_once(tmp
             # a trickled mDNS candidate is not waited for either
             started = time.monotonic()
             frag = f"a=mid:0\r\n{MDNS_LINE.replace('54321', '54322')}\r\n"
-            async with http.patch(f"{base}{location}" if location.startswith("/") else location, data=frag,
-                                  headers={"Content-Type": "application/trickle-ice-sdpfrag"}) as resp:
+            async with http.patch(
+                f"{base}{location}" if location.startswith("/") else location,
+                data=frag,
+                headers={"Content-Type": "application/trickle-ice-sdpfrag"},
+            ) as resp:
                 assert resp.status == 204, await resp.text()
             assert (time.monotonic() - started) * 1000 < ANSWER_BUDGET_MS
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
@@ -109,11 +121,15 @@ async def test_offer_with_an_unresolvable_mdns_candidate_is_answered_at_once(tmp
 def test_chromium_as_it_comes_is_answered_fast_and_shows_a_frame(tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     port = free_port()
-    agent = AgentProcess(tmp_path / "agent", {
-        "device": {"id": "connect-cam", "state_dir": str(tmp_path / "state")},
-        "camera": {"width": 640, "height": 360, "fps": 30},
-        "web": {"enabled": True, "listen": f"127.0.0.1:{port}"}, "mqtt": {"url": ""},
-    }).start()
+    agent = AgentProcess(
+        tmp_path / "agent",
+        {
+            "device": {"id": "connect-cam", "state_dir": str(tmp_path / "state")},
+            "camera": {"width": 640, "height": 360, "fps": 30},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+            "mqtt": {"url": ""},
+        },
+    ).start()
     try:
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=AS_IT_COMES, headless=True)
@@ -126,10 +142,12 @@ def test_chromium_as_it_comes_is_answered_fast_and_shows_a_frame(tmp_path: Path)
                 answers, firsts = [], []
                 for join in range(3):
                     if join:
-                        page.evaluate("(async () => { await window.viewerControls.disconnect();"
-                                      " window.viewer.postToFirstFrameMs = null; window.viewer.postToAnswerMs = null;"
-                                      " await new Promise((r) => setTimeout(r, 500));"
-                                      " await window.viewerControls.connect(); })()")
+                        page.evaluate(
+                            "(async () => { await window.viewerControls.disconnect();"
+                            " window.viewer.postToFirstFrameMs = null; window.viewer.postToAnswerMs = null;"
+                            " await new Promise((r) => setTimeout(r, 500));"
+                            " await window.viewerControls.connect(); })()"
+                        )
                     page.wait_for_function("window.viewer.postToFirstFrameMs !== null", timeout=20000)
                     answers.append(page.evaluate("window.viewer.postToAnswerMs"))
                     firsts.append(page.evaluate("window.viewer.postToFirstFrameMs"))
@@ -138,7 +156,9 @@ def test_chromium_as_it_comes_is_answered_fast_and_shows_a_frame(tmp_path: Path)
                 browser.close()
     finally:
         agent.stop()
-    assert offers and all(".local " in offer for offer in offers), "Chromium as it comes offers mDNS host names"
+    assert offers and all(".local " in offer for offer in offers), (
+        "Chromium as it comes offers mDNS host names"
+    )
     report = f"POST -> answer {answers} ms, POST -> first frame {firsts} ms"
     assert statistics.median(answers) < ANSWER_BUDGET_MS and max(answers) < 2 * ANSWER_BUDGET_MS, report
     assert statistics.median(firsts) < 1000, report

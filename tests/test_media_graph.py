@@ -32,8 +32,11 @@ def test_alert_codes_are_unchanged_and_every_stage_has_the_whole_protocol() -> N
 def test_typed_and_plain_alert_callbacks_both_hear_a_missing_model(tmp_path: Path) -> None:
     typed: list[tuple[StageAlert, str]] = []
     plain: list[tuple[str, str]] = []
-    stage, err = create_stage(str(tmp_path / "missing.tflite"), on_alert=lambda s, m: plain.append((s, m)),
-                              on_stage_alert=lambda a, m: typed.append((a, m)))
+    stage, err = create_stage(
+        str(tmp_path / "missing.tflite"),
+        on_alert=lambda s, m: plain.append((s, m)),
+        on_stage_alert=lambda a, m: typed.append((a, m)),
+    )
     assert isinstance(stage, BypassStage) and err
     assert [a for a, _ in typed] == [StageAlert.UNAVAILABLE] and plain[0][0] == "P2"
     assert typed[0][1] == plain[0][1]
@@ -53,7 +56,9 @@ async def test_a_missing_model_raises_ns_unavailable(tmp_path: Path) -> None:
     async with running_agent(config) as agent:
         await asyncio.sleep(0.1)  # the alert is raised on the loop (call_soon_threadsafe)
         alerts = {a.code: a for a in agent.alerts.active()}
-        assert alerts["ns_unavailable"].severity == "P2" and "missing.tflite" in alerts["ns_unavailable"].message
+        assert (
+            alerts["ns_unavailable"].severity == "P2" and "missing.tflite" in alerts["ns_unavailable"].message
+        )
         assert "ns_over_budget" not in alerts
 
 
@@ -61,7 +66,9 @@ async def test_over_budget_raises_ns_over_budget_and_re_enabling_clears_it(tmp_p
     config = media_config(tmp_path, ns={"budget_rtf": 1e-6})  # any real model run is over this budget
     async with running_agent(config) as agent:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(a.code == "ns_over_budget" for a in agent.alerts.active()):
+        while time.monotonic() < deadline and not any(
+            a.code == "ns_over_budget" for a in agent.alerts.active()
+        ):
             await asyncio.sleep(0.1)
         alerts = {a.code: a for a in agent.alerts.active()}
         assert alerts["ns_over_budget"].severity == "P2" and "ns_unavailable" not in alerts

@@ -10,9 +10,9 @@ import pytest
 from device_agent.config import ConfigError, config_from_dict
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.graph import build_layers, build_video
-from device_agent.media.video_source import FrameEncoderSource
 from device_agent.media.layers import HOLD_S, PROBE_S, LayerPolicy
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
+from device_agent.media.video_source import FrameEncoderSource
 from hal.encoder.base import EncodedPacket
 from tests.support.media import media_config
 

@@ -24,8 +24,10 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces a
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
 THIN = LinkProfile(delay_ms=20, rate_kbps=350, queue_ms=200)
-EXTRA = {"camera": 'pattern = "busy"\n',
-         "encoder": "bitrate = 1000000\nmin_bitrate = 150000\nmax_bitrate = 1200000\nlayers = 2\nlow_layer_scale = 0.5\n"}
+EXTRA = {
+    "camera": 'pattern = "busy"\n',
+    "encoder": "bitrate = 1000000\nmin_bitrate = 150000\nmax_bitrate = 1200000\nlayers = 2\nlow_layer_scale = 0.5\n",
+}
 
 
 async def watch_sizes(base: str, seconds: float, frames: list[tuple[float, int]]) -> None:
@@ -117,10 +119,14 @@ async def test_thin_viewer_moves_to_the_low_layer_and_back_clean_viewers_stay_hi
         high, low = stats["fanout"], stats["fanout"]["low_layer"]
         clean_budget = min(s["video_budget_bps"] for s in _sessions(stats) if s["layer"] == 0)
         thin_budget = [s["video_budget_bps"] for s in _sessions(stats) if s["layer"] == 1][0]
-        assert high["target_bitrate"] >= 0.85 * clean_budget and high["target_bitrate"] > 1.5 * thin_budget, report
+        assert high["target_bitrate"] >= 0.85 * clean_budget and high["target_bitrate"] > 1.5 * thin_budget, (
+            report
+        )
         assert low["target_bitrate"] <= THIN.rate_kbps * 1000, report
     # PLIs of the thin viewer after its switch cause no IDR on the high layer
-    pli_high = later["fanout"]["idrs_by_cause"].get("pli", 0) - on_low["fanout"]["idrs_by_cause"].get("pli", 0)
+    pli_high = later["fanout"]["idrs_by_cause"].get("pli", 0) - on_low["fanout"]["idrs_by_cause"].get(
+        "pli", 0
+    )
     assert pli_high == 0, report
     # and back up once its link recovers
     assert up_at is not None, report

@@ -47,7 +47,7 @@ def _lbrr_share(packetizer: OpusPacketizer, lib: ctypes.CDLL) -> float:
     samples = _voice()
     packets = []
     for start in range(0, len(samples), 160):  # the pipeline's 10 ms hops
-        packets += [bytes(p) for p in packetizer.encode(samples[start:start + 160])]
+        packets += [bytes(p) for p in packetizer.encode(samples[start : start + 160])]
     packets = packets[5:]  # the first packets have no previous frame to protect
     assert len(packets) > 50
     return sum(lib.opus_packet_has_lbrr(p, len(p)) == 1 for p in packets) / len(packets)
@@ -62,9 +62,11 @@ def test_the_shared_opus_encoder_sends_in_band_fec() -> None:
 
 
 def test_with_opus_fec_adds_or_extends_the_opus_fmtp() -> None:
-    base = ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
-            "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 nack\r\n"
-            "a=rtpmap:0 PCMU/8000\r\n")
+    base = (
+        "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 nack\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
+    )
     added = with_opus_fec(base)
     assert "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n" in added
     assert with_opus_fec(added) == added and added.count("a=fmtp:") == 1
@@ -81,13 +83,19 @@ async def test_the_answer_says_useinbandfec(tmp_path: Path) -> None:
             pc.addTransceiver("audio", direction="recvonly")
             await pc.setLocalDescription(await pc.createOffer())
             assert "useinbandfec" not in pc.localDescription.sdp  # aiortc's offer does not ask for it
-            async with http.post(f"http://127.0.0.1:{agent.get('media').web.port}/whep",
-                                 data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as resp:
+            async with http.post(
+                f"http://127.0.0.1:{agent.get('media').web.port}/whep",
+                data=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            ) as resp:
                 answer = await resp.text()
                 assert resp.status == 201, answer
         finally:
             await pc.close()
     audio = answer.split("m=audio", 1)[1]
-    opus = next(line.split(":", 1)[1].split(" ")[0] for line in audio.splitlines()
-                if line.startswith("a=rtpmap:") and "opus/48000" in line.lower())
+    opus = next(
+        line.split(":", 1)[1].split(" ")[0]
+        for line in audio.splitlines()
+        if line.startswith("a=rtpmap:") and "opus/48000" in line.lower()
+    )
     assert f"a=fmtp:{opus} useinbandfec=1" in audio, audio

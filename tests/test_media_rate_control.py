@@ -21,8 +21,13 @@ from device_agent.media.rate_control import START_BPS, BandwidthEstimator, choos
 from tests.support.media import Viewer, media_config, running_agent
 
 
-def _feed(est: BandwidthEstimator, losses: list[float], start: float = 0.0, every: float = 1.0,
-          remb: int | None = None) -> float:
+def _feed(
+    est: BandwidthEstimator,
+    losses: list[float],
+    start: float = 0.0,
+    every: float = 1.0,
+    remb: int | None = None,
+) -> float:
     t = start
     for loss in losses:
         if remb is not None:
@@ -167,7 +172,9 @@ async def test_receiver_reports_reach_the_estimator_through_the_real_rtcp_path(t
             assert time.monotonic() < deadline, dict(session.feedback)
             await asyncio.sleep(0.1)
         stats = session.summary()
-        assert stats["fraction_lost"] == 0.0 and stats["ramping"] and stats["rate_cuts"] == 0  # clean loopback
+        assert (
+            stats["fraction_lost"] == 0.0 and stats["ramping"] and stats["rate_cuts"] == 0
+        )  # clean loopback
         assert stats["loss_based_bps"] >= START_BPS
         assert stats["estimate_bps"] == max(150_000, min(stats["loss_based_bps"], stats["remb_bps"]))
         assert 0 < stats["rtt_est_ms"] < 50  # RTT from our sender reports' LSR/DLSR

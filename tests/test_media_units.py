@@ -78,7 +78,7 @@ def test_libx264_bitrate_changes_at_run_time() -> None:
     texture = np.random.default_rng(1).integers(0, 255, (540, 1280), np.uint8)  # hard to compress
 
     def frame(i: int) -> CapturedFrame:
-        yuv = np.ascontiguousarray(texture[:, i * 7 % 640: i * 7 % 640 + 640])
+        yuv = np.ascontiguousarray(texture[:, i * 7 % 640 : i * 7 % 640 + 640])
         return CapturedFrame(av.VideoFrame.from_ndarray(yuv, format="yuv420p"), i, i / 30)
 
     def rate(frames: range) -> float:
@@ -107,8 +107,13 @@ class RecordingEncoder:
 
 
 def _packet(i: int, key: bool) -> EncodedPacket:
-    return EncodedPacket(data=b"\x00\x00\x00\x01" + bytes([0x65 if key else 0x41, i % 256]), pts=i * 3000,
-                         keyframe=key, capture_ts=float(i), frame_index=i)
+    return EncodedPacket(
+        data=b"\x00\x00\x00\x01" + bytes([0x65 if key else 0x41, i % 256]),
+        pts=i * 3000,
+        keyframe=key,
+        capture_ts=float(i),
+        frame_index=i,
+    )
 
 
 async def test_new_subscriber_starts_at_an_idr_and_requests_one() -> None:
@@ -210,8 +215,12 @@ async def test_camera_loss_is_reported_retried_and_recovered() -> None:
 
     camera = FlakyCamera(fail_from=10, fail_count=3)
     states: list[tuple[bool, str]] = []
-    source = FrameEncoderSource(camera, Libx264Encoder(320, 180, 30, 300_000, 1_000_000),
-                                on_state=lambda ok, msg: states.append((ok, msg)), retry_max_s=0.05)
+    source = FrameEncoderSource(
+        camera,
+        Libx264Encoder(320, 180, 30, 300_000, 1_000_000),
+        on_state=lambda ok, msg: states.append((ok, msg)),
+        retry_max_s=0.05,
+    )
     packets: list[EncodedPacket] = []
     await source.start(packets.append)
     for _ in range(300):
@@ -238,7 +247,11 @@ async def test_a_joiner_right_after_an_idr_starts_from_the_cached_gop() -> None:
     assert enc.forced == 1 and fan.replayed_joins == 1
     assert [(await late.get()).frame_index for _ in range(2)] == [1, 2]
     fan.publish(_packet(3, False))
-    assert (await late.get()).frame_index == 3 and [(await first.get()).frame_index for _ in range(3)] == [1, 2, 3]
+    assert (await late.get()).frame_index == 3 and [(await first.get()).frame_index for _ in range(3)] == [
+        1,
+        2,
+        3,
+    ]
     now[0] += 1.0  # the cached IDR is old now: a newcomer asks for a fresh one
     fan.subscribe("later")
     assert enc.forced == 2 and fan.replayed_joins == 1
@@ -248,8 +261,11 @@ async def test_frames_are_not_encoded_while_nobody_watches() -> None:
     from device_agent.media.video_source import FrameEncoderSource
 
     watching = [False]
-    source = FrameEncoderSource(TestPatternCamera(320, 180, 30), Libx264Encoder(320, 180, 30, 300_000, 1_000_000),
-                                wanted=lambda: watching[0])
+    source = FrameEncoderSource(
+        TestPatternCamera(320, 180, 30),
+        Libx264Encoder(320, 180, 30, 300_000, 1_000_000),
+        wanted=lambda: watching[0],
+    )
     packets: list[EncodedPacket] = []
     await source.start(packets.append)
     await asyncio.sleep(0.3)

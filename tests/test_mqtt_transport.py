@@ -10,27 +10,50 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.fleetlink.mqtt import (BrokerAddress, BrokerUrlError, MqttClient, MqttError, parse_broker_url,
-                                         split_endpoint, tls_context)
+from device_agent.fleetlink.mqtt import (
+    BrokerAddress,
+    BrokerUrlError,
+    MqttClient,
+    MqttError,
+    parse_broker_url,
+    split_endpoint,
+    tls_context,
+)
 from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSPORT = ROOT / "device_agent" / "fleetlink" / "mqtt.py"
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("mqtt://broker", BrokerAddress("broker", 1883, False)),
-    ("mqtts://broker", BrokerAddress("broker", 8883, True)),
-    ("mqtt://10.0.0.1:1999", BrokerAddress("10.0.0.1", 1999, False)),
-    ("mqtts://[::1]:8884", BrokerAddress("::1", 8884, True)),
-    (" mqtt://broker/ ", BrokerAddress("broker", 1883, False)),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("mqtt://broker", BrokerAddress("broker", 1883, False)),
+        ("mqtts://broker", BrokerAddress("broker", 8883, True)),
+        ("mqtt://10.0.0.1:1999", BrokerAddress("10.0.0.1", 1999, False)),
+        ("mqtts://[::1]:8884", BrokerAddress("::1", 8884, True)),
+        (" mqtt://broker/ ", BrokerAddress("broker", 1883, False)),
+    ],
+)
 def test_one_default_port_rule(url: str, expected: BrokerAddress) -> None:
     assert parse_broker_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["http://x", "mqtt://", "tcp://host:1883", "host:1883", "broker", "",
-                                 "mqtt://h:99999", "mqtt://h:0", "mqtt://h/x", "mqtt://h:port"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://x",
+        "mqtt://",
+        "tcp://host:1883",
+        "host:1883",
+        "broker",
+        "",
+        "mqtt://h:99999",
+        "mqtt://h:0",
+        "mqtt://h/x",
+        "mqtt://h:port",
+    ],
+)
 def test_anything_else_is_refused_naming_the_url(url: str) -> None:
     with pytest.raises(BrokerUrlError) as e:
         parse_broker_url(url)
@@ -42,7 +65,10 @@ def test_fleetctl_serve_gives_the_claim_responder_the_services_own_port() -> Non
     (``split_host_port(url, 8883)``) while the service itself used 1883."""
     src = (ROOT / "fleet" / "core_cli.py").read_text()
     assert "split_host_port" not in src and "parse_broker_url(args.mqtt)" in src
-    assert (parse_broker_url("mqtt://broker").host, parse_broker_url("mqtt://broker").port) == ("broker", 1883)
+    assert (parse_broker_url("mqtt://broker").host, parse_broker_url("mqtt://broker").port) == (
+        "broker",
+        1883,
+    )
 
 
 def test_scheme_less_endpoints_keep_their_listener_default() -> None:

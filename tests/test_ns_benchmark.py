@@ -1,4 +1,5 @@
 """benchmarks.ns_quality's runner for our model: each clip starts from a fresh recurrent state."""
+
 from __future__ import annotations
 
 import numpy as np

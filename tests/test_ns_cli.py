@@ -1,4 +1,5 @@
 """`device-agent ns denoise` on WAVs at several rates, and `ns bench`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,8 @@ def test_denoise_any_rate(tmp_path: Path, rate: int) -> None:
 
 
 def test_denoise_bad_input_is_clear_error(tmp_path: Path, capsys) -> None:
-    bad = tmp_path / "bad.wav"; bad.write_bytes(b"garbage")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"garbage")
     assert main(["ns", "denoise", str(bad), str(tmp_path / "o.wav")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "o.wav").exists()

@@ -1,4 +1,5 @@
 """Noise suppression runtime: real TFLite interpreter on real audio."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from device_agent.ns.model import DEFAULT_MODEL, HOP, MaskModel, ModelError, StreamingDenoiser, rotations, stft_windows
-from device_agent.ns.stage import BypassStage, NoiseSuppressionStage, create_stage
+from device_agent.ns.model import (
+    DEFAULT_MODEL,
+    HOP,
+    MaskModel,
+    ModelError,
+    StreamingDenoiser,
+    rotations,
+    stft_windows,
+)
 from device_agent.ns.quality import si_sdr
+from device_agent.ns.stage import BypassStage, NoiseSuppressionStage, create_stage
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,11 +45,11 @@ def test_default_model_is_at_most_one_megabyte() -> None:
 
 def test_asymmetric_windows_reconstruct_with_two_hop_latency() -> None:
     wa, ws = stft_windows(320)
-    assert np.allclose(wa, ws) and np.allclose(wa ** 2, np.hanning(321)[:320])  # plain sqrt-Hann
+    assert np.allclose(wa, ws) and np.allclose(wa**2, np.hanning(321)[:320])  # plain sqrt-Hann
     wa, ws = stft_windows(512)
-    assert np.all(ws[:-2 * HOP] == 0)  # synthesis only over the newest 20 ms
+    assert np.all(ws[: -2 * HOP] == 0)  # synthesis only over the newest 20 ms
     product = wa * ws
-    assert np.allclose(product[-2 * HOP:-HOP] + product[-HOP:], 1.0, atol=1e-6)  # overlap-adds to one
+    assert np.allclose(product[-2 * HOP : -HOP] + product[-HOP:], 1.0, atol=1e-6)  # overlap-adds to one
 
     class Unity:  # a mask of ones: the STFT path alone must give the input back, 160 samples late
         bins, frame, path, df_bins, df_order = 257, 512, "unity", 0, 0
@@ -58,6 +67,7 @@ def test_asymmetric_windows_reconstruct_with_two_hop_latency() -> None:
 
 class _ScriptedDeepFilter:
     """A deep-filter model over all 257 bins whose mask is zero and whose filter is one fixed tap."""
+
     bins, frame, path, df_bins, df_order = 257, 512, "scripted", 257, 3
 
     def __init__(self, coef: np.ndarray) -> None:
@@ -106,7 +116,7 @@ def test_length_and_latency_match() -> None:
     assert stage.latency == 160
     # the output is aligned to the input delayed by `latency`: correlation peaks there
     lags = range(0, 400)
-    xc = [np.dot(x[: len(x) - 400].astype(float), y[lag: lag + len(x) - 400].astype(float)) for lag in lags]
+    xc = [np.dot(x[: len(x) - 400].astype(float), y[lag : lag + len(x) - 400].astype(float)) for lag in lags]
     assert int(np.argmax(xc)) == stage.latency
 
 
@@ -117,7 +127,10 @@ def test_state_carried_across_calls_equals_one_shot() -> None:
     sizes = [160, 480, 1600, 320]
     parts, i, k = [], 0, 0
     while i < len(x):
-        n = min(sizes[k % 4], len(x) - i); parts.append(stage.process(x[i:i + n])); i += n; k += 1
+        n = min(sizes[k % 4], len(x) - i)
+        parts.append(stage.process(x[i : i + n]))
+        i += n
+        k += 1
     assert np.array_equal(np.concatenate(parts), one)
 
 
@@ -142,26 +155,35 @@ def test_quality_floor_on_held_out_clip() -> None:
     clean = _pcm(DATA / "ns_clean.wav").astype(float)
     noisy = _pcm(DATA / "ns_noisy_5db.wav")
     stage = NoiseSuppressionStage(MaskModel(), budget_rtf=1e9)
-    y = stage.process(np.concatenate([noisy, np.zeros(stage.latency, np.int16)]))[stage.latency:].astype(float)
+    y = stage.process(np.concatenate([noisy, np.zeros(stage.latency, np.int16)]))[stage.latency :].astype(
+        float
+    )
     gain = si_sdr(clean, y) - si_sdr(clean, noisy.astype(float))
     assert gain >= SI_SDR_GAIN_FLOOR, gain
 
 
-SI_SDR_GAIN_FLOOR = 10.5  # shipped model measures 10.95 dB on this clip (previous models: 10.30, 10.09, 10.26, 8.60, 7.98)
+SI_SDR_GAIN_FLOOR = (
+    10.5  # shipped model measures 10.95 dB on this clip (previous models: 10.30, 10.09, 10.26, 8.60, 7.98)
+)
 
 
 def test_falls_back_to_bypass_when_behind_budget() -> None:
     alerts: list[tuple[str, str]] = []
     ticks = iter(np.arange(0, 1000, 0.05))  # every call "takes" 50 ms per 10 ms hop: RTF 5
-    stage = NoiseSuppressionStage(MaskModel(), budget_rtf=0.5, on_alert=lambda s, m: alerts.append((s, m)),
-                                  window_hops=10, clock=lambda: float(next(ticks)))
+    stage = NoiseSuppressionStage(
+        MaskModel(),
+        budget_rtf=0.5,
+        on_alert=lambda s, m: alerts.append((s, m)),
+        window_hops=10,
+        clock=lambda: float(next(ticks)),
+    )
     x = _pcm(DATA / "ns_noisy_5db.wav")
-    out = [stage.process(x[i:i + HOP]) for i in range(0, 30 * HOP, HOP)]
+    out = [stage.process(x[i : i + HOP]) for i in range(0, 30 * HOP, HOP)]
     assert stage.fell_back and alerts and alerts[0][0] == "P2"
     # no audio dropped: every hop returned full-length; bypass keeps the same delay
     assert all(len(o) == HOP for o in out)
     y = np.concatenate(out)
-    assert np.array_equal(y[-10 * HOP:], x[20 * HOP - 160: 30 * HOP - 160])
+    assert np.array_equal(y[-10 * HOP :], x[20 * HOP - 160 : 30 * HOP - 160])
 
 
 def test_disabled_is_delayed_passthrough() -> None:
@@ -190,6 +212,7 @@ def test_missing_or_corrupt_model_gives_bypass_and_alert(tmp_path: Path, content
 def test_stage_from_config_defaults() -> None:
     from device_agent.config import NoiseSuppressionSection
     from device_agent.ns.stage import stage_from_config
+
     stage, err = stage_from_config(NoiseSuppressionSection())
     assert err is None and isinstance(stage, NoiseSuppressionStage) and stage.enabled
     stats = stage.stats()
@@ -205,37 +228,47 @@ def test_fallback_is_retried_and_resumes_when_fast_again() -> None:
         now[0] += 0.05 if slow[0] else 0.0001
         return now[0]
 
-    stage = NoiseSuppressionStage(MaskModel(), budget_rtf=0.5, on_alert=lambda s, m: alerts.append((s, m)),
-                                  window_hops=10, clock=clock, retry_after_hops=50)
+    stage = NoiseSuppressionStage(
+        MaskModel(),
+        budget_rtf=0.5,
+        on_alert=lambda s, m: alerts.append((s, m)),
+        window_hops=10,
+        clock=clock,
+        retry_after_hops=50,
+    )
     x = _pcm(DATA / "ns_noisy_5db.wav")
     for i in range(0, 30 * HOP, HOP):
-        stage.process(x[i:i + HOP])
+        stage.process(x[i : i + HOP])
     assert stage.fell_back and stage.fallbacks == 1 and alerts
     slow[0] = False
     for i in range(30 * HOP, 120 * HOP, HOP):
-        stage.process(x[i:i + HOP])
-    assert not stage.fell_back and stage.fallbacks == 1  # retried after 50 bypassed hops, stayed within budget
+        stage.process(x[i : i + HOP])
+    assert (
+        not stage.fell_back and stage.fallbacks == 1
+    )  # retried after 50 bypassed hops, stayed within budget
 
 
 def test_toggling_keeps_the_delay_and_resets_state() -> None:
-    x = _pcm(DATA / "ns_noisy_5db.wav")[:48 * HOP]
-    fresh = NoiseSuppressionStage(MaskModel(), budget_rtf=1e9).process(x[16 * HOP:])
+    x = _pcm(DATA / "ns_noisy_5db.wav")[: 48 * HOP]
+    fresh = NoiseSuppressionStage(MaskModel(), budget_rtf=1e9).process(x[16 * HOP :])
     stage = NoiseSuppressionStage(MaskModel(), budget_rtf=1e9)
-    stage.process(x[:8 * HOP])
+    stage.process(x[: 8 * HOP])
     stage.enabled = False
-    off = stage.process(x[8 * HOP:16 * HOP])
-    assert np.array_equal(off[stage.latency:], x[8 * HOP:16 * HOP - stage.latency])  # delayed, not shifted
+    off = stage.process(x[8 * HOP : 16 * HOP])
+    assert np.array_equal(off[stage.latency :], x[8 * HOP : 16 * HOP - stage.latency])  # delayed, not shifted
     stage.enabled = True
-    resumed = stage.process(x[16 * HOP:])
+    resumed = stage.process(x[16 * HOP :])
     # after the first frame (whose overlap came from the bypass), it equals a fresh denoiser on the same input
-    assert np.array_equal(resumed[2 * HOP:], fresh[2 * HOP:])
+    assert np.array_equal(resumed[2 * HOP :], fresh[2 * HOP :])
 
 
 def test_a_valid_tflite_model_of_another_kind_is_refused_clearly() -> None:
     other = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "dtln" / "model_1.tflite"
     if not other.is_file():
         pytest.skip("needs ../shared/anchors/dtln")
-    with pytest.raises(ModelError, match="model_1.tflite: (expected inputs feat, state|the model has no signature)"):
+    with pytest.raises(
+        ModelError, match="model_1.tflite: (expected inputs feat, state|the model has no signature)"
+    ):
         MaskModel(other)
     stage, err = create_stage(str(other))
     assert isinstance(stage, BypassStage) and err

@@ -14,7 +14,7 @@ from device_agent.config import load_config
 from ota import bundle as bundle_mod
 from ota import signing
 from ota.errors import OtaError
-from ota.installer import InstallOptions, Installer
+from ota.installer import Installer, InstallOptions
 from ota.layout import Layout
 from tests.support.ota_harness import PY, REPO, Device, make_bundle, provision
 
@@ -52,8 +52,21 @@ def test_cli_keygen_build_sign_verify_with_rotation(tmp_path: Path, dev: Device)
     assert _cli("fleetctl", "ota", "keygen", str(tmp_path / "k" / "new")).returncode == 1  # never overwrites
     assert (tmp_path / "k" / "old.key").stat().st_mode & 0o777 == 0o600
     out = tmp_path / "b.tar"
-    r = _cli("fleetctl", "ota", "build", "--version", "2.0.0", "--wheelhouse", str(wh), "--hooks", str(hooks),
-             "--hardware", dev.hardware, "-o", str(out))
+    r = _cli(
+        "fleetctl",
+        "ota",
+        "build",
+        "--version",
+        "2.0.0",
+        "--wheelhouse",
+        str(wh),
+        "--hooks",
+        str(hooks),
+        "--hardware",
+        dev.hardware,
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["signed"] is False
     only_new = tmp_path / "trust-new"
@@ -66,8 +79,16 @@ def test_cli_keygen_build_sign_verify_with_rotation(tmp_path: Path, dev: Device)
     r = _cli("device-agent", "ota", "verify", str(out), "--keys", str(only_new))
     assert r.returncode == 1 and "untrusted_key" in r.stderr
     # rotation: sign with the old and the new key; a device trusting either accepts it
-    r = _cli("fleetctl", "ota", "sign", str(out), "--key", str(tmp_path / "k" / "old.key"),
-             "--key", str(tmp_path / "k" / "new.key"))
+    r = _cli(
+        "fleetctl",
+        "ota",
+        "sign",
+        str(out),
+        "--key",
+        str(tmp_path / "k" / "old.key"),
+        "--key",
+        str(tmp_path / "k" / "new.key"),
+    )
     assert r.returncode == 0, r.stderr
     r = _cli("device-agent", "ota", "verify", str(out), "--keys", str(only_new))
     assert r.returncode == 0, r.stderr
@@ -83,8 +104,10 @@ def test_cli_keygen_build_sign_verify_with_rotation(tmp_path: Path, dev: Device)
 
 # --- hand-made bad bundles ---------------------------------------------------------------------
 
-def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, size: int | None = None,
-            linkname: str = "") -> tuple[tarfile.TarInfo, bytes]:
+
+def _member(
+    name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, size: int | None = None, linkname: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.size = len(data) if size is None else size
@@ -100,12 +123,16 @@ def _write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path
     return path
 
 
-def _signed_members(dev: Device, payloads: dict[str, bytes], manifest_extra: dict | None = None,
-                    version: str = "2.0.0") -> list[tuple[tarfile.TarInfo, bytes]]:
+def _signed_members(
+    dev: Device, payloads: dict[str, bytes], manifest_extra: dict | None = None, version: str = "2.0.0"
+) -> list[tuple[tarfile.TarInfo, bytes]]:
     import hashlib
 
-    m = bundle_mod.Manifest(version=version, compatible=[dev.hardware], payloads=[
-        bundle_mod.Payload(n, hashlib.sha256(d).hexdigest(), len(d)) for n, d in payloads.items()])
+    m = bundle_mod.Manifest(
+        version=version,
+        compatible=[dev.hardware],
+        payloads=[bundle_mod.Payload(n, hashlib.sha256(d).hexdigest(), len(d)) for n, d in payloads.items()],
+    )
     raw = m.to_json()
     if manifest_extra:
         data = json.loads(raw)
@@ -147,27 +174,46 @@ def _bad_bundle(kind: str, dev: Device, tmp: Path) -> Path:
         out.write_bytes(good.read_bytes()[: _offset_of(good, WHEEL) + 200])
     elif kind == "path_traversal":
         evil = "wheels/../../../etc/evil"
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes),
-                                                                       _member(evil, b"x")])
+        _write_tar(
+            out,
+            _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes), _member(evil, b"x")],
+        )
     elif kind == "absolute_path":
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes),
-                                                                       _member("/etc/evil", b"x")])
+        _write_tar(
+            out,
+            _signed_members(dev, {WHEEL: wheel_bytes})
+            + [_member(WHEEL, wheel_bytes), _member("/etc/evil", b"x")],
+        )
     elif kind == "symlink_member":
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [
-            _member(WHEEL, kind=tarfile.SYMTYPE, linkname="/etc/passwd")])
+        _write_tar(
+            out,
+            _signed_members(dev, {WHEEL: wheel_bytes})
+            + [_member(WHEEL, kind=tarfile.SYMTYPE, linkname="/etc/passwd")],
+        )
     elif kind == "hardlink_member":
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [
-            _member(WHEEL, kind=tarfile.LNKTYPE, linkname="manifest.json")])
+        _write_tar(
+            out,
+            _signed_members(dev, {WHEEL: wheel_bytes})
+            + [_member(WHEEL, kind=tarfile.LNKTYPE, linkname="manifest.json")],
+        )
     elif kind == "device_member":
         _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, kind=tarfile.CHRTYPE)])
     elif kind == "oversized_member":
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes + b"\0" * 4096)])
+        _write_tar(
+            out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes + b"\0" * 4096)]
+        )
     elif kind == "duplicate_member":
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes),
-                                                                       _member(WHEEL, wheel_bytes)])
+        _write_tar(
+            out,
+            _signed_members(dev, {WHEEL: wheel_bytes})
+            + [_member(WHEEL, wheel_bytes), _member(WHEEL, wheel_bytes)],
+        )
     elif kind == "unlisted_member":
-        _write_tar(out, _signed_members(dev, {WHEEL: wheel_bytes}) + [_member(WHEEL, wheel_bytes),
-                                                                       _member("hooks/sneaky", b"#!/bin/sh\n")])
+        _write_tar(
+            out,
+            _signed_members(dev, {WHEEL: wheel_bytes})
+            + [_member(WHEEL, wheel_bytes), _member("hooks/sneaky", b"#!/bin/sh\n")],
+        )
     elif kind == "wrong_hardware":
         make_bundle(dev, out, "2.0.0", hardware=["other-board"])
     elif kind == "older_version":
@@ -184,12 +230,24 @@ def _bad_bundle(kind: str, dev: Device, tmp: Path) -> Path:
 
 
 BAD = {
-    "wrong_key": "untrusted_key", "flipped_manifest": "bad_signature", "flipped_signature": "bad_signature",
-    "flipped_payload": "bad_digest", "truncated": "bad_bundle", "path_traversal": "unsafe_member",
-    "absolute_path": "unsafe_member", "symlink_member": "unsafe_member", "hardlink_member": "unsafe_member",
-    "device_member": "unsafe_member", "oversized_member": "oversized", "duplicate_member": "duplicate_member",
-    "unlisted_member": "unlisted_member", "wrong_hardware": "incompatible", "older_version": "downgrade",
-    "same_version": "downgrade", "min_version": "incompatible", "not_a_tar": "bad_bundle",
+    "wrong_key": "untrusted_key",
+    "flipped_manifest": "bad_signature",
+    "flipped_signature": "bad_signature",
+    "flipped_payload": "bad_digest",
+    "truncated": "bad_bundle",
+    "path_traversal": "unsafe_member",
+    "absolute_path": "unsafe_member",
+    "symlink_member": "unsafe_member",
+    "hardlink_member": "unsafe_member",
+    "device_member": "unsafe_member",
+    "oversized_member": "oversized",
+    "duplicate_member": "duplicate_member",
+    "unlisted_member": "unlisted_member",
+    "wrong_hardware": "incompatible",
+    "older_version": "downgrade",
+    "same_version": "downgrade",
+    "min_version": "incompatible",
+    "not_a_tar": "bad_bundle",
 }
 
 

@@ -106,8 +106,10 @@ async def test_resume_after_cut_at_half_fetches_only_the_rest(served, tmp_path: 
     assert res.bytes_fetched == size - have <= missing + CHUNK
     wire = proxy.sent_per_connection[1]  # body plus HTTP headers on the wire
     assert wire <= missing + CHUNK + 1024
-    print(f"RESUME size={size} first={have} second_body={res.bytes_fetched} second_wire={wire} "
-          f"ratio={res.bytes_fetched / missing:.4f}")
+    print(
+        f"RESUME size={size} first={have} second_body={res.bytes_fetched} second_wire={wire} "
+        f"ratio={res.bytes_fetched / missing:.4f}"
+    )
 
 
 async def test_cut_mid_download_is_retried_within_one_call(served, tmp_path: Path) -> None:
@@ -115,9 +117,16 @@ async def test_cut_mid_download_is_retried_within_one_call(served, tmp_path: Pat
     proxy = CuttingProxy(port, cut_after=len(data) // 3)
     await proxy.start()
     events: list[tuple[int, int, float | None]] = []
-    res = await download(f"http://127.0.0.1:{proxy.port}/b.tar", tmp_path / "b.tar", len(data),
-                         hashlib.sha256(data).hexdigest(), retries=3, reserve_bytes=0, retry_delay_s=0.01,
-                         progress=lambda d, t, eta: events.append((d, t, eta)))
+    res = await download(
+        f"http://127.0.0.1:{proxy.port}/b.tar",
+        tmp_path / "b.tar",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        retries=3,
+        reserve_bytes=0,
+        retry_delay_s=0.01,
+        progress=lambda d, t, eta: events.append((d, t, eta)),
+    )
     await proxy.stop()
     assert res.attempts == 2 and (tmp_path / "b.tar").read_bytes() == data
     assert res.bytes_fetched <= len(data) + CHUNK
@@ -145,8 +154,13 @@ async def test_disk_space_checked_before_writing(served, tmp_path: Path) -> None
     port, data = served
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(OtaError) as err:
-        await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data),
-                       hashlib.sha256(data).hexdigest(), reserve_bytes=free)
+        await download(
+            f"http://127.0.0.1:{port}/b.tar",
+            tmp_path / "b.tar",
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+            reserve_bytes=free,
+        )
     assert err.value.code == "no_space" and "free" in err.value.message
     assert not list(tmp_path.glob("*.part"))
 
@@ -172,8 +186,11 @@ async def _range_liar(tmp_path: Path, data: bytes, start: int):
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append(request.headers.get("Range"))
         if request.headers.get("Range"):
-            return web.Response(status=206, body=data[start:],
-                                headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+            return web.Response(
+                status=206,
+                body=data[start:],
+                headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"},
+            )
         return web.Response(body=data)
 
     app = web.Application()
@@ -193,8 +210,15 @@ async def test_206_not_starting_at_the_offset_is_not_appended(tmp_path: Path, st
     part_path(dest, sha).write_bytes(data[:100_000])  # a genuine partial of this bundle
     runner, port, seen = await _range_liar(tmp_path, data, start)
     try:
-        res = await download(f"http://127.0.0.1:{port}/b.tar", dest, len(data), sha, retries=2,
-                             reserve_bytes=0, retry_delay_s=0.01)
+        res = await download(
+            f"http://127.0.0.1:{port}/b.tar",
+            dest,
+            len(data),
+            sha,
+            retries=2,
+            reserve_bytes=0,
+            retry_delay_s=0.01,
+        )
     finally:
         await runner.cleanup()
     assert dest.read_bytes() == data
@@ -226,8 +250,15 @@ async def test_short_response_without_error_is_a_failure_with_backoff(tmp_path: 
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         with pytest.raises(OtaError) as err:
-            await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data), sha, retries=2,
-                           reserve_bytes=0, retry_delay_s=0.2)
+            await download(
+                f"http://127.0.0.1:{port}/b.tar",
+                tmp_path / "b.tar",
+                len(data),
+                sha,
+                retries=2,
+                reserve_bytes=0,
+                retry_delay_s=0.2,
+            )
     finally:
         await runner.cleanup()
     assert err.value.code == "download_failed" and "3 attempts" in err.value.message
@@ -238,8 +269,15 @@ async def test_short_response_without_error_is_a_failure_with_backoff(tmp_path: 
 async def test_retries_are_bounded(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(OtaError) as err:
-        await download(f"http://127.0.0.1:{free_port()}/b.tar", tmp_path / "b.tar", 100, "0" * 64, retries=3,
-                       reserve_bytes=0, retry_delay_s=0.01)
+        await download(
+            f"http://127.0.0.1:{free_port()}/b.tar",
+            tmp_path / "b.tar",
+            100,
+            "0" * 64,
+            retries=3,
+            reserve_bytes=0,
+            retry_delay_s=0.01,
+        )
     assert err.value.code == "download_failed" and "4 attempts" in err.value.message
     assert time.monotonic() - t0 < 10
 
@@ -247,13 +285,22 @@ async def test_retries_are_bounded(tmp_path: Path) -> None:
 async def test_wrong_digest_deleted_404_not_retried(served, tmp_path: Path) -> None:
     port, data = served
     with pytest.raises(OtaError) as err:
-        await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data), "0" * 64, reserve_bytes=0)
+        await download(
+            f"http://127.0.0.1:{port}/b.tar", tmp_path / "b.tar", len(data), "0" * 64, reserve_bytes=0
+        )
     assert err.value.code == "bad_digest"
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "b.tar").exists()
     t0 = time.monotonic()
     with pytest.raises(OtaError) as err:
-        await download(f"http://127.0.0.1:{port}/nope.tar", tmp_path / "n.tar", 10, "0" * 64, reserve_bytes=0,
-                       retries=5, retry_delay_s=1.0)
+        await download(
+            f"http://127.0.0.1:{port}/nope.tar",
+            tmp_path / "n.tar",
+            10,
+            "0" * 64,
+            reserve_bytes=0,
+            retries=5,
+            retry_delay_s=1.0,
+        )
     assert "404" in err.value.message and time.monotonic() - t0 < 1.0
     with pytest.raises(OtaError) as err:  # larger than announced: refused, not written past the size
         await download(f"http://127.0.0.1:{port}/b.tar", tmp_path / "s.tar", 1000, "0" * 64, reserve_bytes=0)
@@ -286,9 +333,14 @@ async def test_component_install_from_url_reports_progress(tmp_path: Path) -> No
     agent.add(comp)
     await agent.start()
     try:
-        res = await agent.commands.dispatch("ota.install", {"url": f"http://127.0.0.1:{port}/v2.tar",
-                                                            "sha256": hashlib.sha256(data).hexdigest(),
-                                                            "size": len(data)})
+        res = await agent.commands.dispatch(
+            "ota.install",
+            {
+                "url": f"http://127.0.0.1:{port}/v2.tar",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+            },
+        )
         assert res == {"accepted": True}
         for _ in range(400):
             if comp.restart_requested or any(e.get("phase") == "failed" for e in events):
@@ -322,8 +374,11 @@ def test_cli_serve_install_from_url_and_status(tmp_path: Path) -> None:
     srv.mkdir()
     bundle = make_bundle(dev, srv / "v2.tar", "2.0.0")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "fleet.cli", "ota", "serve", str(srv), "--listen",
-                               f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli", "ota", "serve", str(srv), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):
             try:
@@ -332,21 +387,52 @@ def test_cli_serve_install_from_url_and_status(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.05)
         data = bundle.read_bytes()
-        r = subprocess.run([sys.executable, "-m", "device_agent.cli", "ota", "install",
-                            f"http://127.0.0.1:{port}/v2.tar", "--sha256", hashlib.sha256(data).hexdigest(),
-                            "--size", str(len(data)), "--config", str(dev.config_path)],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "device_agent.cli",
+                "ota",
+                "install",
+                f"http://127.0.0.1:{port}/v2.tar",
+                "--sha256",
+                hashlib.sha256(data).hexdigest(),
+                "--size",
+                str(len(data)),
+                "--config",
+                str(dev.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         assert "100.0%" in r.stdout and f"downloaded {len(data)} bytes" in r.stdout
         assert "switched to slot b (2.0.0)" in r.stdout
-        st = subprocess.run([sys.executable, "-m", "device_agent.cli", "ota", "status", "--config",
-                             str(dev.config_path)], capture_output=True, text=True, timeout=60)
+        st = subprocess.run(
+            [sys.executable, "-m", "device_agent.cli", "ota", "status", "--config", str(dev.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         status = json.loads(st.stdout)
         assert status["current_slot"] == "b" and status["update"]["phase"] == "trial"
         assert status["slots"]["a"]["version"] == "1.0.0" and status["slots"]["b"]["version"] == "2.0.0"
-        bad = subprocess.run([sys.executable, "-m", "device_agent.cli", "ota", "install",
-                              f"http://127.0.0.1:{port}/v2.tar", "--config", str(dev.config_path)],
-                             capture_output=True, text=True, timeout=60)
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "device_agent.cli",
+                "ota",
+                "install",
+                f"http://127.0.0.1:{port}/v2.tar",
+                "--config",
+                str(dev.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert bad.returncode == 2 and "--sha256" in bad.stderr
     finally:
         server.terminate()
@@ -363,32 +449,61 @@ def _tls_files(d: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bundle test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     ca_path, cert_path, key_path = d / "ca.pem", d / "server.pem", d / "server.key"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return ca_path, cert_path, key_path
 
 
@@ -402,9 +517,24 @@ async def test_https_download_trusts_only_the_configured_ca(tmp_path: Path) -> N
     data = os.urandom(300_000)
     (srv / "b.tar").write_bytes(data)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "fleet.cli", "ota", "serve", str(srv), "--listen",
-                               f"127.0.0.1:{port}", "--cert", str(cert), "--key", str(key)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet.cli",
+            "ota",
+            "serve",
+            str(srv),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):
             try:
@@ -418,7 +548,9 @@ async def test_https_download_trusts_only_the_configured_ca(tmp_path: Path) -> N
         assert res.bytes_fetched == len(data) and (tmp_path / "ok.tar").read_bytes() == data
         t0 = time.monotonic()
         with pytest.raises(OtaError) as err:  # system CAs do not know this server: refused, not retried
-            await download(url, tmp_path / "no.tar", len(data), sha, reserve_bytes=0, retries=5, retry_delay_s=1.0)
+            await download(
+                url, tmp_path / "no.tar", len(data), sha, reserve_bytes=0, retries=5, retry_delay_s=1.0
+            )
         assert err.value.code == "tls" and time.monotonic() - t0 < 1.0
     finally:
         server.terminate()

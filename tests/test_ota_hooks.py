@@ -10,7 +10,7 @@ import pytest
 
 from device_agent.config import load_config
 from firmware_hooks import runner
-from ota.installer import InstallOptions, Installer
+from ota.installer import Installer, InstallOptions
 from ota.layout import Layout
 from tests.support.ota_harness import Device, make_bundle, provision
 
@@ -19,8 +19,13 @@ PERIPHERAL_HOOK = runner.PACKAGED_HOOKS / "peripheral-firmware"
 
 
 def _run(hook: Path, phase: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(hook), phase], env={"PATH": os.environ["PATH"], **env}, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [str(hook), phase],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_packaged_hooks_are_discovered_and_executable() -> None:
@@ -43,7 +48,12 @@ def test_rauc_hook(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     note = state / "ota-reboot-required"
-    env = {"OTA_FIRMWARE_DIR": str(fw), "RAUC": str(fake), "OTA_VERSION": "2.0.0", "OTA_STATE_DIR": str(state)}
+    env = {
+        "OTA_FIRMWARE_DIR": str(fw),
+        "RAUC": str(fake),
+        "OTA_VERSION": "2.0.0",
+        "OTA_STATE_DIR": str(state),
+    }
     install = _run(RAUC_HOOK, "install", env)
     assert install.returncode == 0 and "REBOOT REQUIRED" in install.stdout
     assert note.read_text().splitlines() == ["version=2.0.0", f"image={fw}/system-2.0.raucb"]
@@ -71,8 +81,11 @@ def test_peripheral_firmware_hook_checks_its_version(tmp_path: Path) -> None:
     dest.mkdir()
     state = tmp_path / "state"
     state.mkdir()
-    env = {"OTA_FIRMWARE_DIR": str(tmp_path / "firmware"), "OTA_STATE_DIR": str(state),
-           "PERIPHERAL_FLASH_CMD": f"cp -t {dest}"}
+    env = {
+        "OTA_FIRMWARE_DIR": str(tmp_path / "firmware"),
+        "OTA_STATE_DIR": str(state),
+        "PERIPHERAL_FLASH_CMD": f"cp -t {dest}",
+    }
     r = _run(PERIPHERAL_HOOK, "install", env)
     assert r.returncode == 0 and " -> dsp-2.1" in r.stdout
     assert (dest / "image.bin").read_bytes() == b"\x01\x02"
@@ -97,7 +110,9 @@ def test_bundle_firmware_reaches_the_packaged_hook(tmp_path: Path, monkeypatch: 
     flashed.mkdir()
     monkeypatch.setenv("PERIPHERAL_FLASH_CMD", f"cp -t {flashed}")
     bundle = make_bundle(dev, tmp_path / "v2.tar", "2.0.0", firmware=tmp_path / "fw")
-    Installer(Layout(dev.root, dev.state_dir), InstallOptions.from_config(load_config(dev.config_path))).install(bundle)
+    Installer(
+        Layout(dev.root, dev.state_dir), InstallOptions.from_config(load_config(dev.config_path))
+    ).install(bundle)
     assert (flashed / "image.bin").read_bytes() == b"dsp"
     assert (dev.state_dir / "peripheral-firmware.version").read_text().strip() == "mic-7"
     assert (dev.root / "current" / "ota-bundle" / "firmware" / "peripheral" / "VERSION").exists()
@@ -105,7 +120,9 @@ def test_bundle_firmware_reaches_the_packaged_hook(tmp_path: Path, monkeypatch: 
 
 def test_runner_environment_and_stderr_cap(tmp_path: Path) -> None:
     hook = tmp_path / "h"
-    hook.write_text('#!/bin/sh\necho "$OTA_PHASE $OTA_VERSION $1"\nhead -c 10000 /dev/zero | tr "\\0" x >&2\nexit 1\n')
+    hook.write_text(
+        '#!/bin/sh\necho "$OTA_PHASE $OTA_VERSION $1"\nhead -c 10000 /dev/zero | tr "\\0" x >&2\nexit 1\n'
+    )
     hook.chmod(0o755)
     with pytest.raises(runner.HookFailed) as err:
         runner.run_hook(hook, "commit", {"OTA_VERSION": "3.1"})

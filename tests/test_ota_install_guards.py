@@ -13,7 +13,7 @@ import pytest
 
 from device_agent.config import load_config
 from ota.errors import OtaError
-from ota.installer import InstallOptions, Installer, check_install_space, check_owner
+from ota.installer import Installer, InstallOptions, check_install_space, check_owner
 from ota.layout import Layout, atomic_write_json
 from ota.trial import commit
 from tests.support.ota_harness import Device, make_bundle, provision
@@ -72,7 +72,10 @@ def test_root_cli_install_into_a_service_user_layout_is_refused(tmp_path: Path) 
     before, lock_stat = dev.slot_listing(), (dev.state_dir / "ota.lock").stat()
     proc = dev.cli("ota", "install", str(bundle), "--config", str(dev.config_path))
     assert proc.returncode == 1 and "REFUSED (wrong_user)" in proc.stderr and f"uid {nobody}" in proc.stderr
-    assert dev.slot_listing() == before and (dev.state_dir / "ota.lock").stat().st_mtime_ns == lock_stat.st_mtime_ns
+    assert (
+        dev.slot_listing() == before
+        and (dev.state_dir / "ota.lock").stat().st_mtime_ns == lock_stat.st_mtime_ns
+    )
     proc = dev.cli("ota", "install", str(bundle), "--config", str(dev.config_path), "--as-root")  # deliberate
     assert proc.returncode == 0, proc.stderr
     assert dev.state()["update"]["version"] == "2.0.0"
@@ -95,16 +98,38 @@ def test_commit_updates_the_boot_check_copy(tmp_path: Path) -> None:
     options = InstallOptions(trusted_keys_dir=tmp_path, hardware="x", hooks_dirs=[])
     new_src = b"# boot check of release 2\nprint('ok')\n"
     _fake_slot(layout, "b", new_src)
-    atomic_write_json(layout.state_path, {"committed_slot": "a", "committed_version": "1.0.0",
-                                          "update": {"phase": "trial", "version": "2.0.0", "target_slot": "b",
-                                                     "previous_slot": "a", "starts": 1}})
+    atomic_write_json(
+        layout.state_path,
+        {
+            "committed_slot": "a",
+            "committed_version": "1.0.0",
+            "update": {
+                "phase": "trial",
+                "version": "2.0.0",
+                "target_slot": "b",
+                "previous_slot": "a",
+                "starts": 1,
+            },
+        },
+    )
     state = commit(layout, options)
     assert state["committed_slot"] == "b"
     assert (layout.root / "boot-check.py").read_bytes() == new_src
     assert sorted(p.name for p in layout.root.iterdir()) == ["boot-check.py", "slots"]  # no temp file left
     # A release that carries no ota/layout.py leaves the copy alone.
     _fake_slot(layout, "a", None)
-    atomic_write_json(layout.state_path, dict(layout.load_state(), update={
-        "phase": "trial", "version": "3.0.0", "target_slot": "a", "previous_slot": "b", "starts": 1}))
+    atomic_write_json(
+        layout.state_path,
+        dict(
+            layout.load_state(),
+            update={
+                "phase": "trial",
+                "version": "3.0.0",
+                "target_slot": "a",
+                "previous_slot": "b",
+                "starts": 1,
+            },
+        ),
+    )
     commit(layout, options)
     assert (layout.root / "boot-check.py").read_bytes() == new_src

@@ -22,9 +22,19 @@ def _slot(layout: Layout, name: str, version: str, complete: bool = True) -> Non
 
 
 def _boot(layout: Layout) -> subprocess.CompletedProcess:
-    return subprocess.run(["/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable, str(BOOT),
-                           "--root", str(layout.root), "--state-dir", str(layout.state_dir)],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [
+            "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
+            str(BOOT),
+            "--root",
+            str(layout.root),
+            "--state-dir",
+            str(layout.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_missing_link_points_at_the_committed_slot(tmp_path: Path) -> None:
@@ -72,9 +82,19 @@ def test_interrupted_rollback_is_finished_and_rollback_is_idempotent(tmp_path: P
     _slot(layout, "a", "1.0.0")
     _slot(layout, "b", "2.0.0")
     layout.point_current("b")
-    layout.save_state({"committed_slot": "a", "committed_version": "1.0.0",
-                       "update": {"phase": "rolling_back", "version": "2.0.0", "target_slot": "b",
-                                  "previous_slot": "a", "reason": "not healthy"}})
+    layout.save_state(
+        {
+            "committed_slot": "a",
+            "committed_version": "1.0.0",
+            "update": {
+                "phase": "rolling_back",
+                "version": "2.0.0",
+                "target_slot": "b",
+                "previous_slot": "a",
+                "reason": "not healthy",
+            },
+        }
+    )
     slot, message = boot_check(layout)
     assert slot == "a" and "finished rollback: not healthy" in message
     state = layout.load_state()

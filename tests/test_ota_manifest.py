@@ -32,7 +32,9 @@ def dev(tmp_path: Path) -> Device:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Device, dict[str, Any], list[tuple[str, bytes]]]:
+def shared(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Device, dict[str, Any], list[tuple[str, bytes]]]:
     """One provisioned device (1.0.0) and a good 2.0.0 manifest for tests that must leave it untouched."""
     base = tmp_path_factory.mktemp("manifest")
     d = Device(base / "dev", layer=False)
@@ -41,23 +43,32 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Device, dict[str, 
     return d, data, members
 
 
-def good_manifest(dev: Device, tmp: Path, version: str = "2.0.0") -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+def good_manifest(
+    dev: Device, tmp: Path, version: str = "2.0.0"
+) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
     """A manifest built by the real ``ota.bundle.build`` (as a dict) and the members it lists."""
     good = make_bundle(dev, tmp / f"good-{version}.tar", version)
     with tarfile.open(good) as tar:
         data = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()  # type: ignore[union-attr]
-                   if m.name not in ("manifest.json", "manifest.sig")]
+        members = [
+            (m.name, tar.extractfile(m).read())
+            for m in tar.getmembers()  # type: ignore[union-attr]
+            if m.name not in ("manifest.json", "manifest.sig")
+        ]
     return data, members
 
 
-def signed_bundle(dev: Device, out: Path, manifest: dict[str, Any] | bytes,
-                  members: list[tuple[str, bytes]]) -> Path:
+def signed_bundle(
+    dev: Device, out: Path, manifest: dict[str, Any] | bytes, members: list[tuple[str, bytes]]
+) -> Path:
     """A bundle whose (possibly malformed) manifest is signed with the device's trusted key."""
     raw = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in [("manifest.json", raw), ("manifest.sig", signing.sign(raw, [dev.signing_key])),
-                           *members]:
+        for name, data in [
+            ("manifest.json", raw),
+            ("manifest.sig", signing.sign(raw, [dev.signing_key])),
+            *members,
+        ]:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -86,9 +97,23 @@ def test_string_false_is_not_a_downgrade_permission(dev: Device, tmp_path: Path)
     err = refused_intact(dev, signed_bundle(dev, tmp_path / "down.tar", data, members))
     assert err.code == "bad_manifest" and "allow_downgrade" in err.message
     assert dev.running_version() == "1.0.0"
-    r = subprocess.run([PY, "-m", "device_agent.cli", "ota", "verify", str(tmp_path / "down.tar"), "--config",
-                        str(dev.config_path)], check=False, capture_output=True, text=True, cwd=REPO,
-                       timeout=60)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "device_agent.cli",
+            "ota",
+            "verify",
+            str(tmp_path / "down.tar"),
+            "--config",
+            str(dev.config_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert r.returncode == 1 and "bad_manifest" in r.stderr and "allow_downgrade" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -104,6 +129,7 @@ def _set(path: str, value: Any):
             del target[last]
         else:
             target[int(last) if last.isdigit() else last] = value
+
     return apply
 
 
@@ -117,7 +143,7 @@ MALFORMED = {
     "created=[1]": (_set("created", [1]), "created"),
     "created=true": (_set("created", True), "created"),
     "created=-1": (_set("created", -1), "created"),
-    "created=1e400": (_set("created", 10 ** 400), "created"),
+    "created=1e400": (_set("created", 10**400), "created"),
     "payloads=5": (_set("payloads", 5), "payloads"),
     "payloads=[5]": (_set("payloads", [5]), "payloads[0]"),
     "payloads={}": (_set("payloads", {}), "payloads"),
@@ -155,13 +181,16 @@ def test_malformed_field_is_bad_manifest_naming_it(case: str, shared, tmp_path: 
     assert dev.running_version() == "1.0.0"
 
 
-@pytest.mark.parametrize("raw, word", [
-    (b'{"format": 1, "format": 1}', "format"),       # one key twice: two parsers could disagree
-    (b'{"format": 1, "created": NaN}', "NaN"),         # not JSON, although Python's json reads it
-    (b'{"format": 1, "created": Infinity}', "Infinity"),
-    (b"[" * 100_000, "not JSON"),
-    (b"\xff\xfe", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, word",
+    [
+        (b'{"format": 1, "format": 1}', "format"),  # one key twice: two parsers could disagree
+        (b'{"format": 1, "created": NaN}', "NaN"),  # not JSON, although Python's json reads it
+        (b'{"format": 1, "created": Infinity}', "Infinity"),
+        (b"[" * 100_000, "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
 def test_not_quite_json_is_bad_manifest(raw: bytes, word: str, shared, tmp_path: Path) -> None:
     dev, _data, members = shared
     err = refused_intact(dev, signed_bundle(dev, tmp_path / "bad.tar", raw, members))

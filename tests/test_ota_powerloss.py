@@ -35,9 +35,15 @@ STEPS = ["lock", "verify", "prepare", "venv", "pip", "copy", "seal", "switch", "
 
 
 def _start(dev: Device, bundle: Path) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-m", "device_agent.cli", "ota", "install", str(bundle), "--config",
-                             str(dev.config_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, start_new_session=True)
+    return subprocess.Popen(
+        [PY, "-m", "device_agent.cli", "ota", "install", str(bundle), "--config", str(dev.config_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -69,7 +75,9 @@ def _run_until_step(dev: Device, bundle: Path, step: str) -> tuple[list[str], bo
     return lines, False
 
 
-def _run_for(dev: Device, bundle: Path, delay: float, after: str = "lock") -> tuple[list[tuple[float, str]], bool]:
+def _run_for(
+    dev: Device, bundle: Path, delay: float, after: str = "lock"
+) -> tuple[list[tuple[float, str]], bool]:
     """Start an install, SIGKILL it ``delay`` s after it announced step ``after``.
 
     Returns ((time since ``after``, line) pairs, killed).
@@ -190,8 +198,13 @@ def test_power_loss_at_every_step_and_random_points(tmp_path: Path) -> None:
     assert outcomes["1.0.0"] > 0 and outcomes["2.0.0"] > 0
     assert sum(where[s] for s in inside_steps) >= INSIDE_POINTS, where
     print(where)
-    report = {"kills": kills, "install_s": round(at["switched"], 3), "steps_at_s": at, "came_up_on": dict(outcomes),
-              "killed_during": dict(sorted(where.items()))}
+    report = {
+        "kills": kills,
+        "install_s": round(at["switched"], 3),
+        "steps_at_s": at,
+        "came_up_on": dict(outcomes),
+        "killed_during": dict(sorted(where.items())),
+    }
     print("POWERLOSS", json.dumps(report))
     out = os.environ.get("OTA_POWERLOSS_REPORT")
     if out:
@@ -227,8 +240,9 @@ def _cut_before_write(monkeypatch: pytest.MonkeyPatch, k: int) -> list[str]:
     return done
 
 
-def test_cut_before_every_durable_write_of_install_commit_and_rollback(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cut_before_every_durable_write_of_install_commit_and_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Exhaustive: for install+switch, commit and rollback, a cut before each of their durable
     writes (every state write, marker and link swap), then the real boot check."""
     from device_agent.ota_component import manual_rollback

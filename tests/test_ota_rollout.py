@@ -38,7 +38,7 @@ def test_canary_then_constant_batches_to_completion() -> None:
 def test_exponential_growth() -> None:
     r = Rollout("2.0.0", _devices(40), Policy(canary=1, batch_size=2, growth=2.0))
     sizes = []
-    while (wave := r.next_wave(0)):
+    while wave := r.next_wave(0):
         sizes.append(len(wave))
         _succeed(r, wave, 0)
     assert sizes == [1, 2, 4, 8, 16, 9]
@@ -69,8 +69,9 @@ def test_failure_rate_threshold_halts_mid_rollout() -> None:
 
 
 def test_in_progress_timeout_counts_as_failure() -> None:
-    r = Rollout("2.0.0", _devices(3), Policy(canary=0, batch_size=3, max_failure_rate=0.5,
-                                              in_progress_timeout_s=60))
+    r = Rollout(
+        "2.0.0", _devices(3), Policy(canary=0, batch_size=3, max_failure_rate=0.5, in_progress_timeout_s=60)
+    )
     wave = r.next_wave(0)
     r.report(wave[0], "committed", 10, version="2.0.0")
     r.report(wave[1], "committed", 10, version="2.0.0")
@@ -197,10 +198,31 @@ async def test_rollout_over_mqtt_canary_batch_and_halt(tmp_path: Path, mosquitto
             assert online >= set(names), online
             # the operator's command line, as a real subprocess
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fleet.cli", "ota", "rollout", str(bundle),
-                "--url", f"http://127.0.0.1:{port}/v2.tar", "--devices", ",".join(names), "--mqtt", mosquitto.url,
-                "--canary", "1", "--batch-size", "2", "--max-failure-rate", "0.3", "--timeout", "60",
-                "--state", str(state), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "fleet.cli",
+                "ota",
+                "rollout",
+                str(bundle),
+                "--url",
+                f"http://127.0.0.1:{port}/v2.tar",
+                "--devices",
+                ",".join(names),
+                "--mqtt",
+                mosquitto.url,
+                "--canary",
+                "1",
+                "--batch-size",
+                "2",
+                "--max-failure-rate",
+                "0.3",
+                "--timeout",
+                "60",
+                "--state",
+                str(state),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             out, _ = await asyncio.wait_for(proc.communicate(), 90)
     finally:
         stop.set()
@@ -218,8 +240,12 @@ async def test_rollout_over_mqtt_canary_batch_and_halt(tmp_path: Path, mosquitto
     assert rollout.status == "halted" and "1/3" in rollout.reason
     assert results[0] == ["1.0.0", "2.0.0"] and results[2] == ["1.0.0", "2.0.0", "1.0.0"], results
     assert results[3] == ["1.0.0"]
-    status = subprocess.run([sys.executable, "-m", "fleet.cli", "ota", "status", "--state", str(state)],
-                            capture_output=True, text=True, timeout=30)
+    status = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "ota", "status", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert status.returncode == 0 and "rollout 2.0.0: halted" in status.stdout
     assert "cam-3" in status.stdout and "skipped" in status.stdout and "not healthy" in status.stdout
 
@@ -228,13 +254,20 @@ def test_group_targets_come_from_the_fleet_store(tmp_path: Path) -> None:
     """`fleetctl ota rollout --group G` updates the devices the fleet service registered in G, and only those."""
     import time
 
-    from fleet.store import Incoming, Store
     from fleet.ota.rollout_cli import select_devices
+    from fleet.store import Incoming, Store
 
     db = str(tmp_path / "fleet.db")
     store = Store(db)
     for dev, group in (("cam-1", "lobby"), ("cam-2", "lab"), ("cam-3", "lobby")):
-        body = {"online": True, "boot": "b1", "version": "1.0.0", "slot": "a", "group": group, "ts": time.time()}
+        body = {
+            "online": True,
+            "boot": "b1",
+            "version": "1.0.0",
+            "slot": "a",
+            "group": group,
+            "ts": time.time(),
+        }
         store.ingest([Incoming("status", dev, json.dumps(body).encode(), time.time())])
     store.close()
     assert select_devices(None, "lobby", db) == ["cam-1", "cam-3"]

@@ -52,18 +52,32 @@ async def _until(cond, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def _fleet(mosquitto: Mosquitto, tmp_path: Path, url: str, prefix: str, n: int,
-                 faults_after: frozenset[str] = frozenset(), install_s: float = 0.8):
+async def _fleet(
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    url: str,
+    prefix: str,
+    n: int,
+    faults_after: frozenset[str] = frozenset(),
+    install_s: float = 0.8,
+):
     store = Store(url, prefix=prefix)
-    sim = Simulation(mosquitto.url, n, tmp_path / "sim", interval_s=0.5, reconnect_min_s=0.2,
-                     ota=SimOtaOptions(install_s=install_s, versions={SHA: "2.0.0"}, faults_after=faults_after))
+    sim = Simulation(
+        mosquitto.url,
+        n,
+        tmp_path / "sim",
+        interval_s=0.5,
+        reconnect_min_s=0.2,
+        ota=SimOtaOptions(install_s=install_s, versions={SHA: "2.0.0"}, faults_after=faults_after),
+    )
     return store, sim
 
 
 def _create(store: Store, devices: list[str], policy: Policy, gate: GatePolicy) -> tuple[Jobs, str]:
     jobs = Jobs(store)
-    return jobs, jobs.create("2.0.0", devices, {"url": "http://127.0.0.1:9/v2.tar", "sha256": SHA, "size": 1000},
-                             policy, gate)
+    return jobs, jobs.create(
+        "2.0.0", devices, {"url": "http://127.0.0.1:9/v2.tar", "sha256": SHA, "size": 1000}, policy, gate
+    )
 
 
 async def test_rollout_job_completes(db, tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -76,8 +90,9 @@ async def test_rollout_job_completes(db, tmp_path: Path, mosquitto: Mosquitto) -
         assert await sim.wait_connected(20) == 7
         await _until(lambda: len(store.list_devices("sim")) == 7, 20, "registration")
         devices = [d["device"] for d in store.list_devices("sim")]
-        jobs, rid = _create(store, devices, Policy(canary=1, batch_size=3, in_progress_timeout_s=30),
-                            GatePolicy(soak_s=0.5))
+        jobs, rid = _create(
+            store, devices, Policy(canary=1, batch_size=3, in_progress_timeout_s=30), GatePolicy(soak_s=0.5)
+        )
         await _until(lambda: jobs.get(rid).status != "running", 60, "the rollout to end")
         job = jobs.get(rid)
         assert job.status == "completed", job.summary()
@@ -95,7 +110,8 @@ async def test_rollout_job_completes(db, tmp_path: Path, mosquitto: Mosquitto) -
 
 @pytest.mark.parametrize("when", ["installing", "claimed"])
 async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twice(
-        db, when: str, tmp_path: Path, mosquitto: Mosquitto) -> None:
+    db, when: str, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     """Two real workers on one store: the lease holder dies with a wave in flight; the other takes
     the expired lease and never sends an install again. ``installing``: the wave's devices are
     installing, the heir follows their events and completes. ``claimed``: the worker died between
@@ -103,8 +119,13 @@ async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twi
     url, prefix = db
     store_a, sim = await _fleet(mosquitto, tmp_path, url, prefix, 9, install_s=2.0)
     store_b = Store(url, prefix=prefix)
-    a = FleetService(mosquitto.url, store_a, "a", rule_interval_s=3600,
-                     rollout_options={**FAST, "send_delay_s": 0.0 if when == "installing" else 1.0})
+    a = FleetService(
+        mosquitto.url,
+        store_a,
+        "a",
+        rule_interval_s=3600,
+        rollout_options={**FAST, "send_delay_s": 0.0 if when == "installing" else 1.0},
+    )
     b = FleetService(mosquitto.url, store_b, "b", rule_interval_s=3600, rollout_options=FAST)
     await a.start()
     await sim.start(spread_s=0)
@@ -113,16 +134,23 @@ async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twi
         await _until(lambda: len(store_a.list_devices("sim")) == 9, 20, "registration")
         devices = [d["device"] for d in store_a.list_devices("sim")]
         timeout = 30.0 if when == "installing" else 4.0
-        jobs, rid = _create(store_a, devices, Policy(canary=1, batch_size=4, in_progress_timeout_s=timeout),
-                            GatePolicy(soak_s=0.2))
+        jobs, rid = _create(
+            store_a,
+            devices,
+            Policy(canary=1, batch_size=4, in_progress_timeout_s=timeout),
+            GatePolicy(soak_s=0.2),
+        )
         await _until(lambda: jobs.get(rid).owner.startswith("a:"), 10, "worker a to take the lease")
         await b.start()  # b sees the lease held and leaves the job alone
 
         def batch_in_flight() -> bool:
             r = jobs.get(rid).rollout
             prog = r.in_progress()
-            return r.waves >= 2 and bool(prog) and (
-                when == "claimed" or all(r.per_device[d].phase not in ("dispatched", "") for d in prog))
+            return (
+                r.waves >= 2
+                and bool(prog)
+                and (when == "claimed" or all(r.per_device[d].phase not in ("dispatched", "") for d in prog))
+            )
 
         await _until(batch_in_flight, 30, "the first batch in flight")
         in_flight = jobs.get(rid).rollout.in_progress()
@@ -140,15 +168,21 @@ async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twi
         assert max(o.installs for o in sim.otas) == 1  # the devices' own count: nobody updated twice
         assert set(job.dispatches.values()) <= {0, 1}
         if when == "installing":
-            assert job.status == "completed", {d: s for d, s in job.rollout.per_device.items() if s.state != "succeeded"}
+            assert job.status == "completed", {
+                d: s for d, s in job.rollout.per_device.items() if s.state != "succeeded"
+            }
             assert all(job.rollout.per_device[d].state == "succeeded" for d in in_flight)
             assert [o.installs for o in sim.otas] == [1] * 9
-            assert a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 9 - 1 - len(in_flight)
+            assert a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 9 - 1 - len(
+                in_flight
+            )
         else:
             unsent = [d for d in in_flight if by_id[d].installs == 0]
             assert unsent, "the worker died after sending; nothing to prove"
             assert all(job.rollout.per_device[d].state == "timed_out" for d in unsent)
-            assert a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 0  # nothing re-sent
+            assert (
+                a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 0
+            )  # nothing re-sent
             assert job.status == "halted"
     finally:
         await sim.stop()
@@ -159,7 +193,8 @@ async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twi
 
 
 async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
-        db, tmp_path: Path, mosquitto: Mosquitto) -> None:
+    db, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     """The new version makes the canary's viewers lossy (18 fps, freezes): the gate compares it with
     the devices not yet updated over the soak window, halts the rollout and rolls the canary back."""
     url, prefix = db
@@ -171,11 +206,14 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
         assert await sim.wait_connected(20) == 6
         await _until(lambda: len(store.list_devices("sim")) == 6, 20, "registration")
         devices = [d["device"] for d in store.list_devices("sim")]
-        jobs, rid = _create(store, devices, Policy(canary=2, batch_size=2, in_progress_timeout_s=30),
-                            GatePolicy(soak_s=3.0))
+        jobs, rid = _create(
+            store, devices, Policy(canary=2, batch_size=2, in_progress_timeout_s=30), GatePolicy(soak_s=3.0)
+        )
         await _until(lambda: jobs.get(rid).status == "halted", 60, "the gate to halt the rollout")
         job = jobs.get(rid)
-        assert "health gate" in job.rollout.reason and "rendered_fps" in job.rollout.reason, job.rollout.reason
+        assert "health gate" in job.rollout.reason and "rendered_fps" in job.rollout.reason, (
+            job.rollout.reason
+        )
         canaries = [d for d in devices if job.rollout.per_device[d].wave == 0]
         assert len(canaries) == 2
         assert all(job.rollback.get(d) == "done" for d in canaries)
@@ -184,7 +222,9 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
         rest = [d for d in devices if d not in canaries]
         assert all(job.rollout.per_device[d].state == "skipped" and by_id[d].installs == 0 for d in rest)
         gate = job.last_gate
-        assert gate["passed"] is False and gate["updated"]["devices"] == 2 and gate["baseline"]["devices"] == 4
+        assert (
+            gate["passed"] is False and gate["updated"]["devices"] == 2 and gate["baseline"]["devices"] == 4
+        )
         assert gate["updated"]["rendered_fps"] < 20 < gate["baseline"]["rendered_fps"]
     finally:
         await sim.stop()
@@ -193,8 +233,15 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
 
 
 def _cli(*argv: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fleet.cli", *argv], check=False, capture_output=True, text=True, timeout=120,
-                          env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.cli", *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def test_cli_creates_the_job_in_the_store_named_by_fleet_db_and_halts_resumes_lists(tmp_path: Path) -> None:
@@ -206,8 +253,14 @@ def test_cli_creates_the_job_in_the_store_named_by_fleet_db_and_halts_resumes_li
     db_path = tmp_path / "elsewhere" / "fleet.db"
     db_path.parent.mkdir()
     store = Store(str(db_path))
-    store.ingest([Incoming("status", f"cam-{i}", json.dumps({"online": True, "group": "lobby"}).encode(), time.time())
-                  for i in range(3)])
+    store.ingest(
+        [
+            Incoming(
+                "status", f"cam-{i}", json.dumps({"online": True, "group": "lobby"}).encode(), time.time()
+            )
+            for i in range(3)
+        ]
+    )
     store.close()
     wh = tmp_path / "wh"
     wh.mkdir()
@@ -218,8 +271,23 @@ def test_cli_creates_the_job_in_the_store_named_by_fleet_db_and_halts_resumes_li
     work = tmp_path / "cwd"
     work.mkdir()
     env = {**os.environ, "FLEET_DB": str(db_path), "FLEET_MQTT_URL": "mqtt://127.0.0.1:9"}
-    r = _cli("ota", "rollout", str(bundle), "--url", "http://127.0.0.1:8081/v2.tar", "--group", "lobby",
-             "--canary", "1", "--batch-size", "2", "--soak", "60", env=env, cwd=work)
+    r = _cli(
+        "ota",
+        "rollout",
+        str(bundle),
+        "--url",
+        "http://127.0.0.1:8081/v2.tar",
+        "--group",
+        "lobby",
+        "--canary",
+        "1",
+        "--batch-size",
+        "2",
+        "--soak",
+        "60",
+        env=env,
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr
     rid = r.stdout.split()[1].rstrip(":")
     assert not (work / "fleet.db").exists()
@@ -275,19 +343,45 @@ def test_gate_compare_thresholds() -> None:
     from fleet.ota.health_gate import GroupFigures, compare, sample_figures
 
     gate = GatePolicy()
-    base = GroupFigures(devices=10, alerts_per_device=0.1, crashloop_share=0.0, freeze_rate=0.5, rendered_fps=29.8,
-                        ns_rtf=0.18)
+    base = GroupFigures(
+        devices=10,
+        alerts_per_device=0.1,
+        crashloop_share=0.0,
+        freeze_rate=0.5,
+        rendered_fps=29.8,
+        ns_rtf=0.18,
+    )
     assert compare(base, base, gate) == []
     assert compare(GroupFigures(devices=2, rendered_fps=20.0), base, gate)[0].startswith("rendered_fps")
     assert compare(GroupFigures(devices=2, freeze_rate=3.0), base, gate)[0].startswith("freeze_rate")
-    assert compare(GroupFigures(devices=2, alerts_per_device=1.0), base, gate)[0].startswith("alerts_per_device")
+    assert compare(GroupFigures(devices=2, alerts_per_device=1.0), base, gate)[0].startswith(
+        "alerts_per_device"
+    )
     assert compare(GroupFigures(devices=2, crashloop_share=0.5), base, gate)[0].startswith("crashloop_share")
     assert compare(GroupFigures(devices=2, ns_rtf=0.4), base, gate)[0].startswith("ns_rtf")
-    assert compare(GroupFigures(devices=2, rendered_fps=1.0), GroupFigures(), gate) == []  # no baseline: passes
+    assert (
+        compare(GroupFigures(devices=2, rendered_fps=1.0), GroupFigures(), gate) == []
+    )  # no baseline: passes
     assert compare(GroupFigures(devices=2, rendered_fps=None), base, gate) == []  # missing figure: skipped
-    f = sample_figures({"agent": {"starts_10min": 4}, "media": {
-        "viewers": {"sessions": [{"qoe": {"freeze_rate": 10.0, "rendered_fps": 20.0}}, {"qoe": None},
-                                 {"qoe": {"freeze_rate": 0.0, "rendered_fps": 30.0}}]},
-        "audio": {"stage": {"rtf": 0.2}}}})
+    f = sample_figures(
+        {
+            "agent": {"starts_10min": 4},
+            "media": {
+                "viewers": {
+                    "sessions": [
+                        {"qoe": {"freeze_rate": 10.0, "rendered_fps": 20.0}},
+                        {"qoe": None},
+                        {"qoe": {"freeze_rate": 0.0, "rendered_fps": 30.0}},
+                    ]
+                },
+                "audio": {"stage": {"rtf": 0.2}},
+            },
+        }
+    )
     assert f == {"crashloop": True, "freeze_rate": 5.0, "rendered_fps": 25.0, "ns_rtf": 0.2}
-    assert sample_figures({}) == {"crashloop": False, "freeze_rate": None, "rendered_fps": None, "ns_rtf": None}
+    assert sample_figures({}) == {
+        "crashloop": False,
+        "freeze_rate": None,
+        "rendered_fps": None,
+        "ns_rtf": None,
+    }

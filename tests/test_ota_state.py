@@ -35,19 +35,50 @@ CALLS: dict[Event, Callable[[Layout, OtaState], object]] = {
 }
 
 # A state file in each state, in the JSON shape every release so far writes (1.0.0 in a, 2.0.0 in b).
-_UPDATE = {"version": "2.0.0", "target_slot": "b", "previous_slot": "a", "previous_version": "1.0.0",
-           "bundle": "/bundles/v2.tar", "started": 1700000000.0}
-_TRIAL = {**_UPDATE, "phase": "trial", "starts": 1, "max_failed_starts": 3, "trial_deadline_s": 120.0,
-          "switched": 1700000050.0, "install_s": 42.0}
-_LAST = {"result": "committed", "version": "1.0.0", "reason": "healthy after 1 start(s)", "ts": 1600000000.0,
-         "reported": False}
+_UPDATE = {
+    "version": "2.0.0",
+    "target_slot": "b",
+    "previous_slot": "a",
+    "previous_version": "1.0.0",
+    "bundle": "/bundles/v2.tar",
+    "started": 1700000000.0,
+}
+_TRIAL = {
+    **_UPDATE,
+    "phase": "trial",
+    "starts": 1,
+    "max_failed_starts": 3,
+    "trial_deadline_s": 120.0,
+    "switched": 1700000050.0,
+    "install_s": 42.0,
+}
+_LAST = {
+    "result": "committed",
+    "version": "1.0.0",
+    "reason": "healthy after 1 start(s)",
+    "ts": 1600000000.0,
+    "reported": False,
+}
 SAMPLES: dict[State, dict] = {
     State.IDLE: {"committed_slot": "a", "committed_version": "1.0.0", "update": None, "last_result": _LAST},
-    State.INSTALLING: {"committed_slot": "a", "committed_version": "1.0.0", "update": {**_UPDATE, "phase": "installing"},
-                       "last_result": _LAST},
-    State.TRIAL: {"committed_slot": "a", "committed_version": "1.0.0", "update": _TRIAL, "last_result": _LAST},
-    State.ROLLING_BACK: {"committed_slot": "a", "committed_version": "1.0.0",
-                         "update": {**_TRIAL, "phase": "rolling_back", "reason": "not healthy"}, "last_result": _LAST},
+    State.INSTALLING: {
+        "committed_slot": "a",
+        "committed_version": "1.0.0",
+        "update": {**_UPDATE, "phase": "installing"},
+        "last_result": _LAST,
+    },
+    State.TRIAL: {
+        "committed_slot": "a",
+        "committed_version": "1.0.0",
+        "update": _TRIAL,
+        "last_result": _LAST,
+    },
+    State.ROLLING_BACK: {
+        "committed_slot": "a",
+        "committed_version": "1.0.0",
+        "update": {**_TRIAL, "phase": "rolling_back", "reason": "not healthy"},
+        "last_result": _LAST,
+    },
 }
 
 # Where `current` points when the caller fires the event (default: a, or b once switched).
@@ -117,7 +148,9 @@ def test_every_transition_of_the_table(tmp_path: Path, pair: tuple[State, Event]
     assert st.state is TRANSITIONS[pair]
     saved = layout.load_state()
     assert saved == st.to_dict()  # saved before the function returned
-    assert (saved["update"] or {}).get("phase", "idle") == TRANSITIONS[pair].value  # the phase every release reads
+    assert (saved["update"] or {}).get("phase", "idle") == TRANSITIONS[
+        pair
+    ].value  # the phase every release reads
     assert layout.load() == st  # and it loads back as it was
 
 
@@ -161,17 +194,33 @@ def test_a_state_written_by_the_previous_release_mid_trial_resumes(tmp_path: Pat
     layout = _device(tmp_path, State.TRIAL, "b")
     raw = layout.load_state()
     assert OtaState.from_dict(raw).to_dict() == raw  # same JSON, key for key
-    r = subprocess.run(["/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable, "-I", str(BOOT),
-                        "--root", str(layout.root), "--state-dir", str(layout.state_dir)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
+            "-I",
+            str(BOOT),
+            "--root",
+            str(layout.root),
+            "--state-dir",
+            str(layout.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0 and "trial start 2/3 of 2.0.0" in r.stdout, r.stdout + r.stderr
     assert layout.load_state() == dict(raw, update=dict(raw["update"], starts=2))
 
 
 def test_unknown_keys_and_results_are_kept(tmp_path: Path) -> None:
-    raw = {"committed_slot": "a", "committed_version": "1.0.0", "future": {"x": 1},
-           "update": {**_TRIAL, "new_field": True}, "last_result": {"result": "paused", "version": "2.0.0"},
-           "history": [_LAST]}
+    raw = {
+        "committed_slot": "a",
+        "committed_version": "1.0.0",
+        "future": {"x": 1},
+        "update": {**_TRIAL, "new_field": True},
+        "last_result": {"result": "paused", "version": "2.0.0"},
+        "history": [_LAST],
+    }
     st = OtaState.from_dict(raw)
     assert st.state is State.TRIAL and st.last_result is None
     assert st.to_dict() == raw
@@ -198,7 +247,9 @@ async def test_a_trial_that_ended_meanwhile_is_an_outcome_not_an_error(tmp_path:
     ran = tmp_path / "ran"
     (hooks / "record").write_text(f"#!/bin/sh\necho $1 >> {ran}\n")
     (hooks / "record").chmod(0o755)
-    options = InstallOptions(trusted_keys_dir=tmp_path, hardware="x", hooks_dirs=[hooks], trial_deadline_s=5.0)
+    options = InstallOptions(
+        trusted_keys_dir=tmp_path, hardware="x", hooks_dirs=[hooks], trial_deadline_s=5.0
+    )
     update = layout.load().update
     assert update is not None
     events: list[dict] = []
@@ -210,12 +261,16 @@ async def test_a_trial_that_ended_meanwhile_is_an_outcome_not_an_error(tmp_path:
             finish_rollback(layout, layout.load(), "requested by the operator")
         return True
 
-    trial = Trial(layout, options, operator_rolls_back, lambda kind, **f: events.append(f), healthy_s=0.05, poll_s=0.01)
+    trial = Trial(
+        layout, options, operator_rolls_back, lambda kind, **f: events.append(f), healthy_s=0.05, poll_s=0.01
+    )
     assert await trial.run(update) is TrialOutcome.ENDED
     assert not ran.exists()  # neither `trial` nor `commit` hooks ran
     assert [e["phase"] for e in events] == ["trial"]  # no committed or rolled_back claimed by the trial
     st = layout.load()
-    assert st.state is State.IDLE and st.last_result is not None and st.last_result.result is Result.ROLLED_BACK
+    assert (
+        st.state is State.IDLE and st.last_result is not None and st.last_result.result is Result.ROLLED_BACK
+    )
     assert commit(layout, options) is None and layout.current_slot() == "a"
 
 
@@ -227,7 +282,12 @@ def test_commit_writes_a_standalone_boot_check_from_the_committed_slot(tmp_path:
     from ota.trial import commit
 
     layout = _device(tmp_path, State.TRIAL, "b")
-    site = layout.slot_path("b") / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    site = (
+        layout.slot_path("b")
+        / "lib"
+        / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        / "site-packages"
+    )
     (site / "ota").mkdir(parents=True)
     for name in BOOT_CHECK_MODULES:
         module = name.rpartition(".")[2] + ".py"
@@ -236,9 +296,28 @@ def test_commit_writes_a_standalone_boot_check_from_the_committed_slot(tmp_path:
     assert commit(layout, options) is not None
     boot = layout.root / "boot-check.py"
     assert sorted(p.name for p in layout.root.iterdir()) == ["boot-check.py", "current", "slots"]
-    layout.save_state(dict(SAMPLES[State.TRIAL], update=dict(_TRIAL, starts=3)))  # a later trial of b, 3 starts ...
-    r = subprocess.run(["/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable, "-I", str(boot),
-                        "--root", str(layout.root), "--state-dir", str(layout.state_dir)],
-                       capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr  # ... and the copy's state machine rolls the crash loop back
-    assert "rolled back: crash loop: 3 starts of 2.0.0 without a commit" in r.stdout and layout.current_slot() == "a"
+    layout.save_state(
+        dict(SAMPLES[State.TRIAL], update=dict(_TRIAL, starts=3))
+    )  # a later trial of b, 3 starts ...
+    r = subprocess.run(
+        [
+            "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
+            "-I",
+            str(boot),
+            "--root",
+            str(layout.root),
+            "--state-dir",
+            str(layout.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, (
+        r.stdout + r.stderr
+    )  # ... and the copy's state machine rolls the crash loop back
+    assert (
+        "rolled back: crash loop: 3 starts of 2.0.0 without a commit" in r.stdout
+        and layout.current_slot() == "a"
+    )

@@ -18,7 +18,7 @@ from device_agent.config import load_config
 from device_agent.ota_component import RESTART_EXIT_CODE, OtaComponent
 from device_agent.registry import CommandError
 from ota.errors import OtaError
-from ota.installer import InstallOptions, Installer
+from ota.installer import Installer, InstallOptions
 from ota.layout import Layout
 from tests.support.ota_harness import Device, has_event, make_bundle, provision, supervise
 
@@ -26,8 +26,10 @@ from tests.support.ota_harness import Device, has_event, make_bundle, provision,
 def _hook(path: Path, phase: str, code: int, message: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     hook = path / f"fail-{phase}"
-    hook.write_text(f'#!/bin/sh\n[ "$1" = "{phase}" ] || exit 0\necho "{message} ($OTA_VERSION in slot $OTA_SLOT)" >&2\n'
-                    f"exit {code}\n")
+    hook.write_text(
+        f'#!/bin/sh\n[ "$1" = "{phase}" ] || exit 0\necho "{message} ($OTA_VERSION in slot $OTA_SLOT)" >&2\n'
+        f"exit {code}\n"
+    )
     hook.chmod(0o755)
     return path
 
@@ -56,7 +58,9 @@ def test_healthy_release_commits(tmp_path: Path) -> None:
     runs = supervise(dev, lambda d: has_event(d, "committed", "2.0.0"), watchdog_s=5)
     assert [r.version for r in runs] == ["2.0.0"]
     state = dev.state()
-    assert state["committed_slot"] == "b" and state["committed_version"] == "2.0.0" and state["update"] is None
+    assert (
+        state["committed_slot"] == "b" and state["committed_version"] == "2.0.0" and state["update"] is None
+    )
     assert state["last_result"]["result"] == "committed"
     # a restart after the commit is a normal start, not a trial
     check = dev.boot_check()
@@ -126,8 +130,10 @@ def test_retry_exit_code_21_then_success(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     counter = tmp_path / "count"
-    (hooks / "busy-once").write_text(f'#!/bin/sh\n[ "$1" = install ] || exit 0\n'
-                                     f'if [ ! -f {counter} ]; then touch {counter}; exit 21; fi\nexit 0\n')
+    (hooks / "busy-once").write_text(
+        f'#!/bin/sh\n[ "$1" = install ] || exit 0\n'
+        f"if [ ! -f {counter} ]; then touch {counter}; exit 21; fi\nexit 0\n"
+    )
     (hooks / "busy-once").chmod(0o755)
     _install_cli(dev, make_bundle(dev, tmp_path / "v2.tar", "2.0.0", hooks=hooks))
     assert counter.exists() and dev.running_version() == "2.0.0"
@@ -181,7 +187,9 @@ async def test_component_install_events_busy_status_and_rollback(tmp_path: Path)
             await agent.commands.dispatch("ota.rollback", {})
         assert err.value.code == "no_previous_slot"
         assert dev.running_version() == "1.0.0"
-        forced = await agent.commands.dispatch("ota.rollback", {"force": True})  # explicit: to 2.0.0 in slot b
+        forced = await agent.commands.dispatch(
+            "ota.rollback", {"force": True}
+        )  # explicit: to 2.0.0 in slot b
         assert forced["slot"] == "b" and dev.running_version() == "2.0.0"
     finally:
         await agent.stop()
@@ -191,11 +199,20 @@ def test_lock_of_live_process_refuses_dead_one_is_broken(tmp_path: Path) -> None
     dev = _device(tmp_path)
     bundle = make_bundle(dev, tmp_path / "v2.tar", "2.0.0")
     layout = Layout(dev.root, dev.state_dir)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(layout.lock_path)!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
-        "print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(layout.lock_path)!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+                "print('held', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         opts = InstallOptions.from_config(load_config(dev.config_path))

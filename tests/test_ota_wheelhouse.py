@@ -17,7 +17,8 @@ def _wheel(tmp: Path, name: str, deps: list[str]) -> Path:
     src = tmp / f"src-{name}"
     (src / name).mkdir(parents=True)
     (src / name / "__init__.py").write_text("")
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
         [build-system]
         requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
@@ -25,16 +26,48 @@ def _wheel(tmp: Path, name: str, deps: list[str]) -> Path:
         name = "{name}"
         version = "1.0"
         dependencies = {deps!r}
-    """).replace("'", '"'))
+    """).replace("'", '"')
+    )
     out = tmp / f"built-{name}"
-    subprocess.run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--disable-pip-version-check", "-w", str(out), str(src)], check=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        check=True,
+    )
     return next(out.glob("*.whl"))
 
 
 def _build(wh: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "fleet.cli", "ota", "build", "--version", "2.0.0", "--wheelhouse", str(wh),
-                           "-o", str(out)], check=False, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            PY,
+            "-m",
+            "fleet.cli",
+            "ota",
+            "build",
+            "--version",
+            "2.0.0",
+            "--wheelhouse",
+            str(wh),
+            "-o",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_build_refuses_a_wheelhouse_missing_a_dependency(tmp_path: Path) -> None:

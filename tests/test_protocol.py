@@ -31,8 +31,12 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 out.add(id(body[0].value))
     return out
 
@@ -53,8 +57,13 @@ def topic_strings(source: str) -> list[tuple[int, str]]:
             if TOPIC_ROOT.search(text):
                 found.append((node.lineno, text))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip \
-                and id(node) not in inside_fstring and TOPIC_ROOT.search(node.value):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in skip
+            and id(node) not in inside_fstring
+            and TOPIC_ROOT.search(node.value)
+        ):
             found.append((node.lineno, node.value))
     return found
 
@@ -128,10 +137,14 @@ def test_every_documented_topic_has_a_builder(pattern: str, _direction: str, _re
 
 def test_filters_and_shared_subscriptions() -> None:
     assert protocol.ALL_STATUS == "dev/+/status"
-    assert protocol.shared(protocol.FLEET_SHARE_GROUP, protocol.ALL_TELEMETRY) == "$share/fleet/dev/+/telemetry"
+    assert (
+        protocol.shared(protocol.FLEET_SHARE_GROUP, protocol.ALL_TELEMETRY) == "$share/fleet/dev/+/telemetry"
+    )
     assert protocol.shared("", protocol.ALL_EVENTS) == "dev/+/events"
-    assert protocol.shared(protocol.PROVISIONING_SHARE_GROUP, protocol.ALL_CLAIM_REQUESTS) == \
-        "$share/fleet-provisioning/claim/+/req"
+    assert (
+        protocol.shared(protocol.PROVISIONING_SHARE_GROUP, protocol.ALL_CLAIM_REQUESTS)
+        == "$share/fleet-provisioning/claim/+/req"
+    )
     assert protocol.strip_share("$share/fleet/dev/+/events") == "dev/+/events"
     assert protocol.parse_renew_request("dev/d1/renew/req") == "d1"
     assert protocol.parse_renew_request("dev/d1/renew/res") is None
@@ -142,6 +155,8 @@ def test_filters_and_shared_subscriptions() -> None:
 
 
 def test_error_codes_keep_their_wire_strings() -> None:
-    assert json.dumps(protocol.error_result(ErrorCode.BAD_JSON, "x")) == \
-        '{"ok": false, "error": {"code": "bad_json", "message": "x"}}'
+    assert (
+        json.dumps(protocol.error_result(ErrorCode.BAD_JSON, "x"))
+        == '{"ok": false, "error": {"code": "bad_json", "message": "x"}}'
+    )
     assert ErrorCode.RETAINED_REFUSED == "retained_refused" and ErrorCode.INTERNAL_ERROR == "internal_error"

@@ -19,7 +19,7 @@ def doctor(tmp: Path, alsa: AlsaTestConfig, *args: str) -> tuple[int, dict]:
     cfg = tmp / "agent.toml"
     cfg.write_text(f"""
 [device]
-state_dir = "{tmp / 'state'}"
+state_dir = "{tmp / "state"}"
 
 [audio]
 backend = "alsa"
@@ -34,8 +34,14 @@ width = 320
 height = 240
 fps = 15
 """)
-    r = subprocess.run([sys.executable, "-m", "device_agent.cli", "doctor", "--config", str(cfg), "--json", *args],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, **alsa.env})
+    r = subprocess.run(
+        [sys.executable, "-m", "device_agent.cli", "doctor", "--config", str(cfg), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **alsa.env},
+    )
     return r.returncode, json.loads(r.stdout)
 
 
@@ -47,8 +53,16 @@ def test_doctor_hardware_checks_and_order(tmp_path: Path) -> None:
     alsa.write()
     rc, report = doctor(tmp_path, alsa)
     names = [c["name"] for c in report["checks"]]
-    assert names == ["Identity", "Clock", "Broker", "Disk", "Noise suppression model", "Microphone", "Speaker",
-                     "Camera"]  # hardware last
+    assert names == [
+        "Identity",
+        "Clock",
+        "Broker",
+        "Disk",
+        "Noise suppression model",
+        "Microphone",
+        "Speaker",
+        "Camera",
+    ]  # hardware last
     by = {c["name"]: c for c in report["checks"]}
     assert rc == 1 and report["ok"] is False  # not provisioned
     assert by["Identity"]["status"] == "fail" and "provision" in by["Identity"]["fix"]
@@ -60,8 +74,8 @@ def test_doctor_hardware_checks_and_order(tmp_path: Path) -> None:
     # the tone really went to the speaker: 1 kHz dominates what the PCM wrote
     played = np.fromfile(out, dtype="<i2").astype(np.float64)
     assert played.size >= 0.9 * 48000
-    spectrum = np.abs(np.fft.rfft(played[:48000 // 2 * 2]))
-    peak_hz = np.argmax(spectrum) * 48000 / (played[:48000 // 2 * 2].size)
+    spectrum = np.abs(np.fft.rfft(played[: 48000 // 2 * 2]))
+    peak_hz = np.argmax(spectrum) * 48000 / (played[: 48000 // 2 * 2].size)
     assert abs(peak_hz - 1000) < 5
 
 

@@ -34,11 +34,29 @@ async def responder(fleet: Fleet):
     await asyncio.wait_for(task, 10)
 
 
-async def provision_cli(tmp: Path, name: str, token: str, fleet: Fleet, *extra: str) -> tuple[int, str, str, Path, Path]:
+async def provision_cli(
+    tmp: Path, name: str, token: str, fleet: Fleet, *extra: str
+) -> tuple[int, str, str, Path, Path]:
     cfg, ident = tmp / name / "agent.toml", tmp / name / "identity"
-    rc, out, err = await arun_cli("device_agent.cli", "provision", "--claim", token, "--fleet",
-                                  f"127.0.0.1:{fleet.claim_port}", "--name", name, "--location", "hall",
-                                  "--config", str(cfg), "--identity-dir", str(ident), "--timeout", "10", *extra)
+    rc, out, err = await arun_cli(
+        "device_agent.cli",
+        "provision",
+        "--claim",
+        token,
+        "--fleet",
+        f"127.0.0.1:{fleet.claim_port}",
+        "--name",
+        name,
+        "--location",
+        "hall",
+        "--config",
+        str(cfg),
+        "--identity-dir",
+        str(ident),
+        "--timeout",
+        "10",
+        *extra,
+    )
     return rc, out, err, cfg, ident
 
 
@@ -81,8 +99,14 @@ async def test_two_devices_end_to_end(fleet: Fleet, responder, tmp_path: Path) -
     assert devices[ids[0]]["name"] == "cam0"
     assert all(c.used_at for c in fleet.store.claims() if c.id in {t.split(".")[0] for t in tokens})
     # doctor (without hardware) passes on a provisioned device, and says so in JSON
-    rc, out, err = await arun_cli("device_agent.cli", "doctor", "--config", str(tmp_path / "cam0" / "agent.toml"),
-                                  "--json", "--no-hardware")
+    rc, out, err = await arun_cli(
+        "device_agent.cli",
+        "doctor",
+        "--config",
+        str(tmp_path / "cam0" / "agent.toml"),
+        "--json",
+        "--no-hardware",
+    )
     report = json.loads(out)
     by_name = {c["name"]: c for c in report["checks"]}
     assert by_name["Identity"]["status"] == "pass", by_name
@@ -130,31 +154,74 @@ async def test_technician_failures_have_clear_messages(fleet: Fleet, tmp_path: P
     (token,) = create_tokens(fleet)
     # broker unreachable: nothing listens on that port
     from tests.support.mosquitto import free_port
-    rc, out, err = await arun_cli("device_agent.cli", "provision", "--claim", token, "--fleet",
-                                  f"127.0.0.1:{free_port()}", "--config", str(tmp_path / "a.toml"),
-                                  "--identity-dir", str(tmp_path / "id"), "--timeout", "5")
+
+    rc, out, err = await arun_cli(
+        "device_agent.cli",
+        "provision",
+        "--claim",
+        token,
+        "--fleet",
+        f"127.0.0.1:{free_port()}",
+        "--config",
+        str(tmp_path / "a.toml"),
+        "--identity-dir",
+        str(tmp_path / "id"),
+        "--timeout",
+        "5",
+    )
     assert rc == 4 and "unreachable" in err and "refused the connection" in err, err
     # no network / DNS: a name that cannot resolve
-    rc, out, err = await arun_cli("device_agent.cli", "provision", "--claim", token, "--fleet",
-                                  "fleet.invalid:8884", "--config", str(tmp_path / "a.toml"),
-                                  "--identity-dir", str(tmp_path / "id"), "--timeout", "5")
+    rc, out, err = await arun_cli(
+        "device_agent.cli",
+        "provision",
+        "--claim",
+        token,
+        "--fleet",
+        "fleet.invalid:8884",
+        "--config",
+        str(tmp_path / "a.toml"),
+        "--identity-dir",
+        str(tmp_path / "id"),
+        "--timeout",
+        "5",
+    )
     assert rc == 3 and "No network" in err, err
     # the broker is up but the claim service is not running (no responder in this test)
-    rc, out, err = await arun_cli("device_agent.cli", "provision", "--claim", token, "--fleet",
-                                  f"127.0.0.1:{fleet.claim_port}", "--config", str(tmp_path / "a.toml"),
-                                  "--identity-dir", str(tmp_path / "id"), "--timeout", "2")
+    rc, out, err = await arun_cli(
+        "device_agent.cli",
+        "provision",
+        "--claim",
+        token,
+        "--fleet",
+        f"127.0.0.1:{fleet.claim_port}",
+        "--config",
+        str(tmp_path / "a.toml"),
+        "--identity-dir",
+        str(tmp_path / "id"),
+        "--timeout",
+        "2",
+    )
     # claim/ca is retained from earlier responders in this module, so either message is right
     assert rc == 4 and ("claim service" in err or "did not answer" in err), err
     assert not (tmp_path / "a.toml").exists() and not (tmp_path / "id" / "device.key").exists()
 
 
-async def test_wrong_clock_is_refused_before_the_token_is_used(fleet: Fleet, responder, tmp_path: Path) -> None:
+async def test_wrong_clock_is_refused_before_the_token_is_used(
+    fleet: Fleet, responder, tmp_path: Path
+) -> None:
     from provisioning.claim import ProvisionError
     from provisioning.provision import ProvisionRequest, provision
     from provisioning.token import ClaimToken
+
     (token,) = create_tokens(fleet)
-    req = ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}", tmp_path / "c.toml",
-                           identity_dir=tmp_path / "id", clock=lambda: time.time() + 3600, say=lambda s: None)
+    req = ProvisionRequest(
+        ClaimToken.parse(token),
+        f"127.0.0.1:{fleet.claim_port}",
+        tmp_path / "c.toml",
+        identity_dir=tmp_path / "id",
+        clock=lambda: time.time() + 3600,
+        say=lambda s: None,
+    )
     with pytest.raises(ProvisionError) as e:
         await provision(req)
     assert e.value.kind == "clock" and e.value.exit_code == 5 and "ahead" in str(e.value)
@@ -181,11 +248,13 @@ async def test_renewal_over_mtls_and_factory_reset(fleet: Fleet, responder, tmp_
     await m.connect("127.0.0.1", fleet.port)
     await m.close()
     # factory reset: refuses without --yes, then wipes identity and configuration
-    rc, out, err = await arun_cli("device_agent.cli", "factory-reset", "--config", str(cfg),
-                                  "--identity-dir", str(ident))
+    rc, out, err = await arun_cli(
+        "device_agent.cli", "factory-reset", "--config", str(cfg), "--identity-dir", str(ident)
+    )
     assert rc == 2 and "device.key" in out and (ident / "device.key").exists()
-    rc, out, err = await arun_cli("device_agent.cli", "factory-reset", "--config", str(cfg),
-                                  "--identity-dir", str(ident), "--yes")
+    rc, out, err = await arun_cli(
+        "device_agent.cli", "factory-reset", "--config", str(cfg), "--identity-dir", str(ident), "--yes"
+    )
     assert rc == 0, err
     assert not cfg.exists() and not ident.exists()
     # doctor now says what to do
@@ -198,10 +267,18 @@ async def test_renewal_component_renews_when_due(fleet: Fleet, responder, tmp_pa
     from provisioning.provision import ProvisionRequest, provision
     from provisioning.renewal import RenewalComponent
     from provisioning.token import ClaimToken
+
     (token,) = create_tokens(fleet)
     cfg_path = tmp_path / "agent.toml"
-    await provision(ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}", cfg_path,
-                                     identity_dir=tmp_path / "id", say=lambda s: None))
+    await provision(
+        ProvisionRequest(
+            ClaimToken.parse(token),
+            f"127.0.0.1:{fleet.claim_port}",
+            cfg_path,
+            identity_dir=tmp_path / "id",
+            say=lambda s: None,
+        )
+    )
     cfg = load_config(cfg_path)
     agent = Agent(cfg)
     comp = RenewalComponent(agent)
@@ -228,16 +305,44 @@ async def test_fleetctl_serve_answers_claims(fleet: Fleet, tmp_path: Path, comma
 
     from fleet.provisioning.broker import service_identity_paths
     from tests.test_prov_support import ROOT
+
     key, crt = service_identity_paths(fleet.state)
     if command == "serve":
-        args = ["serve", "--mqtt", f"mqtts://127.0.0.1:{fleet.service_port}", "--ca", str(fleet.broker_dir / "ca.crt"),
-                "--cert", str(crt), "--key", str(key), "--db", str(tmp_path / "fleet.db"), "--claims",
-                str(fleet.state), "--worker-id", "p6"]
+        args = [
+            "serve",
+            "--mqtt",
+            f"mqtts://127.0.0.1:{fleet.service_port}",
+            "--ca",
+            str(fleet.broker_dir / "ca.crt"),
+            "--cert",
+            str(crt),
+            "--key",
+            str(key),
+            "--db",
+            str(tmp_path / "fleet.db"),
+            "--claims",
+            str(fleet.state),
+            "--worker-id",
+            "p6",
+        ]
     else:
-        args = ["claim", "serve", "--broker", f"127.0.0.1:{fleet.service_port}", "--state-dir", str(fleet.state)]
+        args = [
+            "claim",
+            "serve",
+            "--broker",
+            f"127.0.0.1:{fleet.service_port}",
+            "--state-dir",
+            str(fleet.state),
+        ]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fleet.cli", *args,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "fleet.cli",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     try:
         (token,) = create_tokens(fleet, group="served")
         rc, out, err, cfg, _ = await provision_cli(tmp_path, "served", token, fleet)
@@ -249,17 +354,33 @@ async def test_fleetctl_serve_answers_claims(fleet: Fleet, tmp_path: Path, comma
     assert proc.returncode == 0, log.decode()[-2000:]
 
 
-async def test_interactive_provisioning_with_a_scanned_qr_code(fleet: Fleet, responder, tmp_path: Path) -> None:
+async def test_interactive_provisioning_with_a_scanned_qr_code(
+    fleet: Fleet, responder, tmp_path: Path
+) -> None:
     import sys
 
     from provisioning.token import ClaimToken, qr_payload
     from tests.test_prov_support import ROOT
+
     (token,) = create_tokens(fleet, group="qr")
     scanned = qr_payload(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "device_agent.cli", "provision", "--interactive", "--config", str(tmp_path / "a.toml"),
-        "--identity-dir", str(tmp_path / "id"), "--timeout", "10", cwd=ROOT, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "device_agent.cli",
+        "provision",
+        "--interactive",
+        "--config",
+        str(tmp_path / "a.toml"),
+        "--identity-dir",
+        str(tmp_path / "id"),
+        "--timeout",
+        "10",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(f"{scanned}\nBack door\nYard\n".encode()), 60)
     assert proc.returncode == 0, out.decode() + err.decode()
     assert "Fleet address" not in out.decode()  # the QR code carried it
@@ -267,7 +388,9 @@ async def test_interactive_provisioning_with_a_scanned_qr_code(fleet: Fleet, res
     assert (cfg.device.name, cfg.device.location, cfg.device.group) == ("Back door", "Yard", "qr")
 
 
-async def test_the_written_configuration_drives_the_fleet_link(fleet: Fleet, responder, tmp_path: Path) -> None:
+async def test_the_written_configuration_drives_the_fleet_link(
+    fleet: Fleet, responder, tmp_path: Path
+) -> None:
     """The agent's own fleet link, with the configuration provisioning wrote, gets through the
     locked-down broker: status and telemetry arrive (telemetry carries the identity health)."""
     fleetlink = pytest.importorskip("device_agent.fleetlink")
@@ -275,9 +398,17 @@ async def test_the_written_configuration_drives_the_fleet_link(fleet: Fleet, res
     from provisioning.provision import ProvisionRequest, provision
     from provisioning.renewal import RenewalComponent
     from provisioning.token import ClaimToken
+
     (token,) = create_tokens(fleet, group="linked")
-    ident = await provision(ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}",
-                                             tmp_path / "a.toml", identity_dir=tmp_path / "id", say=lambda s: None))
+    ident = await provision(
+        ProvisionRequest(
+            ClaimToken.parse(token),
+            f"127.0.0.1:{fleet.claim_port}",
+            tmp_path / "a.toml",
+            identity_dir=tmp_path / "id",
+            say=lambda s: None,
+        )
+    )
     cfg = load_config(tmp_path / "a.toml")
     cfg.device.state_dir = str(tmp_path / "state")
     watcher = fleet.fleet_service("watch-link")

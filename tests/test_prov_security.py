@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.provisioning.ca import FleetCA, cert_pem
 from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
+from fleet.provisioning.ca import FleetCA, cert_pem
 from provisioning.provision import ProvisionRequest, provision
 from provisioning.token import ClaimToken
 from tests.test_prov_support import Fleet, claim_login, create_tokens, device_client, run_cli, start_fleet
@@ -36,9 +36,15 @@ async def devices(fleet: Fleet, tmp_path: Path) -> dict[str, Path]:
     out = {}
     try:
         for i, token in enumerate(create_tokens(fleet, count=2)):
-            ident = await provision(ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}",
-                                                     tmp_path / f"d{i}.toml", identity_dir=tmp_path / f"id{i}",
-                                                     say=lambda s: None))
+            ident = await provision(
+                ProvisionRequest(
+                    ClaimToken.parse(token),
+                    f"127.0.0.1:{fleet.claim_port}",
+                    tmp_path / f"d{i}.toml",
+                    identity_dir=tmp_path / f"id{i}",
+                    say=lambda s: None,
+                )
+            )
             out[ident.device_id] = tmp_path / f"id{i}"
     finally:
         await r.stop()
@@ -52,7 +58,7 @@ async def drain(m: MqttClient, seconds: float) -> list[tuple[str, bytes]]:
         while True:
             msg = await m.next_message(seconds)
             got.append((msg.topic, msg.payload))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return got
 
 
@@ -101,7 +107,9 @@ async def test_device_cannot_touch_another_devices_topics(fleet: Fleet, devices:
         await m.close()
 
 
-async def test_device_diag_ping_round_trip_only_on_its_own_subtree(fleet: Fleet, devices: dict[str, Path]) -> None:
+async def test_device_diag_ping_round_trip_only_on_its_own_subtree(
+    fleet: Fleet, devices: dict[str, Path]
+) -> None:
     """Diagnostics' MQTT round trip (device -> broker -> device on dev/{id}/diag/ping/{token})."""
     (a, a_dir), (b, b_dir) = devices.items()
     dev_a, dev_b = device_client(a_dir, f"{a}-p"), device_client(b_dir, f"{b}-p")
@@ -172,14 +180,18 @@ async def test_claim_listener_reaches_only_claim_topics(fleet: Fleet, devices: d
         await m.close()
 
 
-async def test_foreign_ca_certificate_is_refused(fleet: Fleet, devices: dict[str, Path], tmp_path: Path) -> None:
+async def test_foreign_ca_certificate_is_refused(
+    fleet: Fleet, devices: dict[str, Path], tmp_path: Path
+) -> None:
     a, a_dir = next(iter(devices.items()))
     # another CA issues a certificate with the same CN as a real device
     rogue = FleetCA.init(tmp_path / "rogue")
     key, cert = rogue.issue_client(a)
     (tmp_path / "r.key").write_bytes(key)
     (tmp_path / "r.crt").write_bytes(cert_pem(cert))
-    m = MqttClient("rogue", tls=tls_context(str(a_dir / "ca.crt"), str(tmp_path / "r.crt"), str(tmp_path / "r.key")))
+    m = MqttClient(
+        "rogue", tls=tls_context(str(a_dir / "ca.crt"), str(tmp_path / "r.crt"), str(tmp_path / "r.key"))
+    )
     with pytest.raises(MqttError) as e:
         await m.connect("127.0.0.1", fleet.port, timeout=5)
     assert e.value.kind in ("tls", "closed", "rejected")
@@ -194,7 +206,9 @@ async def test_revoked_certificate_is_refused(fleet: Fleet, devices: dict[str, P
     before = device_client(a_dir, "before-revoke")
     await before.connect("127.0.0.1", fleet.port)  # valid until revoked
     await before.close()
-    r = run_cli("fleet.cli", "ca", "revoke", a, "--reason", "stolen", env={"FLEETCTL_STATE_DIR": str(fleet.state)})
+    r = run_cli(
+        "fleet.cli", "ca", "revoke", a, "--reason", "stolen", env={"FLEETCTL_STATE_DIR": str(fleet.state)}
+    )
     assert r.returncode == 0, r.stderr
     assert "revoked 1 certificate" in r.stdout
     os.kill(fleet.broker.proc.pid, signal.SIGHUP)  # mosquitto re-reads the CRL on reload
@@ -223,6 +237,11 @@ def test_generated_acl_gives_each_device_exactly_its_subtree(fleet: Fleet) -> No
     assert ["read", "dev/%u/cmd/#"] in patterns and ["write", "dev/%u/status"] in patterns
     assert ["readwrite", "dev/%u/diag/ping/#"] in patterns
     conf = (fleet.broker_dir / "mosquitto.conf").read_text()
-    for line in ("require_certificate true", "use_identity_as_username true", "crlfile", "allow_anonymous false"):
+    for line in (
+        "require_certificate true",
+        "use_identity_as_username true",
+        "crlfile",
+        "allow_anonymous false",
+    ):
         assert line in conf
     assert json.loads((fleet.state / "brokers.json").read_text()) == [str(fleet.broker_dir)]

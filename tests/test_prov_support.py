@@ -13,27 +13,42 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from device_agent.fleetlink.mqtt import MqttClient, tls_context
 from fleet.provisioning.broker import service_identity_paths
 from fleet.provisioning.ca import FleetCA
 from fleet.provisioning.responder import ClaimResponder
 from fleet.provisioning.store import ProvisioningStore
-from device_agent.fleetlink.mqtt import MqttClient, tls_context
 from provisioning.token import ClaimToken, hash_secret
 from tests.support.mosquitto import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> args` as a real subprocess (fleet.cli or device_agent.cli)."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 async def arun_cli(module: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
     """The same, without blocking the event loop (the claim responder runs in it)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -70,10 +85,27 @@ def start_fleet(base: Path) -> Fleet:
     env = {"FLEETCTL_STATE_DIR": str(state)}
     r = run_cli("fleet.cli", "ca", "init", env=env)
     assert r.returncode == 0, r.stderr
-    r = run_cli("fleet.cli", "broker-config", "--out", str(broker_dir), "--host", "127.0.0.1", "--host", "localhost",
-                "--port", str(port), "--claim-port", str(claim_port), "--service-port", str(service_port),
-                "--bind", "127.0.0.1", "--user", "root",
-                env=env)
+    r = run_cli(
+        "fleet.cli",
+        "broker-config",
+        "--out",
+        str(broker_dir),
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "localhost",
+        "--port",
+        str(port),
+        "--claim-port",
+        str(claim_port),
+        "--service-port",
+        str(service_port),
+        "--bind",
+        "127.0.0.1",
+        "--user",
+        "root",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     broker = Mosquitto(base / "mosq-work", plain=False)
     broker.config_path = broker_dir / "mosquitto.conf"  # the generated configuration, unchanged
@@ -83,8 +115,18 @@ def start_fleet(base: Path) -> Fleet:
 
 
 def create_tokens(fleet: Fleet, group: str = "lobby", expires: str = "1h", count: int = 1) -> list[str]:
-    r = run_cli("fleet.cli", "claim", "create", "--group", group, "--expires", expires, "--count", str(count),
-                env={"FLEETCTL_STATE_DIR": str(fleet.state)})
+    r = run_cli(
+        "fleet.cli",
+        "claim",
+        "create",
+        "--group",
+        group,
+        "--expires",
+        expires,
+        "--count",
+        str(count),
+        env={"FLEETCTL_STATE_DIR": str(fleet.state)},
+    )
     assert r.returncode == 0, r.stderr
     tokens = r.stdout.split()
     reload_claims(fleet, tokens[-1])
@@ -108,8 +150,11 @@ def reload_claims(fleet: Fleet, token: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         result: list[int] = []
-        c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=login["username"],
-                        protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=login["username"],
+            protocol=mqtt.MQTTv5,
+        )
         c.username_pw_set(login["username"], login["password"])
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -131,5 +176,11 @@ def reload_claims(fleet: Fleet, token: str, timeout: float = 10.0) -> None:
 
 def device_client(identity_dir: Path, client_id: str, ca_file: Path | None = None) -> MqttClient:
     """An MQTT client authenticating with a device's certificate."""
-    return MqttClient(client_id, tls=tls_context(str(ca_file or identity_dir / "ca.crt"),
-                                                 str(identity_dir / "device.crt"), str(identity_dir / "device.key")))
+    return MqttClient(
+        client_id,
+        tls=tls_context(
+            str(ca_file or identity_dir / "ca.crt"),
+            str(identity_dir / "device.crt"),
+            str(identity_dir / "device.key"),
+        ),
+    )

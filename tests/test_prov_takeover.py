@@ -41,8 +41,15 @@ async def _provision_two(fleet: Fleet, tmp: Path) -> list[tuple[str, Path, Path]
     try:
         for i, token in enumerate(create_tokens(fleet, count=2)):
             cfg = tmp / f"d{i}.toml"
-            ident = await provision(ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}", cfg,
-                                                     identity_dir=tmp / f"id{i}", say=lambda s: None))
+            ident = await provision(
+                ProvisionRequest(
+                    ClaimToken.parse(token),
+                    f"127.0.0.1:{fleet.claim_port}",
+                    cfg,
+                    identity_dir=tmp / f"id{i}",
+                    say=lambda s: None,
+                )
+            )
             out.append((ident.device_id, tmp / f"id{i}", cfg))
     finally:
         await r.stop()
@@ -66,25 +73,27 @@ async def _statuses(watcher: MqttClient, seconds: float) -> list[tuple[str, dict
     while (left := deadline - loop.time()) > 0:
         try:
             msg = await watcher.next_message(left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         if msg.topic.endswith("/status"):
             got.append((msg.topic, json.loads(msg.payload)))
     return got
 
 
-async def _until_online(watcher: MqttClient, ids: set[str], agents: list[AgentProcess],
-                        timeout: float = 40.0) -> None:
+async def _until_online(
+    watcher: MqttClient, ids: set[str], agents: list[AgentProcess], timeout: float = 40.0
+) -> None:
     online: set[str] = set()
     deadline = asyncio.get_running_loop().time() + timeout
     while online != ids:
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            raise AssertionError(f"agents not online ({online} of {ids}): "
-                                 + "\n".join(a.log_text()[-1500:] for a in agents))
+            raise AssertionError(
+                f"agents not online ({online} of {ids}): " + "\n".join(a.log_text()[-1500:] for a in agents)
+            )
         try:
             msg = await watcher.next_message(left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         did = msg.topic.split("/")[1]
         if msg.topic.endswith("/status") and not msg.retain and json.loads(msg.payload).get("online"):
@@ -122,7 +131,9 @@ async def test_no_client_can_take_over_a_devices_client_id(fleet: Fleet, tmp_pat
         _assert_b_kept(await _statuses(watcher, 2.0), b)
         # 2. a plain client (no certificate) on the claim listener, with and without a made-up login
         for login in ({}, {"username": b, "password": "x"}, {"username": f"dev-{b}", "password": ""}):
-            plain = MqttClient(f"dev-{b}" if not login else login["username"], tls=tls_context(verify=False), **login)
+            plain = MqttClient(
+                f"dev-{b}" if not login else login["username"], tls=tls_context(verify=False), **login
+            )
             with pytest.raises(MqttError) as refused:
                 await plain.connect("127.0.0.1", fleet.claim_port, timeout=5)
             assert refused.value.kind in ("rejected", "closed"), refused.value
@@ -152,8 +163,9 @@ async def test_a_claimant_cannot_kick_another_claimant(fleet: Fleet) -> None:
     intruder = MqttClient(second_id, tls=tls_context(verify=False), **claim_login(first))
     await intruder.connect("127.0.0.1", fleet.claim_port)
     # ... and with the second's id as username, it needs the second's secret
-    guess = MqttClient(second_id, tls=tls_context(verify=False), username=second_id,
-                      password=claim_login(first)["password"])
+    guess = MqttClient(
+        second_id, tls=tls_context(verify=False), username=second_id, password=claim_login(first)["password"]
+    )
     with pytest.raises(MqttError):
         await guess.connect("127.0.0.1", fleet.claim_port, timeout=5)
     await guess.close()
@@ -185,8 +197,15 @@ async def test_renewal_in_a_running_agent_keeps_its_connection(fleet: Fleet, tmp
     await asyncio.wait_for(responder.ready.wait(), 10)
     (token,) = create_tokens(fleet, group="renew")
     cfg_path = tmp_path / "r.toml"
-    ident = await provision(ProvisionRequest(ClaimToken.parse(token), f"127.0.0.1:{fleet.claim_port}", cfg_path,
-                                             identity_dir=tmp_path / "id", say=lambda s: None))
+    ident = await provision(
+        ProvisionRequest(
+            ClaimToken.parse(token),
+            f"127.0.0.1:{fleet.claim_port}",
+            cfg_path,
+            identity_dir=tmp_path / "id",
+            say=lambda s: None,
+        )
+    )
     did = ident.device_id
     old_cert = (tmp_path / "id" / "device.crt").read_bytes()
     cfg = load_config(cfg_path)
@@ -205,7 +224,9 @@ async def test_renewal_in_a_running_agent_keeps_its_connection(fleet: Fleet, tmp
         await renewal.renew()
         assert (tmp_path / "id" / "device.crt").read_bytes() != old_cert
         seen = await _statuses(watcher, 2.0)
-        assert not [s for _, s in seen if not s.get("online")], f"the fleet was told the device is gone: {seen}"
+        assert not [s for _, s in seen if not s.get("online")], (
+            f"the fleet was told the device is gone: {seen}"
+        )
         assert f"Client {did} already connected" not in fleet.broker.log_path.read_text(errors="replace")
     finally:
         await agent.stop()

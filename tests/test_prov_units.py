@@ -17,8 +17,8 @@ from cryptography.x509.oid import NameOID
 
 from fleet.provisioning.ca import CAError, FleetCA
 from fleet.provisioning.store import ClaimRefused, ProvisioningStore
-from provisioning.claim import ProvisionError, check_clock_floor, check_skew, verify_broker_cert
 from ota.atomic import write_atomic
+from provisioning.claim import ProvisionError, check_clock_floor, check_skew, verify_broker_cert
 from provisioning.identity import IdentityError, IdentityStore
 from provisioning.provision import ProvisionRequest, provision
 from provisioning.token import ClaimToken, TokenFormatError, ca_pin, parse_qr, qr_payload
@@ -48,7 +48,7 @@ def test_store_refuses_unknown_used_expired_and_audits(tmp_path: Path, ca: Fleet
     with pytest.raises(ClaimRefused, match="expired_token"):
         store.check_claim(t.id, t.secret, now=time.time() + 61)
     claim = store.check_claim(t.id, t.secret)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     store.redeem(claim, "dev-1", {}, 1, now, now)
     with pytest.raises(ClaimRefused, match="used_token"):
         store.redeem(claim, "dev-2", {}, 2, now, now)  # the race: a second responder loses
@@ -60,13 +60,19 @@ def test_store_refuses_unknown_used_expired_and_audits(tmp_path: Path, ca: Fleet
 
 
 def _csr(key, cn: str = "whoever") -> bytes:
-    return (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
 
 
 def test_ca_signs_only_valid_p256_csrs_and_sets_the_cn(ca: FleetCA) -> None:
     cert = ca.sign_csr(_csr(ec.generate_private_key(ec.SECP256R1()), "fleet-service"), "dev-abc")
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-abc"  # not what was asked
+    assert (
+        cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-abc"
+    )  # not what was asked
     cert.verify_directly_issued_by(ca.cert)
     with pytest.raises(CAError, match="P-256"):
         ca.sign_csr(_csr(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "dev-x")
@@ -138,7 +144,12 @@ def test_renewal_swap_survives_power_loss_at_each_step(tmp_path: Path, ca: Fleet
     ident = IdentityStore(store.dir).load()  # recover() runs here, as after a reboot
     renewed = ident.cert.serial_number != old_serial
     assert renewed == (cut != "pending_only")  # key and cert always match (load checks it)
-    assert sorted(p.name for p in store.dir.iterdir()) == ["ca.crt", "device.crt", "device.key", "identity.json"]
+    assert sorted(p.name for p in store.dir.iterdir()) == [
+        "ca.crt",
+        "device.crt",
+        "device.key",
+        "identity.json",
+    ]
     assert stat.S_IMODE(store.key_path.stat().st_mode) == 0o600
 
 
@@ -152,8 +163,9 @@ def test_identity_mismatch_is_reported(tmp_path: Path, ca: FleetCA) -> None:
 async def test_broken_config_stops_provisioning_before_anything_changes(tmp_path: Path, ca: FleetCA) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text("[audio]\nrate = 'fast'\n")
-    req = ProvisionRequest(ClaimToken.new(ca.cert_der), "127.0.0.1:1", cfg, identity_dir=tmp_path / "id",
-                           say=lambda s: None)
+    req = ProvisionRequest(
+        ClaimToken.new(ca.cert_der), "127.0.0.1:1", cfg, identity_dir=tmp_path / "id", say=lambda s: None
+    )
     with pytest.raises(ProvisionError, match="audio.rate"):
         await provision(req)
     assert cfg.read_text() == "[audio]\nrate = 'fast'\n" and not (tmp_path / "id").exists()
@@ -161,6 +173,7 @@ async def test_broken_config_stops_provisioning_before_anything_changes(tmp_path
 
 def test_claim_qr_png(tmp_path: Path, ca: FleetCA) -> None:
     from fleet.provisioning.qr import terminal, write_png
+
     t = ClaimToken.new(ca.cert_der)
     old_umask = os.umask(0o022)  # the default umask would make it world-readable
     try:
@@ -177,6 +190,7 @@ def test_key_is_owned_by_the_service_user(tmp_path: Path) -> None:
     import pwd
 
     from provisioning.identity import service_owner
+
     if os.geteuid() != 0:
         pytest.skip("chown needs root")
     owner = service_owner("nobody")
@@ -195,6 +209,7 @@ async def test_responder_repeats_the_answer_for_the_same_key_only(tmp_path: Path
     import json
 
     from fleet.provisioning.responder import ClaimResponder
+
     state = ca.directory.parent
     (t,) = ProvisioningStore(state).create_claims("g", 60, 1, ca.cert_der)
     r = ClaimResponder(state, "127.0.0.1", 1)
@@ -204,7 +219,9 @@ async def test_responder_repeats_the_answer_for_the_same_key_only(tmp_path: Path
     assert topic == f"claim/{t.id}/res" and first["ok"], first
     _, again = await r.handle(f"claim/{t.id}/req", req)
     assert again["ok"] and again["certificate"] == first["certificate"]
-    other = json.dumps({"token": str(t), "csr": _csr(ec.generate_private_key(ec.SECP256R1())).decode()}).encode()
+    other = json.dumps(
+        {"token": str(t), "csr": _csr(ec.generate_private_key(ec.SECP256R1())).decode()}
+    ).encode()
     _, refused = await r.handle(f"claim/{t.id}/req", other)
     assert refused == {"ok": False, "error": refused["error"], "server_time": refused["server_time"]}
     assert refused["error"]["code"] == "used_token"

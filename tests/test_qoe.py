@@ -12,11 +12,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from device_agent.media.qoe import (MAX_REPORT_BYTES, FreezeCounter, QoeReportError, ViewerQoe, parse_report)
+from device_agent.media.qoe import MAX_REPORT_BYTES, FreezeCounter, QoeReportError, ViewerQoe, parse_report
 from tests.support.media import Viewer, media_config, running_agent
 
-QOE_KEYS = {"rendered_fps", "freeze_count", "freeze_ms", "freeze_rate", "jitter_buffer_ms", "av_sync_ms",
-            "e2e_delay_ms", "received_kbps", "packets_lost", "reported_at"}
+QOE_KEYS = {
+    "rendered_fps",
+    "freeze_count",
+    "freeze_ms",
+    "freeze_rate",
+    "jitter_buffer_ms",
+    "av_sync_ms",
+    "e2e_delay_ms",
+    "received_kbps",
+    "packets_lost",
+    "reported_at",
+}
 
 
 class FakeClock:
@@ -33,8 +43,21 @@ def _qoe() -> tuple[ViewerQoe, FakeClock]:
 
 
 def test_parser_keeps_known_finite_in_range_fields_only() -> None:
-    report = parse_report(json.dumps({"v": 1, "fps": 29.5, "freezes": 2, "w": 99999, "lost": -3, "extra": {"a": 1},
-                                      "kbps": True, "client": "chromium", "jb_ms": "12"}))
+    report = parse_report(
+        json.dumps(
+            {
+                "v": 1,
+                "fps": 29.5,
+                "freezes": 2,
+                "w": 99999,
+                "lost": -3,
+                "extra": {"a": 1},
+                "kbps": True,
+                "client": "chromium",
+                "jb_ms": "12",
+            }
+        )
+    )
     assert report.values == {"v": 1.0, "fps": 29.5, "freezes": 2.0}
     assert report.client == "chromium" and report.dropped == 4  # w, lost out of range; kbps bool; jb_ms str
     for bad in (b"", b"[1]", b"nul", b"\xff\xfe", b'"x"', b"1e999", b"{" * 5000):
@@ -87,12 +110,19 @@ def test_rate_limit_and_one_channel() -> None:
     assert not accept_channel(qoe, other) and other.closed
 
 
-@pytest.mark.parametrize("times, freezes, frozen", [
-    ([i / 30 for i in range(60)], 0, 0.0),  # clean 30 fps
-    ([i / 30 for i in range(30)] + [1.0 + 0.6 + i / 30 for i in range(30)], 1, 0.6 + 1 / 30),  # one 633 ms gap
-    ([i / 3 for i in range(10)], 0, 0.0),  # 3 fps slideshow: not a freeze by definition
-    ([i / 30 for i in range(30)] + [0.967 + 0.4], 0, 0.0),  # 400 ms: under the threshold
-])
+@pytest.mark.parametrize(
+    "times, freezes, frozen",
+    [
+        ([i / 30 for i in range(60)], 0, 0.0),  # clean 30 fps
+        (
+            [i / 30 for i in range(30)] + [1.0 + 0.6 + i / 30 for i in range(30)],
+            1,
+            0.6 + 1 / 30,
+        ),  # one 633 ms gap
+        ([i / 3 for i in range(10)], 0, 0.0),  # 3 fps slideshow: not a freeze by definition
+        ([i / 30 for i in range(30)] + [0.967 + 0.4], 0, 0.0),  # 400 ms: under the threshold
+    ],
+)
 def test_freeze_definition(times: list[float], freezes: int, frozen: float) -> None:
     counter = FreezeCounter()
     for t in times:
@@ -116,11 +146,23 @@ async def test_aiortc_viewer_reports_reach_api_stats_and_telemetry(tmp_path: Pat
             async with http.get(f"{_base(agent)}/api/stats") as resp:
                 stats = await resp.json()
             qoe = stats["viewers"]["sessions"][0]["qoe"]
-            if (qoe["reports"] or 0) >= 4 and qoe["av_sync_ms"] is not None and qoe["e2e_delay_ms"] is not None:
+            if (
+                (qoe["reports"] or 0) >= 4
+                and qoe["av_sync_ms"] is not None
+                and qoe["e2e_delay_ms"] is not None
+            ):
                 break
             await asyncio.sleep(0.5)
         assert set(qoe) >= QOE_KEYS, qoe
-        assert qoe["client"] == "aiortc" and qoe["rejected"] == 0, (qoe, dict(agent.get("media").sessions.sessions[next(iter(agent.get("media").sessions.sessions))].qoe.rejected), viewer.qoe.sent_reports)
+        assert qoe["client"] == "aiortc" and qoe["rejected"] == 0, (
+            qoe,
+            dict(
+                agent.get("media")
+                .sessions.sessions[next(iter(agent.get("media").sessions.sessions))]
+                .qoe.rejected
+            ),
+            viewer.qoe.sent_reports,
+        )
         assert 24 <= qoe["rendered_fps"] <= 36, qoe  # a clean loopback link at 30 fps
         assert qoe["freeze_count"] == 0 and qoe["freeze_rate"] == 0.0
         assert qoe["packets_lost"] == 0 and qoe["received_kbps"] > 20

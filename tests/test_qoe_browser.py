@@ -20,9 +20,23 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
 # the machine's flags without the media-permission ones
-VIEWER_ARGS = [a for a in CHROMIUM_ARGS if a not in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")]
-QOE_KEYS = {"rendered_fps", "freeze_count", "freeze_ms", "freeze_rate", "jitter_buffer_ms", "av_sync_ms",
-            "e2e_delay_ms", "received_kbps", "packets_lost", "reported_at"}
+VIEWER_ARGS = [
+    a
+    for a in CHROMIUM_ARGS
+    if a not in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+]
+QOE_KEYS = {
+    "rendered_fps",
+    "freeze_count",
+    "freeze_ms",
+    "freeze_rate",
+    "jitter_buffer_ms",
+    "av_sync_ms",
+    "e2e_delay_ms",
+    "received_kbps",
+    "packets_lost",
+    "reported_at",
+}
 
 
 def _telemetry(url: str, device: str, into: list[dict]) -> mqtt.Client:
@@ -43,12 +57,15 @@ def _telemetry(url: str, device: str, into: list[dict]) -> mqtt.Client:
 
 def test_chromium_viewer_reports_reach_stats_and_telemetry(tmp_path: Path, mosquitto) -> None:
     port = free_port()
-    agent = AgentProcess(tmp_path / "agent", {
-        "device": {"id": "qoe-cam", "state_dir": str(tmp_path / "state")},
-        "camera": {"width": 320, "height": 180, "fps": 30},
-        "web": {"enabled": True, "listen": f"127.0.0.1:{port}"},
-        "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 2.0},
-    }).start()
+    agent = AgentProcess(
+        tmp_path / "agent",
+        {
+            "device": {"id": "qoe-cam", "state_dir": str(tmp_path / "state")},
+            "camera": {"width": 320, "height": 180, "fps": 30},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+            "mqtt": {"url": mosquitto.url, "telemetry_interval_s": 2.0},
+        },
+    ).start()
     samples: list[dict] = []
     client = _telemetry(mosquitto.url, "qoe-cam", samples)
     try:
@@ -59,8 +76,11 @@ def test_chromium_viewer_reports_reach_stats_and_telemetry(tmp_path: Path, mosqu
                 open_page_when_up(page, f"http://127.0.0.1:{port}/", lambda: agent.log_text()[-3000:])
                 page.wait_for_function("window.viewer.state === 'connected'", timeout=20000)
                 # a few reports at 2 s, with the sender-report clock mapping in place
-                page.wait_for_function("(window.viewer.qoe.frames || 0) > 150 && window.viewer.qoe.av_ms !== undefined"
-                                       " && window.viewer.qoe.play_ms !== undefined", timeout=30000)
+                page.wait_for_function(
+                    "(window.viewer.qoe.frames || 0) > 150 && window.viewer.qoe.av_ms !== undefined"
+                    " && window.viewer.qoe.play_ms !== undefined",
+                    timeout=30000,
+                )
                 # the rendered rate of one report; on a machine shared with other jobs Chromium's compositor
                 # may fall behind for a while, so take the first report within 20 s at the camera's rate
                 seen_fps = []
@@ -77,7 +97,11 @@ def test_chromium_viewer_reports_reach_stats_and_telemetry(tmp_path: Path, mosqu
         qoe = stats["viewers"]["sessions"][0]["qoe"]
         assert set(qoe) >= QOE_KEYS, qoe
         assert qoe["client"] == "chromium" and qoe["rejected"] == 0 and qoe["reports"] >= 3, qoe
-        assert 24 <= qoe["rendered_fps"] <= 36, (seen_fps, qoe, sent)  # what the page presented, clean loopback
+        assert 24 <= qoe["rendered_fps"] <= 36, (
+            seen_fps,
+            qoe,
+            sent,
+        )  # what the page presented, clean loopback
         assert qoe["freeze_count"] == 0 and qoe["freeze_rate"] == 0.0, qoe
         assert (qoe["width"], qoe["height"]) == (320, 180)
         assert qoe["packets_lost"] == 0 and qoe["received_kbps"] > 20
@@ -88,9 +112,12 @@ def test_chromium_viewer_reports_reach_stats_and_telemetry(tmp_path: Path, mosqu
         assert 0 <= qoe["e2e_delay_ms"] < 1000, (qoe, sent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            seen = [s for s in list(samples)
-                    if ((s["health"].get("media") or {}).get("viewers") or {}).get("sessions")
-                    and s["health"]["media"]["viewers"]["sessions"][0]["qoe"]["reports"]]
+            seen = [
+                s
+                for s in list(samples)
+                if ((s["health"].get("media") or {}).get("viewers") or {}).get("sessions")
+                and s["health"]["media"]["viewers"]["sessions"][0]["qoe"]["reports"]
+            ]
             if seen:
                 break
             time.sleep(0.2)

@@ -57,14 +57,25 @@ async def _watch(base: str, seconds: float) -> tuple[dict, Viewer]:
 def test_lossy_link_shows_in_the_viewers_qoe_not_in_the_senders_fps(tmp_path: Path) -> None:
     with ImpairedLink(seed=3) as link:
         config = tmp_path / "agent.toml"
-        config.write_text(dump_toml({
-            "device": {"id": "lossy-cam", "state_dir": str(tmp_path / "state")},
-            "camera": {"width": 320, "height": 180, "fps": 30}, "ns": {"enabled": False},
-            "ota": {"root": str(tmp_path / "ota")},
-            "web": {"listen": f"{link.addr_a}:8080", "token": TOKEN}}))
+        config.write_text(
+            dump_toml(
+                {
+                    "device": {"id": "lossy-cam", "state_dir": str(tmp_path / "state")},
+                    "camera": {"width": 320, "height": 180, "fps": 30},
+                    "ns": {"enabled": False},
+                    "ota": {"root": str(tmp_path / "ota")},
+                    "web": {"listen": f"{link.addr_a}:8080", "token": TOKEN},
+                }
+            )
+        )
         log = open(tmp_path / "agent.log", "wb")
-        agent = subprocess.Popen(netns_command(link.ns_a, [sys.executable, "-m", "tests.support.agent_proc", str(config)]),
-                                 cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        agent = subprocess.Popen(
+            netns_command(link.ns_a, [sys.executable, "-m", "tests.support.agent_proc", str(config)]),
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         viewer_ns = NamespaceLoop(link.ns_b)
         try:
             link.set(a_to_b=LinkProfile(loss=0.10, delay_ms=20), b_to_a=LinkProfile(delay_ms=20))
@@ -76,7 +87,9 @@ def test_lossy_link_shows_in_the_viewers_qoe_not_in_the_senders_fps(tmp_path: Pa
             log.close()
     session = stats["viewers"]["sessions"][0]
     qoe = session["qoe"]
-    assert session["fps"] > 20, session  # what the device sent: looks healthy (~28-30; > 20 on a loaded machine)
+    assert session["fps"] > 20, (
+        session
+    )  # what the device sent: looks healthy (~28-30; > 20 on a loaded machine)
     # what the viewer lived through: video rescued by retransmissions it had to ask for, audio (no
     # retransmission) with audible gaps, and the link's delay in the end-to-end figure
     assert qoe["reports"] >= 4 and qoe["rejected"] == 0, qoe

@@ -22,13 +22,16 @@ from tests.support.mosquitto import Mosquitto
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("figures, low, high", [
-    ((0.0, 0.0, 30.0, 30.0, 40.0, 0.0), 4.4, 4.5),  # clean
-    ((5.0, 1.0, 30.0, 30.0, 40.0, 0.0), 3.6, 4.1),  # 5 % of the time frozen
-    ((0.0, 0.0, 10.0, 30.0, 40.0, 0.0), 3.5, 4.0),  # a third of the frame rate
-    ((0.0, 0.0, 30.0, 30.0, 600.0, 0.0), 1.5, 3.0),  # 600 ms end to end
-    ((20.0, 10.0, 12.0, 30.0, 400.0, 10.0), 1.0, 1.5),  # everything bad
-])
+@pytest.mark.parametrize(
+    "figures, low, high",
+    [
+        ((0.0, 0.0, 30.0, 30.0, 40.0, 0.0), 4.4, 4.5),  # clean
+        ((5.0, 1.0, 30.0, 30.0, 40.0, 0.0), 3.6, 4.1),  # 5 % of the time frozen
+        ((0.0, 0.0, 10.0, 30.0, 40.0, 0.0), 3.5, 4.0),  # a third of the frame rate
+        ((0.0, 0.0, 30.0, 30.0, 600.0, 0.0), 1.5, 3.0),  # 600 ms end to end
+        ((20.0, 10.0, 12.0, 30.0, 400.0, 10.0), 1.0, 1.5),  # everything bad
+    ],
+)
 def test_mos_like_score(figures: tuple, low: float, high: float) -> None:
     score = mos_score(*figures)
     assert low <= score <= high, score
@@ -49,8 +52,11 @@ async def _until(pred, timeout: float, what: str) -> None:
 async def test_ended_session_is_recorded_by_the_fleet(tmp_path: Path, mosquitto: Mosquitto) -> None:
     store = Store(str(tmp_path / "fleet.db"))
     worker = FleetService(mosquitto.url, store, rule_interval_s=3600)
-    config = media_config(tmp_path, camera={"width": 320, "height": 180, "fps": 30},
-                          mqtt={"url": mosquitto.url, "telemetry_interval_s": 5.0})
+    config = media_config(
+        tmp_path,
+        camera={"width": 320, "height": 180, "fps": 30},
+        mqtt={"url": mosquitto.url, "telemetry_interval_s": 5.0},
+    )
     await worker.start()
     try:
         async with running_agent(config) as agent, aiohttp.ClientSession() as http:
@@ -76,11 +82,30 @@ async def test_ended_session_is_recorded_by_the_fleet(tmp_path: Path, mosquitto:
     assert record["freeze_rate"] == 0.0 and record["loss_pct"] == 0.0 and record["kbps"] > 20
     assert record["rtt_ms"] is not None and record["av_sync_p95_ms"] is not None
     assert 4.2 <= record["mos"] <= 4.5, record
-    out = subprocess.run([sys.executable, "-m", "fleet.cli", "sessions", "test-cam", "--db", str(tmp_path / "fleet.db")],
-                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "sessions", "test-cam", "--db", str(tmp_path / "fleet.db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     header, row = out.stdout.splitlines()[:2]
     assert "MOS" in header and "FPS_MEAN" in header and "aiortc" in row, out.stdout
-    as_json = subprocess.run([sys.executable, "-m", "fleet.cli", "sessions", "test-cam", "--json", "--db",
-                              str(tmp_path / "fleet.db")], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    as_json = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleet.cli",
+            "sessions",
+            "test-cam",
+            "--json",
+            "--db",
+            str(tmp_path / "fleet.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert json.loads(as_json.stdout)[0]["session"] == record["session"]

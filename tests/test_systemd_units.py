@@ -13,21 +13,36 @@ import pytest
 from device_agent.watchdog import WatchdogComponent, notify, watchdog_interval
 from tests.support.ota_harness import PY, REPO, Device, provision
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (apt: systemd)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (apt: systemd)"
+)
 
 
 def _verify(unit: Path) -> None:
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     problems = [ln for ln in (proc.stdout + proc.stderr).splitlines() if unit.name in ln or "Unknown" in ln]
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
 
 
 def test_shipped_unit_has_the_required_settings() -> None:
     text = (REPO / "systemd" / "device-agent.service").read_text()
-    for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "SupplementaryGroups=audio video",
-                 "DevicePolicy=closed", "DeviceAllow=char-alsa rw", "DeviceAllow=char-video4linux rw",
-                 "StateDirectory=device-agent", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
-                 "User=device-agent", "StartLimitBurst=10"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=30",
+        "Restart=on-failure",
+        "SupplementaryGroups=audio video",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-alsa rw",
+        "DeviceAllow=char-video4linux rw",
+        "StateDirectory=device-agent",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "User=device-agent",
+        "StartLimitBurst=10",
+    ):
         assert line in text.splitlines(), line
     assert "ExecStartPre=/usr/bin/python3 /opt/device-agent/boot-check.py" in text
     assert "PrivateDevices=yes" not in text  # would hide /dev/snd and /dev/video*
@@ -37,20 +52,46 @@ def test_install_service_writes_a_unit_that_verifies(tmp_path: Path) -> None:
     dev = Device(tmp_path / "dev", layer=False)
     provision(dev)  # a real slot, so ExecStart's interpreter exists
     unit_dir = tmp_path / "units"
-    r = subprocess.run([PY, "-m", "device_agent.cli", "install-service", "--no-enable", "--no-user",
-                        "--unit-dir", str(unit_dir), "--root", str(dev.root), "--state-dir", str(dev.state_dir),
-                        "--config", str(dev.config_path), "--watchdog-sec", "20"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "device_agent.cli",
+            "install-service",
+            "--no-enable",
+            "--no-user",
+            "--unit-dir",
+            str(unit_dir),
+            "--root",
+            str(dev.root),
+            "--state-dir",
+            str(dev.state_dir),
+            "--config",
+            str(dev.config_path),
+            "--watchdog-sec",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     unit = unit_dir / "device-agent.service"
     text = unit.read_text()
-    assert f"ExecStart={dev.root}/current/bin/python -m device_agent.cli run --config {dev.config_path}" in text
+    assert (
+        f"ExecStart={dev.root}/current/bin/python -m device_agent.cli run --config {dev.config_path}" in text
+    )
     assert f"ReadWritePaths={dev.state_dir}" in text and "WatchdogSec=20" in text
     _verify(unit)
     # the copied boot check runs on the system Python alone and picks the committed slot
     boot = dev.root / "boot-check.py"
-    proc = subprocess.run(["/usr/bin/python3", "-I", str(boot), "--root", str(dev.root), "--state-dir",
-                           str(dev.state_dir)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-I", str(boot), "--root", str(dev.root), "--state-dir", str(dev.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0 and "starting slot a version 1.0.0" in proc.stdout, proc.stderr
 
 
@@ -59,8 +100,12 @@ def test_unit_with_a_missing_interpreter_fails_verify(tmp_path: Path) -> None:
     from device_agent.commands.service import render_unit
 
     unit = tmp_path / "device-agent.service"
-    unit.write_text(render_unit(str(tmp_path / "nothing"), "/var/lib/device-agent", "/etc/x.toml", "device-agent"))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    unit.write_text(
+        render_unit(str(tmp_path / "nothing"), "/var/lib/device-agent", "/etc/x.toml", "device-agent")
+    )
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "not executable" in proc.stderr
 
 

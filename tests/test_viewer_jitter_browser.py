@@ -17,8 +17,11 @@ from tests.support.mosquitto import free_port
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
-AS_IT_COMES = [a for a in CHROMIUM_ARGS if a not in ("--use-fake-ui-for-media-stream",
-                                                      "--use-fake-device-for-media-stream")]
+AS_IT_COMES = [
+    a
+    for a in CHROMIUM_ARGS
+    if a not in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
+]
 INJECT_JS = """
 window.__pcs = []; window.__inject = null;
 const _PC = window.RTCPeerConnection, _getStats = _PC.prototype.getStats;
@@ -52,18 +55,25 @@ def _wait_targets(page, predicate, timeout_s: float) -> list:  # noqa: ANN001
         targets = page.evaluate(TARGETS_JS)
         if predicate(targets):
             return targets
-        assert time.monotonic() < deadline, (targets, page.evaluate("window.viewer.jitter"),
-                                             page.evaluate("window.viewer.stats"))
+        assert time.monotonic() < deadline, (
+            targets,
+            page.evaluate("window.viewer.jitter"),
+            page.evaluate("window.viewer.stats"),
+        )
         time.sleep(0.2)
 
 
 def test_jitter_buffer_target_follows_rtt_and_loss_and_returns_to_default(tmp_path: Path) -> None:
     port = free_port()
-    agent = AgentProcess(tmp_path / "agent", {
-        "device": {"id": "jitter-cam", "state_dir": str(tmp_path / "state")},
-        "camera": {"width": 320, "height": 180, "fps": 30},
-        "web": {"enabled": True, "listen": f"127.0.0.1:{port}"}, "mqtt": {"url": ""},
-    }).start()
+    agent = AgentProcess(
+        tmp_path / "agent",
+        {
+            "device": {"id": "jitter-cam", "state_dir": str(tmp_path / "state")},
+            "camera": {"width": 320, "height": 180, "fps": 30},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+            "mqtt": {"url": ""},
+        },
+    ).start()
     try:
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=AS_IT_COMES, headless=True)
@@ -72,7 +82,9 @@ def test_jitter_buffer_target_follows_rtt_and_loss_and_returns_to_default(tmp_pa
                 page.add_init_script(INJECT_JS)
                 open_page_when_up(page, f"http://127.0.0.1:{port}/", lambda: agent.log_text()[-3000:])
                 page.wait_for_function("(window.viewer.stats.framesDecoded || 0) > 30", timeout=20000)
-                assert page.evaluate("window.viewer.jitter.supported"), "Chromium has RTCRtpReceiver.jitterBufferTarget"
+                assert page.evaluate("window.viewer.jitter.supported"), (
+                    "Chromium has RTCRtpReceiver.jitterBufferTarget"
+                )
                 clean = page.evaluate(TARGETS_JS)
                 assert len(clean) == 2 and clean == [None, None], clean  # video and audio: the default
 

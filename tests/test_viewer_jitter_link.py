@@ -14,14 +14,24 @@ import pytest
 from playwright.async_api import async_playwright
 
 from tests.support.browser import CHROMIUM
-from tests.support.impaired_media import KEEP_PCS_JS, PLAIN_FLAGS, TOKEN, chromium_wrapper, server_in_namespace
+from tests.support.impaired_media import (
+    KEEP_PCS_JS,
+    PLAIN_FLAGS,
+    TOKEN,
+    chromium_wrapper,
+    server_in_namespace,
+)
 from tests.support.linkemu import ImpairedLink, LinkProfile
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TUN devices need root"),
-              pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium")]
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and TUN devices need root"),
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="needs Debian's chromium"),
+]
 
-TARGETS_JS = ("window.__pcs.length ? window.__pcs[window.__pcs.length - 1].getReceivers()"
-              ".map((r) => r.jitterBufferTarget) : []")
+TARGETS_JS = (
+    "window.__pcs.length ? window.__pcs[window.__pcs.length - 1].getReceivers()"
+    ".map((r) => r.jitterBufferTarget) : []"
+)
 
 
 @pytest.mark.timeout(120)
@@ -29,8 +39,9 @@ async def test_lossy_link_raises_the_jitter_buffer_target_from_rtt(tmp_path: Pat
     with ImpairedLink(seed=7) as link:
         link.set_both(LinkProfile(loss=0.05, delay_ms=50))
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=str(chromium_wrapper(link.ns_b, tmp_path)),
-                                               args=PLAIN_FLAGS, headless=True)
+            browser = await pw.chromium.launch(
+                executable_path=str(chromium_wrapper(link.ns_b, tmp_path)), args=PLAIN_FLAGS, headless=True
+            )
             try:
                 with server_in_namespace(link, "agent", None, 320, 180, 30) as base:
                     page = await browser.new_page()
@@ -51,4 +62,6 @@ async def test_lossy_link_raises_the_jitter_buffer_target_from_rtt(tmp_path: Pat
     assert len(targets) == 2 and len(set(targets)) == 1, report  # video and audio alike
     assert 90 <= jitter["rttMs"] <= 200, report  # 100 ms of emulated delay + the loaded machine
     frame_ms = 1000 / 30
-    assert jitter["rttMs"] * 1.5 + frame_ms - 15 <= targets[0] <= min(jitter["rttMs"] * 1.5 + 1000 / 5, 400), report
+    assert (
+        jitter["rttMs"] * 1.5 + frame_ms - 15 <= targets[0] <= min(jitter["rttMs"] * 1.5 + 1000 / 5, 400)
+    ), report

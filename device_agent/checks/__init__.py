@@ -13,9 +13,29 @@ a command result with values).
 
 from device_agent.checks.devices import check_camera_frame, check_mic_level
 from device_agent.checks.result import FAIL, PASS, SKIP, WARN, Check
-from device_agent.checks.system import (check_clock, check_disk, check_temperature, check_throttling,
-                                        ntp_synchronized, read_throttled, throttle_flags)
+from device_agent.checks.system import (
+    check_clock,
+    check_disk,
+    check_temperature,
+    check_throttling,
+    ntp_synchronized,
+    read_throttled,
+    throttle_flags,
+)
 
-__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "check_camera_frame", "check_clock", "check_disk",
-           "check_mic_level", "check_temperature", "check_throttling", "ntp_synchronized", "read_throttled",
-           "throttle_flags"]
+__all__ = [
+    "FAIL",
+    "PASS",
+    "SKIP",
+    "WARN",
+    "Check",
+    "check_camera_frame",
+    "check_clock",
+    "check_disk",
+    "check_mic_level",
+    "check_temperature",
+    "check_throttling",
+    "ntp_synchronized",
+    "read_throttled",
+    "throttle_flags",
+]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 # -- clock -------------------------------------------------------------------------------------
-CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 """A clock before this was never set (a Pi has no RTC: it boots in 1970 until NTP). Provisioning
 refuses to claim with such a clock too (``provisioning.claim.check_clock_floor``)."""
 CLOCK_SKEW_WARN_S = 5.0

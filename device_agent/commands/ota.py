@@ -31,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sha256", help="expected sha256 (required for a URL)")
     p.add_argument("--size", type=int, help="expected size in bytes (required for a URL)")
     p.add_argument("--config")
-    p.add_argument("--as-root", action="store_true",
-                   help="install even though the state/slot directories belong to another user")
+    p.add_argument(
+        "--as-root",
+        action="store_true",
+        help="install even though the state/slot directories belong to another user",
+    )
     p.set_defaults(func=cmd_install)
 
     p = osub.add_parser("status", help="slots, versions, update in flight, last result")
@@ -65,8 +68,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         layout = _layout(cfg)
         slot = layout.current_slot()
         current = (layout.slot_info(slot) or {}).get("version") if slot else None
-        manifest = bundle_mod.verify_and_extract(args.bundle, trusted, None, cfg.device.hardware if args.config else None,
-                                                 current if args.config else None)
+        manifest = bundle_mod.verify_and_extract(
+            args.bundle,
+            trusted,
+            None,
+            cfg.device.hardware if args.config else None,
+            current if args.config else None,
+        )
     except OtaError as exc:
         print(f"REFUSED ({exc.code}): {exc.message}", file=sys.stderr)
         return 1
@@ -79,7 +87,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from ota.download import download
-    from ota.installer import InstallOptions, Installer, check_owner
+    from ota.installer import Installer, InstallOptions, check_owner
 
     cfg = _config(args.config)
     layout = _layout(cfg)
@@ -99,12 +107,23 @@ def cmd_install(args: argparse.Namespace) -> int:
             def progress(done: int, total: int, eta: float | None) -> None:
                 _bar(done, total, eta)
 
-            res = asyncio.run(download(source, dest, args.size, args.sha256, rate_bps=cfg.ota.download_rate_bps,
-                                       retries=cfg.ota.download_retries,
-                                       reserve_bytes=cfg.ota.free_space_reserve_bytes, progress=progress,
-                                       ca_file=cfg.ota.download_ca_file))
-            print(f"\ndownloaded {res.bytes_fetched} bytes in {res.seconds:.1f} s ({res.attempts} attempt(s))",
-                  flush=True)
+            res = asyncio.run(
+                download(
+                    source,
+                    dest,
+                    args.size,
+                    args.sha256,
+                    rate_bps=cfg.ota.download_rate_bps,
+                    retries=cfg.ota.download_retries,
+                    reserve_bytes=cfg.ota.free_space_reserve_bytes,
+                    progress=progress,
+                    ca_file=cfg.ota.download_ca_file,
+                )
+            )
+            print(
+                f"\ndownloaded {res.bytes_fetched} bytes in {res.seconds:.1f} s ({res.attempts} attempt(s))",
+                flush=True,
+            )
             path = dest
         else:
             path = Path(source)
@@ -120,8 +139,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     finally:
         if source.startswith(("http://", "https://")):  # installed or refused: free the disk
             (layout.work_dir / "bundle.tar").unlink(missing_ok=True)
-    print(f"switched to slot {update.target_slot} ({update.version}); "
-          "restart the service to start the trial", flush=True)
+    print(
+        f"switched to slot {update.target_slot} ({update.version}); restart the service to start the trial",
+        flush=True,
+    )
     return 0
 
 
@@ -145,4 +166,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_boot_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
-    return boot_main(["--root", args.root or cfg.ota.root, "--state-dir", args.state_dir or cfg.device.state_dir])
+    return boot_main(
+        ["--root", args.root or cfg.ota.root, "--state-dir", args.state_dir or cfg.device.state_dir]
+    )

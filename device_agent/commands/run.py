@@ -14,8 +14,14 @@ from pathlib import Path
 
 from device_agent.agent import RESTART_EXIT_CODE, Agent
 from device_agent.assemble import build_agent
-from device_agent.config import (DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, config_from_dict, is_loopback,
-                                 load_config)
+from device_agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    ConfigError,
+    config_from_dict,
+    is_loopback,
+    load_config,
+)
 from device_agent.logging_setup import LogContext, setup_logging
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     host, _, port = config.web.listen.rpartition(":")
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     query = f"?token={config.web.token}" if config.web.token else ""
-    print(f"device-agent demo: viewer page at http://{shown}:{port}/{query}  (WHEP endpoint /whep)", flush=True)
+    print(
+        f"device-agent demo: viewer page at http://{shown}:{port}/{query}  (WHEP endpoint /whep)", flush=True
+    )
     print(f"fleet link: {config.mqtt.url or 'off (no local broker found)'}", flush=True)
     return run_agent(config)
 

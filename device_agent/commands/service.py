@@ -15,8 +15,12 @@ from ota.atomic import write_atomic
 from ota.layout import boot_check_source
 
 UNIT_NAME = "device-agent.service"
-DEFAULTS = {"root": "/opt/device-agent", "state_dir": "/var/lib/device-agent",
-            "config": "/etc/device-agent/agent.toml", "user": "device-agent"}
+DEFAULTS = {
+    "root": "/opt/device-agent",
+    "state_dir": "/var/lib/device-agent",
+    "config": "/etc/device-agent/agent.toml",
+    "user": "device-agent",
+}
 
 
 def unit_template() -> str:
@@ -25,8 +29,9 @@ def unit_template() -> str:
     return (Path(__file__).parent / UNIT_NAME).read_text()
 
 
-def render_unit(root: str, state_dir: str, config: str, user: str, watchdog_s: int = 30,
-                python: str = "/usr/bin/python3") -> str:
+def render_unit(
+    root: str, state_dir: str, config: str, user: str, watchdog_s: int = 30, python: str = "/usr/bin/python3"
+) -> str:
     """The unit with this installation's paths substituted for the defaults."""
     text = unit_template()
     text = text.replace("/usr/bin/python3 ", f"{python} ", 1)
@@ -35,8 +40,9 @@ def render_unit(root: str, state_dir: str, config: str, user: str, watchdog_s: i
     text = text.replace("User=device-agent", f"User={user}").replace("Group=device-agent", f"Group={user}")
     if Path(state_dir).name != "device-agent" or str(Path(state_dir).parent) != "/var/lib":
         # StateDirectory= only manages /var/lib/NAME; other locations must be writable explicitly.
-        text = text.replace("StateDirectory=device-agent\nStateDirectoryMode=0750\n",
-                            f"ReadWritePaths={state_dir}\n")
+        text = text.replace(
+            "StateDirectory=device-agent\nStateDirectoryMode=0750\n", f"ReadWritePaths={state_dir}\n"
+        )
     return text.replace("WatchdogSec=30", f"WatchdogSec={watchdog_s}")
 
 
@@ -48,8 +54,20 @@ def ensure_user(user: str) -> None:
         if groups:
             subprocess.run(["usermod", "-a", "-G", ",".join(groups), user], check=True)
     except KeyError:
-        cmd = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-               "--shell", "/usr/sbin/nologin"] + (["--groups", ",".join(groups)] if groups else []) + [user]
+        cmd = (
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+            ]
+            + (["--groups", ",".join(groups)] if groups else [])
+            + [user]
+        )
         subprocess.run(cmd, check=True)
 
 
@@ -61,8 +79,18 @@ def _group_exists(name: str) -> bool:
         return False
 
 
-def install(unit_dir: Path, root: str, state_dir: str, config: str, user: str, create_user: bool, enable: bool,
-            start: bool, watchdog_s: int, python: str) -> list[str]:
+def install(
+    unit_dir: Path,
+    root: str,
+    state_dir: str,
+    config: str,
+    user: str,
+    create_user: bool,
+    enable: bool,
+    start: bool,
+    watchdog_s: int,
+    python: str,
+) -> list[str]:
     """Write the unit and the boot check, create the user, then enable (and start) the service."""
     done: list[str] = []
     if create_user:
@@ -103,11 +131,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_install_service(args: argparse.Namespace) -> int:
     if os.geteuid() != 0 and not args.no_enable:
-        print("error: install-service needs root (or --no-enable --no-user to only write files)", file=sys.stderr)
+        print(
+            "error: install-service needs root (or --no-enable --no-user to only write files)",
+            file=sys.stderr,
+        )
         return 1
     try:
-        done = install(args.unit_dir, args.root, args.state_dir, args.config, args.user, not args.no_user,
-                       not args.no_enable, args.now, args.watchdog_sec, args.python)
+        done = install(
+            args.unit_dir,
+            args.root,
+            args.state_dir,
+            args.config,
+            args.user,
+            not args.no_user,
+            not args.no_enable,
+            args.now,
+            args.watchdog_sec,
+            args.python,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -38,12 +38,21 @@ log = logging.getLogger(__name__)
 REQUEST = Param("request", "string", min_len=1, max_len=64)
 # every command with its declared parameters (checked by the dispatcher; bad ones are `bad_request`)
 PARAMS: dict[str, list[Param]] = {
-    "logs.pull": [REQUEST, Param("since", ("string", "number")), Param("until", ("string", "number")),
-                  Param("level", "string", max_len=16), Param("grep", "string", max_len=1024),
-                  Param("max_bytes", "integer", low=0), Param("resend", "array", min_len=1, max_len=100_000)],
+    "logs.pull": [
+        REQUEST,
+        Param("since", ("string", "number")),
+        Param("until", ("string", "number")),
+        Param("level", "string", max_len=16),
+        Param("grep", "string", max_len=1024),
+        Param("max_bytes", "integer", low=0),
+        Param("resend", "array", min_len=1, max_len=100_000),
+    ],
     "diag.selftest": [Param("fleet_ts", "number")],
-    "diag.snapshot": [REQUEST, Param("width", "integer", low=16, high=4096),
-                      Param("height", "integer", low=16, high=4096)],
+    "diag.snapshot": [
+        REQUEST,
+        Param("width", "integer", low=16, high=4096),
+        Param("height", "integer", low=16, high=4096),
+    ],
     "diag.netcheck": [],
     "diag.stats": [],
 }
@@ -63,8 +72,9 @@ class DiagnosticsComponent:
         self.pinger: Pinger | None = None
         self.transfers: TransferManager | None = None
         self.signaling: RtcSignaling | None = None
-        for name, handler in zip(COMMANDS, (self.logs_pull, self.selftest, self.snapshot, self.netcheck,
-                                            self.stats)):
+        for name, handler in zip(
+            COMMANDS, (self.logs_pull, self.selftest, self.snapshot, self.netcheck, self.stats)
+        ):
             agent.commands.register(name, handler, params=PARAMS[name], param_error=ErrorCode.BAD_REQUEST)
 
     async def start(self) -> None:
@@ -75,11 +85,16 @@ class DiagnosticsComponent:
             return
         d = self.cfg.diagnostics
         self.pinger = Pinger(self.link)
-        self.transfers = TransferManager(self.link.publish, rate_bps=d.log_pull_rate_bps,
-                                         chunk_bytes=d.chunk_bytes, keep_s=d.transfer_keep_s)
+        self.transfers = TransferManager(
+            self.link.publish,
+            rate_bps=d.log_pull_rate_bps,
+            chunk_bytes=d.chunk_bytes,
+            keep_s=d.transfer_keep_s,
+        )
         if self.media is not None and d.view_max_sessions > 0:
-            self.signaling = RtcSignaling(self.link, self.media, max_sessions=d.view_max_sessions,
-                                          max_seconds=d.view_max_s)
+            self.signaling = RtcSignaling(
+                self.link, self.media, max_sessions=d.view_max_sessions, max_seconds=d.view_max_s
+            )
 
     async def stop(self) -> None:
         if self.signaling is not None:
@@ -117,26 +132,47 @@ class DiagnosticsComponent:
         if transfers.get(rid) is not None:
             raise CommandError(ErrorCode.CONFLICT, f"transfer {rid!r} exists; use a new request id or resend")
         started = time.monotonic()
-        blob, bundle = await run_in_worker_process(collect_compressed, query, self.cfg.logging.file,
-                                                   d.journalctl, d.journald_unit)
+        blob, bundle = await run_in_worker_process(
+            collect_compressed, query, self.cfg.logging.file, d.journalctl, d.journald_unit
+        )
         raw_bytes = bundle.sources.pop()["raw_bytes"]
-        transfer = transfers.add(rid, "logs", blob, raw_bytes=raw_bytes, lines=bundle.lines,
-                                 truncated=bundle.truncated, dropped_bytes=bundle.dropped_bytes,
-                                 max_bytes=cap, redacted_lines=bundle.redacted_lines, sources=bundle.sources,
-                                 rate_bps=d.log_pull_rate_bps, encoding="gzip",
-                                 collect_s=round(time.monotonic() - started, 3))
+        transfer = transfers.add(
+            rid,
+            "logs",
+            blob,
+            raw_bytes=raw_bytes,
+            lines=bundle.lines,
+            truncated=bundle.truncated,
+            dropped_bytes=bundle.dropped_bytes,
+            max_bytes=cap,
+            redacted_lines=bundle.redacted_lines,
+            sources=bundle.sources,
+            rate_bps=d.log_pull_rate_bps,
+            encoding="gzip",
+            collect_s=round(time.monotonic() - started, 3),
+        )
         transfers.start_send(transfer)
-        log.info("log pull %s: %d lines, %d bytes (%d gzipped)%s", rid, bundle.lines, raw_bytes, len(blob),
-                 ", truncated" if bundle.truncated else "")
+        log.info(
+            "log pull %s: %d lines, %d bytes (%d gzipped)%s",
+            rid,
+            bundle.lines,
+            raw_bytes,
+            len(blob),
+            ", truncated" if bundle.truncated else "",
+        )
         return transfer.describe()
 
     def _resend(self, transfers: TransferManager, rid: str, seqs: list[Any]) -> dict[str, Any]:
         transfer = transfers.get(rid)
         if transfer is None:
-            raise CommandError(ErrorCode.NOT_FOUND, f"no transfer {rid!r} (finished more than "
-                               f"{self.cfg.diagnostics.transfer_keep_s:.0f} s ago or never started)")
-        if not seqs or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < transfer.total
-                               for s in seqs):
+            raise CommandError(
+                ErrorCode.NOT_FOUND,
+                f"no transfer {rid!r} (finished more than "
+                f"{self.cfg.diagnostics.transfer_keep_s:.0f} s ago or never started)",
+            )
+        if not seqs or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < transfer.total for s in seqs
+        ):
             raise CommandError(ErrorCode.BAD_REQUEST, f"resend needs chunk numbers 0..{transfer.total - 1}")
         transfers.start_send(transfer, [int(s) for s in seqs])
         return {**transfer.describe(), "resending": sorted(set(seqs))}
@@ -164,9 +200,17 @@ class DiagnosticsComponent:
             raise CommandError(ErrorCode.CAMERA_UNAVAILABLE, "no camera frame from the media pipeline")
         jpeg = await asyncio.to_thread(encode_jpeg, captured.frame, width, height, d.snapshot_quality)
         stats = await asyncio.to_thread(frame_stats, captured.frame)
-        transfer = transfers.add(rid, "snapshot", jpeg, width=width, height=height, content_type="image/jpeg",
-                                 frame_index=captured.index, frame=stats,
-                                 age_ms=round((time.monotonic() - captured.timestamp) * 1000, 1))
+        transfer = transfers.add(
+            rid,
+            "snapshot",
+            jpeg,
+            width=width,
+            height=height,
+            content_type="image/jpeg",
+            frame_index=captured.index,
+            frame=stats,
+            age_ms=round((time.monotonic() - captured.timestamp) * 1000, 1),
+        )
         transfers.start_send(transfer)
         return transfer.describe()
 

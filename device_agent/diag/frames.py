@@ -11,8 +11,12 @@ import numpy as np
 def frame_stats(frame: av.VideoFrame) -> dict[str, float]:
     """Brightness (mean luma 0..255) and contrast (luma standard deviation) of a frame."""
     luma = frame.to_ndarray(format="gray").astype(np.float32)
-    return {"brightness": round(float(luma.mean()), 1), "contrast": round(float(luma.std()), 1),
-            "width": frame.width, "height": frame.height}
+    return {
+        "brightness": round(float(luma.mean()), 1),
+        "contrast": round(float(luma.std()), 1),
+        "width": frame.width,
+        "height": frame.height,
+    }
 
 
 def encode_jpeg(frame: av.VideoFrame, width: int, height: int, qscale: int = 5) -> bytes:

@@ -62,8 +62,14 @@ def log_files(path: str) -> list[Path]:
     if not path:
         return []
     base = Path(path)
-    rotated = sorted((p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit()),
-                     key=lambda p: -int(p.suffix[1:])) if base.parent.is_dir() else []
+    rotated = (
+        sorted(
+            (p for p in base.parent.glob(base.name + ".*") if p.suffix[1:].isdigit()),
+            key=lambda p: -int(p.suffix[1:]),
+        )
+        if base.parent.is_dir()
+        else []
+    )
     return [*rotated, *([base] if base.exists() else [])]
 
 
@@ -222,8 +228,14 @@ def _collect_journal(journalctl: str, unit: str, col: _Collector, timeout: float
     # stderr goes to a temporary file: a full stderr pipe would block journalctl (and us) forever
     with tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                    errors="replace", env={**os.environ, "SYSTEMD_PAGER": ""})
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                errors="replace",
+                env={**os.environ, "SYSTEMD_PAGER": ""},
+            )
         except OSError as exc:
             return {"source": "journald", "unit": unit, "status": "error", "reason": str(exc)}
         killer = threading.Timer(timeout, proc.kill)  # a hung journalctl must not hang the pull
@@ -242,11 +254,21 @@ def _collect_journal(journalctl: str, unit: str, col: _Collector, timeout: float
         err.seek(0)
         stderr = err.read(4096).decode("utf-8", "replace")
     if rc is None or rc < 0:
-        return {"source": "journald", "unit": unit, "status": "error", "lines": count,
-                "reason": f"journalctl timed out after {timeout:.0f} s"}
+        return {
+            "source": "journald",
+            "unit": unit,
+            "status": "error",
+            "lines": count,
+            "reason": f"journalctl timed out after {timeout:.0f} s",
+        }
     if rc != 0:
-        return {"source": "journald", "unit": unit, "status": "error", "reason": stderr.strip()[:300],
-                "lines": count}
+        return {
+            "source": "journald",
+            "unit": unit,
+            "status": "error",
+            "reason": stderr.strip()[:300],
+            "lines": count,
+        }
     return {"source": "journald", "unit": unit, "status": "ok", "lines": count}
 
 
@@ -275,8 +297,9 @@ def _read_journal(proc: subprocess.Popen[str], unit: str, col: _Collector) -> in
     return count
 
 
-def collect_logs(query: LogQuery, *, log_file: str, journalctl: str, unit: str,
-                 journal_timeout: float = 60.0) -> LogBundle:
+def collect_logs(
+    query: LogQuery, *, log_file: str, journalctl: str, unit: str, journal_timeout: float = 60.0
+) -> LogBundle:
     """Blocking: gather, filter, redact and cap. Run it in a thread.
 
     The journal and the files are capped separately, then merged by time so that the newest
@@ -292,8 +315,14 @@ def collect_logs(query: LogQuery, *, log_file: str, journalctl: str, unit: str,
         except OSError as exc:
             sources.append({"source": "file", "path": str(path), "status": "error", "reason": str(exc)})
     lines, dropped, truncated = _merge_newest([journal, files], query.max_bytes)
-    return LogBundle(data=b"".join(lines), lines=len(lines), truncated=truncated,
-                     dropped_bytes=dropped, redacted_lines=redactor.redacted_lines, sources=sources)
+    return LogBundle(
+        data=b"".join(lines),
+        lines=len(lines),
+        truncated=truncated,
+        dropped_bytes=dropped,
+        redacted_lines=redactor.redacted_lines,
+        sources=sources,
+    )
 
 
 def collect_compressed(query: LogQuery, log_file: str, journalctl: str, unit: str) -> tuple[bytes, LogBundle]:

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from device_agent.config import AgentConfig
-from device_agent.fleetlink.mqtt import parse_broker_url, tls_context
 from device_agent.diag.ping import Pinger
 from device_agent.diag.results import FAIL, PASS, SKIP, WARN, Check, report
+from device_agent.fleetlink.mqtt import parse_broker_url, tls_context
 
 
 def _tls_context(cfg: AgentConfig) -> ssl.SSLContext:
@@ -30,30 +30,42 @@ async def run_netcheck(cfg: AgentConfig, pinger: Pinger | None, timeout_s: float
     start = time.perf_counter()
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=1), timeout_s)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         checks.append(Check("dns", FAIL, f"cannot resolve {host}: {exc or 'timeout'}"))
         return report("netcheck", checks)
     dns_ms = (time.perf_counter() - start) * 1000
     addrs = sorted({info[4][0] for info in infos})
-    checks.append(Check("dns", WARN if dns_ms > 1000 else PASS, f"{host} -> {', '.join(addrs)} in {dns_ms:.1f} ms",
-                        {"host": host, "addresses": addrs, "ms": round(dns_ms, 2)}))
+    checks.append(
+        Check(
+            "dns",
+            WARN if dns_ms > 1000 else PASS,
+            f"{host} -> {', '.join(addrs)} in {dns_ms:.1f} ms",
+            {"host": host, "addresses": addrs, "ms": round(dns_ms, 2)},
+        )
+    )
     start = time.perf_counter()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         checks.append(Check("tcp", FAIL, f"cannot connect to {host}:{port}: {exc or 'timeout'}"))
     else:
         tcp_ms = (time.perf_counter() - start) * 1000
         writer.close()
         await _closed(writer)
-        checks.append(Check("tcp", WARN if tcp_ms > 1000 else PASS, f"{host}:{port} connect {tcp_ms:.1f} ms",
-                            {"ms": round(tcp_ms, 2), "port": port}))
+        checks.append(
+            Check(
+                "tcp",
+                WARN if tcp_ms > 1000 else PASS,
+                f"{host}:{port} connect {tcp_ms:.1f} ms",
+                {"ms": round(tcp_ms, 2), "port": port},
+            )
+        )
     if tls:
         start = time.perf_counter()
         try:
             ctx = _tls_context(cfg)
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), timeout_s)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             checks.append(Check("tls", FAIL, f"TLS to {host}:{port} failed: {exc or 'timeout'}"))
         else:
             tls_ms = (time.perf_counter() - start) * 1000
@@ -61,7 +73,9 @@ async def run_netcheck(cfg: AgentConfig, pinger: Pinger | None, timeout_s: float
             value = {"ms": round(tls_ms, 2), "version": ssl_obj.version() if ssl_obj else None}
             writer.close()
             await _closed(writer)
-            checks.append(Check("tls", WARN if tls_ms > 2000 else PASS, f"TLS handshake {tls_ms:.1f} ms", value))
+            checks.append(
+                Check("tls", WARN if tls_ms > 2000 else PASS, f"TLS handshake {tls_ms:.1f} ms", value)
+            )
     else:
         checks.append(Check("tls", SKIP, "plain mqtt:// link (no TLS)"))
     if pinger is None:
@@ -70,8 +84,14 @@ async def run_netcheck(cfg: AgentConfig, pinger: Pinger | None, timeout_s: float
         stats = await pinger.burst(cfg.diagnostics.ping_count, timeout=3.0)
         loss = stats["loss_pct"]
         status = PASS if loss == 0 else WARN if loss <= 10 else FAIL
-        checks.append(Check("mqtt_loss", status, f"{loss}% of {stats['sent']} MQTT pings lost, median RTT "
-                            f"{stats['rtt_ms_median']} ms", stats))
+        checks.append(
+            Check(
+                "mqtt_loss",
+                status,
+                f"{loss}% of {stats['sent']} MQTT pings lost, median RTT {stats['rtt_ms_median']} ms",
+                stats,
+            )
+        )
     return report("netcheck", checks)
 
 

@@ -36,7 +36,7 @@ class Pinger:
         try:
             await self.link.publish(Leaf.diag_ping(token), json.dumps({"t": start}).encode(), qos=qos)
             return await asyncio.wait_for(fut, timeout) - start
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return None
         finally:
             self._waiting.pop(token, None)
@@ -49,7 +49,11 @@ class Pinger:
             await asyncio.sleep(interval)
         rtts = [r for r in await asyncio.gather(*tasks) if r is not None]
         ms = sorted(r * 1000 for r in rtts)
-        return {"sent": count, "received": len(rtts), "loss_pct": round(100.0 * (count - len(rtts)) / count, 1),
-                "rtt_ms_min": round(ms[0], 2) if ms else None,
-                "rtt_ms_median": round(ms[len(ms) // 2], 2) if ms else None,
-                "rtt_ms_max": round(ms[-1], 2) if ms else None}
+        return {
+            "sent": count,
+            "received": len(rtts),
+            "loss_pct": round(100.0 * (count - len(rtts)) / count, 1),
+            "rtt_ms_min": round(ms[0], 2) if ms else None,
+            "rtt_ms_median": round(ms[len(ms) // 2], 2) if ms else None,
+            "rtt_ms_max": round(ms[-1], 2) if ms else None,
+        }

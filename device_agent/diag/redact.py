@@ -19,8 +19,10 @@ MASK = "[REDACTED]"
 PEM_MASK = "[REDACTED PEM BLOCK]"
 
 # a key is secret when its lower-cased name contains one of these
-_SECRET_WORD = re.compile(r"passw(?:or)?d|passphrase|pass|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
-                          r"private[_-]?key|client[_-]?secret|credential|psk|auth|session[_-]?key|cookie")
+_SECRET_WORD = re.compile(
+    r"passw(?:or)?d|passphrase|pass|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
+    r"private[_-]?key|client[_-]?secret|credential|psk|auth|session[_-]?key|cookie"
+)
 # Pairs are found with simple linear patterns and the key tested separately: a pattern that has to
 # find the secret word inside an arbitrary key backtracks quadratically (30 s for 50 MB of logs).
 # "key": "value"  (JSON)
@@ -30,17 +32,22 @@ _JSON_PAIR = re.compile(r'"([\w.-]+)"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
 _KEY_END = re.compile(r"key(?![a-z0-9])")  # "key", "ssh_key", "wifi.key" but not "keyframe"
 # the separator is ``=``/``:``, blanks before a quoted value (``psk 'x'``), or blanks after a flag
 # (group 1, ``--password x``) when a value, not another ``--flag``, follows
-_KEY_SEP = re.compile(r"(?<![\w.-])(?:(-[\w.-]*+)[ \t]++(?!--)(?=\S)|([\w.-]++)(?:\s*+[:=]\s*+|[ \t]++(?=['\"])))")
+_KEY_SEP = re.compile(
+    r"(?<![\w.-])(?:(-[\w.-]*+)[ \t]++(?!--)(?=\S)|([\w.-]++)(?:\s*+[:=]\s*+|[ \t]++(?=['\"])))"
+)
 _VALUE = re.compile(r"(['\"])(.*?)\1|(?!\[REDACTED)([^\s,;&'\"}\]]+)")
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token|Digest)\s+[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
 _URL_CREDS = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]+):([^/\s@]+)@", re.IGNORECASE)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
 _AWS_KEY = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 # claim tokens (provisioning/token.py): <id>.<secret>.<pin> in base32, in any case, bare or in a QR text
-_CLAIM_TOKEN = re.compile(rf"(?<![A-Za-z0-9])[A-Za-z2-7]{{{ID_LEN}}}\.[A-Za-z2-7]{{{SECRET_LEN}}}\."
-                          rf"[A-Za-z2-7]{{{PIN_LEN}}}(?![A-Za-z0-9])")
+_CLAIM_TOKEN = re.compile(
+    rf"(?<![A-Za-z0-9])[A-Za-z2-7]{{{ID_LEN}}}\.[A-Za-z2-7]{{{SECRET_LEN}}}\."
+    rf"[A-Za-z2-7]{{{PIN_LEN}}}(?![A-Za-z0-9])"
+)
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")
+
 
 def is_secret(key: str) -> bool:
     """Does a config or log key name hold a secret (password, token, PSK, key, ...)?"""
@@ -66,7 +73,7 @@ def _sub_pairs(line: str) -> str:
         if own_word and is_secret(m.group(key)):
             v = _VALUE.match(line, m.end())
             if v is not None:
-                out.append(line[pos:m.end()])
+                out.append(line[pos : m.end()])
                 out.append(f"{v.group(1)}{MASK}{v.group(1)}" if v.group(1) else MASK)
                 pos = i = v.end()
                 continue
@@ -116,17 +123,17 @@ class Redactor:
                 self.redacted_lines += 1
                 return None
             self.in_pem = False
-            text = PEM_MASK + text[end.end():]
+            text = PEM_MASK + text[end.end() :]
         while "-----BEGIN" in text:
             begin = _PEM_BEGIN.search(text)
             if not begin:
                 break
             end = _PEM_END.search(text, begin.end())
             if end:
-                text = text[:begin.start()] + PEM_MASK + text[end.end():]
+                text = text[: begin.start()] + PEM_MASK + text[end.end() :]
             else:
                 self.in_pem = True
-                text = text[:begin.start()] + PEM_MASK
+                text = text[: begin.start()] + PEM_MASK
                 break
         text = redact_text(text)
         if text != original:

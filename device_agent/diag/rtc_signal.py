@@ -38,8 +38,9 @@ class _Session:
 class RtcSignaling:
     """Answers offers on ``rtc/+``, enforces a session limit and a per-session time limit."""
 
-    def __init__(self, link: FleetLink, media: MediaComponent, *, max_sessions: int = 2,
-                 max_seconds: float = 600.0) -> None:
+    def __init__(
+        self, link: FleetLink, media: MediaComponent, *, max_sessions: int = 2, max_seconds: float = 600.0
+    ) -> None:
         self.link = link
         self.media = media
         self.max_sessions = max_sessions
@@ -57,19 +58,23 @@ class RtcSignaling:
     async def _send(self, sid: str, message: dict[str, Any]) -> None:
         try:
             await self.link.publish(Leaf.rtc(sid), json.dumps({**message, "from": "device"}).encode())
-        except (ConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             log.warning("remote view %s: signaling message lost: %s", sid, exc)
 
     async def _handle(self, sid: str, payload: bytes) -> None:
         try:
             msg = json.loads(payload)
         except ValueError:
-            await self._send(sid, {"type": "error", "code": "bad_json", "message": "signaling message is not JSON"})
+            await self._send(
+                sid, {"type": "error", "code": "bad_json", "message": "signaling message is not JSON"}
+            )
             return
         if isinstance(msg, dict) and msg.get("from") == "device":
             return  # our own messages come back on the same topic
         if not isinstance(msg, dict):
-            await self._send(sid, {"type": "error", "code": "bad_request", "message": "expected a JSON object"})
+            await self._send(
+                sid, {"type": "error", "code": "bad_request", "message": "expected a JSON object"}
+            )
             return
         kind = msg.get("type")
         if not SESSION_ID.match(sid):
@@ -79,28 +84,43 @@ class RtcSignaling:
         elif kind == "bye":
             await self.end(sid, notify=False)
         else:
-            await self._send(sid, {"type": "error", "code": "bad_request",
-                                   "message": f"unknown signaling type {kind!r} (offer, bye)"})
+            await self._send(
+                sid,
+                {
+                    "type": "error",
+                    "code": "bad_request",
+                    "message": f"unknown signaling type {kind!r} (offer, bye)",
+                },
+            )
 
     async def _offer(self, sid: str, msg: dict[str, Any]) -> None:
         sdp = msg.get("sdp")
         if not isinstance(sdp, str) or "m=video" not in sdp:
-            await self._send(sid, {"type": "error", "code": "bad_request", "message": "offer needs an SDP with video"})
+            await self._send(
+                sid, {"type": "error", "code": "bad_request", "message": "offer needs an SDP with video"}
+            )
             return
         if sid in self.sessions:
             await self._send(sid, {"type": "error", "code": "conflict", "message": "session already open"})
             return
         if len(self.sessions) >= self.max_sessions:
-            await self._send(sid, {"type": "error", "code": "busy",
-                                   "message": f"{self.max_sessions} remote views already open "
-                                              "(diagnostics.view_max_sessions)"})
+            await self._send(
+                sid,
+                {
+                    "type": "error",
+                    "code": "busy",
+                    "message": f"{self.max_sessions} remote views already open "
+                    "(diagnostics.view_max_sessions)",
+                },
+            )
             return
         try:
             answer, close = await self.media.open_viewer_session(sdp, sid)
         except Exception as exc:
             log.exception("remote view %s failed", sid)
-            await self._send(sid, {"type": "error", "code": "session_failed",
-                                   "message": f"{type(exc).__name__}: {exc}"})
+            await self._send(
+                sid, {"type": "error", "code": "session_failed", "message": f"{type(exc).__name__}: {exc}"}
+            )
             return
         session = _Session(close, time.monotonic())
         self.sessions[sid] = session

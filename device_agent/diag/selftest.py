@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.checks import (check_camera_frame, check_clock, check_disk, check_mic_level, check_temperature,
-                                 check_throttling, ntp_synchronized, read_throttled)
+from device_agent.checks import (
+    check_camera_frame,
+    check_clock,
+    check_disk,
+    check_mic_level,
+    check_temperature,
+    check_throttling,
+    ntp_synchronized,
+    read_throttled,
+)
 from device_agent.config import AgentConfig
 from device_agent.diag.frames import frame_stats
 from device_agent.diag.ping import Pinger
@@ -41,13 +49,19 @@ class SelfTest:
     async def run(self, fleet_ts: float | None = None, timeout_s: float = 20.0) -> dict[str, Any]:
         checks: list[Check] = []
         steps: list[tuple[str, Callable[[], Awaitable[list[Check]]]]] = [
-            ("mic", self.mic), ("camera", self.camera), ("encoder", self.encoder), ("ns", self.ns),
-            ("disk", self.disk), ("temperature", self.temperature), ("clock", lambda: self.clock(fleet_ts)),
-            ("broker", self.broker)]
+            ("mic", self.mic),
+            ("camera", self.camera),
+            ("encoder", self.encoder),
+            ("ns", self.ns),
+            ("disk", self.disk),
+            ("temperature", self.temperature),
+            ("clock", lambda: self.clock(fleet_ts)),
+            ("broker", self.broker),
+        ]
         for name, step in steps:
             try:
                 checks += await asyncio.wait_for(step(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 checks.append(Check(name, FAIL, f"check timed out after {timeout_s:.0f} s"))
             except Exception as exc:  # a crashing check is a failed check, not a failed self-test
                 checks.append(Check(name, FAIL, f"check crashed: {type(exc).__name__}: {exc}"))
@@ -69,11 +83,15 @@ class SelfTest:
             return [Check("mic", FAIL, "no audio pipeline running"), Check("loopback", SKIP, "no microphone")]
         audio = self.media.audio
         if not audio.healthy():
-            return [Check("mic", FAIL, "microphone delivers no audio", audio.stats()["source"]),
-                    Check("loopback", SKIP, "no microphone")]
+            return [
+                Check("mic", FAIL, "microphone delivers no audio", audio.stats()["source"]),
+                Check("loopback", SKIP, "no microphone"),
+            ]
         levels = await self._levels(LEVEL_WINDOW_S)
         level = float(np.median(levels))
-        mic = check_mic_level(level, max(levels), float(np.percentile(levels, 10)), backend=self.cfg.audio.backend)
+        mic = check_mic_level(
+            level, max(levels), float(np.percentile(levels, 10)), backend=self.cfg.audio.backend
+        )
         return [mic, await self.loopback(level)]
 
     async def loopback(self, baseline_dbfs: float) -> Check:
@@ -92,17 +110,24 @@ class SelfTest:
         async def play() -> None:
             start = time.monotonic()
             for i in range(0, len(samples), hop):
-                await sink.write(AudioChunk(samples=samples[i:i + hop], rate=sink.rate, timestamp=time.monotonic()))
+                await sink.write(
+                    AudioChunk(samples=samples[i : i + hop], rate=sink.rate, timestamp=time.monotonic())
+                )
                 await asyncio.sleep(max(0.0, start + (i + hop) / sink.rate - time.monotonic()))
 
         _, during = await asyncio.gather(play(), self._levels(seconds + 0.2))  # + output/input buffering
         heard = float(np.median(during))  # the tone fills most of the window; a click does not
         rise = heard - baseline_dbfs
-        value = {"baseline_dbfs": round(baseline_dbfs, 1), "level_during_tone_dbfs": round(heard, 1),
-                 "rise_db": round(rise, 1)}
+        value = {
+            "baseline_dbfs": round(baseline_dbfs, 1),
+            "level_during_tone_dbfs": round(heard, 1),
+            "rise_db": round(rise, 1),
+        }
         if rise >= 10:
             return Check("loopback", PASS, f"test tone heard: +{rise:.0f} dB at the microphone", value)
-        return Check("loopback", FAIL, f"test tone not heard (+{rise:.0f} dB): speaker or mic path broken", value)
+        return Check(
+            "loopback", FAIL, f"test tone not heard (+{rise:.0f} dB): speaker or mic path broken", value
+        )
 
     # -- video ---------------------------------------------------------------------------------
     async def camera(self) -> list[Check]:
@@ -118,8 +143,12 @@ class SelfTest:
         if choice is None or self.media is None or self.media.video is None:
             return [Check("encoder", FAIL, "no H.264 encoder running")]
         video = self.media.video.stats()
-        value = {"backend": choice.backend, "reason": choice.reason, "fps": video.get("fps"),
-                 "encode_ms": video.get("encode_ms")}
+        value = {
+            "backend": choice.backend,
+            "reason": choice.reason,
+            "fps": video.get("fps"),
+            "encode_ms": video.get("encode_ms"),
+        }
         want = self.cfg.camera.fps
         fps = float(video.get("fps") or 0.0)
         if fps <= 0:
@@ -146,18 +175,27 @@ class SelfTest:
         if not st.get("enabled"):
             return [Check("ns", WARN, "model loaded but switched off (media.ns)", value)]
         status = PASS if rtf <= budget else WARN
-        return [Check("ns", status, f"{Path(str(st.get('model', ''))).name} RTF {rtf:.3f} (budget {budget})", value)]
+        return [
+            Check(
+                "ns", status, f"{Path(str(st.get('model', ''))).name} RTF {rtf:.3f} (budget {budget})", value
+            )
+        ]
 
     # -- system --------------------------------------------------------------------------------
     async def disk(self) -> list[Check]:
         d = self.cfg.diagnostics
-        return [await asyncio.to_thread(check_disk, Path(self.cfg.device.state_dir), d.disk_fail_free,
-                                        d.disk_warn_free)]
+        return [
+            await asyncio.to_thread(
+                check_disk, Path(self.cfg.device.state_dir), d.disk_fail_free, d.disk_warn_free
+            )
+        ]
 
     async def temperature(self) -> list[Check]:
         d = self.cfg.diagnostics
-        return [check_temperature(d.thermal_path, d.temp_warn_c, d.temp_fail_c),
-                check_throttling(await asyncio.to_thread(read_throttled))]
+        return [
+            check_temperature(d.thermal_path, d.temp_warn_c, d.temp_fail_c),
+            check_throttling(await asyncio.to_thread(read_throttled)),
+        ]
 
     async def clock(self, fleet_ts: float | None) -> list[Check]:
         synced = await asyncio.to_thread(ntp_synchronized)
@@ -173,4 +211,3 @@ class SelfTest:
         value = {"rtt_ms": round(min(got), 2), "samples": len(got)}
         status = WARN if min(got) > 500 or len(got) < 3 else PASS
         return [Check("broker", status, f"MQTT round trip {min(got):.1f} ms", value)]
-

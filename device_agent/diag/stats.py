@@ -14,9 +14,15 @@ def media_stats(sample: dict[str, Any], camera_fps: int) -> dict[str, Any]:
     """The structured ``diag.stats`` result for one health sample; ``media`` carries the raw figures."""
     media = sample.get("media")
     if not isinstance(media, dict):
-        return {**report("stats", [Check("media", FAIL, "the media component reports no stats")]), "media": None}
+        return {
+            **report("stats", [Check("media", FAIL, "the media component reports no stats")]),
+            "media": None,
+        }
     if "error" in media:
-        return {**report("stats", [Check("media", FAIL, f"media stats failed: {media['error']}")]), "media": media}
+        return {
+            **report("stats", [Check("media", FAIL, f"media stats failed: {media['error']}")]),
+            "media": media,
+        }
     return {**report("stats", stats_checks(media, camera_fps)), "media": media}
 
 
@@ -27,12 +33,19 @@ def stats_checks(media: dict[str, Any], camera_fps: int) -> list[Check]:
     enc = (media.get("encoder") or {}).get("backend")
     fps = float(video.get("fps") or 0.0)
     jitter = video.get("frame_interval_jitter_ms")
-    vval = {"encoder": enc, "fps": fps, "frame_interval_jitter_ms": jitter, "encode_ms": video.get("encode_ms"),
-            "capture_to_packet": video.get("capture_to_packet")}
+    vval = {
+        "encoder": enc,
+        "fps": fps,
+        "frame_interval_jitter_ms": jitter,
+        "encode_ms": video.get("encode_ms"),
+        "capture_to_packet": video.get("capture_to_packet"),
+    }
     if fps <= 0:
         checks.append(Check("video", FAIL, f"no frames ({enc})", vval))
     elif fps < 0.8 * camera_fps:
-        checks.append(Check("video", WARN, f"{fps:.1f} fps of {camera_fps} ({enc}), jitter {jitter} ms", vval))
+        checks.append(
+            Check("video", WARN, f"{fps:.1f} fps of {camera_fps} ({enc}), jitter {jitter} ms", vval)
+        )
     else:
         checks.append(Check("video", PASS, f"{fps:.1f} fps ({enc}), frame jitter {jitter} ms", vval))
     audio = media.get("audio")
@@ -51,9 +64,12 @@ def stats_checks(media: dict[str, Any], camera_fps: int) -> list[Check]:
     for s in sessions:
         sid = s.get("id", "?")
         lost, rtt = s.get("fraction_lost"), s.get("rtt_ms")
-        detail = (f"{s.get('kind')} {s.get('state')}: rtt {rtt} ms, loss {lost}, "
-                  f"{s.get('bitrate_bps')} bit/s, {s.get('fps')} fps")
-        bad = (isinstance(lost, (int, float)) and lost > LOSS_WARN) or (isinstance(rtt, (int, float))
-                                                                      and rtt > RTT_WARN_MS)
+        detail = (
+            f"{s.get('kind')} {s.get('state')}: rtt {rtt} ms, loss {lost}, "
+            f"{s.get('bitrate_bps')} bit/s, {s.get('fps')} fps"
+        )
+        bad = (isinstance(lost, (int, float)) and lost > LOSS_WARN) or (
+            isinstance(rtt, (int, float)) and rtt > RTT_WARN_MS
+        )
         checks.append(Check(f"viewer.{sid}", WARN if bad else PASS, detail, s))
     return checks

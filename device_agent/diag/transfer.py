@@ -83,14 +83,29 @@ class Transfer:
         return max(1, math.ceil(len(self.blob) / self.chunk_bytes))
 
     def chunk(self, seq: int) -> bytes:
-        body = self.blob[seq * self.chunk_bytes:(seq + 1) * self.chunk_bytes]
-        header = {"type": "chunk", "request": self.request, "kind": self.kind, "seq": seq, "total": self.total,
-                  "size": len(self.blob), "sha256": self.sha256, "offset": seq * self.chunk_bytes}
+        body = self.blob[seq * self.chunk_bytes : (seq + 1) * self.chunk_bytes]
+        header = {
+            "type": "chunk",
+            "request": self.request,
+            "kind": self.kind,
+            "seq": seq,
+            "total": self.total,
+            "size": len(self.blob),
+            "sha256": self.sha256,
+            "offset": seq * self.chunk_bytes,
+        }
         return encode_chunk(header, body)
 
     def describe(self) -> dict[str, Any]:
-        return {"request": self.request, "kind": self.kind, "total": self.total, "bytes": len(self.blob),
-                "sha256": self.sha256, "chunk_bytes": self.chunk_bytes, **self.meta}
+        return {
+            "request": self.request,
+            "kind": self.kind,
+            "total": self.total,
+            "bytes": len(self.blob),
+            "sha256": self.sha256,
+            "chunk_bytes": self.chunk_bytes,
+            **self.meta,
+        }
 
 
 class TransferManager:
@@ -133,8 +148,12 @@ class TransferManager:
                     await self.limiter.take(len(payload))
                     await self._publish(topic, payload)
                     self.bytes_sent += len(payload)
-                await self._publish(topic, encode_chunk({"type": "end", "request": transfer.request,
-                                                         "total": transfer.total, "sent": todo}))
+                await self._publish(
+                    topic,
+                    encode_chunk(
+                        {"type": "end", "request": transfer.request, "total": transfer.total, "sent": todo}
+                    ),
+                )
         except Exception:
             log.exception("transfer %s failed", transfer.request)
 

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device_agent.diag.redact import is_secret
 from device_agent.config import ConfigError, config_from_dict, dump_toml
+from device_agent.diag.redact import is_secret
 from device_agent.params import Param
 from device_agent.protocol import ErrorCode
 from device_agent.registry import CommandError, CommandHandler
@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 
 REDACTED = "***"
 # keys a running agent applies without a restart
-LIVE_KEYS = {"mqtt.telemetry_interval_s", "logging.level", "device.name", "device.location",
-             "device.group", "alerts"}
+LIVE_KEYS = {
+    "mqtt.telemetry_interval_s",
+    "logging.level",
+    "device.name",
+    "device.location",
+    "device.group",
+    "alerts",
+}
 
 Runner = Callable[[list[str]], Awaitable[int]]
 
@@ -35,7 +41,9 @@ Runner = Callable[[list[str]], Awaitable[int]]
 def redact(value: Any) -> Any:
     """A copy of a config dict with secret values replaced by ``***`` (empty ones left empty)."""
     if isinstance(value, dict):
-        return {k: (REDACTED if is_secret(k) and v not in ("", None) else redact(v)) for k, v in value.items()}
+        return {
+            k: (REDACTED if is_secret(k) and v not in ("", None) else redact(v)) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
@@ -50,8 +58,12 @@ async def run_command(argv: list[str]) -> int:
 class LinkCommands:
     """Registers the commands on ``agent.commands``; ``on_config_applied`` hears live changes."""
 
-    def __init__(self, agent: Agent, runner: Runner = run_command,
-                 on_config_applied: Callable[[set[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        runner: Runner = run_command,
+        on_config_applied: Callable[[set[str]], None] | None = None,
+    ) -> None:
         self.agent = agent
         self.runner = runner
         self.on_config_applied = on_config_applied
@@ -73,8 +85,13 @@ class LinkCommands:
                 reg.register(name, handler, params=params)
 
     async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"pong": True, "ts": round(time.time(), 3), "boot": self.agent.boot_id,
-                "uptime_s": round(time.monotonic() - self.started, 1), "echo": params.get("echo")}
+        return {
+            "pong": True,
+            "ts": round(time.time(), 3),
+            "boot": self.agent.boot_id,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "echo": params.get("echo"),
+        }
 
     async def config_get(self, params: dict[str, Any]) -> dict[str, Any]:
         data = redact(self.agent.config.to_dict())
@@ -89,7 +106,9 @@ class LinkCommands:
         changes = params["set"]  # a non-empty object (declared)
         source = self.agent.config.source_path
         if not source:
-            raise CommandError(ErrorCode.NOT_PERSISTENT, "the agent runs without a configuration file; nothing changed")
+            raise CommandError(
+                ErrorCode.NOT_PERSISTENT, "the agent runs without a configuration file; nothing changed"
+            )
         path = Path(source)
         async with self._lock:
             try:
@@ -121,9 +140,15 @@ class LinkCommands:
             mode = path.stat().st_mode & 0o777 if path.exists() else 0o640  # it may hold the broker password
             await asyncio.to_thread(write_atomic, path, text, mode)
             live, restart = self._apply(new_cfg, set(changes))
-        log.info("config.set %s (live: %s, restart needed for: %s)", sorted(changes), sorted(live), sorted(restart))
-        return {"persisted": True, "applied": sorted(live), "restart_required": bool(restart),
-                "pending_restart": sorted(restart)}
+        log.info(
+            "config.set %s (live: %s, restart needed for: %s)", sorted(changes), sorted(live), sorted(restart)
+        )
+        return {
+            "persisted": True,
+            "applied": sorted(live),
+            "restart_required": bool(restart),
+            "pending_restart": sorted(restart),
+        }
 
     def _apply(self, new_cfg: Any, keys: set[str]) -> tuple[set[str], set[str]]:
         cfg = self.agent.config
@@ -133,8 +158,14 @@ class LinkCommands:
                 live.add(key)
             elif "." not in key and dataclasses.is_dataclass(getattr(cfg, key, None)):
                 # a whole section: live only if every key in it is live
-                (live if all(f"{key}.{k}" in LIVE_KEYS for k in
-                             (f.name for f in dataclasses.fields(getattr(cfg, key)))) else restart).add(key)
+                (
+                    live
+                    if all(
+                        f"{key}.{k}" in LIVE_KEYS
+                        for k in (f.name for f in dataclasses.fields(getattr(cfg, key)))
+                    )
+                    else restart
+                ).add(key)
             else:
                 restart.add(key)
         for key in live:

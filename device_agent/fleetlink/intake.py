@@ -67,16 +67,21 @@ def _check_tree(value: Any) -> None:
 def decode_params(payload: bytes, limit: int) -> dict[str, Any]:
     """The command's parameters from its payload (empty = ``{}``); raises ``CommandError``."""
     if len(payload) > limit:
-        raise CommandError(ErrorCode.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > mqtt.max_command_bytes {limit}")
+        raise CommandError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > mqtt.max_command_bytes {limit}"
+        )
     if not payload.strip():
         return {}
     try:
         text = payload.decode("utf-8")
-        params = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
-                            object_pairs_hook=_no_duplicates)
+        params = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_no_duplicates
+        )
         _check_tree(params)
     except RecursionError:
-        raise CommandError(ErrorCode.BAD_JSON, f"payload is not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
+        raise CommandError(
+            ErrorCode.BAD_JSON, f"payload is not valid JSON: nested deeper than {MAX_DEPTH} levels"
+        ) from None
     except ValueError as exc:  # JSONDecodeError, UnicodeError, the integer digit limit, our checks
         raise CommandError(ErrorCode.BAD_JSON, f"payload is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(params, dict):
@@ -142,7 +147,9 @@ class RecentCommands:
         if entry is None:
             return
         if len(answer) > ANSWER_CACHE_BYTES:
-            answer = json.dumps(error_result(ErrorCode.DUPLICATE, "this command already ran; its answer was sent")).encode()
+            answer = json.dumps(
+                error_result(ErrorCode.DUPLICATE, "this command already ran; its answer was sent")
+            ).encode()
         self._seen[key] = (entry[0], answer)
 
 
@@ -163,5 +170,7 @@ class LogThrottle:
             return
         skipped = self._skipped.pop(kind, 0)
         self._last[kind] = now
-        suffix = f" ({skipped} more like it in the last {self.interval_s:.0f} s not logged)" if skipped else ""
+        suffix = (
+            f" ({skipped} more like it in the last {self.interval_s:.0f} s not logged)" if skipped else ""
+        )
         self.logger.warning(message + suffix, *args)

@@ -25,9 +25,9 @@ from paho.mqtt.properties import Properties
 
 from device_agent import __version__, protocol
 from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
+from device_agent.fleetlink.default_rules import effective_rules
 from device_agent.fleetlink.intake import LogThrottle, RecentCommands, decode_params, response_topic_problem
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, PublishRefused
-from device_agent.fleetlink.default_rules import effective_rules
 from device_agent.fleetlink.rules import RuleEngine
 from device_agent.fleetlink.spool import KIND_EVENT, KIND_TELEMETRY, Spool
 from device_agent.protocol import ErrorCode, Leaf, error_result, ok_result
@@ -71,9 +71,14 @@ class FleetLink:
 
     name = "fleet_link"
 
-    def __init__(self, agent: Agent, runner: Runner = run_command,
-                 executor: concurrent.futures.Executor | None = None, system_metrics: bool = True,
-                 spool_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        runner: Runner = run_command,
+        executor: concurrent.futures.Executor | None = None,
+        system_metrics: bool = True,
+        spool_path: str | Path | None = None,
+    ) -> None:
         self.agent = agent
         cfg = agent.config
         self.device_id = cfg.device.id
@@ -88,14 +93,26 @@ class FleetLink:
         self.commands = LinkCommands(agent, runner, on_config_applied=self._config_applied)
         self.rules = RuleEngine(effective_rules(cfg), agent.alerts)
         m = cfg.mqtt
-        self.conn = MqttConnection(MqttOptions(
-            url=m.url, client_id=fleet_client_id(self.device_id, m.cert_file), ca_file=m.ca_file,
-            cert_file=m.cert_file,
-            key_file=m.key_file, username=m.username, password=m.password, keepalive_s=m.keepalive_s,
-            clean_start=False, session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
-            reconnect_max_s=m.reconnect_max_s, max_inflight=SEND_WINDOW,
-            will=(protocol.status(self.device_id), self._status(False, "lost"), 1, True)),
-            on_connect=self._on_connect, on_disconnect=self._on_disconnect)
+        self.conn = MqttConnection(
+            MqttOptions(
+                url=m.url,
+                client_id=fleet_client_id(self.device_id, m.cert_file),
+                ca_file=m.ca_file,
+                cert_file=m.cert_file,
+                key_file=m.key_file,
+                username=m.username,
+                password=m.password,
+                keepalive_s=m.keepalive_s,
+                clean_start=False,
+                session_expiry_s=m.session_expiry_s,
+                reconnect_min_s=m.reconnect_min_s,
+                reconnect_max_s=m.reconnect_max_s,
+                max_inflight=SEND_WINDOW,
+                will=(protocol.status(self.device_id), self._status(False, "lost"), 1, True),
+            ),
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+        )
         self._seq = 0
         self._inflight: dict[int, int] = {}  # mid -> spool row id
         self._last_sent = 0
@@ -147,23 +164,32 @@ class FleetLink:
 
     def emit_telemetry(self, sample: dict[str, Any]) -> None:
         """Spool one telemetry sample now (the periodic loop calls this too)."""
-        self._enqueue(KIND_TELEMETRY, Leaf.TELEMETRY, {"ts": round(time.time(), 3), "health": compact(sample)})
+        self._enqueue(
+            KIND_TELEMETRY, Leaf.TELEMETRY, {"ts": round(time.time(), 3), "health": compact(sample)}
+        )
 
     # ---- component ----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        self.spool = await loop.run_in_executor(self._executor, Spool, self.spool_path,
-                                                self.agent.config.mqtt.spool_max_bytes)
+        self.spool = await loop.run_in_executor(
+            self._executor, Spool, self.spool_path, self.agent.config.mqtt.spool_max_bytes
+        )
         self._spool_stats = await loop.run_in_executor(self._executor, self.spool.stats)
         if self.spool.quarantined is not None:
-            log.error("spool %s was corrupt: moved to %s, starting empty", self.spool_path, self.spool.quarantined)
+            log.error(
+                "spool %s was corrupt: moved to %s, starting empty", self.spool_path, self.spool.quarantined
+            )
         if self._system_metrics:
             from device_agent.health.system import SystemMetrics
+
             disk = self.agent.config.state_dir if self.agent.config.state_dir.exists() else Path("/")
-            self.agent.health.add("system", SystemMetrics(disk_path=str(disk), version=self.version, slot=self.slot))
+            self.agent.health.add(
+                "system", SystemMetrics(disk_path=str(disk), version=self.version, slot=self.slot)
+            )
             from device_agent.health.starts import StartHistory
+
             starts = StartHistory(self.agent.config.state_dir / "agent-starts.json", boot=self.agent.boot_id)
             self.agent.health.add("agent", await asyncio.to_thread(starts.record))  # the crash_loop rule
         self.agent.health.add("fleet_link", self.health)
@@ -173,12 +199,17 @@ class FleetLink:
         if self.spool.quarantined is not None:
             self.agent.events.emit("spool.reset", reason="corrupt", moved_to=str(self.spool.quarantined))
         # retain-as-published: a retained command keeps its flag even when delivered live, so it is refused
-        self.conn.subscribe(protocol.command_filter(self.device_id), self._on_command,
-                            options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
+        self.conn.subscribe(
+            protocol.command_filter(self.device_id),
+            self._on_command,
+            options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True),
+        )
         self.conn.start()
-        self._tasks = [loop.create_task(self._send_loop(), name="fleetlink-send"),
-                       loop.create_task(self._telemetry_loop(), name="fleetlink-telemetry"),
-                       loop.create_task(self._rules_loop(), name="fleetlink-rules")]
+        self._tasks = [
+            loop.create_task(self._send_loop(), name="fleetlink-send"),
+            loop.create_task(self._telemetry_loop(), name="fleetlink-telemetry"),
+            loop.create_task(self._rules_loop(), name="fleetlink-rules"),
+        ]
         self._started = True
 
     async def stop(self) -> None:
@@ -191,9 +222,10 @@ class FleetLink:
                 pass
         if self.conn.connected:
             try:
-                await self.conn.publish(protocol.status(self.device_id), self._status(False, "stopped"), retain=True,
-                                        timeout=2.0)
-            except (ConnectionError, asyncio.TimeoutError):
+                await self.conn.publish(
+                    protocol.status(self.device_id), self._status(False, "stopped"), retain=True, timeout=2.0
+                )
+            except (TimeoutError, ConnectionError):
                 pass
         await self.conn.close()
         loop = asyncio.get_running_loop()
@@ -208,22 +240,36 @@ class FleetLink:
         return self._started and not self._spool_error and all(not t.done() for t in self._tasks)
 
     def health(self) -> dict[str, Any]:
-        return {"connected": self.conn.connected, "connects": self.conn.connects, "seq": self._seq,
-                "refused": self.refused, **({"last_refusal": self.last_refusal} if self.last_refusal else {}),
-                "spool": self._spool_stats, **({"spool_error": self._spool_error} if self._spool_error else {})}
+        return {
+            "connected": self.conn.connected,
+            "connects": self.conn.connects,
+            "seq": self._seq,
+            "refused": self.refused,
+            **({"last_refusal": self.last_refusal} if self.last_refusal else {}),
+            "spool": self._spool_stats,
+            **({"spool_error": self._spool_error} if self._spool_error else {}),
+        }
 
     # ---- status ---------------------------------------------------------------------------
     def _status(self, online: bool, reason: str = "") -> bytes:
         cfg = self.agent.config.device
-        body: protocol.Status = {"online": online, "boot": self.agent.boot_id, "ts": round(time.time(), 3),
-                                 "version": self.version, "slot": self.slot, "hardware": cfg.hardware,
-                                 "group": cfg.group}
+        body: protocol.Status = {
+            "online": online,
+            "boot": self.agent.boot_id,
+            "ts": round(time.time(), 3),
+            "version": self.version,
+            "slot": self.slot,
+            "hardware": cfg.hardware,
+            "group": cfg.group,
+        }
         if reason:
             body["reason"] = reason
         return dumps(body)
 
     def _on_connect(self, session_present: bool) -> None:
-        log.info("fleet link connected to %s (session present: %s)", self.agent.config.mqtt.url, session_present)
+        log.info(
+            "fleet link connected to %s (session present: %s)", self.agent.config.mqtt.url, session_present
+        )
         self.conn.publish_nowait(protocol.status(self.device_id), self._status(True), qos=1, retain=True)
         self._wake.set()
 
@@ -241,8 +287,9 @@ class FleetLink:
         if self.spool is None:
             log.warning("fleet link not started; %s seq %d not spooled", kind, self._seq)
             return
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, self._append_sync, kind,
-                                                         protocol.device_topic(self.device_id, subtopic), data)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._append_sync, kind, protocol.device_topic(self.device_id, subtopic), data
+        )
         fut.add_done_callback(self._appended)
 
     def _append_sync(self, kind: str, topic: str, data: bytes) -> dict[str, int]:
@@ -305,7 +352,9 @@ class FleetLink:
             self._inflight.pop(mid, None)
             self.refused += 1
             self.last_refusal = str(error)
-            self.agent.alerts.raise_alert("P2", "publish_refused", f"the broker refuses our messages: {error}")
+            self.agent.alerts.raise_alert(
+                "P2", "publish_refused", f"the broker refuses our messages: {error}"
+            )
             self._wake.set()
             return
         if error is not None:
@@ -340,9 +389,10 @@ class FleetLink:
             self.samples += 1
             self._interval_changed.clear()
             try:
-                await asyncio.wait_for(self._interval_changed.wait(),
-                                       self.agent.config.mqtt.telemetry_interval_s)
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(
+                    self._interval_changed.wait(), self.agent.config.mqtt.telemetry_interval_s
+                )
+            except TimeoutError:
                 pass
 
     async def _rules_loop(self) -> None:
@@ -365,13 +415,15 @@ class FleetLink:
     # ---- commands ------------------------------------------------------------------------------
     async def _on_command(self, msg: mqtt.MQTTMessage) -> None:
         """Check a command (retain flag, response topic, payload, parameters), run it once, answer it."""
-        name = msg.topic[len(protocol.command(self.device_id, "")):]
+        name = msg.topic[len(protocol.command(self.device_id, "")) :]
         props = getattr(msg, "properties", None)
         own = protocol.result(self.device_id)
         response_topic = getattr(props, "ResponseTopic", None) or own
         problem = response_topic_problem(response_topic, own)
         if problem is not None:
-            self._log_throttle.warning("response_topic", "command %s ignored, not run: %s", name[:64], problem)
+            self._log_throttle.warning(
+                "response_topic", "command %s ignored, not run: %s", name[:64], problem
+            )
             return
         correlation = getattr(props, "CorrelationData", None)
         expiry = getattr(props, "MessageExpiryInterval", None)
@@ -380,13 +432,17 @@ class FleetLink:
                 return  # the deletion of a retained message: nothing to run, nothing to answer
             # a retained command would run again on every reconnect or restart: never run one
             self._log_throttle.warning("retained", "retained command %s refused", name[:64])
-            answer = error_result(ErrorCode.RETAINED_REFUSED, "commands must not be published retained; nothing ran")
+            answer = error_result(
+                ErrorCode.RETAINED_REFUSED, "commands must not be published retained; nothing ran"
+            )
             await self._answer(name, response_topic, correlation, expiry, dumps(answer))
             return
         key = RecentCommands.key(name, bytes(correlation or b""), msg.payload)
         first, earlier = self._recent.begin(key, expiry) if correlation else (True, None)
         if not first:
-            log.info("command %s delivered again: %s", name[:64], "answered again" if earlier else "still running")
+            log.info(
+                "command %s delivered again: %s", name[:64], "answered again" if earlier else "still running"
+            )
             if earlier is not None:
                 await self._answer(name, response_topic, correlation, expiry, earlier)
             return
@@ -395,8 +451,9 @@ class FleetLink:
             self._recent.done(key, data)
         await self._answer(name, response_topic, correlation, expiry, data)
 
-    async def _answer(self, name: str, topic: str, correlation: bytes | None, expiry: int | None,
-                      data: bytes) -> None:
+    async def _answer(
+        self, name: str, topic: str, correlation: bytes | None, expiry: int | None, data: bytes
+    ) -> None:
         out = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             out.CorrelationData = correlation
@@ -406,7 +463,7 @@ class FleetLink:
             out.MessageExpiryInterval = max(1, int(expiry))
         try:
             await self.conn.publish(topic, data, qos=1, properties=out, timeout=10.0)
-        except (ConnectionError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, ConnectionError, ValueError) as exc:
             log.warning("answer to %s lost: %s", name[:64], exc)
 
     async def _execute(self, name: str, payload: bytes) -> protocol.CommandResult:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
-import os
 import ssl
 import threading
 import time
@@ -95,8 +95,13 @@ def split_endpoint(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-def tls_context(ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
-                verify: bool = True, check_hostname: bool = True) -> ssl.SSLContext:
+def tls_context(
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    verify: bool = True,
+    check_hostname: bool = True,
+) -> ssl.SSLContext:
     """The client TLS context of every MQTT connection (TLS 1.2 at least).
 
     ``verify``: check the broker against ``ca_file`` (the system CAs when empty); false for the
@@ -221,8 +226,12 @@ class MqttConnection:
     subscriptions with :meth:`subscribe` (they are renewed on every connect).
     """
 
-    def __init__(self, options: MqttOptions, on_connect: Callable[[bool], Any] | None = None,
-                 on_disconnect: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        options: MqttOptions,
+        on_connect: Callable[[bool], Any] | None = None,
+        on_disconnect: Callable[[], Any] | None = None,
+    ) -> None:
         self.options = options
         if options.url:
             self.host, self.port, self.tls = options.host_port()
@@ -282,8 +291,13 @@ class MqttConnection:
 
     def _make_client(self) -> mqtt.Client:
         o = self.options
-        c = _BufferedClient(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5, reconnect_on_failure=False, manual_ack=o.manual_ack)
+        c = _BufferedClient(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+            manual_ack=o.manual_ack,
+        )
         if o.username:
             c.username_pw_set(o.username, o.password or None)
         if o.ssl_context is not None:
@@ -336,6 +350,7 @@ class MqttConnection:
             self._loop.add_reader(sock, self._read, sock)
             if self._misc is None or self._misc.done():
                 self._misc = self._loop.create_task(self._misc_loop())
+
         self._in_loop(add)
 
     def _read(self, sock: Any) -> None:
@@ -377,11 +392,17 @@ class MqttConnection:
                 self._loop.remove_writer(sock)
             except (ValueError, OSError):
                 pass
+
         self._in_loop(remove)
 
     def _sock_reg_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(lambda: self._loop.add_writer(sock, self._write, sock)  # type: ignore[union-attr]
-                      if sock.fileno() >= 0 else None)
+        self._in_loop(
+            lambda: (
+                self._loop.add_writer(sock, self._write, sock)  # type: ignore[union-attr]
+                if sock.fileno() >= 0
+                else None
+            )
+        )
 
     def _sock_unreg_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         def remove() -> None:
@@ -389,6 +410,7 @@ class MqttConnection:
                 self._loop.remove_writer(sock)  # type: ignore[union-attr]
             except (ValueError, OSError):
                 pass
+
         self._in_loop(remove)
 
     async def _misc_loop(self) -> None:
@@ -403,8 +425,13 @@ class MqttConnection:
             return
         self.connected = True
         self.connects += 1
-        log.debug("mqtt %s connected to %s:%s (session present: %s)", self.client_id, self.host, self.port,
-                  getattr(flags, "session_present", None))
+        log.debug(
+            "mqtt %s connected to %s:%s (session present: %s)",
+            self.client_id,
+            self.host,
+            self.port,
+            getattr(flags, "session_present", None),
+        )
         self.connected_at = time.time()
         self._connected_evt.set()
         self._sub_mids = set()
@@ -435,8 +462,11 @@ class MqttConnection:
         topic = msg.topic
         callbacks = self._route_cache.get(topic)
         if callbacks is None:
-            callbacks = [cb for sub, (_qos, cb, _shared) in self._subs.items()
-                         if mqtt.topic_matches_sub(protocol.strip_share(sub), topic)]
+            callbacks = [
+                cb
+                for sub, (_qos, cb, _shared) in self._subs.items()
+                if mqtt.topic_matches_sub(protocol.strip_share(sub), topic)
+            ]
             if len(self._route_cache) > 100_000:
                 self._route_cache.clear()
             self._route_cache[topic] = callbacks
@@ -470,7 +500,9 @@ class MqttConnection:
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
             if getattr(rc, "is_failure", False):  # e.g. 0x87 not authorized: the broker dropped it
-                fut.set_exception(PublishRefused(f"broker refused the publish: {rc}", int(getattr(rc, "value", 0x80))))
+                fut.set_exception(
+                    PublishRefused(f"broker refused the publish: {rc}", int(getattr(rc, "value", 0x80)))
+                )
             else:
                 fut.set_result(None)
 
@@ -497,23 +529,40 @@ class MqttConnection:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.options.session_expiry_s
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._client.connect, host, port, self.options.keepalive_s,
-                                                     clean_start=self.options.clean_start, properties=props),
-                                   timeout)
+            await asyncio.wait_for(
+                asyncio.to_thread(
+                    self._client.connect,
+                    host,
+                    port,
+                    self.options.keepalive_s,
+                    clean_start=self.options.clean_start,
+                    properties=props,
+                ),
+                timeout,
+            )
         except socket.gaierror as exc:
-            raise MqttError("dns", f"cannot resolve {host!r} ({exc.strerror or exc}): no network, "
-                                   f"no DNS, or a typo in the host name") from None
+            raise MqttError(
+                "dns",
+                f"cannot resolve {host!r} ({exc.strerror or exc}): no network, "
+                f"no DNS, or a typo in the host name",
+            ) from None
         except ssl.SSLError as exc:
             raise MqttError("tls", f"TLS handshake with {host}:{port} failed: {exc.reason or exc}") from None
         except ConnectionRefusedError:
-            raise MqttError("refused", f"{host}:{port} refused the connection: broker not running "
-                                       f"or wrong port") from None
-        except (TimeoutError, asyncio.TimeoutError, socket.timeout):
-            raise MqttError("timeout", f"no answer from {host}:{port} within {timeout:g} s: broker "
-                                       f"unreachable or a firewall drops the traffic") from None
+            raise MqttError(
+                "refused", f"{host}:{port} refused the connection: broker not running or wrong port"
+            ) from None
+        except TimeoutError:
+            raise MqttError(
+                "timeout",
+                f"no answer from {host}:{port} within {timeout:g} s: broker "
+                f"unreachable or a firewall drops the traffic",
+            ) from None
         except OSError as exc:
-            raise MqttError("network", f"cannot reach {host}:{port}: {exc.strerror or exc}: check the "
-                                       f"network cable or Wi-Fi") from None
+            raise MqttError(
+                "network",
+                f"cannot reach {host}:{port}: {exc.strerror or exc}: check the network cable or Wi-Fi",
+            ) from None
         if await self._wait_connack(timeout):
             return
         refused, reason = self._refused, self.disconnect_reason
@@ -522,8 +571,9 @@ class MqttConnection:
         if refused:
             raise MqttError("rejected", f"broker refused the connection: {refused}")
         if dropped:
-            raise MqttError("tls", f"broker closed the connection during the handshake ({reason}): "
-                                   "certificate refused?")
+            raise MqttError(
+                "tls", f"broker closed the connection during the handshake ({reason}): certificate refused?"
+            )
         raise MqttError("timeout", f"{host}:{port} accepted TCP but sent no CONNACK within {timeout:g} s")
 
     def peer_certificate_der(self) -> bytes | None:
@@ -555,8 +605,14 @@ class MqttConnection:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = o.session_expiry_s
                 if first:
-                    await asyncio.to_thread(self._client.connect, self.host, self.port, o.keepalive_s,
-                                            clean_start=o.clean_start, properties=props)
+                    await asyncio.to_thread(
+                        self._client.connect,
+                        self.host,
+                        self.port,
+                        o.keepalive_s,
+                        clean_start=o.clean_start,
+                        properties=props,
+                    )
                     first = False
                 else:
                     await asyncio.to_thread(self._client.reconnect)
@@ -592,8 +648,13 @@ class MqttConnection:
             return self._client.subscribe(topic, options=qos)
         return self._client.subscribe(topic, qos=qos)
 
-    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 1,
-                  options: mqtt.SubscribeOptions | None = None) -> None:
+    def subscribe(
+        self,
+        topic: str,
+        callback: MessageCallback,
+        qos: int = 1,
+        options: mqtt.SubscribeOptions | None = None,
+    ) -> None:
         """Subscribe now (if connected) and after every reconnect; callback(msg) on the loop.
 
         ``options`` (MQTT 5 subscribe options: QoS, retain-as-published, ...) replace ``qos``.
@@ -603,8 +664,9 @@ class MqttConnection:
         if self.connected:
             self._send_subscribe(topic, options or qos)
 
-    async def subscribe_wait(self, topic: str, callback: MessageCallback, qos: int = 1,
-                             timeout: float = 10.0) -> None:
+    async def subscribe_wait(
+        self, topic: str, callback: MessageCallback, qos: int = 1, timeout: float = 10.0
+    ) -> None:
         """Subscribe and wait for the broker's SUBACK (raises PermissionError when refused)."""
         self._subs[topic] = (qos, callback, protocol.is_shared(topic))
         self._route_cache.clear()
@@ -615,8 +677,9 @@ class MqttConnection:
             raise ConnectionError(f"subscribe {topic}: {mqtt.error_string(rc)}")
         await asyncio.wait_for(self.ack_future(mid), timeout)
 
-    async def subscribe_code(self, topic: str, callback: MessageCallback, qos: int = 1,
-                             timeout: float = 10.0) -> int:
+    async def subscribe_code(
+        self, topic: str, callback: MessageCallback, qos: int = 1, timeout: float = 10.0
+    ) -> int:
         """Subscribe and return the SUBACK reason code (0..2 granted QoS, >= 0x80 refused)."""
         self._subs[topic] = (qos, callback, protocol.is_shared(topic))
         self._route_cache.clear()
@@ -635,8 +698,14 @@ class MqttConnection:
         if self._subs.pop(topic, None) is not None and self.connected:
             self._client.unsubscribe(topic)
 
-    def publish_nowait(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
-                       properties: Properties | None = None) -> int:
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
         """Queue a publish; returns its mid (paho resends it after a reconnect)."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         return info.mid
@@ -653,8 +722,15 @@ class MqttConnection:
         self._acks[mid] = fut
         return fut
 
-    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
-                      properties: Properties | None = None, timeout: float = 30.0) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         """Publish and, for QoS > 0, wait for the broker's acknowledgement."""
         if not self.connected:
             raise ConnectionError(f"not connected to {self.options.url}")
@@ -676,7 +752,7 @@ class MqttConnection:
             self._client.disconnect()
             try:
                 await asyncio.wait_for(self._dropped.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._dropped.set()
         if self._runner is not None:
@@ -726,14 +802,30 @@ class MqttClient:
     and the fleet's claim responder.
     """
 
-    def __init__(self, client_id: str, tls: ssl.SSLContext | None = None, keepalive: int = 30,
-                 will: tuple[str, bytes, bool] | None = None, username: str = "", password: str = "") -> None:
+    def __init__(
+        self,
+        client_id: str,
+        tls: ssl.SSLContext | None = None,
+        keepalive: int = 30,
+        will: tuple[str, bytes, bool] | None = None,
+        username: str = "",
+        password: str = "",
+    ) -> None:
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
         self._last: Any = None
-        self.conn = MqttConnection(MqttOptions(
-            url="", client_id=client_id, ssl_context=tls, keepalive_s=keepalive, clean_start=True,
-            session_expiry_s=0, username=username, password=password,
-            will=(will[0], will[1], 1, will[2]) if will is not None else None))
+        self.conn = MqttConnection(
+            MqttOptions(
+                url="",
+                client_id=client_id,
+                ssl_context=tls,
+                keepalive_s=keepalive,
+                clean_start=True,
+                session_expiry_s=0,
+                username=username,
+                password=password,
+                will=(will[0], will[1], 1, will[2]) if will is not None else None,
+            )
+        )
 
     @property
     def connected(self) -> bool:
@@ -747,8 +839,9 @@ class MqttClient:
         if msg is self._last:  # one message matching two of our filters is queued once
             return
         self._last = msg
-        self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain),
-                                         getattr(msg, "properties", None)))
+        self.messages.put_nowait(
+            Message(msg.topic, bytes(msg.payload), bool(msg.retain), getattr(msg, "properties", None))
+        )
 
     async def connect(self, host: str, port: int, timeout: float = 10.0) -> None:
         """Open TCP + TLS and wait for a successful CONNACK; raises ``MqttError``."""
@@ -761,9 +854,16 @@ class MqttClient:
         except ConnectionError as exc:
             raise MqttError("closed", f"subscribe {topic}: {exc}") from None
 
-    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
-                      timeout: float = 10.0, response_topic: str | None = None,
-                      correlation: bytes | None = None) -> int:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 10.0,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> int:
         """Publish and, for QoS 1, wait for the PUBACK; returns its reason code (0 or 16: accepted,
         0x87: not authorised; mosquitto drops denied messages either way)."""
         props = None

@@ -27,12 +27,27 @@ from typing import Any
 from device_agent.config import AlertRule
 from device_agent.registry import AlertBus
 
-OPS: dict[str, Callable[[Any, Any], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt,
-                                              "<=": operator.le, "==": operator.eq, "!=": operator.ne}
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
-    "max": max, "min": min, "median": statistics.median, "mean": statistics.fmean, "count": len}
+    "max": max,
+    "min": min,
+    "median": statistics.median,
+    "mean": statistics.fmean,
+    "count": len,
+}
 WINDOWS: dict[str, Callable[[list[float]], float]] = {
-    "mean": statistics.fmean, "max": max, "min": min, "increase": lambda v: max(0.0, v[-1] - v[0])}
+    "mean": statistics.fmean,
+    "max": max,
+    "min": min,
+    "increase": lambda v: max(0.0, v[-1] - v[0]),
+}
 NO_MATCH = object()  # a wildcard path that matched nothing: nothing to be degraded
 
 
@@ -185,8 +200,9 @@ class RuleEngine:
                 if rule.window_s:
                     what = f"{rule.window} over {rule.window_s:g} s of {what}"
                 msg = rule.message or f"{what} {rule.op} {rule.threshold:g} (value {shown})"
-                self.alerts.raise_alert(rule.severity, rule.code, msg, metric=rule.metric, value=shown,
-                                        threshold=rule.threshold)
+                self.alerts.raise_alert(
+                    rule.severity, rule.code, msg, metric=rule.metric, value=shown, threshold=rule.threshold
+                )
             else:
                 st.active = False
                 self.alerts.clear(rule.code, f"{rule.metric} back to {shown}")

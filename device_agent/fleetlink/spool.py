@@ -53,9 +53,11 @@ class Spool:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                         " kind TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"
-                         " size INTEGER NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " kind TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+            " size INTEGER NOT NULL)"
+        )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
         self._count, self._bytes = int(row[0]), int(row[1])
@@ -66,15 +68,22 @@ class Spool:
         return int(row[0]) if row else 0
 
     def _bump(self, key: str, n: int) -> None:
-        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
-                         " SET value = value + excluded.value", (key, n))
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+            " SET value = value + excluded.value",
+            (key, n),
+        )
 
     def stats(self) -> dict[str, int]:
         """Depth, bytes and drop counters (cumulative, across restarts)."""
         with self._lock:
-            return {"depth": self._count, "bytes": self._bytes, "max_bytes": self.max_bytes,
-                    "dropped_telemetry": self._meta("dropped_telemetry"),
-                    "dropped_events": self._meta("dropped_events")}
+            return {
+                "depth": self._count,
+                "bytes": self._bytes,
+                "max_bytes": self.max_bytes,
+                "dropped_telemetry": self._meta("dropped_telemetry"),
+                "dropped_events": self._meta("dropped_events"),
+            }
 
     # ---- queue ---------------------------------------------------------------------------
     def append(self, kind: str, topic: str, payload: bytes) -> dict[str, int]:
@@ -83,8 +92,10 @@ class Spool:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("INSERT INTO spool(kind, topic, payload, size) VALUES (?, ?, ?, ?)",
-                                 (kind, topic, payload, size))
+                self._db.execute(
+                    "INSERT INTO spool(kind, topic, payload, size) VALUES (?, ?, ?, ?)",
+                    (kind, topic, payload, size),
+                )
                 self._count += 1
                 self._bytes += size
                 dropped = self._enforce_bound()
@@ -100,8 +111,9 @@ class Spool:
         dropped = {KIND_TELEMETRY: 0, KIND_EVENT: 0}
         for kind in (KIND_TELEMETRY, KIND_EVENT):
             while self._bytes > self.max_bytes:
-                rows = self._db.execute("SELECT id, size FROM spool WHERE kind = ? ORDER BY id LIMIT 64",
-                                        (kind,)).fetchall()
+                rows = self._db.execute(
+                    "SELECT id, size FROM spool WHERE kind = ? ORDER BY id LIMIT 64", (kind,)
+                ).fetchall()
                 if not rows:
                     break
                 ids = []
@@ -122,8 +134,10 @@ class Spool:
     def peek(self, after_id: int = 0, limit: int = 100) -> list[SpoolRow]:
         """The oldest rows with ``id > after_id``, in order."""
         with self._lock:
-            rows = self._db.execute("SELECT id, kind, topic, payload FROM spool WHERE id > ? ORDER BY id"
-                                    " LIMIT ?", (after_id, limit)).fetchall()
+            rows = self._db.execute(
+                "SELECT id, kind, topic, payload FROM spool WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
         return [SpoolRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
 
     def delete(self, ids: list[int]) -> None:

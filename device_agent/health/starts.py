@@ -34,10 +34,13 @@ class StartHistory:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return []
-        return sorted(float(t) for t in data if isinstance(t, (int, float)) and not isinstance(t, bool))[-KEEP:] \
-            if isinstance(data, list) else []
+        return (
+            sorted(float(t) for t in data if isinstance(t, (int, float)) and not isinstance(t, bool))[-KEEP:]
+            if isinstance(data, list)
+            else []
+        )
 
-    def record(self) -> "StartHistory":
+    def record(self) -> StartHistory:
         self.starts = (self._read() + [self.clock()])[-KEEP:]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,5 +51,8 @@ class StartHistory:
 
     def __call__(self) -> dict[str, Any]:
         now = self.clock()
-        return {"boot": self.boot, "starts_10min": sum(1 for t in self.starts if now - t <= 600),
-                "starts_1h": sum(1 for t in self.starts if now - t <= 3600)}
+        return {
+            "boot": self.boot,
+            "starts_10min": sum(1 for t in self.starts if now - t <= 600),
+            "starts_1h": sum(1 for t in self.starts if now - t <= 3600),
+        }

@@ -12,16 +12,24 @@ from pathlib import Path
 from typing import Any
 
 # Raspberry Pi firmware throttling bits (vcgencmd get_throttled / sysfs get_throttled)
-THROTTLE_BITS = {0: "under_voltage", 1: "freq_capped", 2: "throttled", 3: "soft_temp_limit",
-                 16: "under_voltage_occurred", 17: "freq_capped_occurred", 18: "throttled_occurred",
-                 19: "soft_temp_limit_occurred"}
+THROTTLE_BITS = {
+    0: "under_voltage",
+    1: "freq_capped",
+    2: "throttled",
+    3: "soft_temp_limit",
+    16: "under_voltage_occurred",
+    17: "freq_capped_occurred",
+    18: "throttled_occurred",
+    19: "soft_temp_limit_occurred",
+}
 
 
 class SystemMetrics:
     """Callable health provider named ``system``; each call returns one compact sample."""
 
-    def __init__(self, disk_path: str = "/", proc: str = "/proc", sys: str = "/sys",
-                 version: str = "", slot: str = "") -> None:
+    def __init__(
+        self, disk_path: str = "/", proc: str = "/proc", sys: str = "/sys", version: str = "", slot: str = ""
+    ) -> None:
         self.proc = Path(proc)
         self.sys = Path(sys)
         self.disk_path = disk_path
@@ -81,8 +89,11 @@ class SystemMetrics:
         avail = info.get("MemAvailable", info.get("MemFree"))
         if not total or avail is None:
             return {}
-        return {"mem_total_mb": round(total / 1024), "mem_avail_mb": round(avail / 1024),
-                "mem_used_pct": round(100.0 * (1 - avail / total), 1)}
+        return {
+            "mem_total_mb": round(total / 1024),
+            "mem_avail_mb": round(avail / 1024),
+            "mem_used_pct": round(100.0 * (1 - avail / total), 1),
+        }
 
     def _temperature(self) -> dict[str, Any]:
         text = self._read(self.sys / "class/thermal/thermal_zone0/temp")
@@ -107,7 +118,10 @@ class SystemMetrics:
             return {}
         free = st.f_bavail * st.f_frsize
         total = st.f_blocks * st.f_frsize
-        return {"disk_free_mb": round(free / 2**20), "disk_free_pct": round(100.0 * free / total, 1) if total else 0.0}
+        return {
+            "disk_free_mb": round(free / 2**20),
+            "disk_free_pct": round(100.0 * free / total, 1) if total else 0.0,
+        }
 
     def _uptime(self) -> dict[str, Any]:
         text = self._read(self.proc / "uptime")
@@ -123,7 +137,10 @@ class SystemMetrics:
             parts = line.split()
             if len(parts) >= 4:
                 try:
-                    return {"wifi_iface": parts[0].rstrip(":"), "wifi_rssi_dbm": int(float(parts[3].rstrip(".")))}
+                    return {
+                        "wifi_iface": parts[0].rstrip(":"),
+                        "wifi_rssi_dbm": int(float(parts[3].rstrip("."))),
+                    }
                 except ValueError:
                     continue
         return {}

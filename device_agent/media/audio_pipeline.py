@@ -54,8 +54,12 @@ class OpusPacketizer:
         self.codec.layout = "mono"
         self.codec.sample_rate = OPUS_RATE
         self.codec.time_base = OPUS_TIME_BASE
-        self.codec.options = {"application": "voip", "frame_duration": "20",
-                              "fec": "1" if fec_loss_pct > 0 else "0", "packet_loss": str(fec_loss_pct)}
+        self.codec.options = {
+            "application": "voip",
+            "frame_duration": "20",
+            "fec": "1" if fec_loss_pct > 0 else "0",
+            "packet_loss": str(fec_loss_pct),
+        }
         self.resampler = av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE, frame_size=OPUS_FRAME)
         self._pts = 0
 
@@ -76,8 +80,12 @@ class OpusPacketizer:
 class AudioPipeline:
     """Runs the capture loop and broadcasts encoded audio; the stage can be swapped or bypassed."""
 
-    def __init__(self, source: AudioSource, stage: AudioStage | None = None,
-                 on_level: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: AudioSource,
+        stage: AudioStage | None = None,
+        on_level: Callable[[float], None] | None = None,
+    ) -> None:
         self.source = source
         self.stage = stage
         self.on_level = on_level
@@ -186,9 +194,15 @@ class AudioPipeline:
         return self.last_chunk_at is not None and time.monotonic() - self.last_chunk_at < 5.0
 
     def stats(self) -> dict[str, Any]:
-        return {"source": self.source.stats(), "level_dbfs": self.level, "chunks": self.chunks,
-                "packets": self.packets, "viewers": len(self._subs), "stage_errors": self.stage_errors,
-                "stage": self.stage.stats() if self.stage is not None else None}
+        return {
+            "source": self.source.stats(),
+            "level_dbfs": self.level,
+            "chunks": self.chunks,
+            "packets": self.packets,
+            "viewers": len(self._subs),
+            "stage_errors": self.stage_errors,
+            "stage": self.stage.stats() if self.stage is not None else None,
+        }
 
 
 class BroadcastAudioTrack(MediaStreamTrack):
@@ -268,5 +282,8 @@ class Talkback:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
-        return {"frames_played": self.frames_played, "frames_dropped": self.frames_dropped,
-                "talker": self._owner}
+        return {
+            "frames_played": self.frames_played,
+            "frames_dropped": self.frames_dropped,
+            "talker": self._owner,
+        }

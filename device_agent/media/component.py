@@ -15,8 +15,8 @@ from device_agent.agent import Agent
 from device_agent.media.audio_pipeline import AudioPipeline, Talkback
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.graph import GraphCallbacks, build_layers, build_media_graph, build_video
-from device_agent.media.layers import LayerSet
 from device_agent.media.health_schema import media_section
+from device_agent.media.layers import LayerSet
 from device_agent.media.session_record import session_event_sink
 from device_agent.media.sessions import SessionManager
 from device_agent.media.stages import StageAlert
@@ -55,23 +55,42 @@ class MediaComponent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task[None] | None = None
         agent.commands.register("media.restart", self._cmd_restart, param_error="bad_request")
-        agent.commands.register("media.ns", self._cmd_ns, params=[Param("enabled", "boolean")],
-                                param_error="bad_request")
+        agent.commands.register(
+            "media.ns", self._cmd_ns, params=[Param("enabled", "boolean")], param_error="bad_request"
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        graph = build_media_graph(self.config, GraphCallbacks(
-            camera_state=self._camera_state, mic_state=self._mic_state, speaker_state=self._speaker_state,
-            stage_alert=self._ns_alert))
-        self.choice, self.video, self.fanout, self.layers = graph.choice, graph.video, graph.fanout, graph.layers
+        graph = build_media_graph(
+            self.config,
+            GraphCallbacks(
+                camera_state=self._camera_state,
+                mic_state=self._mic_state,
+                speaker_state=self._speaker_state,
+                stage_alert=self._ns_alert,
+            ),
+        )
+        self.choice, self.video, self.fanout, self.layers = (
+            graph.choice,
+            graph.video,
+            graph.fanout,
+            graph.layers,
+        )
         self.audio, self.talkback, self.ns_error = graph.audio, graph.talkback, graph.ns_error
         await self._start_video()
         await self._start_audio()
         web = self.config.web
-        self.sessions = SessionManager(self.fanout, self.audio, self.talkback, latency=self.latency,
-                                       max_viewers=web.max_viewers, connect_timeout_s=web.session_timeout_s,
-                                       ice_servers=web.stun_servers, layers=self.layers)
+        self.sessions = SessionManager(
+            self.fanout,
+            self.audio,
+            self.talkback,
+            latency=self.latency,
+            max_viewers=web.max_viewers,
+            connect_timeout_s=web.session_timeout_s,
+            ice_servers=web.stun_servers,
+            layers=self.layers,
+        )
         self.sessions.on_end = session_event_sink(self.agent.events, self.config.camera.fps)  # media.session
         if web.enabled:
             host, _, port = web.listen.rpartition(":")
@@ -208,13 +227,17 @@ class MediaComponent:
         video = self.video.stats() if self.video is not None else {}
         audio = self.audio.stats() if self.audio is not None else None
         latency = self.latency.percentiles()
-        return media_section({  # the one schema of this section (health_schema.py; the simulator uses it too)
-            "encoder": {"backend": self.choice.backend if self.choice else None,
-                        "reason": self.choice.reason if self.choice else None},
-            "video": {**video, "capture_to_packet": latency},
-            "fanout": self._fanout_stats(),
-            "audio": audio,
-            "talkback": self.talkback.stats() if self.talkback is not None else None,
-            "viewers": self.sessions.stats() if self.sessions is not None else None,
-            "web": {"port": self.web.port} if self.web is not None else None,
-        })
+        return media_section(
+            {  # the one schema of this section (health_schema.py; the simulator uses it too)
+                "encoder": {
+                    "backend": self.choice.backend if self.choice else None,
+                    "reason": self.choice.reason if self.choice else None,
+                },
+                "video": {**video, "capture_to_packet": latency},
+                "fanout": self._fanout_stats(),
+                "audio": audio,
+                "talkback": self.talkback.stats() if self.talkback is not None else None,
+                "viewers": self.sessions.stats() if self.sessions is not None else None,
+                "web": {"port": self.web.port} if self.web is not None else None,
+            }
+        )

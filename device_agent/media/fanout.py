@@ -82,8 +82,15 @@ class Subscriber(Generic[T]):
 class PacketFanout:
     """Distributes encoded packets; owns keyframe rate limiting and REMB aggregation."""
 
-    def __init__(self, encoder: KeyframeEncoder, *, idr_min_interval: float = 0.25, min_bitrate: int = 250_000,
-                 max_bitrate: int = 6_000_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        encoder: KeyframeEncoder,
+        *,
+        idr_min_interval: float = 0.25,
+        min_bitrate: int = 250_000,
+        max_bitrate: int = 6_000_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.encoder = encoder
         self.idr_min_interval = idr_min_interval
         self.min_bitrate, self.max_bitrate = min_bitrate, max_bitrate
@@ -106,12 +113,18 @@ class PacketFanout:
         self.replayed_joins = 0
 
     # -- subscribers ---------------------------------------------------------------------------
-    def subscribe(self, name: str = "", *, reason: str = "new viewer", replay: bool = True) -> Subscriber[FanoutPacket]:
+    def subscribe(
+        self, name: str = "", *, reason: str = "new viewer", replay: bool = True
+    ) -> Subscriber[FanoutPacket]:
         """A new queue, started from the cached recent IDR (``replay``) or at the next one, asked for with ``reason``."""
         sub: Subscriber[FanoutPacket] = Subscriber(id=next(self._ids), name=name)
         self._subs[sub.id] = sub
-        recent = (replay and self._gop and self.latest_keyframe_ts is not None
-                  and self._clock() - self.latest_keyframe_ts <= self.idr_min_interval)
+        recent = (
+            replay
+            and self._gop
+            and self.latest_keyframe_ts is not None
+            and self._clock() - self.latest_keyframe_ts <= self.idr_min_interval
+        )
         if recent:  # an IDR just went out: start from it instead of waiting for the cool-down
             sub.queue.extend(self._gop)
             sub.need_keyframe = False
@@ -198,8 +211,11 @@ class PacketFanout:
         self._apply_estimates()
 
     def _apply_estimates(self) -> None:
-        decision = choose_target([(s.id, s.estimate) for s in self._subs.values() if s.estimate],
-                                 min_bps=self.min_bitrate, max_bps=self.max_bitrate)
+        decision = choose_target(
+            [(s.id, s.estimate) for s in self._subs.values() if s.estimate],
+            min_bps=self.min_bitrate,
+            max_bps=self.max_bitrate,
+        )
         for s in self._subs.values():
             s.constrained = s.id in decision.constrained
         target = decision.target
@@ -209,13 +225,21 @@ class PacketFanout:
         current = self.requested_bitrate
         if current is not None and abs(target - current) < BITRATE_DEADBAND * current:
             return
-        if current is not None and now - self._last_bitrate_change < BITRATE_MIN_INTERVAL and target > current:
+        if (
+            current is not None
+            and now - self._last_bitrate_change < BITRATE_MIN_INTERVAL
+            and target > current
+        ):
             return  # go down at once, up at most once a second
         self.requested_bitrate = target
         self._last_bitrate_change = now
         if self.encoder.set_bitrate(target):  # hardware encoders refuse: their bitrate is fixed at start
-            log.info("encoder bitrate -> %d bps (%d viewers, %d constrained)", target, len(self._subs),
-                     len(decision.constrained))
+            log.info(
+                "encoder bitrate -> %d bps (%d viewers, %d constrained)",
+                target,
+                len(self._subs),
+                len(decision.constrained),
+            )
             self.target_bitrate = target
 
     def close(self) -> None:
@@ -226,10 +250,16 @@ class PacketFanout:
             self.unsubscribe(sub)
 
     def stats(self) -> dict[str, Any]:
-        return {"viewers": len(self._subs), "packets": self.packets, "idrs_forced": self.idrs_forced,
-                "replayed_joins": self.replayed_joins,
-                "keyframe_requests": dict(self.keyframe_requests), "idrs_by_cause": dict(self.idrs_by_cause),
-                "target_bitrate": self.target_bitrate,
-                "constrained": sum(s.constrained for s in self._subs.values()),
-                "requested_bitrate": self.requested_bitrate,
-                "resyncs": sum(s.resyncs for s in self._subs.values()), **self.output.stats()}
+        return {
+            "viewers": len(self._subs),
+            "packets": self.packets,
+            "idrs_forced": self.idrs_forced,
+            "replayed_joins": self.replayed_joins,
+            "keyframe_requests": dict(self.keyframe_requests),
+            "idrs_by_cause": dict(self.idrs_by_cause),
+            "target_bitrate": self.target_bitrate,
+            "constrained": sum(s.constrained for s in self._subs.values()),
+            "requested_bitrate": self.requested_bitrate,
+            "resyncs": sum(s.resyncs for s in self._subs.values()),
+            **self.output.stats(),
+        }

@@ -57,8 +57,9 @@ class MediaGraph:
     layers: LayerSet | None = None  # the encoding layers (layer 0's fan-out is ``fanout``); None: one
 
 
-def build_video(config: AgentConfig, on_camera_state: StateCallback,
-                fanout: PacketFanout | None = None) -> tuple[EncoderChoice, EncodedVideoSource, PacketFanout]:
+def build_video(
+    config: AgentConfig, on_camera_state: StateCallback, fanout: PacketFanout | None = None
+) -> tuple[EncoderChoice, EncodedVideoSource, PacketFanout]:
     """Probe the encoder and build camera -> encoder -> fan-out.
 
     Given the running ``fanout`` (a restart), it is kept and pointed at the new source: viewers stay
@@ -79,16 +80,21 @@ def build_video(config: AgentConfig, on_camera_state: StateCallback,
         encoder = create_frame_encoder(choice, enc, camera.width, camera.height, camera.fps)
         video = FrameEncoderSource(camera, encoder, wanted=lambda: bool(holder) and holder[0].subscribers > 0)
     if fanout is None:
-        fanout = PacketFanout(video, idr_min_interval=enc.idr_min_interval_ms / 1000,
-                              min_bitrate=enc.min_bitrate, max_bitrate=enc.max_bitrate)
+        fanout = PacketFanout(
+            video,
+            idr_min_interval=enc.idr_min_interval_ms / 1000,
+            min_bitrate=enc.min_bitrate,
+            max_bitrate=enc.max_bitrate,
+        )
         holder.append(fanout)
     else:
         fanout.encoder = video
     return choice, video, fanout
 
 
-def build_layers(config: AgentConfig, video: EncodedVideoSource, fanout: PacketFanout,
-                 layers: LayerSet | None = None) -> LayerSet | None:
+def build_layers(
+    config: AgentConfig, video: EncodedVideoSource, fanout: PacketFanout, layers: LayerSet | None = None
+) -> LayerSet | None:
     """Add the low layer (``encoder.layers = 2``) to ``video``: a second encoder of the same frames at
     ``low_layer_scale``, its own fan-out. None with one layer or a source that cannot add one.
 
@@ -104,23 +110,41 @@ def build_layers(config: AgentConfig, video: EncodedVideoSource, fanout: PacketF
         return None
     width = max(16, round(video.camera.width * enc.low_layer_scale) // 2 * 2)
     height = max(16, round(video.camera.height * enc.low_layer_scale) // 2 * 2)
-    share = enc.low_layer_scale ** 2
-    low_settings = type(enc)(**{**vars(enc), "bitrate": max(enc.min_bitrate, int(enc.bitrate * share)),
-                                "max_bitrate": max(enc.min_bitrate, int(enc.max_bitrate * share))})
-    encoder = create_frame_encoder(EncoderChoice("libx264", "low layer: software x264"), low_settings,
-                                   width, height, video.camera.fps)
+    share = enc.low_layer_scale**2
+    low_settings = type(enc)(
+        **{
+            **vars(enc),
+            "bitrate": max(enc.min_bitrate, int(enc.bitrate * share)),
+            "max_bitrate": max(enc.min_bitrate, int(enc.max_bitrate * share)),
+        }
+    )
+    encoder = create_frame_encoder(
+        EncoderChoice("libx264", "low layer: software x264"), low_settings, width, height, video.camera.fps
+    )
     if layers is None:
-        low = PacketFanout(video, idr_min_interval=enc.idr_min_interval_ms / 1000,
-                           min_bitrate=enc.min_bitrate, max_bitrate=low_settings.max_bitrate)
+        low = PacketFanout(
+            video,
+            idr_min_interval=enc.idr_min_interval_ms / 1000,
+            min_bitrate=enc.min_bitrate,
+            max_bitrate=low_settings.max_bitrate,
+        )
         layers = LayerSet([fanout, low], LayerPolicy(layers=2))
     low = layers.fanouts[1]
     low.encoder = video.add_layer(encoder, low.publish, wanted=lambda: low.subscribers > 0)
-    log.info("encoding layers: %dx%d and %dx%d (%s)", video.camera.width, video.camera.height, width, height,
-             encoder.name)
+    log.info(
+        "encoding layers: %dx%d and %dx%d (%s)",
+        video.camera.width,
+        video.camera.height,
+        width,
+        height,
+        encoder.name,
+    )
     return layers
 
 
-def build_audio(config: AgentConfig, callbacks: GraphCallbacks) -> tuple[AudioPipeline, Talkback | None, str | None]:
+def build_audio(
+    config: AgentConfig, callbacks: GraphCallbacks
+) -> tuple[AudioPipeline, Talkback | None, str | None]:
     """Build microphone -> stage -> Opus (the pipeline) and the talkback speaker, if configured.
 
     Returns (pipeline, talkback, why noise suppression did not load or None).

@@ -22,7 +22,7 @@ from device_agent.media.qoe import ViewerQoe
 
 @dataclass(frozen=True)
 class Section:
-    keys: dict[str, "Node"]
+    keys: dict[str, Node]
     closed: bool = True
 
 
@@ -47,32 +47,74 @@ def _leaves(*names: str) -> dict[str, Node]:
 
 QOE_KEYS = tuple(ViewerQoe().figures())  # the receiver-report figures of one session (qoe.py)
 
-SESSION = Section({
-    **_leaves("id", "kind", "state", "age_s", "connect_ms", "pli", "fir", "nack", "packets", "bytes",
-              "first_keyframe_ms", "rtt_ms", "jitter", "packets_lost", "bitrate_bps", "fps"),
-    "qoe": Section(_leaves(*QOE_KEYS)),
-}, closed=False)  # the rate controller adds its own figures (viewer_control.py)
+SESSION = Section(
+    {
+        **_leaves(
+            "id",
+            "kind",
+            "state",
+            "age_s",
+            "connect_ms",
+            "pli",
+            "fir",
+            "nack",
+            "packets",
+            "bytes",
+            "first_keyframe_ms",
+            "rtt_ms",
+            "jitter",
+            "packets_lost",
+            "bitrate_bps",
+            "fps",
+        ),
+        "qoe": Section(_leaves(*QOE_KEYS)),
+    },
+    closed=False,
+)  # the rate controller adds its own figures (viewer_control.py)
 
-MEDIA = Section({
-    "encoder": Section(_leaves("backend", "reason")),
-    "video": Section({
-        **_leaves("fps", "frame_interval_jitter_ms", "encode_ms", "camera_errors", "last_error"),
-        "camera": Opaque("the camera backend's counters"), "encoder": Opaque("the encoder's counters"),
-        "capture_to_packet": Section(_leaves("p50_ms", "p95_ms")),
-    }, closed=False),
-    "fanout": Section(_leaves("viewers", "packets", "idrs_forced", "target_bitrate", "output_fps",
-                              "output_interval_jitter_ms", "capture_to_output_p50_ms", "capture_to_output_p95_ms"),
-                      closed=False),  # the encoder output's own QoS: source_qos.py
-    "audio": Section({
-        "source": Section(_leaves("backend", "state", "xruns", "level_rms_dbfs"), closed=False),
-        **_leaves("level_dbfs", "chunks", "packets", "viewers", "stage_errors"),
-        "stage": Section(_leaves("enabled", "fell_back", "rtf"), closed=False),
-    }),
-    "talkback": Opaque("null without a speaker"),
-    "viewers": Section({**_leaves("active", "max", "failed_connects_10min"), "ended": Opaque("count by reason"),
-                        "sessions": ListOf(SESSION)}),
-    "web": Opaque("null when the web server is off"),
-})
+MEDIA = Section(
+    {
+        "encoder": Section(_leaves("backend", "reason")),
+        "video": Section(
+            {
+                **_leaves("fps", "frame_interval_jitter_ms", "encode_ms", "camera_errors", "last_error"),
+                "camera": Opaque("the camera backend's counters"),
+                "encoder": Opaque("the encoder's counters"),
+                "capture_to_packet": Section(_leaves("p50_ms", "p95_ms")),
+            },
+            closed=False,
+        ),
+        "fanout": Section(
+            _leaves(
+                "viewers",
+                "packets",
+                "idrs_forced",
+                "target_bitrate",
+                "output_fps",
+                "output_interval_jitter_ms",
+                "capture_to_output_p50_ms",
+                "capture_to_output_p95_ms",
+            ),
+            closed=False,
+        ),  # the encoder output's own QoS: source_qos.py
+        "audio": Section(
+            {
+                "source": Section(_leaves("backend", "state", "xruns", "level_rms_dbfs"), closed=False),
+                **_leaves("level_dbfs", "chunks", "packets", "viewers", "stage_errors"),
+                "stage": Section(_leaves("enabled", "fell_back", "rtf"), closed=False),
+            }
+        ),
+        "talkback": Opaque("null without a speaker"),
+        "viewers": Section(
+            {
+                **_leaves("active", "max", "failed_connects_10min"),
+                "ended": Opaque("count by reason"),
+                "sessions": ListOf(SESSION),
+            }
+        ),
+        "web": Opaque("null when the web server is off"),
+    }
+)
 
 
 def conform(value: Any, node: Node) -> Any:

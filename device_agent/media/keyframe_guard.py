@@ -33,7 +33,9 @@ class KeyframeGuard:
     last_request: float = -1e9
     idr_sent_at: float = -1e9
     in_flight_s: float = 0.0
-    counts: dict[str, int] = field(default_factory=lambda: {"forwarded": 0, "ignored_in_flight": 0, "deferred": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"forwarded": 0, "ignored_in_flight": 0, "deferred": 0}
+    )
 
     def idr_sent(self, at: float, in_flight_s: float) -> None:
         """An IDR started towards this viewer at ``at``; it can take ``in_flight_s`` to arrive."""

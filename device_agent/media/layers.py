@@ -79,7 +79,8 @@ class LayerPolicy:
                 self._switch(viewer, 1, now)
             return viewer.layer
         fits = budget >= self.up_ratio * reference or (
-            low_ceiling is not None and budget >= UP_HEADROOM * low_ceiling)
+            low_ceiling is not None and budget >= UP_HEADROOM * low_ceiling
+        )
         if not fits:
             viewer.fits_since = None
         elif viewer.fits_since is None:

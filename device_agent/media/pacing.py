@@ -60,8 +60,14 @@ class Pacer:
     otherwise drop the viewer's queue and force an IDR).
     """
 
-    def __init__(self, rate_bps: float, *, burst_s: float = BURST_S, max_delay_s: float = MAX_DELAY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate_bps: float,
+        *,
+        burst_s: float = BURST_S,
+        max_delay_s: float = MAX_DELAY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate_bps = max(1.0, rate_bps)
         self.burst_s = burst_s
         self.max_delay_s = max_delay_s
@@ -89,7 +95,9 @@ class Pacer:
 class RtxBudget:
     """A token bucket of retransmission bytes refilled at ``rate_bps`` (set from the viewer's estimate)."""
 
-    def __init__(self, rate_bps: float, *, depth_s: float = RTX_BUCKET_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate_bps: float, *, depth_s: float = RTX_BUCKET_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate_bps = rate_bps
         self.depth_s = depth_s
         self._clock = clock
@@ -140,8 +148,13 @@ class SendLog:
         return (slot[1], slot[2]) if slot is not None and slot[0] == seq else None
 
 
-def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Callable[[], bool],
-                  clock: Callable[[], float] = time.monotonic) -> collections.Counter[str]:
+def attach_pacing(
+    sender: RTCRtpSender,
+    link: PacedLink,
+    *,
+    keyframe_pending: Callable[[], bool],
+    clock: Callable[[], float] = time.monotonic,
+) -> collections.Counter[str]:
     """Pace ``sender``'s video and budget its retransmissions (see the module docstring).
 
     ``keyframe_pending()`` is true (and resets) when the next video packet starts an IDR. Returns
@@ -165,7 +178,11 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
 
     async def send(data: bytes) -> None:
         if is_rtcp(data):
-            if len(data) >= 16 and data[1] == RTCP_SR and struct.unpack_from("!I", data, 4)[0] == sender._ssrc:
+            if (
+                len(data) >= 16
+                and data[1] == RTCP_SR
+                and struct.unpack_from("!I", data, 4)[0] == sender._ssrc
+            ):
                 ntp = struct.unpack_from("!Q", data, 8)[0]
                 link.sender_report_sent((ntp >> 16) & 0xFFFFFFFF, clock())
             await original_send(data)
@@ -180,7 +197,9 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
                 link.idr_started(now)
             seq = struct.unpack_from("!H", data, 2)[0]
             log.add(seq, now, len(data))
-            if not in_idr[0] and link.protecting():  # an IDR is repaired by NACK: copied, it would double the burst
+            if (
+                not in_idr[0] and link.protecting()
+            ):  # an IDR is repaired by NACK: copied, it would double the burst
                 loop.call_later(COPY_DELAY_S, lambda: asyncio.ensure_future(copy(seq)))
             if data[1] & 0x80:  # the marker bit: the frame's last packet
                 in_idr[0] = False
@@ -214,6 +233,13 @@ def attach_pacing(sender: RTCRtpSender, link: PacedLink, *, keyframe_pending: Ca
 
 
 def rtx_stats(counts: collections.Counter[str]) -> dict[str, Any]:
-    suppressed = {k.removeprefix("rtx_suppressed_"): v for k, v in counts.items() if k.startswith("rtx_suppressed_")}
-    return {"rtx_sent": counts["rtx_sent"], "rtx_bytes": counts["rtx_bytes"], "rtx_protective": counts["rtx_protective"],
-            "rtx_suppressed": sum(suppressed.values()), "rtx_suppressed_by_reason": suppressed}
+    suppressed = {
+        k.removeprefix("rtx_suppressed_"): v for k, v in counts.items() if k.startswith("rtx_suppressed_")
+    }
+    return {
+        "rtx_sent": counts["rtx_sent"],
+        "rtx_bytes": counts["rtx_bytes"],
+        "rtx_protective": counts["rtx_protective"],
+        "rtx_suppressed": sum(suppressed.values()),
+        "rtx_suppressed_by_reason": suppressed,
+    }

@@ -68,8 +68,18 @@ REPORT_FIELDS: dict[str, tuple[float, float]] = {
     "rtt_ms": (0, 1e5),  # the client's own round-trip estimate
 }
 # fields that describe the last interval only: not carried over from an older report
-INSTANT_FIELDS = ("fps", "stall_ms", "freeze_max_ms", "jb_ms", "decode_ms", "kbps", "av_ms", "play_ms", "rtt_ms",
-                  "conceal_pct")
+INSTANT_FIELDS = (
+    "fps",
+    "stall_ms",
+    "freeze_max_ms",
+    "jb_ms",
+    "decode_ms",
+    "kbps",
+    "av_ms",
+    "play_ms",
+    "rtt_ms",
+    "conceal_pct",
+)
 _CLIENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,23}")
 
 

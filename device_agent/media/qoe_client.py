@@ -28,7 +28,13 @@ from typing import Any
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RtcpSrPacket
 
-from device_agent.media.qoe import AUDIO_FREEZE_GAP_S, CHANNEL_LABEL, REPORT_INTERVAL_S, SCHEMA_VERSION, FreezeCounter
+from device_agent.media.qoe import (
+    AUDIO_FREEZE_GAP_S,
+    CHANNEL_LABEL,
+    REPORT_INTERVAL_S,
+    SCHEMA_VERSION,
+    FreezeCounter,
+)
 
 TIMESTAMP_MAPPER_ATTR = "_RTCRtpReceiver__timestamp_mapper"  # aiortc 1.x: pts = RTP timestamp - origin
 
@@ -60,7 +66,9 @@ class _Clock:
 class QoeProbe:
     """Measures what an aiortc viewer renders and reports it over the ``qoe`` data channel."""
 
-    def __init__(self, pc: RTCPeerConnection, client: str = "aiortc", interval_s: float = REPORT_INTERVAL_S) -> None:
+    def __init__(
+        self, pc: RTCPeerConnection, client: str = "aiortc", interval_s: float = REPORT_INTERVAL_S
+    ) -> None:
         self.pc = pc
         self.client = client
         self.interval_s = interval_s
@@ -138,12 +146,20 @@ class QoeProbe:
     async def report(self) -> dict[str, Any]:
         """The report as it goes on the wire (``device_agent.media.qoe.REPORT_FIELDS``)."""
         now_m, now_w = time.monotonic(), time.time()
-        out: dict[str, Any] = {"v": SCHEMA_VERSION, "client": self.client, "frames": self.video.frames,
-                               "fps": round(self.video.fps(now_m), 2), "freezes": self.video.freezes,
-                               "freeze_ms": round(self.video.frozen_s * 1000), "nack": self.nack, "pli": self.pli,
-                               "stall_ms": round(self.video.stall_s(now_m) * 1000),
-                               "freeze_max_ms": round(self.video.take_longest(now_m) * 1000),
-                               "afreezes": self.audio.freezes, "afreeze_ms": round(self.audio.frozen_s * 1000)}
+        out: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "client": self.client,
+            "frames": self.video.frames,
+            "fps": round(self.video.fps(now_m), 2),
+            "freezes": self.video.freezes,
+            "freeze_ms": round(self.video.frozen_s * 1000),
+            "nack": self.nack,
+            "pli": self.pli,
+            "stall_ms": round(self.video.stall_s(now_m) * 1000),
+            "freeze_max_ms": round(self.video.take_longest(now_m) * 1000),
+            "afreezes": self.audio.freezes,
+            "afreeze_ms": round(self.audio.frozen_s * 1000),
+        }
         if self.first_frame_ms is not None:
             out["ttff_ms"] = round(self.first_frame_ms, 1)
         last_bytes, last_t = self._last_bytes

@@ -36,7 +36,9 @@ CONSTRAINED_RATIO = 0.5  # an estimate below this share of the reference does no
 class BandwidthEstimator:
     """One viewer's send-rate estimate from its REMB and receiver reports (see the module docstring)."""
 
-    def __init__(self, *, start_bps: int = START_BPS, min_bps: int = 150_000, max_bps: int = 6_000_000) -> None:
+    def __init__(
+        self, *, start_bps: int = START_BPS, min_bps: int = 150_000, max_bps: int = 6_000_000
+    ) -> None:
         self.min_bps, self.max_bps = min_bps, max_bps
         self.rate = float(min(max_bps, max(min_bps, start_bps)))  # the loss-based state
         self.remb: int | None = None
@@ -73,7 +75,9 @@ class BandwidthEstimator:
             if now - self._last_cut >= CUT_HOLDOFF_S + self.rtt:
                 self._last_cut = now
                 self.cuts += 1
-                self.rate = max(float(self.min_bps), min(self.rate, float(self.estimate)) * (1.0 - 0.5 * loss))
+                self.rate = max(
+                    float(self.min_bps), min(self.rate, float(self.estimate)) * (1.0 - 0.5 * loss)
+                )
             return
         if loss >= LOSS_LOW:
             self.ramping = False
@@ -85,8 +89,14 @@ class BandwidthEstimator:
         self.rate = min(float(self.max_bps), grown)
 
     def stats(self) -> dict[str, object]:
-        return {"estimate_bps": self.estimate, "loss_based_bps": int(self.rate), "remb_bps": self.remb,
-                "fraction_lost": self.last_loss, "ramping": self.ramping, "rate_cuts": self.cuts}
+        return {
+            "estimate_bps": self.estimate,
+            "loss_based_bps": int(self.rate),
+            "remb_bps": self.remb,
+            "fraction_lost": self.last_loss,
+            "ramping": self.ramping,
+            "rate_cuts": self.cuts,
+        }
 
 
 class LossWindow:
@@ -124,8 +134,9 @@ class TargetDecision:
     constrained: frozenset[int]
 
 
-def choose_target(estimates: Sequence[tuple[int, int]], *, min_bps: int, max_bps: int,
-                  ratio: float = CONSTRAINED_RATIO) -> TargetDecision:
+def choose_target(
+    estimates: Sequence[tuple[int, int]], *, min_bps: int, max_bps: int, ratio: float = CONSTRAINED_RATIO
+) -> TargetDecision:
     """The encoder's target from ``(viewer key, estimate)`` pairs.
 
     The reference is the upper median of the estimates (with one viewer, its own estimate; with

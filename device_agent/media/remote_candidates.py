@@ -106,23 +106,35 @@ class RemoteCandidates:
         if not self._pending:
             await self.pc.addIceCandidate(None)
         elif self._end is None:
-            self._end = asyncio.create_task(self._end_after(set(self._pending)),
-                                            name=f"end-of-candidates-{self.name}")
+            self._end = asyncio.create_task(
+                self._end_after(set(self._pending)), name=f"end-of-candidates-{self.name}"
+            )
 
     async def _apply(self, candidate: RTCIceCandidate) -> None:
         try:
             await self.pc.addIceCandidate(candidate)
         except Exception as exc:  # the peer closed under us: nothing left to tell
-            log.info("viewer session %s: mDNS candidate %s not applied (%s: %s)", self.name, candidate.ip,
-                     type(exc).__name__, exc, extra={"session": self.name})
+            log.info(
+                "viewer session %s: mDNS candidate %s not applied (%s: %s)",
+                self.name,
+                candidate.ip,
+                type(exc).__name__,
+                exc,
+                extra={"session": self.name},
+            )
 
     async def _end_after(self, pending: set[asyncio.Task[None]]) -> None:
         await asyncio.gather(*pending, return_exceptions=True)
         try:
             await self.pc.addIceCandidate(None)
         except Exception as exc:
-            log.info("viewer session %s: end-of-candidates not applied (%s: %s)", self.name,
-                     type(exc).__name__, exc, extra={"session": self.name})
+            log.info(
+                "viewer session %s: end-of-candidates not applied (%s: %s)",
+                self.name,
+                type(exc).__name__,
+                exc,
+                extra={"session": self.name},
+            )
 
     async def close(self) -> None:
         """Cancel every background step and wait until they have finished."""

@@ -18,8 +18,18 @@ import collections
 from typing import Protocol
 
 from aiortc import RTCRtpSender
-from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket, RtcpReceiverInfo,
-                        RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket, unpack_remb_fci)
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
 
 SEAM = "_handle_rtcp_packet"
 

@@ -25,8 +25,11 @@ def with_opus_fec(answer_sdp: str) -> str:
 
 
 def _audio_section(lines: list[str]) -> list[str]:
-    opus = {line[9:].split(" ", 1)[0] for line in lines
-            if line.startswith("a=rtpmap:") and " " in line and line.split(" ", 1)[1].lower().startswith("opus/")}
+    opus = {
+        line[9:].split(" ", 1)[0]
+        for line in lines
+        if line.startswith("a=rtpmap:") and " " in line and line.split(" ", 1)[1].lower().startswith("opus/")
+    }
     with_fmtp = {line[7:].split(" ", 1)[0] for line in lines if line.startswith("a=fmtp:")}
     out: list[str] = []
     for line in lines:

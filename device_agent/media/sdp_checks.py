@@ -33,9 +33,26 @@ _LINE = re.compile(r"[a-z]=", re.ASCII)
 _MEDIA_LINE = re.compile(r"m=([^ ]+) ([0-9]{1,5}) ([A-Z/]+) (.+)", re.ASCII)  # aiortc's own m= pattern
 _CONNECTION = re.compile(r"IN IP[46] [^ ]+", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
-_NEEDS_VALUE = {"mid", "group", "setup", "fingerprint", "candidate", "extmap", "rtpmap", "fmtp", "rtcp-fb", "rtcp",
-                "ssrc", "ssrc-group", "sctp-port", "max-message-size", "sctpmap", "ice-ufrag", "ice-pwd",
-                "msid-semantic"}  # attributes aiortc parses a value of
+_NEEDS_VALUE = {
+    "mid",
+    "group",
+    "setup",
+    "fingerprint",
+    "candidate",
+    "extmap",
+    "rtpmap",
+    "fmtp",
+    "rtcp-fb",
+    "rtcp",
+    "ssrc",
+    "ssrc-group",
+    "sctp-port",
+    "max-message-size",
+    "sctpmap",
+    "ice-ufrag",
+    "ice-pwd",
+    "msid-semantic",
+}  # attributes aiortc parses a value of
 _RTCP_RESERVED = range(72, 77)  # RTP payload types that collide with RTCP packet types (RFC 5761)
 
 
@@ -71,8 +88,10 @@ def check_candidate(value: str) -> None:
     """
     bits = value.split()
     if len(bits) < 8:
-        raise SdpError(f"candidate {excerpt(value)} has {len(bits)} fields; it needs at least 8 "
-                       "(foundation component transport priority address port typ type)")
+        raise SdpError(
+            f"candidate {excerpt(value)} has {len(bits)} fields; it needs at least 8 "
+            "(foundation component transport priority address port typ type)"
+        )
     foundation, component, transport, priority, address, port, typ, kind = bits[:8]
     if not _ICE_CHARS.fullmatch(foundation) or len(foundation) > 32:
         raise SdpError(f"candidate foundation {excerpt(foundation)} is not 1 to 32 ICE characters")
@@ -254,8 +273,9 @@ def check_offer(sdp: str) -> list[MediaSection]:
     return sections
 
 
-def _check_sections(sections: list[MediaSection], bundles: list[list[str]], session_ice: bool,
-                    session_fingerprint: bool) -> None:
+def _check_sections(
+    sections: list[MediaSection], bundles: list[list[str]], session_ice: bool, session_fingerprint: bool
+) -> None:
     if not sections:
         raise SdpError("the offer has no media section")
     seen: set[str] = set()

@@ -36,8 +36,14 @@ def r_to_mos(r: float) -> float:
     return max(1.0, 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r))  # the curve dips below 1 for R < 6.5
 
 
-def mos_score(freeze_rate: float | None, freezes_per_min: float | None, fps_mean: float | None,
-              target_fps: float, delay_ms: float | None, loss_pct: float | None) -> float | None:
+def mos_score(
+    freeze_rate: float | None,
+    freezes_per_min: float | None,
+    fps_mean: float | None,
+    target_fps: float,
+    delay_ms: float | None,
+    loss_pct: float | None,
+) -> float | None:
     """The MOS-like score of the module docstring; None when the viewer reported nothing."""
     if freeze_rate is None and fps_mean is None:
         return None
@@ -66,19 +72,32 @@ def session_record(session: Any, reason: str, target_fps: float, now: float | No
     per_min = freezes / (viewed / 60) if freezes is not None and viewed >= 1 else None
     sent_kbps = round(video["bytes"] * 8 / 1000 / viewed, 1) if viewed >= 1 else None
     record = {
-        "session": session.id, "transport": session.kind, "client": figures["client"], "reason": reason,
-        "started": round(time.time() - duration, 3), "duration_s": round(duration, 1), "connected": connected,
+        "session": session.id,
+        "transport": session.kind,
+        "client": figures["client"],
+        "reason": reason,
+        "started": round(time.time() - duration, 3),
+        "duration_s": round(duration, 1),
+        "connected": connected,
         "connect_ms": None if not connected else round((session.connected_at - session.created) * 1000, 1),
         "ttff_ms": figures["ttff_ms"] if figures["ttff_ms"] is not None else video.get("first_keyframe_ms"),
-        "freeze_count": freezes, "freeze_ms": figures["freeze_ms"], "freeze_rate": summary["freeze_rate"],
-        "fps_mean": summary["fps_mean"], "fps_min": summary["fps_min"],
-        "kbps": summary["kbps_mean"] if summary["kbps_mean"] is not None else sent_kbps, "sent_kbps": sent_kbps,
-        "loss_pct": loss_pct, "rtt_ms": session.last_stats.get("rtt_ms"),
-        "av_sync_p95_ms": summary["av_sync_p95_ms"], "e2e_delay_ms": figures["e2e_delay_ms"],
-        "reports": qoe.reports, "rejected": figures["rejected"],
+        "freeze_count": freezes,
+        "freeze_ms": figures["freeze_ms"],
+        "freeze_rate": summary["freeze_rate"],
+        "fps_mean": summary["fps_mean"],
+        "fps_min": summary["fps_min"],
+        "kbps": summary["kbps_mean"] if summary["kbps_mean"] is not None else sent_kbps,
+        "sent_kbps": sent_kbps,
+        "loss_pct": loss_pct,
+        "rtt_ms": session.last_stats.get("rtt_ms"),
+        "av_sync_p95_ms": summary["av_sync_p95_ms"],
+        "e2e_delay_ms": figures["e2e_delay_ms"],
+        "reports": qoe.reports,
+        "rejected": figures["rejected"],
     }
-    record["mos"] = mos_score(summary["freeze_rate"], per_min, summary["fps_mean"], target_fps,
-                              figures["e2e_delay_ms"], loss_pct)
+    record["mos"] = mos_score(
+        summary["freeze_rate"], per_min, summary["fps_mean"], target_fps, figures["e2e_delay_ms"], loss_pct
+    )
     return record
 
 

@@ -26,11 +26,11 @@ from device_agent.media.fanout import PacketFanout
 from device_agent.media.layers import LayerSet
 from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
 from device_agent.media.remote_candidates import RemoteCandidates, split_mdns_candidates
-from device_agent.media.session_record import OnSessionEnd
-from device_agent.media.viewer_control import ViewerControl
 from device_agent.media.sdp_answer import with_opus_fec
 from device_agent.media.sdp_checks import SdpError, check_candidate, check_offer, excerpt
+from device_agent.media.session_record import OnSessionEnd
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
+from device_agent.media.viewer_control import ViewerControl
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ async def close_peer(pc: RTCPeerConnection) -> None:
         await pc.close()
         return
     except Exception as exc:  # aiortc's own state is inconsistent; stop what is there below
-        log.warning("peer did not close cleanly (%s: %s); stopping its transports one by one",
-                    type(exc).__name__, exc)
+        log.warning(
+            "peer did not close cleanly (%s: %s); stopping its transports one by one", type(exc).__name__, exc
+        )
     parts: list[Any] = list(pc.getTransceivers())
     dtls = {t.receiver.transport for t in parts} | {t.sender.transport for t in parts}
     if pc.sctp is not None:
@@ -134,20 +135,41 @@ class ViewerSession:
     qoe: ViewerQoe = field(default_factory=ViewerQoe)  # what the viewer reports it sees
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "state": self.pc.connectionState,
-                "age_s": round(time.monotonic() - self.created, 1),
-                "connect_ms": None if self.connected_at is None else round((self.connected_at - self.created) * 1000, 1),
-                "pli": self.feedback["pli"], "fir": self.feedback["fir"], "nack": self.feedback["nack"],
-                **(self.control.stats() if self.control is not None else {}), **self.video.stats(), **self.last_stats,
-                "qoe": self.qoe.figures(self.last_stats.get("rtt_ms"), self.video.latency.percentiles()["p50_ms"])}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.pc.connectionState,
+            "age_s": round(time.monotonic() - self.created, 1),
+            "connect_ms": None
+            if self.connected_at is None
+            else round((self.connected_at - self.created) * 1000, 1),
+            "pli": self.feedback["pli"],
+            "fir": self.feedback["fir"],
+            "nack": self.feedback["nack"],
+            **(self.control.stats() if self.control is not None else {}),
+            **self.video.stats(),
+            **self.last_stats,
+            "qoe": self.qoe.figures(
+                self.last_stats.get("rtt_ms"), self.video.latency.percentiles()["p50_ms"]
+            ),
+        }
 
 
 class SessionManager:
     """Creates, tracks and ends viewer sessions."""
 
-    def __init__(self, fanout: PacketFanout, audio: AudioPipeline | None, talkback: Talkback | None, *,
-                 latency: LatencyWindow, max_viewers: int = 8, connect_timeout_s: float = 30.0,
-                 ice_servers: list[str] | None = None, layers: LayerSet | None = None) -> None:
+    def __init__(
+        self,
+        fanout: PacketFanout,
+        audio: AudioPipeline | None,
+        talkback: Talkback | None,
+        *,
+        latency: LatencyWindow,
+        max_viewers: int = 8,
+        connect_timeout_s: float = 30.0,
+        ice_servers: list[str] | None = None,
+        layers: LayerSet | None = None,
+    ) -> None:
         self.fanout = fanout  # the high layer's: every viewer starts there
         self.layers = layers  # the encoding layers, when there is more than one (layers.py)
         self.audio = audio
@@ -166,7 +188,9 @@ class SessionManager:
         # An explicit (possibly empty) list: aiortc's default would query a public STUN server.
         return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in self.ice_servers])
 
-    async def create(self, offer_sdp: str, kind: str = "whep", session_id: str | None = None) -> tuple[ViewerSession, str]:
+    async def create(
+        self, offer_sdp: str, kind: str = "whep", session_id: str | None = None
+    ) -> tuple[ViewerSession, str]:
         """Answer ``offer_sdp``; returns the session and the answer SDP."""
         if len(self.sessions) >= self.max_viewers:
             raise CapacityError(f"viewer limit of {self.max_viewers} reached")
@@ -177,8 +201,10 @@ class SessionManager:
         if "m=video" not in offer_sdp:
             raise OfferError("the offer has no video media section")
         if "H264" not in offered_video_codecs(offer_sdp):
-            raise OfferError("the offer's video section has no H.264; this device sends H.264 Constrained "
-                             "Baseline (profile-level-id 42e01f)")
+            raise OfferError(
+                "the offer's video section has no H.264; this device sends H.264 Constrained "
+                "Baseline (profile-level-id 42e01f)"
+            )
         sid = session_id or secrets.token_urlsafe(12)
         if sid in self.sessions:
             raise OfferError(f"session {sid!r} already exists")
@@ -195,8 +221,11 @@ class SessionManager:
                 raise
             raise OfferError(f"cannot answer the offer: {exc}") from exc
         session.timeout = asyncio.get_running_loop().call_later(
-            self.connect_timeout_s, lambda: self._on_timeout(sid))
-        log.info("viewer session %s (%s) created; %d active", sid, kind, len(self.sessions), extra={"session": sid})
+            self.connect_timeout_s, lambda: self._on_timeout(sid)
+        )
+        log.info(
+            "viewer session %s (%s) created; %d active", sid, kind, len(self.sessions), extra={"session": sid}
+        )
         return session, answer
 
     async def _negotiate(self, session: ViewerSession, offer_sdp: str) -> str:
@@ -204,12 +233,21 @@ class SessionManager:
 
         def on_connect_error(exc: BaseException) -> None:
             if session.id in self.sessions and session.id not in self._closing:
-                log.warning("viewer session %s: connecting failed (%s: %s)", session.id, type(exc).__name__, exc,
-                            extra={"session": session.id})
+                log.warning(
+                    "viewer session %s: connecting failed (%s: %s)",
+                    session.id,
+                    type(exc).__name__,
+                    exc,
+                    extra={"session": session.id},
+                )
                 asyncio.ensure_future(self.close(session.id, "connection failed"))
             else:  # closed while connecting: expected, the viewer left
-                log.info("viewer session %s: connecting stopped by close (%s)", session.id, exc,
-                         extra={"session": session.id})
+                log.info(
+                    "viewer session %s: connecting stopped by close (%s)",
+                    session.id,
+                    exc,
+                    extra={"session": session.id},
+                )
 
         guard_connect(pc, on_connect_error)
 
@@ -253,8 +291,9 @@ class SessionManager:
         if video_tx.mid is None:
             raise OfferError("the offer has no video media section")
 
-        session.control = ViewerControl(self.fanout, session.id, layers=self.layers,
-                                        switch_layer=session.video.switch_to)
+        session.control = ViewerControl(
+            self.fanout, session.id, layers=self.layers, switch_layer=session.video.switch_to
+        )
         session.video.hooks = session.control
         session.feedback = session.control.attach(video_sender)
         answer = await pc.createAnswer()
@@ -333,8 +372,13 @@ class SessionManager:
                 self.on_end(session, reason)
             except Exception:  # the record is a report: it must never keep a session alive
                 log.exception("session %s: end-of-session record failed", session_id)
-        log.info("viewer session %s ended: %s; %d active", session_id, reason, len(self.sessions),
-                 extra={"session": session_id})
+        log.info(
+            "viewer session %s ended: %s; %d active",
+            session_id,
+            reason,
+            len(self.sessions),
+            extra={"session": session_id},
+        )
         return True
 
     async def close_all(self, reason: str = "shutdown") -> None:
@@ -346,7 +390,9 @@ class SessionManager:
         for session in list(self.sessions.values()):
             if session.pc.connectionState != "connected":
                 continue
-            sender = next((t.sender for t in session.pc.getTransceivers() if t.sender.track is session.video), None)
+            sender = next(
+                (t.sender for t in session.pc.getTransceivers() if t.sender.track is session.video), None
+            )
             remote: dict[str, Any] = {}
             if sender is not None:
                 try:
@@ -355,18 +401,31 @@ class SessionManager:
                     continue
                 for stat in report.values():
                     if stat.type == "remote-inbound-rtp":
-                        remote = {"rtt_ms": None if stat.roundTripTime is None else round(stat.roundTripTime * 1000, 1),
-                                  "jitter": stat.jitter, "packets_lost": stat.packetsLost,
-                                  "fraction_lost": stat.fractionLost}
+                        remote = {
+                            "rtt_ms": None
+                            if stat.roundTripTime is None
+                            else round(stat.roundTripTime * 1000, 1),
+                            "jitter": stat.jitter,
+                            "packets_lost": stat.packetsLost,
+                            "fraction_lost": stat.fractionLost,
+                        }
             dt = now - session._stats_at if session._stats_at else 0.0
             stats = session.video.stats()
             if dt > 0:
                 remote["bitrate_bps"] = int((stats["bytes"] - session._stats_bytes) * 8 / dt)
                 remote["fps"] = round((stats["packets"] - session._stats_packets) / dt, 2)
-            session._stats_at, session._stats_bytes, session._stats_packets = now, stats["bytes"], stats["packets"]
+            session._stats_at, session._stats_bytes, session._stats_packets = (
+                now,
+                stats["bytes"],
+                stats["packets"],
+            )
             session.last_stats = remote
 
     def stats(self) -> dict[str, Any]:
-        return {"active": len(self.sessions), "max": self.max_viewers, "ended": dict(self.ended),
-                "failed_connects_10min": self.failed_connects.count(600),
-                "sessions": [s.summary() for s in self.sessions.values()]}
+        return {
+            "active": len(self.sessions),
+            "max": self.max_viewers,
+            "ended": dict(self.ended),
+            "failed_connects_10min": self.failed_connects.count(600),
+            "sessions": [s.summary() for s in self.sessions.values()],
+        }

@@ -32,8 +32,12 @@ class EncoderOutput:
         delays = sorted(self.delays)
         pick = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))] * 1000, 2)  # noqa: E731
         return {
-            "output_fps": round(len(intervals) / (times[-1] - times[0]), 2) if len(times) > 1 and times[-1] > times[0] else None,
-            "output_interval_jitter_ms": round(statistics.pstdev(intervals) * 1000, 2) if len(intervals) > 1 else None,
+            "output_fps": round(len(intervals) / (times[-1] - times[0]), 2)
+            if len(times) > 1 and times[-1] > times[0]
+            else None,
+            "output_interval_jitter_ms": round(statistics.pstdev(intervals) * 1000, 2)
+            if len(intervals) > 1
+            else None,
             "capture_to_output_p50_ms": pick(0.5) if delays else None,
             "capture_to_output_p95_ms": pick(0.95) if delays else None,
         }

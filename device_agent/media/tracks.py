@@ -139,7 +139,14 @@ class FanoutVideoTrack(MediaStreamTrack):
         super().stop()
 
     def stats(self) -> dict[str, Any]:
-        first = (None if self.first_packet_at is None or self.subscribed_at is None
-                 else round((self.first_packet_at - self.subscribed_at) * 1000, 1))
-        return {"packets": self.sent_packets, "bytes": self.sent_bytes, "first_keyframe_ms": first,
-                "layer_switches": self.layer_switches}
+        first = (
+            None
+            if self.first_packet_at is None or self.subscribed_at is None
+            else round((self.first_packet_at - self.subscribed_at) * 1000, 1)
+        )
+        return {
+            "packets": self.sent_packets,
+            "bytes": self.sent_bytes,
+            "first_keyframe_ms": first,
+            "layer_switches": self.layer_switches,
+        }

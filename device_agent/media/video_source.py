@@ -42,11 +42,18 @@ class FrameEncoderSource:
     encoded only while someone watches it.
     """
 
-    def __init__(self, camera: Camera, encoder: H264Encoder, on_state: StateCallback | None = None,
-                 retry_max_s: float = 30.0, wanted: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        camera: Camera,
+        encoder: H264Encoder,
+        on_state: StateCallback | None = None,
+        retry_max_s: float = 30.0,
+        wanted: Callable[[], bool] | None = None,
+    ) -> None:
         if not isinstance(camera, ReopeningCamera):
-            camera = ReopeningCamera(camera, on_state, reopen_min_s=min(0.5, retry_max_s),
-                                     reopen_max_s=retry_max_s)
+            camera = ReopeningCamera(
+                camera, on_state, reopen_min_s=min(0.5, retry_max_s), reopen_max_s=retry_max_s
+            )
         elif on_state is not None:
             raise ValueError("a ReopeningCamera reports through its own on_state")
         self.camera: ReopeningCamera = camera
@@ -58,8 +65,9 @@ class FrameEncoderSource:
         self._task: asyncio.Task[None] | None = None
         self.layers: list[EncoderLayer] = []
 
-    def add_layer(self, encoder: H264Encoder, on_packet: PacketCallback,
-                  wanted: Callable[[], bool]) -> EncoderLayer:
+    def add_layer(
+        self, encoder: H264Encoder, on_packet: PacketCallback, wanted: Callable[[], bool]
+    ) -> EncoderLayer:
         """A further (lower) encoding of the same captured frames; call before ``start``."""
         layer = EncoderLayer(encoder, on_packet, wanted)
         self.layers.append(layer)
@@ -139,8 +147,14 @@ class FrameEncoderSource:
 
     def stats(self) -> dict[str, Any]:
         layers = {"layers": [layer.encoder.stats() for layer in self.layers]} if self.layers else {}
-        return {"camera": self.camera.stats(), "encoder": self.encoder.stats(), **layers, **self.timing.stats(),
-                "camera_errors": self.camera_errors, "last_error": self.last_error or None}
+        return {
+            "camera": self.camera.stats(),
+            "encoder": self.encoder.stats(),
+            **layers,
+            **self.timing.stats(),
+            "camera_errors": self.camera_errors,
+            "last_error": self.last_error or None,
+        }
 
 
 class EncoderLayer:

@@ -44,16 +44,24 @@ SR_LOG = 16
 class ViewerControl:
     """See the module docstring. ``attach(sender)`` once negotiation fixed the sender's transport."""
 
-    def __init__(self, fanout: PacketFanout, name: str = "", *, start_bps: int = START_BPS,
-                 layers: LayerSet | None = None, switch_layer: Callable[[PacketFanout], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fanout: PacketFanout,
+        name: str = "",
+        *,
+        start_bps: int = START_BPS,
+        layers: LayerSet | None = None,
+        switch_layer: Callable[[PacketFanout], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.fanout = fanout  # the fan-out of the layer this viewer is on now
         self.layers = layers
         self.switch_layer = switch_layer
         self.name = name
         self._clock = clock
-        self.estimator = BandwidthEstimator(start_bps=start_bps, min_bps=fanout.min_bitrate,
-                                            max_bps=int(fanout.max_bitrate / VIDEO_SHARE))
+        self.estimator = BandwidthEstimator(
+            start_bps=start_bps, min_bps=fanout.min_bitrate, max_bps=int(fanout.max_bitrate / VIDEO_SHARE)
+        )
         self.pacer = Pacer(self._pacing_bps(), clock=clock)
         self.rtx_budget = RtxBudget(self.estimator.estimate * RTX_SHARE, clock=clock)
         self.guard = KeyframeGuard()
@@ -71,7 +79,9 @@ class ViewerControl:
     def attach(self, sender: RTCRtpSender) -> collections.Counter[str]:
         """Wrap ``sender``'s RTCP handling and RTP sending; returns the feedback counter."""
         self.feedback = attach_feedback(sender, self)
-        self.rtx = attach_pacing(sender, self, keyframe_pending=self._take_keyframe_pending, clock=self._clock)
+        self.rtx = attach_pacing(
+            sender, self, keyframe_pending=self._take_keyframe_pending, clock=self._clock
+        )
         return self.feedback
 
     # -- the video track ----------------------------------------------------------------------------
@@ -175,12 +185,21 @@ class ViewerControl:
 
     def stats(self) -> dict[str, Any]:
         sub = self.subscriber
-        return {**self.estimator.stats(), "rtt_est_ms": round(self.estimator.rtt * 1000, 1),
-                "video_budget_bps": int(self.estimator.estimate * self._video_share()),
-                "protecting": self.protecting(),
-                "pacing_bps": int(self.pacer.rate_bps), "paced_wait_s": round(self.pacer.waited_s, 2),
-                "constrained": bool(sub and sub.constrained), **rtx_stats(self.rtx),
-                "layer": self.layers.fanouts.index(self.fanout) if self.layers and self.fanout in self.layers.fanouts else 0,
-                "keyframes_sent": self.keyframes_sent, "first_keyframe_bytes": self.first_keyframe_bytes, "pli_handling": dict(self.guard.counts),
-                "pli_interval_s": self.guard.interval,
-                "idrs_by_cause": dict(sub.idr_causes) if sub is not None else {}}
+        return {
+            **self.estimator.stats(),
+            "rtt_est_ms": round(self.estimator.rtt * 1000, 1),
+            "video_budget_bps": int(self.estimator.estimate * self._video_share()),
+            "protecting": self.protecting(),
+            "pacing_bps": int(self.pacer.rate_bps),
+            "paced_wait_s": round(self.pacer.waited_s, 2),
+            "constrained": bool(sub and sub.constrained),
+            **rtx_stats(self.rtx),
+            "layer": self.layers.fanouts.index(self.fanout)
+            if self.layers and self.fanout in self.layers.fanouts
+            else 0,
+            "keyframes_sent": self.keyframes_sent,
+            "first_keyframe_bytes": self.first_keyframe_bytes,
+            "pli_handling": dict(self.guard.counts),
+            "pli_interval_s": self.guard.interval,
+            "idrs_by_cause": dict(sub.idr_causes) if sub is not None else {},
+        }

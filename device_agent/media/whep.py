@@ -87,7 +87,9 @@ class HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 @web.middleware
-async def _cors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _cors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # aiohttp's own 404/405/413...: CORS on those too
@@ -112,30 +114,48 @@ async def viewer_script(request: web.Request) -> web.Response:
 class WhepServer:
     """The HTTP side of viewing: WHEP resources, the page, stats."""
 
-    def __init__(self, sessions: SessionManager, stats: StatsFn, token: str = "", retry_after_s: int = 10) -> None:
+    def __init__(
+        self, sessions: SessionManager, stats: StatsFn, token: str = "", retry_after_s: int = 10
+    ) -> None:
         self.sessions = sessions
         self.stats = stats
         self.token = token
         self.retry_after_s = retry_after_s
         self.app = web.Application(middlewares=[_cors], client_max_size=MAX_SDP_BYTES)
-        self.app.add_routes([
-            web.get("/", viewer_page), web.get("/viewer.js", viewer_script), web.get("/api/stats", self.api_stats),
-            web.options("/whep", self.options), web.post("/whep", self.post),
-            web.options("/whep/{id}", self.options), web.patch("/whep/{id}", self.patch),
-            web.delete("/whep/{id}", self.delete),
-        ])
+        self.app.add_routes(
+            [
+                web.get("/", viewer_page),
+                web.get("/viewer.js", viewer_script),
+                web.get("/api/stats", self.api_stats),
+                web.options("/whep", self.options),
+                web.post("/whep", self.post),
+                web.options("/whep/{id}", self.options),
+                web.patch("/whep/{id}", self.patch),
+                web.delete("/whep/{id}", self.delete),
+            ]
+        )
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     logger=HttpLog(logging.getLogger(f"{__name__}.http"), {}))
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            logger=HttpLog(logging.getLogger(f"{__name__}.http"), {}),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         server = site._server  # aiohttp keeps the bound sockets here; needed for port 0
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
-        log.info("WHEP endpoint on http://%s:%s/whep, viewer page on http://%s:%s/", host, self.port, host, self.port)
+        log.info(
+            "WHEP endpoint on http://%s:%s/whep, viewer page on http://%s:%s/",
+            host,
+            self.port,
+            host,
+            self.port,
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -160,14 +180,18 @@ class WhepServer:
         return web.json_response(self.stats(), dumps=lambda obj: json.dumps(obj, default=str))
 
     async def options(self, request: web.Request) -> web.Response:
-        return web.Response(status=204, headers={"Accept-Post": "application/sdp",
-                                                 "Accept-Patch": "application/trickle-ice-sdpfrag"})
+        return web.Response(
+            status=204,
+            headers={"Accept-Post": "application/sdp", "Accept-Patch": "application/trickle-ice-sdpfrag"},
+        )
 
     async def post(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._unauthorized()
         if request.content_type != "application/sdp":
-            return _text(415, f"expected Content-Type application/sdp, got {excerpt(request.content_type or 'none')}")
+            return _text(
+                415, f"expected Content-Type application/sdp, got {excerpt(request.content_type or 'none')}"
+            )
         try:
             offer = await read_text(request, "offer")
         except BodyRefused as exc:
@@ -181,9 +205,16 @@ class WhepServer:
         except OfferError as exc:
             return _text(400, str(exc))
         location = f"/whep/{session.id}"
-        return web.Response(status=201, text=answer, content_type="application/sdp",
-                            headers={"Location": location, "ETag": f'"{session.id}"',
-                                     "Accept-Patch": "application/trickle-ice-sdpfrag"})
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={
+                "Location": location,
+                "ETag": f'"{session.id}"',
+                "Accept-Patch": "application/trickle-ice-sdpfrag",
+            },
+        )
 
     async def patch(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

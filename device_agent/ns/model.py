@@ -1,4 +1,5 @@
 """Loads the shipped streaming mask model and runs it one 10 ms hop at a time."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,18 +80,30 @@ class MaskModel:
         self._it = _interpreter(self.path, threads)
         ins, outs = self._signature()
         if set(ins) not in ({"feat", "state"}, {"feat", "state", "phase"}) or set(outs) != (
-                {"mask", "state_out"} | ({"filter"} if "phase" in ins else set())):
-            raise ModelError(f"{self.path}: expected inputs feat, state[, phase] and outputs mask, state_out"
-                             f"[, filter]; got {sorted(ins)} -> {sorted(outs)}")
+            {"mask", "state_out"} | ({"filter"} if "phase" in ins else set())
+        ):
+            raise ModelError(
+                f"{self.path}: expected inputs feat, state[, phase] and outputs mask, state_out"
+                f"[, filter]; got {sorted(ins)} -> {sorted(outs)}"
+            )
         shape = lambda d: tuple(int(v) for v in d["shape"])  # noqa: E731
         self.bins = shape(ins["feat"])[-1]
         state_shape = shape(ins["state"])
         self.df_bins = shape(ins["phase"])[-1] // 2 if "phase" in ins else 0
         self.df_order = shape(outs["filter"])[-1] // (2 * self.df_bins) if self.df_bins else 0
-        if (shape(outs["mask"]) != (1, self.bins) or shape(outs["state_out"]) != state_shape or self.bins < 161
-                or (self.df_bins and (self.df_order < 2 or shape(outs["filter"])[-1] != 2 * self.df_order * self.df_bins))):
-            raise ModelError(f"{self.path}: unexpected shapes "
-                             f"{ {n: shape(d) for n, d in ins.items()} } -> { {n: shape(d) for n, d in outs.items()} }")
+        if (
+            shape(outs["mask"]) != (1, self.bins)
+            or shape(outs["state_out"]) != state_shape
+            or self.bins < 161
+            or (
+                self.df_bins
+                and (self.df_order < 2 or shape(outs["filter"])[-1] != 2 * self.df_order * self.df_bins)
+            )
+        ):
+            raise ModelError(
+                f"{self.path}: unexpected shapes "
+                f"{ {n: shape(d) for n, d in ins.items()} } -> { {n: shape(d) for n, d in outs.items()} }"
+            )
         self.frame = 2 * (self.bins - 1)
         self.state_size = state_shape[-1]  # all recurrent layers' states, concatenated
         self._in = {n: d["index"] for n, d in ins.items()}
@@ -113,8 +126,12 @@ class MaskModel:
         it.set_tensor(self._in["feat"], feat.reshape(1, self.bins).astype(np.float32, copy=False))
         it.set_tensor(self._in["state"], self._state)
         if self.df_bins:
-            it.set_tensor(self._in["phase"], np.zeros((1, 2 * self.df_bins), np.float32) if phase is None
-                          else phase.reshape(1, -1).astype(np.float32, copy=False))
+            it.set_tensor(
+                self._in["phase"],
+                np.zeros((1, 2 * self.df_bins), np.float32)
+                if phase is None
+                else phase.reshape(1, -1).astype(np.float32, copy=False),
+            )
         it.invoke()
         self._state = it.get_tensor(self._out["state_out"]).copy()
         if not self.df_bins:
@@ -138,16 +155,20 @@ class StreamingDenoiser:
         self.model = model
         self.frame = model.frame
         self._wa, ws = stft_windows(self.frame)
-        self._ws = ws[-2 * HOP:]
+        self._ws = ws[-2 * HOP :]
         self._in = np.zeros(self.frame, np.float32)
         self._ola = np.zeros(2 * HOP, np.float32)
         self._df = f = model.df_bins
         if f:
             self._rot = rotations(self.frame, f, model.df_order)
-            self._past = np.zeros((model.df_order, f), np.complex64)  # row i: the deep-filter bins i hops ago, rotated
+            self._past = np.zeros(
+                (model.df_order, f), np.complex64
+            )  # row i: the deep-filter bins i hops ago, rotated
 
     def reset(self) -> None:
-        self.model.reset(); self._in[:] = 0; self._ola[:] = 0
+        self.model.reset()
+        self._in[:] = 0
+        self._ola[:] = 0
         if self._df:
             self._past[:] = 0
 
@@ -167,7 +188,7 @@ class StreamingDenoiser:
             mask, coef = self.model.step(feat, phase_feature(low, past[1]))
             out_spec = spec * mask
             out_spec[:f] += np.sum(coef * past, axis=0)
-        self._ola += np.fft.irfft(out_spec, self.frame)[-2 * HOP:].astype(np.float32) * self._ws
+        self._ola += np.fft.irfft(out_spec, self.frame)[-2 * HOP :].astype(np.float32) * self._ws
         out = self._ola[:HOP].copy()
         self._ola[:HOP] = self._ola[HOP:]
         self._ola[HOP:] = 0
@@ -177,4 +198,8 @@ class StreamingDenoiser:
         """Float samples, a whole number of hops."""
         if len(x) % HOP:
             raise ValueError(f"length {len(x)} is not a whole number of {HOP}-sample hops")
-        return np.concatenate([self.hop(x[i:i + HOP]) for i in range(0, len(x), HOP)]) if len(x) else x.astype(np.float32)
+        return (
+            np.concatenate([self.hop(x[i : i + HOP]) for i in range(0, len(x), HOP)])
+            if len(x)
+            else x.astype(np.float32)
+        )

@@ -12,4 +12,4 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     ref = np.asarray(reference, np.float64) - np.mean(reference)
     est = np.asarray(estimate, np.float64) - np.mean(estimate)
     target = np.dot(est, ref) / (np.dot(ref, ref) + _EPS) * ref
-    return float(10 * np.log10(np.sum(target ** 2) / (np.sum((est - target) ** 2) + _EPS) + _EPS))
+    return float(10 * np.log10(np.sum(target**2) / (np.sum((est - target) ** 2) + _EPS) + _EPS))

@@ -56,6 +56,7 @@ class Identities:
 
     def __init__(self, state_dir: str, ttl_s: float = 30.0) -> None:
         from fleet.provisioning.store import ProvisioningStore
+
         self.store = ProvisioningStore(state_dir)
         self.ttl_s = ttl_s
         self._at = -1e9
@@ -75,9 +76,17 @@ class Identities:
 class FleetApi:
     """The aiohttp application over one store (and optionally the service's MQTT session)."""
 
-    def __init__(self, store: Store, *, require_token: bool, tokens: TokenStore | None = None,
-                 commands: FleetClient | None = None, metrics: FleetMetrics | None = None,
-                 stats: Callable[[], dict[str, Any]] | None = None, identities: Identities | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        require_token: bool,
+        tokens: TokenStore | None = None,
+        commands: FleetClient | None = None,
+        metrics: FleetMetrics | None = None,
+        stats: Callable[[], dict[str, Any]] | None = None,
+        identities: Identities | None = None,
+    ) -> None:
         self.store = store
         self.require_token = require_token
         self.tokens = tokens or TokenStore(store.engine, store.prefix)
@@ -120,13 +129,16 @@ class FleetApi:
     def _guard(self, route: Route, handler: RouteHandler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             return await handler(request, await self._authorize(request, route.role))
+
         return guarded
 
     async def _authorize(self, request: web.Request, role: str) -> str:
         header = request.headers.get("Authorization", "")
         if not header:
             if self.require_token:
-                raise ApiError(401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)")
+                raise ApiError(
+                    401, "unauthorized", "a bearer token is required (Authorization: Bearer <token>)"
+                )
             return "loopback"
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
@@ -144,17 +156,26 @@ class FleetApi:
 
     async def status(self, request: web.Request, principal: str) -> web.Response:
         conn = self.commands.conn if self.commands is not None else None
-        return web.json_response({"ingest": dict(self.stats()) if self.stats else {},
-                                  "mqtt": {"connected": bool(conn and conn.connected),
-                                           "url": conn.options.url if conn else ""},
-                                  "store": self.store.dialect, "time": time.time()})
+        return web.json_response(
+            {
+                "ingest": dict(self.stats()) if self.stats else {},
+                "mqtt": {"connected": bool(conn and conn.connected), "url": conn.options.url if conn else ""},
+                "store": self.store.dialect,
+                "time": time.time(),
+            }
+        )
 
     async def devices(self, request: web.Request, principal: str) -> web.Response:
         q = request.query
         limit, offset = _page(q)
-        f = DeviceFilter(group=q.get("group"), online=_bool(q, "online"), version=q.get("version"),
-                         severity=_enum(q, "severity", SEVERITY), prefix=q.get("prefix") or None,
-                         after=q.get("after") or None)
+        f = DeviceFilter(
+            group=q.get("group"),
+            online=_bool(q, "online"),
+            version=q.get("version"),
+            severity=_enum(q, "severity", SEVERITY),
+            prefix=q.get("prefix") or None,
+            after=q.get("after") or None,
+        )
         names: dict[str, dict[str, Any]] = {}
         if self.identities is not None:
             names = await asyncio.to_thread(self.identities.all)
@@ -165,15 +186,18 @@ class FleetApi:
             ident = names.get(r["id"])
             r["name"] = (ident or {}).get("name") or ""
         nxt = rows[-1]["id"] if len(rows) == limit else None
-        return web.json_response({"devices": rows, "total": total, "limit": limit, "offset": offset, "next": nxt})
+        return web.json_response(
+            {"devices": rows, "total": total, "limit": limit, "offset": offset, "next": nxt}
+        )
 
     async def device(self, request: web.Request, principal: str) -> web.Response:
         dev_id = request.match_info["id"]
         info = await asyncio.to_thread(self.store.device, dev_id)
         if info is None:
             raise ApiError(404, "not_found", f"no device {dev_id!r}")
-        alerts, _ = await asyncio.to_thread(self.queries.alerts_page, AlertFilter(device=dev_id, active=True),
-                                            MAX_LIMIT, 0)
+        alerts, _ = await asyncio.to_thread(
+            self.queries.alerts_page, AlertFilter(device=dev_id, active=True), MAX_LIMIT, 0
+        )
         ident = await asyncio.to_thread(self.identities.get, dev_id) if self.identities is not None else None
         info = {"id": info.pop("device"), **info, "active_alerts": alerts, "identity": ident}
         return web.json_response(info)
@@ -197,7 +221,9 @@ class FleetApi:
         if online is None:
             raise ApiError(404, "not_found", f"no device {dev_id!r}")
         if not online and not wait:
-            raise ApiError(409, "offline", f"{dev_id} is offline (add ?wait=1 to send anyway and wait for it)")
+            raise ApiError(
+                409, "offline", f"{dev_id} is offline (add ?wait=1 to send anyway and wait for it)"
+            )
         if self.commands is None or not self.commands.connected:
             raise ApiError(503, "no_mqtt", "the service has no MQTT connection right now")
         log.info("command %s on %s by %s", name, dev_id, principal)
@@ -206,7 +232,9 @@ class FleetApi:
         except CommandTimeout as exc:
             raise ApiError(504, "timeout", exc.message) from None
         except CommandFailed as exc:
-            return web.json_response({"ok": False, "error": {"code": exc.code, "message": exc.message}}, status=422)
+            return web.json_response(
+                {"ok": False, "error": {"code": exc.code, "message": exc.message}}, status=422
+            )
         except ConnectionError as exc:
             raise ApiError(503, "no_mqtt", str(exc)) from None
         return web.json_response({"ok": True, "result": result})
@@ -215,9 +243,12 @@ class FleetApi:
         q = request.query
         limit, offset = _page(q)
         active = _enum(q, "active", ("true", "false", "all")) or "true"
-        f = AlertFilter(severity=_enum(q, "severity", SEVERITY), device=q.get("device"),
-                        scope=_enum(q, "scope", ("device", "fleet")),
-                        active=None if active == "all" else active == "true")
+        f = AlertFilter(
+            severity=_enum(q, "severity", SEVERITY),
+            device=q.get("device"),
+            scope=_enum(q, "scope", ("device", "fleet")),
+            active=None if active == "all" else active == "true",
+        )
         rows, total = await asyncio.to_thread(self.queries.alerts_page, f, limit, offset)
         return web.json_response({"alerts": rows, "total": total, "limit": limit, "offset": offset})
 
@@ -243,13 +274,23 @@ class FleetApi:
 
     async def rollout(self, request: web.Request, principal: str) -> web.Response:
         from fleet.ota.jobs import JobNotFound
+
         rid = request.match_info["id"]
         try:
             job = await asyncio.to_thread(lambda: self.queries.jobs.get(rid))
         except JobNotFound as exc:
             raise ApiError(404, "not_found", str(exc)) from None
-        devices = [{"id": dev, "state": st.state, "phase": st.phase, "percent": st.percent, "reason": st.reason,
-                    "wave": st.wave} for dev, st in job.rollout.per_device.items()]
+        devices = [
+            {
+                "id": dev,
+                "state": st.state,
+                "phase": st.phase,
+                "percent": st.percent,
+                "reason": st.reason,
+                "wave": st.wave,
+            }
+            for dev, st in job.rollout.per_device.items()
+        ]
         return web.json_response({**job.summary(), "devices": devices})
 
     async def token_list(self, request: web.Request, principal: str) -> web.Response:

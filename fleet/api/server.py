@@ -28,16 +28,30 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class ApiServer:
     """``await start()`` / ``await stop()``; ``port`` is the bound port (0 picks a free one)."""
 
-    def __init__(self, store: Store, host: str, port: int, *, require_token: bool | None = None,
-                 service: Any = None, provisioning_dir: str = "", metrics_cache_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        host: str,
+        port: int,
+        *,
+        require_token: bool | None = None,
+        service: Any = None,
+        provisioning_dir: str = "",
+        metrics_cache_s: float = 5.0,
+    ) -> None:
         self.host = host
         self.port = port
         self.require_token = (not is_loopback(host)) if require_token is None else require_token
         commands = FleetClient.sharing(service.conn) if service is not None else None
         stats = (lambda: service.stats) if service is not None else None
         connected = (lambda: bool(service.conn.connected)) if service is not None else None
-        self.api = FleetApi(store, require_token=self.require_token, commands=commands, stats=stats,
-                            identities=Identities(provisioning_dir) if provisioning_dir else None)
+        self.api = FleetApi(
+            store,
+            require_token=self.require_token,
+            commands=commands,
+            stats=stats,
+            identities=Identities(provisioning_dir) if provisioning_dir else None,
+        )
         self.metrics = FleetMetrics(self.api.queries, stats, connected, cache_s=metrics_cache_s)
         self.api.metrics = self.metrics
         self.service = service

@@ -34,58 +34,138 @@ class Route:
     responses: dict[int, str] = field(default_factory=dict)
 
 
-PAGE = (Param("limit", "integer", f"page size, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})"),
-        Param("offset", "integer", "rows to skip (default 0)"))
+PAGE = (
+    Param("limit", "integer", f"page size, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})"),
+    Param("offset", "integer", "rows to skip (default 0)"),
+)
 SEVERITY = ("P1", "P2", "P3")
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", "openapi", "viewer", "This document."),
-    Route("GET", "/api/v1/status", "status", "viewer", "The service: ingest counters, MQTT connection, store."),
-    Route("GET", "/api/v1/devices", "devices", "viewer",
-          "Devices, ordered by id: {devices: [...], total, limit, offset, next}.",
-          (*PAGE, Param("group", "string", "only this group"),
-           Param("online", "boolean", "only online (true) or offline (false) devices"),
-           Param("version", "string", "only this agent version"),
-           Param("severity", "string", "only devices with an active alert of this severity", SEVERITY),
-           Param("prefix", "string", "device id prefix (or provisioned name prefix)"),
-           Param("after", "string", "cursor: only ids after this one (pass the previous page's next)")),
-          responses={200: "a page of devices; next: the cursor of the following page or null", 400: "bad parameter"}),
-    Route("GET", "/api/v1/devices/{id}", "device", "viewer",
-          "One device: identity (name, location from provisioning), latest status and health, active alerts.",
-          responses={200: "the device", 404: "unknown device"}),
-    Route("GET", "/api/v1/devices/{id}/sessions", "sessions", "viewer",
-          "The device's viewer-session records (media.session events), newest first: {sessions: [...]}.",
-          (Param("limit", "integer", f"at most this many, 1..{MAX_LIMIT} (default 50)"),),
-          responses={200: "the sessions", 404: "unknown device"}),
-    Route("POST", "/api/v1/devices/{id}/commands/{name}", "command", "operator",
-          "Run a command on the device over MQTT and return its answer {ok, result} (or {ok: false, error}).",
-          (Param("timeout", "number", "seconds to wait for the answer, 0.1..120 (default 10)"),
-           Param("wait", "boolean", "send even when the device is offline and wait for it up to the timeout")),
-          body="the command's parameters (a JSON object; empty body: {})",
-          responses={200: "the device's result", 400: "bad parameters", 404: "unknown device",
-                     409: "the device is offline", 422: "the device refused (its error code)",
-                     503: "no MQTT connection", 504: "no answer within the timeout"}),
-    Route("GET", "/api/v1/alerts", "alerts", "viewer", "Alerts, newest raise first: {alerts: [...], total}.",
-          (*PAGE, Param("severity", "string", "only this severity", SEVERITY),
-           Param("active", "string", "true (default), false (cleared) or all", ("true", "false", "all")),
-           Param("device", "string", "only this device's alerts"),
-           Param("scope", "string", "device or fleet", ("device", "fleet"))),
-          responses={200: "a page of alerts", 400: "bad parameter"}),
-    Route("POST", "/api/v1/alerts/{id}/ack", "ack", "operator",
-          "Acknowledge the current raise of an alert (id as listed, e.g. device:cam-7:offline).",
-          body='optional {"note": "..."}', responses={200: "the alert", 404: "unknown alert"}),
-    Route("GET", "/api/v1/rollouts", "rollouts", "viewer",
-          "Rollout jobs (fleet/ota/jobs.py), newest first: {rollouts: [summary...]}.",
-          (Param("active", "boolean", "only the running ones"),), responses={200: "the rollouts"}),
-    Route("GET", "/api/v1/rollouts/{id}", "rollout", "viewer",
-          "One rollout: its summary and every device's state.",
-          responses={200: "the rollout", 404: "unknown rollout"}),
-    Route("GET", "/api/v1/tokens", "token_list", "admin", "API tokens (never their secrets): {tokens: [...]}."),
-    Route("POST", "/api/v1/tokens", "token_create", "admin",
-          "Create a token; the answer holds the clear token, shown this once.",
-          body='{"role": "viewer|operator|admin", "name": "..."}', responses={201: "the new token", 400: "bad role"}),
-    Route("DELETE", "/api/v1/tokens/{id}", "token_revoke", "admin", "Revoke a token.",
-          responses={200: "the revoked token", 404: "unknown token"}),
+    Route(
+        "GET", "/api/v1/status", "status", "viewer", "The service: ingest counters, MQTT connection, store."
+    ),
+    Route(
+        "GET",
+        "/api/v1/devices",
+        "devices",
+        "viewer",
+        "Devices, ordered by id: {devices: [...], total, limit, offset, next}.",
+        (
+            *PAGE,
+            Param("group", "string", "only this group"),
+            Param("online", "boolean", "only online (true) or offline (false) devices"),
+            Param("version", "string", "only this agent version"),
+            Param("severity", "string", "only devices with an active alert of this severity", SEVERITY),
+            Param("prefix", "string", "device id prefix (or provisioned name prefix)"),
+            Param("after", "string", "cursor: only ids after this one (pass the previous page's next)"),
+        ),
+        responses={
+            200: "a page of devices; next: the cursor of the following page or null",
+            400: "bad parameter",
+        },
+    ),
+    Route(
+        "GET",
+        "/api/v1/devices/{id}",
+        "device",
+        "viewer",
+        "One device: identity (name, location from provisioning), latest status and health, active alerts.",
+        responses={200: "the device", 404: "unknown device"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/devices/{id}/sessions",
+        "sessions",
+        "viewer",
+        "The device's viewer-session records (media.session events), newest first: {sessions: [...]}.",
+        (Param("limit", "integer", f"at most this many, 1..{MAX_LIMIT} (default 50)"),),
+        responses={200: "the sessions", 404: "unknown device"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/devices/{id}/commands/{name}",
+        "command",
+        "operator",
+        "Run a command on the device over MQTT and return its answer {ok, result} (or {ok: false, error}).",
+        (
+            Param("timeout", "number", "seconds to wait for the answer, 0.1..120 (default 10)"),
+            Param(
+                "wait", "boolean", "send even when the device is offline and wait for it up to the timeout"
+            ),
+        ),
+        body="the command's parameters (a JSON object; empty body: {})",
+        responses={
+            200: "the device's result",
+            400: "bad parameters",
+            404: "unknown device",
+            409: "the device is offline",
+            422: "the device refused (its error code)",
+            503: "no MQTT connection",
+            504: "no answer within the timeout",
+        },
+    ),
+    Route(
+        "GET",
+        "/api/v1/alerts",
+        "alerts",
+        "viewer",
+        "Alerts, newest raise first: {alerts: [...], total}.",
+        (
+            *PAGE,
+            Param("severity", "string", "only this severity", SEVERITY),
+            Param("active", "string", "true (default), false (cleared) or all", ("true", "false", "all")),
+            Param("device", "string", "only this device's alerts"),
+            Param("scope", "string", "device or fleet", ("device", "fleet")),
+        ),
+        responses={200: "a page of alerts", 400: "bad parameter"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/alerts/{id}/ack",
+        "ack",
+        "operator",
+        "Acknowledge the current raise of an alert (id as listed, e.g. device:cam-7:offline).",
+        body='optional {"note": "..."}',
+        responses={200: "the alert", 404: "unknown alert"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/rollouts",
+        "rollouts",
+        "viewer",
+        "Rollout jobs (fleet/ota/jobs.py), newest first: {rollouts: [summary...]}.",
+        (Param("active", "boolean", "only the running ones"),),
+        responses={200: "the rollouts"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/rollouts/{id}",
+        "rollout",
+        "viewer",
+        "One rollout: its summary and every device's state.",
+        responses={200: "the rollout", 404: "unknown rollout"},
+    ),
+    Route(
+        "GET", "/api/v1/tokens", "token_list", "admin", "API tokens (never their secrets): {tokens: [...]}."
+    ),
+    Route(
+        "POST",
+        "/api/v1/tokens",
+        "token_create",
+        "admin",
+        "Create a token; the answer holds the clear token, shown this once.",
+        body='{"role": "viewer|operator|admin", "name": "..."}',
+        responses={201: "the new token", 400: "bad role"},
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        "token_revoke",
+        "admin",
+        "Revoke a token.",
+        responses={200: "the revoked token", 404: "unknown token"},
+    ),
 )
 
 
@@ -94,38 +174,68 @@ def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     error = {"$ref": "#/components/schemas/Error"}
     for r in routes:
-        params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for n in re.findall(r"{(\w+)}", r.path)]
+        params = [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+            for n in re.findall(r"{(\w+)}", r.path)
+        ]
         for p in r.params:
             schema: dict[str, Any] = {"type": p.type}
             if p.enum:
                 schema["enum"] = list(p.enum)
-            params.append({"name": p.name, "in": "query", "required": False, "description": p.description,
-                           "schema": schema})
+            params.append(
+                {
+                    "name": p.name,
+                    "in": "query",
+                    "required": False,
+                    "description": p.description,
+                    "schema": schema,
+                }
+            )
         responses: dict[str, Any] = {}
         for code, text in (r.responses or {200: "OK"}).items():
             body = {"$ref": "#/components/schemas/Error"} if code >= 400 else {"type": "object"}
             responses[str(code)] = {"description": text, "content": {"application/json": {"schema": body}}}
         for code, text in ((401, "no or bad token"), (403, f"the token's role is below {r.role}")):
             responses[str(code)] = {"description": text, "content": {"application/json": {"schema": error}}}
-        op: dict[str, Any] = {"operationId": r.handler, "summary": r.summary, "parameters": params,
-                              "responses": responses, "x-role": r.role,
-                              "security": [{"bearer": []}]}
+        op: dict[str, Any] = {
+            "operationId": r.handler,
+            "summary": r.summary,
+            "parameters": params,
+            "responses": responses,
+            "x-role": r.role,
+            "security": [{"bearer": []}],
+        }
         if r.body:
-            op["requestBody"] = {"required": False, "description": r.body,
-                                 "content": {"application/json": {"schema": {"type": "object"}}}}
+            op["requestBody"] = {
+                "required": False,
+                "description": r.body,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.0.3",
-        "info": {"title": "device-agent fleet API", "version": VERSION,
-                 "description": "fleetctl serve --http: the operator's console API (docs/fleet-api.md). "
-                                "Roles: viewer (read) < operator (+ commands, alert acknowledgement) < admin "
-                                "(+ tokens). A bearer token is required unless the API listens on loopback."},
+        "info": {
+            "title": "device-agent fleet API",
+            "version": VERSION,
+            "description": "fleetctl serve --http: the operator's console API (docs/fleet-api.md). "
+            "Roles: viewer (read) < operator (+ commands, alert acknowledgement) < admin "
+            "(+ tokens). A bearer token is required unless the API listens on loopback.",
+        },
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                }
+            },
         },
     }

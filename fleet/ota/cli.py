@@ -28,14 +28,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--firmware", type=Path)
     p.add_argument("--hardware", action="append", default=[], help="compatible hardware model (repeatable)")
     p.add_argument("--min-version", help="devices must run at least this version")
-    p.add_argument("--allow-downgrade", action="store_true", help="signed permission to install an older version")
-    p.add_argument("--key", type=Path, action="append", default=[], help="sign with this private key (repeatable)")
+    p.add_argument(
+        "--allow-downgrade", action="store_true", help="signed permission to install an older version"
+    )
+    p.add_argument(
+        "--key", type=Path, action="append", default=[], help="sign with this private key (repeatable)"
+    )
     p.add_argument("--notes", default="")
-    p.add_argument("--platform", default="", help="check the wheelhouse for this pip platform tag (e.g. "
-                                                  "manylinux2014_aarch64; default: this machine's)")
+    p.add_argument(
+        "--platform",
+        default="",
+        help="check the wheelhouse for this pip platform tag (e.g. "
+        "manylinux2014_aarch64; default: this machine's)",
+    )
     p.add_argument("--python-version", default="", help="... and this device Python (e.g. 3.11)")
-    p.add_argument("--skip-wheelhouse-check", action="store_true",
-                   help="do not check that the wheelhouse installs offline (pip --no-index --dry-run)")
+    p.add_argument(
+        "--skip-wheelhouse-check",
+        action="store_true",
+        help="do not check that the wheelhouse installs offline (pip --no-index --dry-run)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_build)
 
@@ -77,13 +88,26 @@ def cmd_build(args: argparse.Namespace) -> int:
             return 1
     try:
         keys = [signing.load_private(k) for k in args.key]
-        manifest = bundle_mod.build(args.output, args.version, args.wheelhouse, args.hardware or ["generic"],
-                                    hooks=args.hooks, firmware=args.firmware, min_version=args.min_version,
-                                    allow_downgrade=args.allow_downgrade, keys=keys, notes=args.notes)
+        manifest = bundle_mod.build(
+            args.output,
+            args.version,
+            args.wheelhouse,
+            args.hardware or ["generic"],
+            hooks=args.hooks,
+            firmware=args.firmware,
+            min_version=args.min_version,
+            allow_downgrade=args.allow_downgrade,
+            keys=keys,
+            notes=args.notes,
+        )
     except OtaError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return 1
-    print(json.dumps({"bundle": str(args.output), "signed": bool(keys), **bundle_mod.describe(manifest)}, indent=1))
+    print(
+        json.dumps(
+            {"bundle": str(args.output), "signed": bool(keys), **bundle_mod.describe(manifest)}, indent=1
+        )
+    )
     return 0
 
 
@@ -114,5 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_ctx.load_cert_chain(args.cert, args.tls_key)
     scheme = "https" if ssl_ctx else "http"
     print(f"serving bundles from {args.directory} on {scheme}://{args.listen}/", flush=True)
-    web.run_app(make_app(args.directory), host=host or "0.0.0.0", port=int(port), ssl_context=ssl_ctx, print=None)
+    web.run_app(
+        make_app(args.directory), host=host or "0.0.0.0", port=int(port), ssl_context=ssl_ctx, print=None
+    )
     return 0

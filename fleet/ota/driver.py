@@ -42,11 +42,25 @@ class StepResult:
 class RolloutDriver:
     """Drives rollout jobs; ``await start()``, ``await stop()`` (``abandon()``: a crash, for tests)."""
 
-    def __init__(self, store: Store, mqtt_url: str, worker_id: str = "1", *, ca_file: str = "",
-                 cert_file: str = "", key_file: str = "", username: str = "", password: str = "",
-                 tls_insecure: bool = False, lease_s: float = 15.0, poll_s: float = 0.5,
-                 command_timeout_s: float = 30.0, rollback_timeout_s: float = 600.0, send_delay_s: float = 0.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        mqtt_url: str,
+        worker_id: str = "1",
+        *,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        username: str = "",
+        password: str = "",
+        tls_insecure: bool = False,
+        lease_s: float = 15.0,
+        poll_s: float = 0.5,
+        command_timeout_s: float = 30.0,
+        rollback_timeout_s: float = 600.0,
+        send_delay_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.owner = f"{worker_id}:{uuid.uuid4().hex[:8]}"  # unique per process, even for a reused worker id
         self.lease_s = lease_s
@@ -56,9 +70,14 @@ class RolloutDriver:
         self.send_delay_s = send_delay_s  # between committing a claim and sending it (tests of a crash there)
         self.clock = clock
         self._client_opts: dict[str, Any] = {
-            "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file, "username": username,
-            "password": password, "tls_insecure": tls_insecure,
-            "client_id": f"fleet-rollout-{worker_id}-{uuid.uuid4().hex[:6]}"}
+            "ca_file": ca_file,
+            "cert_file": cert_file,
+            "key_file": key_file,
+            "username": username,
+            "password": password,
+            "tls_insecure": tls_insecure,
+            "client_id": f"fleet-rollout-{worker_id}-{uuid.uuid4().hex[:6]}",
+        }
         self.mqtt_url = mqtt_url
         self.jobs: Jobs | None = None
         self._client: FleetClient | None = None
@@ -145,7 +164,9 @@ class RolloutDriver:
             self._client = await FleetClient(self.mqtt_url, **self._client_opts).connect(30.0)  # type: ignore[arg-type]
         return self._client
 
-    async def _install(self, client: FleetClient, rid: str, dev: str, did: str, params: dict[str, Any]) -> None:
+    async def _install(
+        self, client: FleetClient, rid: str, dev: str, did: str, params: dict[str, Any]
+    ) -> None:
         if self.send_delay_s:
             await asyncio.sleep(self.send_delay_s)
         self.stats["installs_sent"] += 1
@@ -158,8 +179,9 @@ class RolloutDriver:
     async def _rollback(self, client: FleetClient, rid: str, dev: str) -> None:
         self.stats["rollbacks_sent"] += 1
         try:
-            await client.send_command(dev, "ota.rollback", {"reason": "rollout health gate"},
-                                      timeout=self.command_timeout_s)
+            await client.send_command(
+                dev, "ota.rollback", {"reason": "rollout health gate"}, timeout=self.command_timeout_s
+            )
         except CommandFailed as exc:
             self.stats["command_failures"] += 1
             await self._db(self.record_rollback_failure, rid, dev, f"{exc.code}: {exc.message}")
@@ -183,8 +205,14 @@ class RolloutDriver:
             if job.status == "running":
                 inprog = {d: r.per_device[d].started or 0.0 for d in r.in_progress()}
                 for dev, ev in jobs.ota_events(conn, inprog):
-                    r.report(dev, str(ev.get("phase", "")), now, version=ev.get("version"),
-                             reason=str(ev.get("reason") or ev.get("code") or ""), percent=_pct(ev.get("percent")))
+                    r.report(
+                        dev,
+                        str(ev.get("phase", "")),
+                        now,
+                        version=ev.get("version"),
+                        reason=str(ev.get("reason") or ev.get("code") or ""),
+                        percent=_pct(ev.get("percent")),
+                    )
                 r.tick(now)
                 if not r.finished and not r.in_progress() and r.waves > job.gated_waves:
                     self._soak_and_gate(conn, job, now, out)
@@ -219,7 +247,9 @@ class RolloutDriver:
             return
         updated = [d for d in r.devices if r.per_device[d].state == "succeeded" and not job.rollback.get(d)]
         baseline = [d for d in r.devices if r.per_device[d].state == "pending"]
-        verdict = health_gate.evaluate(self.store, conn, updated, baseline, job.soak_start, job.soak_until, gate)
+        verdict = health_gate.evaluate(
+            self.store, conn, updated, baseline, job.soak_start, job.soak_until, gate
+        )
         job.last_gate = {"wave": r.waves - 1, **verdict}
         job.soak_start = job.soak_until = None
         if verdict["passed"]:
@@ -232,14 +262,19 @@ class RolloutDriver:
         job.status = "rolling_back" if updated else "halted"
 
     def record_install_failure(self, rid: str, dev: str, did: str, reason: str) -> None:
-        self._locked_update(rid, lambda job, now: job.dispatch_ids.get(dev) == did
-                            and job.rollout.dispatch_failed(dev, reason, now))
+        self._locked_update(
+            rid,
+            lambda job, now: (
+                job.dispatch_ids.get(dev) == did and job.rollout.dispatch_failed(dev, reason, now)
+            ),
+        )
 
     def record_rollback_failure(self, rid: str, dev: str, reason: str) -> None:
         def change(job: Any, now: float) -> None:
             if job.rollback.get(dev) == "sent":
                 job.rollback[dev] = "failed"
                 log.warning("rollout %s: rollback of %s failed: %s", rid, dev, reason)
+
         self._locked_update(rid, change)
 
     def _locked_update(self, rid: str, change: Callable[[Any, float], Any]) -> None:

@@ -53,13 +53,17 @@ def sample_figures(health: dict[str, Any]) -> dict[str, Any]:
     fps = [x for x in (_num(q.get("rendered_fps")) for q in qoes) if x is not None]
     rtf = _num(_obj(_obj(media.get("audio")).get("stage")).get("rtf"))
     starts = _num(agent.get("starts_10min"))
-    return {"crashloop": starts is not None and starts >= CRASH_LOOP_STARTS,
-            "freeze_rate": fmean(freeze) if freeze else None, "rendered_fps": fmean(fps) if fps else None,
-            "ns_rtf": rtf}
+    return {
+        "crashloop": starts is not None and starts >= CRASH_LOOP_STARTS,
+        "freeze_rate": fmean(freeze) if freeze else None,
+        "rendered_fps": fmean(fps) if fps else None,
+        "ns_rtf": rtf,
+    }
 
 
-def group_figures(store: Store, conn: sa.Connection, devices: list[str], t0: float, t1: float,
-                  min_samples: int = 1) -> GroupFigures:
+def group_figures(
+    store: Store, conn: sa.Connection, devices: list[str], t0: float, t1: float, min_samples: int = 1
+) -> GroupFigures:
     """Figures of ``devices`` from telemetry and alert events received within [t0, t1]."""
     if not devices:
         return GroupFigures()
@@ -67,17 +71,23 @@ def group_figures(store: Store, conn: sa.Connection, devices: list[str], t0: flo
     per: dict[str, list[dict[str, Any]]] = {}
     alerts: dict[str, int] = {}
     for i in range(0, len(devices), 500):
-        chunk = devices[i:i + 500]
-        for dev, payload in conn.execute(sa.select(t.device_id, t.payload).where(
-                t.device_id.in_(chunk), t.received >= t0, t.received <= t1)):
+        chunk = devices[i : i + 500]
+        for dev, payload in conn.execute(
+            sa.select(t.device_id, t.payload).where(
+                t.device_id.in_(chunk), t.received >= t0, t.received <= t1
+            )
+        ):
             try:
                 health = json.loads(payload).get("health") or {}
             except (ValueError, AttributeError):
                 continue
             if isinstance(health, dict):
                 per.setdefault(dev, []).append(sample_figures(health))
-        for dev, payload in conn.execute(sa.select(e.device_id, e.payload).where(
-                e.device_id.in_(chunk), e.type == "alert", e.received >= t0, e.received <= t1)):
+        for dev, payload in conn.execute(
+            sa.select(e.device_id, e.payload).where(
+                e.device_id.in_(chunk), e.type == "alert", e.received >= t0, e.received <= t1
+            )
+        ):
             try:
                 ev = json.loads(payload)
             except ValueError:
@@ -92,11 +102,14 @@ def group_figures(store: Store, conn: sa.Connection, devices: list[str], t0: flo
         vals = [fmean(v) for v in ([s[key] for s in per[d] if s[key] is not None] for d in counted) if v]
         return fmean(vals) if vals else None
 
-    return GroupFigures(devices=len(counted),
-                        alerts_per_device=sum(alerts.get(d, 0) for d in counted) / len(counted),
-                        crashloop_share=sum(any(s["crashloop"] for s in per[d]) for d in counted) / len(counted),
-                        freeze_rate=mean_of("freeze_rate"), rendered_fps=mean_of("rendered_fps"),
-                        ns_rtf=mean_of("ns_rtf"))
+    return GroupFigures(
+        devices=len(counted),
+        alerts_per_device=sum(alerts.get(d, 0) for d in counted) / len(counted),
+        crashloop_share=sum(any(s["crashloop"] for s in per[d]) for d in counted) / len(counted),
+        freeze_rate=mean_of("freeze_rate"),
+        rendered_fps=mean_of("rendered_fps"),
+        ns_rtf=mean_of("ns_rtf"),
+    )
 
 
 def compare(updated: GroupFigures, baseline: GroupFigures, gate: GatePolicy) -> list[str]:
@@ -122,12 +135,24 @@ def compare(updated: GroupFigures, baseline: GroupFigures, gate: GatePolicy) -> 
     return out
 
 
-def evaluate(store: Store, conn: sa.Connection, updated: list[str], baseline: list[str], t0: float, t1: float,
-             gate: GatePolicy) -> dict[str, Any]:
+def evaluate(
+    store: Store,
+    conn: sa.Connection,
+    updated: list[str],
+    baseline: list[str],
+    t0: float,
+    t1: float,
+    gate: GatePolicy,
+) -> dict[str, Any]:
     """The gate's verdict and figures (stored as the job's ``last_gate``)."""
     u = group_figures(store, conn, updated, t0, t1, gate.min_samples)
     b = group_figures(store, conn, baseline, t0, t1, gate.min_samples)
     regressions = compare(u, b, gate)
-    return {"window": [round(t0, 3), round(t1, 3)], "passed": not regressions, "regressions": regressions,
-            "updated": asdict(u), "baseline": asdict(b),
-            **({"note": "no baseline devices: passed"} if not b.devices or not u.devices else {})}
+    return {
+        "window": [round(t0, 3), round(t1, 3)],
+        "passed": not regressions,
+        "regressions": regressions,
+        "updated": asdict(u),
+        "baseline": asdict(b),
+        **({"note": "no baseline devices: passed"} if not b.devices or not u.devices else {}),
+    }

@@ -53,7 +53,9 @@ class GatePolicy:
 
     def validate(self) -> None:
         if self.soak_s < 0 or self.min_fps_ratio < 0 or self.max_ns_rtf_ratio <= 0 or self.min_samples < 1:
-            raise ValueError("need soak_s >= 0, min_fps_ratio >= 0, max_ns_rtf_ratio > 0 and min_samples >= 1")
+            raise ValueError(
+                "need soak_s >= 0, min_fps_ratio >= 0, max_ns_rtf_ratio > 0 and min_samples >= 1"
+            )
 
 
 @dataclass
@@ -79,11 +81,20 @@ class Job:
 
     def summary(self) -> dict[str, Any]:
         c = self.rollout.counts()
-        return {"id": self.id, "version": self.rollout.version, "status": self.status,
-                "reason": self.rollout.reason, "devices": len(self.rollout.devices), "waves": self.rollout.waves,
-                "counts": {k: v for k, v in c.items() if v}, "owner": self.owner,
-                "rolled_back": sum(1 for v in self.rollback.values() if v == "done"),
-                "created": self.created, "updated": self.updated, "last_gate": self.last_gate}
+        return {
+            "id": self.id,
+            "version": self.rollout.version,
+            "status": self.status,
+            "reason": self.rollout.reason,
+            "devices": len(self.rollout.devices),
+            "waves": self.rollout.waves,
+            "counts": {k: v for k, v in c.items() if v},
+            "owner": self.owner,
+            "rolled_back": sum(1 for v in self.rollback.values() if v == "done"),
+            "created": self.created,
+            "updated": self.updated,
+            "last_gate": self.last_gate,
+        }
 
 
 def _table(md: sa.MetaData, name: str, *cols: Any) -> sa.Table:
@@ -98,7 +109,8 @@ class Jobs:
         self.engine = store.engine
         md, p = store.metadata, store.prefix
         self.rollouts = _table(
-            md, f"{p}rollouts",
+            md,
+            f"{p}rollouts",
             sa.Column("id", sa.String(32), primary_key=True),
             sa.Column("version", sa.String(64), nullable=False),
             sa.Column("params", sa.Text, nullable=False),
@@ -117,7 +129,8 @@ class Jobs:
             sa.Column("lease_expires", sa.Float, nullable=False, server_default="0"),
         )
         self.devices = _table(
-            md, f"{p}rollout_devices",
+            md,
+            f"{p}rollout_devices",
             sa.Column("rollout_id", sa.String(32), primary_key=True),
             sa.Column("device_id", sa.String(128), primary_key=True),
             sa.Column("pos", sa.Integer, nullable=False),
@@ -136,8 +149,15 @@ class Jobs:
         md.create_all(self.engine, tables=[self.rollouts, self.devices])
 
     # ---- operator side -------------------------------------------------------------------
-    def create(self, version: str, devices: list[str], params: dict[str, Any], policy: Policy,
-               gate: GatePolicy, now: float | None = None) -> str:
+    def create(
+        self,
+        version: str,
+        devices: list[str],
+        params: dict[str, Any],
+        policy: Policy,
+        gate: GatePolicy,
+        now: float | None = None,
+    ) -> str:
         """A new running job; returns its id. Raises ValueError for a bad policy or device list."""
         gate.validate()
         rollout = Rollout(version, devices, policy)  # validates the policy and the device list
@@ -146,13 +166,42 @@ class Jobs:
         now = time.time() if now is None else now
         rid = uuid.uuid4().hex[:12]
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(self.rollouts).values(
-                id=rid, version=version, params=json.dumps(params), policy=json.dumps(asdict(rollout.policy)),
-                gate=json.dumps(asdict(gate)), status="running", reason="", waves=0, gated_waves=0,
-                last_gate="{}", created=now, updated=now, owner="", lease_expires=0.0))
-            conn.execute(sa.insert(self.devices), [
-                {"rollout_id": rid, "device_id": d, "pos": i, "state": "pending", "phase": "", "reason": "",
-                 "wave": -1, "dispatch_id": "", "dispatches": 0, "rollback": ""} for i, d in enumerate(devices)])
+            conn.execute(
+                sa.insert(self.rollouts).values(
+                    id=rid,
+                    version=version,
+                    params=json.dumps(params),
+                    policy=json.dumps(asdict(rollout.policy)),
+                    gate=json.dumps(asdict(gate)),
+                    status="running",
+                    reason="",
+                    waves=0,
+                    gated_waves=0,
+                    last_gate="{}",
+                    created=now,
+                    updated=now,
+                    owner="",
+                    lease_expires=0.0,
+                )
+            )
+            conn.execute(
+                sa.insert(self.devices),
+                [
+                    {
+                        "rollout_id": rid,
+                        "device_id": d,
+                        "pos": i,
+                        "state": "pending",
+                        "phase": "",
+                        "reason": "",
+                        "wave": -1,
+                        "dispatch_id": "",
+                        "dispatches": 0,
+                        "rollback": "",
+                    }
+                    for i, d in enumerate(devices)
+                ],
+            )
         return rid
 
     def get(self, rid: str, conn: sa.Connection | None = None) -> Job:
@@ -164,18 +213,46 @@ class Jobs:
             raise JobNotFound(f"no rollout {rid!r}")
         d = self.devices.c
         rows = conn.execute(sa.select(self.devices).where(d.rollout_id == rid).order_by(d.pos)).all()
-        per = {x.device_id: DeviceState(state=x.state, phase=x.phase, percent=x.percent, reason=x.reason,
-                                        wave=x.wave, started=x.started, finished=x.finished) for x in rows}
+        per = {
+            x.device_id: DeviceState(
+                state=x.state,
+                phase=x.phase,
+                percent=x.percent,
+                reason=x.reason,
+                wave=x.wave,
+                started=x.started,
+                finished=x.finished,
+            )
+            for x in rows
+        }
         planner_status = r.status if r.status in ("running", "completed") else "halted"
-        rollout = Rollout(r.version, [x.device_id for x in rows], Policy(**json.loads(r.policy)),
-                          status=planner_status, reason=r.reason, waves=r.waves, per_device=per)
-        return Job(id=r.id, rollout=rollout, params=json.loads(r.params), gate=GatePolicy(**json.loads(r.gate)),
-                   status=r.status, created=r.created, updated=r.updated, owner=r.owner,
-                   lease_expires=r.lease_expires, gated_waves=r.gated_waves, soak_start=r.soak_start,
-                   soak_until=r.soak_until, last_gate=json.loads(r.last_gate),
-                   dispatches={x.device_id: x.dispatches for x in rows},
-                   dispatch_ids={x.device_id: x.dispatch_id for x in rows},
-                   rollback={x.device_id: x.rollback for x in rows if x.rollback})
+        rollout = Rollout(
+            r.version,
+            [x.device_id for x in rows],
+            Policy(**json.loads(r.policy)),
+            status=planner_status,
+            reason=r.reason,
+            waves=r.waves,
+            per_device=per,
+        )
+        return Job(
+            id=r.id,
+            rollout=rollout,
+            params=json.loads(r.params),
+            gate=GatePolicy(**json.loads(r.gate)),
+            status=r.status,
+            created=r.created,
+            updated=r.updated,
+            owner=r.owner,
+            lease_expires=r.lease_expires,
+            gated_waves=r.gated_waves,
+            soak_start=r.soak_start,
+            soak_until=r.soak_until,
+            last_gate=json.loads(r.last_gate),
+            dispatches={x.device_id: x.dispatches for x in rows},
+            dispatch_ids={x.device_id: x.dispatch_id for x in rows},
+            rollback={x.device_id: x.rollback for x in rows if x.rollback},
+        )
 
     def list(self, active_only: bool = False) -> list[dict[str, Any]]:
         """Every job's summary, newest first."""
@@ -189,7 +266,10 @@ class Jobs:
     def driven_ids(self) -> builtins.list[str]:
         r = self.rollouts.c
         with self.engine.connect() as conn:
-            return [row[0] for row in conn.execute(sa.select(r.id).where(r.status.in_(DRIVEN)).order_by(r.created))]
+            return [
+                row[0]
+                for row in conn.execute(sa.select(r.id).where(r.status.in_(DRIVEN)).order_by(r.created))
+            ]
 
     def halt(self, rid: str, reason: str = "halted by the operator") -> None:
         """Stop dispatching: pending devices become skipped; devices in progress finish on their own."""
@@ -199,7 +279,11 @@ class Jobs:
                 raise JobStateError(f"rollout {rid} is {job.status}, not running")
             self._set_status(conn, rid, "halted", reason)
             d = self.devices.c
-            conn.execute(sa.update(self.devices).where(d.rollout_id == rid, d.state == "pending").values(state="skipped"))
+            conn.execute(
+                sa.update(self.devices)
+                .where(d.rollout_id == rid, d.state == "pending")
+                .values(state="skipped")
+            )
 
     def resume(self, rid: str) -> None:
         """Run a halted job again: skipped devices become pending; the health gate starts afresh."""
@@ -208,29 +292,49 @@ class Jobs:
             if job.status != "halted":
                 raise JobStateError(f"rollout {rid} is {job.status}, not halted")
             d = self.devices.c
-            conn.execute(sa.update(self.devices).where(d.rollout_id == rid, d.state == "skipped").values(state="pending"))
-            conn.execute(sa.update(self.rollouts).where(self.rollouts.c.id == rid).values(
-                status="running", reason="", gated_waves=job.rollout.waves, soak_start=None, soak_until=None,
-                updated=time.time()))
+            conn.execute(
+                sa.update(self.devices)
+                .where(d.rollout_id == rid, d.state == "skipped")
+                .values(state="pending")
+            )
+            conn.execute(
+                sa.update(self.rollouts)
+                .where(self.rollouts.c.id == rid)
+                .values(
+                    status="running",
+                    reason="",
+                    gated_waves=job.rollout.waves,
+                    soak_start=None,
+                    soak_until=None,
+                    updated=time.time(),
+                )
+            )
 
     def _set_status(self, conn: sa.Connection, rid: str, status: str, reason: str) -> None:
-        conn.execute(sa.update(self.rollouts).where(self.rollouts.c.id == rid).values(
-            status=status, reason=reason, updated=time.time()))
+        conn.execute(
+            sa.update(self.rollouts)
+            .where(self.rollouts.c.id == rid)
+            .values(status=status, reason=reason, updated=time.time())
+        )
 
     # ---- driver side ---------------------------------------------------------------------
     def take_lease(self, conn: sa.Connection, rid: str, owner: str, now: float, ttl_s: float) -> bool:
         """Take or renew the lease of a driven job, inside ``conn``'s transaction; False if another holds it."""
         r = self.rollouts.c
-        res = conn.execute(sa.update(self.rollouts).where(
-            r.id == rid, r.status.in_(DRIVEN), sa.or_(r.owner == owner, r.lease_expires < now)).values(
-                owner=owner, lease_expires=now + ttl_s))
+        res = conn.execute(
+            sa.update(self.rollouts)
+            .where(r.id == rid, r.status.in_(DRIVEN), sa.or_(r.owner == owner, r.lease_expires < now))
+            .values(owner=owner, lease_expires=now + ttl_s)
+        )
         return res.rowcount == 1
 
     def release(self, rid: str, owner: str) -> None:
         """Give the lease back (a clean shutdown) so another worker takes over at once."""
         r = self.rollouts.c
         with self.engine.begin() as conn:
-            conn.execute(sa.update(self.rollouts).where(r.id == rid, r.owner == owner).values(lease_expires=0.0))
+            conn.execute(
+                sa.update(self.rollouts).where(r.id == rid, r.owner == owner).values(lease_expires=0.0)
+            )
 
     def save(self, conn: sa.Connection, job: Job, before: Job, now: float) -> None:
         """Write what changed between ``before`` and ``job`` (device rows and the job row)."""
@@ -247,19 +351,37 @@ class Jobs:
                 if job.rollback[dev] == "sent":
                     values["rollback_at"] = now
             if values:
-                conn.execute(sa.update(self.devices).where(d.rollout_id == job.id, d.device_id == dev).values(**values))
+                conn.execute(
+                    sa.update(self.devices).where(d.rollout_id == job.id, d.device_id == dev).values(**values)
+                )
         r = job.rollout
-        conn.execute(sa.update(self.rollouts).where(self.rollouts.c.id == job.id).values(
-            status=job.status, reason=r.reason, waves=r.waves, gated_waves=job.gated_waves,
-            soak_start=job.soak_start, soak_until=job.soak_until, last_gate=json.dumps(job.last_gate),
-            updated=now))
+        conn.execute(
+            sa.update(self.rollouts)
+            .where(self.rollouts.c.id == job.id)
+            .values(
+                status=job.status,
+                reason=r.reason,
+                waves=r.waves,
+                gated_waves=job.gated_waves,
+                soak_start=job.soak_start,
+                soak_until=job.soak_until,
+                last_gate=json.dumps(job.last_gate),
+                updated=now,
+            )
+        )
 
     def rollback_started(self, conn: sa.Connection, rid: str) -> dict[str, float]:
         d = self.devices.c
-        return {x[0]: x[1] or 0.0 for x in conn.execute(sa.select(d.device_id, d.rollback_at).where(
-            d.rollout_id == rid, d.rollback == "sent"))}
+        return {
+            x[0]: x[1] or 0.0
+            for x in conn.execute(
+                sa.select(d.device_id, d.rollback_at).where(d.rollout_id == rid, d.rollback == "sent")
+            )
+        }
 
-    def ota_events(self, conn: sa.Connection, devices: dict[str, float]) -> builtins.list[tuple[str, dict[str, Any]]]:
+    def ota_events(
+        self, conn: sa.Connection, devices: dict[str, float]
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
         """OTA events the service ingested for ``devices`` (id -> since when, server time), in order."""
         if not devices:
             return []
@@ -267,10 +389,13 @@ class Jobs:
         out: builtins.list[tuple[str, dict[str, Any]]] = []
         ids = builtins.list(devices)
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             since = min(devices[x] for x in chunk)
-            for dev, payload, received in conn.execute(sa.select(e.device_id, e.payload, e.received).where(
-                    e.type == "ota", e.device_id.in_(chunk), e.received >= since).order_by(e.id)):
+            for dev, payload, received in conn.execute(
+                sa.select(e.device_id, e.payload, e.received)
+                .where(e.type == "ota", e.device_id.in_(chunk), e.received >= since)
+                .order_by(e.id)
+            ):
                 if received >= devices[dev]:
                     try:
                         out.append((dev, json.loads(payload)))

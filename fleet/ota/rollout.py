@@ -84,7 +84,7 @@ class Rollout:
         if self.policy.canary and wave == 0:
             return self.policy.canary
         k = wave - (1 if self.policy.canary else 0)
-        return max(1, math.floor(self.policy.batch_size * self.policy.growth ** k))
+        return max(1, math.floor(self.policy.batch_size * self.policy.growth**k))
 
     # -- transitions -----------------------------------------------------------------------
     def next_wave(self, now: float) -> list[str]:
@@ -103,13 +103,24 @@ class Rollout:
         self.waves += 1
         return wave
 
-    def report(self, device: str, phase: str, now: float, version: str | None = None, reason: str = "",
-               percent: float | None = None) -> None:
+    def report(
+        self,
+        device: str,
+        phase: str,
+        now: float,
+        version: str | None = None,
+        reason: str = "",
+        percent: float | None = None,
+    ) -> None:
         """An OTA event from ``device`` (``download``, ``pip``, ``committed``, ``rolled_back``...)."""
         st = self.per_device.get(device)
         if st is None or st.state != "in_progress":
             return
-        if version is not None and version != self.version and phase in {"committed", "rolled_back", "failed"}:
+        if (
+            version is not None
+            and version != self.version
+            and phase in {"committed", "rolled_back", "failed"}
+        ):
             return  # about another update (e.g. the previous one's late report)
         st.phase = phase
         if percent is not None:
@@ -129,8 +140,13 @@ class Rollout:
         for d in self.in_progress():
             st = self.per_device[d]
             if st.started is not None and now - st.started > self.policy.in_progress_timeout_s:
-                self._done(d, "timed_out", now, f"no result within {self.policy.in_progress_timeout_s:g} s "
-                           f"(last phase {st.phase or 'none'})")
+                self._done(
+                    d,
+                    "timed_out",
+                    now,
+                    f"no result within {self.policy.in_progress_timeout_s:g} s "
+                    f"(last phase {st.phase or 'none'})",
+                )
 
     def halt(self, reason: str) -> None:
         self._finish("halted", reason)
@@ -151,8 +167,10 @@ class Rollout:
         if bad_canary:
             self.halt(f"canary {bad_canary[0]} failed: {self.per_device[bad_canary[0]].reason}")
         elif executed >= self.policy.min_executed and failed / executed > self.policy.max_failure_rate:
-            self.halt(f"failure rate {failed}/{executed} = {failed / executed:.0%} is above "
-                      f"{self.policy.max_failure_rate:.0%}")
+            self.halt(
+                f"failure rate {failed}/{executed} = {failed / executed:.0%} is above "
+                f"{self.policy.max_failure_rate:.0%}"
+            )
         elif not any(st.state in {"pending", "in_progress"} for st in self.per_device.values()):
             self._finish("completed", f"{c['succeeded']} succeeded, {failed} failed")
 
@@ -167,13 +185,25 @@ class Rollout:
 
     # -- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "devices": self.devices, "policy": asdict(self.policy),
-                "status": self.status, "reason": self.reason, "waves": self.waves,
-                "per_device": {d: asdict(s) for d, s in self.per_device.items()}}
+        return {
+            "version": self.version,
+            "devices": self.devices,
+            "policy": asdict(self.policy),
+            "status": self.status,
+            "reason": self.reason,
+            "waves": self.waves,
+            "per_device": {d: asdict(s) for d, s in self.per_device.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Rollout":
-        r = cls(version=data["version"], devices=list(data["devices"]), policy=Policy(**data["policy"]),
-                status=data["status"], reason=data.get("reason", ""), waves=data.get("waves", 0),
-                per_device={d: DeviceState(**s) for d, s in data["per_device"].items()})
+    def from_dict(cls, data: dict[str, Any]) -> Rollout:
+        r = cls(
+            version=data["version"],
+            devices=list(data["devices"]),
+            policy=Policy(**data["policy"]),
+            status=data["status"],
+            reason=data.get("reason", ""),
+            waves=data.get("waves", 0),
+            per_device={d: DeviceState(**s) for d, s in data["per_device"].items()},
+        )
         return r

@@ -27,8 +27,11 @@ def register(osub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", required=True, help="where devices download the bundle (e.g. fleetctl ota serve)")
     p.add_argument("--group", help="devices of this group in the fleet store")
     p.add_argument("--devices", help="comma-separated device ids (instead of --group)")
-    p.add_argument("--db", default=None, help="fleet store: SQLite path or postgresql:// URL (env FLEET_DB; "
-                                              "default fleet.db)")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="fleet store: SQLite path or postgresql:// URL (env FLEET_DB; default fleet.db)",
+    )
     p.add_argument("--prefix", default="", help="table name prefix of the fleet store")
     p.add_argument("--mqtt", default=None, help="broker URL, with --state only (env FLEET_MQTT_URL)")
     p.add_argument("--ca", default="")
@@ -40,14 +43,26 @@ def register(osub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-failure-rate", type=float, default=0.1)
     p.add_argument("--min-executed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0, help="per-device in-progress timeout (s)")
-    p.add_argument("--state", type=Path, default=None,
-                   help="run the rollout in this process, saving its state here (no job in the store)")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="run the rollout in this process, saving its state here (no job in the store)",
+    )
     p.add_argument("--soak", type=float, default=300.0, help="health gate: soak window after each wave (s)")
-    p.add_argument("--max-alert-increase", type=float, default=0.5, help="P1/P2 alerts per device, updated - rest")
-    p.add_argument("--max-crashloop-increase", type=float, default=0.1, help="share in a crash loop, updated - rest")
-    p.add_argument("--max-freeze-rate-increase", type=float, default=2.0, help="viewer freeze_rate %%, updated - rest")
+    p.add_argument(
+        "--max-alert-increase", type=float, default=0.5, help="P1/P2 alerts per device, updated - rest"
+    )
+    p.add_argument(
+        "--max-crashloop-increase", type=float, default=0.1, help="share in a crash loop, updated - rest"
+    )
+    p.add_argument(
+        "--max-freeze-rate-increase", type=float, default=2.0, help="viewer freeze_rate %%, updated - rest"
+    )
     p.add_argument("--min-fps-ratio", type=float, default=0.8, help="viewer rendered_fps, updated / rest")
-    p.add_argument("--max-ns-rtf-ratio", type=float, default=1.5, help="noise suppression rtf, updated / rest")
+    p.add_argument(
+        "--max-ns-rtf-ratio", type=float, default=1.5, help="noise suppression rtf, updated / rest"
+    )
     p.add_argument("--follow", action="store_true", help="show the job's progress until it ends")
     p.set_defaults(func=cmd_rollout)
 
@@ -63,8 +78,10 @@ def register(osub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rollout_status)
 
-    for name, what in (("rollout-halt", "halt a running rollout job (pending devices are skipped)"),
-                       ("rollout-resume", "resume a halted rollout job (skipped devices are pending again)")):
+    for name, what in (
+        ("rollout-halt", "halt a running rollout job (pending devices are skipped)"),
+        ("rollout-resume", "resume a halted rollout job (skipped devices are pending again)"),
+    ):
         p = osub.add_parser(name, help=what)
         _store_args(p)
         p.add_argument("id")
@@ -86,7 +103,9 @@ def bundle_facts(path: Path) -> tuple[str, str, int]:
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, help="SQLite path or postgresql:// URL (env FLEET_DB; default fleet.db)")
+    p.add_argument(
+        "--db", default=None, help="SQLite path or postgresql:// URL (env FLEET_DB; default fleet.db)"
+    )
     p.add_argument("--prefix", default="", help="table name prefix")
 
 
@@ -126,10 +145,18 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         if not devices:
             print("error: no devices to update", file=sys.stderr)
             return 1
-        rollout = Rollout(version, devices, Policy(canary=args.canary, batch_size=args.batch_size,
-                                                   growth=args.growth, max_failure_rate=args.max_failure_rate,
-                                                   min_executed=args.min_executed,
-                                                   in_progress_timeout_s=args.timeout))
+        rollout = Rollout(
+            version,
+            devices,
+            Policy(
+                canary=args.canary,
+                batch_size=args.batch_size,
+                growth=args.growth,
+                max_failure_rate=args.max_failure_rate,
+                min_executed=args.min_executed,
+                in_progress_timeout_s=args.timeout,
+            ),
+        )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -139,11 +166,16 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     async def main() -> Rollout:
         async with FleetClient(mqtt_url, ca_file=args.ca, cert_file=args.cert, key_file=args.key) as client:
-            return await run_rollout(client, rollout, {"url": args.url, "sha256": sha, "size": size},
-                                     args.state, on_change=show)
+            return await run_rollout(
+                client, rollout, {"url": args.url, "sha256": sha, "size": size}, args.state, on_change=show
+            )
 
     result = asyncio.run(main())
-    return 0 if result.status == "completed" and not (result.counts()["failed"] + result.counts()["timed_out"]) else 1
+    return (
+        0
+        if result.status == "completed" and not (result.counts()["failed"] + result.counts()["timed_out"])
+        else 1
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -179,18 +211,32 @@ def create_job(args: argparse.Namespace) -> int:
     try:
         devices = select_devices(args.devices, args.group, db_url(args.db), args.prefix)
         if not devices:
-            print(f"error: no devices to update (group {args.group!r} is empty in {store.url})", file=sys.stderr)
+            print(
+                f"error: no devices to update (group {args.group!r} is empty in {store.url})", file=sys.stderr
+            )
             return 1
-        policy = Policy(canary=args.canary, batch_size=args.batch_size, growth=args.growth,
-                        max_failure_rate=args.max_failure_rate, min_executed=args.min_executed,
-                        in_progress_timeout_s=args.timeout)
-        gate = GatePolicy(soak_s=args.soak, max_alert_increase=args.max_alert_increase,
-                          max_crashloop_increase=args.max_crashloop_increase,
-                          max_freeze_rate_increase=args.max_freeze_rate_increase, min_fps_ratio=args.min_fps_ratio,
-                          max_ns_rtf_ratio=args.max_ns_rtf_ratio)
+        policy = Policy(
+            canary=args.canary,
+            batch_size=args.batch_size,
+            growth=args.growth,
+            max_failure_rate=args.max_failure_rate,
+            min_executed=args.min_executed,
+            in_progress_timeout_s=args.timeout,
+        )
+        gate = GatePolicy(
+            soak_s=args.soak,
+            max_alert_increase=args.max_alert_increase,
+            max_crashloop_increase=args.max_crashloop_increase,
+            max_freeze_rate_increase=args.max_freeze_rate_increase,
+            min_fps_ratio=args.min_fps_ratio,
+            max_ns_rtf_ratio=args.max_ns_rtf_ratio,
+        )
         rid = jobs.create(version, devices, {"url": args.url, "sha256": sha, "size": size}, policy, gate)
-        print(f"rollout {rid}: {version} to {len(devices)} devices; driven by the fleetctl serve workers "
-              f"(fleetctl ota rollout-status {rid} --follow)", flush=True)
+        print(
+            f"rollout {rid}: {version} to {len(devices)} devices; driven by the fleetctl serve workers "
+            f"(fleetctl ota rollout-status {rid} --follow)",
+            flush=True,
+        )
         return follow(jobs, rid) if args.follow else 0
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -206,8 +252,10 @@ def render_job(s: dict, width: int = 30) -> str:
     frac = done / s["devices"] if s["devices"] else 1.0
     bar = "#" * int(frac * width)
     gate = s.get("last_gate") or {}
-    line = (f"{s['id']} {s['version']:<10} {s['status']:<12} [{bar:<{width}}] {done}/{s['devices']} "
-            + ", ".join(f"{k} {v}" for k, v in c.items()))
+    line = (
+        f"{s['id']} {s['version']:<10} {s['status']:<12} [{bar:<{width}}] {done}/{s['devices']} "
+        + ", ".join(f"{k} {v}" for k, v in c.items())
+    )
     if s.get("rolled_back"):
         line += f", rolled back {s['rolled_back']}"
     if gate:
@@ -261,9 +309,22 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({**job.summary(), "per_device": {
-            d: {**vars(st), "dispatches": job.dispatches.get(d, 0), "rollback": job.rollback.get(d, "")}
-            for d, st in job.rollout.per_device.items()}}, indent=1))
+        print(
+            json.dumps(
+                {
+                    **job.summary(),
+                    "per_device": {
+                        d: {
+                            **vars(st),
+                            "dispatches": job.dispatches.get(d, 0),
+                            "rollback": job.rollback.get(d, ""),
+                        }
+                        for d, st in job.rollout.per_device.items()
+                    },
+                },
+                indent=1,
+            )
+        )
         return 0
     print(render_job(job.summary()))
     for reg in (job.last_gate or {}).get("regressions", []):

@@ -26,10 +26,16 @@ def load(path: Path) -> Rollout:
     return Rollout.from_dict(json.loads(Path(path).read_text()))
 
 
-async def run_rollout(client: Any, rollout: Rollout, params: dict[str, Any], state_path: Path | None = None,
-                      command_timeout_s: float = 30.0, poll_s: float = 0.25,
-                      on_change: Callable[[Rollout], None] | None = None,
-                      clock: Callable[[], float] = time.time) -> Rollout:
+async def run_rollout(
+    client: Any,
+    rollout: Rollout,
+    params: dict[str, Any],
+    state_path: Path | None = None,
+    command_timeout_s: float = 30.0,
+    poll_s: float = 0.25,
+    on_change: Callable[[Rollout], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Rollout:
     """Run waves until the rollout completes or halts; ``client`` is a connected FleetClient."""
     changed = asyncio.Event()
 
@@ -41,8 +47,14 @@ async def run_rollout(client: Any, rollout: Rollout, params: dict[str, Any], sta
         if not isinstance(event, dict) or event.get("type") != "ota":
             return
         device = protocol.device_of(msg.topic)
-        rollout.report(device, str(event.get("phase", "")), clock(), version=event.get("version"),
-                       reason=str(event.get("reason") or event.get("code") or ""), percent=event.get("percent"))
+        rollout.report(
+            device,
+            str(event.get("phase", "")),
+            clock(),
+            version=event.get("version"),
+            reason=str(event.get("reason") or event.get("code") or ""),
+            percent=event.get("percent"),
+        )
         changed.set()
 
     await client.conn.subscribe_wait(protocol.ALL_EVENTS, on_event)
@@ -70,7 +82,7 @@ async def run_rollout(client: Any, rollout: Rollout, params: dict[str, Any], sta
                 on_change(rollout)
         try:
             await asyncio.wait_for(changed.wait(), poll_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     for task in list(tasks):
         task.cancel()
@@ -83,12 +95,16 @@ async def run_rollout(client: Any, rollout: Rollout, params: dict[str, Any], sta
 def render(rollout: Rollout, width: int = 20) -> str:
     """A status table with a progress bar per device (for ``fleetctl ota status`` and rollout)."""
     c = rollout.counts()
-    lines = [f"rollout {rollout.version}: {rollout.status}" + (f" ({rollout.reason})" if rollout.reason else ""),
-             "  " + ", ".join(f"{k} {v}" for k, v in c.items() if v)]
+    lines = [
+        f"rollout {rollout.version}: {rollout.status}" + (f" ({rollout.reason})" if rollout.reason else ""),
+        "  " + ", ".join(f"{k} {v}" for k, v in c.items() if v),
+    ]
     for d in rollout.devices:
         st = rollout.per_device[d]
         pct = 100.0 if st.state == "succeeded" else (st.percent or 0.0)
         bar = "#" * int(pct / 100 * width)
-        lines.append(f"  {d:<24} {st.state:<11} {st.phase:<12} [{bar:<{width}}] {pct:5.1f}%"
-                     + (f"  {st.reason}" if st.reason else ""))
+        lines.append(
+            f"  {d:<24} {st.state:<11} {st.phase:<12} [{bar:<{width}}] {pct:5.1f}%"
+            + (f"  {st.reason}" if st.reason else "")
+        )
     return "\n".join(lines)

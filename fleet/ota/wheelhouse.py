@@ -26,16 +26,33 @@ class WheelhouseIncomplete(ValueError):
         self.missing = missing
 
 
-def check_installs(wheelhouse: Path, platform: str = "", python_version: str = "", timeout_s: float = 300.0) -> int:
+def check_installs(
+    wheelhouse: Path, platform: str = "", python_version: str = "", timeout_s: float = 300.0
+) -> int:
     """Raise WheelhouseIncomplete unless the wheels resolve offline; returns how many wheels were checked."""
     wheels = sorted(Path(wheelhouse).glob("*.whl"))
     if not wheels:
         raise WheelhouseIncomplete(f"{wheelhouse} holds no wheels (*.whl)")
-    argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(wheelhouse),
-            "--ignore-installed", "--disable-pip-version-check", "--no-input", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--no-index",
+        "--find-links",
+        str(wheelhouse),
+        "--ignore-installed",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+    ]
     if platform or python_version:
-        argv += ["--only-binary=:all:"] + (["--platform", platform] if platform else []) + (
-            ["--python-version", python_version] if python_version else [])
+        argv += (
+            ["--only-binary=:all:"]
+            + (["--platform", platform] if platform else [])
+            + (["--python-version", python_version] if python_version else [])
+        )
     argv += [str(w) for w in wheels]
     try:
         res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout_s)
@@ -49,7 +66,10 @@ def check_installs(wheelhouse: Path, platform: str = "", python_version: str = "
     name = (missing.group(1) if missing else wanted.group(1) if wanted else "").strip()
     if name:
         needed_by = f" (needed by {wanted.group(2)})" if wanted and wanted.group(2) else ""
-        raise WheelhouseIncomplete(f"the wheelhouse lacks {name}{needed_by}: devices install with "
-                                   f"pip --no-index and would fail; add it (pip wheel -w {wheelhouse} ...)", name)
+        raise WheelhouseIncomplete(
+            f"the wheelhouse lacks {name}{needed_by}: devices install with "
+            f"pip --no-index and would fail; add it (pip wheel -w {wheelhouse} ...)",
+            name,
+        )
     last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), f"exit {res.returncode}")
     raise WheelhouseIncomplete(f"the wheelhouse does not install offline: {last}")

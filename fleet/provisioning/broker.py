@@ -41,13 +41,22 @@ from provisioning.identity import service_owner
 # topic shapes come from device_agent.protocol, ``%u``/``%c`` are mosquitto's pattern substitutions
 # (username = certificate CN = device id; client id = claim token id).
 _DEVICE_GRANTS = (
-    ("write", Leaf.STATUS), ("write", Leaf.TELEMETRY), ("write", Leaf.EVENTS), ("write", Leaf.RESULT),
-    ("write", f"{Leaf.LOGS}/#"), ("write", f"{Leaf.RTC}/#"), ("read", f"{Leaf.RTC}/#"), ("read", f"{Leaf.CMD}/#"),
-    ("write", Leaf.RENEW_REQUEST), ("read", Leaf.RENEW_RESULT), ("readwrite", f"{Leaf.DIAG_PING}/#"),
+    ("write", Leaf.STATUS),
+    ("write", Leaf.TELEMETRY),
+    ("write", Leaf.EVENTS),
+    ("write", Leaf.RESULT),
+    ("write", f"{Leaf.LOGS}/#"),
+    ("write", f"{Leaf.RTC}/#"),
+    ("read", f"{Leaf.RTC}/#"),
+    ("read", f"{Leaf.CMD}/#"),
+    ("write", Leaf.RENEW_REQUEST),
+    ("read", Leaf.RENEW_RESULT),
+    ("readwrite", f"{Leaf.DIAG_PING}/#"),
 )
 
 DEVICE_ACL = "# every device: exactly its own subtree (username = certificate CN = device id)\n" + "".join(
-    f"pattern {access} {protocol.acl_device_pattern(leaf)}\n" for access, leaf in _DEVICE_GRANTS)
+    f"pattern {access} {protocol.acl_device_pattern(leaf)}\n" for access, leaf in _DEVICE_GRANTS
+)
 
 FLEET_ACL = f"""\
 # service listener: the fleet service (certificate CN {FLEET_SERVICE_CN}, from the service CA):
@@ -102,7 +111,9 @@ def service_ca(state_dir: str | Path) -> FleetCA:
     return FleetCA.init(d, name="device-agent fleet service CA")
 
 
-def ensure_service_identity(ca: FleetCA, store: ProvisioningStore, state_dir: str | Path) -> tuple[Path, Path]:
+def ensure_service_identity(
+    ca: FleetCA, store: ProvisioningStore, state_dir: str | Path
+) -> tuple[Path, Path]:
     """The fleet service's own client certificate (CN ``fleet-service``) from ``ca`` (the service CA).
 
     Issued once, and again when the one on disk is from another CA (before the service listener,
@@ -114,8 +125,13 @@ def ensure_service_identity(ca: FleetCA, store: ProvisioningStore, state_dir: st
         key, cert = ca.issue_client(FLEET_SERVICE_CN)
         write_atomic(key_path, key, mode=0o600)
         write_atomic(crt_path, cert_pem(cert))
-        store.record_cert(cert.serial_number, FLEET_SERVICE_CN, "service", cert.not_valid_before_utc,
-                          cert.not_valid_after_utc)
+        store.record_cert(
+            cert.serial_number,
+            FLEET_SERVICE_CN,
+            "service",
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+        )
     return key_path, crt_path
 
 
@@ -129,8 +145,6 @@ def write_crl(ca: FleetCA, store: ProvisioningStore, state_dir: str | Path) -> l
             write_atomic(t, crl, mode=0o644)
             written.append(t)
     return written
-
-
 
 
 def claim_password(secret_hash: str) -> str:
@@ -152,8 +166,9 @@ def mosquitto_password_hash(password: str, salt: bytes | None = None) -> str:
 def claim_passwd_text(store: ProvisioningStore, now: float | None = None) -> str:
     """The claim listener's password file: one line per open (unused, unexpired) claim."""
     now = time.time() if now is None else now
-    lines = [f"{c.id}:{mosquitto_password_hash(claim_password(h))}"
-             for c, h in store.open_claims_with_hashes(now)]
+    lines = [
+        f"{c.id}:{mosquitto_password_hash(claim_password(h))}" for c, h in store.open_claims_with_hashes(now)
+    ]
     return "".join(line + "\n" for line in lines)
 
 
@@ -176,7 +191,9 @@ def write_claim_passwords(store: ProvisioningStore, state_dir: str | Path) -> li
     written = []
     for d in _broker_dirs(state_dir):
         if d.is_dir():
-            written.append(write_atomic(d / CLAIM_PASSWD, text, mode=0o600, owner=_owner_of(d / "server.key")))
+            written.append(
+                write_atomic(d / CLAIM_PASSWD, text, mode=0o600, owner=_owner_of(d / "server.key"))
+            )
     return written
 
 
@@ -189,17 +206,30 @@ def _owner_of(path: Path) -> tuple[int, int] | None:
     return (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
 
 
-def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[str], port: int = 8883,
-                        claim_port: int = 8884, bind: str = "", log_dest: str = "stderr",
-                        user: str = "", persistence: bool = True, service_port: int = 8885) -> BrokerFiles:
+def write_broker_config(
+    state_dir: str | Path,
+    out_dir: str | Path,
+    hosts: list[str],
+    port: int = 8883,
+    claim_port: int = 8884,
+    bind: str = "",
+    log_dest: str = "stderr",
+    user: str = "",
+    persistence: bool = True,
+    service_port: int = 8885,
+) -> BrokerFiles:
     """Write mosquitto.conf, the ACL files, the broker certificate, CAs, CRL and claim passwords into ``out_dir``."""
     ca = FleetCA.load(state_dir)
     store = ProvisioningStore(state_dir)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     key, cert = ca.issue_server(hosts)
-    store.record_cert(cert.serial_number, hosts[0], "broker", cert.not_valid_before_utc, cert.not_valid_after_utc)
-    write_atomic(out / "server.key", key, mode=0o600, owner=service_owner(user or "mosquitto"))  # the broker reads it after dropping root
+    store.record_cert(
+        cert.serial_number, hosts[0], "broker", cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
+    write_atomic(
+        out / "server.key", key, mode=0o600, owner=service_owner(user or "mosquitto")
+    )  # the broker reads it after dropping root
     write_atomic(out / "server.crt", cert_pem(cert))
     write_atomic(out / "ca.crt", ca.cert_pem)
     svc_ca = service_ca(state_dir)
@@ -212,8 +242,10 @@ def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[
     dirs = json.loads(reg.read_text()) if reg.exists() else []
     if str(out) not in dirs:
         write_atomic(reg, json.dumps(dirs + [str(out)], indent=1))
-    write_atomic(Path(state_dir) / LISTENERS_FILE,
-                 json.dumps({"devices": port, "claim": claim_port, "service": service_port}))
+    write_atomic(
+        Path(state_dir) / LISTENERS_FILE,
+        json.dumps({"devices": port, "claim": claim_port, "service": service_port}),
+    )
     write_crl(ca, store, state_dir)
     write_claim_passwords(store, state_dir)
     b = f" {bind}" if bind else ""
@@ -225,9 +257,12 @@ def write_broker_config(state_dir: str | Path, out_dir: str | Path, hosts: list[
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {out}/data/",
         f"log_dest {log_dest}",
-        "log_type error", "log_type warning", "log_type notice",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
         "connection_messages true",
-        "max_inflight_messages 0", "max_queued_messages 10000",
+        "max_inflight_messages 0",
+        "max_queued_messages 10000",
         "set_tcp_nodelay true",  # small request/answer messages: no Nagle/delayed-ACK stalls (~40 ms each)
     ]
     if user:

@@ -24,11 +24,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from device_agent import protocol
+from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
 from fleet.provisioning.broker import listener_ports, service_identity_paths
 from fleet.provisioning.ca import CAError, FleetCA, cert_pem
 from fleet.provisioning.store import ClaimRefused, ProvisioningStore
-from device_agent import protocol
-from device_agent.fleetlink.mqtt import MqttClient, MqttError, tls_context
 from provisioning.token import ClaimToken, TokenFormatError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ MAX_REQUEST_BYTES = 16 * 1024
 def device_id_for(csr_pem: bytes) -> str:
     """A device id derived from its public key: ``dev-`` + 16 hex digits of SHA-256(SPKI)."""
     csr = x509.load_pem_x509_csr(csr_pem)
-    spki = csr.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = csr.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return "dev-" + hashlib.sha256(spki).hexdigest()[:16]
 
 
@@ -51,9 +52,16 @@ class ClaimResponder:
 
     name = "claim-responder"
 
-    def __init__(self, state_dir: str | Path, broker_host: str, broker_port: int = 8883,
-                 device_port: int | None = None, cert_days: int = 365, max_clock_skew_s: float = 300.0,
-                 client_id: str = "fleet-provisioning") -> None:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        broker_host: str,
+        broker_port: int = 8883,
+        device_port: int | None = None,
+        cert_days: int = 365,
+        max_clock_skew_s: float = 300.0,
+        client_id: str = "fleet-provisioning",
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.host, self.port = broker_host, broker_port
         # devices connect to the device listener, not to the service listener the responder uses
@@ -96,7 +104,7 @@ class ClaimResponder:
             if not self._stop.is_set():
                 try:
                     await asyncio.wait_for(self._stop.wait(), backoff)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 backoff = min(backoff * 2, 30.0)
 
@@ -174,9 +182,12 @@ class ClaimResponder:
         if isinstance(device_time, (int, float)) and abs(device_time - time.time()) > self.max_clock_skew_s:
             skew = device_time - time.time()
             self.store.audit("clock_refused", claim_id, device_id, skew_s=round(skew))
-            raise ClaimRefused("clock_skew", f"the device clock is {abs(skew):.0f} s "
-                                             f"{'ahead' if skew > 0 else 'behind'}: set the time (NTP) and retry; "
-                                             f"the token was not used")
+            raise ClaimRefused(
+                "clock_skew",
+                f"the device clock is {abs(skew):.0f} s "
+                f"{'ahead' if skew > 0 else 'behind'}: set the time (NTP) and retry; "
+                f"the token was not used",
+            )
 
     def _sign(self, csr: Any, device_id: str) -> x509.Certificate:
         if not isinstance(csr, str):
@@ -200,7 +211,9 @@ class ClaimResponder:
             device_id = device_id_for(csr.encode()) if isinstance(csr, str) else ""
         except ValueError:
             device_id = ""
-        claim = await asyncio.to_thread(self.store.check_claim, token.id, token.secret, None, device_id or None)
+        claim = await asyncio.to_thread(
+            self.store.check_claim, token.id, token.secret, None, device_id or None
+        )
         if claim.used_at is not None:  # the same device re-sent its request: the same answer again
             return await self._repeat(claim.group, device_id, csr)
         self._check_clock(req, claim.id, None)
@@ -209,14 +222,29 @@ class ClaimResponder:
         existing = await asyncio.to_thread(self.store.device, device_id)
         if existing and existing["revoked_at"] is not None:
             await asyncio.to_thread(self.store.audit, "claim_refused", claim.id, device_id, code="revoked")
-            raise ClaimRefused("revoked", "this device key was revoked; factory-reset the device to make a new one")
+            raise ClaimRefused(
+                "revoked", "this device key was revoked; factory-reset the device to make a new one"
+            )
         cert = await asyncio.to_thread(self._sign, csr, device_id)
         info = {k: str(req.get(k, ""))[:200] for k in ("name", "location", "hardware")}
-        await asyncio.to_thread(self.store.redeem, claim, device_id, info, cert.serial_number,
-                                cert.not_valid_before_utc, cert.not_valid_after_utc, cert_pem(cert))
+        await asyncio.to_thread(
+            self.store.redeem,
+            claim,
+            device_id,
+            info,
+            cert.serial_number,
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+            cert_pem(cert),
+        )
         log.info("claim %s: device %s joined group %s", claim.id, device_id, claim.group)
-        return {"device_id": device_id, "group": claim.group, "certificate": cert_pem(cert).decode(),
-                "ca": self.ca.cert_pem.decode(), "mqtts_port": self.device_port}
+        return {
+            "device_id": device_id,
+            "group": claim.group,
+            "certificate": cert_pem(cert).decode(),
+            "ca": self.ca.cert_pem.decode(),
+            "mqtts_port": self.device_port,
+        }
 
     async def _repeat(self, group: str, device_id: str, csr: str) -> dict[str, Any]:
         pem = await asyncio.to_thread(self.store.latest_cert_pem, device_id)
@@ -224,11 +252,17 @@ class ClaimResponder:
             raise ClaimRefused("used_token", "this claim token was already used: each token works once")
         cert = x509.load_pem_x509_certificate(pem)
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        if (cert.public_key().public_bytes(serialization.Encoding.DER, spki)
-                != x509.load_pem_x509_csr(csr.encode()).public_key().public_bytes(serialization.Encoding.DER, spki)):
+        if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != x509.load_pem_x509_csr(
+            csr.encode()
+        ).public_key().public_bytes(serialization.Encoding.DER, spki):
             raise ClaimRefused("used_token", "this claim token was already used: each token works once")
-        return {"device_id": device_id, "group": group, "certificate": pem.decode(),
-                "ca": self.ca.cert_pem.decode(), "mqtts_port": self.device_port}
+        return {
+            "device_id": device_id,
+            "group": group,
+            "certificate": pem.decode(),
+            "ca": self.ca.cert_pem.decode(),
+            "mqtts_port": self.device_port,
+        }
 
     async def _renew(self, device_id: str, req: dict[str, Any]) -> dict[str, Any]:
         if await asyncio.to_thread(self.store.is_revoked, device_id):
@@ -236,8 +270,20 @@ class ClaimResponder:
             raise ClaimRefused("revoked", f"device {device_id} is unknown or revoked")
         self._check_clock(req, None, device_id)
         cert = await asyncio.to_thread(self._sign, req.get("csr"), device_id)
-        await asyncio.to_thread(self.store.record_cert, cert.serial_number, device_id, "device",
-                                cert.not_valid_before_utc, cert.not_valid_after_utc, "cert_renewed", cert_pem(cert))
+        await asyncio.to_thread(
+            self.store.record_cert,
+            cert.serial_number,
+            device_id,
+            "device",
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+            "cert_renewed",
+            cert_pem(cert),
+        )
         log.info("renewed certificate of %s until %s", device_id, cert.not_valid_after_utc)
-        return {"device_id": device_id, "certificate": cert_pem(cert).decode(), "ca": self.ca.cert_pem.decode(),
-                "request_id": req.get("request_id")}
+        return {
+            "device_id": device_id,
+            "certificate": cert_pem(cert).decode(),
+            "ca": self.ca.cert_pem.decode(),
+            "request_id": req.get("request_id"),
+        }

@@ -56,9 +56,11 @@ def make_private(path: Path, mode: int) -> None:
     try:
         os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
     except OSError as exc:
-        raise UnsafeStateError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o} (others can read the claims, "
-                               f"registry and audit log) and it cannot be changed ({exc.strerror}): run "
-                               f"`chmod {mode:o} {path}` as its owner") from None
+        raise UnsafeStateError(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):04o} (others can read the claims, "
+            f"registry and audit log) and it cannot be changed ({exc.strerror}): run "
+            f"`chmod {mode:o} {path}` as its owner"
+        ) from None
 
 
 class ClaimRefused(Exception):
@@ -109,79 +111,123 @@ class ProvisioningStore:
         tokens = [ClaimToken.new(ca_der) for _ in range(count)]
         with self._db() as db:
             for t in tokens:
-                db.execute("INSERT INTO claims (id, secret_hash, group_name, created_at, expires_at) "
-                           "VALUES (?, ?, ?, ?, ?)", (t.id, hash_secret(t.secret), group, now, now + ttl_s))
+                db.execute(
+                    "INSERT INTO claims (id, secret_hash, group_name, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (t.id, hash_secret(t.secret), group, now, now + ttl_s),
+                )
                 self._audit(db, "claim_created", t.id, None, {"group": group, "expires_at": now + ttl_s})
         return tokens
 
     def claims(self) -> list[Claim]:
         with self._db() as db:
-            rows = db.execute("SELECT id, group_name, created_at, expires_at, used_at, device_id "
-                              "FROM claims ORDER BY created_at").fetchall()
+            rows = db.execute(
+                "SELECT id, group_name, created_at, expires_at, used_at, device_id "
+                "FROM claims ORDER BY created_at"
+            ).fetchall()
         return [Claim(*r) for r in rows]
 
     def open_claims_with_hashes(self, now: float | None = None) -> list[tuple[Claim, str]]:
         """Unused, unexpired claims with their stored secret hash (for the claim listener's logins)."""
         now = time.time() if now is None else now
         with self._db() as db:
-            rows = db.execute("SELECT id, group_name, created_at, expires_at, used_at, device_id, secret_hash "
-                              "FROM claims WHERE used_at IS NULL AND expires_at > ? ORDER BY created_at",
-                              (now,)).fetchall()
+            rows = db.execute(
+                "SELECT id, group_name, created_at, expires_at, used_at, device_id, secret_hash "
+                "FROM claims WHERE used_at IS NULL AND expires_at > ? ORDER BY created_at",
+                (now,),
+            ).fetchall()
         return [(Claim(*r[:6]), r[6]) for r in rows]
 
-    def check_claim(self, token_id: str, secret: str, now: float | None = None,
-                    device_id: str | None = None) -> Claim:
+    def check_claim(
+        self, token_id: str, secret: str, now: float | None = None, device_id: str | None = None
+    ) -> Claim:
         """Validate a token without using it; refusals are audited. A token already used by
         ``device_id`` itself (the device re-sent its request) is returned with ``used_at`` set."""
         now = time.time() if now is None else now
         with self._db() as db:
-            row = db.execute("SELECT id, group_name, created_at, expires_at, used_at, device_id, secret_hash "
-                             "FROM claims WHERE id = ?", (token_id,)).fetchone()
+            row = db.execute(
+                "SELECT id, group_name, created_at, expires_at, used_at, device_id, secret_hash "
+                "FROM claims WHERE id = ?",
+                (token_id,),
+            ).fetchone()
             if row is None or not secret_matches(secret, row[6]):
                 self._audit(db, "claim_refused", token_id, None, {"code": "bad_token"})
-                raise ClaimRefused("bad_token", "unknown claim token: check it was typed correctly, "
-                                                "or ask for a new one")
+                raise ClaimRefused(
+                    "bad_token", "unknown claim token: check it was typed correctly, or ask for a new one"
+                )
             claim = Claim(*row[:6])
             if claim.used_at is not None and device_id and claim.device_id == device_id:
                 self._audit(db, "claim_repeated", token_id, device_id, {})
                 return claim
             if claim.used_at is not None:
-                self._audit(db, "claim_refused", token_id, None, {"code": "used_token",
-                                                                  "device_id": claim.device_id})
-                raise ClaimRefused("used_token", "this claim token was already used "
-                                                 f"({_iso(claim.used_at)}): each token works once; ask for a new one")
+                self._audit(
+                    db, "claim_refused", token_id, None, {"code": "used_token", "device_id": claim.device_id}
+                )
+                raise ClaimRefused(
+                    "used_token",
+                    "this claim token was already used "
+                    f"({_iso(claim.used_at)}): each token works once; ask for a new one",
+                )
             if now >= claim.expires_at:
                 self._audit(db, "claim_refused", token_id, None, {"code": "expired_token"})
-                raise ClaimRefused("expired_token", f"this claim token expired at {_iso(claim.expires_at)}: "
-                                                    "ask for a new one")
+                raise ClaimRefused(
+                    "expired_token",
+                    f"this claim token expired at {_iso(claim.expires_at)}: ask for a new one",
+                )
         return claim
 
-    def redeem(self, claim: Claim, device_id: str, info: dict[str, str], serial: int,
-               not_before: dt.datetime, not_after: dt.datetime, pem: bytes = b"") -> None:
+    def redeem(
+        self,
+        claim: Claim,
+        device_id: str,
+        info: dict[str, str],
+        serial: int,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        pem: bytes = b"",
+    ) -> None:
         """Mark the claim used and register the device and its certificate, atomically."""
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute("UPDATE claims SET used_at = ?, device_id = ? WHERE id = ? AND used_at IS NULL",
-                             (now, device_id, claim.id))
+            cur = db.execute(
+                "UPDATE claims SET used_at = ?, device_id = ? WHERE id = ? AND used_at IS NULL",
+                (now, device_id, claim.id),
+            )
             if cur.rowcount != 1:
                 db.execute("ROLLBACK")
                 with self._db() as db2:
-                    self._audit(db2, "claim_refused", claim.id, device_id, {"code": "used_token", "race": True})
+                    self._audit(
+                        db2, "claim_refused", claim.id, device_id, {"code": "used_token", "race": True}
+                    )
                 raise ClaimRefused("used_token", "this claim token was already used: each token works once")
-            db.execute("INSERT OR REPLACE INTO devices (id, group_name, name, location, hardware, claim_id, "
-                       "claimed_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                       (device_id, claim.group, info.get("name", ""), info.get("location", ""),
-                        info.get("hardware", ""), claim.id, now))
+            db.execute(
+                "INSERT OR REPLACE INTO devices (id, group_name, name, location, hardware, claim_id, "
+                "claimed_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    device_id,
+                    claim.group,
+                    info.get("name", ""),
+                    info.get("location", ""),
+                    info.get("hardware", ""),
+                    claim.id,
+                    now,
+                ),
+            )
             self._insert_cert(db, serial, device_id, "device", not_before, not_after, pem)
-            self._audit(db, "device_claimed", claim.id, device_id, {"group": claim.group, "serial": f"{serial:x}"})
+            self._audit(
+                db, "device_claimed", claim.id, device_id, {"group": claim.group, "serial": f"{serial:x}"}
+            )
             db.execute("COMMIT")
 
     # -- devices and certificates ----------------------------------------------------------
     def device(self, device_id: str) -> dict[str, Any] | None:
         with self._db() as db:
-            row = db.execute("SELECT id, group_name, name, location, hardware, claim_id, claimed_at, revoked_at "
-                             "FROM devices WHERE id = ?", (device_id,)).fetchone()
+            row = db.execute(
+                "SELECT id, group_name, name, location, hardware, claim_id, claimed_at, revoked_at "
+                "FROM devices WHERE id = ?",
+                (device_id,),
+            ).fetchone()
         if row is None:
             return None
         keys = ("id", "group", "name", "location", "hardware", "claim_id", "claimed_at", "revoked_at")
@@ -192,23 +238,37 @@ class ProvisioningStore:
             ids = [r[0] for r in db.execute("SELECT id FROM devices ORDER BY claimed_at")]
         return [d for d in (self.device(i) for i in ids) if d]
 
-    def record_cert(self, serial: int, cn: str, kind: str, not_before: dt.datetime, not_after: dt.datetime,
-                    event: str = "cert_issued", pem: bytes = b"") -> None:
+    def record_cert(
+        self,
+        serial: int,
+        cn: str,
+        kind: str,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        event: str = "cert_issued",
+        pem: bytes = b"",
+    ) -> None:
         with self._db() as db:
             self._insert_cert(db, serial, cn, kind, not_before, not_after, pem)
             self._audit(db, event, None, cn, {"kind": kind, "serial": f"{serial:x}"})
 
-    def _insert_cert(self, db: Any, serial: int, cn: str, kind: str, nb: dt.datetime, na: dt.datetime,
-                     pem: bytes = b"") -> None:
-        db.execute("INSERT INTO certs (serial, cn, kind, not_before, not_after, issued_at, pem) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (f"{serial:x}", cn, kind, nb.timestamp(), na.timestamp(), time.time(), pem.decode() or None))
+    def _insert_cert(
+        self, db: Any, serial: int, cn: str, kind: str, nb: dt.datetime, na: dt.datetime, pem: bytes = b""
+    ) -> None:
+        db.execute(
+            "INSERT INTO certs (serial, cn, kind, not_before, not_after, issued_at, pem) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (f"{serial:x}", cn, kind, nb.timestamp(), na.timestamp(), time.time(), pem.decode() or None),
+        )
 
     def latest_cert_pem(self, cn: str) -> bytes | None:
         """The newest unrevoked certificate issued to ``cn`` (PEM), if recorded."""
         with self._db() as db:
-            row = db.execute("SELECT pem FROM certs WHERE cn = ? AND revoked_at IS NULL AND pem IS NOT NULL "
-                             "ORDER BY issued_at DESC LIMIT 1", (cn,)).fetchone()
+            row = db.execute(
+                "SELECT pem FROM certs WHERE cn = ? AND revoked_at IS NULL AND pem IS NOT NULL "
+                "ORDER BY issued_at DESC LIMIT 1",
+                (cn,),
+            ).fetchone()
         return row[0].encode() if row else None
 
     def revoke_device(self, device_id: str, reason: str = "") -> int:
@@ -220,8 +280,10 @@ class ProvisioningStore:
                 db.execute("ROLLBACK")
                 raise ClaimRefused("unknown_device", f"no device {device_id!r} in the registry")
             db.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", (now, device_id))
-            n = db.execute("UPDATE certs SET revoked_at = ?, reason = ? WHERE cn = ? AND revoked_at IS NULL",
-                           (now, reason, device_id)).rowcount
+            n = db.execute(
+                "UPDATE certs SET revoked_at = ?, reason = ? WHERE cn = ? AND revoked_at IS NULL",
+                (now, reason, device_id),
+            ).rowcount
             self._audit(db, "device_revoked", None, device_id, {"certs": n, "reason": reason})
             db.execute("COMMIT")
         return n
@@ -233,26 +295,35 @@ class ProvisioningStore:
     def revoked(self) -> list[tuple[int, dt.datetime]]:
         with self._db() as db:
             rows = db.execute("SELECT serial, revoked_at FROM certs WHERE revoked_at IS NOT NULL").fetchall()
-        return [(int(s, 16), dt.datetime.fromtimestamp(t, dt.timezone.utc)) for s, t in rows]
+        return [(int(s, 16), dt.datetime.fromtimestamp(t, dt.UTC)) for s, t in rows]
 
     # -- audit -----------------------------------------------------------------------------
-    def audit(self, event: str, claim_id: str | None = None, device_id: str | None = None,
-              **detail: Any) -> None:
+    def audit(
+        self, event: str, claim_id: str | None = None, device_id: str | None = None, **detail: Any
+    ) -> None:
         with self._db() as db:
             self._audit(db, event, claim_id, device_id, detail)
 
     @staticmethod
-    def _audit(db: Any, event: str, claim_id: str | None, device_id: str | None, detail: dict[str, Any]) -> None:
-        db.execute("INSERT INTO audit (ts, event, claim_id, device_id, detail) VALUES (?, ?, ?, ?, ?)",
-                   (time.time(), event, claim_id, device_id, json.dumps(detail, sort_keys=True)))
+    def _audit(
+        db: Any, event: str, claim_id: str | None, device_id: str | None, detail: dict[str, Any]
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit (ts, event, claim_id, device_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), event, claim_id, device_id, json.dumps(detail, sort_keys=True)),
+        )
 
     def audit_log(self, claim_id: str | None = None) -> list[dict[str, Any]]:
         with self._db() as db:
             q = "SELECT ts, event, claim_id, device_id, detail FROM audit"
-            rows = db.execute(q + (" WHERE claim_id = ?" if claim_id else "") + " ORDER BY id",
-                              (claim_id,) if claim_id else ()).fetchall()
-        return [{"ts": r[0], "event": r[1], "claim_id": r[2], "device_id": r[3], "detail": json.loads(r[4])}
-                for r in rows]
+            rows = db.execute(
+                q + (" WHERE claim_id = ?" if claim_id else "") + " ORDER BY id",
+                (claim_id,) if claim_id else (),
+            ).fetchall()
+        return [
+            {"ts": r[0], "event": r[1], "claim_id": r[2], "device_id": r[3], "detail": json.loads(r[4])}
+            for r in rows
+        ]
 
 
 class _Tx:
@@ -271,5 +342,4 @@ class _Tx:
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -57,19 +57,30 @@ class _AlsaDevice:
 
     kind = "device"
 
-    def __init__(self, device: str, rate: int, channels: int, period_frames: int, *,
-                 periods: int, on_state: StateCallback | None, reopen_min_s: float,
-                 reopen_max_s: float, stall_timeout_s: float,
-                 pcm_factory: PcmFactory | None,
-                 device_period_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        rate: int,
+        channels: int,
+        period_frames: int,
+        *,
+        periods: int,
+        on_state: StateCallback | None,
+        reopen_min_s: float,
+        reopen_max_s: float,
+        stall_timeout_s: float,
+        pcm_factory: PcmFactory | None,
+        device_period_frames: int | None = None,
+    ) -> None:
         if rate <= 0 or channels <= 0 or period_frames <= 0:
             raise ValueError("rate, channels and period_frames must be positive")
         self.device = device
         self.rate = rate
         self.channels = channels
         self.period_frames = period_frames
-        self.availability = Availability(f"ALSA {self.kind} {device!r}", on_state,
-                                         backoff=Backoff(reopen_min_s, reopen_max_s))
+        self.availability = Availability(
+            f"ALSA {self.kind} {device!r}", on_state, backoff=Backoff(reopen_min_s, reopen_max_s)
+        )
         self._periods_in_buffer = periods
         self._ask_period = device_period_frames or period_frames
         self._stall_timeout = stall_timeout_s
@@ -110,8 +121,7 @@ class _AlsaDevice:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.availability.state = "starting"
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"alsa-{self.kind}-{self.device}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"alsa-{self.kind}-{self.device}")
         self._thread.start()
         # report the first open's outcome from start(): a missing device is visible right away
         await asyncio.to_thread(self._first_attempt.wait, 5.0)
@@ -149,17 +159,24 @@ class _AlsaDevice:
     def _open_pcm(self) -> Any:
         factory = self._pcm_factory or alsaaudio.PCM
         pcm_type = alsaaudio.PCM_CAPTURE if self.kind == "capture" else alsaaudio.PCM_PLAYBACK
-        pcm = factory(type=pcm_type, mode=alsaaudio.PCM_NONBLOCK, rate=self.rate,
-                      channels=self.channels, format=alsaaudio.PCM_FORMAT_S16_LE,
-                      periodsize=self._ask_period, periods=self._periods_in_buffer,
-                      device=self.device)
+        pcm = factory(
+            type=pcm_type,
+            mode=alsaaudio.PCM_NONBLOCK,
+            rate=self.rate,
+            channels=self.channels,
+            format=alsaaudio.PCM_FORMAT_S16_LE,
+            periodsize=self._ask_period,
+            periods=self._periods_in_buffer,
+            device=self.device,
+        )
         try:
             info = pcm.info()
             if int(info["rate"]) != self.rate or int(info["channels"]) != self.channels:
                 raise _DeviceLost(
                     f"ALSA {self.kind} device {self.device!r} runs at {info['rate']} Hz with "
                     f"{info['channels']} channel(s), not {self.rate} Hz with {self.channels} "
-                    "(use a plug: device)")
+                    "(use a plug: device)"
+                )
             self._device_period = int(info.get("period_size", self.period_frames))
         except BaseException:
             _close_quietly(pcm)
@@ -174,8 +191,9 @@ class _AlsaDevice:
             try:
                 pcm = self._open_pcm()
             except (_DeviceLost, Exception) as exc:  # ALSAAudioError, format mismatch
-                self._mark_unavailable(f"cannot open ALSA {self.kind} device "
-                                       f"{self.device!r}: {_describe(exc)}")
+                self._mark_unavailable(
+                    f"cannot open ALSA {self.kind} device {self.device!r}: {_describe(exc)}"
+                )
                 self._first_attempt.set()
                 if self._stop_evt.wait(backoff.next_delay()):
                     break
@@ -255,16 +273,35 @@ class AlsaCapture(_AlsaDevice, AudioSource):
 
     kind = "capture"
 
-    def __init__(self, device: str = "default", rate: int = 16000, channels: int = 1,
-                 period_frames: int = 160, *, periods: int = 8, queue_periods: int = 50,
-                 on_state: StateCallback | None = None, reopen_min_s: float = 0.5,
-                 reopen_max_s: float = 30.0, stall_timeout_s: float = 2.0,
-                 pcm_factory: PcmFactory | None = None,
-                 device_period_frames: int | None = None) -> None:
-        super().__init__(device, rate, channels, period_frames, periods=periods,
-                         on_state=on_state, reopen_min_s=reopen_min_s,
-                         reopen_max_s=reopen_max_s, stall_timeout_s=stall_timeout_s,
-                         pcm_factory=pcm_factory, device_period_frames=device_period_frames)
+    def __init__(
+        self,
+        device: str = "default",
+        rate: int = 16000,
+        channels: int = 1,
+        period_frames: int = 160,
+        *,
+        periods: int = 8,
+        queue_periods: int = 50,
+        on_state: StateCallback | None = None,
+        reopen_min_s: float = 0.5,
+        reopen_max_s: float = 30.0,
+        stall_timeout_s: float = 2.0,
+        pcm_factory: PcmFactory | None = None,
+        device_period_frames: int | None = None,
+    ) -> None:
+        super().__init__(
+            device,
+            rate,
+            channels,
+            period_frames,
+            periods=periods,
+            on_state=on_state,
+            reopen_min_s=reopen_min_s,
+            reopen_max_s=reopen_max_s,
+            stall_timeout_s=stall_timeout_s,
+            pcm_factory=pcm_factory,
+            device_period_frames=device_period_frames,
+        )
         self._queue_periods = max(1, queue_periods)
         self._queue: asyncio.Queue[Any] | None = None
         self._slots = threading.Semaphore(self._queue_periods)
@@ -300,9 +337,14 @@ class AlsaCapture(_AlsaDevice, AudioSource):
     def stats(self) -> dict[str, Any]:
         out = self._base_stats()
         rms, peak = self._meter.levels()
-        out.update(periods=self._periods, frames=self._frames, overruns=self._xruns,
-                   queue_depth=self._queue.qsize() if self._queue is not None else 0,
-                   level_rms_dbfs=rms, level_peak_dbfs=peak)
+        out.update(
+            periods=self._periods,
+            frames=self._frames,
+            overruns=self._xruns,
+            queue_depth=self._queue.qsize() if self._queue is not None else 0,
+            level_rms_dbfs=rms,
+            level_peak_dbfs=peak,
+        )
         return out
 
     # -- device thread -------------------------------------------------------------------------
@@ -317,21 +359,21 @@ class AlsaCapture(_AlsaDevice, AudioSource):
             try:
                 n, data = pcm.read()
             except alsaaudio.ALSAAudioError as exc:
-                raise _DeviceLost(f"ALSA capture device {self.device!r} failed: "
-                                  f"{_describe(exc)}") from exc
+                raise _DeviceLost(f"ALSA capture device {self.device!r} failed: {_describe(exc)}") from exc
             if n < 0:
                 if n == -errno.EPIPE:  # overrun; pyalsaaudio re-prepares on the next read
                     self._xruns += 1
                     self._pending = self._pending[:0]  # do not join audio across the gap
                     last_data = time.monotonic()
                     continue
-                raise _DeviceLost(f"ALSA capture device {self.device!r} failed: "
-                                  f"{os.strerror(-n)}")
+                raise _DeviceLost(f"ALSA capture device {self.device!r} failed: {os.strerror(-n)}")
             now = time.monotonic()
             if n == 0:
                 if now - last_data > self._stall_timeout:
-                    raise _DeviceLost(f"ALSA capture device {self.device!r} delivered no audio "
-                                      f"for {self._stall_timeout:.1f} s")
+                    raise _DeviceLost(
+                        f"ALSA capture device {self.device!r} delivered no audio "
+                        f"for {self._stall_timeout:.1f} s"
+                    )
                 idle_reads += 1
                 if idle_reads > 2:  # the descriptors say ready but nothing comes: don't spin
                     self._stop_evt.wait(period_s / 4)
@@ -354,7 +396,7 @@ class AlsaCapture(_AlsaDevice, AudioSource):
         buf = np.concatenate([self._pending, samples]) if held else samples
         start = 0
         while buf.shape[0] - start >= self.period_frames:
-            chunk_samples = np.array(buf[start:start + self.period_frames])  # own copy
+            chunk_samples = np.array(buf[start : start + self.period_frames])  # own copy
             ts = self._pending_ts + start / self.rate
             start += self.period_frames
             if not self._deliver(AudioChunk(samples=chunk_samples, rate=self.rate, timestamp=ts)):
@@ -385,15 +427,34 @@ class AlsaPlayback(_AlsaDevice, AudioSink):
 
     kind = "playback"
 
-    def __init__(self, device: str = "default", rate: int = 48000, channels: int = 1,
-                 period_frames: int = 480, *, periods: int = 4, queue_ms: int = 200,
-                 idle_gap_s: float = 0.25, on_state: StateCallback | None = None,
-                 reopen_min_s: float = 0.5, reopen_max_s: float = 30.0,
-                 stall_timeout_s: float = 2.0, pcm_factory: PcmFactory | None = None) -> None:
-        super().__init__(device, rate, channels, period_frames, periods=periods,
-                         on_state=on_state, reopen_min_s=reopen_min_s,
-                         reopen_max_s=reopen_max_s, stall_timeout_s=stall_timeout_s,
-                         pcm_factory=pcm_factory)
+    def __init__(
+        self,
+        device: str = "default",
+        rate: int = 48000,
+        channels: int = 1,
+        period_frames: int = 480,
+        *,
+        periods: int = 4,
+        queue_ms: int = 200,
+        idle_gap_s: float = 0.25,
+        on_state: StateCallback | None = None,
+        reopen_min_s: float = 0.5,
+        reopen_max_s: float = 30.0,
+        stall_timeout_s: float = 2.0,
+        pcm_factory: PcmFactory | None = None,
+    ) -> None:
+        super().__init__(
+            device,
+            rate,
+            channels,
+            period_frames,
+            periods=periods,
+            on_state=on_state,
+            reopen_min_s=reopen_min_s,
+            reopen_max_s=reopen_max_s,
+            stall_timeout_s=stall_timeout_s,
+            pcm_factory=pcm_factory,
+        )
         self._max_frames = max(period_frames, rate * queue_ms // 1000)
         self._idle_gap = idle_gap_s
         self._cond = threading.Condition()
@@ -425,8 +486,7 @@ class AlsaPlayback(_AlsaDevice, AudioSink):
             key = (chunk.rate, samples.shape[1])
             resampler = self._resamplers.get(key)
             if resampler is None:
-                resampler = self._resamplers[key] = StreamResampler(chunk.rate, self.rate,
-                                                                    samples.shape[1])
+                resampler = self._resamplers[key] = StreamResampler(chunk.rate, self.rate, samples.shape[1])
             samples = resampler.process(samples)
         samples = np.ascontiguousarray(convert_channels(samples, self.channels))
         n = samples.shape[0]
@@ -466,10 +526,15 @@ class AlsaPlayback(_AlsaDevice, AudioSink):
         out = self._base_stats()
         with self._cond:
             queued = self._queued
-        out.update(underruns=self._xruns, chunks_in=self._chunks_in,
-                   frames_written=self._frames_written, dropped_chunks=self._dropped_chunks,
-                   dropped_frames=self._dropped_frames, queued_frames=queued,
-                   queue_max_frames=self._max_frames)
+        out.update(
+            underruns=self._xruns,
+            chunks_in=self._chunks_in,
+            frames_written=self._frames_written,
+            dropped_chunks=self._dropped_chunks,
+            dropped_frames=self._dropped_frames,
+            queued_frames=queued,
+            queue_max_frames=self._max_frames,
+        )
         return out
 
     # -- device thread -------------------------------------------------------------------------
@@ -519,26 +584,26 @@ class AlsaPlayback(_AlsaDevice, AudioSink):
                     self._xruns += 1
                     continue
                 self._dropped_frames += len(pending) // fb  # lost with the device
-                raise _DeviceLost(f"ALSA playback device {self.device!r} failed: "
-                                  f"{_describe(exc)}") from exc
+                raise _DeviceLost(f"ALSA playback device {self.device!r} failed: {_describe(exc)}") from exc
             if n < 0:
                 if n == -errno.EPIPE:  # underrun; pyalsaaudio re-prepares on the next write
                     self._xruns += 1
                     continue
                 self._dropped_frames += len(pending) // fb
-                raise _DeviceLost(f"ALSA playback device {self.device!r} failed: "
-                                  f"{os.strerror(-n)}")
+                raise _DeviceLost(f"ALSA playback device {self.device!r} failed: {os.strerror(-n)}")
             now = time.monotonic()
             if n == 0:  # buffer full
                 if not blocked_since:
                     blocked_since = now
                 elif now - blocked_since > self._stall_timeout:
-                    raise _DeviceLost(f"ALSA playback device {self.device!r} accepted no audio "
-                                      f"for {self._stall_timeout:.1f} s")
+                    raise _DeviceLost(
+                        f"ALSA playback device {self.device!r} accepted no audio "
+                        f"for {self._stall_timeout:.1f} s"
+                    )
                 self._wait_ready(poller, period_s * 2)
                 continue
             blocked_since = 0.0
-            pending = pending[n * fb:]
+            pending = pending[n * fb :]
             self._frames_written += n
             last_write = now
         with self._cond:

@@ -30,9 +30,15 @@ def create_source(section: AudioSettings, on_state: StateCallback | None = None)
     if section.backend == "alsa":
         from hal.audio.alsa import AlsaCapture
 
-        return AlsaCapture(section.device, section.rate, section.channels, frames,
-                           on_state=on_state, reopen_min_s=section.reopen_min_s,
-                           reopen_max_s=section.reopen_max_s)
+        return AlsaCapture(
+            section.device,
+            section.rate,
+            section.channels,
+            frames,
+            on_state=on_state,
+            reopen_min_s=section.reopen_min_s,
+            reopen_max_s=section.reopen_max_s,
+        )
     raise ValueError(f"audio.backend: unknown backend {section.backend!r}")
 
 
@@ -42,8 +48,13 @@ def create_sink(section: AudioSettings, on_state: StateCallback | None = None) -
         return None
     from hal.audio.alsa import AlsaPlayback
 
-    return AlsaPlayback(section.playback_device, section.playback_rate,
-                        section.playback_channels,
-                        period_frames(section.playback_rate, section.period_ms),
-                        queue_ms=section.playback_queue_ms, on_state=on_state,
-                        reopen_min_s=section.reopen_min_s, reopen_max_s=section.reopen_max_s)
+    return AlsaPlayback(
+        section.playback_device,
+        section.playback_rate,
+        section.playback_channels,
+        period_frames(section.playback_rate, section.period_ms),
+        queue_ms=section.playback_queue_ms,
+        on_state=on_state,
+        reopen_min_s=section.reopen_min_s,
+        reopen_max_s=section.reopen_max_s,
+    )

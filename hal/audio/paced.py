@@ -23,8 +23,7 @@ class PacedSource(AudioSource):
 
     backend = "paced"
 
-    def __init__(self, rate: int, channels: int, period_frames: int, *,
-                 max_lag_s: float = 0.5) -> None:
+    def __init__(self, rate: int, channels: int, period_frames: int, *, max_lag_s: float = 0.5) -> None:
         if rate <= 0 or channels <= 0 or period_frames <= 0:
             raise ValueError("rate, channels and period_frames must be positive")
         self.rate = rate
@@ -76,8 +75,7 @@ class PacedSource(AudioSource):
                 raise AudioSourceError(f"{self.backend} source stopped")
             now = time.monotonic()
         samples = self._render(self.period_frames)
-        chunk = AudioChunk(samples=samples, rate=self.rate,
-                           timestamp=self._period_start(self._index))
+        chunk = AudioChunk(samples=samples, rate=self.rate, timestamp=self._period_start(self._index))
         self._index += 1
         self._periods += 1
         self._meter.update(samples)

@@ -55,14 +55,16 @@ class _Segment:
             return self.phase0 + 2 * np.pi * self.f0_start * idx / rate
         log_r = np.log(self.f0_ratio)
         return self.phase0 + 2 * np.pi * self.f0_start * self.length / (rate * log_r) * (
-            np.power(self.f0_ratio, t) - 1.0)
+            np.power(self.f0_ratio, t) - 1.0
+        )
 
 
 class SpeechSynth:
     """Stateful generator of speech-like mono audio (float, int16 units)."""
 
-    def __init__(self, rate: int, seed: int = 0, level_dbfs: float = -20.0,
-                 f0_hz: float | None = None) -> None:
+    def __init__(
+        self, rate: int, seed: int = 0, level_dbfs: float = -20.0, f0_hz: float | None = None
+    ) -> None:
         self.rate = rate
         self._rng = np.random.default_rng(seed)
         self.f0_hz = float(f0_hz) if f0_hz else float(self._rng.uniform(100.0, 210.0))
@@ -101,7 +103,7 @@ class SpeechSynth:
         count = max(1, int(self._max_harmonic_hz / (f0_mean * max(1.0, f0_ratio))))
         harmonics = np.arange(1, count + 1, dtype=np.float64)
         amps = self._spectral_envelope(harmonics * f0_mean, vowel)
-        amps *= self._target_rms * float(rng.uniform(0.75, 1.0)) / np.sqrt(np.sum(amps ** 2) / 2)
+        amps *= self._target_rms * float(rng.uniform(0.75, 1.0)) / np.sqrt(np.sum(amps**2) / 2)
         noise = np.zeros(length)
         if rng.random() < 0.6:  # fricative-like onset burst
             burst = int(rng.uniform(0.02, 0.05) * self.rate)
@@ -109,8 +111,15 @@ class SpeechSynth:
             hp = np.diff(white) / 2.0  # first difference: a gentle high-pass
             decay = np.linspace(1.0, 0.0, burst) ** 2
             noise[:burst] = hp * decay * self._target_rms * 0.35
-        seg = _Segment(length=length, voiced=True, f0_start=f0_start, f0_ratio=f0_ratio,
-                       phase0=self._phase, amps=amps, noise=noise)
+        seg = _Segment(
+            length=length,
+            voiced=True,
+            f0_start=f0_start,
+            f0_ratio=f0_ratio,
+            phase0=self._phase,
+            amps=amps,
+            noise=noise,
+        )
         self._phase = float(seg.phase(np.array([length]), self.rate)[0] % (2 * np.pi))
         self._seg = seg
         return seg
@@ -130,7 +139,7 @@ class SpeechSynth:
                 phase = seg.phase(idx, self.rate)
                 k = np.arange(1, seg.amps.size + 1, dtype=np.float64)[:, None]
                 voiced = seg.amps @ np.sin(k * phase[None, :])
-                out[i:i + n] = voiced * env + seg.noise[seg.pos:seg.pos + n]
+                out[i : i + n] = voiced * env + seg.noise[seg.pos : seg.pos + n]
             seg.pos += n
             i += n
         return out
@@ -141,9 +150,17 @@ class SyntheticSource(PacedSource):
 
     backend = "synthetic"
 
-    def __init__(self, rate: int = 16000, channels: int = 1, period_frames: int = 160, *,
-                 seed: int = 0, level_dbfs: float = -20.0, f0_hz: float | None = None,
-                 max_lag_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        rate: int = 16000,
+        channels: int = 1,
+        period_frames: int = 160,
+        *,
+        seed: int = 0,
+        level_dbfs: float = -20.0,
+        f0_hz: float | None = None,
+        max_lag_s: float = 0.5,
+    ) -> None:
         super().__init__(rate, channels, period_frames, max_lag_s=max_lag_s)
         self.synth = SpeechSynth(rate, seed=seed, level_dbfs=level_dbfs, f0_hz=f0_hz)
 

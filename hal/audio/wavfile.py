@@ -35,8 +35,15 @@ class WavFileSource(PacedSource):
 
     backend = "wav"
 
-    def __init__(self, path: str | Path, rate: int = 16000, channels: int = 1,
-                 period_frames: int = 160, *, max_lag_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        rate: int = 16000,
+        channels: int = 1,
+        period_frames: int = 160,
+        *,
+        max_lag_s: float = 0.5,
+    ) -> None:
         super().__init__(rate, channels, period_frames, max_lag_s=max_lag_s)
         self.path = Path(path)
         self._data: np.ndarray | None = None
@@ -49,7 +56,8 @@ class WavFileSource(PacedSource):
         import asyncio
 
         self._data, self.file_rate, self.file_channels = await asyncio.to_thread(
-            load_wav, self.path, self.rate, self.channels)
+            load_wav, self.path, self.rate, self.channels
+        )
         self._pos = 0
         self._loops = 0
         await super().start()
@@ -61,7 +69,7 @@ class WavFileSource(PacedSource):
         filled = 0
         while filled < frames:
             n = min(frames - filled, data.shape[0] - self._pos)
-            out[filled:filled + n] = data[self._pos:self._pos + n]
+            out[filled : filled + n] = data[self._pos : self._pos + n]
             filled += n
             self._pos += n
             if self._pos >= data.shape[0]:
@@ -71,6 +79,7 @@ class WavFileSource(PacedSource):
 
     def stats(self) -> dict:
         out = super().stats()
-        out.update(path=str(self.path), loops=self._loops, file_rate=self.file_rate,
-                   file_channels=self.file_channels)
+        out.update(
+            path=str(self.path), loops=self._loops, file_rate=self.file_rate, file_channels=self.file_channels
+        )
         return out

@@ -15,7 +15,9 @@ def create_camera(section: CameraSettings) -> Camera:
     if section.backend == "test-pattern":
         from hal.camera.test_pattern import TestPatternCamera
 
-        return TestPatternCamera(section.width, section.height, section.fps, section.rotation, section.pattern)
+        return TestPatternCamera(
+            section.width, section.height, section.fps, section.rotation, section.pattern
+        )
     if section.backend == "file":
         from hal.camera.file import FileCamera
 
@@ -31,10 +33,16 @@ def create_camera(section: CameraSettings) -> Camera:
     raise ValueError(f"unknown camera backend {section.backend!r}")
 
 
-def create_reopening_camera(section: CameraSettings, on_state: StateCallback | None = None, *,
-                            reopen_min_s: float = 0.5, reopen_max_s: float = 30.0) -> ReopeningCamera:
+def create_reopening_camera(
+    section: CameraSettings,
+    on_state: StateCallback | None = None,
+    *,
+    reopen_min_s: float = 0.5,
+    reopen_max_s: float = 30.0,
+) -> ReopeningCamera:
     """The backend under the availability contract: loss and return go to ``on_state(available,
     message)``, the camera is reopened with backoff and ``read()`` waits meanwhile (the media
     pipeline's camera, like ``hal.audio.factory.create_source`` for the microphone)."""
-    return ReopeningCamera(create_camera(section), on_state, reopen_min_s=reopen_min_s,
-                           reopen_max_s=reopen_max_s)
+    return ReopeningCamera(
+        create_camera(section), on_state, reopen_min_s=reopen_min_s, reopen_max_s=reopen_max_s
+    )

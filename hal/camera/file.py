@@ -11,9 +11,9 @@ from typing import Any
 
 import av
 
-from hal.camera.pacing import FrameClock
 from hal.camera.base import Camera, CameraError, CapturedFrame
 from hal.camera.frames import output_size, scale_and_rotate
+from hal.camera.pacing import FrameClock
 
 
 class FileCamera(Camera):
@@ -25,8 +25,9 @@ class FileCamera(Camera):
     its timestamp is the delivery time. A missing or undecodable file raises ``CameraError``.
     """
 
-    def __init__(self, path: str | Path, width: int = 1280, height: int = 720, fps: int = 30,
-                 rotation: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, width: int = 1280, height: int = 720, fps: int = 30, rotation: int = 0
+    ) -> None:
         self.path = Path(path)
         self.rotation = rotation
         self._src_size = (width, height)
@@ -107,5 +108,13 @@ class FileCamera(Camera):
             self._open()
 
     def stats(self) -> dict[str, Any]:
-        return {"backend": "file", "path": str(self.path), "frames": self._clock.index, "skipped": self._clock.skipped,
-                "loops": self._loops, "width": self.width, "height": self.height, "fps": self.fps}
+        return {
+            "backend": "file",
+            "path": str(self.path),
+            "frames": self._clock.index,
+            "skipped": self._clock.skipped,
+            "loops": self._loops,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+        }

@@ -26,9 +26,14 @@ def planes_to_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFram
 def frame_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Y, U, V planes of a yuv420p frame as arrays (line padding removed)."""
     out = []
-    for plane, (w, h) in zip(frame.planes, ((frame.width, frame.height),
-                                            (frame.width // 2, frame.height // 2),
-                                            (frame.width // 2, frame.height // 2))):
+    for plane, (w, h) in zip(
+        frame.planes,
+        (
+            (frame.width, frame.height),
+            (frame.width // 2, frame.height // 2),
+            (frame.width // 2, frame.height // 2),
+        ),
+    ):
         arr = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
         out.append(arr)
     return out[0], out[1], out[2]

@@ -35,7 +35,7 @@ def write_stamp(luma: np.ndarray, index: int, capture_ms: int) -> None:
     for row, value in enumerate((index & 0xFFFFFFFF, capture_ms & 0xFFFFFFFF)):
         bits = (value >> np.arange(BITS - 1, -1, -1)) & 1
         strip = np.repeat(np.where(bits == 1, WHITE, BLACK).astype(np.uint8), size)
-        luma[row * size:(row + 1) * size, :BITS * size] = strip[None, :]
+        luma[row * size : (row + 1) * size, : BITS * size] = strip[None, :]
 
 
 def read_stamp(luma: np.ndarray) -> Stamp:

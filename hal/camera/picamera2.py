@@ -51,9 +51,9 @@ def yuv420_array_to_frame(arr: np.ndarray, width: int, height: int) -> Any:
     flat = np.ascontiguousarray(arr).reshape(-1)
     stride = arr.shape[1]
     cs, ch = stride // 2, height // 2
-    y = flat[:stride * height].reshape(height, stride)[:, :width]
-    u = flat[stride * height:stride * height + cs * ch].reshape(ch, cs)[:, :width // 2]
-    v = flat[stride * height + cs * ch:stride * height + 2 * cs * ch].reshape(ch, cs)[:, :width // 2]
+    y = flat[: stride * height].reshape(height, stride)[:, :width]
+    u = flat[stride * height : stride * height + cs * ch].reshape(ch, cs)[:, : width // 2]
+    v = flat[stride * height + cs * ch : stride * height + 2 * cs * ch].reshape(ch, cs)[:, : width // 2]
     return planes_to_frame(np.ascontiguousarray(y), np.ascontiguousarray(u), np.ascontiguousarray(v))
 
 
@@ -62,8 +62,11 @@ def _video_configuration(picam2: Any, width: int, height: int, fps: int, rotatio
     from libcamera import Transform
 
     transform = Transform(hflip=1, vflip=1) if rotation == 180 else Transform()
-    return picam2.create_video_configuration(main={"size": (width, height), "format": "YUV420"},
-                                             controls={"FrameRate": float(fps)}, transform=transform)
+    return picam2.create_video_configuration(
+        main={"size": (width, height), "format": "YUV420"},
+        controls={"FrameRate": float(fps)},
+        transform=transform,
+    )
 
 
 def open_picamera2(width: int, height: int, fps: int, rotation: int) -> Any:
@@ -126,8 +129,9 @@ class Picamera2Camera(Camera):
         self._clock = SensorClock()
         self._slot = LatestFrameSlot(asyncio.get_running_loop())
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._capture, args=(self._picam2, self._slot),
-                                        name="picamera2-capture", daemon=True)
+        self._thread = threading.Thread(
+            target=self._capture, args=(self._picam2, self._slot), name="picamera2-capture", daemon=True
+        )
         self._thread.start()
 
     def _capture(self, picam2: Any, slot: LatestFrameSlot) -> None:
@@ -146,8 +150,9 @@ class Picamera2Camera(Camera):
                     slot.fail(f"Pi camera failed: {exc}")
                 return
             ts = self._clock.to_monotonic(sensor_ns) if sensor_ns else time.monotonic()
-            frame = rotate_frame(yuv420_array_to_frame(arr, width, height), self.rotation if
-                                 self.rotation in (90, 270) else 0)
+            frame = rotate_frame(
+                yuv420_array_to_frame(arr, width, height), self.rotation if self.rotation in (90, 270) else 0
+            )
             slot.put(CapturedFrame(frame=frame, index=self._index, timestamp=ts))
             self._index += 1
 
@@ -170,5 +175,11 @@ class Picamera2Camera(Camera):
 
     def stats(self) -> dict[str, Any]:
         drops = self._drops_total + (self._slot.drops if self._slot else 0)
-        return {"backend": "picamera2", "frames": self._index, "dropped": drops,
-                "width": self.width, "height": self.height, "fps": self.fps}
+        return {
+            "backend": "picamera2",
+            "frames": self._index,
+            "dropped": drops,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+        }

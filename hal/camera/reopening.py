@@ -23,11 +23,19 @@ log = logging.getLogger(__name__)
 class ReopeningCamera(Camera):
     """``camera`` that reports loss and return through ``on_state`` and reopens itself."""
 
-    def __init__(self, camera: Camera, on_state: StateCallback | None = None, *,
-                 reopen_min_s: float = 0.5, reopen_max_s: float = 30.0, stable_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        camera: Camera,
+        on_state: StateCallback | None = None,
+        *,
+        reopen_min_s: float = 0.5,
+        reopen_max_s: float = 30.0,
+        stable_s: float = 5.0,
+    ) -> None:
         self.camera = camera
-        self.availability = Availability("camera", on_state, repeat_failures=True,
-                                         backoff=Backoff(reopen_min_s, reopen_max_s, stable_s))
+        self.availability = Availability(
+            "camera", on_state, repeat_failures=True, backoff=Backoff(reopen_min_s, reopen_max_s, stable_s)
+        )
         self.opens = 0  # successful starts of the backend; a change means a new picture
         self._open = False
         self._confirm = False  # opened, first frame not yet delivered

@@ -15,21 +15,39 @@ from typing import Any
 import av
 import numpy as np
 
-from hal.camera.pacing import FrameClock
 from hal.camera.base import Camera, CapturedFrame
 from hal.camera.marker import BITS, block_size, write_stamp
+from hal.camera.pacing import FrameClock
 
 # (Y, U, V) of 75 % colour bars: white, yellow, cyan, green, magenta, red, blue, black
-_BARS = [(180, 128, 128), (162, 44, 142), (131, 156, 44), (112, 72, 58),
-         (84, 184, 198), (65, 100, 212), (35, 212, 114), (16, 128, 128)]
+_BARS = [
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+    (16, 128, 128),
+]
 
 # 3x5 digit glyphs, one string of 15 bits per digit (row-major)
 PATTERNS = ("bars", "busy")
 BUSY_GRAIN = 8  # per-frame grain amplitude (luma steps, 0..BUSY_GRAIN-1 added)
 _BUSY_TILE = 64  # grain table margin: each frame takes its own window of it
 
-_GLYPHS = ["111101101101111", "010110010010111", "111001111100111", "111001111001111", "101101111001001",
-           "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111"]
+_GLYPHS = [
+    "111101101101111",
+    "010110010010111",
+    "111001111100111",
+    "111001111001111",
+    "101101111001001",
+    "111100111001111",
+    "111100111101111",
+    "111001001001001",
+    "111101111101111",
+    "111101111001111",
+]
 
 
 class TestPatternCamera(Camera):
@@ -41,8 +59,9 @@ class TestPatternCamera(Camera):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, width: int = 1280, height: int = 720, fps: int = 30, rotation: int = 0,
-                 pattern: str = "bars") -> None:
+    def __init__(
+        self, width: int = 1280, height: int = 720, fps: int = 30, rotation: int = 0, pattern: str = "bars"
+    ) -> None:
         if pattern not in PATTERNS:
             raise ValueError(f"unknown test pattern {pattern!r} ({', '.join(PATTERNS)})")
         self.width, self.height = (height, width) if rotation in (90, 270) else (width, height)
@@ -62,8 +81,16 @@ class TestPatternCamera(Camera):
         texture = np.tile(np.kron(cells, np.ones((4, 4), np.uint8))[:h, :w], (2, 2))
         grain = rng.integers(0, BUSY_GRAIN, (h + _BUSY_TILE, w + _BUSY_TILE), dtype=np.uint8)
         ch, cw = h // 2, w // 2
-        blocks = [np.tile(np.kron(rng.integers(100, 156, (-(-ch // 16), -(-cw // 16)), dtype=np.uint8),
-                                  np.ones((16, 16), np.uint8))[:ch, :cw], (2, 2)) for _ in range(2)]
+        blocks = [
+            np.tile(
+                np.kron(
+                    rng.integers(100, 156, (-(-ch // 16), -(-cw // 16)), dtype=np.uint8),
+                    np.ones((16, 16), np.uint8),
+                )[:ch, :cw],
+                (2, 2),
+            )
+            for _ in range(2)
+        ]
         return texture, grain, blocks[0], blocks[1]
 
     def _make_bars(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,13 +127,13 @@ class TestPatternCamera(Camera):
             self._draw_busy(luma, chroma, index)
         else:
             y, u, v = self._bars
-            luma[:] = y[shift:shift + w][None, :]
-            chroma[0] = u[shift // 2:shift // 2 + cw][None, :]
-            chroma[1] = v[shift // 2:shift // 2 + cw][None, :]
+            luma[:] = y[shift : shift + w][None, :]
+            chroma[0] = u[shift // 2 : shift // 2 + cw][None, :]
+            chroma[1] = v[shift // 2 : shift // 2 + cw][None, :]
         self._draw_box(luma, chroma, index)
         self._draw_digits(luma, index)
         size = block_size(w)
-        chroma[:, :size, :BITS * size // 2] = 128  # neutral colour under the stamp: black stays black in RGB
+        chroma[:, :size, : BITS * size // 2] = 128  # neutral colour under the stamp: black stays black in RGB
         timestamp = time.monotonic()
         write_stamp(luma, index, int(time.time() * 1000))
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
@@ -120,15 +147,15 @@ class TestPatternCamera(Camera):
         ch, cw = h // 2, w // 2
         dx, dy = (index * 4) % w // 2 * 2, (index * 2) % h // 2 * 2  # even: chroma moves with luma
         gx, gy = (index * 37) % _BUSY_TILE, (index * 23 + index // _BUSY_TILE) % _BUSY_TILE
-        np.add(texture[dy:dy + h, dx:dx + w], grain[gy:gy + h, gx:gx + w], out=luma)
+        np.add(texture[dy : dy + h, dx : dx + w], grain[gy : gy + h, gx : gx + w], out=luma)
         bw, bh = max(2, w // 8), max(2, h // 6)
         for k in range(4):
             bx = int((np.sin(index / 15 + k) + 1) / 2 * (w - bw))
             by = int((np.cos(index / 11 + 2 * k) + 1) / 2 * (h - bh))
-            block = luma[by:by + bh, bx:bx + bw]
+            block = luma[by : by + bh, bx : bx + bw]
             np.subtract(251, block, out=block)
-        chroma[0] = u[dy // 2:dy // 2 + ch, dx // 2:dx // 2 + cw]
-        chroma[1] = v[dy // 2:dy // 2 + ch, dx // 2:dx // 2 + cw]
+        chroma[0] = u[dy // 2 : dy // 2 + ch, dx // 2 : dx // 2 + cw]
+        chroma[1] = v[dy // 2 : dy // 2 + ch, dx // 2 : dx // 2 + cw]
 
     def _draw_box(self, luma: np.ndarray, chroma: np.ndarray, index: int) -> None:
         w, h = self.width, self.height
@@ -136,8 +163,8 @@ class TestPatternCamera(Camera):
         span_x, span_y = max(1, w - side), max(1, h - side)
         x = abs((index * 6) % (2 * span_x) - span_x) // 2 * 2
         y = abs((index * 4) % (2 * span_y) - span_y) // 2 * 2
-        luma[y:y + side, x:x + side] = 235
-        chroma[:, y // 2:(y + side) // 2, x // 2:(x + side) // 2] = 128
+        luma[y : y + side, x : x + side] = 235
+        chroma[:, y // 2 : (y + side) // 2, x // 2 : (x + side) // 2] = 128
 
     def _draw_digits(self, luma: np.ndarray, index: int) -> None:
         scale = max(1, self.height // 60)
@@ -147,13 +174,20 @@ class TestPatternCamera(Camera):
         y0 = self.height - gh - 2 * scale
         if x0 < 0 or y0 < 0:
             return
-        luma[y0 - scale:y0 + gh + scale, x0 - scale:self.width - scale] = 16
+        luma[y0 - scale : y0 + gh + scale, x0 - scale : self.width - scale] = 16
         for i, ch in enumerate(text):
             glyph = np.array([int(b) for b in _GLYPHS[int(ch)]], np.uint8).reshape(5, 3)
             block = np.kron(glyph, np.ones((scale, scale), np.uint8)) * 219 + 16
             x = x0 + i * (gw + scale)
-            luma[y0:y0 + gh, x:x + gw] = block
+            luma[y0 : y0 + gh, x : x + gw] = block
 
     def stats(self) -> dict[str, Any]:
-        return {"backend": "test-pattern", "pattern": self.pattern, "frames": self._clock.index,
-                "skipped": self._clock.skipped, "width": self.width, "height": self.height, "fps": self.fps}
+        return {
+            "backend": "test-pattern",
+            "pattern": self.pattern,
+            "frames": self._clock.index,
+            "skipped": self._clock.skipped,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+        }

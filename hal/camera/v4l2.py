@@ -36,8 +36,15 @@ class V4L2Camera(Camera):
     from ``read()``; the video source reports it and reopens with backoff.
     """
 
-    def __init__(self, device: str = "/dev/video0", width: int = 1280, height: int = 720, fps: int = 30,
-                 rotation: int = 0, opener: Opener = av.open) -> None:
+    def __init__(
+        self,
+        device: str = "/dev/video0",
+        width: int = 1280,
+        height: int = 720,
+        fps: int = 30,
+        rotation: int = 0,
+        opener: Opener = av.open,
+    ) -> None:
         self.device = device
         self.rotation = rotation
         self._src_size = (width, height)
@@ -57,8 +64,9 @@ class V4L2Camera(Camera):
         self._container, self.input_format = await asyncio.to_thread(self._open)
         self._slot = LatestFrameSlot(asyncio.get_running_loop())
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._capture, args=(self._container, self._slot),
-                                        name=f"v4l2-{self.device}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._capture, args=(self._container, self._slot), name=f"v4l2-{self.device}", daemon=True
+        )
         self._thread.start()
         log.info("camera %s open: %s %dx%d@%d", self.device, self.input_format, *self._src_size, self.fps)
 
@@ -77,13 +85,19 @@ class V4L2Camera(Camera):
             got = (stream.codec_context.width, stream.codec_context.height) if stream is not None else None
             if got == (width, height) or (stream is not None and i == len(INPUT_FORMATS) - 1):
                 if got != (width, height):
-                    log.warning("camera %s delivers %dx%d, not %dx%d: frames are scaled",
-                                self.device, *got, width, height)
+                    log.warning(
+                        "camera %s delivers %dx%d, not %dx%d: frames are scaled",
+                        self.device,
+                        *got,
+                        width,
+                        height,
+                    )
                 return container, fmt
             problems.append(f"{fmt}: driver offers {got[0]}x{got[1]}" if got else f"{fmt}: no video stream")
             container.close()
-        raise CameraError(f"cannot open camera {self.device} at {width}x{height}@{self.fps}: "
-                          + "; ".join(problems))
+        raise CameraError(
+            f"cannot open camera {self.device} at {width}x{height}@{self.fps}: " + "; ".join(problems)
+        )
 
     def _capture(self, container: Any, slot: LatestFrameSlot) -> None:
         """Capture thread: demux + decode until stopped or the device fails."""
@@ -131,6 +145,14 @@ class V4L2Camera(Camera):
 
     def stats(self) -> dict[str, Any]:
         drops = self._drops_total + (self._slot.drops if self._slot else 0)
-        return {"backend": "v4l2", "device": self.device, "input_format": self.input_format,
-                "frames": self._index, "dropped": drops, "errors": self._errors,
-                "width": self.width, "height": self.height, "fps": self.fps}
+        return {
+            "backend": "v4l2",
+            "device": self.device,
+            "input_format": self.input_format,
+            "frames": self._index,
+            "dropped": drops,
+            "errors": self._errors,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+        }

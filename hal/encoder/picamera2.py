@@ -46,8 +46,14 @@ def _make_output_class() -> type:
             super().__init__()
             self._handler = handler
 
-        def outputframe(self, frame: Any, keyframe: bool = True, timestamp: int | None = None,
-                        packet: Any = None, audio: bool = False) -> None:
+        def outputframe(
+            self,
+            frame: Any,
+            keyframe: bool = True,
+            timestamp: int | None = None,
+            packet: Any = None,
+            audio: bool = False,
+        ) -> None:
             if audio or not self.recording:
                 return
             self._handler(bytes(frame), keyframe, timestamp)
@@ -69,13 +75,20 @@ class Picamera2H264Source:
     ignored with a warning.
     """
 
-    def __init__(self, camera: CameraSettings, encoder: EncoderSettings, reason: str = "",
-                 on_state: StateCallback | None = None, retry_max_s: float = 30.0,
-                 stall_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        camera: CameraSettings,
+        encoder: EncoderSettings,
+        reason: str = "",
+        on_state: StateCallback | None = None,
+        retry_max_s: float = 30.0,
+        stall_timeout_s: float = 3.0,
+    ) -> None:
         self.camera, self.encoder_cfg = camera, encoder
         self.name, self.reason = "picamera2", reason
-        self.availability = Availability("Pi camera", on_state, repeat_failures=True,
-                                         backoff=Backoff(min(0.5, retry_max_s), retry_max_s))
+        self.availability = Availability(
+            "Pi camera", on_state, repeat_failures=True, backoff=Backoff(min(0.5, retry_max_s), retry_max_s)
+        )
         self.stall_timeout_s = stall_timeout_s
         self._gop = max(1, round(encoder.keyframe_interval_s * camera.fps))
         self._task: asyncio.Task[None] | None = None
@@ -89,8 +102,11 @@ class Picamera2H264Source:
         self._snapshots = 0
         self._timing = FrameTiming()
         if camera.rotation in (90, 270):
-            log.warning("rotation %d is not possible on the picamera2 hardware-encoder path; "
-                        "use encoder.backend = 'v4l2m2m' for software rotation", camera.rotation)
+            log.warning(
+                "rotation %d is not possible on the picamera2 hardware-encoder path; "
+                "use encoder.backend = 'v4l2m2m' for software rotation",
+                camera.rotation,
+            )
 
     @property
     def camera_errors(self) -> int:
@@ -148,8 +164,9 @@ class Picamera2H264Source:
             raise CameraError(f"cannot start H.264 recording: {exc}") from exc
         self._picam2 = picam2
 
-    def _make_handler(self, loop: asyncio.AbstractEventLoop,
-                      on_packet: PacketCallback) -> Callable[[bytes, bool, int | None], None]:
+    def _make_handler(
+        self, loop: asyncio.AbstractEventLoop, on_packet: PacketCallback
+    ) -> Callable[[bytes, bool, int | None], None]:
         index = 0
 
         def handle(data: bytes, keyframe: bool, timestamp_us: int | None) -> None:
@@ -161,8 +178,13 @@ class Picamera2H264Source:
             else:
                 capture_ts = time.monotonic()
             fixed, idr = self._params.fix(data)
-            packet = EncodedPacket(data=fixed, pts=round(capture_ts * VIDEO_CLOCK), keyframe=idr,
-                                   capture_ts=capture_ts, frame_index=index)
+            packet = EncodedPacket(
+                data=fixed,
+                pts=round(capture_ts * VIDEO_CLOCK),
+                keyframe=idr,
+                capture_ts=capture_ts,
+                frame_index=index,
+            )
             index += 1
             try:
                 loop.call_soon_threadsafe(self._deliver, packet, on_packet)
@@ -230,13 +252,30 @@ class Picamera2H264Source:
         """Alive, and packets flow or a known camera failure is being retried (see FrameEncoderSource)."""
         if self._task is None or self._task.done():
             return False
-        return bool(self.last_error) or (self._picam2 is not None and time.monotonic() - self._last_packet < 5.0)
+        return bool(self.last_error) or (
+            self._picam2 is not None and time.monotonic() - self._last_packet < 5.0
+        )
 
     def stats(self) -> dict[str, Any]:
         timing = self._timing.stats()
-        return {"camera": {"backend": "picamera2", "width": self.camera.width, "height": self.camera.height,
-                           "fps": self.camera.fps, "state": self.availability.state},
-                "encoder": {"backend": self.name, "reason": self.reason, "bitrate": self.encoder_cfg.bitrate,
-                            "frames": self.frames, "keyframes": self.keyframes, "bytes": self.bytes,
-                            "runtime_bitrate": False},
-                **timing, "camera_errors": self.camera_errors, "last_error": self.last_error or None}
+        return {
+            "camera": {
+                "backend": "picamera2",
+                "width": self.camera.width,
+                "height": self.camera.height,
+                "fps": self.camera.fps,
+                "state": self.availability.state,
+            },
+            "encoder": {
+                "backend": self.name,
+                "reason": self.reason,
+                "bitrate": self.encoder_cfg.bitrate,
+                "frames": self.frames,
+                "keyframes": self.keyframes,
+                "bytes": self.bytes,
+                "runtime_bitrate": False,
+            },
+            **timing,
+            "camera_errors": self.camera_errors,
+            "last_error": self.last_error or None,
+        }

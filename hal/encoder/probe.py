@@ -58,8 +58,9 @@ class ProbeEnvironment:
         return codec in av.codecs_available
 
 
-def probe_encoder(encoder: EncoderSettings, camera: CameraSettings,
-                  env: ProbeEnvironment | None = None) -> EncoderChoice:
+def probe_encoder(
+    encoder: EncoderSettings, camera: CameraSettings, env: ProbeEnvironment | None = None
+) -> EncoderChoice:
     """The first usable backend in preference order (or the configured one, if usable)."""
     env = env or ProbeEnvironment()
     node = env.m2m_encoder_node()
@@ -89,20 +90,30 @@ def probe_encoder(encoder: EncoderSettings, camera: CameraSettings,
     return EncoderChoice("libx264", f"software x264 ({why})")
 
 
-def create_frame_encoder(choice: EncoderChoice, encoder: EncoderSettings, width: int, height: int,
-                         fps: int) -> H264Encoder:
+def create_frame_encoder(
+    choice: EncoderChoice, encoder: EncoderSettings, width: int, height: int, fps: int
+) -> H264Encoder:
     """Open a frame-in encoder for ``choice`` (picamera2's is an encoded source of its own,
     ``hal.encoder.picamera2.Picamera2H264Source``: frames never reach Python on its path)."""
     classes: dict[str, type[PyAVH264Encoder]] = {"v4l2m2m": V4l2m2mEncoder, "libx264": Libx264Encoder}
     cls = classes.get(choice.backend)
     if cls is None:
         raise ValueError(f"{choice.backend} is not a frame-in encoder")
-    kwargs = dict(width=width, height=height, fps=fps, bitrate=encoder.bitrate, max_bitrate=encoder.max_bitrate,
-                  keyframe_interval_s=encoder.keyframe_interval_s, reason=choice.reason)
+    kwargs = dict(
+        width=width,
+        height=height,
+        fps=fps,
+        bitrate=encoder.bitrate,
+        max_bitrate=encoder.max_bitrate,
+        keyframe_interval_s=encoder.keyframe_interval_s,
+        reason=choice.reason,
+    )
     try:
         return cls(**kwargs)
     except (av.error.FFmpegError, OSError) as exc:
         if cls is Libx264Encoder:
             raise
         log.error("opening %s failed (%s); falling back to libx264", choice.backend, exc)
-        return Libx264Encoder(**{**kwargs, "reason": f"software x264 ({choice.backend} failed to open: {exc})"})
+        return Libx264Encoder(
+            **{**kwargs, "reason": f"software x264 ({choice.backend} failed to open: {exc})"}
+        )

@@ -33,9 +33,17 @@ class PyAVH264Encoder(H264Encoder):
     codec_name = ""
     runtime_bitrate = False  # can the bitrate change without reopening?
 
-    def __init__(self, width: int, height: int, fps: int, bitrate: int, max_bitrate: int,
-                 keyframe_interval_s: float = 2.0, reason: str = "",
-                 codec_factory: CodecFactory = _create_codec) -> None:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: int,
+        bitrate: int,
+        max_bitrate: int,
+        keyframe_interval_s: float = 2.0,
+        reason: str = "",
+        codec_factory: CodecFactory = _create_codec,
+    ) -> None:
         self.name = self.codec_name.replace("h264_", "")
         self.reason = reason
         self.width, self.height, self.fps = width, height, fps
@@ -71,7 +79,9 @@ class PyAVH264Encoder(H264Encoder):
         src = frame.frame
         if src.format.name != "yuv420p" or src.width != self.width or src.height != self.height:
             # fast bilinear: a scaled (lower layer) frame costs ~0.8 ms at 720p -> 360p instead of ~1.3
-            src = src.reformat(width=self.width, height=self.height, format="yuv420p", interpolation="FAST_BILINEAR")
+            src = src.reformat(
+                width=self.width, height=self.height, format="yuv420p", interpolation="FAST_BILINEAR"
+            )
         pts = round((frame.timestamp) * VIDEO_CLOCK)
         src.pts = pts
         src.time_base = fractions.Fraction(1, VIDEO_CLOCK)
@@ -84,8 +94,15 @@ class PyAVH264Encoder(H264Encoder):
             self._frames += 1
             self._keyframes += idr
             self._bytes += len(data)
-            out.append(EncodedPacket(data=data, pts=packet.pts if packet.pts is not None else pts,
-                                     keyframe=idr, capture_ts=frame.timestamp, frame_index=frame.index))
+            out.append(
+                EncodedPacket(
+                    data=data,
+                    pts=packet.pts if packet.pts is not None else pts,
+                    keyframe=idr,
+                    capture_ts=frame.timestamp,
+                    frame_index=frame.index,
+                )
+            )
         return out
 
     def force_keyframe(self) -> None:
@@ -112,8 +129,13 @@ class PyAVH264Encoder(H264Encoder):
             pass  # older PyAV has no close(); the context is freed with the object
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "frames": self._frames, "keyframes": self._keyframes,
-                "bytes": self._bytes, "runtime_bitrate": self.runtime_bitrate}
+        return {
+            **super().stats(),
+            "frames": self._frames,
+            "keyframes": self._keyframes,
+            "bytes": self._bytes,
+            "runtime_bitrate": self.runtime_bitrate,
+        }
 
 
 VBV_SECONDS = 1.0  # libx264's VBV buffer: this many seconds of the start target
@@ -144,10 +166,16 @@ class Libx264Encoder(PyAVH264Encoder):
         # below the ceiling. The VBV buffer is sized from the start target, not the ceiling, and
         # starts nearly empty (``vbv_options``): the first IDR is then bounded by the start rate.
         level = "31" if self.width * self.height <= 1280 * 720 else "40"
-        return {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline", "level": level,
-                "maxrate": f"{self._max_bitrate // 1000}k", **vbv_options(self._bitrate),
-                "x264-params": f"keyint={self._gop}:min-keyint={self._gop}:scenecut=0:bframes=0:"
-                               f"vbv-init={VBV_INIT}:repeat-headers=1:forced-idr=1:sliced-threads=0:threads=1"}
+        return {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            "profile": "baseline",
+            "level": level,
+            "maxrate": f"{self._max_bitrate // 1000}k",
+            **vbv_options(self._bitrate),
+            "x264-params": f"keyint={self._gop}:min-keyint={self._gop}:scenecut=0:bframes=0:"
+            f"vbv-init={VBV_INIT}:repeat-headers=1:forced-idr=1:sliced-threads=0:threads=1",
+        }
 
 
 class V4l2m2mEncoder(PyAVH264Encoder):

@@ -26,9 +26,11 @@ class FrameTiming:
         stamps = list(self.stamps)
         intervals = [b - a for a, b in zip(stamps, stamps[1:])]
         span = stamps[-1] - stamps[0]
-        return {"fps": round((len(stamps) - 1) / span, 2) if span > 0 else 0.0,
-                "frame_interval_jitter_ms": round(statistics.pstdev(intervals) * 1000, 2),
-                "encode_ms": encode}
+        return {
+            "fps": round((len(stamps) - 1) / span, 2) if span > 0 else 0.0,
+            "frame_interval_jitter_ms": round(statistics.pstdev(intervals) * 1000, 2),
+            "encode_ms": encode,
+        }
 
     def last(self) -> float | None:
         return self.stamps[-1] if self.stamps else None

@@ -37,19 +37,28 @@ class AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "agent.toml"
         # the whole assembled agent runs; keep its media side light and its OTA root in the test dir
-        light = {"camera": {"width": 160, "height": 120, "fps": 5}, "ns": {"enabled": False},
-                 "web": {"enabled": False}, "ota": {"root": str(self.workdir / "ota")}}
+        light = {
+            "camera": {"width": 160, "height": 120, "fps": 5},
+            "ns": {"enabled": False},
+            "web": {"enabled": False},
+            "ota": {"root": str(self.workdir / "ota")},
+        }
         for section, values in light.items():
             config = {**config, section: {**values, **config.get(section, {})}}
         self.config_path.write_text(dump_toml(config))
         self.log_path = self.workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "AgentProcess":
+    def start(self) -> AgentProcess:
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.agent_proc", str(self.config_path)],
-                                     stdout=log, stderr=log, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.agent_proc", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         return self
 

@@ -61,11 +61,15 @@ class AlsaTestConfig:
         self.directory.mkdir(parents=True, exist_ok=True)
         parts = [f"# generation {self._generation}\n"]
         for name, infile in self.captures.items():
-            parts.append(f'pcm.{name} {{\n    type file\n    slave.pcm "null"\n'
-                         f'    file "/dev/null"\n    infile "{infile}"\n    format "raw"\n}}\n')
+            parts.append(
+                f'pcm.{name} {{\n    type file\n    slave.pcm "null"\n'
+                f'    file "/dev/null"\n    infile "{infile}"\n    format "raw"\n}}\n'
+            )
         for name, out in self.playbacks.items():
-            parts.append(f'pcm.{name} {{\n    type file\n    slave.pcm "null"\n'
-                         f'    file "{out}"\n    format "raw"\n}}\n')
+            parts.append(
+                f'pcm.{name} {{\n    type file\n    slave.pcm "null"\n'
+                f'    file "{out}"\n    format "raw"\n}}\n'
+            )
         self.path.write_text("".join(parts))
         self._generation += 1
         stamp = 1_000_000_000 + self._generation * 10  # distinct whole seconds per generation

@@ -26,15 +26,23 @@ class DiagRig:
 
 
 @contextlib.asynccontextmanager
-async def diag_rig(tmp_path: Path, broker: Mosquitto, client_url: str = "", client_tls: dict[str, str] | None = None,
-                   **sections: dict[str, Any]) -> AsyncIterator[DiagRig]:
+async def diag_rig(
+    tmp_path: Path,
+    broker: Mosquitto,
+    client_url: str = "",
+    client_tls: dict[str, str] | None = None,
+    **sections: dict[str, Any],
+) -> AsyncIterator[DiagRig]:
     """Start the agent built by ``assemble.build_agent`` with ``mqtt.url`` on ``broker`` (``sections``
     override any key, e.g. an ``mqtts://`` URL and certificates); the operator's FleetClient connects to
     ``client_url`` (default: the broker's plain URL) with ``client_tls`` (ca_file, cert_file, key_file)."""
     log_path = tmp_path / "logs" / "agent.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    base: dict[str, dict[str, Any]] = {"mqtt": {"url": broker.url if broker.port else ""}, "logging": {"file": str(log_path)},
-            "diagnostics": {"journalctl": str(tmp_path / "no-journalctl")}}  # no host journal in tests
+    base: dict[str, dict[str, Any]] = {
+        "mqtt": {"url": broker.url if broker.port else ""},
+        "logging": {"file": str(log_path)},
+        "diagnostics": {"journalctl": str(tmp_path / "no-journalctl")},
+    }  # no host journal in tests
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     config = media_config(tmp_path, **base)

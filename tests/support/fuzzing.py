@@ -59,8 +59,12 @@ def fuzz_settings(examples: int) -> Callable[[F], F]:
         database=None,
         derandomize=not seeded,
         print_blob=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                               HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     )
 
     def apply(fn: F) -> F:

@@ -36,8 +36,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "impaired-link-token"
 PORT = 8480
 # Chromium as it comes: no permission or autoplay flags (the viewer page plays muted video).
-PLAIN_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run"]
+PLAIN_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 COUNT_FRAMES_JS = """
 window.__presented = [];
@@ -94,22 +100,29 @@ def busy_clip(path: Path, width: int = 1280, height: int = 720, fps: int = 30, s
 
     rng = np.random.default_rng(5)
     cells = rng.integers(0, 256, (height // 4, width // 4), dtype=np.uint8)
-    texture = np.tile(np.kron(cells, np.ones((4, 4), np.uint8)), (2, 2))  # 4x4-pixel detail, tiled for scrolling
-    chroma = np.kron(rng.integers(64, 192, (height // 16 + 1, width // 16 + 1), dtype=np.uint8),
-                     np.ones((8, 8), np.uint8))[:height // 2, :width // 2]
+    texture = np.tile(
+        np.kron(cells, np.ones((4, 4), np.uint8)), (2, 2)
+    )  # 4x4-pixel detail, tiled for scrolling
+    chroma = np.kron(
+        rng.integers(64, 192, (height // 16 + 1, width // 16 + 1), dtype=np.uint8), np.ones((8, 8), np.uint8)
+    )[: height // 2, : width // 2]
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(int(seconds * fps)):
             dx, dy = (i * 5) % width, (i * 3) % height
-            y = texture[dy:dy + height, dx:dx + width].copy()
+            y = texture[dy : dy + height, dx : dx + width].copy()
             for k in range(6):  # moving inverted blocks
                 bx = int((np.sin(i / 15 + k) + 1) / 2 * (width - width // 8))
                 by = int((np.cos(i / 11 + 2 * k) + 1) / 2 * (height - height // 6))
-                y[by:by + height // 6, bx:bx + width // 8] = 255 - y[by:by + height // 6, bx:bx + width // 8]
+                y[by : by + height // 6, bx : bx + width // 8] = (
+                    255 - y[by : by + height // 6, bx : bx + width // 8]
+                )
             u = np.roll(chroma, i * 2, axis=1)
             v = np.roll(chroma, -i, axis=0)
-            planes = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(height * 3 // 2, width)
+            planes = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(
+                height * 3 // 2, width
+            )
             for packet in stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")):
                 out.mux(packet)
         for packet in stream.encode():
@@ -117,37 +130,73 @@ def busy_clip(path: Path, width: int = 1280, height: int = 720, fps: int = 30, s
     return path
 
 
-def _agent_toml(tmp: Path, addr: str, clip: Path | None, width: int, height: int, fps: int,
-                extra: dict[str, str] | None = None) -> Path:
+def _agent_toml(
+    tmp: Path,
+    addr: str,
+    clip: Path | None,
+    width: int,
+    height: int,
+    fps: int,
+    extra: dict[str, str] | None = None,
+) -> Path:
     """The agent's configuration; ``extra`` adds TOML lines to the ``camera`` and ``encoder`` sections."""
     extra = extra or {}
-    camera = (f'backend = "file"\npath = "{clip}"\n' if clip is not None else 'backend = "test-pattern"\n')
+    camera = f'backend = "file"\npath = "{clip}"\n' if clip is not None else 'backend = "test-pattern"\n'
     path = tmp / "agent.toml"
-    path.write_text(f'[device]\nid = "impaired"\nstate_dir = "{tmp / "state"}"\n\n'
-                    f'[camera]\n{camera}width = {width}\nheight = {height}\nfps = {fps}\n{extra.get("camera", "")}\n'
-                    f'[audio]\nbackend = "synthetic"\n\n[encoder]\nbackend = "libx264"\n{extra.get("encoder", "")}\n'
-                    f'[web]\nlisten = "{addr}:{PORT}"\ntoken = "{TOKEN}"\n\n[mqtt]\nurl = ""\n')
+    path.write_text(
+        f'[device]\nid = "impaired"\nstate_dir = "{tmp / "state"}"\n\n'
+        f"[camera]\n{camera}width = {width}\nheight = {height}\nfps = {fps}\n{extra.get('camera', '')}\n"
+        f'[audio]\nbackend = "synthetic"\n\n[encoder]\nbackend = "libx264"\n{extra.get("encoder", "")}\n'
+        f'[web]\nlisten = "{addr}:{PORT}"\ntoken = "{TOKEN}"\n\n[mqtt]\nurl = ""\n'
+    )
     return path
 
 
 @contextlib.contextmanager
-def server_in_namespace(link: ImpairedLink, kind: str, clip: Path | None, width: int = 1280, height: int = 720,
-                        fps: int = 30, extra: dict[str, str] | None = None) -> Iterator[str]:
+def server_in_namespace(
+    link: ImpairedLink,
+    kind: str,
+    clip: Path | None,
+    width: int = 1280,
+    height: int = 720,
+    fps: int = 30,
+    extra: dict[str, str] | None = None,
+) -> Iterator[str]:
     """The agent (``kind="agent"``, ``device-agent run``; ``extra``: see ``_agent_toml``) or the naive
     peer in namespace a; yields its URL."""
     with tempfile.TemporaryDirectory(prefix="impaired-") as tmp_name:
         tmp = Path(tmp_name)
         if kind == "agent":
-            argv = [str(ROOT / ".venv/bin/device-agent"), "run", "--config",
-                    str(_agent_toml(tmp, link.addr_a, clip, width, height, fps, extra))]
+            argv = [
+                str(ROOT / ".venv/bin/device-agent"),
+                "run",
+                "--config",
+                str(_agent_toml(tmp, link.addr_a, clip, width, height, fps, extra)),
+            ]
         else:
-            argv = [sys.executable, "-m", "benchmarks.naive_whep", "--listen", f"{link.addr_a}:{PORT}",
-                    "--width", str(width), "--height", str(height), "--fps", str(fps)]
+            argv = [
+                sys.executable,
+                "-m",
+                "benchmarks.naive_whep",
+                "--listen",
+                f"{link.addr_a}:{PORT}",
+                "--width",
+                str(width),
+                "--height",
+                str(height),
+                "--fps",
+                str(fps),
+            ]
             if clip is not None:
                 argv += ["--clip", str(clip)]
         log = open(tmp / "server.log", "w+")
-        proc = subprocess.Popen(netns_command(link.ns_a, argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            netns_command(link.ns_a, argv),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         base = f"http://{link.addr_a}:{PORT}"
         probe = NamespaceLoop(link.ns_a)
         try:
@@ -198,7 +247,9 @@ class WatchResult:
     server: dict[str, Any] = field(default_factory=dict)
     presented: list[float] = field(default_factory=list)  # page time (ms) of every presented frame
     page_marks: list[float] = field(default_factory=list)  # page time (ms) when ``during`` marked
-    timeline: dict[str, Any] = field(default_factory=dict)  # POST -> answer, ICE, DTLS (ms); page start -> POST
+    timeline: dict[str, Any] = field(
+        default_factory=dict
+    )  # POST -> answer, ICE, DTLS (ms); page start -> POST
 
     def fps_median(self) -> float | None:
         return statistics.median(self.per_second) if self.per_second else None
@@ -220,7 +271,7 @@ class WatchResult:
         late = [s for s in self.samples if s["t"] >= after_s]
         best = None
         for i, a in enumerate(late):
-            for b in late[i + 1:]:
+            for b in late[i + 1 :]:
                 if b["t"] - a["t"] >= window_s:
                     rate = (b["bytes"] - a["bytes"]) * 8 / 1000 / (b["t"] - a["t"])
                     best = rate if best is None else max(best, rate)
@@ -228,8 +279,16 @@ class WatchResult:
         return best
 
 
-async def watch(browser: Any, link: ImpairedLink, base: str, seconds: float, *, server_stats: bool = True,
-                during: Any = None, mark_page_time: list[Any] | None = None) -> WatchResult:
+async def watch(
+    browser: Any,
+    link: ImpairedLink,
+    base: str,
+    seconds: float,
+    *,
+    server_stats: bool = True,
+    during: Any = None,
+    mark_page_time: list[Any] | None = None,
+) -> WatchResult:
     """Open the viewer page in ``browser`` (running in namespace b) for ``seconds`` after its first frame.
 
     ``during(elapsed_s)`` is awaited once a second (e.g. to change the link); each item it appends to
@@ -250,8 +309,14 @@ async def watch(browser: Any, link: ImpairedLink, base: str, seconds: float, *, 
         while True:
             now = time.monotonic() - started
             counters = link.stats()["a_to_b"]
-            samples.append({"t": now, "bytes": counters["bytes"], "queue_drops": counters["queue_drops"],
-                            "lost": counters["lost"]})
+            samples.append(
+                {
+                    "t": now,
+                    "bytes": counters["bytes"],
+                    "queue_drops": counters["queue_drops"],
+                    "lost": counters["lost"],
+                }
+            )
             if first is None:
                 first = await page.evaluate("window.viewer && window.viewer.postToFirstFrameMs")
                 if first is not None:

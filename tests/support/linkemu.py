@@ -82,9 +82,21 @@ class _Direction:
     profile: LinkProfile = CLEAN
     busy_until: float = 0.0
     last_delivery: float = 0.0
-    counters: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(
-        ("packets", "bytes", "delivered", "delivered_bytes", "lost", "queue_drops", "outage_drops",
-         "write_errors"), 0))
+    counters: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "packets",
+                "bytes",
+                "delivered",
+                "delivered_bytes",
+                "lost",
+                "queue_drops",
+                "outage_drops",
+                "write_errors",
+            ),
+            0,
+        )
+    )
 
     def admit(self, now: float, size: int, rng: random.Random) -> float | None:
         """When the packet leaves the far end, or None when it is dropped."""
@@ -237,15 +249,31 @@ class ImpairedLink:
                 _run("ip", "-n", ns, "link", "set", "lo", "up")
             root = Path(__file__).resolve().parents[2]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.linkemu", "--tun-a", self.tun_a, "--tun-b", self.tun_b,
-                 "--seed", str(self.seed)],
-                cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.linkemu",
+                    "--tun-a",
+                    self.tun_a,
+                    "--tun-b",
+                    self.tun_b,
+                    "--seed",
+                    str(self.seed),
+                ],
+                cwd=root,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
             assert self.proc.stdout is not None
             ready = self.proc.stdout.readline().strip()
             if ready != "ready":
                 raise RuntimeError(f"link forwarder did not start: {ready!r}")
-            for tun, ns, local, peer in ((self.tun_a, self.ns_a, self.addr_a, self.addr_b),
-                                         (self.tun_b, self.ns_b, self.addr_b, self.addr_a)):
+            for tun, ns, local, peer in (
+                (self.tun_a, self.ns_a, self.addr_a, self.addr_b),
+                (self.tun_b, self.ns_b, self.addr_b, self.addr_a),
+            ):
                 _run("ip", "link", "set", tun, "netns", ns)
                 _run("ip", "-n", ns, "addr", "add", local, "peer", peer, "dev", tun)
                 _run("ip", "-n", ns, "link", "set", tun, "up", "mtu", "1400")

@@ -22,10 +22,12 @@ from hal.camera.marker import read_stamp
 
 def media_config(tmp_path: Any, **sections: dict[str, Any]) -> dict[str, Any]:
     """A small, fast configuration: 640x360 test pattern, synthetic mic, WHEP on a free port."""
-    data: dict[str, Any] = {"device": {"id": "test-cam", "state_dir": str(tmp_path / "state")},
-                            "camera": {"width": 640, "height": 360, "fps": 30},
-                            "encoder": {"bitrate": 600_000, "min_bitrate": 150_000, "max_bitrate": 1_500_000},
-                            "web": {"listen": "127.0.0.1:0"}}
+    data: dict[str, Any] = {
+        "device": {"id": "test-cam", "state_dir": str(tmp_path / "state")},
+        "camera": {"width": 640, "height": 360, "fps": 30},
+        "encoder": {"bitrate": 600_000, "min_bitrate": 150_000, "max_bitrate": 1_500_000},
+        "web": {"listen": "127.0.0.1:0"},
+    }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data
@@ -55,8 +57,13 @@ class Viewer:
     qoe: QoeProbe | None = None  # receiver reports to the device (the page's twin)
     token: str = ""  # web.token, needed when the agent listens beyond loopback
 
-    async def connect(self, session: aiohttp.ClientSession, audio: bool = True, qoe: bool = True,
-                      qoe_interval_s: float = 2.0) -> None:
+    async def connect(
+        self,
+        session: aiohttp.ClientSession,
+        audio: bool = True,
+        qoe: bool = True,
+        qoe_interval_s: float = 2.0,
+    ) -> None:
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
@@ -68,8 +75,11 @@ class Viewer:
             self.qoe.attach()
         self.posted_at = time.monotonic()
         auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with session.post(f"{self.base_url}/whep", data=self.pc.localDescription.sdp,
-                                headers={"Content-Type": "application/sdp", **auth}) as resp:
+        async with session.post(
+            f"{self.base_url}/whep",
+            data=self.pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", **auth},
+        ) as resp:
             body = await resp.text()
             assert resp.status == 201, (resp.status, body)
             self.location = resp.headers["Location"]

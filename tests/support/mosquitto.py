@@ -24,8 +24,14 @@ class Mosquitto:
     block (for TLS or claim listeners); their ports are in ``self.ports[name]``.
     """
 
-    def __init__(self, workdir: Path, extra_config: str = "", listeners: dict[str, str] | None = None,
-                 plain: bool = True, persistence: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_config: str = "",
+        listeners: dict[str, str] | None = None,
+        plain: bool = True,
+        persistence: bool = True,
+    ) -> None:
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -34,12 +40,17 @@ class Mosquitto:
         # As root, mosquitto would drop to its own user, which cannot write pytest's 0700 tmp dirs:
         # persistence would fail silently. Tests stay root; a device's broker never runs like this.
         lines = (["user root"] if os.geteuid() == 0 else []) + [
-                 "per_listener_settings false" if not listeners else "per_listener_settings true",
-                 "set_tcp_nodelay true",
-                 f"persistence {'true' if persistence else 'false'}",
-                 f"persistence_location {self.workdir}/",
-                 "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
-                 "max_queued_messages 100000", "max_inflight_messages 0"]
+            "per_listener_settings false" if not listeners else "per_listener_settings true",
+            "set_tcp_nodelay true",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 100000",
+            "max_inflight_messages 0",
+        ]
         if plain:
             lines += [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
         self.config_text = "\n".join(lines) + "\n" + extra_config + "\n"
@@ -54,10 +65,11 @@ class Mosquitto:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=log, stderr=log,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)], stdout=log, stderr=log, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         ports = [p for p in [self.port, *self.ports.values()] if p]

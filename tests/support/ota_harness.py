@@ -91,7 +91,8 @@ def build_probe_wheel(out_dir: Path, version: str, mode: str = "ok") -> Path:
     src = out_dir / f"src-{version}-{mode}"
     (src / "otaprobe").mkdir(parents=True, exist_ok=True)
     (src / "otaprobe" / "__init__.py").write_text(PROBE_MAIN.format(version=version, mode=mode))
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
         [build-system]
         requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
@@ -100,10 +101,25 @@ def build_probe_wheel(out_dir: Path, version: str, mode: str = "ok") -> Path:
         version = "{version}"
         [project.scripts]
         otaprobe = "otaprobe:main"
-    """))
+    """)
+    )
     wheels = out_dir / f"wheels-{version}-{mode}"
-    subprocess.run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--disable-pip-version-check", "-w", str(wheels), str(src)], check=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+    )
     return next(wheels.glob("*.whl"))
 
 
@@ -135,11 +151,19 @@ class Device:
     def write_config(self) -> None:
         extra_paths = ([str(REPO)] + ([str(VENV_SITE)] if VENV_SITE else [])) if self.layer else []
         lines = [
-            "[device]", f'id = "{self.device_id}"', f'hardware = "{self.hardware}"', f'state_dir = "{self.state_dir}"',
-            "[ota]", f'root = "{self.root}"', f'trusted_keys_dir = "{self.keys_dir}"',
-            f'hooks_dir = "{self.hooks_dir}"', f"trial_deadline_s = {self.trial_deadline_s}",
-            f"trial_healthy_s = {self.trial_healthy_s}", f"max_failed_starts = {self.max_failed_starts}",
-            "hook_timeout_s = 20.0", "free_space_reserve_bytes = 0",
+            "[device]",
+            f'id = "{self.device_id}"',
+            f'hardware = "{self.hardware}"',
+            f'state_dir = "{self.state_dir}"',
+            "[ota]",
+            f'root = "{self.root}"',
+            f'trusted_keys_dir = "{self.keys_dir}"',
+            f'hooks_dir = "{self.hooks_dir}"',
+            f"trial_deadline_s = {self.trial_deadline_s}",
+            f"trial_healthy_s = {self.trial_healthy_s}",
+            f"max_failed_starts = {self.max_failed_starts}",
+            "hook_timeout_s = 20.0",
+            "free_space_reserve_bytes = 0",
             "slot_extra_paths = [" + ", ".join(json.dumps(p) for p in extra_paths) + "]",
         ]
         lines += [f"{k} = {json.dumps(v)}" for k, v in self.extra.items()]
@@ -148,14 +172,19 @@ class Device:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([PY, "-m", "device_agent.cli", *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO)
+        return subprocess.run(
+            [PY, "-m", "device_agent.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        )
 
     def boot_check(self) -> subprocess.CompletedProcess:
         """The boot path exactly as the unit runs it: the system Python on the copied script."""
         python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else PY
-        return subprocess.run([python, str(BOOT_CHECK), "--root", str(self.root), "--state-dir", str(self.state_dir)],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [python, str(BOOT_CHECK), "--root", str(self.root), "--state-dir", str(self.state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def running_version(self) -> str | None:
         """Run the release from ``current`` the way the service would; None if it does not work."""
@@ -194,7 +223,9 @@ class Run:
     killed_by_watchdog: bool
 
 
-def supervise(dev: Device, until, watchdog_s: float = 3.0, max_runs: int = 10, timeout_s: float = 90.0) -> list[Run]:
+def supervise(
+    dev: Device, until, watchdog_s: float = 3.0, max_runs: int = 10, timeout_s: float = 90.0
+) -> list[Run]:
     """Run the service like systemd: boot check, start from ``current``, restart on failure.
 
     Stops when ``until(dev)`` is true (the running process is then sent SIGTERM) or the process
@@ -211,10 +242,19 @@ def supervise(dev: Device, until, watchdog_s: float = 3.0, max_runs: int = 10, t
             sock_path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(sock_path))
-        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(int(watchdog_s * 1e6)),
-               "PROBE_EVENTS": str(dev.events_path)}
-        proc = subprocess.Popen([str(dev.root / "current" / "bin" / "otaprobe"), "run", "--config", str(dev.config_path)],
-                                env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(sock_path),
+            "WATCHDOG_USEC": str(int(watchdog_s * 1e6)),
+            "PROBE_EVENTS": str(dev.events_path),
+        }
+        proc = subprocess.Popen(
+            [str(dev.root / "current" / "bin" / "otaprobe"), "run", "--config", str(dev.config_path)],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         last_ping = time.monotonic()
         killed = False
         try:
@@ -270,8 +310,16 @@ def probe_wheel(version: str, mode: str = "ok") -> Path:
     return _WHEELS[key]
 
 
-def make_bundle(dev: Device, out: Path, version: str, mode: str = "ok", hooks: Path | None = None,
-                firmware: Path | None = None, keys: list | None = None, **kwargs: Any) -> Path:
+def make_bundle(
+    dev: Device,
+    out: Path,
+    version: str,
+    mode: str = "ok",
+    hooks: Path | None = None,
+    firmware: Path | None = None,
+    keys: list | None = None,
+    **kwargs: Any,
+) -> Path:
     """A signed bundle of the probe release, built with the real ``ota.bundle.build``."""
     from ota import bundle as bundle_mod
 
@@ -279,18 +327,26 @@ def make_bundle(dev: Device, out: Path, version: str, mode: str = "ok", hooks: P
     wheelhouse.mkdir(parents=True, exist_ok=True)
     wheel = probe_wheel(version, mode)
     (wheelhouse / wheel.name).write_bytes(wheel.read_bytes())
-    bundle_mod.build(out, version, wheelhouse, kwargs.pop("hardware", [dev.hardware]), hooks=hooks,
-                     firmware=firmware, keys=keys if keys is not None else [dev.signing_key], **kwargs)
+    bundle_mod.build(
+        out,
+        version,
+        wheelhouse,
+        kwargs.pop("hardware", [dev.hardware]),
+        hooks=hooks,
+        firmware=firmware,
+        keys=keys if keys is not None else [dev.signing_key],
+        **kwargs,
+    )
     return out
 
 
 def provision(dev: Device) -> None:
     """A signing key trusted by the device, and version 1.0.0 installed and committed in slot a."""
+    from device_agent.config import load_config
     from ota import signing
-    from ota.installer import InstallOptions, Installer
+    from ota.installer import Installer, InstallOptions
     from ota.layout import Layout
     from ota.trial import commit
-    from device_agent.config import load_config
 
     signing.generate(dev.base / "release.key", dev.keys_dir / "release.pub")
     dev.signing_key = signing.load_private(dev.base / "release.key")
@@ -305,5 +361,9 @@ def provision(dev: Device) -> None:
 
 
 def has_event(dev: Device, phase: str, version: str | None = None) -> bool:
-    return any(e.get("type") == "ota" and e.get("phase") == phase and (version is None or e.get("version") == version)
-               for e in dev.events())
+    return any(
+        e.get("type") == "ota"
+        and e.get("phase") == phase
+        and (version is None or e.get("version") == version)
+        for e in dev.events()
+    )

@@ -60,8 +60,14 @@ class Output:
     def stop(self) -> None:
         self.recording = False
 
-    def outputframe(self, frame: Any, keyframe: bool = True, timestamp: int | None = None,
-                    packet: Any = None, audio: bool = False) -> None:
+    def outputframe(
+        self,
+        frame: Any,
+        keyframe: bool = True,
+        timestamp: int | None = None,
+        packet: Any = None,
+        audio: bool = False,
+    ) -> None:
         pass
 
 
@@ -84,9 +90,16 @@ def make_h264_encoder_class(script: Script) -> type:
     class H264Encoder:
         """picamera2.encoders.H264Encoder: frames in on the camera thread, outputframe on its own thread."""
 
-        def __init__(self, bitrate: int | None = None, repeat: bool = True, iperiod: int | None = None,
-                     framerate: float | None = None, enable_sps_framerate: bool = False, qp: Any = None,
-                     profile: Any = None) -> None:
+        def __init__(
+            self,
+            bitrate: int | None = None,
+            repeat: bool = True,
+            iperiod: int | None = None,
+            framerate: float | None = None,
+            enable_sps_framerate: bool = False,
+            qp: Any = None,
+            profile: Any = None,
+        ) -> None:
             self.bitrate, self.repeat, self.iperiod = bitrate, repeat, iperiod
             self.firsttimestamp: int | None = None
             self.output: Any = None
@@ -96,8 +109,14 @@ def make_h264_encoder_class(script: Script) -> type:
             script.encoders.append(self)
 
         def _start(self, width: int, height: int, fps: int) -> None:
-            self._x264 = Libx264Encoder(width, height, fps, self.bitrate or 2_000_000,
-                                        self.bitrate or 2_000_000, keyframe_interval_s=(self.iperiod or fps) / fps)
+            self._x264 = Libx264Encoder(
+                width,
+                height,
+                fps,
+                self.bitrate or 2_000_000,
+                self.bitrate or 2_000_000,
+                keyframe_interval_s=(self.iperiod or fps) / fps,
+            )
             self._thread = threading.Thread(target=self._loop, name="standin-h264", daemon=True)
             self._thread.start()
 
@@ -150,11 +169,21 @@ def make_picamera2_class(script: Script) -> type:
             self._encoder: Any = None
             self._dead = False
 
-        def create_video_configuration(self, main: dict[str, Any] | None = None, controls: Any = None,
-                                       transform: Any = None, **kwargs: Any) -> dict[str, Any]:
+        def create_video_configuration(
+            self,
+            main: dict[str, Any] | None = None,
+            controls: Any = None,
+            transform: Any = None,
+            **kwargs: Any,
+        ) -> dict[str, Any]:
             main = {"size": (640, 480), "format": "XBGR8888", **(main or {})}
-            return {"use_case": "video", "main": main, "controls": dict(controls or {}),
-                    "transform": transform or Transform(), **kwargs}
+            return {
+                "use_case": "video",
+                "main": main,
+                "controls": dict(controls or {}),
+                "transform": transform or Transform(),
+                **kwargs,
+            }
 
         def configure(self, config: dict[str, Any]) -> None:
             if config["main"]["format"] != "YUV420":
@@ -199,11 +228,11 @@ def make_picamera2_class(script: Script) -> type:
             chroma = yuv[height:].reshape(-1)
             cw, ch, cs = width // 2, height // 2, stride // 2
             out = np.zeros(stride * height + 2 * cs * ch, np.uint8)
-            out[:stride * height].reshape(height, stride)[:, :width] = y
+            out[: stride * height].reshape(height, stride)[:, :width] = y
             for i in range(2):
-                plane = chroma[i * cw * ch:(i + 1) * cw * ch].reshape(ch, cw)
+                plane = chroma[i * cw * ch : (i + 1) * cw * ch].reshape(ch, cw)
                 base = stride * height + i * cs * ch
-                out[base:base + cs * ch].reshape(ch, cs)[:, :cw] = plane
+                out[base : base + cs * ch].reshape(ch, cs)[:, :cw] = plane
             return out.reshape(height * 3 // 2, stride)
 
         def _put(self, item: Any) -> None:
@@ -271,7 +300,11 @@ def install(monkeypatch: Any, script: Script | None = None) -> Script:
     libcamera = types.ModuleType("libcamera")
     libcamera.Transform = Transform
     pkg.encoders, pkg.outputs = encoders, outputs
-    for name, module in (("picamera2", pkg), ("picamera2.encoders", encoders),
-                         ("picamera2.outputs", outputs), ("libcamera", libcamera)):
+    for name, module in (
+        ("picamera2", pkg),
+        ("picamera2.encoders", encoders),
+        ("picamera2.outputs", outputs),
+        ("libcamera", libcamera),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     return script

@@ -9,6 +9,7 @@ evaluation and never touched here: ``clean_freesound_33711`` (speech) and the la
 ``noise_freesound_573577`` (noise); held out for validation only: the alsa-utils phrases and the
 speakers in ``REAL_VAL_GROUPS``. ``Corpus.build`` and ``real_speech`` are deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,9 @@ import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
@@ -60,42 +61,119 @@ TRAIN_LEVEL_DB = (-40.0, -12.0)  # mixtures' RMS level range in dBFS (training d
 MIN_RECORDING_SNR_DB = 30.0  # skip recordings whose own background noise is closer than this to the speech
 
 SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.", "Please turn off the lights in the kitchen.",
-    "Device seven reports a temperature of forty two degrees.", "Can you hear me clearly now?",
-    "We will meet again at half past nine tomorrow morning.", "The camera stream is running fine.",
-    "Open the garage door and check the battery level.", "Rain is expected later this afternoon.",
-    "Numbers one two three four five six seven eight nine ten.", "How much does the new sensor cost?",
-    "She sells sea shells by the sea shore.", "Update the firmware before the weekend.",
-    "A large size in stockings is hard to sell.", "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.", "It is easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.", "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.", "The box was thrown beside the parked truck.",
-    "Four hours of steady work faced us.", "The hogs were fed chopped corn and garbage.",
-    "Hoist the load to your left shoulder.", "Wipe the grease off his dirty face.",
-    "Mend the coat before you go out.", "The wrist was badly strained and hung limp.",
-    "The stray cat gave birth to kittens.", "The young girl gave no clear response.",
-    "The meal was cooked before the bell rang.", "What joy there is in living!",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please turn off the lights in the kitchen.",
+    "Device seven reports a temperature of forty two degrees.",
+    "Can you hear me clearly now?",
+    "We will meet again at half past nine tomorrow morning.",
+    "The camera stream is running fine.",
+    "Open the garage door and check the battery level.",
+    "Rain is expected later this afternoon.",
+    "Numbers one two three four five six seven eight nine ten.",
+    "How much does the new sensor cost?",
+    "She sells sea shells by the sea shore.",
+    "Update the firmware before the weekend.",
+    "A large size in stockings is hard to sell.",
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It is easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "Four hours of steady work faced us.",
+    "The hogs were fed chopped corn and garbage.",
+    "Hoist the load to your left shoulder.",
+    "Wipe the grease off his dirty face.",
+    "Mend the coat before you go out.",
+    "The wrist was badly strained and hung limp.",
+    "The stray cat gave birth to kittens.",
+    "The young girl gave no clear response.",
+    "The meal was cooked before the bell rang.",
+    "What joy there is in living!",
     "Set the thermostat to twenty one degrees and lock the front door.",
-    "Who left the window open in the upstairs bedroom?", "Call mum and tell her I will be late.",
-    "Play some quiet music in the living room.", "Remind me to water the plants at six.",
-    "The delivery driver is waiting outside with a parcel.", "Is anybody there? Please answer me.",
-    "Thank you very much, that was really helpful.", "Zero, eleven, fifteen, ninety nine, a hundred.",
+    "Who left the window open in the upstairs bedroom?",
+    "Call mum and tell her I will be late.",
+    "Play some quiet music in the living room.",
+    "Remind me to water the plants at six.",
+    "The delivery driver is waiting outside with a parcel.",
+    "Is anybody there? Please answer me.",
+    "Thank you very much, that was really helpful.",
+    "Zero, eleven, fifteen, ninety nine, a hundred.",
     "Jack quietly moved up front and seized the big ball of wax.",
-    "Heavy trucks rumble past the school every morning.", "Show me the video from the back yard camera.",
+    "Heavy trucks rumble past the school every morning.",
+    "Show me the video from the back yard camera.",
 ]
-WORDS = sorted({w.strip(".,?!").lower() for s in SENTENCES for w in s.split()} | set(
-    "alarm baby garden yellow thirty kitchen window system morning evening whisper thunder music"
-    " picture seventy bright shadow measure orange purple umbrella breakfast village journey quickly"
-    " slowly happy angry chair table school doctor answer listen silver golden jumping sitting".split()))
+WORDS = sorted(
+    {w.strip(".,?!").lower() for s in SENTENCES for w in s.split()}
+    | set(
+        "alarm baby garden yellow thirty kitchen window system morning evening whisper thunder music"
+        " picture seventy bright shadow measure orange purple umbrella breakfast village journey quickly"
+        " slowly happy angry chair table school doctor answer listen silver golden jumping sitting".split()
+    )
+)
 
-ESPEAK_LANGS = ["en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan",
-                "en-gb-x-gbcwmd", "de", "fr", "es", "it", "nl", "pl"]
-ESPEAK_VARIANTS = ["", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt",
-                   "klatt2", "klatt3", "Andy", "Annie", "anika", "david", "edward", "linda", "steph", "paul",
-                   "robert", "john", "grandma", "grandpa", "Alicia", "max", "victor", "shelby", "travis"]
+ESPEAK_LANGS = [
+    "en",
+    "en-us",
+    "en-gb-x-rp",
+    "en-gb-scotland",
+    "en-029",
+    "en-us-nyc",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "nl",
+    "pl",
+]
+ESPEAK_VARIANTS = [
+    "",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "Andy",
+    "Annie",
+    "anika",
+    "david",
+    "edward",
+    "linda",
+    "steph",
+    "paul",
+    "robert",
+    "john",
+    "grandma",
+    "grandpa",
+    "Alicia",
+    "max",
+    "victor",
+    "shelby",
+    "travis",
+]
 FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
-FESTIVAL_VOICES = ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts", "lp_diphone", "pc_diphone",
-                   "upc_ca_ona_hts", "czech_dita"]
+FESTIVAL_VOICES = [
+    "kal_diphone",
+    "ked_diphone",
+    "cmu_us_slt_arctic_hts",
+    "lp_diphone",
+    "pc_diphone",
+    "upc_ca_ona_hts",
+    "czech_dita",
+]
 
 
 def to16k(x: np.ndarray, sr: int) -> np.ndarray:
@@ -121,17 +199,49 @@ def _synth_one(rng: np.random.Generator, wav: Path) -> str:
         lang = ESPEAK_LANGS[int(rng.integers(len(ESPEAK_LANGS)))] if rng.random() < 0.4 else "en"
         var = ESPEAK_VARIANTS[int(rng.integers(len(ESPEAK_VARIANTS)))]
         voice = lang + (f"+{var}" if var else "")
-        cmd = ["espeak-ng", "-v", voice, "-p", str(int(rng.integers(15, 85))), "-s", str(int(rng.integers(120, 210))),
-               "-g", str(int(rng.integers(0, 6))), "-w", str(wav), text]
+        cmd = [
+            "espeak-ng",
+            "-v",
+            voice,
+            "-p",
+            str(int(rng.integers(15, 85))),
+            "-s",
+            str(int(rng.integers(120, 210))),
+            "-g",
+            str(int(rng.integers(0, 6))),
+            "-w",
+            str(wav),
+            text,
+        ]
     elif engine == "flite":
         voice = FLITE_VOICES[int(rng.integers(len(FLITE_VOICES)))]
-        cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={rng.uniform(0.8, 1.3):.2f}",
-               "--setf", f"int_f0_target_mean={rng.uniform(80, 220):.0f}", "-t", text, "-o", str(wav)]
+        cmd = [
+            "flite",
+            "-voice",
+            voice,
+            "--setf",
+            f"duration_stretch={rng.uniform(0.8, 1.3):.2f}",
+            "--setf",
+            f"int_f0_target_mean={rng.uniform(80, 220):.0f}",
+            "-t",
+            text,
+            "-o",
+            str(wav),
+        ]
     else:
         voice = FESTIVAL_VOICES[int(rng.integers(len(FESTIVAL_VOICES)))]
-        txt = wav.with_suffix(".txt"); txt.write_text(text)
-        cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval",
-               f"(Parameter.set 'Duration_Stretch {rng.uniform(0.8, 1.3):.2f})", str(txt), "-o", str(wav)]
+        txt = wav.with_suffix(".txt")
+        txt.write_text(text)
+        cmd = [
+            "text2wave",
+            "-eval",
+            f"(voice_{voice})",
+            "-eval",
+            f"(Parameter.set 'Duration_Stretch {rng.uniform(0.8, 1.3):.2f})",
+            str(txt),
+            "-o",
+            str(wav),
+        ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     return f"{engine}:{voice}"
 
@@ -153,10 +263,10 @@ def perturb_speech(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 
 def _trim(x: np.ndarray) -> np.ndarray:
     """Leading/trailing silence cut to 50 ms, unit RMS."""
-    e = np.convolve(x ** 2, np.ones(160) / 160, "same")
+    e = np.convolve(x**2, np.ones(160) / 160, "same")
     on = np.nonzero(e > 1e-4 * e.max())[0]
     if len(on):
-        x = x[max(0, on[0] - 800): on[-1] + 800]
+        x = x[max(0, on[0] - 800) : on[-1] + 800]
     return (x / (np.std(x) + 1e-9)).astype(np.float32)
 
 
@@ -190,7 +300,9 @@ def recording_snr_db(x: np.ndarray) -> float:
 def trains_on(group: str) -> bool:
     """Whether a speaker group (``source/speaker``) may be trained on (see ``REAL_VAL_LANGUAGES``)."""
     source, speaker = group.split("/", 1)
-    return group not in REAL_VAL_GROUPS and (source in DEFAULT_SPEECH_SOURCES or speaker not in REAL_VAL_LANGUAGES)
+    return group not in REAL_VAL_GROUPS and (
+        source in DEFAULT_SPEECH_SOURCES or speaker not in REAL_VAL_LANGUAGES
+    )
 
 
 def real_speech(sources: dict[str, SpeechSource]) -> dict[str, list[np.ndarray]]:
@@ -224,7 +336,9 @@ def real_speech(sources: dict[str, SpeechSource]) -> dict[str, list[np.ndarray]]
 
 def alsa_phrases() -> list[np.ndarray]:
     """alsa-utils' spoken channel names (one real talker; validation only), or the shared copy of one."""
-    files = sorted(p for p in ALSA_PHRASES.glob("*.wav") if p.stem != "Noise") if ALSA_PHRASES.is_dir() else []
+    files = (
+        sorted(p for p in ALSA_PHRASES.glob("*.wav") if p.stem != "Noise") if ALSA_PHRASES.is_dir() else []
+    )
     out = []
     for f in files or [DATA / "alsa_front_center.wav"]:
         x, sr = sf.read(f, dtype="float32")
@@ -237,35 +351,109 @@ def alsa_phrases() -> list[np.ndarray]:
 # Each entry: a folder and the file-name patterns taken from it (music, speech-like animal calls,
 # beeps and sirens are left out).
 AMBIENT_NOISE_SOURCES = {
-    "scorched3d": (Path("/usr/share/games/scorched3d/data/globalmods"),
-                   ["none/data/wav/misc/" + n for n in ("oceanwaves.wav", "rain.wav", "jet.wav", "lava?.wav",
-                    "birds?.wav", "frogs.wav", "f1[68]_?.wav", "apache_1.wav", "thunder[23].wav", "splash.wav")]
-                   + ["apoc/data/wav/misc/" + n for n in ("citysounds.wav", "factoryloop1.wav", "cheeringloop.wav",
-                      "helicopter.wav", "cessna.wav", "nuclearloop.wav")]),
-    "lincity-ng": (Path("/usr/share/games/lincity-ng/sounds"),
-                   [f"{n}*.wav" for n in ("Trafic", "Water", "Industry", "Harbor", "RailTrain", "Tip", "WindMill",
-                                          "PowerCoal", "Farm", "Fire", "MarketFull", "Mill", "Recycle", "OreMine",
-                                          "CoalMine", "Residential", "Shanty", "SportsCroud", "Substation")]),
-    "wesnoth": (Path("/usr/share/games/wesnoth/1.16/data/core/sounds/ambient"),
-                ["campfire.ogg", "ship.ogg", "night.ogg", "morning.ogg", "birds?.ogg"]),
+    "scorched3d": (
+        Path("/usr/share/games/scorched3d/data/globalmods"),
+        [
+            "none/data/wav/misc/" + n
+            for n in (
+                "oceanwaves.wav",
+                "rain.wav",
+                "jet.wav",
+                "lava?.wav",
+                "birds?.wav",
+                "frogs.wav",
+                "f1[68]_?.wav",
+                "apache_1.wav",
+                "thunder[23].wav",
+                "splash.wav",
+            )
+        ]
+        + [
+            "apoc/data/wav/misc/" + n
+            for n in (
+                "citysounds.wav",
+                "factoryloop1.wav",
+                "cheeringloop.wav",
+                "helicopter.wav",
+                "cessna.wav",
+                "nuclearloop.wav",
+            )
+        ],
+    ),
+    "lincity-ng": (
+        Path("/usr/share/games/lincity-ng/sounds"),
+        [
+            f"{n}*.wav"
+            for n in (
+                "Trafic",
+                "Water",
+                "Industry",
+                "Harbor",
+                "RailTrain",
+                "Tip",
+                "WindMill",
+                "PowerCoal",
+                "Farm",
+                "Fire",
+                "MarketFull",
+                "Mill",
+                "Recycle",
+                "OreMine",
+                "CoalMine",
+                "Residential",
+                "Shanty",
+                "SportsCroud",
+                "Substation",
+            )
+        ],
+    ),
+    "wesnoth": (
+        Path("/usr/share/games/wesnoth/1.16/data/core/sounds/ambient"),
+        ["campfire.ogg", "ship.ogg", "night.ogg", "morning.ogg", "birds?.ogg"],
+    ),
     "etr": (Path("/usr/share/games/etr/sounds"), ["*_slide.wav"]),
-    "flare": (Path("/usr/share/games/flare/mods"),  # CC-BY-SA; two real wind recordings among them
-              ["fantasycore/soundfx/environment/" + n for n in (
-                  "wind_loop.ogg", "cave_wind_loop.ogg", "cave_droplets_loop.ogg", "river_loop.ogg", "open_fire*.ogg",
-                  "bird_twitter_loop.ogg", "anvil_loop.ogg", "stairs.ogg", "stone_open.ogg")]
-              + ["fantasycore/music/wind_ambient.ogg", "empyrean_campaign/soundfx/environment/*.ogg"]),
+    "flare": (
+        Path("/usr/share/games/flare/mods"),  # CC-BY-SA; two real wind recordings among them
+        [
+            "fantasycore/soundfx/environment/" + n
+            for n in (
+                "wind_loop.ogg",
+                "cave_wind_loop.ogg",
+                "cave_droplets_loop.ogg",
+                "river_loop.ogg",
+                "open_fire*.ogg",
+                "bird_twitter_loop.ogg",
+                "anvil_loop.ogg",
+                "stairs.ogg",
+                "stone_open.ogg",
+            )
+        ]
+        + ["fantasycore/music/wind_ambient.ogg", "empyrean_campaign/soundfx/environment/*.ogg"],
+    ),
 }
 # Held out of training for the ambient validation set (``evaluate --ambient``): surging, low-frequency
 # outdoor noises (sea, jet and traffic roar, wind in a cave and on a ship, rock sliding) -- the kind of noise the
 # benchmark's real recording is, without being it.
-AMBIENT_VAL_NAMES = ("oceanwaves", "jet", "lava2", "ship", "TraficHigh1", "TraficHigh2", "TraficHigh3",
-                     "WindMill1", "WindMill2", "rock_slide", "cave_wind_loop")
+AMBIENT_VAL_NAMES = (
+    "oceanwaves",
+    "jet",
+    "lava2",
+    "ship",
+    "TraficHigh1",
+    "TraficHigh2",
+    "TraficHigh3",
+    "WindMill1",
+    "WindMill2",
+    "rock_slide",
+    "cave_wind_loop",
+)
 MIN_AMBIENT_RATE = 11025  # 8 kHz files carry no noise above 4 kHz at all: skipped
 MIN_AMBIENT_SECONDS = 1.5
 
 
-def ambient_noises(sources: dict[str, tuple[Path, list[str]]] | None = None
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def ambient_noises(
+    sources: dict[str, tuple[Path, list[str]]] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(training, validation) lists of the ambient recordings found (16 kHz, unit RMS, first channel);
     ``AMBIENT_VAL_NAMES`` go to validation. Missing packages give shorter lists; files that are too
     short, below ``MIN_AMBIENT_RATE``, silent or unreadable are skipped."""
@@ -320,7 +508,10 @@ def extra_split_key(rel: Path) -> str:
 def extra_held_out(key: str) -> bool:
     """Whether a split unit (``extra_split_key``) is validation: sha256 of ``ns-extra:KEY`` below
     ``EXTRA_VAL_PERCENT`` (fixed; no seed)."""
-    return int(hashlib.sha256(f"ns-extra:{key.split(':', 1)[1]}".encode()).hexdigest()[:8], 16) % 100 < EXTRA_VAL_PERCENT
+    return (
+        int(hashlib.sha256(f"ns-extra:{key.split(':', 1)[1]}".encode()).hexdigest()[:8], 16) % 100
+        < EXTRA_VAL_PERCENT
+    )
 
 
 @dataclass
@@ -340,7 +531,11 @@ def extra_data(root: Path = EXTRA, val_only: bool = False) -> ExtraData:
     """Read ns-extra (missing folder: empty lists; ``val_only``: the held-out part alone). Silent or
     unreadable files are skipped."""
     out, keys = ExtraData(), {"train": set(), "val": set()}
-    files = sorted(p for p in root.rglob("*.flac") if p.parts[len(root.parts)] in ("speech", "noise")) if root.is_dir() else []
+    files = (
+        sorted(p for p in root.rglob("*.flac") if p.parts[len(root.parts)] in ("speech", "noise"))
+        if root.is_dir()
+        else []
+    )
     for f in files:
         rel = f.relative_to(root)
         key = extra_split_key(rel)
@@ -361,14 +556,16 @@ def extra_data(root: Path = EXTRA, val_only: bool = False) -> ExtraData:
             (out.noise_val if val else out.noise_train).append((x / np.std(x)).astype(np.float32))
     minutes = lambda xs: round(sum(map(len, xs)) / SR / 60, 1)  # noqa: E731
     out.val_keys = sorted(keys["val"])
-    out.stats = {"speech_train": [len(out.speech_train), minutes(out.speech_train)],
-                 "speech_val": [len(out.speech_val), minutes(out.speech_val)],
-                 "noise_train": [len(out.noise_train), minutes(out.noise_train)],
-                 "noise_val": [len(out.noise_val), minutes(out.noise_val)],
-                 "talkers_train": sum(k.startswith("speech:") for k in keys["train"]),
-                 "talkers_val": sum(k.startswith("speech:") for k in out.val_keys),
-                 "noise_recordings_train": sum(k.startswith("noise:") for k in keys["train"]),
-                 "noise_recordings_val": sum(k.startswith("noise:") for k in out.val_keys)}
+    out.stats = {
+        "speech_train": [len(out.speech_train), minutes(out.speech_train)],
+        "speech_val": [len(out.speech_val), minutes(out.speech_val)],
+        "noise_train": [len(out.noise_train), minutes(out.noise_train)],
+        "noise_val": [len(out.noise_val), minutes(out.noise_val)],
+        "talkers_train": sum(k.startswith("speech:") for k in keys["train"]),
+        "talkers_val": sum(k.startswith("speech:") for k in out.val_keys),
+        "noise_recordings_train": sum(k.startswith("noise:") for k in keys["train"]),
+        "noise_recordings_val": sum(k.startswith("noise:") for k in out.val_keys),
+    }
     return out
 
 
@@ -376,8 +573,9 @@ EXTRA_VAL_SNRS = (0, 5, 10, 15, 20)  # mixture i of ``extra_validation_set`` is 
 EXTRA_VAL_SEED = 2026
 
 
-def extra_validation_set(extra: ExtraData, count: int = 60, seconds: float | None = None, seed: int = EXTRA_VAL_SEED
-                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def extra_validation_set(
+    extra: ExtraData, count: int = 60, seconds: float | None = None, seed: int = EXTRA_VAL_SEED
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Fixed mixtures of ns-extra's held-out talkers in its held-out noise recordings (never trained on):
     3-6 s of read speech (utterances of one random pick each, 0.2 s apart, a random 6 s excerpt of longer
     ones; exactly ``seconds`` long, zero-padded, if given) at RMS 0.05, noise at ``EXTRA_VAL_SNRS[i % 5]``
@@ -392,14 +590,16 @@ def extra_validation_set(extra: ExtraData, count: int = 60, seconds: float | Non
         sp = np.concatenate(parts)
         n = int((seconds or 6.0) * SR)
         if len(sp) > n:
-            k = int(rng.integers(len(sp) - n + 1)); sp = sp[k:k + n]
+            k = int(rng.integers(len(sp) - n + 1))
+            sp = sp[k : k + n]
         if seconds:
             sp = np.pad(sp, (0, n - len(sp)))
         sp = (sp / np.std(sp)).astype(np.float32)
         nz = loop_excerpt(rng, extra.noise_val[int(rng.integers(len(extra.noise_val)))], len(sp))
         nz = nz / (np.std(nz) + 1e-9)
         snr = EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)]
-        clean.append(sp * 0.05); noisy.append(((sp + nz * 10 ** (-snr / 20)) * 0.05).astype(np.float32))
+        clean.append(sp * 0.05)
+        noisy.append(((sp + nz * 10 ** (-snr / 20)) * 0.05).astype(np.float32))
     return clean, noisy
 
 
@@ -411,7 +611,7 @@ def shared_rir() -> np.ndarray | None:
     h, sr = sf.read(f, dtype="float32")
     h = to16k(h, sr)
     pk = int(np.argmax(np.abs(h)))
-    h = h[pk:pk + SR]
+    h = h[pk : pk + SR]
     return (h / (np.abs(h[0]) + 1e-9)).astype(np.float32)
 
 
@@ -423,7 +623,11 @@ def microphone(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
     a = rng.uniform(-0.5, 0.5)
     tilt = ([1.0, -a], [1.0])
     for _ in range(int(rng.integers(1, 3))):
-        f0, gain, q = np.exp(rng.uniform(np.log(150), np.log(6000))), rng.uniform(-9, 9), rng.uniform(0.5, 2.5)
+        f0, gain, q = (
+            np.exp(rng.uniform(np.log(150), np.log(6000))),
+            rng.uniform(-9, 9),
+            rng.uniform(0.5, 2.5),
+        )
         stages.append(_peaking(f0, gain, q))
     if rng.random() < 0.4:
         stages.append(butter(2, rng.uniform(60, 300), "highpass", fs=SR, output="sos"))
@@ -433,6 +637,7 @@ def microphone(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
 
     def apply(x: np.ndarray) -> np.ndarray:
         return sosfilt(sos, lfilter(*tilt, x)).astype(np.float32)
+
     return apply
 
 
@@ -447,7 +652,7 @@ def _peaking(f0: float, gain_db: float, q: float) -> np.ndarray:
 
 def loop_excerpt(rng: np.random.Generator, x: np.ndarray, n: int) -> np.ndarray:
     """``n`` samples of ``x`` played in a loop, from a random start (one draw of ``rng``)."""
-    return np.resize(x, n + len(x))[int(rng.integers(len(x))):][:n]
+    return np.resize(x, n + len(x))[int(rng.integers(len(x))) :][:n]
 
 
 def _colored(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -476,7 +681,7 @@ def wind_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     env = np.exp(rng.uniform(0.5, 1.6) * g / (np.std(g) + 1e-9))
     low = _shaped(rng, n, rng.uniform(20, 150), rng.uniform(1.0, 1.8))
     bright = _shaped(rng, n, rng.uniform(150, 800), rng.uniform(1.0, 1.6))
-    gust = env ** 2 / np.mean(env ** 2) * np.mean(env)
+    gust = env**2 / np.mean(env**2) * np.mean(env)
     w = low / np.std(low) * env + rng.uniform(0.03, 0.3) * bright / np.std(bright) * gust
     return sosfilt(butter(2, 20, "highpass", fs=SR, output="sos"), w)  # the microphone's own high-pass
 
@@ -490,16 +695,20 @@ def synth_noise(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> n
     elif kind == 1:
         w = _colored(rng, n)
     elif kind == 2:  # brown / rumble
-        w = np.cumsum(rng.standard_normal(n)); w -= np.convolve(w, np.ones(400) / 400, "same")
+        w = np.cumsum(rng.standard_normal(n))
+        w -= np.convolve(w, np.ones(400) / 400, "same")
     elif kind == 3:  # mains hum or fan: harmonics over coloured noise
         f0 = rng.choice([50.0, 60.0, 100.0, 120.0]) if rng.random() < 0.5 else rng.uniform(80, 400)
-        w = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) * rng.uniform(0.1, 1) / k for k in range(1, 10))
+        w = sum(
+            np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) * rng.uniform(0.1, 1) / k for k in range(1, 10)
+        )
         w = w / np.std(w) + rng.uniform(0.05, 1.0) * _colored(rng, n) / 0.5
     elif kind == 4:  # clicks, knocks and other transients over light noise
         w = 0.1 * rng.standard_normal(n)
         for p in rng.integers(0, n, int(rng.integers(2, 20))):
-            ln = int(rng.integers(40, 3000)); b = rng.standard_normal(ln) * np.exp(-np.arange(ln) / (ln / 5))
-            w[p:p + ln] += rng.uniform(1, 10) * b[: len(w[p:p + ln])]
+            ln = int(rng.integers(40, 3000))
+            b = rng.standard_normal(ln) * np.exp(-np.arange(ln) / (ln / 5))
+            w[p : p + ln] += rng.uniform(1, 10) * b[: len(w[p : p + ln])]
     elif kind == 5:  # babble: 3-7 talkers
         w = np.zeros(n)
         for _ in range(int(rng.integers(3, 8))):
@@ -522,6 +731,7 @@ def synth_noise(rng: np.random.Generator, n: int, speech: list[np.ndarray]) -> n
 def room_irs(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     """Shoebox rooms from pyroomacoustics (image method), RT60 0.15-0.9 s; direct path moved to index 0."""
     import pyroomacoustics as pra
+
     out = []
     while len(out) < n:
         dim = np.array([rng.uniform(3, 9), rng.uniform(3, 7), rng.uniform(2.4, 3.5)])
@@ -531,12 +741,14 @@ def room_irs(rng: np.random.Generator, n: int) -> list[np.ndarray]:
         except ValueError:
             continue
         room = pra.ShoeBox(dim, fs=SR, materials=pra.Material(absorb), max_order=min(order, 12))
-        src = rng.uniform(0.5, dim - 0.5); mic = rng.uniform(0.5, dim - 0.5)
-        room.add_source(src); room.add_microphone(mic)
+        src = rng.uniform(0.5, dim - 0.5)
+        mic = rng.uniform(0.5, dim - 0.5)
+        room.add_source(src)
+        room.add_microphone(mic)
         room.compute_rir()
         h = np.asarray(room.rir[0][0], np.float32)
         pk = int(np.argmax(np.abs(h)))
-        h = h[pk:pk + int(SR * 1.0)]
+        h = h[pk : pk + int(SR * 1.0)]
         out.append(h / (np.abs(h[0]) + 1e-9))
     return out
 
@@ -570,8 +782,10 @@ class Corpus:
         """Load the Debian ambient recordings (``ambient_noises``). Not cached: it takes a second."""
         self.ambient_train, self.ambient_val = ambient_noises()
         self.stats["ambient_noise"] = {
-            "train_files": len(self.ambient_train), "val_files": len(self.ambient_val),
-            "train_minutes": round(sum(map(len, self.ambient_train)) / SR / 60, 1)}
+            "train_files": len(self.ambient_train),
+            "val_files": len(self.ambient_val),
+            "train_minutes": round(sum(map(len, self.ambient_train)) / SR / 60, 1),
+        }
         log("ambient noise", self.stats["ambient_noise"])
 
     def add_real_speech(self, seed: int, log=print, sources: Iterable[str] = DEFAULT_SPEECH_SOURCES) -> None:
@@ -587,13 +801,16 @@ class Corpus:
         train = [x for g, xs in sorted(groups.items()) if trains_on(g) for x in xs]
         self.real_train = train + [perturb_speech(rng, x) for x in train]
         self.stats["real_speech"] = {
-            "groups": len(groups), "train_utterances": len(train),
-            "train_minutes": round(sum(map(len, train)) / SR / 60, 1), "val_utterances": len(self.real_val),
-            "val_groups": [g for g in REAL_VAL_GROUPS if g in groups] + ["alsa-utils"]}
+            "groups": len(groups),
+            "train_utterances": len(train),
+            "train_minutes": round(sum(map(len, train)) / SR / 60, 1),
+            "val_utterances": len(self.real_val),
+            "val_groups": [g for g in REAL_VAL_GROUPS if g in groups] + ["alsa-utils"],
+        }
         log("real speech", self.stats["real_speech"])
 
     @classmethod
-    def build(cls, seed: int, utterances: int, rirs: int, log=print) -> "Corpus":
+    def build(cls, seed: int, utterances: int, rirs: int, log=print) -> Corpus:
         rng = np.random.default_rng(seed)
         speech, used = synth_speech(rng, utterances, log)
         n_val = max(2, len(speech) // 10)
@@ -601,7 +818,9 @@ class Corpus:
             h = room_irs(rng, rirs)
         except ImportError:  # pyroomacoustics missing: fall back to exponential-decay noise tails
             h = [_decay_ir(rng) for _ in range(rirs)]
-        return cls(speech[n_val:], speech[:n_val], real_noises(), h, {"engines": used, "utterances": len(speech)})
+        return cls(
+            speech[n_val:], speech[:n_val], real_noises(), h, {"engines": used, "utterances": len(speech)}
+        )
 
     def save(self, path: Path) -> None:
         arrays = {f"s{i}": x for i, x in enumerate(self.train_speech)}
@@ -611,30 +830,44 @@ class Corpus:
         np.savez(path, meta=np.array(json.dumps(self.stats)), **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> "Corpus":
+    def load(cls, path: Path) -> Corpus:
         z = np.load(path)
 
         def get(prefix: str) -> list[np.ndarray]:
             return [z[k] for k in sorted((k for k in z.files if k[0] == prefix), key=lambda k: int(k[1:]))]
+
         stats = json.loads(str(z["meta"])) if "meta" in z.files else {}
         return cls(get("s"), get("v"), get("n"), get("r"), stats)
 
 
 def _decay_ir(rng: np.random.Generator) -> np.ndarray:
-    rt60 = rng.uniform(0.15, 0.9); n = int(rt60 * SR)
-    h = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n); h[0] = 1.0 / 0.3
+    rt60 = rng.uniform(0.15, 0.9)
+    n = int(rt60 * SR)
+    h = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)
+    h[0] = 1.0 / 0.3
     return (h * 0.3).astype(np.float32)
 
 
 class Mixer:
     """Random (clean target, noisy input) pairs made on the fly from a ``Corpus``."""
 
-    def __init__(self, corpus: Corpus, rng: np.random.Generator, speech: list[np.ndarray] | None = None,
-                 real: list[np.ndarray] | None = None, real_fraction: float = 0.0,
-                 snr_db: tuple[float, float] = TRAIN_SNR_DB, ambient: list[np.ndarray] | None = None,
-                 ambient_fraction: float = 0.0, extra_fraction: float = 0.0, extra_noise_fraction: float = 0.0,
-                 shared_noise_fraction: float = 0.45, mic_fraction: float = 0.0,
-                 level_db: tuple[float, float] = TRAIN_LEVEL_DB, reverb_target_ms: float = 50.0) -> None:
+    def __init__(
+        self,
+        corpus: Corpus,
+        rng: np.random.Generator,
+        speech: list[np.ndarray] | None = None,
+        real: list[np.ndarray] | None = None,
+        real_fraction: float = 0.0,
+        snr_db: tuple[float, float] = TRAIN_SNR_DB,
+        ambient: list[np.ndarray] | None = None,
+        ambient_fraction: float = 0.0,
+        extra_fraction: float = 0.0,
+        extra_noise_fraction: float = 0.0,
+        shared_noise_fraction: float = 0.45,
+        mic_fraction: float = 0.0,
+        level_db: tuple[float, float] = TRAIN_LEVEL_DB,
+        reverb_target_ms: float = 50.0,
+    ) -> None:
         """``extra_fraction``: share of utterances from ns-extra's training talkers (also babble voices);
         noise shares: ``shared_noise_fraction`` the two recordings of ../shared/data/ns, then
         ``ambient_fraction`` the Debian ambient ones, ``extra_noise_fraction`` ns-extra's training
@@ -663,15 +896,21 @@ class Mixer:
         rng, out, pos = self.rng, np.zeros(n, np.float32), int(self.rng.integers(-n // 4, n // 8))
         while pos < n:
             u = rng.random()
-            pool = self.extra if u < self.extra_fraction else self.real if u < self.extra_fraction + self.real_fraction \
+            pool = (
+                self.extra
+                if u < self.extra_fraction
+                else self.real
+                if u < self.extra_fraction + self.real_fraction
                 else self.speech
+            )
             s = pool[int(rng.integers(len(pool)))]
             if pool is self.extra and len(s) > n:  # read sentences run to 35 s: a random excerpt
-                k = int(rng.integers(len(s) - n + 1)); s = s[k:k + n]
+                k = int(rng.integers(len(s) - n + 1))
+                s = s[k : k + n]
             s = s * rng.uniform(0.5, 1.5)
             a, b = max(pos, 0), min(pos + len(s), n)
             if b > a:
-                out[a:b] += s[a - pos: b - pos]
+                out[a:b] += s[a - pos : b - pos]
             pos += len(s) + int(rng.integers(0, SR // 2))
         return out
 

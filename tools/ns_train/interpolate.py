@@ -10,6 +10,7 @@ fine-tune that gains on new data but loses on the old often keeps most of both g
 ``alpha``; choose it on validation data (``tools.ns_train.evaluate``). Models of ``LAYERS`` GRU layers
 (``train.py``'s default; the layer count is not recorded in the exported graph).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ LAYERS = 2
 def _shape(path: Path) -> tuple[int, int, int, int]:
     """(bins, hidden, df_bins, df_order) of an exported model."""
     from device_agent.ns.model import MaskModel
+
     m = MaskModel(path)
     return m.bins, m.state_size // LAYERS, m.df_bins, m.df_order
 
@@ -33,18 +35,28 @@ def _shape(path: Path) -> tuple[int, int, int, int]:
 def interpolate(base: Path, tuned: Path, alpha: float, out: Path) -> None:
     """Write ``(1 - alpha) * base + alpha * tuned`` to ``out`` (see the module docstring)."""
     import tensorflow as tf
+
     shape, base_shape = _shape(tuned), _shape(base)
-    if base_shape[:2] != shape[:2] or base_shape[2] not in (0, shape[2]) or base_shape[3] not in (0, shape[3]):
-        raise SystemExit(f"{base} {base_shape} and {tuned} {shape} (bins, hidden, deep-filter bins, taps) "
-                         "are not one lineage")
+    if (
+        base_shape[:2] != shape[:2]
+        or base_shape[2] not in (0, shape[2])
+        or base_shape[3] not in (0, shape[3])
+    ):
+        raise SystemExit(
+            f"{base} {base_shape} and {tuned} {shape} (bins, hidden, deep-filter bins, taps) "
+            "are not one lineage"
+        )
     bins, hidden, df_bins, df_order = shape
     models = []
     for path in (base, tuned):
-        m = build(tf, bins, hidden, LAYERS, np.zeros(bins, np.float32), np.ones(bins, np.float32), df_bins, df_order)
+        m = build(
+            tf, bins, hidden, LAYERS, np.zeros(bins, np.float32), np.ones(bins, np.float32), df_bins, df_order
+        )
         load_tflite_weights(m, path, LAYERS, 2 * (bins - 1))
         models.append(m)
-    models[0].set_weights([(1 - alpha) * a + alpha * b
-                           for a, b in zip(models[0].get_weights(), models[1].get_weights())])
+    models[0].set_weights(
+        [(1 - alpha) * a + alpha * b for a, b in zip(models[0].get_weights(), models[1].get_weights())]
+    )
     export(tf, models[0], out, LAYERS, hidden, bins, df_bins, df_order)
     report = {"interpolation": {"base": str(base), "tuned": str(tuned), "alpha": alpha}}
     for key, path in (("base_report", base), ("tuned_report", tuned)):  # the runs' own reports, where kept

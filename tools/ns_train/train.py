@@ -14,6 +14,7 @@ synthetic utterances and held-out human speakers (``data.REAL_VAL_GROUPS`` and t
 another ``--frame`` its input and output weights are interpolated onto the new frequency grid first;
 ``--df-bins F`` adds a causal deep filter on the lowest F bins (``deep_filter_pair``), starting from zero.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.ns_train.data import (DEFAULT_SPEECH_SOURCES, EXTRA_VAL_SNRS, REAL_SPEECH_SOURCES, SR, TRAIN_LEVEL_DB,
-                                 TRAIN_SNR_DB, Corpus, Mixer, extra_validation_set)
 from device_agent.ns.model import HOP, rotations, stft_windows
 from device_agent.ns.quality import si_sdr as si_sdr_np
+from tools.ns_train.data import (
+    DEFAULT_SPEECH_SOURCES,
+    EXTRA_VAL_SNRS,
+    REAL_SPEECH_SOURCES,
+    SR,
+    TRAIN_LEVEL_DB,
+    TRAIN_SNR_DB,
+    Corpus,
+    Mixer,
+    extra_validation_set,
+)
 
 COMPRESS = 0.3
 
@@ -35,8 +45,16 @@ def log(*a) -> None:
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def build(tf, bins: int, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarray, df_bins: int = 0,
-          df_order: int = 0):
+def build(
+    tf,
+    bins: int,
+    hidden: int,
+    layers: int,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    df_bins: int = 0,
+    df_order: int = 0,
+):
     """feat (compressed magnitude) -> fixed normalisation -> Dense -> GRU x layers -> sigmoid mask.
 
     With ``df_bins``: the phase feature of those bins joins the first layer's input, and a second head
@@ -55,8 +73,11 @@ def build(tf, bins: int, hidden: int, layers: int, mu: np.ndarray, sd: np.ndarra
         x = k.layers.GRU(hidden, return_sequences=True, name=f"gru{i}")(x)
     outputs = [k.layers.Dense(bins, activation="sigmoid", name="mask")(x)]
     if df_bins:
-        outputs.append(k.layers.Dense(2 * df_order * df_bins, activation="tanh", kernel_initializer="zeros",
-                                      name="filter")(x))
+        outputs.append(
+            k.layers.Dense(
+                2 * df_order * df_bins, activation="tanh", kernel_initializer="zeros", name="filter"
+            )(x)
+        )
     return k.Model(inputs, outputs)
 
 
@@ -68,8 +89,9 @@ def deep_filter_pair(tf, frame: int, df_bins: int, df_order: int):
 
     def past(spec, taps: int = df_order):  # [taps, batch, time, df_bins]: frame t - i rotated to the present
         low = spec[..., :df_bins]  # (zeros before the first frame)
-        return tf.stack([tf.pad(low, [[0, 0], [i, 0], [0, 0]])[:, :tf.shape(low)[1]] * rot[i]
-                         for i in range(taps)])
+        return tf.stack(
+            [tf.pad(low, [[0, 0], [i, 0], [0, 0]])[:, : tf.shape(low)[1]] * rot[i] for i in range(taps)]
+        )
 
     def features(spec):
         mag = tf.pow(tf.abs(spec) + 1e-9, COMPRESS)
@@ -88,6 +110,7 @@ def deep_filter_pair(tf, frame: int, df_bins: int, df_order: int):
         c = tf.transpose(tf.complex(tf.reshape(re, shape), tf.reshape(im, shape)), [2, 0, 1, 3])
         est = tf.complex(mask, 0.0) * spec
         return tf.concat([est[..., :df_bins] + tf.reduce_sum(c * past(spec), 0), est[..., df_bins:]], -1)
+
     return features, apply
 
 
@@ -101,15 +124,21 @@ def stft_pair(tf, frame: int):
         return tf.signal.stft(x, frame, HOP, frame, window_fn=lambda n, dtype: wa, pad_end=False)
 
     def istft(s):
-        return tf.signal.overlap_and_add(tf.signal.irfft(s, [frame]) * ws, HOP)[:, frame - HOP:]
+        return tf.signal.overlap_and_add(tf.signal.irfft(s, [frame]) * ws, HOP)[:, frame - HOP :]
+
     return stft, istft
 
 
 def validation_set(corpus: Corpus, seed: int, count: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
     """Fixed mixtures, half of the speech from held-out synthetic utterances and half from held-out human
     speakers (``corpus.real_val``: validation speaker groups and the alsa-utils phrases)."""
-    mixer = Mixer(corpus, np.random.default_rng(seed + 1), speech=corpus.val_speech, real=corpus.real_val,
-                  real_fraction=0.5)
+    mixer = Mixer(
+        corpus,
+        np.random.default_rng(seed + 1),
+        speech=corpus.val_speech,
+        real=corpus.real_val,
+        real_fraction=0.5,
+    )
     return mixer.batch(count, int(seconds * SR))
 
 
@@ -117,81 +146,163 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="device_agent/ns/models")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=6000, help="optimizer steps (batch of --batch x --segment s)")
+    ap.add_argument(
+        "--steps", type=int, default=6000, help="optimizer steps (batch of --batch x --segment s)"
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--segment", type=float, default=2.0, help="seconds per training example")
     ap.add_argument("--utterances", type=int, default=1500, help="synthetic utterances to generate")
     ap.add_argument("--rirs", type=int, default=80, help="simulated rooms")
-    ap.add_argument("--frame", type=int, default=512,
-                    help="STFT analysis frame (asymmetric window; the latency stays that of 2 hops = 20 ms)")
+    ap.add_argument(
+        "--frame",
+        type=int,
+        default=512,
+        help="STFT analysis frame (asymmetric window; the latency stays that of 2 hops = 20 ms)",
+    )
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--df-bins", type=int, default=0,
-                    help="deep filter on this many lowest bins (0: mask only); fine-tunes a mask model too")
-    ap.add_argument("--df-order", type=int, default=3, help="deep filter taps: the current and N-1 past frames")
+    ap.add_argument(
+        "--df-bins",
+        type=int,
+        default=0,
+        help="deep filter on this many lowest bins (0: mask only); fine-tunes a mask model too",
+    )
+    ap.add_argument(
+        "--df-order", type=int, default=3, help="deep filter taps: the current and N-1 past frames"
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sisdr-weight", type=float, default=0.01)
-    ap.add_argument("--real-fraction", type=float, default=0.5,
-                    help="share of training utterances drawn from the Debian human recordings")
-    ap.add_argument("--speech-sources", nargs="+", default=list(DEFAULT_SPEECH_SOURCES),
-                    choices=sorted(REAL_SPEECH_SOURCES), help="Debian packages whose human recordings are drawn "
-                    "(data.REAL_SPEECH_SOURCES; the default is the recipe of stages 4-11)")
-    ap.add_argument("--asym-weight", type=float, default=0.0,
-                    help="extra penalty on suppressed speech (compressed magnitude below the clean one)")
-    ap.add_argument("--ambient-fraction", type=float, default=0.0,
-                    help="share of training noises drawn from the Debian ambient recordings (data.ambient_noises), "
-                         "taken from the synthetic share")
-    ap.add_argument("--snr", type=float, nargs=2, default=TRAIN_SNR_DB, metavar=("LOW", "HIGH"),
-                    help=f"training mixtures' SNR range in dB (validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})")
-    ap.add_argument("--extra-fraction", type=float, default=0.0,
-                    help="share of training utterances from ns-extra's training talkers (data.extra_data)")
-    ap.add_argument("--extra-noise-fraction", type=float, default=0.0,
-                    help="share of training noises from ns-extra's training recordings")
-    ap.add_argument("--shared-noise-fraction", type=float, default=0.45,
-                    help="share of training noises from the two recordings of ../shared/data/ns")
-    ap.add_argument("--mic-fraction", type=float, default=0.0,
-                    help="share of examples given a random microphone colouration (data.microphone)")
-    ap.add_argument("--level", type=float, nargs=2, default=TRAIN_LEVEL_DB, metavar=("LOW", "HIGH"),
-                    help="training mixtures' RMS level range in dBFS")
-    ap.add_argument("--reverb-target-ms", type=float, default=50.0,
-                    help="how much of a simulated room's response the target keeps (0: all; the model then does "
-                         "not dereverberate)")
-    ap.add_argument("--select", choices=("mixed", "extra"), default="mixed",
-                    help="checkpoint choice: 'mixed' the earlier validation set (PESQ-WB + 0.1 SI-SDR); 'extra' "
-                         "ns-extra's held-out talkers in held-out noises (docs/noise-suppression.md, the rule)")
+    ap.add_argument(
+        "--real-fraction",
+        type=float,
+        default=0.5,
+        help="share of training utterances drawn from the Debian human recordings",
+    )
+    ap.add_argument(
+        "--speech-sources",
+        nargs="+",
+        default=list(DEFAULT_SPEECH_SOURCES),
+        choices=sorted(REAL_SPEECH_SOURCES),
+        help="Debian packages whose human recordings are drawn "
+        "(data.REAL_SPEECH_SOURCES; the default is the recipe of stages 4-11)",
+    )
+    ap.add_argument(
+        "--asym-weight",
+        type=float,
+        default=0.0,
+        help="extra penalty on suppressed speech (compressed magnitude below the clean one)",
+    )
+    ap.add_argument(
+        "--ambient-fraction",
+        type=float,
+        default=0.0,
+        help="share of training noises drawn from the Debian ambient recordings (data.ambient_noises), "
+        "taken from the synthetic share",
+    )
+    ap.add_argument(
+        "--snr",
+        type=float,
+        nargs=2,
+        default=TRAIN_SNR_DB,
+        metavar=("LOW", "HIGH"),
+        help=f"training mixtures' SNR range in dB (validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})",
+    )
+    ap.add_argument(
+        "--extra-fraction",
+        type=float,
+        default=0.0,
+        help="share of training utterances from ns-extra's training talkers (data.extra_data)",
+    )
+    ap.add_argument(
+        "--extra-noise-fraction",
+        type=float,
+        default=0.0,
+        help="share of training noises from ns-extra's training recordings",
+    )
+    ap.add_argument(
+        "--shared-noise-fraction",
+        type=float,
+        default=0.45,
+        help="share of training noises from the two recordings of ../shared/data/ns",
+    )
+    ap.add_argument(
+        "--mic-fraction",
+        type=float,
+        default=0.0,
+        help="share of examples given a random microphone colouration (data.microphone)",
+    )
+    ap.add_argument(
+        "--level",
+        type=float,
+        nargs=2,
+        default=TRAIN_LEVEL_DB,
+        metavar=("LOW", "HIGH"),
+        help="training mixtures' RMS level range in dBFS",
+    )
+    ap.add_argument(
+        "--reverb-target-ms",
+        type=float,
+        default=50.0,
+        help="how much of a simulated room's response the target keeps (0: all; the model then does "
+        "not dereverberate)",
+    )
+    ap.add_argument(
+        "--select",
+        choices=("mixed", "extra"),
+        default="mixed",
+        help="checkpoint choice: 'mixed' the earlier validation set (PESQ-WB + 0.1 SI-SDR); 'extra' "
+        "ns-extra's held-out talkers in held-out noises (docs/noise-suppression.md, the rule)",
+    )
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--val-count", type=int, default=48)
     ap.add_argument("--cache", default="", help="directory to cache the generated corpus")
-    ap.add_argument("--max-minutes", type=float, default=45.0, help="safety stop (the best checkpoint is exported)")
-    ap.add_argument("--stop-after", type=int, default=0,
-                    help="stop after this many steps (the schedule still spans --steps); 0: run all")
-    ap.add_argument("--init", default="", help="start from this float .tflite written by an earlier run (fine-tuning)")
-    ap.add_argument("--mix-seed", type=int, default=None, help="seed of the on-the-fly mixing (default: --seed)")
+    ap.add_argument(
+        "--max-minutes", type=float, default=45.0, help="safety stop (the best checkpoint is exported)"
+    )
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop after this many steps (the schedule still spans --steps); 0: run all",
+    )
+    ap.add_argument(
+        "--init", default="", help="start from this float .tflite written by an earlier run (fine-tuning)"
+    )
+    ap.add_argument(
+        "--mix-seed", type=int, default=None, help="seed of the on-the-fly mixing (default: --seed)"
+    )
     a = ap.parse_args(argv)
     if not 0.0 <= a.ambient_fraction <= 0.55:
         ap.error("--ambient-fraction is taken from the synthetic share: 0..0.55")
     if a.shared_noise_fraction + a.ambient_fraction + a.extra_noise_fraction > 1.0:
-        ap.error("the noise shares (--shared-noise-fraction, --ambient-fraction, --extra-noise-fraction) exceed 1")
+        ap.error(
+            "the noise shares (--shared-noise-fraction, --ambient-fraction, --extra-noise-fraction) exceed 1"
+        )
     if a.extra_fraction + a.real_fraction > 1.0:
         ap.error("--extra-fraction + --real-fraction exceed 1")
     t_start = time.time()
 
     import tensorflow as tf
+
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.keras.utils.set_random_seed(a.seed)
 
     cache = Path(a.cache) / f"corpus_s{a.seed}_u{a.utterances}_r{a.rirs}.npz" if a.cache else None
     if cache and cache.is_file():
-        corpus = Corpus.load(cache); log("corpus loaded from", cache)
+        corpus = Corpus.load(cache)
+        log("corpus loaded from", cache)
     else:
         log(f"generating corpus: {a.utterances} utterances, {a.rirs} rooms")
         corpus = Corpus.build(a.seed, a.utterances, a.rirs, log)
         log("corpus", corpus.stats)
         if cache:
-            cache.parent.mkdir(parents=True, exist_ok=True); corpus.save(cache)
-    log(f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
-        f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}")
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            corpus.save(cache)
+    log(
+        f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
+        f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}"
+    )
     corpus.add_real_speech(a.seed, log, a.speech_sources)
     if a.ambient_fraction:
         corpus.add_ambient_noise(log)
@@ -200,10 +311,19 @@ def main(argv: list[str] | None = None) -> None:
         if not (corpus.extra.speech_val and corpus.extra.noise_val):
             ap.error("ns-extra not found (../shared/data/ns-extra)")
     rng = np.random.default_rng(a.seed if a.mix_seed is None else a.mix_seed)
-    mixer = Mixer(corpus, rng, real_fraction=a.real_fraction, snr_db=tuple(a.snr), ambient_fraction=a.ambient_fraction,
-                  extra_fraction=a.extra_fraction, extra_noise_fraction=a.extra_noise_fraction,
-                  shared_noise_fraction=a.shared_noise_fraction, mic_fraction=a.mic_fraction, level_db=tuple(a.level),
-                  reverb_target_ms=a.reverb_target_ms)
+    mixer = Mixer(
+        corpus,
+        rng,
+        real_fraction=a.real_fraction,
+        snr_db=tuple(a.snr),
+        ambient_fraction=a.ambient_fraction,
+        extra_fraction=a.extra_fraction,
+        extra_noise_fraction=a.extra_noise_fraction,
+        shared_noise_fraction=a.shared_noise_fraction,
+        mic_fraction=a.mic_fraction,
+        level_db=tuple(a.level),
+        reverb_target_ms=a.reverb_target_ms,
+    )
     seg = int(a.segment * SR)
     if a.select == "extra":
         vc, vn = extra_validation_set(corpus.extra, a.val_count, 4.0)
@@ -230,8 +350,9 @@ def main(argv: list[str] | None = None) -> None:
         log("initialised from", a.init)
     log(f"model: {model.count_params()} weights, hidden {a.hidden} x {a.layers} GRU")
     warm = 200
-    sched = tf.keras.optimizers.schedules.CosineDecay(a.lr, max(1, a.steps - warm), alpha=0.03,
-                                                      warmup_target=None)
+    sched = tf.keras.optimizers.schedules.CosineDecay(
+        a.lr, max(1, a.steps - warm), alpha=0.03, warmup_target=None
+    )
 
     def lr_at(step: int) -> float:
         return a.lr * min(1.0, (step + 1) / warm) if step < warm else float(sched(step - warm))
@@ -246,15 +367,20 @@ def main(argv: list[str] | None = None) -> None:
     def losses(c, n):
         sc, sn = stft(c), stft(n)
         est = apply(sn, model(features(sn)))
-        ce, cce = compressed(est); cc, ccc = compressed(sc)
+        ce, cce = compressed(est)
+        cc, ccc = compressed(sc)
         l_mag = tf.reduce_mean(tf.square(ce - cc))
         l_cplx = tf.reduce_mean(tf.square(tf.abs(cce - ccc)))
         ref, out = istft(sc), istft(est)
-        ref -= tf.reduce_mean(ref, -1, keepdims=True); out -= tf.reduce_mean(out, -1, keepdims=True)
+        ref -= tf.reduce_mean(ref, -1, keepdims=True)
+        out -= tf.reduce_mean(out, -1, keepdims=True)
         e_ref = tf.reduce_sum(ref * ref, -1)
         proj = tf.reduce_sum(out * ref, -1, keepdims=True) / (e_ref[:, None] + 1e-9) * ref
-        sdr = 10.0 * tf.math.log((tf.reduce_sum(proj ** 2, -1) + 1e-9) /
-                                 (tf.reduce_sum((out - proj) ** 2, -1) + 1e-9)) / tf.math.log(10.0)
+        sdr = (
+            10.0
+            * tf.math.log((tf.reduce_sum(proj**2, -1) + 1e-9) / (tf.reduce_sum((out - proj) ** 2, -1) + 1e-9))
+            / tf.math.log(10.0)
+        )
         has = tf.cast(e_ref > 1e-6, tf.float32)
         l_sdr = -tf.reduce_sum(sdr * has) / (tf.reduce_sum(has) + 1e-9)
         l_asym = tf.reduce_mean(tf.square(tf.nn.relu(cc - ce)))  # over-suppression of speech
@@ -277,32 +403,43 @@ def main(argv: list[str] | None = None) -> None:
 
     def validate() -> dict:
         from pesq import pesq
-        outs = np.concatenate([enhance(tf.constant(val_noisy[i:i + 16])).numpy() for i in range(0, len(val_noisy), 16)])
-        ref = np.concatenate([istft(stft(tf.constant(val_clean[i:i + 16]))).numpy()
-                              for i in range(0, len(val_clean), 16)])
+
+        outs = np.concatenate(
+            [enhance(tf.constant(val_noisy[i : i + 16])).numpy() for i in range(0, len(val_noisy), 16)]
+        )
+        ref = np.concatenate(
+            [istft(stft(tf.constant(val_clean[i : i + 16]))).numpy() for i in range(0, len(val_clean), 16)]
+        )
         if a.select == "extra":
-            return extra_rule([r[HOP:-2 * HOP] for r in ref], [o[HOP:-2 * HOP] for o in outs],
-                              [x[HOP:-2 * HOP] for x in val_noisy])
+            return extra_rule(
+                [r[HOP : -2 * HOP] for r in ref],
+                [o[HOP : -2 * HOP] for o in outs],
+                [x[HOP : -2 * HOP] for x in val_noisy],
+            )
         sdrs, pq = [], []
         for i, (r, o) in enumerate(zip(ref, outs)):
             if np.std(r) < 1e-5:
                 continue
-            sdrs.append(si_sdr_np(r[HOP:-2 * HOP], o[HOP:-2 * HOP]))
+            sdrs.append(si_sdr_np(r[HOP : -2 * HOP], o[HOP : -2 * HOP]))
             if i % 2 == 0:
                 try:
-                    pq.append(pesq(SR, r[HOP:-2 * HOP], o[HOP:-2 * HOP], "wb"))
+                    pq.append(pesq(SR, r[HOP : -2 * HOP], o[HOP : -2 * HOP], "wb"))
                 except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
                     pass
         res = {"si_sdr": float(np.mean(sdrs)), "pesq": float(np.mean(pq))}
         res["score"] = res["pesq"] + 0.1 * res["si_sdr"]
         return res
 
-    noisy_ref = {"si_sdr": float(np.mean([si_sdr_np(c, n) for c, n in zip(val_clean, val_noisy) if np.std(c) > 1e-5]))}
+    noisy_ref = {
+        "si_sdr": float(np.mean([si_sdr_np(c, n) for c, n in zip(val_clean, val_noisy) if np.std(c) > 1e-5]))
+    }
     log("validation noisy input SI-SDR", round(noisy_ref["si_sdr"], 2))
     if a.init:  # where the run starts, on the same set (not a candidate)
         noisy_ref["init"] = validate()
-        log(f"validation of --init: SI-SDR {noisy_ref['init']['si_sdr']:.2f} PESQ {noisy_ref['init']['pesq']:.3f} "
-            f"score {noisy_ref['init']['score']:.3f} guard {noisy_ref['init'].get('guard')}")
+        log(
+            f"validation of --init: SI-SDR {noisy_ref['init']['si_sdr']:.2f} PESQ {noisy_ref['init']['pesq']:.3f} "
+            f"score {noisy_ref['init']['score']:.3f} guard {noisy_ref['init'].get('guard')}"
+        )
     best, best_w, history = None, model.get_weights(), []
     t0, acc, step = time.time(), np.zeros(2), 0
     for step in range(a.steps):
@@ -310,33 +447,52 @@ def main(argv: list[str] | None = None) -> None:
         ls, lsdr = train_step(tf.constant(c), tf.constant(n), tf.constant(lr_at(step), tf.float32))
         acc += [float(ls), float(lsdr)]
         if (step + 1) % 50 == 0:
-            log(f"step {step + 1} spec {acc[0] / 50:.4f} sisdr {-acc[1] / 50:.2f} lr {lr_at(step):.2e} "
-                f"{(time.time() - t0) / (step + 1):.3f} s/step")
+            log(
+                f"step {step + 1} spec {acc[0] / 50:.4f} sisdr {-acc[1] / 50:.2f} lr {lr_at(step):.2e} "
+                f"{(time.time() - t0) / (step + 1):.3f} s/step"
+            )
             acc[:] = 0
-        last = (step + 1 == a.steps or step + 1 == a.stop_after
-                or (time.time() - t_start) / 60 > a.max_minutes)
+        last = step + 1 == a.steps or step + 1 == a.stop_after or (time.time() - t_start) / 60 > a.max_minutes
         if (step + 1) % a.val_every == 0 or last:
-            v = validate(); v["step"] = step + 1; history.append(v)
+            v = validate()
+            v["step"] = step + 1
+            history.append(v)
             # the rule: the best score among checkpoints that keep the intelligibility guard (until one does,
             # among all); every new best is exported at once, so a stopped run leaves its best model on disk
             key = rule_key(v)
             if best is None or key > best:
                 best, best_w = key, model.get_weights()
-                export(tf, model, Path(a.out), a.layers, a.hidden, bins, a.df_bins, a.df_order, float_only=True)
-                (Path(a.out) / "ns_train_report.json").write_text(json.dumps(
-                    {"args": vars(a), "checkpoint": v, "history": history}, indent=1))
-            log(f"val step {step + 1}: SI-SDR {v['si_sdr']:.2f} PESQ {v['pesq']:.3f} score {v['score']:.3f}"
-                + (f" STOI {v['stoi']:.3f} guard {'kept' if v['guard'] else 'BROKEN'}" if "guard" in v else "")
-                + f" (best {best[1]:.3f})")
+                export(
+                    tf, model, Path(a.out), a.layers, a.hidden, bins, a.df_bins, a.df_order, float_only=True
+                )
+                (Path(a.out) / "ns_train_report.json").write_text(
+                    json.dumps({"args": vars(a), "checkpoint": v, "history": history}, indent=1)
+                )
+            log(
+                f"val step {step + 1}: SI-SDR {v['si_sdr']:.2f} PESQ {v['pesq']:.3f} score {v['score']:.3f}"
+                + (
+                    f" STOI {v['stoi']:.3f} guard {'kept' if v['guard'] else 'BROKEN'}"
+                    if "guard" in v
+                    else ""
+                )
+                + f" (best {best[1]:.3f})"
+            )
         if last:
             break
     model.set_weights(best_w)
     out = Path(a.out)
     export(tf, model, out, a.layers, a.hidden, bins, a.df_bins, a.df_order)
     best_v = max(history, key=rule_key) if history else {}
-    report = {"args": vars(a), "steps_run": step + 1, "minutes": round((time.time() - t_start) / 60, 1),
-              "weights": int(model.count_params()), "best_validation": best_v, "validation_noisy": noisy_ref,
-              "corpus": corpus.stats, "history": history}
+    report = {
+        "args": vars(a),
+        "steps_run": step + 1,
+        "minutes": round((time.time() - t_start) / 60, 1),
+        "weights": int(model.count_params()),
+        "best_validation": best_v,
+        "validation_noisy": noisy_ref,
+        "corpus": corpus.stats,
+        "history": history,
+    }
     (out / "ns_train_report.json").write_text(json.dumps(report, indent=1))
     log("done", json.dumps({k: report[k] for k in ("steps_run", "minutes", "best_validation")}))
 
@@ -352,19 +508,28 @@ def extra_rule(ref: list[np.ndarray], out: list[np.ndarray], noisy: list[np.ndar
     mean STOI is at least the noisy input's at every SNR (0..20 dB)."""
     from pesq import pesq
     from pystoi import stoi
+
     by: dict[int, dict[str, list[float]]] = {}
     for i, (r, o, x) in enumerate(zip(ref, out, noisy)):
-        d = by.setdefault(EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)], {"pesq": [], "si_sdr": [], "stoi": [], "stoi_in": []})
-        d["si_sdr"].append(si_sdr_np(r, o)); d["stoi"].append(stoi(r, o, SR)); d["stoi_in"].append(stoi(r, x, SR))
+        d = by.setdefault(
+            EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)], {"pesq": [], "si_sdr": [], "stoi": [], "stoi_in": []}
+        )
+        d["si_sdr"].append(si_sdr_np(r, o))
+        d["stoi"].append(stoi(r, o, SR))
+        d["stoi_in"].append(stoi(r, x, SR))
         try:
             d["pesq"].append(pesq(SR, r, o, "wb"))
         except Exception:  # noqa: BLE001 - pesq rejects clips without an utterance
             pass
     per = {snr: {k: float(np.mean(v)) for k, v in d.items()} for snr, d in sorted(by.items())}
     core = [per[s] for s in (0, 5, 10) if s in per]
-    res = {"pesq": float(np.mean([p["pesq"] for p in core])), "si_sdr": float(np.mean([p["si_sdr"] for p in core])),
-           "stoi": float(np.mean([p["stoi"] for p in core])), "per_snr": per,
-           "guard": all(p["stoi"] >= p["stoi_in"] for p in per.values())}
+    res = {
+        "pesq": float(np.mean([p["pesq"] for p in core])),
+        "si_sdr": float(np.mean([p["si_sdr"] for p in core])),
+        "stoi": float(np.mean([p["stoi"] for p in core])),
+        "per_snr": per,
+        "guard": all(p["stoi"] >= p["stoi_in"] for p in per.values()),
+    }
     res["score"] = res["pesq"] + 0.1 * res["si_sdr"]
     return res
 
@@ -375,7 +540,9 @@ def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
     across frequency (a warm start, not an exact copy); a narrower one is widened (``_widen``). A mask model
     read into a deep-filter one gets zero weights for the phase inputs and keeps the zero filter head."""
     from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=str(path)); it.allocate_tensors()
+
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
     t = {d["name"]: d["index"] for d in it.get_tensor_details()}
     get = lambda name: np.array(it.get_tensor(t[name]), np.float32)  # noqa: E731 - float16 weights too
     has_df = "filter" in it.get_signature_list()["serving_default"]["outputs"]
@@ -383,7 +550,8 @@ def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
     mm = ["MatMul"] + [f"MatMul_{i}" for i in range(1, 2 * layers + 2 + has_df)]
     adds, k = ["add"], 0
     for _ in range(layers):
-        adds += [f"add_{k + 1}", f"add_{k + 2}"]; k += 6
+        adds += [f"add_{k + 1}", f"add_{k + 2}"]
+        k += 6
     adds += [f"add_{k + 1 + i}" for i in range(1 + has_df)]
     head = 2 * layers + 1
     small = {"enc": [get(mm[0]).T, get(adds[0])], "mask": [get(mm[head]).T, get(adds[head])]}
@@ -400,12 +568,19 @@ def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
         to_new = _rebin(old_bins, bins)
         small["mask"] = [small["mask"][0] @ to_new.T, to_new @ small["mask"][1]]
     for i in range(layers):
-        small[f"gru{i}"] = [get(mm[1 + 2 * i]).T, get(mm[2 + 2 * i]).T,
-                            np.stack([get(adds[1 + 2 * i]), get(adds[2 + 2 * i])])]
+        small[f"gru{i}"] = [
+            get(mm[1 + 2 * i]).T,
+            get(mm[2 + 2 * i]).T,
+            np.stack([get(adds[1 + 2 * i]), get(adds[2 + 2 * i])]),
+        ]
     for name, weights in small.items():
         layer = model.get_layer(name)
-        layer.set_weights([_widen(w, fresh, gates=3 if name.startswith("gru") else 1)
-                           for w, fresh in zip(weights, layer.get_weights())])
+        layer.set_weights(
+            [
+                _widen(w, fresh, gates=3 if name.startswith("gru") else 1)
+                for w, fresh in zip(weights, layer.get_weights())
+            ]
+        )
 
 
 def _rebin(n_from: int, n_to: int) -> np.ndarray:
@@ -427,16 +602,25 @@ def _widen(small: np.ndarray, fresh: np.ndarray, gates: int) -> np.ndarray:
         return small
     out = fresh.copy()
     if small.ndim == 2:
-        out[small.shape[0]:] = 0.0
+        out[small.shape[0] :] = 0.0
     rows = tuple(slice(0, k) for k in small.shape[:-1])
     old, new = small.shape[-1] // gates, fresh.shape[-1] // gates
     for g in range(gates):
-        out[rows + (slice(g * new, g * new + old),)] = small[..., g * old:(g + 1) * old]
+        out[rows + (slice(g * new, g * new + old),)] = small[..., g * old : (g + 1) * old]
     return out
 
 
-def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: int = 0, df_order: int = 0,
-           float_only: bool = False) -> None:
+def export(
+    tf,
+    model,
+    out: Path,
+    layers: int,
+    hidden: int,
+    bins: int,
+    df_bins: int = 0,
+    df_order: int = 0,
+    float_only: bool = False,
+) -> None:
     """Single-hop graph; all GRU states concatenated into ONE explicit state input/output [1, layers*hidden].
     A deep-filter model adds the ``phase`` input and the ``filter`` output (``MaskModel``). ``float_only``:
     just ``ns_float.tflite`` (a checkpoint that ``--init`` can continue from)."""
@@ -462,8 +646,10 @@ def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: i
             z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
             x = z * h + (1 - z) * tf.tanh(xh + r * hh)
             new_states.append(x)
-        res = {"mask": tf.sigmoid(tf.matmul(x, wd) + bd),
-               "state_out": tf.concat(new_states, -1) if layers > 1 else new_states[0]}
+        res = {
+            "mask": tf.sigmoid(tf.matmul(x, wd) + bd),
+            "state_out": tf.concat(new_states, -1) if layers > 1 else new_states[0],
+        }
         if df_bins:
             res["filter"] = tf.tanh(tf.matmul(x, wf) + bf)
         return res
@@ -471,9 +657,14 @@ def export(tf, model, out: Path, layers: int, hidden: int, bins: int, df_bins: i
     feat_spec = tf.TensorSpec([1, bins], tf.float32, name="feat")
     state_spec = tf.TensorSpec([1, layers * hidden], tf.float32, name="state")
     if df_bins:
-        hop = tf.function(lambda feat, phase, state: body(tf.concat([feat, phase], -1), state),
-                          input_signature=[feat_spec, tf.TensorSpec([1, 2 * df_bins], tf.float32, name="phase"),
-                                           state_spec])
+        hop = tf.function(
+            lambda feat, phase, state: body(tf.concat([feat, phase], -1), state),
+            input_signature=[
+                feat_spec,
+                tf.TensorSpec([1, 2 * df_bins], tf.float32, name="phase"),
+                state_spec,
+            ],
+        )
     else:
         hop = tf.function(lambda feat, state: body(feat, state), input_signature=[feat_spec, state_spec])
 
