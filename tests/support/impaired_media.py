@@ -213,6 +213,13 @@ def server_in_namespace(
                         raise
                     time.sleep(0.3)
             yield base
+        except BaseException:
+            log.flush()
+            log.seek(0)
+            print(
+                f"--- {kind} log (tail) ---\n{log.read()[-4000:]}", file=sys.stderr
+            )  # shown with the failure
+            raise
         finally:
             probe.close()
             proc.terminate()
