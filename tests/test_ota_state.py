@@ -321,3 +321,20 @@ def test_commit_writes_a_standalone_boot_check_from_the_committed_slot(tmp_path:
         "rolled back: crash loop: 3 starts of 2.0.0 without a commit" in r.stdout
         and layout.current_slot() == "a"
     )
+
+
+def test_the_documented_state_table_is_the_transition_table() -> None:
+    """docs/ota.md's table (``from | event | to | fired by``) lists exactly the pairs of TRANSITIONS."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ota.md").read_text()
+    section = doc.split("### The state machine (`ota/state.py`)", 1)[1].split("\n## ", 1)[0]
+    documented: dict[tuple[State, Event], State] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[1].startswith("`"):
+            continue
+        sources = list(State) if cells[0] == "any" else [State(s.strip()) for s in cells[0].split(",")]
+        event = Event(cells[1].strip("`"))
+        for source in sources:
+            target = source if cells[2] == "same" else State(cells[2].split()[0])
+            documented[(source, event)] = target
+    assert documented == TRANSITIONS
