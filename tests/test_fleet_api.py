@@ -244,11 +244,18 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(
                 url = url.replace("cam-00", "device:cam-03:offline")
             if path == "/api/v1/tokens/{id}":
                 url = url.replace("cam-00", tok_id)
-            if path == "/api/v1/rollouts/{id}":
+            if path.startswith("/api/v1/rollouts/{id}"):  # halt sorts before resume: both apply
                 url = url.replace("cam-00", rollout_id)
-            st, body = await call(
-                http, method, api.url + url, json={"role": "viewer"} if method == "POST" else None
-            )
+            payload = {"role": "viewer"} if method == "POST" else None
+            if path == "/api/v1/rollouts":
+                payload = {
+                    "version": "1.3.0",
+                    "url": "http://x/b.tar",
+                    "sha256": "ab",
+                    "size": 1,
+                    "group": "b",
+                }
+            st, body = await call(http, method, api.url + url, json=payload)
             # the command route answers 503 here: this API runs without an MQTT session
             assert st in (200, 201, 503), (method, path, st, body)
             for code in {int(c) for c in spec["paths"][path][method.lower()]["responses"]}:
@@ -259,7 +266,7 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(
             ("cam-01", "pending"),
         ]
         st, body = await call(http, "GET", f"{api.url}/api/v1/rollouts?active=true")
-        assert [r["id"] for r in body["rollouts"]] == [rollout_id]
+        assert [(r["version"], r["devices"]) for r in body["rollouts"]] == [("1.3.0", 5), ("1.2.0", 2)]
         assert (await call(http, "GET", f"{api.url}/api/v1/rollouts/nope"))[0] == 404
     finally:
         await api.stop()

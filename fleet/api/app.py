@@ -277,21 +277,48 @@ class FleetApi:
 
         rid = request.match_info["id"]
         try:
-            job = await asyncio.to_thread(lambda: self.queries.jobs.get(rid))
+            return web.json_response(await asyncio.to_thread(self.queries.jobs.detail, rid))
         except JobNotFound as exc:
             raise ApiError(404, "not_found", str(exc)) from None
-        devices = [
-            {
-                "id": dev,
-                "state": st.state,
-                "phase": st.phase,
-                "percent": st.percent,
-                "reason": st.reason,
-                "wave": st.wave,
-            }
-            for dev, st in job.rollout.per_device.items()
-        ]
-        return web.json_response({**job.summary(), "devices": devices})
+
+    async def rollout_create(self, request: web.Request, principal: str) -> web.Response:
+        from fleet.ota.jobs import NoDevices
+
+        body = await _json_body(request)
+        try:
+            rid = await asyncio.to_thread(self.queries.jobs.create_from_request, body)
+        except NoDevices as exc:
+            raise ApiError(422, "no_devices", str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        log.info("rollout %s of %s created by %s", rid, body.get("version"), principal)
+        return web.json_response(await asyncio.to_thread(self.queries.jobs.detail, rid), status=201)
+
+    async def rollout_halt(self, request: web.Request, principal: str) -> web.Response:
+        body = await _json_body(request)
+        reason = body.get("reason") or "halted by the operator"
+        if not isinstance(reason, str):
+            raise ApiError(400, "bad_request", "reason must be a string")
+        return await self._transition(request, principal, "halt", reason)
+
+    async def rollout_resume(self, request: web.Request, principal: str) -> web.Response:
+        return await self._transition(request, principal, "resume", "")
+
+    async def _transition(self, request: web.Request, principal: str, op: str, reason: str) -> web.Response:
+        from fleet.ota.jobs import JobNotFound, JobStateError
+
+        rid, jobs = request.match_info["id"], self.queries.jobs
+        try:
+            if op == "halt":
+                await asyncio.to_thread(jobs.halt, rid, reason)
+            else:
+                await asyncio.to_thread(jobs.resume, rid)
+        except JobNotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        except JobStateError as exc:
+            raise ApiError(409, "not_running" if op == "halt" else "not_halted", str(exc)) from None
+        log.info("rollout %s: %s by %s", rid, op, principal)
+        return web.json_response(await asyncio.to_thread(jobs.detail, rid))
 
     async def token_list(self, request: web.Request, principal: str) -> web.Response:
         rows = await asyncio.to_thread(self.tokens.list)

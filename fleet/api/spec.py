@@ -143,8 +143,41 @@ ROUTES: tuple[Route, ...] = (
         "/api/v1/rollouts/{id}",
         "rollout",
         "viewer",
-        "One rollout: its summary and every device's state.",
+        "One rollout: its summary and every device's state, phase, percent, wave, dispatches, rollback.",
         responses={200: "the rollout", 404: "unknown rollout"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/rollouts",
+        "rollout_create",
+        "operator",
+        "Create a rollout job that the service's workers drive (what `fleetctl ota rollout` sends).",
+        body='{"version", "url", "sha256", "size", "devices": [ids] or "group": name, '
+        '"policy": {canary, batch_size, growth, max_failure_rate, min_executed, in_progress_timeout_s}, '
+        '"gate": {soak_s, max_alert_increase, max_crashloop_increase, max_freeze_rate_increase, '
+        "min_fps_ratio, max_ns_rtf_ratio, min_samples}} (policy and gate optional: defaults)",
+        responses={
+            201: "the new rollout (as GET /api/v1/rollouts/{id})",
+            400: "bad request",
+            422: "no devices to update (code no_devices)",
+        },
+    ),
+    Route(
+        "POST",
+        "/api/v1/rollouts/{id}/halt",
+        "rollout_halt",
+        "operator",
+        "Halt a running rollout: pending devices are skipped, devices in progress finish on their own.",
+        body='optional {"reason": "..."}',
+        responses={200: "the rollout", 404: "unknown rollout", 409: "not running (code not_running)"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/rollouts/{id}/resume",
+        "rollout_resume",
+        "operator",
+        "Resume a halted rollout: skipped devices are pending again, the health gate starts afresh.",
+        responses={200: "the rollout", 404: "unknown rollout", 409: "not halted (code not_halted)"},
     ),
     Route(
         "GET", "/api/v1/tokens", "token_list", "admin", "API tokens (never their secrets): {tokens: [...]}."
@@ -218,7 +251,7 @@ def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
             "title": "device-agent fleet API",
             "version": VERSION,
             "description": "fleetctl serve --http: the operator's console API (docs/fleet-api.md). "
-            "Roles: viewer (read) < operator (+ commands, alert acknowledgement) < admin "
+            "Roles: viewer (read) < operator (+ commands, alert acknowledgement, rollouts) < admin "
             "(+ tokens). A bearer token is required unless the API listens on loopback.",
         },
         "paths": paths,

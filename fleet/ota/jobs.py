@@ -20,7 +20,7 @@ import builtins
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +37,10 @@ class JobNotFound(LookupError):
 
 class JobStateError(ValueError):
     """The operation does not apply to the rollout in its current status."""
+
+
+class NoDevices(ValueError):
+    """The rollout would target no device (an empty group, an empty list)."""
 
 
 @dataclass
@@ -56,6 +60,10 @@ class GatePolicy:
             raise ValueError(
                 "need soak_s >= 0, min_fps_ratio >= 0, max_ns_rtf_ratio > 0 and min_samples >= 1"
             )
+
+
+POLICY_FIELDS = {f.name: str(f.type) for f in fields(Policy)}  # name -> "int" | "float"
+GATE_FIELDS = {f.name: str(f.type) for f in fields(GatePolicy)}
 
 
 @dataclass
@@ -95,6 +103,23 @@ class Job:
             "updated": self.updated,
             "last_gate": self.last_gate,
         }
+
+
+def _fields(name: str, raw: Any, allowed: dict[str, str]) -> dict[str, Any]:
+    """A policy object of a rollout request: known fields, numbers only (integers where declared)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name}: expected an object")
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {', '.join(unknown)} (known: {', '.join(allowed)})")
+    for k, v in raw.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            raise ValueError(f"{name}.{k}: expected a number")
+        if allowed[k] == "int" and not isinstance(v, int):
+            raise ValueError(f"{name}.{k}: expected an integer")
+    return dict(raw)
 
 
 def _table(md: sa.MetaData, name: str, *cols: Any) -> sa.Table:
@@ -203,6 +228,54 @@ class Jobs:
                 ],
             )
         return rid
+
+    def create_from_request(self, body: dict[str, Any], now: float | None = None) -> str:
+        """A job from the JSON request both ``POST /api/v1/rollouts`` and ``fleetctl ota rollout``
+        (without an API) send: ``version``, ``url``, ``sha256``, ``size``, ``devices`` (a list) or
+        ``group``, optional ``policy`` and ``gate`` objects (the fields of Policy / GatePolicy).
+        Raises ValueError for a bad request, :class:`NoDevices` when it targets nothing."""
+        version, url, sha = body.get("version"), body.get("url"), body.get("sha256")
+        size, devices, group = body.get("size"), body.get("devices"), body.get("group")
+        for name, value in (("version", version), ("url", url), ("sha256", sha)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name}: expected a non-empty string")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError("size: expected a byte count (integer >= 0)")
+        if devices is not None and group is not None:
+            raise ValueError("give devices or group, not both")
+        if devices is not None:
+            if not isinstance(devices, builtins.list) or not all(isinstance(d, str) and d for d in devices):
+                raise ValueError("devices: expected a list of device ids")
+            targets = builtins.list(devices)
+        elif isinstance(group, str) and group:
+            targets = [r["device"] for r in self.store.list_devices(group)]
+        else:
+            raise ValueError("give devices (a list of ids) or group (a group name)")
+        if not targets:
+            where = f"group {group!r} is empty in {self.store.url}" if devices is None else "empty list"
+            raise NoDevices(f"no devices to update ({where})")
+        policy = Policy(**_fields("policy", body.get("policy"), POLICY_FIELDS))
+        gate = GatePolicy(**_fields("gate", body.get("gate"), GATE_FIELDS))
+        params = {"url": url, "sha256": sha, "size": size}
+        return self.create(str(version), targets, params, policy, gate, now)
+
+    def detail(self, rid: str) -> dict[str, Any]:
+        """The job's summary and every device's state (``GET /api/v1/rollouts/{id}``)."""
+        job = self.get(rid)
+        devices = [
+            {
+                "id": dev,
+                "state": st.state,
+                "phase": st.phase,
+                "percent": st.percent,
+                "reason": st.reason,
+                "wave": st.wave,
+                "dispatches": job.dispatches.get(dev, 0),
+                "rollback": job.rollback.get(dev, ""),
+            }
+            for dev, st in job.rollout.per_device.items()
+        ]
+        return {**job.summary(), "devices": devices}
 
     def get(self, rid: str, conn: sa.Connection | None = None) -> Job:
         if conn is None:
@@ -319,7 +392,7 @@ class Jobs:
 
     # ---- driver side ---------------------------------------------------------------------
     def take_lease(self, conn: sa.Connection, rid: str, owner: str, now: float, ttl_s: float) -> bool:
-        """Take or renew the lease of a driven job, inside ``conn``'s transaction; False if another holds it."""
+        """Take or renew the lease of a driven job in ``conn``'s transaction; False if another holds it."""
         r = self.rollouts.c
         res = conn.execute(
             sa.update(self.rollouts)
