@@ -37,6 +37,8 @@ def _db_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
+    from fleet.rollups import add_retention_flags
+
     p = sub.add_parser("serve", help="run a fleet worker (ingest, registry, fleet rules)")
     _mqtt_args(p)
     _db_args(p)
@@ -76,6 +78,7 @@ def register(sub: Any) -> None:
         "unless HOST is loopback",
     )
     p.add_argument("--http-require-token", action="store_true", help="require a token on loopback too")
+    add_retention_flags(p)  # --config FILE ([retention]) and --retention-* (fleet/rollups.py)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("devices", help="list devices")
@@ -326,6 +329,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from fleet.rollups import retention_from_args
+
+    try:
+        retention = retention_from_args(args)
+    except ValueError as exc:
+        print(f"fleetctl serve: {exc}", file=sys.stderr)
+        return 2
+
     async def run() -> int:
         store = _store(args)
         svc = FleetService(
@@ -338,6 +349,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             share_group=args.share_group,
             rollout_options={"lease_s": args.rollout_lease},
             rule=GroupOfflineRule(args.offline_pct, args.offline_window, args.offline_min_devices),
+            retention=retention,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 from device_agent import protocol
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
 from fleet.ota.driver import RolloutDriver
+from fleet.rollups import Retention, prune
 from fleet.store import Incoming, Store
 from fleet.trend_rules import BaselineRule, SharedAlertRule, evaluate_baseline, evaluate_shared_alerts
 
@@ -76,8 +77,11 @@ class FleetService:
         baseline_rule: BaselineRule | None = None,
         rollouts: bool = True,
         rollout_options: dict[str, Any] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
+        self.retention = retention  # None: keep everything (fleet/rollups.py prunes otherwise)
+        self.pruned = {"telemetry": 0, "events": 0, "minute": 0, "hour": 0, "runs": 0}
         # drives the rollout jobs whose lease this worker holds (fleet/ota/driver.py)
         self.rollouts = (
             RolloutDriver(
@@ -143,6 +147,8 @@ class FleetService:
             loop.create_task(self._flush_loop(), name="fleet-flush"),
             loop.create_task(self._rule_loop(), name="fleet-rules"),
         ]
+        if self.retention is not None:
+            self._tasks.append(loop.create_task(self._prune_loop(), name="fleet-prune"))
         if self.rollouts is not None:
             await self.rollouts.start()
 
@@ -211,6 +217,29 @@ class FleetService:
                 observe(batch, res)
             except Exception:
                 log.exception("batch observer failed")
+
+    async def _prune_loop(self) -> None:
+        assert self.retention is not None
+        await asyncio.sleep(min(60.0, self.retention.interval_s))
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("retention pruning failed")
+            await asyncio.sleep(self.retention.interval_s)
+
+    async def prune(self, now: float | None = None) -> dict[str, int]:
+        """Delete what the retention no longer keeps, in its own thread (not the ingest thread), in
+        short transactions: ingest goes on meanwhile. Returns the rows deleted per kind."""
+        if self.retention is None:
+            return {}
+        res = await asyncio.to_thread(prune, self.store, self.retention, now, lambda: self._stopping)
+        for k, v in res.items():
+            self.pruned[k] += v
+        self.pruned["runs"] += 1
+        if any(res.values()):
+            log.info("retention: deleted %s", ", ".join(f"{v} {k}" for k, v in res.items() if v))
+        return res
 
     async def _rule_loop(self) -> None:
         while True:

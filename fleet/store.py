@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from fleet.rollups import FUTURE_SLACK_S, Rollups, sample_metrics
+
 
 @dataclass
 class Incoming:
@@ -40,7 +42,7 @@ def normalise_url(url: str) -> str:
 class Store:
     """Synchronous store; the service calls it from one worker thread."""
 
-    def __init__(self, url: str, prefix: str = "") -> None:
+    def __init__(self, url: str, prefix: str = "", rollups: bool = True) -> None:
         self.url = normalise_url(url)
         self.engine = sa.create_engine(self.url, future=True)
         self.dialect = self.engine.dialect.name
@@ -144,6 +146,9 @@ class Store:
         )
         sa.Index(f"{p}telemetry_dev_id", self.telemetry.c.device_id, self.telemetry.c.id)
         sa.Index(f"{p}events_dev_id", self.events.c.device_id, self.events.c.id)
+        # per-minute and per-hour rollups of the numeric metrics (fleet/rollups.py), filled at ingest
+        self.rollups = Rollups(md, p, self.dialect)
+        self.rollups_on = rollups
         md.create_all(self.engine)
 
     def _insert(self, table: sa.Table) -> Any:
@@ -159,6 +164,7 @@ class Store:
     def ingest(self, batch: list[Incoming]) -> dict[str, int]:
         """Store one batch in one transaction; returns counts (stored, duplicate, bad)."""
         tele: list[dict[str, Any]] = []
+        metrics: dict[tuple[str, str, int], tuple[float, dict[str, float]]] = {}  # for the rollups
         events: list[dict[str, Any]] = []
         devices: dict[str, dict[str, Any]] = {}
         alert_ops: list[tuple[str, dict[str, Any]]] = []
@@ -226,6 +232,11 @@ class Store:
                         "payload": text,
                     }
                 )
+                if self.rollups_on:
+                    metrics.setdefault(
+                        (m.device, boot, seq),
+                        (min(ts, m.received + FUTURE_SLACK_S), sample_metrics(obj.get("health"))),
+                    )
                 if ts >= dev.get("health_ts", 0):
                     dev["health"] = json.dumps(obj.get("health", {}), separators=(",", ":"))
                     dev["health_ts"] = ts
@@ -270,10 +281,14 @@ class Store:
                 res = conn.execute(
                     self._insert(self.telemetry)
                     .on_conflict_do_nothing(index_elements=["device_id", "boot", "seq"])
-                    .returning(self.telemetry.c.seq),
+                    .returning(self.telemetry.c.device_id, self.telemetry.c.boot, self.telemetry.c.seq),
                     tele,
                 )
-                stored += len(res.all())
+                fresh_tele = res.all()
+                stored += len(fresh_tele)
+                if metrics:  # new samples only: a redelivery adds nothing
+                    keys = [(r[0], r[1], int(r[2])) for r in fresh_tele]
+                    self.rollups.add(conn, [(k[0], *metrics[k]) for k in keys if k in metrics])
             if events:
                 res = conn.execute(
                     self._insert(self.events)

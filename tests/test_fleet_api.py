@@ -246,6 +246,8 @@ async def test_openapi_lists_every_route_and_every_documented_route_answers(
                 url = url.replace("cam-00", tok_id)
             if path.startswith("/api/v1/rollouts/{id}"):  # halt sorts before resume: both apply
                 url = url.replace("cam-00", rollout_id)
+            if path == "/api/v1/devices/{id}/series":
+                url += "?metric=fps"  # required (400 without: tests/test_fleet_rollups.py)
             payload = {"role": "viewer"} if method == "POST" else None
             if path == "/api/v1/rollouts":
                 payload = {

@@ -22,7 +22,16 @@ from typing import Any
 from aiohttp import web
 
 from fleet.api.queries import AlertFilter, ApiQueries, DeviceFilter
-from fleet.api.spec import DEFAULT_LIMIT, MAX_LIMIT, ROUTES, SEVERITY, Route, openapi
+from fleet.api.spec import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ROUTES,
+    SERIES_METRICS,
+    SERIES_RANGES,
+    SEVERITY,
+    Route,
+    openapi,
+)
 from fleet.client import CommandFailed, CommandTimeout, FleetClient
 from fleet.metrics import CONTENT_TYPE, FleetMetrics
 from fleet.store import AlertNotFound, Store
@@ -209,6 +218,17 @@ class FleetApi:
             raise ApiError(404, "not_found", f"no device {dev_id!r}")
         rows = await asyncio.to_thread(self.store.sessions, dev_id, limit)
         return web.json_response({"device": dev_id, "sessions": rows})
+
+    async def series(self, request: web.Request, principal: str) -> web.Response:
+        dev_id = request.match_info["id"]
+        metric = _enum(request.query, "metric", SERIES_METRICS)
+        if metric is None:
+            raise ApiError(400, "bad_request", f"metric: required, one of {', '.join(SERIES_METRICS)}")
+        range_ = _enum(request.query, "range", SERIES_RANGES) or "1h"
+        if await asyncio.to_thread(self.queries.device_online, dev_id) is None:
+            raise ApiError(404, "not_found", f"no device {dev_id!r}")
+        body = await asyncio.to_thread(self.store.rollups.series, self.store.engine, dev_id, metric, range_)
+        return web.json_response(body)
 
     async def command(self, request: web.Request, principal: str) -> web.Response:
         dev_id, name = request.match_info["id"], request.match_info["name"]

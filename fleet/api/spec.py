@@ -39,6 +39,8 @@ PAGE = (
     Param("offset", "integer", "rows to skip (default 0)"),
 )
 SEVERITY = ("P1", "P2", "P3")
+SERIES_METRICS = ("fps", "freeze_rate", "loss", "rtt_ms", "cpu", "temp_c")  # fleet/rollups.py METRICS
+SERIES_RANGES = ("1h", "24h", "7d")
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", "openapi", "viewer", "This document."),
@@ -81,6 +83,26 @@ ROUTES: tuple[Route, ...] = (
         "The device's viewer-session records (media.session events), newest first: {sessions: [...]}.",
         (Param("limit", "integer", f"at most this many, 1..{MAX_LIMIT} (default 50)"),),
         responses={200: "the sessions", 404: "unknown device"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/devices/{id}/series",
+        "series",
+        "viewer",
+        "One metric of the device over a range, from the rollups (fleet/rollups.py): {device, metric, unit, "
+        "range, source, step_s, from, to, points: [{t, avg, min, max, n}]}, oldest first, steps without "
+        "samples left out.",
+        (
+            Param("metric", "string", "the metric (required)", SERIES_METRICS),
+            Param(
+                "range",
+                "string",
+                "1h (minute rollups, 60 s steps; default), 24h (minute rollups, 300 s steps) or 7d "
+                "(hour rollups, 3600 s steps)",
+                SERIES_RANGES,
+            ),
+        ),
+        responses={200: "the series", 400: "bad or missing parameter", 404: "unknown device"},
     ),
     Route(
         "POST",
