@@ -25,7 +25,6 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 setup: $(VENV)/.setup-done
 
 demo: setup
-	@echo "device-agent demo: open http://$(LISTEN)/ in a browser"
 	$(VENV)/bin/device-agent demo --listen $(LISTEN)
 
 test: setup
