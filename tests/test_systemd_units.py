@@ -179,3 +179,48 @@ def test_watchdog_health_ignores_only_the_fleet_link() -> None:
     assert check() is True  # broker outage: keep feeding the watchdog
     A.components[1].ok = False
     assert check() is False  # the media pipeline is down: let systemd restart us
+
+
+def _unit_command(text: str, key: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}="))
+    return line.partition("=")[2].split()
+
+
+def test_install_service_after_pip_install_ends_with_a_unit_whose_boot_check_passes(tmp_path: Path) -> None:
+    """A root with no slot (what `pip install device-agent` leaves): install-service makes this
+    installation slot a, and the unit's own ExecStartPre, run as written, passes; ExecStart's
+    interpreter imports the agent. With --no-adopt it refuses, says what to do, writes nothing."""
+    root, state, units = tmp_path / "opt", tmp_path / "state", tmp_path / "units"
+    base = [PY, "-m", "device_agent.cli", "install-service", "--no-enable", "--no-user"]
+    paths = ["--unit-dir", str(units), "--root", str(root), "--state-dir", str(state)]
+    paths += ["--config", str(tmp_path / "agent.toml")]
+    r = subprocess.run([*base, *paths, "--no-adopt"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1 and "no complete slot" in r.stderr and "ExecStartPre" in r.stderr, r.stderr
+    assert "device-agent ota install" in r.stderr and "Traceback" not in r.stderr
+    assert not units.exists() and not (root / "boot-check.py").exists()
+
+    r = subprocess.run([*base, *paths], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"installed slot {root}/slots/a (this installation" in r.stdout, r.stdout
+    assert "agent.toml does not exist yet" in r.stderr  # the next thing that would fail is named
+    unit = units / "device-agent.service"
+    text = unit.read_text()
+    pre = _unit_command(text, "ExecStartPre")
+    if not Path(pre[0]).exists():
+        pytest.skip(f"the unit's boot check interpreter {pre[0]} is not on this machine")
+    proc = subprocess.run(pre, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "starting slot a version" in proc.stdout, proc.stdout + proc.stderr
+    start = _unit_command(text, "ExecStart")
+    assert start[0] == f"{root}/current/bin/python"
+    proc = subprocess.run(
+        [start[0], "-I", "-c", "import device_agent.cli, aiortc; print(device_agent.cli.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr  # -I: no cwd, no PYTHONPATH: the slot alone finds it
+    _verify(unit)
+    # a second run keeps the slot it made (complete now) and still passes
+    r = subprocess.run([*base, *paths], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0 and "installed slot" not in r.stdout, r.stdout
+    assert subprocess.run(pre, capture_output=True, text=True, timeout=30).returncode == 0

@@ -9,10 +9,19 @@ import pwd
 import shutil
 import subprocess
 import sys
+import sysconfig
+import time
 from pathlib import Path
 
 from ota.atomic import write_atomic
-from ota.layout import boot_check_source
+from ota.layout import MARKER, SLOTS, Layout, atomic_write_json, boot_check_source
+
+HIDDEN_BY_UNIT = ("/home", "/root", "/run/user")  # ProtectHome=yes
+
+
+class NoSlot(RuntimeError):
+    """The root has no complete slot and none was made: the unit's ExecStartPre would fail."""
+
 
 UNIT_NAME = "device-agent.service"
 DEFAULTS = {
@@ -79,6 +88,55 @@ def _group_exists(name: str) -> bool:
         return False
 
 
+def complete_slot(root: str) -> str | None:
+    """A complete slot under ``root`` (the boot check's test: marker and ``bin/python``), or None."""
+    layout = Layout(root, "/nonexistent")
+    return next((s for s in SLOTS if layout.slot_info(s) is not None), None)
+
+
+def adopt_installation(root: str, python: str = sys.executable) -> tuple[Path, list[str]]:
+    """Make this installation (the environment ``pip install device-agent`` went into) slot ``a``:
+    a virtualenv of the same interpreter whose ``.pth`` adds this environment's site-packages
+    (``site.addsitedir``, so editable installs work too), sealed with the slot marker, ``current``
+    pointing at it. The first OTA update then installs a full release into slot ``b``; the
+    adopted slot stays the rollback target until an update replaces it. Returns the slot and the
+    site directories it reads. Raises OSError or CalledProcessError."""
+    from device_agent import __version__
+
+    layout = Layout(root, "/nonexistent")
+    slot = layout.slot_path("a")
+    if slot.exists():
+        shutil.rmtree(slot)  # incomplete (no marker): rebuilt
+    slot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [python, "-m", "venv", "--without-pip", str(slot)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    sites = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+    found = sorted((slot / "lib").glob("python3*/site-packages"))
+    if not found:
+        raise OSError(f"{slot} has no site-packages after python -m venv")
+    lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in sites)
+    (found[0] / "_device_agent_adopted.pth").write_text(lines)
+    probe = subprocess.run(
+        [str(slot / "bin" / "python"), "-c", "import device_agent.cli"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if probe.returncode != 0:
+        raise OSError(f"the adopted slot cannot import device_agent: {probe.stderr.strip()[-300:]}")
+    atomic_write_json(
+        slot / MARKER,
+        {"version": __version__, "installed": round(time.time(), 3), "adopted": sys.prefix, "sites": sites},
+    )
+    layout.point_current("a")
+    return slot, sites
+
+
 def install(
     unit_dir: Path,
     root: str,
@@ -90,13 +148,37 @@ def install(
     start: bool,
     watchdog_s: int,
     python: str,
+    adopt: bool = True,
+    warnings: list[str] | None = None,
 ) -> list[str]:
-    """Write the unit and the boot check, create the user, then enable (and start) the service."""
+    """Write the unit and the boot check, create the user, then enable (and start) the service.
+
+    A root without a complete slot gets this installation as slot ``a`` (:func:`adopt_installation`)
+    unless ``adopt`` is False: then :class:`NoSlot` is raised before anything is written, since
+    the unit's ExecStartPre (the boot check) would refuse to start."""
     done: list[str] = []
+    warnings = warnings if warnings is not None else []
+    if complete_slot(root) is None and not adopt:
+        raise NoSlot(
+            f"no complete slot under {Path(root) / 'slots'}: the unit's boot check (ExecStartPre) would "
+            "refuse to start. Install a release first (device-agent ota install BUNDLE --config "
+            f"{config}), or run install-service without --no-adopt to use this installation as slot a"
+        )
     if create_user:
         ensure_user(user)
         done.append(f"user {user}")
     Path(root).mkdir(parents=True, exist_ok=True)
+    Path(state_dir).mkdir(parents=True, exist_ok=True)  # the boot check writes its state there
+    if complete_slot(root) is None:
+        slot, sites = adopt_installation(root)
+        done.append(f"slot {slot} (this installation, {sys.prefix}, version {_version()})")
+        interpreter = os.path.realpath(slot / "bin" / "python")
+        for d in [interpreter, *sites]:
+            if any(d == h or d.startswith(h + "/") for h in HIDDEN_BY_UNIT):
+                warnings.append(
+                    f"{d} is under /{d.split('/')[1]}, which the unit hides (ProtectHome=yes): the "
+                    "service cannot run from there; install Python and device-agent outside /home and /root"
+                )
     boot_check = Path(root) / "boot-check.py"
     write_atomic(boot_check, boot_check_source())
     done.append(f"boot check {boot_check}")
@@ -126,6 +208,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-user", action="store_true", help="do not create the service user")
     p.add_argument("--no-enable", action="store_true", help="write files only (no systemctl)")
     p.add_argument("--now", action="store_true", help="also start the service")
+    p.add_argument(
+        "--no-adopt",
+        action="store_true",
+        help="refuse when ROOT has no complete slot (default: this installation becomes slot a)",
+    )
     p.set_defaults(func=cmd_install_service)
 
 
@@ -136,6 +223,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    warnings: list[str] = []
     try:
         done = install(
             args.unit_dir,
@@ -148,10 +236,35 @@ def cmd_install_service(args: argparse.Namespace) -> int:
             args.now,
             args.watchdog_sec,
             args.python,
+            adopt=not args.no_adopt,
+            warnings=warnings,
         )
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except NoSlot as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.stdout or "").strip().splitlines()
+        print(
+            f"error: {' '.join(map(str, exc.cmd))} failed: {detail[-1] if detail else exc}", file=sys.stderr
+        )
+        return 1
+    except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for item in done:
         print(f"installed {item}")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not Path(args.config).exists():
+        print(
+            f"warning: {args.config} does not exist yet: the service exits 78 (configuration error) "
+            "until it does (device-agent provision writes it; keys: docs/configuration.md)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _version() -> str:
+    from device_agent import __version__
+
+    return __version__
