@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fleet.api.console_api import ConsoleHandlers
 from fleet.api.queries import AlertFilter, ApiQueries, DeviceFilter
 from fleet.api.spec import (
     DEFAULT_LIMIT,
@@ -82,7 +83,7 @@ class Identities:
         return self.store.device(device_id)
 
 
-class FleetApi:
+class FleetApi(ConsoleHandlers):
     """The aiohttp application over one store (and optionally the service's MQTT session)."""
 
     def __init__(
@@ -112,6 +113,10 @@ class FleetApi:
             app.router.add_route(r.method, r.path, self._guard(r, getattr(self, r.handler)))
         metrics_route = Route("GET", "/metrics", "metrics", "viewer", "Prometheus metrics")
         app.router.add_route("GET", "/metrics", self._guard(metrics_route, self.metrics_text))
+        from fleet.console import add_console
+
+        add_console(app)  # the web console at / (fleet/console/): static files, no data without a token
+        app.on_cleanup.append(self.close_side_client)
         return app
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -208,6 +213,7 @@ class FleetApi:
             self.queries.alerts_page, AlertFilter(device=dev_id, active=True), MAX_LIMIT, 0
         )
         ident = await asyncio.to_thread(self.identities.get, dev_id) if self.identities is not None else None
+        alerts = await self.with_silences(alerts)
         info = {"id": info.pop("device"), **info, "active_alerts": alerts, "identity": ident}
         return web.json_response(info)
 
@@ -270,6 +276,7 @@ class FleetApi:
             active=None if active == "all" else active == "true",
         )
         rows, total = await asyncio.to_thread(self.queries.alerts_page, f, limit, offset)
+        rows = await self.with_silences(rows)
         return web.json_response({"alerts": rows, "total": total, "limit": limit, "offset": offset})
 
     async def ack(self, request: web.Request, principal: str) -> web.Response:

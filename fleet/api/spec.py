@@ -202,6 +202,84 @@ ROUTES: tuple[Route, ...] = (
         responses={200: "the rollout", 404: "unknown rollout", 409: "not halted (code not_halted)"},
     ),
     Route(
+        "GET",
+        "/api/v1/whoami",
+        "whoami",
+        "viewer",
+        "Who is asking: {principal, role} (the console enables its buttons by role).",
+    ),
+    Route(
+        "GET",
+        "/api/v1/overview",
+        "overview",
+        "viewer",
+        "The fleet at a glance (the console's overview): devices online/offline, versions, groups, open "
+        "alerts by severity (acknowledged, silenced, needing attention), time to acknowledge over 7 days, "
+        "hourly trends (alerts raised, devices gone offline, acknowledgements, groups' freeze rate).",
+        (Param("hours", "integer", "trend window in hours, 1..168 (default 24)"),),
+        responses={200: "the overview", 400: "bad parameter"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/alerts/{id}/silence",
+        "silence",
+        "operator",
+        "Silence an alert until a time (every raise within the window): the console stops counting it.",
+        body='{"until": epoch seconds} or {"minutes": N}, optional "note"; at most 30 days ahead',
+        responses={200: "the alert with its silence", 400: "bad until", 404: "unknown alert"},
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/alerts/{id}/silence",
+        "unsilence",
+        "operator",
+        "Lift an alert's silence.",
+        responses={200: "the alert", 404: "unknown alert"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/devices/{id}/logs",
+        "logs_pull",
+        "operator",
+        "Pull the device's logs (logs.pull, filtered and redacted on the device) and return the text.",
+        body='optional {"since", "until", "level", "grep", "max_bytes"} as for fleetctl logs',
+        responses={
+            200: "{ok, request, bytes, lines, truncated, text}",
+            404: "unknown device",
+            409: "the device is offline",
+            422: "the device refused",
+            502: "the transfer could not be completed",
+            503: "no MQTT connection",
+            504: "no answer",
+        },
+    ),
+    Route(
+        "POST",
+        "/api/v1/devices/{id}/view",
+        "view_offer",
+        "operator",
+        "Live view: relay a WebRTC offer (ICE gathered, receive-only) to the device over MQTT signaling "
+        "(dev/{id}/rtc/{session}) and return its answer.",
+        body='{"sdp": "v=0..."}',
+        responses={
+            200: "{ok, session, sdp}",
+            400: "no offer",
+            404: "unknown device",
+            409: "the device is offline",
+            422: "the device refused (busy, bad_request...)",
+            503: "no MQTT connection",
+            504: "no answer",
+        },
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/devices/{id}/view/{session}",
+        "view_bye",
+        "operator",
+        "End a live view (sends bye on the session's signaling topic).",
+        responses={200: "sent", 503: "no MQTT connection"},
+    ),
+    Route(
         "GET", "/api/v1/tokens", "token_list", "admin", "API tokens (never their secrets): {tokens: [...]}."
     ),
     Route(
@@ -273,7 +351,8 @@ def openapi(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
             "title": "device-agent fleet API",
             "version": VERSION,
             "description": "fleetctl serve --http: the operator's console API (docs/fleet-api.md). "
-            "Roles: viewer (read) < operator (+ commands, alert acknowledgement, rollouts) < admin "
+            "Roles: viewer (read) < operator (+ commands, alert acknowledgement and silences, rollouts, "
+            "log pulls, live views) < admin "
             "(+ tokens). A bearer token is required unless the API listens on loopback.",
         },
         "paths": paths,
