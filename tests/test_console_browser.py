@@ -391,3 +391,68 @@ def test_a_viewer_token_sees_and_cannot_act(seeded, browser) -> None:
         assert "unknown or revoked token" in _text(bad, "#login-why")
     finally:
         srv.stop()
+
+
+async def test_device_buttons_self_test_log_pull_and_live_view_on_a_real_agent(
+    tmp_path: Path, mosquitto
+) -> None:
+    """The device page's buttons against the real agent (fleet link, media, diagnostics) on a real broker:
+    the service ingests its status, the API relays the commands and the browser's WebRTC offer."""
+    from playwright.async_api import async_playwright
+
+    from fleet.service import FleetService
+    from tests.support.diag import diag_rig
+
+    store = Store(str(tmp_path / "fleet.db"))
+    svc = FleetService(mosquitto.url, store, rule_interval_s=3600)
+    async with diag_rig(tmp_path, mosquitto) as rig:
+        marker = f"console-marker-{time.time():.0f}"
+        with rig.log_path.open("a") as f:
+            f.write(
+                json.dumps({"ts": dt.datetime.now(dt.UTC).isoformat(), "level": "INFO", "msg": marker}) + "\n"
+            )
+        await svc.start()
+        api = ApiServer(store, "127.0.0.1", 0, service=svc)
+        await api.start()
+        try:
+            for _ in range(100):
+                if (store.device(rig.device) or {}).get("online"):
+                    break
+                await asyncio.sleep(0.1)
+            async with async_playwright() as p:
+                b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = await b.new_page(viewport={"width": 1280, "height": 1000})
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(f"{api.url}/#/device/{rig.device}")  # loopback: no token, admin
+                await page.wait_for_selector("main[data-view='device'][data-ready]", timeout=10000)
+                await page.click("#actions button:has-text('Run self-test')")
+                await page.wait_for_selector("#selftest tr td", timeout=30000)
+                names = await page.locator("#selftest tr td:first-child").all_inner_texts()
+                assert len(names) >= 3, names
+                await page.click("#actions button:has-text('Pull logs')")
+                await page.wait_for_selector("#logs-text", timeout=30000)
+                assert marker in await page.locator("#logs-text").inner_text()
+                await page.click("#actions button:has-text('Live view')")
+                frames, deadline = 0, time.monotonic() + 20
+                while frames < 20:  # decoded by Chromium, from the page's getStats
+                    assert time.monotonic() < deadline, await page.locator("#live-stats").inner_text()
+                    await asyncio.sleep(0.2)
+                    frames = int(await page.get_attribute("#live-stats", "data-frames") or 0)
+                await page.screenshot(path=str(IMG / "console-live.png"), full_page=True)
+                # the device counts the browser as a viewer over MQTT signaling, then ends it after Stop
+                stats = await rig.client.send_command(rig.device, "diag.stats", {}, timeout=10)
+                viewers = [c for c in stats["checks"] if c["name"].startswith("viewer.")]
+                assert [v["value"]["kind"] for v in viewers] == ["mqtt"]
+                await page.click("#action-out button:has-text('Stop')")
+                for _ in range(100):
+                    if not rig.agent.health.sample()["media"]["viewers"]["sessions"]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert not rig.agent.health.sample()["media"]["viewers"]["sessions"]
+                assert errors == []
+                await b.close()
+        finally:
+            await api.stop()
+            await svc.stop()
+            store.close()
