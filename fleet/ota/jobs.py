@@ -252,7 +252,7 @@ class Jobs:
         else:
             raise ValueError("give devices (a list of ids) or group (a group name)")
         if not targets:
-            where = f"group {group!r} is empty in {self.store.url}" if devices is None else "empty list"
+            where = f"group {group!r} has no devices in the fleet store" if devices is None else "empty list"
             raise NoDevices(f"no devices to update ({where})")
         policy = Policy(**_fields("policy", body.get("policy"), POLICY_FIELDS))
         gate = GatePolicy(**_fields("gate", body.get("gate"), GATE_FIELDS))

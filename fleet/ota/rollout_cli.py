@@ -16,9 +16,13 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fleet.ota.rollout import Policy, Rollout
 from ota.bundle import MAX_MANIFEST_BYTES, Manifest, sha256_file
+
+if TYPE_CHECKING:  # imported lazily at run time: the store needs the fleet extra
+    pass
 
 
 def register(osub: argparse._SubParsersAction) -> None:
@@ -64,6 +68,7 @@ def register(osub: argparse._SubParsersAction) -> None:
         "--max-ns-rtf-ratio", type=float, default=1.5, help="noise suppression rtf, updated / rest"
     )
     p.add_argument("--follow", action="store_true", help="show the job's progress until it ends")
+    _api_args(p)
     p.set_defaults(func=cmd_rollout)
 
     p = osub.add_parser("rollouts", help="list the rollout jobs in the fleet store")
@@ -107,6 +112,16 @@ def _store_args(p: argparse.ArgumentParser) -> None:
         "--db", default=None, help="SQLite path or postgresql:// URL (env FLEET_DB; default fleet.db)"
     )
     p.add_argument("--prefix", default="", help="table name prefix")
+    _api_args(p)
+
+
+def _api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api",
+        default=None,
+        help="fleet API URL (fleetctl serve --http; env FLEET_API_URL): use it instead of the store",
+    )
+    p.add_argument("--token", default=None, help="API bearer token (env FLEET_API_TOKEN)")
 
 
 def db_url(arg: str | None) -> str:
@@ -115,7 +130,7 @@ def db_url(arg: str | None) -> str:
 
 
 def select_devices(devices: str | None, group: str | None, db: str, prefix: str = "") -> list[str]:
-    """The rollout's targets: an explicit comma-separated list, or every device of ``group`` in the fleet store."""
+    """The rollout's targets: a comma-separated list, or every device of ``group`` in the fleet store."""
     if devices:
         return [d for d in devices.split(",") if d]
     if group:
@@ -189,66 +204,219 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- jobs in the fleet store ------------------------------------------------------------------
-def _jobs(args: argparse.Namespace):  # -> (Store, Jobs)
-    from fleet.ota.jobs import Jobs
-    from fleet.store import Store
+# ---- jobs: through the fleet API or the store ------------------------------------------------
+class CliError(Exception):
+    """A one-line failure of a rollout command and its exit code: 1 the fleet refused (unknown
+    rollout, wrong status, no devices), 2 a bad request, token or store, 3 the API unreachable."""
 
-    store = Store(db_url(args.db), prefix=args.prefix)
-    return store, Jobs(store)
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def api_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(API URL, token) when the rollout commands go through the fleet API, None for the store.
+
+    ``--api`` / ``FLEET_API_URL`` and ``--token`` / ``FLEET_API_TOKEN``: the one place where the
+    settings are read, so a profile (``fleet/profile.py``) can supply them later."""
+    url = getattr(args, "api", None) or os.environ.get("FLEET_API_URL") or ""
+    token = getattr(args, "token", None) or os.environ.get("FLEET_API_TOKEN") or ""
+    return (url.rstrip("/"), token) if url else None
+
+
+class StoreJobs:
+    """Rollout jobs straight in the fleet store (``--db`` / ``FLEET_DB``)."""
+
+    def __init__(self, db: str | None, prefix: str) -> None:
+        from fleet.ota.jobs import Jobs
+        from fleet.store import Store
+
+        try:
+            self.store = Store(db_url(db), prefix=prefix)
+        except Exception as exc:  # a bad URL, an unreachable PostgreSQL: one line
+            raise CliError(f"cannot open the fleet store {db_url(db)}: {exc}", 2) from None
+        self.jobs = Jobs(self.store)
+        self.where = self.store.url
+
+    def _call(self, fn: Any, *a: Any) -> Any:
+        from fleet.ota.jobs import JobNotFound, JobStateError, NoDevices
+
+        try:
+            return fn(*a)
+        except (JobNotFound, JobStateError, NoDevices) as exc:
+            raise CliError(str(exc.args[0]), 1) from None
+        except (ValueError, TypeError) as exc:
+            raise CliError(str(exc), 2) from None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.detail(self._call(self.jobs.create_from_request, body))
+
+    def detail(self, rid: str) -> dict[str, Any]:
+        return self._call(self.jobs.detail, rid)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._call(self.jobs.list)
+
+    def halt(self, rid: str) -> dict[str, Any]:
+        self._call(self.jobs.halt, rid)
+        return self.detail(rid)
+
+    def resume(self, rid: str) -> dict[str, Any]:
+        self._call(self.jobs.resume, rid)
+        return self.detail(rid)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class ApiJobs:
+    """Rollout jobs through ``fleetctl serve --http`` (``/api/v1/rollouts``), same answers as the store."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 30.0) -> None:
+        self.base = url
+        self.token = token
+        self.timeout_s = timeout_s
+        self.where = url
+
+    def _req(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + "/api/v1" + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())["error"]
+                message = str(err["message"])
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code} {exc.reason}"
+            # refused by the fleet (unknown, wrong status, no devices): 1; our request or token: 2
+            raise CliError(message, 1 if exc.code in (404, 409, 422) else 2) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise CliError(f"cannot reach the fleet API at {self.base}: {reason}", 3) from None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._req("POST", "/rollouts", body)
+
+    def detail(self, rid: str) -> dict[str, Any]:
+        return self._req("GET", f"/rollouts/{_quote(rid)}")
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._req("GET", "/rollouts")["rollouts"]
+
+    def halt(self, rid: str) -> dict[str, Any]:
+        return self._req("POST", f"/rollouts/{_quote(rid)}/halt", {})
+
+    def resume(self, rid: str) -> dict[str, Any]:
+        return self._req("POST", f"/rollouts/{_quote(rid)}/resume", {})
+
+    def close(self) -> None:
+        pass
+
+
+def _quote(rid: str) -> str:
+    from urllib.parse import quote
+
+    return quote(rid, safe="")
+
+
+def open_jobs(args: argparse.Namespace) -> StoreJobs | ApiJobs:
+    """The API when one is configured (:func:`api_target`), else the store."""
+    target = api_target(args)
+    if target is not None:
+        return ApiJobs(*target)
+    return StoreJobs(args.db, args.prefix)
+
+
+def _run(args: argparse.Namespace, body: Any) -> int:
+    """Open the jobs backend, run ``body(jobs)``, turn a CliError into one line and its exit code."""
+    jobs: StoreJobs | ApiJobs | None = None
+    try:
+        jobs = open_jobs(args)
+        return int(body(jobs))
+    except CliError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        if jobs is not None:
+            jobs.close()
+
+
+def rollout_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON body of ``POST /api/v1/rollouts`` (also handed to the store): the bundle's facts
+    read here, the targets, the planner's policy and the health gate's."""
+    if not (args.devices or args.group):
+        raise CliError("give --group or --devices", 2)
+    try:
+        version, sha, size = bundle_facts(args.bundle)
+    except (ValueError, OSError, tarfile.TarError) as exc:
+        raise CliError(str(exc), 2) from None
+    body: dict[str, Any] = {"version": version, "url": args.url, "sha256": sha, "size": size}
+    if args.devices:  # an explicit list wins over --group
+        body["devices"] = [d for d in args.devices.split(",") if d]
+    else:
+        body["group"] = args.group
+    body["policy"] = {
+        "canary": args.canary,
+        "batch_size": args.batch_size,
+        "growth": args.growth,
+        "max_failure_rate": args.max_failure_rate,
+        "min_executed": args.min_executed,
+        "in_progress_timeout_s": args.timeout,
+    }
+    body["gate"] = {
+        "soak_s": args.soak,
+        "max_alert_increase": args.max_alert_increase,
+        "max_crashloop_increase": args.max_crashloop_increase,
+        "max_freeze_rate_increase": args.max_freeze_rate_increase,
+        "min_fps_ratio": args.min_fps_ratio,
+        "max_ns_rtf_ratio": args.max_ns_rtf_ratio,
+    }
+    return body
 
 
 def create_job(args: argparse.Namespace) -> int:
     """``ota rollout`` without ``--state``: a job the fleet service drives."""
-    from fleet.ota.jobs import GatePolicy
 
-    try:
-        version, sha, size = bundle_facts(args.bundle)
-        store, jobs = _jobs(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        devices = select_devices(args.devices, args.group, db_url(args.db), args.prefix)
-        if not devices:
-            print(
-                f"error: no devices to update (group {args.group!r} is empty in {store.url})", file=sys.stderr
-            )
-            return 1
-        policy = Policy(
-            canary=args.canary,
-            batch_size=args.batch_size,
-            growth=args.growth,
-            max_failure_rate=args.max_failure_rate,
-            min_executed=args.min_executed,
-            in_progress_timeout_s=args.timeout,
-        )
-        gate = GatePolicy(
-            soak_s=args.soak,
-            max_alert_increase=args.max_alert_increase,
-            max_crashloop_increase=args.max_crashloop_increase,
-            max_freeze_rate_increase=args.max_freeze_rate_increase,
-            min_fps_ratio=args.min_fps_ratio,
-            max_ns_rtf_ratio=args.max_ns_rtf_ratio,
-        )
-        rid = jobs.create(version, devices, {"url": args.url, "sha256": sha, "size": size}, policy, gate)
+    def body(jobs: StoreJobs | ApiJobs) -> int:
+        ro = _summary(jobs.create(rollout_request(args)))
         print(
-            f"rollout {rid}: {version} to {len(devices)} devices; driven by the fleetctl serve workers "
-            f"(fleetctl ota rollout-status {rid} --follow)",
+            f"rollout {ro['id']}: {ro['version']} to {ro['devices']} devices; driven by the fleetctl "
+            f"serve workers (fleetctl ota rollout-status {ro['id']} --follow)",
             flush=True,
         )
-        return follow(jobs, rid) if args.follow else 0
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
+        return follow(jobs, ro["id"]) if args.follow else 0
+
+    return _run(args, body)
+
+
+def _summary(d: dict[str, Any]) -> dict[str, Any]:
+    """A rollout detail (summary + device list) as a summary: ``devices`` is the count."""
+    if isinstance(d.get("devices"), list):
+        return {**d, "devices": len(d["devices"])}
+    return d
+
+
+def _done(s: dict[str, Any]) -> int:
+    c = s["counts"]
+    return sum(c.get(k, 0) for k in ("succeeded", "failed", "timed_out", "skipped"))
 
 
 def render_job(s: dict, width: int = 30) -> str:
     """One job's summary line: a progress bar over finished devices, then the counts and the gate."""
+    s = _summary(s)
     c = s["counts"]
-    done = sum(c.get(k, 0) for k in ("succeeded", "failed", "timed_out", "skipped"))
+    done = _done(s)
     frac = done / s["devices"] if s["devices"] else 1.0
     bar = "#" * int(frac * width)
     gate = s.get("last_gate") or {}
@@ -265,91 +433,72 @@ def render_job(s: dict, width: int = 30) -> str:
     return line
 
 
-def follow(jobs, rid: str, interval_s: float = 1.0) -> int:
-    """Print the job's progress whenever it changes, until it ends; 0 when it completed without failures."""
+def follow(
+    jobs: StoreJobs | ApiJobs, rid: str, interval_s: float = 1.0, tty: bool | None = None, out: Any = None
+) -> int:
+    """Show the job's progress until it ends: on a terminal one progress bar redrawn in place, else
+    one line whenever it changes. 0 when it completed without failures, 1 when it halted or some
+    devices failed or timed out."""
+    out = out or sys.stdout
+    tty = out.isatty() if tty is None else tty
     last = ""
     while True:
-        s = jobs.get(rid).summary()
-        line = render_job(s)
-        if line != last:
-            print(line, flush=True)
-            last = line
+        s = _summary(jobs.detail(rid))
+        if tty:
+            import shutil
+
+            cols = shutil.get_terminal_size((100, 20)).columns
+            line = render_job(s, width=max(10, min(40, cols // 4)))[: cols - 1]
+            if line != last:
+                out.write("\r\x1b[K" + line)
+                out.flush()
+        else:
+            line = render_job(s)
+            if line != last:
+                print(line, file=out, flush=True)
+        last = line
         if s["status"] in ("completed", "halted"):
+            if tty:
+                out.write("\n")
+                out.flush()
             bad = s["counts"].get("failed", 0) + s["counts"].get("timed_out", 0)
             return 0 if s["status"] == "completed" and not bad else 1
         time.sleep(interval_s)
 
 
 def cmd_rollouts(args: argparse.Namespace) -> int:
-    store, jobs = _jobs(args)
-    try:
+    def body(jobs: StoreJobs | ApiJobs) -> int:
         rows = jobs.list()
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    elif not rows:
-        print("no rollouts")
-    for s in rows if not args.json else ():
-        print(render_job(s))
-    return 0
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        elif not rows:
+            print("no rollouts")
+        for s in rows if not args.json else ():
+            print(render_job(s))
+        return 0
+
+    return _run(args, body)
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
-    from fleet.ota.jobs import JobNotFound
-
-    store, jobs = _jobs(args)
-    try:
+    def body(jobs: StoreJobs | ApiJobs) -> int:
         if args.follow:
             return follow(jobs, args.id)
-        job = jobs.get(args.id)
-    except JobNotFound as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    **job.summary(),
-                    "per_device": {
-                        d: {
-                            **vars(st),
-                            "dispatches": job.dispatches.get(d, 0),
-                            "rollback": job.rollback.get(d, ""),
-                        }
-                        for d, st in job.rollout.per_device.items()
-                    },
-                },
-                indent=1,
-            )
-        )
+        d = jobs.detail(args.id)
+        if args.json:
+            print(json.dumps(d, indent=1))
+            return 0
+        print(render_job(d))
+        for reg in (d.get("last_gate") or {}).get("regressions", []):
+            print(f"  gate: {reg}")
         return 0
-    print(render_job(job.summary()))
-    for reg in (job.last_gate or {}).get("regressions", []):
-        print(f"  gate: {reg}")
-    return 0
 
-
-def _transition(args: argparse.Namespace, op: str) -> int:
-    from fleet.ota.jobs import JobNotFound, JobStateError
-
-    store, jobs = _jobs(args)
-    try:
-        jobs.halt(args.id) if op == "halt" else jobs.resume(args.id)
-        print(render_job(jobs.get(args.id).summary()))
-        return 0
-    except (JobNotFound, JobStateError) as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    return _run(args, body)
 
 
 def cmd_rollout_halt(args: argparse.Namespace) -> int:
-    return _transition(args, "halt")
+    return _run(args, lambda jobs: print(render_job(jobs.halt(args.id))) or 0)
 
 
 def cmd_rollout_resume(args: argparse.Namespace) -> int:
-    return _transition(args, "resume")
+    return _run(args, lambda jobs: print(render_job(jobs.resume(args.id))) or 0)
