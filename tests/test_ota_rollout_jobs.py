@@ -164,7 +164,7 @@ async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twi
         await _until(lambda: jobs.get(rid).owner not in ("", dead_owner), 10, "another driver to take over")
         await _until(lambda: jobs.get(rid).status != "running", 60, "the rollout to end")
         job = jobs.get(rid)
-        by_id = {ag.config.device.id: o for ag, o in zip(sim.agents, sim.otas)}
+        by_id = {ag.config.device.id: o for ag, o in zip(sim.agents, sim.otas, strict=True)}
         assert max(o.installs for o in sim.otas) == 1  # the devices' own count: nobody updated twice
         assert set(job.dispatches.values()) <= {0, 1}
         if when == "installing":
@@ -180,9 +180,8 @@ async def test_worker_dies_mid_wave_and_another_takes_over_no_device_updated_twi
             unsent = [d for d in in_flight if by_id[d].installs == 0]
             assert unsent, "the worker died after sending; nothing to prove"
             assert all(job.rollout.per_device[d].state == "timed_out" for d in unsent)
-            assert (
-                a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 0
-            )  # nothing re-sent
+            # nothing re-sent
+            assert a.rollouts.stats["installs_sent"] + b.rollouts.stats["installs_sent"] == 0
             assert job.status == "halted"
     finally:
         await sim.stop()
@@ -217,7 +216,7 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
         canaries = [d for d in devices if job.rollout.per_device[d].wave == 0]
         assert len(canaries) == 2
         assert all(job.rollback.get(d) == "done" for d in canaries)
-        by_id = {a.config.device.id: o for a, o in zip(sim.agents, sim.otas)}
+        by_id = {a.config.device.id: o for a, o in zip(sim.agents, sim.otas, strict=True)}
         assert all(by_id[d].rollbacks == 1 and by_id[d].installs == 1 for d in canaries)
         rest = [d for d in devices if d not in canaries]
         assert all(job.rollout.per_device[d].state == "skipped" and by_id[d].installs == 0 for d in rest)
@@ -359,9 +358,8 @@ def test_gate_compare_thresholds() -> None:
     )
     assert compare(GroupFigures(devices=2, crashloop_share=0.5), base, gate)[0].startswith("crashloop_share")
     assert compare(GroupFigures(devices=2, ns_rtf=0.4), base, gate)[0].startswith("ns_rtf")
-    assert (
-        compare(GroupFigures(devices=2, rendered_fps=1.0), GroupFigures(), gate) == []
-    )  # no baseline: passes
+    # no baseline: passes
+    assert compare(GroupFigures(devices=2, rendered_fps=1.0), GroupFigures(), gate) == []
     assert compare(GroupFigures(devices=2, rendered_fps=None), base, gate) == []  # missing figure: skipped
     f = sample_figures(
         {
@@ -385,3 +383,80 @@ def test_gate_compare_thresholds() -> None:
         "rendered_fps": None,
         "ns_rtf": None,
     }
+
+
+async def test_three_service_processes_one_driver_survives_sigkill_and_restart_mid_wave(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Three real `fleetctl serve` processes on one store, all running the driver: the job has one
+    owner at a time (its lease) and the others leave it alone; the owner is SIGKILLed with a wave
+    installing and started again, another process takes the expired lease, and the job completes
+    with every device updated exactly once (the devices' own count: three competing drivers or a
+    re-sent claim would show as 2)."""
+    db = str(tmp_path / "fleet.db")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def serve(wid: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "fleet.cli", "serve", "--mqtt", mosquitto.url, "--db", db]
+        cmd += ["--worker-id", wid, "--rollout-lease", "2"]
+        return subprocess.Popen(
+            cmd,
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=open(logs / f"{wid}.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    workers = {w: serve(w) for w in ("w0", "w1", "w2")}
+    store, sim = await _fleet(mosquitto, tmp_path, db, "", 7, install_s=1.5)
+    try:
+        await sim.start(spread_s=0)
+        assert await sim.wait_connected(30) == 7
+        await _until(lambda: len(store.list_devices("sim")) == 7, 30, "registration")
+        devices = [d["device"] for d in store.list_devices("sim")]
+        jobs, rid = _create(
+            store, devices, Policy(canary=1, batch_size=3, in_progress_timeout_s=60), GatePolicy(soak_s=0.2)
+        )
+        owners: list[str] = []
+        killed = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            job = await asyncio.to_thread(jobs.get, rid)
+            if job.owner:
+                owners.append(job.owner)
+            if job.status == "completed":
+                break
+            r = job.rollout
+            prog = r.in_progress()
+            if (
+                not killed
+                and r.waves >= 2
+                and prog
+                and all(r.per_device[d].phase not in ("", "dispatched") for d in prog)
+            ):
+                killed = job.owner.split(":")[0]
+                workers[killed].kill()  # SIGKILL: no lease given back, no goodbye
+                workers[killed].wait()
+                workers[killed] = serve(killed)  # the service restarted (same worker id)
+            await asyncio.sleep(0.1)
+        job = jobs.get(rid)
+        assert job.status == "completed", job.summary()
+        assert killed, "the rollout ended before a wave could be caught installing"
+        holders = {o.split(":")[0] for o in owners}
+        assert len(holders) >= 2 and all(h in workers for h in holders), owners
+        # one owner at a time, and never back to the dead process's owner id once it was gone
+        dead = next(o for o in owners if o.startswith(killed + ":"))
+        after = owners[len(owners) - owners[::-1].index(dead) :]
+        assert after and dead not in after
+        assert [o.installs for o in sim.otas] == [1] * 7  # nobody updated twice, nobody missed
+        assert set(job.dispatches.values()) == {1}
+    finally:
+        await sim.stop()
+        for p in workers.values():
+            p.terminate()
+        for p in workers.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        store.close()

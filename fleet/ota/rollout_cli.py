@@ -121,7 +121,7 @@ def _api_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="fleet API URL (fleetctl serve --http; env FLEET_API_URL): use it instead of the store",
     )
-    p.add_argument("--token", default=None, help="API bearer token (env FLEET_API_TOKEN)")
+    p.add_argument("--token", default=None, help="API bearer token (env FLEET_API_TOKEN or FLEET_TOKEN)")
 
 
 def db_url(arg: str | None) -> str:
@@ -218,10 +218,16 @@ class CliError(Exception):
 def api_target(args: argparse.Namespace) -> tuple[str, str] | None:
     """(API URL, token) when the rollout commands go through the fleet API, None for the store.
 
-    ``--api`` / ``FLEET_API_URL`` and ``--token`` / ``FLEET_API_TOKEN``: the one place where the
-    settings are read, so a profile (``fleet/profile.py``) can supply them later."""
+    ``--api`` / ``FLEET_API_URL`` and ``--token`` / ``FLEET_API_TOKEN`` (or ``FLEET_TOKEN``, the
+    profile's name for it): the one place where the settings are read, so the profile
+    (``fleet/profile.py``) can supply them."""
     url = getattr(args, "api", None) or os.environ.get("FLEET_API_URL") or ""
-    token = getattr(args, "token", None) or os.environ.get("FLEET_API_TOKEN") or ""
+    token = (
+        getattr(args, "token", None)
+        or os.environ.get("FLEET_API_TOKEN")
+        or os.environ.get("FLEET_TOKEN")
+        or ""
+    )
     return (url.rstrip("/"), token) if url else None
 
 
