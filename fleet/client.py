@@ -40,6 +40,9 @@ from device_agent.protocol import ErrorCode, error_result
 log = logging.getLogger(__name__)
 
 
+# connect failures that retrying does not cure (``MqttError.kind``): ``connect(fail_fast=True)`` stops
+PERMANENT = frozenset({"dns", "refused", "tls", "rejected", "denied", "config"})
+
 is_command_topic = protocol.is_command_topic  # re-exported: fleet code and tests import it from here
 
 
@@ -112,17 +115,41 @@ class FleetClient:
         client._res_subscribed = set()
         return client
 
-    async def connect(self, timeout: float = 10.0) -> FleetClient:
-        """Connect (retrying with backoff until ``timeout``); raises ConnectionError on failure."""
+    async def connect(self, timeout: float = 10.0, fail_fast: bool = False) -> FleetClient:
+        """Connect (retrying with backoff until ``timeout``); raises ConnectionError on failure.
+
+        ``fail_fast``: give up at the first attempt that fails for a reason retrying will not cure
+        (name does not resolve, connection refused, TLS or certificate refused, CONNACK refused), as
+        a command line should; the error names the reason.
+        """
         if self._owns_conn:
             self.conn.start()
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            await self.conn.wait_connected(timeout)
-        except TimeoutError:
+            while not self.conn.connected:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise TimeoutError
+                self.conn.attempt_failed.clear()
+                done = asyncio.ensure_future(self.conn.wait_connected())
+                failed = asyncio.ensure_future(self.conn.attempt_failed.wait())
+                try:
+                    await asyncio.wait({done, failed}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    done.cancel()
+                    failed.cancel()
+                err = self.conn.last_error
+                if fail_fast and not self.conn.connected and err is not None and err.kind in PERMANENT:
+                    raise ConnectionError(f"cannot connect to {self.options.url}: {err}")
+        except (TimeoutError, ConnectionError) as exc:
             if self._owns_conn:
                 await self.conn.close()
+            if isinstance(exc, ConnectionError):
+                raise
+            err = self.conn.last_error
             raise ConnectionError(
-                f"cannot reach {self.options.url}: {self.conn.last_connect_error or 'timeout'}"
+                f"cannot connect to {self.options.url}: "
+                f"{err or self.conn.last_connect_error or f'no answer within {timeout:g} s'}"
             ) from None
         return self
 
@@ -141,6 +168,56 @@ class FleetClient:
         return self.conn.connected
 
     # ---- commands ------------------------------------------------------------------------
+    async def device_status(self, device: str, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The device's retained status (``dev/{id}/status``: ``{"online", "reason", "ts", ...}``), or
+        None when the broker holds none: a device that never connected, or the wrong broker.
+
+        Subscribes to the status, then to the device's answers (``dev/{id}/res``, which
+        :meth:`send_command` needs anyway): the broker sends the retained status of the first
+        subscription before it acknowledges the second, so the answer is known after two round trips.
+        """
+        got: list[bytes] = []
+        topic = protocol.status(device)
+        await self.conn.subscribe_wait(topic, lambda msg: got.append(bytes(msg.payload)), timeout=timeout)
+        try:
+            res_topic = protocol.result(device)
+            await self.conn.subscribe_wait(res_topic, self._on_response, timeout=timeout)
+            self._res_subscribed.add(res_topic)
+            await asyncio.sleep(0)  # callbacks of messages read with the SUBACK
+        finally:
+            self.conn.unsubscribe(topic)
+        for payload in reversed(got):
+            try:
+                obj = json.loads(payload) if payload else None
+            except ValueError:
+                continue
+            return obj if isinstance(obj, dict) else None
+        return None
+
+    async def wait_online(self, device: str, timeout: float) -> dict[str, Any] | None:
+        """Wait until the device's status says online (at most ``timeout`` s); its last status, or None."""
+        latest: list[dict[str, Any] | None] = [None]
+        online = asyncio.Event()
+
+        def on_status(msg: mqtt.MQTTMessage) -> None:
+            try:
+                obj = json.loads(msg.payload) if msg.payload else None
+            except ValueError:
+                return
+            latest[0] = obj if isinstance(obj, dict) else None
+            if latest[0] and latest[0].get("online"):
+                online.set()
+
+        topic = protocol.status(device)
+        await self.conn.subscribe_wait(topic, on_status)
+        try:
+            await asyncio.wait_for(online.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.conn.unsubscribe(topic)
+        return latest[0]
+
     async def send_command(
         self,
         device: str,

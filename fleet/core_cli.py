@@ -12,28 +12,28 @@ import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-DEFAULT_MQTT = os.environ.get("FLEET_MQTT_URL", "mqtt://127.0.0.1:1883")
-DEFAULT_DB = os.environ.get("FLEET_DB", "fleet.db")
+from fleet.errors import Exit, FleetctlError
+from fleet.lookup import ago, connect, identities, open_store, reachable, resolve
+from fleet.profile import add_flags, settings
 
 
 def _mqtt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--mqtt", default=DEFAULT_MQTT, help="broker URL (env FLEET_MQTT_URL; default %(default)s)"
-    )
-    p.add_argument("--ca", default="", help="CA file for mqtts://")
-    p.add_argument("--cert", default="", help="client certificate (mutual TLS)")
-    p.add_argument("--key", default="", help="client key")
+    add_flags(p, "mqtt", "ca", "cert", "key")
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
+    add_flags(p, "db", "db_prefix")
+
+
+def _wait_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--db",
-        default=DEFAULT_DB,
-        help="SQLite path or postgresql:// URL (env FLEET_DB; default %(default)s)",
+        "--wait",
+        action="store_true",
+        help="a device that is offline or not yet known: wait for it (up to --timeout), not fail at once",
     )
-    p.add_argument("--prefix", default="", help="table name prefix")
 
 
 def register(sub: Any) -> None:
@@ -61,8 +61,10 @@ def register(sub: Any) -> None:
         "--claims",
         default="",
         metavar="STATE_DIR",  # provisioning (issue 6)
-        help="also answer device claims and certificate renewals with the fleet CA in STATE_DIR",
+        help="answer device claims and certificate renewals with the fleet CA in STATE_DIR (default: the "
+        "profile's state_dir, when it holds a fleet CA)",
     )
+    p.add_argument("--no-claims", action="store_true", help="do not answer claims (another worker does)")
     p.add_argument(
         "--rollout-lease",
         type=float,
@@ -70,32 +72,37 @@ def register(sub: Any) -> None:
         metavar="S",  # fleet/ota/driver.py
         help="rollout jobs: lease length; another worker takes a dead worker's job after it (default 15)",
     )
-    p.add_argument(
-        "--http",
-        default="",
-        metavar="HOST:PORT",
-        help="also serve the HTTP API and /metrics (docs/fleet-api.md); a token is required "
-        "unless HOST is loopback",
+    add_flags(
+        p,
+        "http",
+        help_={
+            "http": "also serve the HTTP API and /metrics on HOST:PORT (docs/fleet-api.md); a token is "
+            "required unless HOST is loopback"
+        },
     )
     p.add_argument("--http-require-token", action="store_true", help="require a token on loopback too")
     add_retention_flags(p)  # --config FILE ([retention]) and --retention-* (fleet/rollups.py)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("devices", help="list devices")
+    p = sub.add_parser("devices", help="list devices: name, location, group, online, version, last seen")
     _db_args(p)
+    add_flags(p, "state_dir")
+    p.add_argument("match", nargs="?", default="", help="only devices whose id or name starts with this")
     p.add_argument("--group", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("show", help="one device: status, latest health, alerts, recent events")
+    p = sub.add_parser("show", help="one device: identity, status, latest health, alerts, recent events")
     _db_args(p)
-    p.add_argument("device")
+    add_flags(p, "state_dir")
+    p.add_argument("device", help="device id, name, or a unique prefix of either")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("ack", help="acknowledge an active alert: who, when and a note")
     _db_args(p)
-    p.add_argument("device", help="device id, or 'fleet' for a fleet-wide alert")
+    add_flags(p, "state_dir")
+    p.add_argument("device", help="device id, name or unique prefix, or 'fleet' for a fleet-wide alert")
     p.add_argument("code", help="alert code, e.g. freeze_rate_high or group_alert:lobby:fps_low")
     p.add_argument("--by", default=os.environ.get("USER", "") or "operator", help="who (default: $USER)")
     p.add_argument("--note", default="", help="why, what is being done")
@@ -103,7 +110,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("sessions", help="one device's viewer sessions: duration, fps, freezes, loss, MOS")
     _db_args(p)
-    p.add_argument("device")
+    add_flags(p, "state_dir")
+    p.add_argument("device", help="device id, name, or a unique prefix of either")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sessions)
@@ -116,7 +124,10 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("cmd", help="run a command on a device and wait for its answer")
     _mqtt_args(p)
-    p.add_argument("device")
+    _db_args(p)
+    add_flags(p, "state_dir")
+    _wait_arg(p)
+    p.add_argument("device", help="device id, name, or a unique prefix of either")
     p.add_argument("name", help="e.g. ping, config.get, config.set, media.restart, agent.restart, reboot")
     p.add_argument("params", nargs="?", default="{}", help="JSON object of parameters")
     p.add_argument("--timeout", type=float, default=10.0)
@@ -144,75 +155,139 @@ def register(sub: Any) -> None:
 
 
 # ---- output ------------------------------------------------------------------------------
+TIME_KEYS = (
+    "last_seen",
+    "first_seen",
+    "status_changed",
+    "raised",
+    "cleared",
+    "started",
+    "ts",
+    "at",
+    "created",
+)
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain aligned text table."""
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    """A plain aligned text table; times (epoch seconds) are shown as "5m ago"."""
+    cells = [[_cell(r.get(c), c) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _cell(v: Any) -> str:
-    if v is None:
+def _cell(v: Any, column: str = "") -> str:
+    if v is None or v == "":
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, float) and v > 1e9:
-        return _ago(v)
+    if isinstance(v, int | float) and (column in TIME_KEYS or (isinstance(v, float) and v > 1e9)):
+        return ago(v)
     return str(v)
 
 
 def _ago(ts: float) -> str:
-    d = max(0.0, time.time() - ts)
-    if d < 120:
-        return f"{d:.0f}s ago"
-    if d < 7200:
-        return f"{d / 60:.0f}m ago"
-    return f"{d / 3600:.1f}h ago"
+    return ago(ts)
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from fleet.store import Store
+def _store(args: argparse.Namespace, create: bool = False) -> Any:
+    return open_store(args, create=create)
 
-    return Store(args.db, prefix=args.prefix)
+
+def _flat(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
+    """Nested health values as dotted keys (``talkback.state``, ``cameras[0].fps``)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        for i, v in enumerate(value):
+            _flat(f"{prefix}[{i}]", v, out)
+    elif isinstance(value, list):
+        out.append((prefix, ", ".join(str(v) for v in value) or "[]"))
+    else:
+        out.append((prefix, value))
+
+
+def health_lines(health: dict[str, Any], per_section: int = 40) -> list[str]:
+    """Every health section with all its nested values (at most ``per_section`` lines each)."""
+    lines = []
+    for section, values in health.items():
+        flat: list[tuple[str, Any]] = []
+        _flat("", values, flat)
+        lines.append(f"  {section}:")
+        width = max((len(k) for k, _ in flat[:per_section]), default=0)
+        lines += [f"    {k:{width}}  {_cell(v)}" for k, v in flat[:per_section]]
+        if len(flat) > per_section:
+            lines.append(f"    ... {len(flat) - per_section} more (--json shows everything)")
+    return lines
 
 
 # ---- commands --------------------------------------------------------------------------------
 def cmd_devices(args: argparse.Namespace) -> int:
-    rows = _store(args).list_devices(args.group)
+    from fleet.lookup import match
+
+    store = _store(args)
+    try:
+        rows = store.list_devices(args.group)
+    finally:
+        store.close()
+    idents = identities(settings(args))
+    for r in rows:
+        ident = idents.get(r["device"]) or {}
+        r["name"], r["location"] = ident.get("name") or "", ident.get("location") or ""
+    if args.match:
+        keep = set(match(args.match, [r["device"] for r in rows], {r["device"]: r for r in rows}))
+        rows = [r for r in rows if r["device"] in keep]
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no devices" + (f" matching {args.match!r}" if args.match else ""))
     else:
-        print(table(rows, ["device", "group", "online", "version", "slot", "last_seen", "active_alerts"]))
+        columns = ["device", "name", "location", "group", "online", "version", "last_seen", "active_alerts"]
+        if not any(r["name"] or r["location"] for r in rows):
+            columns = [c for c in columns if c not in ("name", "location")]
+        print(table(rows, columns))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    info = _store(args).device(args.device)
+    store = _store(args)
+    try:
+        device = resolve(args, args.device, store)
+        info = store.device(device)
+    finally:
+        store.close()
     if info is None:
-        print(f"fleetctl: no device {args.device!r}", file=sys.stderr)
-        return 1
+        raise FleetctlError(
+            Exit.NOT_FOUND, f"no device {device!r} in the fleet store (it never sent a status)"
+        )
+    ident = identities(settings(args)).get(device) or {}
+    info["identity"] = ident or None
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    for k in (
-        "device",
-        "group",
-        "online",
-        "version",
-        "slot",
-        "hardware",
-        "boot",
-        "last_seen",
-        "telemetry_count",
-    ):
-        print(f"{k:16} {_cell(info[k])}")
+    head = {
+        "device": info["device"],
+        "name": ident.get("name"),
+        "location": ident.get("location"),
+        "group": info["group"],
+        "online": info["online"],
+        "reason": (info.get("status") or {}).get("reason"),
+        "version": info["version"],
+        "slot": info["slot"],
+        "hardware": info["hardware"] or ident.get("hardware"),
+        "boot": info["boot"],
+        "first_seen": info["first_seen"],
+        "last_seen": info["last_seen"],
+        "health_sample": info["health_ts"],
+        "telemetry_count": info["telemetry_count"],
+    }
+    for k, v in head.items():
+        if v not in (None, "") or k in ("device", "online", "last_seen"):
+            print(f"{k:16} {_cell(v, 'ts' if k in ('first_seen', 'last_seen', 'health_sample') else k)}")
     print("\nhealth:")
-    for section, values in info["health"].items():
-        if isinstance(values, dict):
-            flat = ", ".join(f"{k}={v}" for k, v in values.items() if not isinstance(v, (dict, list)))
-            print(f"  {section}: {flat}")
+    print("\n".join(health_lines(info["health"])) if info["health"] else "  none yet")
     print("\nactive alerts:")
     print(
         table(info["active_alerts"], ["severity", "code", "message", "raised"])
@@ -222,8 +297,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("\nrecent events:")
     for e in info["recent_events"][:10]:
         print(
-            f"  {_cell(e.get('ts'))}  {e.get('type')}  {e.get('severity', '')} {e.get('code', '')} "
-            f"{'raised' if e.get('active') else 'cleared' if e.get('type') == 'alert' else ''}"
+            f"  {_cell(e.get('ts'), 'ts')}  {e.get('type')}  {e.get('severity', '')} {e.get('code', '')} "
+            f"{'raised' if e.get('active') else 'cleared' if e.get('type') == 'alert' else ''}".rstrip()
         )
     return 0
 
@@ -231,13 +306,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_ack(args: argparse.Namespace) -> int:
     from fleet.store import AlertNotFound
 
+    store = _store(args)
     try:
-        ack = _store(args).ack_alert(
-            "" if args.device == "fleet" else args.device, args.code, args.by, args.note
-        )
+        device = "" if args.device == "fleet" else resolve(args, args.device, store)
+        ack = store.ack_alert(device, args.code, args.by, args.note)
     except AlertNotFound as exc:
-        print(f"fleetctl ack: {exc}", file=sys.stderr)
-        return 1
+        raise FleetctlError(Exit.NOT_FOUND, f"ack: {exc}") from None
+    finally:
+        store.close()
     print(f"acknowledged {ack['key']} by {ack['by']}" + (f": {ack['note']}" if ack["note"] else ""))
     return 0
 
@@ -260,18 +336,27 @@ SESSION_COLUMNS = [
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    rows = _store(args).sessions(args.device, limit=args.limit)
+    store = _store(args)
+    try:
+        device = resolve(args, args.device, store)
+        rows = store.sessions(device, limit=args.limit)
+    finally:
+        store.close()
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
-        print(f"no viewer sessions recorded for {args.device}")
+        print(f"no viewer sessions recorded for {device}")
     else:
         print(table(rows, SESSION_COLUMNS))
     return 0
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    rows = _store(args).list_alerts(include_cleared=args.all)
+    store = _store(args)
+    try:
+        rows = store.list_alerts(include_cleared=args.all)
+    finally:
+        store.close()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -284,39 +369,32 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_cmd(args: argparse.Namespace) -> int:
-    from fleet.client import CommandFailed, FleetClient
+    from fleet.client import CommandFailed
 
     try:
         params = json.loads(args.params)
     except ValueError as exc:
-        print(f"fleetctl: params: not valid JSON: {exc}", file=sys.stderr)
-        return 2
+        raise FleetctlError(Exit.USAGE, f"params: not valid JSON: {exc}") from None
     if not isinstance(params, dict):
-        print("fleetctl: params: must be a JSON object", file=sys.stderr)
-        return 2
+        raise FleetctlError(Exit.USAGE, "params: must be a JSON object")
+    device = resolve(args, args.device, required=False)
 
     async def run() -> int:
-        client = FleetClient(args.mqtt, ca_file=args.ca, cert_file=args.cert, key_file=args.key)
+        client = await connect(args, "fleetctl cmd", timeout=min(args.timeout, 10.0))
         try:
-            await client.connect(timeout=min(args.timeout, 10.0))
-        except ConnectionError as exc:
-            print(f"fleetctl: {exc}", file=sys.stderr)
-            return 3
-        try:
-            result = await client.send_command(args.device, args.name, params, timeout=args.timeout)
+            await reachable(client, device, args.wait, args.timeout)
+            result = await client.send_command(device, args.name, params, timeout=args.timeout)
         except CommandFailed as exc:
             if args.json:
                 print(json.dumps({"ok": False, "error": {"code": exc.code, "message": exc.message}}))
-            else:
-                print(f"fleetctl: {exc}", file=sys.stderr)
-            return 1
+            raise FleetctlError(Exit.DEVICE, str(exc)) from None
         finally:
             await client.close()
         if args.json:
             print(json.dumps({"ok": True, "result": result}, indent=2))
         elif isinstance(result, dict):
             for k, v in result.items():
-                print(f"{k:16} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+                print(f"{k:16} {json.dumps(v) if isinstance(v, dict | list) else v}")
         else:
             print(result)
         return 0
@@ -337,15 +415,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"fleetctl serve: {exc}", file=sys.stderr)
         return 2
 
+    prof = settings(args)
+    url, ca, cert, key = prof.mqtt("fleetctl serve")
+    claims_dir = "" if args.no_claims else args.claims
+    if not claims_dir and not args.no_claims:  # the profile's state directory, when it holds a fleet CA
+        state = Path(str(prof.get("state_dir") or ""))
+        claims_dir = str(state) if (state / "ca" / "ca.crt").exists() else ""
+    http = str(prof.get("http") or "")
+
     async def run() -> int:
-        store = _store(args)
+        probe = await connect(args, "fleetctl serve", timeout=30.0)  # one-line reason, at once
+        await probe.close()
+        store = _store(args, create=True)
         svc = FleetService(
-            args.mqtt,
+            url,
             store,
             args.worker_id,
-            ca_file=args.ca,
-            cert_file=args.cert,
-            key_file=args.key,
+            ca_file=ca,
+            cert_file=cert,
+            key_file=key,
             share_group=args.share_group,
             rollout_options={"lease_s": args.rollout_lease},
             rule=GroupOfflineRule(args.offline_pct, args.offline_window, args.offline_min_devices),
@@ -358,11 +446,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             await svc.start(connect_timeout=30.0)
         except TimeoutError:
-            print(f"fleetctl: cannot reach {args.mqtt}: {svc.conn.last_connect_error}", file=sys.stderr)
-            return 3
-        print(f"fleetctl serve: worker {args.worker_id} on {args.mqtt}, store {store.dialect}", flush=True)
+            await svc.stop()
+            raise FleetctlError(
+                Exit.UNREACHABLE, f"cannot connect to {url}: {svc.conn.last_error or 'no answer within 30 s'}"
+            ) from None
+        print(
+            f"fleetctl serve: worker {args.worker_id} on {url}, store {store.dialect}"
+            + (f", answering claims with the fleet CA in {claims_dir}" if claims_dir else ", no claims"),
+            flush=True,
+        )
         api = None
-        if args.http:  # the HTTP API (fleet/api/), on this loop and this worker's MQTT session
+        if http:  # the HTTP API (fleet/api/), on this loop and this worker's MQTT session
             try:
                 from fleet.api.server import ApiServer, ListenError, parse_listen
             except ImportError as exc:  # prometheus_client: the [fleet] extra
@@ -375,28 +469,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             try:
                 api = ApiServer(
                     store,
-                    *parse_listen(args.http),
+                    *parse_listen(http),
                     service=svc,
-                    provisioning_dir=args.claims,
+                    provisioning_dir=claims_dir,
                     require_token=True if args.http_require_token else None,
                 )
                 await api.start()
             except (ListenError, OSError) as exc:
-                print(f"fleetctl serve: --http {args.http}: {exc}", file=sys.stderr)
+                print(f"fleetctl serve: --http {http}: {exc}", file=sys.stderr)
                 await svc.stop()
                 return 2
             print(
-                f"fleetctl serve: API on {api.url}/api/v1/ (token {'required' if api.require_token else 'optional'})",
+                f"fleetctl serve: API on {api.url}/api/v1/ "
+                f"(token {'required' if api.require_token else 'optional'})",
                 flush=True,
             )
         claims = claims_task = None
-        if args.claims:  # the claim responder (fleet/provisioning/responder.py), its own connection
+        if claims_dir:  # the claim responder (fleet/provisioning/responder.py), its own connection
             from device_agent.fleetlink.mqtt import parse_broker_url
             from fleet.provisioning.responder import ClaimResponder
 
-            broker = parse_broker_url(args.mqtt)  # the service's own URL: mqtt:// 1883, mqtts:// 8883
+            broker = parse_broker_url(url)  # the service's own URL: mqtt:// 1883, mqtts:// 8883
             claims = ClaimResponder(
-                args.claims, broker.host, broker.port, client_id=f"fleet-provisioning-{args.worker_id}"
+                claims_dir, broker.host, broker.port, client_id=f"fleet-provisioning-{args.worker_id}"
             )
             claims_task = asyncio.create_task(claims.run())
         while not stop.is_set():
@@ -453,10 +548,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"fleetctl simulate: {exc}", file=sys.stderr)
         return 2
 
+    url, ca, cert, key = settings(args).mqtt("fleetctl simulate")
+    # the simulated devices use the profile's identity: on a fleet broker, the service listener (the
+    # device listener would need one certificate per simulated device)
+    tls = {k: v for k, v in (("ca_file", ca), ("cert_file", cert), ("key_file", key)) if v}
+
     async def run() -> int:
+        probe = await connect(args, "fleetctl simulate")  # a wrong broker or TLS setup: one line, at once
+        await probe.close()
         state = args.state_dir or tempfile.mkdtemp(prefix="fleet-sim-")
         sim = Simulation(
-            args.mqtt,
+            url,
             args.devices,
             state,
             prefix=args.prefix,
@@ -464,6 +566,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             interval_s=args.interval,
             faults=faults,
             fault_seed=args.fault_seed,
+            extra_mqtt=tls,
+            client_ids=bool(cert),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -471,10 +575,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await sim.start()
         print(
-            f"fleetctl simulate: {args.devices} devices ({args.prefix}00000..) on {args.mqtt}, "
-            f"spools in {state}",
+            f"fleetctl simulate: {args.devices} devices ({args.prefix}00000..) on {url}, spools in {state}",
             flush=True,
         )
+        connected = await sim.wait_connected(min(30.0, args.duration or 30.0))
+        print(f"fleetctl simulate: {connected}/{args.devices} devices connected", flush=True)
+        if not connected:
+            await sim.stop()
+            err = next((link.conn.last_error for link in sim.links if link.conn.last_error), None)
+            raise FleetctlError(Exit.UNREACHABLE, f"no simulated device could connect to {url}: {err}")
         t_end = time.monotonic() + args.duration if args.duration else None
         while not stop.is_set() and (t_end is None or time.monotonic() < t_end):
             try:

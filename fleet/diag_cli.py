@@ -1,7 +1,8 @@
 """``fleetctl logs``, ``fleetctl diag``, ``fleetctl view``: remote diagnostics from the operator's shell.
 
-Exit status: 0 pass (or warn), 1 a check failed (or a view got no frames), 2 the request was
-refused, timed out or could not be verified.
+Exit status (fleet/errors.py, the same for every fleetctl command): 0 pass (or warn), 1 a check
+failed (or a view got no frames), 3 the broker cannot be reached, 4 no such device, 5 the device is
+offline, refused the request, did not answer in time, or the transfer could not be verified.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ from typing import Any
 
 from device_agent.diag.results import format_report
 from fleet.client import CommandFailed, FleetClient
-from fleet.core_cli import DEFAULT_MQTT
+from fleet.errors import Exit, FleetctlError
+from fleet.lookup import connect, reachable, resolve
+from fleet.profile import add_flags
 
 ACTIONS = ("selftest", "snapshot", "netcheck", "stats")
 
 
 def _mqtt_args(p: argparse.ArgumentParser) -> None:
+    add_flags(p, "mqtt", "ca", "cert", "key", "db", "db_prefix", "state_dir")
     p.add_argument(
-        "--mqtt", default=DEFAULT_MQTT, help="broker URL (env FLEET_MQTT_URL; default %(default)s)"
+        "--wait",
+        action="store_true",
+        help="a device that is offline or not yet known: wait for it (up to --timeout), not fail at once",
     )
-    p.add_argument("--ca", default="", help="CA file for mqtts://")
-    p.add_argument("--cert", default="", help="client certificate (mutual TLS)")
-    p.add_argument("--key", default="", help="client key")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the device (default 60)")
 
 
@@ -70,18 +73,15 @@ def _run(args: argparse.Namespace, body: Callable[[FleetClient], Awaitable[int]]
     from fleet.live_view import ViewError
     from fleet.log_pull import TransferError
 
+    args.device = resolve(args, args.device, required=False)  # a name or a unique id prefix
+
     async def main() -> int:
-        client = FleetClient(args.mqtt, ca_file=args.ca, cert_file=args.cert, key_file=args.key)
+        client = await connect(args, f"fleetctl {args.command}")
         try:
-            await client.connect()
-        except (ConnectionError, ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        try:
+            await reachable(client, args.device, args.wait, args.timeout)
             return await body(client)
         except (CommandFailed, TransferError, ViewError) as exc:
-            print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-            return 2
+            raise FleetctlError(Exit.DEVICE, f"{args.device}: {exc.code}: {exc.message}") from None
         finally:
             await client.close()
 
@@ -123,7 +123,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for src in info.get("sources", []):
             if src.get("status") != "ok":
                 print(
-                    f"note: {src.get('source')} {src.get('unit') or src.get('path', '')}: {src.get('status')} "
+                    f"note: {src.get('source')} {src.get('unit') or src.get('path', '')}: "
+                    f"{src.get('status')} "
                     f"({src.get('reason', '')})",
                     file=sys.stderr,
                 )

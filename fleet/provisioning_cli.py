@@ -6,17 +6,29 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
 import sys
 from pathlib import Path
 
-DEFAULT_STATE_DIR = "/var/lib/device-fleet"
+from fleet.errors import Exit, FleetctlError
+from fleet.profile import DEFAULT_STATE_DIR, add_flags, settings
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir or os.environ.get("FLEETCTL_STATE_DIR") or DEFAULT_STATE_DIR)
+    """The profile's ``state_dir`` (``--state-dir``, ``FLEETCTL_STATE_DIR``, the profile, the default)."""
+    return Path(str(settings(args).get("state_dir") or DEFAULT_STATE_DIR))
+
+
+def _broker_host_port(args: argparse.Namespace) -> tuple[str, int] | None:
+    """Host and port of the profile's broker URL (the fleet-service listener), if one is configured."""
+    from device_agent.fleetlink.mqtt import parse_broker_url
+
+    url = settings(args).get("mqtt")
+    if not url:
+        return None
+    addr = parse_broker_url(str(url))
+    return addr.host, addr.port
 
 
 def parse_duration(text: str) -> float:
@@ -32,11 +44,7 @@ def parse_duration(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument(
-        "--state-dir",
-        default="",
-        help=f"fleet state directory (env FLEETCTL_STATE_DIR, default {DEFAULT_STATE_DIR})",
-    )
+    add_flags(state, "state_dir", help_={"state_dir": f"fleet state directory (default {DEFAULT_STATE_DIR})"})
 
     ca = sub.add_parser("ca", help="the fleet certificate authority")
     ca.set_defaults(func=lambda a: ca.print_help() or 2)
@@ -63,7 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", required=True, help="device group the claimed devices join")
     p.add_argument("--expires", type=parse_duration, default=parse_duration("24h"), help="e.g. 30m, 24h, 7d")
     p.add_argument("--count", type=int, default=1)
-    p.add_argument("--fleet", default="", help="claim endpoint HOST:PORT to put in the QR code")
+    p.add_argument(
+        "--fleet",
+        default="",
+        help="claim endpoint HOST:PORT to put in the QR code (default: the profile's broker host and "
+        "claim_port)",
+    )
+    add_flags(p, "mqtt", "claim_port")
     p.add_argument("--qr-dir", default="", help="write one PNG QR code per token here")
     p.add_argument("--qr", action="store_true", help="print each QR code on the terminal")
     p.add_argument("--json", action="store_true")
@@ -73,33 +87,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_claim_list)
     p = claim_sub.add_parser("audit", parents=[state], help="the provisioning audit log")
     p.add_argument("--claim", default="")
+    p.add_argument("--json", action="store_true", help="one JSON object per line (epoch times)")
     p.set_defaults(func=cmd_claim_audit)
     p = claim_sub.add_parser(
         "serve", parents=[state], help="answer claims and renewals (the claim responder)"
     )
     p.add_argument(
         "--broker",
-        required=True,
-        help="service listener HOST[:PORT] (mutual TLS, service CA), e.g. fleet.example:8885",
+        default="",
+        help="service listener HOST[:PORT] (mutual TLS, service CA), e.g. fleet.example:8885 (default: the "
+        "profile's broker)",
     )
+    add_flags(p, "mqtt")
     p.add_argument("--cert-days", type=int, default=365)
     p.set_defaults(func=cmd_claim_serve)
 
     p = sub.add_parser("broker-config", parents=[state], help="write a locked-down mosquitto configuration")
-    p.add_argument("--out", required=True, help="directory for mosquitto.conf, ACLs, certificates, CRL")
+    add_flags(
+        p,
+        "broker_dir",
+        "device_port",
+        "claim_port",
+        "mqtt",
+        help_={"broker_dir": "directory for mosquitto.conf, ACLs, certificates, CRL"},
+    )
     p.add_argument(
         "--host",
         action="append",
-        required=True,
-        help="broker name or address devices use (repeatable; goes into the certificate)",
+        default=[],
+        help="broker name or address devices use (repeatable; goes into the certificate; default: the "
+        "host of the profile's broker URL)",
     )
-    p.add_argument("--port", type=int, default=8883, help="mutual-TLS device listener")
-    p.add_argument("--claim-port", type=int, default=8884, help="claim listener")
     p.add_argument(
         "--service-port",
         type=int,
-        default=8885,
-        help="fleet service listener (mutual TLS with the service CA)",
+        default=None,
+        help="fleet service listener (mutual TLS with the service CA; default: the port of the profile's "
+        "broker URL, else 8885)",
     )
     p.add_argument("--bind", default="", help="bind address for the listeners (default: all)")
     p.add_argument("--log-dest", default="stderr")
@@ -107,9 +131,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_broker_config)
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, code: int = Exit.USAGE) -> int:
+    """One line on stderr (a missing or existing CA, a bad flag: nothing was done), the exit code."""
+    raise FleetctlError(Exit(code), message)
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
@@ -226,10 +250,29 @@ def cmd_claim_list(args: argparse.Namespace) -> int:
 
 
 def cmd_claim_audit(args: argparse.Namespace) -> int:
+    import time
+
     from fleet.provisioning.store import ProvisioningStore
 
-    for row in ProvisioningStore(_state_dir(args)).audit_log(args.claim or None):
-        print(json.dumps(row, sort_keys=True))
+    rows = ProvisioningStore(_state_dir(args)).audit_log(args.claim or None)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    if not rows:
+        print("no audit entries" + (f" for claim {args.claim}" if args.claim else ""))
+    for row in rows:
+        detail = row.get("detail") or {}
+        text = (
+            ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
+            if isinstance(detail, dict)
+            else str(detail)
+        )
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["ts"]))
+        print(
+            f"{when}  {row['event']:<16} claim {row.get('claim_id') or '-':<8} "
+            f"device {row.get('device_id') or '-'}" + (f"  {text}" if text else "")
+        )
     return 0
 
 
@@ -239,10 +282,13 @@ def cmd_claim_serve(args: argparse.Namespace) -> int:
     from fleet.provisioning.responder import ClaimResponder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker = args.broker or str(settings(args).get("mqtt") or "")
+    if not broker:
+        return _fail("claim serve needs --broker HOST:PORT or a broker URL in the profile (mqtt)", 2)
     try:
-        host, port = split_endpoint(args.broker, 8885)
+        host, port = split_endpoint(broker, 8885)
     except ValueError as exc:
-        return _fail(f"--broker: {exc}")
+        return _fail(f"--broker: {exc}", 2)
 
     async def main() -> None:
         responder = ClaimResponder(_state_dir(args), host, port, cert_days=args.cert_days)
@@ -262,17 +308,24 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     from fleet.provisioning.broker import write_broker_config
     from fleet.provisioning.ca import CAError
 
+    prof = settings(args)
+    broker = _broker_host_port(args)
+    hosts = args.host or ([broker[0]] if broker else [])
+    if not hosts:
+        return _fail("broker-config needs --host NAME, or a broker URL in the profile (mqtt)", 2)
+    out = prof.require("broker_dir", "fleetctl broker-config")
+    service_port = args.service_port or (broker[1] if broker else 8885)
     try:
         files = write_broker_config(
             _state_dir(args),
-            args.out,
-            args.host,
-            args.port,
-            args.claim_port,
+            out,
+            hosts,
+            int(prof.get("device_port")),
+            int(prof.get("claim_port")),
             args.bind,
             args.log_dest,
             args.user,
-            service_port=args.service_port,
+            service_port=service_port,
         )
     except CAError as exc:
         return _fail(str(exc))

@@ -82,7 +82,10 @@ class Simulation:
         faults: dict[str, float] | None = None,
         fault_seed: int = 0,
         ota: SimOtaOptions | None = None,
+        client_ids: bool = False,
     ) -> None:
+        """``client_ids``: give every device its own MQTT client id (``dev-<id>``) even with a client
+        certificate: simulated devices that share one certificate (the profile's service identity)."""
         self.url = mqtt_url
         self.n = devices
         self.state_dir = Path(state_dir)
@@ -128,7 +131,13 @@ class Simulation:
                 }
             )
             agent = Agent(cfg)
-            link = FleetLink(agent, runner=_no_reboot, executor=self.executor, system_metrics=False)
+            link = FleetLink(
+                agent,
+                runner=_no_reboot,
+                executor=self.executor,
+                system_metrics=False,
+                client_id=f"dev-{dev_id}" if client_ids else "",
+            )
             agent.add(link)
             sensors = SimulatedSensors(i)
             agent.health.add("system", sensors)

@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from fleet.core_cli import _db_args, _store, table
+from fleet.core_cli import _db_args, table
+from fleet.errors import Exit, FleetctlError
 from fleet.tokens import ROLES, TokenError, TokenStore
 
 
@@ -30,13 +31,16 @@ def register(sub: Any) -> None:
     r.set_defaults(func=cmd_revoke)
 
 
-def _tokens(args: argparse.Namespace) -> TokenStore:
-    store = _store(args)
+def _tokens(args: argparse.Namespace, create: bool = False) -> TokenStore:
+    """The store's tokens; ``create`` (token create, before the first serve) may create the store."""
+    from fleet.lookup import open_store
+
+    store = open_store(args, create=create, announce=create)
     return TokenStore(store.engine, store.prefix)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    tok, clear = _tokens(args).create(args.role, args.name)
+    tok, clear = _tokens(args, create=True).create(args.role, args.name)
     if args.json:
         print(json.dumps({**tok.to_dict(), "token": clear}))
     else:
@@ -61,7 +65,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     try:
         tok = _tokens(args).revoke(args.id)
     except TokenError as exc:
-        print(f"fleetctl token revoke: {exc.message}", file=sys.stderr)
-        return 1
+        raise FleetctlError(Exit.NOT_FOUND, f"token revoke: {exc.message}") from None
     print(f"token {tok.id} revoked")
     return 0

@@ -86,7 +86,9 @@ def _check_writable(config_path: Path) -> None:
 async def report_online(
     ident: LoadedIdentity, store: IdentityStore, host: str, port: int, timeout: float = 10.0
 ) -> None:
-    """Connect as the device (mutual TLS, MQTT 5) and publish the retained online status."""
+    """Connect as the device (mutual TLS, MQTT 5) and publish its retained status: known to the fleet
+    (``provisioned``) but offline (``reason: provisioned``) until the agent runs and says online; a
+    provisioned device that never ran the agent must not show online for ever."""
     did = ident.device_id
     status_topic = protocol.status(did)
     will = json.dumps({"online": False, "ts": time.time()}).encode()
@@ -102,7 +104,8 @@ async def report_online(
         ) from None
     try:
         status = {
-            "online": True,
+            "online": False,
+            "reason": "provisioned",
             "version": agent_version(),
             "ts": round(time.time(), 3),
             "provisioned": True,
@@ -202,5 +205,8 @@ async def provision(req: ProvisionRequest) -> LoadedIdentity:
             f"The device is provisioned as {ident.device_id}, but could not report "
             f"online: {exc} Run `device-agent doctor` once the cause is fixed.",
         ) from None
-    say(f"Online: {protocol.status(ident.device_id)} published. Provisioning complete.")
+    say(
+        f"Registered: {protocol.status(ident.device_id)} published (offline until the agent runs). "
+        "Provisioning complete."
+    )
     return ident

@@ -157,7 +157,7 @@ async def test_fleetctl_cli_logs_and_diag(tmp_path: Path, mosquitto) -> None:
         assert rc == 0, stderr
         assert (tmp_path / "s.jpg").read_bytes()[:2] == b"\xff\xd8"
         rc, stdout, stderr = await fleetctl("logs", rig.device, "--level", "loud")
-        assert rc == 2 and "bad_request" in stderr
+        assert rc == 5 and "bad_request" in stderr  # the device refused it (fleet/errors.py Exit.DEVICE)
 
 
 async def test_over_mutual_tls_with_acls(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,8 +60,16 @@ def test_devices_show_alerts(tmp_path: Path) -> None:
     info = json.loads(res.stdout)
     assert info["health"]["system"]["temperature_c"] == 48.0 and info["active_alerts"][0]["code"] == "fps_low"
     res = fleetctl("show", "cam-1", "--db", db)
-    assert "temperature_c=48.0" in res.stdout and "fps_low" in res.stdout
-    assert fleetctl("show", "nope", "--db", db).returncode == 1
+    assert re.search(r"^ +temperature_c +48\.0$", res.stdout, re.M) and "fps_low" in res.stdout
+    missing = fleetctl("show", "nope", "--db", db)
+    assert missing.returncode == 4 and "no device 'nope'" in missing.stderr  # not found
+    res = fleetctl("show", "cam-", "--db", db)  # a prefix of two: ambiguous, a usage error naming both
+    assert res.returncode == 2 and "cam-1" in res.stderr and "cam-2" in res.stderr
+    assert '"device": "cam-2"' in fleetctl("show", "cam-2", "--db", db, "--json").stdout
+    res = fleetctl("devices", "cam-1", "--db", db)  # devices filtered by prefix
+    assert "cam-1" in res.stdout and "cam-2" not in res.stdout
+    typo = fleetctl("devices", "--db", str(tmp_path / "flet.db"))  # a mistyped store: no empty one made
+    assert typo.returncode == 4 and "no fleet store" in typo.stderr and not (tmp_path / "flet.db").exists()
     res = fleetctl("alerts", "--db", db, "--json")
     assert sorted((a["device"], a["code"], a["severity"]) for a in json.loads(res.stdout)) == [
         ("cam-1", "fps_low", "P2"),
@@ -86,11 +95,14 @@ async def test_cmd_round_trip_and_errors(tmp_path: Path, mosquitto: Mosquitto) -
         rc, out, _ = await afleetctl("cmd", "spk-1", "ping", "--mqtt", mosquitto.url)
         assert rc == 0 and "pong" in out
         rc, out, _ = await afleetctl("cmd", "spk-1", "reboot", "{}", "--mqtt", mosquitto.url, "--json")
-        assert rc == 1 and json.loads(out)["error"]["code"] == "confirmation_required"
+        assert rc == 5 and json.loads(out)["error"]["code"] == "confirmation_required"  # the device refused
         rc, _, err = await afleetctl("cmd", "spk-1", "ping", "[1]", "--mqtt", mosquitto.url)
         assert rc == 2 and "JSON object" in err
-        rc, _, err = await afleetctl("cmd", "ghost", "ping", "--mqtt", mosquitto.url, "--timeout", "1")
-        assert rc == 1 and "timeout" in err
+        t0 = time.monotonic()
+        rc, _, err = await afleetctl("cmd", "ghost", "ping", "--mqtt", mosquitto.url, "--timeout", "20")
+        assert rc == 4 and "never connected" in err and time.monotonic() - t0 < 10  # at once, not 20 s
+        rc, _, err = await afleetctl("cmd", "ghost", "ping", "--mqtt", mosquitto.url, "--timeout", "1", "--wait")
+        assert rc == 4 and "waited 1 s" in err
     finally:
         await agent.stop()
 

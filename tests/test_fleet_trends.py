@@ -105,7 +105,7 @@ def test_alerts_are_acknowledged_per_raising(tmp_path: Path) -> None:
         cwd=root,
     )
     assert (
-        missing.returncode == 1 and "no active alert" in missing.stderr and "Traceback" not in missing.stderr
+        missing.returncode == 4 and "no active alert" in missing.stderr and "Traceback" not in missing.stderr
     )
     listed = subprocess.run(
         [sys.executable, "-m", "fleet.cli", "alerts", "--db", db],

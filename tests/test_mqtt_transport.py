@@ -64,7 +64,7 @@ def test_fleetctl_serve_gives_the_claim_responder_the_services_own_port() -> Non
     """``fleetctl serve --mqtt mqtt://broker --claims DIR`` connected the claim responder to 8883
     (``split_host_port(url, 8883)``) while the service itself used 1883."""
     src = (ROOT / "fleet" / "core_cli.py").read_text()
-    assert "split_host_port" not in src and "parse_broker_url(args.mqtt)" in src
+    assert "split_host_port" not in src and "parse_broker_url(url)" in src  # url: the service's own
     assert (parse_broker_url("mqtt://broker").host, parse_broker_url("mqtt://broker").port) == (
         "broker",
         1883,

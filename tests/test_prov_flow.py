@@ -85,13 +85,14 @@ async def test_two_devices_end_to_end(fleet: Fleet, responder, tmp_path: Path) -
         assert "device.key" not in (ident / "device.crt").read_text()
         ids.append(cfg.device.id)
     assert ids[0] != ids[1]
-    # both reported online (retained, MQTT 5) as themselves
+    # both connected as themselves and registered (retained, MQTT 5): offline until the agent runs
     seen: dict[str, dict] = {}
     deadline = time.monotonic() + 10
     while set(seen) != set(ids) and time.monotonic() < deadline:
         msg = await watcher.next_message(deadline - time.monotonic())
         seen[msg.topic.split("/")[1]] = json.loads(msg.payload)
-    assert set(seen) == set(ids) and all(s["online"] for s in seen.values())
+    assert set(seen) == set(ids)
+    assert all(not s["online"] and s["reason"] == "provisioned" and s["provisioned"] for s in seen.values())
     await watcher.close()
     # the fleet registered both in their group, and the claims are used
     devices = {d["id"]: d for d in fleet.store.devices()}

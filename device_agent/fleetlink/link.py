@@ -78,7 +78,10 @@ class FleetLink:
         executor: concurrent.futures.Executor | None = None,
         system_metrics: bool = True,
         spool_path: str | Path | None = None,
+        client_id: str = "",
     ) -> None:
+        """``client_id``: the MQTT client id (default :func:`fleet_client_id`: the certificate's CN, else
+        ``dev-<id>``); simulated devices sharing one service certificate each give their own."""
         self.agent = agent
         cfg = agent.config
         self.device_id = cfg.device.id
@@ -96,7 +99,7 @@ class FleetLink:
         self.conn = MqttConnection(
             MqttOptions(
                 url=m.url,
-                client_id=fleet_client_id(self.device_id, m.cert_file),
+                client_id=client_id or fleet_client_id(self.device_id, m.cert_file),
                 ca_file=m.ca_file,
                 cert_file=m.cert_file,
                 key_file=m.key_file,

@@ -126,12 +126,46 @@ class MqttError(Exception):
 
     kinds: ``dns`` (name does not resolve: no network or a typo), ``network`` (no route),
     ``refused`` (nothing listening), ``timeout``, ``tls`` (handshake or certificate refused),
-    ``rejected`` (CONNACK refused), ``denied`` (not authorised), ``closed``.
+    ``rejected`` (CONNACK refused), ``denied`` (not authorised), ``closed``, ``config`` (a TLS file
+    that cannot be read).
     """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def connect_error(exc: OSError, host: str, port: int, timeout: float) -> MqttError:
+    """A failed TCP/TLS connect, classified and worded for people (never an empty reason)."""
+    if isinstance(exc, socket.gaierror):
+        return MqttError(
+            "dns",
+            f"cannot resolve {host!r} ({exc.strerror or exc}): no network, no DNS, "
+            "or a typo in the host name",
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return MqttError(
+            "tls",
+            f"TLS: the certificate of {host}:{port} was not accepted: {exc.verify_message or exc.reason} "
+            "(wrong CA file, or a host name the broker certificate does not list)",
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc) or type(exc).__name__
+        hint = " (an mqtts:// URL on a plain listener?)" if "WRONG_VERSION_NUMBER" in reason.upper() else ""
+        return MqttError("tls", f"TLS handshake with {host}:{port} failed: {reason}{hint}")
+    if isinstance(exc, ConnectionRefusedError):
+        return MqttError("refused", f"{host}:{port} refused the connection: broker not running or wrong port")
+    if isinstance(exc, TimeoutError):
+        return MqttError(
+            "timeout",
+            f"no answer from {host}:{port} within {timeout:g} s: broker unreachable "
+            "or a firewall drops the traffic",
+        )
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return MqttError("config", f"cannot read {exc.filename}: {exc.strerror}")
+    return MqttError(
+        "network", f"cannot reach {host}:{port}: {exc.strerror or exc}: check the network cable or Wi-Fi"
+    )
 
 
 @dataclass
@@ -260,6 +294,8 @@ class MqttConnection:
         self.connected = False
         self.connects = 0
         self.last_connect_error = ""
+        self.last_error: MqttError | None = None  # the last failed attempt, classified (None once connected)
+        self.attempt_failed = asyncio.Event()  # set by every failed attempt (fleetctl fails fast on it)
         self.connected_at = 0.0
         self.disconnect_reason = ""
         self.rng = random.Random()
@@ -540,41 +576,31 @@ class MqttConnection:
                 ),
                 timeout,
             )
-        except socket.gaierror as exc:
-            raise MqttError(
-                "dns",
-                f"cannot resolve {host!r} ({exc.strerror or exc}): no network, "
-                f"no DNS, or a typo in the host name",
-            ) from None
-        except ssl.SSLError as exc:
-            raise MqttError("tls", f"TLS handshake with {host}:{port} failed: {exc.reason or exc}") from None
-        except ConnectionRefusedError:
-            raise MqttError(
-                "refused", f"{host}:{port} refused the connection: broker not running or wrong port"
-            ) from None
-        except TimeoutError:
-            raise MqttError(
-                "timeout",
-                f"no answer from {host}:{port} within {timeout:g} s: broker "
-                f"unreachable or a firewall drops the traffic",
-            ) from None
-        except OSError as exc:
-            raise MqttError(
-                "network",
-                f"cannot reach {host}:{port}: {exc.strerror or exc}: check the network cable or Wi-Fi",
-            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise connect_error(exc, host, port, timeout) from None
         if await self._wait_connack(timeout):
             return
-        refused, reason = self._refused, self.disconnect_reason
-        dropped = self._dropped.is_set()
+        err = self._no_connack_error(timeout)
         await self.close()
-        if refused:
-            raise MqttError("rejected", f"broker refused the connection: {refused}")
-        if dropped:
-            raise MqttError(
-                "tls", f"broker closed the connection during the handshake ({reason}): certificate refused?"
+        raise err
+
+    def _no_connack_error(self, timeout: float) -> MqttError:
+        """Why an attempt that opened TCP (and TLS) got no CONNACK: refused, dropped or silent."""
+        host, port = self.host, self.port
+        if self._refused:
+            return MqttError("rejected", f"broker {host}:{port} refused the connection: {self._refused}")
+        if self._dropped.is_set():
+            hint = (
+                "client certificate refused (wrong --cert/--key, or one the broker's CA did not sign)?"
+                if self.tls
+                else "a plain mqtt:// URL on a TLS listener (use mqtts://)?"
             )
-        raise MqttError("timeout", f"{host}:{port} accepted TCP but sent no CONNACK within {timeout:g} s")
+            return MqttError(
+                "tls",
+                f"broker {host}:{port} closed the connection before CONNACK "
+                f"({self.disconnect_reason}): {hint}",
+            )
+        return MqttError("timeout", f"{host}:{port} accepted TCP but sent no CONNACK within {timeout:g} s")
 
     def peer_certificate_der(self) -> bytes | None:
         """The broker's leaf certificate (DER) of the current TLS connection."""
@@ -619,19 +645,32 @@ class MqttConnection:
                 ok = await self._wait_connack(max(10.0, o.keepalive_s))
                 if ok:
                     attempt = 0
+                    self.last_error = None
                     await self._dropped.wait()
                     if self._closing:
                         return
                 else:
+                    self._fail_attempt(self._no_connack_error(max(10.0, o.keepalive_s)))
                     self._client._sock_close()  # noqa: SLF001 -- abandon a half-open attempt
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self.last_connect_error = f"{type(exc).__name__}: {exc}"
                 log.debug("mqtt connect to %s:%s failed: %s", self.host, self.port, exc)
+                self._fail_attempt(
+                    connect_error(exc, self.host, self.port, max(10.0, o.keepalive_s))
+                    if isinstance(exc, OSError)
+                    else MqttError("config", f"{type(exc).__name__}: {exc}")
+                )
             if self._closing:
                 return
             delay = backoff_delay(attempt, o.reconnect_min_s, o.reconnect_max_s, self.rng)
             attempt += 1
             await asyncio.sleep(delay)
+
+    def _fail_attempt(self, err: MqttError) -> None:
+        self.last_error = err
+        if not self.last_connect_error:
+            self.last_connect_error = str(err)
+        self.attempt_failed.set()
 
     async def _wait_connack(self, timeout: float) -> bool:
         conn = asyncio.ensure_future(self._connected_evt.wait())
