@@ -63,6 +63,12 @@ def _buckets(rows: Any, n: int) -> list[int]:
     return out
 
 
+def _hour_bucket(col: Any, since: float, dialect: str) -> Any:
+    """The hour index of ``col`` after ``since`` (floor: PostgreSQL casts by rounding, SQLite truncates)."""
+    x = (col - since) / HOUR
+    return sa.cast(sa.func.floor(x) if dialect == "postgresql" else x, sa.Integer)
+
+
 def overview(store: Store, silences: SilenceStore, hours: int, now: float) -> dict[str, Any]:
     """The fleet overview (blocking). Trends are ``hours`` hourly buckets ending at ``now``."""
     d, a, k = store.devices.c, store.alerts.c, store.acks.c
@@ -87,7 +93,7 @@ def overview(store: Store, silences: SilenceStore, hours: int, now: float) -> di
         ).all()
 
         def hourly(col: Any, *where: Any, sev: bool = False) -> Any:
-            bucket = sa.cast((col - since) / HOUR, sa.Integer)
+            bucket = _hour_bucket(col, since, store.dialect)
             cols = (a.severity, bucket) if sev else (bucket,)
             return conn.execute(
                 sa.select(*cols, sa.func.count()).where(col >= since, *where).group_by(*cols)
@@ -102,10 +108,11 @@ def overview(store: Store, silences: SilenceStore, hours: int, now: float) -> di
             .where(k.at >= now - 7 * 86400)
         ).all()
         g = store.group_metrics.c
+        gbucket = _hour_bucket(g.ts, since, store.dialect)
         freeze = conn.execute(
-            sa.select(sa.cast((g.ts - since) / HOUR, sa.Integer), sa.func.avg(g.value))
+            sa.select(gbucket, sa.func.avg(g.value))
             .where(g.metric == "freeze_rate", g.ts >= since)
-            .group_by(sa.cast((g.ts - since) / HOUR, sa.Integer))
+            .group_by(gbucket)
         ).all()
     total = online = 0
     versions: dict[str, dict[str, int]] = {}

@@ -542,6 +542,7 @@ async function render() {
   if (gen !== state.gen) return;
   main.setAttribute('data-ready', '1');
   $('#main').replaceWith(main);
+  performance.mark('console-view-ready'); // benchmarks/console_paint.py reads it
 }
 
 document.addEventListener('DOMContentLoaded', () => {
