@@ -3,6 +3,12 @@
 Capture arrives at the device's rate and channel count; the first channel is resampled to the
 pipeline's 16 kHz, processed in 10 ms hops by the stage (on a worker thread: TFLite blocks), then
 encoded to Opus once (48 kHz, 20 ms) and the packets are shared by every viewer, like video.
+
+``capture_time(pts)`` dates a packet by the capture of its first sample: the latest chunk's
+timestamp and sample index, the stage's latency (its output sample k is input sample k - latency)
+and ``offset_s`` (``audio.offset_ms``, a calibration for latency no timestamp shows); the viewers'
+sender reports are dated by it (``capture_clock.py``). libopus's packets are already shifted back
+by its look-ahead (the first one's pts is -312 at 48 kHz).
 """
 
 from __future__ import annotations
@@ -85,8 +91,12 @@ class AudioPipeline:
         source: AudioSource,
         stage: AudioStage | None = None,
         on_level: Callable[[float], None] | None = None,
+        offset_s: float = 0.0,
     ) -> None:
         self.source = source
+        self.offset_s = offset_s
+        self._received = 0  # pipeline-rate samples taken from the source (the stage's input index)
+        self._anchor: tuple[int, float] | None = None  # (sample index, capture time) of the latest chunk
         self.stage = stage
         self.on_level = on_level
         self._resampler: av.AudioResampler | None = None
@@ -119,6 +129,7 @@ class AudioPipeline:
         """Reopen the capture device; viewers stay subscribed."""
         await cancel_and_wait(self._task)
         await self.source.stop()
+        self._received -= len(self._pending)  # dropped: the next chunk's samples follow the last used one
         self._pending = np.zeros(0, np.int16)
         await self.source.start()
         self._task = asyncio.create_task(self._run(), name="audio-pipeline")
@@ -141,6 +152,8 @@ class AudioPipeline:
             self.chunks += 1
             self.last_chunk_at = time.monotonic()
             mono16k = self._to_pipeline_rate(chunk)
+            self._anchor = (self._received, chunk.timestamp)
+            self._received += len(mono16k)
             self._pending = np.concatenate([self._pending, mono16k])
             usable = len(self._pending) // HOP_FRAMES * HOP_FRAMES
             if not usable:
@@ -153,6 +166,15 @@ class AudioPipeline:
             self.latest_capture_ts = chunk.timestamp
             for packet in packets:
                 self._publish(packet)
+
+    def capture_time(self, pts: int | None) -> float | None:
+        """``time.monotonic()`` capture time of the first sample of the Opus packet at ``pts`` (48 kHz)."""
+        if pts is None or self._anchor is None:
+            return None
+        index, at = self._anchor
+        latency = self.stage.latency if self.stage is not None else 0
+        sample = pts * PIPELINE_RATE / OPUS_RATE - latency
+        return at + (sample - index) / PIPELINE_RATE + self.offset_s
 
     def _process(self, hops: np.ndarray) -> list[av.Packet]:
         """Stage and Opus, on the worker thread. A failing stage is bypassed, never fatal."""
@@ -215,6 +237,7 @@ class BroadcastAudioTrack(MediaStreamTrack):
         self.pipeline = pipeline
         self.name = name
         self.subscriber: Subscriber[av.Packet] | None = None
+        self.last_capture_ts: float | None = None  # of the packet handed out last (capture_clock.py)
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -222,9 +245,11 @@ class BroadcastAudioTrack(MediaStreamTrack):
         if self.subscriber is None:
             self.subscriber = self.pipeline.subscribe(self.name)
         try:
-            return await self.subscriber.get()
+            packet = await self.subscriber.get()
         except ConnectionError:
             raise MediaStreamError from None
+        self.last_capture_ts = self.pipeline.capture_time(packet.pts)
+        return packet
 
     def stop(self) -> None:
         if self.subscriber is not None:

@@ -155,7 +155,11 @@ def build_audio(
     stage, ns_error = stage_from_config(config.ns, on_stage_alert=callbacks.stage_alert)
     source = create_source(config.audio, on_state=callbacks.mic_state)
     sink = create_sink(config.audio, on_state=callbacks.speaker_state)
-    return AudioPipeline(source, stage), Talkback(sink) if sink is not None else None, ns_error
+    return (
+        AudioPipeline(source, stage, offset_s=config.audio.offset_ms / 1000),
+        Talkback(sink) if sink is not None else None,
+        ns_error,
+    )
 
 
 def build_media_graph(config: AgentConfig, callbacks: GraphCallbacks) -> MediaGraph:

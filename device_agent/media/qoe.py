@@ -247,9 +247,11 @@ class ViewerQoe:
     def figures(self, rtt_ms: float | None = None, sender_delay_ms: float | None = None) -> dict[str, Any]:
         """The ``qoe`` object of a session in ``/api/stats`` and telemetry (docs/protocol.md).
 
-        ``e2e_delay_ms`` = capture -> send on the device (``sender_delay_ms``) + send -> render in
-        the sender's clock (the viewer's ``play_ms``) + the one-way network delay (half ``rtt_ms``,
-        the device's RTT from receiver reports, else the viewer's own).
+        ``e2e_delay_ms`` = the viewer's ``play_ms`` (the sender's clock as the viewer last heard it
+        minus the capture time of the frame on screen: the agent's sender reports are dated by
+        capture, ``capture_clock.py``) + the one-way network delay (half ``rtt_ms``, the device's
+        RTT from receiver reports, else the viewer's own) + ``sender_delay_ms``, for a sender whose
+        reports are dated by send time (none of the agent's: 0).
         """
         last = self.last
         play = last.get("play_ms")

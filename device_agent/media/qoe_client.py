@@ -7,7 +7,9 @@ channel), call ``frame(kind, frame)`` for every decoded frame, and ``start()`` o
 Clock mapping: every RTCP sender report the device sends pairs its NTP wall clock with the RTP
 timestamp of the packet it just sent. A decoded frame's ``pts`` is its RTP timestamp, so its
 *sender time* is ``ntp + (pts - rtp) / clock_rate``; a stream's playout position at any instant
-is that of its latest frame plus the time since it arrived. ``av_ms`` is audio's position minus
+is now plus the median, over its frames of the last ``POSITION_FRAMES``, of sender time minus
+arrival time (the latest frame alone would make a burst of frames after a scheduling stall look
+like a jump of the stream against the other). ``av_ms`` is audio's position minus
 video's (+ = audio early) and ``play_ms`` is the sender's clock now (SR NTP + time since the SR
 arrived) minus video's position: send -> render without the one-way delay the device adds from
 its RTT. aiortc exposes neither the SR's RTP timestamp nor NACK/PLI counts, so the receivers'
@@ -19,10 +21,12 @@ stream's first one (``TIMESTAMP_MAPPER_ATTR``), read back here (aiortc is pinned
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection
@@ -37,6 +41,7 @@ from device_agent.media.qoe import (
 )
 
 TIMESTAMP_MAPPER_ATTR = "_RTCRtpReceiver__timestamp_mapper"  # aiortc 1.x: pts = RTP timestamp - origin
+POSITION_FRAMES = 60  # frames a stream's playout position is the median over (1.2 s of audio, 2 s of video)
 
 
 @dataclass
@@ -48,8 +53,7 @@ class _Clock:
     sr_rtp: int = 0
     sr_at: float = 0.0  # local wall time the SR arrived
     mapper: Any = None  # the receiver's TimestampMapper (its ``_origin`` turns pts back into RTP time)
-    pos: float | None = None  # sender time of the latest frame
-    pos_at: float = 0.0  # local wall time it arrived
+    lags: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=POSITION_FRAMES))
 
     def sender_time(self, rtp: int) -> float | None:
         if self.sr_ntp is None:
@@ -59,8 +63,13 @@ class _Clock:
             diff -= 1 << 32
         return self.sr_ntp + diff / self.rate
 
+    def add(self, pos: float, at: float) -> None:
+        """One frame of sender time ``pos`` played at local wall time ``at``."""
+        self.lags.append(pos - at)
+
     def position(self, now: float) -> float | None:
-        return None if self.pos is None else self.pos + (now - self.pos_at)
+        """The sender time playing at ``now`` (module docstring)."""
+        return None if not self.lags else now + statistics.median(self.lags)
 
 
 class QoeProbe:
@@ -140,7 +149,7 @@ class QoeProbe:
         if clock is not None and isinstance(pts, int) and isinstance(origin, int):
             pos = clock.sender_time((pts + origin) & 0xFFFFFFFF)
             if pos is not None:
-                clock.pos, clock.pos_at = pos, now_w
+                clock.add(pos, now_w)
 
     # -- reports -------------------------------------------------------------------------------
     async def report(self) -> dict[str, Any]:

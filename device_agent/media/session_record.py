@@ -60,7 +60,7 @@ def session_record(session: Any, reason: str, target_fps: float, now: float | No
     now = time.monotonic() if now is None else now
     duration = max(0.0, now - session.created)
     qoe = session.qoe
-    figures = qoe.figures(session.last_stats.get("rtt_ms"), session.video.latency.percentiles()["p50_ms"])
+    figures = qoe.figures(session.last_stats.get("rtt_ms"))  # SRs dated by capture (capture_clock.py)
     summary = qoe.summary()
     video = session.video.stats()
     connected = session.connected_at is not None

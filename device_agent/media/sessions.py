@@ -22,6 +22,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.sdp import candidate_from_sdp
 
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
+from device_agent.media.capture_clock import CaptureClock, attach_capture_clock
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.layers import LayerSet
 from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
@@ -133,6 +134,7 @@ class ViewerSession:
     _stats_packets: int = 0
     timeout: asyncio.TimerHandle | None = None
     qoe: ViewerQoe = field(default_factory=ViewerQoe)  # what the viewer reports it sees
+    clocks: dict[str, CaptureClock] = field(default_factory=dict)  # SR dating per kind (capture_clock.py)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -149,9 +151,7 @@ class ViewerSession:
             **(self.control.stats() if self.control is not None else {}),
             **self.video.stats(),
             **self.last_stats,
-            "qoe": self.qoe.figures(
-                self.last_stats.get("rtt_ms"), self.video.latency.percentiles()["p50_ms"]
-            ),
+            "qoe": self.qoe.figures(self.last_stats.get("rtt_ms")),  # SRs dated by capture: no sender delay
         }
 
 
@@ -274,8 +274,10 @@ class SessionManager:
         video_tx = pc.addTransceiver(session.video, direction="sendonly")
         video_tx.setCodecPreferences(_h264_preferences())
         video_sender = video_tx.sender
+        audio_tx = None
         if session.audio is not None and "\nm=audio" in offer_sdp:
-            pc.addTransceiver(session.audio, direction="sendrecv")  # viewer's microphone = talkback
+            # the viewer's microphone = talkback
+            audio_tx = pc.addTransceiver(session.audio, direction="sendrecv")
         # mDNS host candidates (a page without media permission) would be resolved inside
         # setRemoteDescription, up to 1 s each: they are applied in the background instead.
         offer = split_mdns_candidates(offer_sdp)
@@ -296,6 +298,13 @@ class SessionManager:
         )
         session.video.hooks = session.control
         session.feedback = session.control.attach(video_sender)
+        # sender reports dated by capture, not send, time: viewers line audio up with video as captured
+        video, audio = session.video, session.audio
+        session.clocks["video"] = attach_capture_clock(video_sender, 90000, lambda: video.last_capture_ts)
+        if audio_tx is not None and audio is not None:
+            session.clocks["audio"] = attach_capture_clock(
+                audio_tx.sender, 48000, lambda: audio.last_capture_ts
+            )
         answer = await pc.createAnswer()
         if answer is None or "H264" not in answer.sdp:
             raise OfferError("the offer does not accept H.264 Constrained Baseline (42e01f) video")

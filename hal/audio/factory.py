@@ -22,7 +22,13 @@ def create_source(section: AudioSettings, on_state: StateCallback | None = None)
     if section.backend == "synthetic":
         from hal.audio.synthetic import SyntheticSource
 
-        return SyntheticSource(section.rate, section.channels, frames, seed=section.synthetic_seed)
+        return SyntheticSource(
+            section.rate,
+            section.channels,
+            frames,
+            seed=section.synthetic_seed,
+            delay_s=section.synthetic_delay_ms / 1000,
+        )
     if section.backend == "wav":
         from hal.audio.wavfile import WavFileSource
 

@@ -19,13 +19,21 @@ class PacedSource(AudioSource):
     Each chunk's timestamp is ``t0 + n * period / rate`` computed from integers, so timestamps never
     drift however long the source runs. A reader that falls more than ``max_lag_s`` behind is moved
     to the present (like a device overrun): the gap is counted in ``stats()["overruns"]``.
+
+    ``delay_s`` holds every period that much longer before delivering it, with the same timestamp:
+    a capture path with a deep buffer (its driver dates samples at capture, then they wait).
     """
 
     backend = "paced"
 
-    def __init__(self, rate: int, channels: int, period_frames: int, *, max_lag_s: float = 0.5) -> None:
+    def __init__(
+        self, rate: int, channels: int, period_frames: int, *, max_lag_s: float = 0.5, delay_s: float = 0.0
+    ) -> None:
         if rate <= 0 or channels <= 0 or period_frames <= 0:
             raise ValueError("rate, channels and period_frames must be positive")
+        if delay_s < 0:
+            raise ValueError("delay_s must not be negative")
+        self.delay_s = delay_s
         self.rate = rate
         self.channels = channels
         self.period_frames = period_frames
@@ -59,13 +67,13 @@ class PacedSource(AudioSource):
     async def read(self) -> AudioChunk:
         if not self._running or self._stopped is None:
             raise AudioSourceError(f"{self.backend} source is not running")
-        end = self._period_start(self._index + 1)
+        end = self._period_start(self._index + 1) + self.delay_s
         now = time.monotonic()
         if now - end > self._max_lag:
             # the reader stalled: resume at the present like a device that overran
-            self._index = int((now - self._t0) * self.rate / self.period_frames) - 1
+            self._index = int((now - self.delay_s - self._t0) * self.rate / self.period_frames) - 1
             self._overruns += 1
-            end = self._period_start(self._index + 1)
+            end = self._period_start(self._index + 1) + self.delay_s
         while now < end:
             try:
                 await asyncio.wait_for(self._stopped.wait(), end - now)

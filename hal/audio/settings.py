@@ -24,3 +24,7 @@ class AudioSettings:
     reopen_min_s: float = 0.5  # ALSA device missing/lost: first retry after this...
     reopen_max_s: float = 30.0  # ...doubling up to this
     synthetic_seed: int = 0  # the synthetic microphone's signal is a function of this seed
+    synthetic_delay_ms: int = (
+        0  # the synthetic microphone delivers each period this much late (dated at capture)
+    )
+    offset_ms: float = 0.0  # added to the microphone's capture times (A/V calibration; + = audio later)

@@ -160,8 +160,9 @@ class SyntheticSource(PacedSource):
         level_dbfs: float = -20.0,
         f0_hz: float | None = None,
         max_lag_s: float = 0.5,
+        delay_s: float = 0.0,
     ) -> None:
-        super().__init__(rate, channels, period_frames, max_lag_s=max_lag_s)
+        super().__init__(rate, channels, period_frames, max_lag_s=max_lag_s, delay_s=delay_s)
         self.synth = SpeechSynth(rate, seed=seed, level_dbfs=level_dbfs, f0_hz=f0_hz)
 
     def _render(self, frames: int) -> np.ndarray:
