@@ -598,3 +598,36 @@ async def test_retained_ping_is_refused_by_the_agent_process_after_every_restart
     finally:
         proc.kill()
         await wire.conn.publish("dev/cam-1/cmd/ping", b"", retain=True)
+
+
+async def test_config_set_alert_defaults_live(rig: dict[str, Any]) -> None:
+    """[alert_defaults] through config.set: a shipped rule dropped clears its alert, restored raises it
+    again, without a restart (the rule set is rebuilt at once)."""
+    client: FleetClient = rig["client"]
+    events: list[dict] = []
+    client.on_events(lambda dev, ev: events.append(ev))
+    # one viewer that has rendered nothing for 20 s: the shipped P1 viewers_no_frames (no hold)
+    stalled = {"viewers": {"sessions": [{"id": "v1", "qoe": {"stall_ms": 20_000}}]}}
+    rig["agent"].health.add("media", lambda: stalled)
+
+    async def alert_states(count: int) -> list[bool]:
+        for _ in range(200):
+            states = [e["active"] for e in events if e.get("code") == "viewers_no_frames"]
+            if len(states) >= count:
+                return states
+            await asyncio.sleep(0.05)
+        return states
+
+    assert await alert_states(1) == [True], events
+    res = await client.send_command(
+        "cam-1", "config.set", {"set": {"alert_defaults.disable": ["viewers_no_frames"]}}, timeout=5
+    )
+    assert res["applied"] == ["alert_defaults.disable"] and res["restart_required"] is False, res
+    assert load_config(rig["path"]).alert_defaults.disable == ["viewers_no_frames"]
+    assert await alert_states(2) == [True, False], events  # cleared: its rule is gone
+    assert "viewers_no_frames" not in {a.code for a in rig["agent"].alerts.active()}
+    res = await client.send_command(
+        "cam-1", "config.set", {"set": {"alert_defaults": {"enabled": True, "disable": []}}}, timeout=5
+    )
+    assert res["applied"] == ["alert_defaults"] and res["restart_required"] is False, res
+    assert await alert_states(3) == [True, False, True], events

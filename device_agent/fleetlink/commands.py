@@ -33,6 +33,9 @@ LIVE_KEYS = {
     "device.location",
     "device.group",
     "alerts",
+    "alert_defaults.enabled",  # [alert_defaults]: the rule set is rebuilt at once (link._config_applied)
+    "alert_defaults.disable",
+    "alert_defaults.evaluate_interval_s",  # from the next evaluation on
 }
 
 Runner = Callable[[list[str]], Awaitable[int]]
@@ -170,8 +173,8 @@ class LinkCommands:
                 restart.add(key)
         for key in live:
             section, _, name = key.partition(".")
-            if section == "alerts":
-                cfg.alerts = new_cfg.alerts
+            if section == "alerts" or not name:  # the rule list, or a whole section whose keys are all live
+                setattr(cfg, section, getattr(new_cfg, section))
             else:
                 setattr(getattr(cfg, section), name, getattr(getattr(new_cfg, section), name))
             if key == "logging.level":

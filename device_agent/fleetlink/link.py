@@ -410,7 +410,7 @@ class FleetLink:
                     log.exception("alert rules failed")
 
     def _config_applied(self, keys: set[str]) -> None:
-        if any(k == "alerts" or k.startswith("alerts") for k in keys):
+        if any(k.partition(".")[0] in ("alerts", "alert_defaults") for k in keys):  # rules, defaults
             self.rules.replace(effective_rules(self.agent.config))
         if "mqtt.telemetry_interval_s" in keys or "mqtt" in keys:
             self._interval_changed.set()
