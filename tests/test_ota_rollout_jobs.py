@@ -306,7 +306,7 @@ def test_cli_creates_the_job_in_the_store_named_by_fleet_db_and_halts_resumes_li
     r = _cli("ota", "rollout-resume", rid, env=env, cwd=work)
     assert r.returncode == 0 and "running" in r.stdout and "pending 3" in r.stdout, r.stdout
     r = _cli("ota", "rollout-status", "nope", env=env, cwd=work)
-    assert r.returncode == 1 and "no rollout 'nope'" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 4 and "no rollout 'nope'" in r.stderr and "Traceback" not in r.stderr  # not found
     r = _cli("ota", "rollout", str(bundle), "--url", "http://x/v2.tar", "--group", "empty", env=env, cwd=work)
     assert r.returncode == 1 and "no devices to update" in r.stderr
 

@@ -207,7 +207,7 @@ async def test_cli_gives_the_same_answers_through_the_api_and_the_store(tmp_path
             transcripts[way] = steps
         assert transcripts["api"] == transcripts["store"]
         steps = transcripts["api"]
-        assert [c for c, _, _ in steps] == [0, 0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 2, 0], steps
+        assert [c for c, _, _ in steps] == [0, 0, 0, 1, 1, 0, 0, 4, 1, 2, 2, 2, 0], steps  # 4: not found
         assert "to 3 devices" in steps[0][1] and "halted" in steps[2][1] and "pending 3" in steps[5][1]
         assert "no rollout 'nope'" in steps[7][2] and "no devices to update" in steps[8][2]
         assert all("Traceback" not in e and e.count("\n") <= 1 for _, _, e in steps)

@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleet.errors import Exit, FleetctlError
 from fleet.ota.rollout import Policy, Rollout
+from fleet.profile import add_flags, settings
 from ota.bundle import MAX_MANIFEST_BYTES, Manifest, sha256_file
 
 if TYPE_CHECKING:  # imported lazily at run time: the store needs the fleet extra
@@ -31,16 +33,9 @@ def register(osub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", required=True, help="where devices download the bundle (e.g. fleetctl ota serve)")
     p.add_argument("--group", help="devices of this group in the fleet store")
     p.add_argument("--devices", help="comma-separated device ids (instead of --group)")
-    p.add_argument(
-        "--db",
-        default=None,
-        help="fleet store: SQLite path or postgresql:// URL (env FLEET_DB; default fleet.db)",
+    add_flags(
+        p, "db", "db_prefix", "mqtt", "ca", "cert", "key", help_={"mqtt": "broker URL, with --state only"}
     )
-    p.add_argument("--prefix", default="", help="table name prefix of the fleet store")
-    p.add_argument("--mqtt", default=None, help="broker URL, with --state only (env FLEET_MQTT_URL)")
-    p.add_argument("--ca", default="")
-    p.add_argument("--cert", default="")
-    p.add_argument("--key", default="")
     p.add_argument("--canary", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--growth", type=float, default=1.0, help="batch growth factor (2.0: exponential)")
@@ -108,25 +103,19 @@ def bundle_facts(path: Path) -> tuple[str, str, int]:
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--db", default=None, help="SQLite path or postgresql:// URL (env FLEET_DB; default fleet.db)"
-    )
-    p.add_argument("--prefix", default="", help="table name prefix")
+    add_flags(p, "db", "db_prefix")
     _api_args(p)
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--api",
-        default=None,
-        help="fleet API URL (fleetctl serve --http; env FLEET_API_URL): use it instead of the store",
+    add_flags(
+        p, "api", "token", help_={"api": "fleet API URL (fleetctl serve --http): use it instead of the store"}
     )
-    p.add_argument("--token", default=None, help="API bearer token (env FLEET_API_TOKEN or FLEET_TOKEN)")
 
 
-def db_url(arg: str | None) -> str:
-    """``--db``, else ``FLEET_DB``, else ``fleet.db`` (read when the command runs)."""
-    return arg or os.environ.get("FLEET_DB") or "fleet.db"
+def db_url(args: argparse.Namespace) -> str:
+    """The profile's fleet store (``--db``, ``FLEET_DB``, the profile file, ``fleet.db``)."""
+    return str(settings(args).get("db"))
 
 
 def select_devices(devices: str | None, group: str | None, db: str, prefix: str = "") -> list[str]:
@@ -150,13 +139,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     if args.state is None:
         return create_job(args)
-    mqtt_url = args.mqtt or os.environ.get("FLEET_MQTT_URL")
-    if not mqtt_url:
-        print("error: --state runs the rollout here and needs --mqtt (or FLEET_MQTT_URL)", file=sys.stderr)
-        return 2
+    mqtt_url, ca, cert, key = settings(args).mqtt("ota rollout --state (the rollout runs here)")
     try:
         version, sha, size = bundle_facts(args.bundle)
-        devices = select_devices(args.devices, args.group, db_url(args.db), args.prefix)
+        devices = select_devices(args.devices, args.group, db_url(args), settings(args).get("db_prefix"))
         if not devices:
             print("error: no devices to update", file=sys.stderr)
             return 1
@@ -180,7 +166,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         print(render(r), flush=True)
 
     async def main() -> Rollout:
-        async with FleetClient(mqtt_url, ca_file=args.ca, cert_file=args.cert, key_file=args.key) as client:
+        async with FleetClient(mqtt_url, ca_file=ca, cert_file=cert, key_file=key) as client:
             return await run_rollout(
                 client, rollout, {"url": args.url, "sha256": sha, "size": size}, args.state, on_change=show
             )
@@ -221,27 +207,29 @@ def api_target(args: argparse.Namespace) -> tuple[str, str] | None:
     ``--api`` / ``FLEET_API_URL`` and ``--token`` / ``FLEET_API_TOKEN`` (or ``FLEET_TOKEN``, the
     profile's name for it): the one place where the settings are read, so the profile
     (``fleet/profile.py``) can supply them."""
-    url = getattr(args, "api", None) or os.environ.get("FLEET_API_URL") or ""
-    token = (
-        getattr(args, "token", None)
-        or os.environ.get("FLEET_API_TOKEN")
-        or os.environ.get("FLEET_TOKEN")
-        or ""
-    )
+    s = settings(args)
+    url = str(s.get("api") or "")
+    token = str(s.get("token") or os.environ.get("FLEET_API_TOKEN") or "")
     return (url.rstrip("/"), token) if url else None
 
 
 class StoreJobs:
     """Rollout jobs straight in the fleet store (``--db`` / ``FLEET_DB``)."""
 
-    def __init__(self, db: str | None, prefix: str) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from fleet.errors import database_error
+        from fleet.lookup import open_store
         from fleet.ota.jobs import Jobs
-        from fleet.store import Store
 
         try:
-            self.store = Store(db_url(db), prefix=prefix)
+            self.store = open_store(args)  # a SQLite file that does not exist: not found (4)
+        except FleetctlError as exc:
+            raise CliError(exc.message, int(exc.code)) from None
         except Exception as exc:  # a bad URL, an unreachable PostgreSQL: one line
-            raise CliError(f"cannot open the fleet store {db_url(db)}: {exc}", 2) from None
+            err = database_error(exc, db_url(args))
+            if err is None:
+                raise
+            raise CliError(err.message, int(err.code)) from None
         self.jobs = Jobs(self.store)
         self.where = self.store.url
 
@@ -251,7 +239,7 @@ class StoreJobs:
         try:
             return fn(*a)
         except (JobNotFound, JobStateError, NoDevices) as exc:
-            raise CliError(str(exc.args[0]), 1) from None
+            raise CliError(str(exc.args[0]), 4 if isinstance(exc, JobNotFound) else 1) from None
         except (ValueError, TypeError) as exc:
             raise CliError(str(exc), 2) from None
 
@@ -305,8 +293,8 @@ class ApiJobs:
                 message = str(err["message"])
             except (ValueError, KeyError, TypeError):
                 message = f"HTTP {exc.code} {exc.reason}"
-            # refused by the fleet (unknown, wrong status, no devices): 1; our request or token: 2
-            raise CliError(message, 1 if exc.code in (404, 409, 422) else 2) from None
+            # unknown: 4; refused by the fleet (wrong status, no devices): 1; our request or token: 2
+            raise CliError(message, {404: 4, 409: 1, 422: 1}.get(exc.code, 2)) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise CliError(f"cannot reach the fleet API at {self.base}: {reason}", 3) from None
@@ -341,7 +329,7 @@ def open_jobs(args: argparse.Namespace) -> StoreJobs | ApiJobs:
     target = api_target(args)
     if target is not None:
         return ApiJobs(*target)
-    return StoreJobs(args.db, args.prefix)
+    return StoreJobs(args)
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:
@@ -351,8 +339,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
         jobs = open_jobs(args)
         return int(body(jobs))
     except CliError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+        raise FleetctlError(Exit(exc.exit_code), exc.message) from None
     finally:
         if jobs is not None:
             jobs.close()
