@@ -304,6 +304,7 @@ def test_console_pages_show_the_store_and_operator_actions_land_in_it(seeded, br
         _go(page, srv.api.url + "/#/alerts", "alerts")
         assert _text(page, "#tier-P1 .count") == "5" and _text(page, "#tier-P1 .attention") == "4"
         assert _text(page, "#tier-P2 .count") == "2" and _text(page, "#tier-P3 .count") == "1"
+        assert "null" not in _text(page, "main") and "undefined" not in _text(page, "main")
         card = page.locator(".alert[data-id='device:cam-014:offline']")
         card.locator("input[name=note]").fill("power cut, crew on the way")
         card.locator("button", has_text="Acknowledge").click()

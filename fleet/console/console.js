@@ -415,11 +415,11 @@ function alertCard(a, refresh) {
   const act = async (fn, what) => {
     try { await fn(); flash(what); refresh(); } catch (e) { flash(`${what}: ${e.message}`, true); }
   };
-  form.append(note,
+  form.append(...[note,
     actBtn(ack ? 'Re-ack' : 'Acknowledge', () => act(() => api(`/alerts/${enc}/ack`, { method: 'POST', body: { note: note.value } }), 'acknowledged ' + a.code), 'primary'),
     until,
     actBtn('Silence', () => act(() => api(`/alerts/${enc}/silence`, { method: 'POST', body: { until: new Date(until.value).getTime() / 1000, note: note.value } }), 'silenced ' + a.code)),
-    sil ? actBtn('Lift silence', () => act(() => api(`/alerts/${enc}/silence`, { method: 'DELETE' }), 'silence lifted')) : null);
+    sil ? actBtn('Lift silence', () => act(() => api(`/alerts/${enc}/silence`, { method: 'DELETE' }), 'silence lifted')) : null].filter(Boolean));
   if (a.active) card.append(form);
   return card;
 }
