@@ -1,0 +1,176 @@
+"""Telemetry bytes per device-hour of a real agent with viewers reporting QoE, on a real broker.
+
+A real mosquitto on a free loopback port, the whole agent as a process (``tests/support/agent_proc``:
+camera test pattern, synthetic microphone, noise suppression on, web on) and ``--viewers`` aiortc
+viewers sending receiver reports (``tests/support/media.Viewer``, every 2 s as the page does). A
+subscriber counts the bytes of every published health message on ``dev/ID/telemetry``; samples go
+out every ``--interval`` s to collect many in a short run, and the figure is scaled to the default
+30 s interval (120 samples an hour): payload, and on the wire (topic + MQTT framing, as
+``benchmarks.fleet_soak`` counts it). The largest sections of the last sample are listed.
+The target (issue 21): at most 1.5 x 83.5 KB = 125 KB per device-hour with QoE.
+
+Run: .venv/bin/python -m benchmarks.telemetry_bytes [--viewers 1] [--seconds 40] [--interval 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import paho.mqtt.client as mqtt
+
+from tests.support.agent_proc import AgentProcess
+from tests.support.media import Viewer
+from tests.support.mosquitto import Mosquitto, free_port
+
+MQTT_OVERHEAD = 2 + 2 + 2 + 1 + 4  # fixed header, topic length, packet id, properties length, PUBACK
+PER_HOUR = 3600 / 30.0  # samples per hour at the default telemetry interval
+TARGET_BYTES = 1.5 * 83.5 * 1000
+
+
+class Counter:
+    """Every telemetry message of one device: payload sizes and the last body."""
+
+    def __init__(self, url: str, device: str) -> None:
+        self.topic = f"dev/{device}/telemetry"
+        self.sizes: list[int] = []
+        self.bodies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        host, port = url.split("//", 1)[1].split(":")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_a: c.subscribe(self.topic, qos=1)
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._lock:
+            self.sizes.append(len(msg.payload))
+            self.bodies.append(json.loads(msg.payload))
+
+    def with_viewers(self, count: int) -> list[int]:
+        """Sizes of the samples that carry ``count`` viewer sessions with QoE reports."""
+        with self._lock:
+            return [
+                size
+                for size, body in zip(self.sizes, self.bodies, strict=True)
+                if sum(
+                    1
+                    for s in ((body.get("health", {}).get("media") or {}).get("viewers") or {}).get(
+                        "sessions", []
+                    )
+                    if (s.get("qoe") or {}).get("reports")
+                )
+                >= count
+            ]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def section_sizes(body: dict[str, Any], depth: int = 2) -> list[tuple[int, str]]:
+    """Compact-JSON bytes of each section down to ``depth`` levels, largest first."""
+    out: list[tuple[int, str]] = []
+
+    def walk(value: Any, path: str, level: int) -> None:
+        out.append((len(json.dumps(value, separators=(",", ":"), default=str)), path))
+        if level < depth and isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, f"{path}.{key}" if path else key, level + 1)
+
+    walk(body, "", 0)
+    return sorted(out, reverse=True)
+
+
+async def watch(base: str, viewers: int, seconds: float) -> None:
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                async with http.get(f"{base}/api/stats") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{base} did not serve")
+            await asyncio.sleep(0.3)
+        clients = [Viewer(base) for _ in range(viewers)]
+        for viewer in clients:
+            await viewer.connect(http, qoe_interval_s=2.0)
+        for viewer in clients:
+            await viewer.wait_frames(10, timeout=30)
+        await asyncio.sleep(seconds)
+        for viewer in clients:
+            await viewer.close(http)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--viewers", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=40.0, help="with the viewers connected")
+    parser.add_argument("--interval", type=float, default=2.0, help="telemetry interval of the run (s)")
+    parser.add_argument("--dump", default="", help="write the last sample with viewers here (JSON)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="telemetry-bytes-"))
+    broker = Mosquitto(work / "broker").start()
+    listen = f"127.0.0.1:{free_port()}"
+    agent = AgentProcess(
+        work / "agent",
+        {
+            "device": {"id": "bytes-cam", "state_dir": str(work / "state")},
+            "camera": {"width": 320, "height": 180, "fps": 30},
+            "ns": {"enabled": True},
+            "web": {"enabled": True, "listen": listen},
+            "mqtt": {"url": broker.url, "telemetry_interval_s": args.interval},
+        },
+    )
+    counter = Counter(broker.url, "bytes-cam")
+    agent.start()
+    try:
+        asyncio.run(watch(f"http://{listen}", args.viewers, args.seconds))
+        time.sleep(args.interval + 0.5)
+    finally:
+        agent.stop()
+        counter.close()
+        broker.stop()
+    sizes = counter.with_viewers(args.viewers)
+    if not sizes:
+        raise SystemExit(f"no telemetry sample with {args.viewers} reporting viewers in {len(counter.sizes)}")
+    payload = statistics.mean(sizes)
+    wire = payload + len(counter.topic) + MQTT_OVERHEAD
+    last = next(
+        body
+        for size, body in zip(reversed(counter.sizes), reversed(counter.bodies), strict=True)
+        if size in sizes
+    )
+    print(f"samples with {args.viewers} reporting viewer(s): {len(sizes)} of {len(counter.sizes)}")
+    print(f"payload bytes per sample: mean {payload:.0f}, min {min(sizes)}, max {max(sizes)}")
+    print(
+        f"per device-hour at 30 s: payload {payload * PER_HOUR / 1000:.1f} KB, "
+        f"wire {wire * PER_HOUR / 1000:.1f} KB (target <= {TARGET_BYTES / 1000:.1f} KB payload): "
+        f"{'within' if payload * PER_HOUR <= TARGET_BYTES else 'OVER'}"
+    )
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(last, indent=1))
+    without = [size for size in counter.sizes if size not in sizes]
+    if without:
+        print(
+            f"samples without a reporting viewer: {len(without)}, mean {statistics.mean(without):.0f} bytes"
+        )
+    print("largest sections of the last sample (compact JSON bytes):")
+    for size, path in section_sizes(last, depth=4)[:18]:
+        print(f"  {size:6d}  {path or '(whole)'}")
+
+
+if __name__ == "__main__":
+    main()
