@@ -573,7 +573,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await sim.start()
+        await sim.start(spread_s=min(10.0, 0.01 * args.devices))  # 10 ms apart: 1,000 devices over 10 s
         print(
             f"fleetctl simulate: {args.devices} devices ({args.prefix}00000..) on {url}, spools in {state}",
             flush=True,
