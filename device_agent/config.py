@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from device_agent.checks.thresholds import DISK_FAIL_FREE, DISK_WARN_FREE
 from hal.audio.settings import AudioSettings
@@ -422,6 +422,12 @@ class AgentConfig:
         return data
 
 
+class _Section(Protocol):
+    """What every config section dataclass has (the non-section fields are skipped by is_dataclass)."""
+
+    def validate(self, key: str) -> None: ...
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -447,7 +453,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
         return _build(tp, value, key)
@@ -490,7 +496,7 @@ def config_from_dict(data: dict[str, Any], source_path: str = "") -> AgentConfig
     for i, rule in enumerate(cfg.alerts):
         rule.validate(f"alerts[{i}]")
     for f in dataclasses.fields(cfg):
-        section = getattr(cfg, f.name)
+        section: _Section = getattr(cfg, f.name)
         if dataclasses.is_dataclass(section) and not data.get(f.name):
             section.validate(f.name)  # defaults must be valid too
     cfg.source_path = source_path

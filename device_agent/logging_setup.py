@@ -68,8 +68,9 @@ class JsonFormatter(logging.Formatter):
             "device": getattr(record, "device", ""),
             "boot": getattr(record, "boot", ""),
         }
-        if getattr(record, "session", ""):
-            out["session"] = record.session
+        session = getattr(record, "session", "")
+        if session:
+            out["session"] = session
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and key not in out and key not in ("device", "boot", "session"):
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
@@ -83,8 +84,9 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ids = f"{getattr(record, 'device', '')} {getattr(record, 'boot', '')}"
-        if getattr(record, "session", ""):
-            ids += f" session={record.session}"
+        session = getattr(record, "session", "")
+        if session:
+            ids += f" session={session}"
         text = f"{iso_ts(record.created)} {record.levelname} {record.name} [{ids}]: {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

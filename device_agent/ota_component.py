@@ -191,6 +191,8 @@ class OtaComponent:
                 raise CommandError(ErrorCode.BAD_PARAMS, "url needs sha256 (64 hex) and size (bytes > 0)")
             if not str(url).startswith(("http://", "https://")):
                 raise CommandError(ErrorCode.BAD_PARAMS, "url must be http:// or https://")
+        elif not isinstance(path, str):
+            raise CommandError(ErrorCode.BAD_PARAMS, "path must be a string")
         elif not Path(path).is_file():
             raise CommandError(ErrorCode.NOT_FOUND, f"no bundle at {path}")
         self._task = asyncio.create_task(self._install(params), name="ota-install")

@@ -99,7 +99,7 @@ class FleetClient:
         )
         self.conn = MqttConnection(self.options)
         self._owns_conn = True
-        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[bytes, asyncio.Future[Any]] = {}  # the decoded answer: checked by command()
         self._res_subscribed: set[str] = set()
 
     @classmethod
@@ -235,7 +235,7 @@ class FleetClient:
             await self.conn.subscribe_wait(res_topic, self._on_response)
             self._res_subscribed.add(res_topic)
         corr = uuid.uuid4().bytes
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
         payload = raw_payload if raw_payload is not None else json.dumps(params or {}).encode()
         try:
@@ -261,9 +261,8 @@ class FleetClient:
 
     def _on_response(self, msg: mqtt.MQTTMessage) -> None:
         if self.conn.options.manual_ack and msg.qos:
-            self.conn.ack(
-                msg.mid, msg.qos
-            )  # every answer, ours or not: unacked ones fill the inflight window
+            # every answer, ours or not: unacked ones fill the inflight window
+            self.conn.ack(msg.mid, msg.qos)
         corr = getattr(getattr(msg, "properties", None), "CorrelationData", None)
         fut = self._pending.get(bytes(corr)) if corr is not None else None
         if fut is None or fut.done():
@@ -276,7 +275,7 @@ class FleetClient:
     # ---- streams --------------------------------------------------------------------------
     def subscribe(self, topic_filter: str, callback: Callable[[str, bytes], Any], qos: int = 1) -> None:
         """Raw subscription: ``callback(topic, payload)``; renewed after reconnects."""
-        self.conn.subscribe(topic_filter, lambda msg: callback(msg.topic, msg.payload), qos)
+        self.conn.subscribe(topic_filter, lambda msg: callback(msg.topic, bytes(msg.payload)), qos)
 
     async def publish(
         self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1, retain: bool = False

@@ -139,9 +139,9 @@ def cmd_diag(args: argparse.Namespace) -> int:
 
     async def body(client: FleetClient) -> int:
         if args.action == "snapshot":
-            params = {k: v for k, v in (("width", args.width), ("height", args.height)) if v}
+            size = {k: v for k, v in (("width", args.width), ("height", args.height)) if v}
             res = await fetch_transfer(
-                client, args.device, "diag.snapshot", params, command_timeout=args.timeout
+                client, args.device, "diag.snapshot", size, command_timeout=args.timeout
             )
             out = args.output or Path(f"{args.device}-snapshot.jpg")
             await asyncio.to_thread(write_atomic, out, res.data)

@@ -44,7 +44,7 @@ class ViewError(Exception):
         self.message = message
 
 
-class _TapQueue(queue.Queue):  # type: ignore[type-arg]
+class _TapQueue(queue.Queue[Any]):
     """The receiver's decoder queue, also handing each encoded H.264 access unit to ``sink``."""
 
     def __init__(self, sink: Callable[[bytes, int], None]) -> None:

@@ -167,7 +167,7 @@ async def fetch_transfer(
 
     def on_chunk(msg: mqtt.MQTTMessage) -> None:
         try:
-            header, body = decode_chunk(msg.payload)
+            header, body = decode_chunk(bytes(msg.payload))
         except ValueError:
             return
         queue.put_nowait((header, body))

@@ -104,9 +104,8 @@ class FleetService:
         self.max_batch = max_batch
         self.rule = rule or GroupOfflineRule()
         self.shared_rule = shared_rule or SharedAlertRule()  # N % of a group holding one P2 -> one fleet P1
-        self.baseline_rule = (
-            baseline_rule or BaselineRule()
-        )  # a group's freeze rate against its 24 h baseline
+        # a group's freeze rate against its 24 h baseline
+        self.baseline_rule = baseline_rule or BaselineRule()
         self.rule_interval_s = rule_interval_s
         self.conn = MqttConnection(
             MqttOptions(
@@ -174,7 +173,7 @@ class FleetService:
         parts = msg.topic.split("/")
         if len(parts) != 3:
             return
-        self._buffer.append(Incoming(parts[2], parts[1], msg.payload, time.time()))
+        self._buffer.append(Incoming(parts[2], parts[1], bytes(msg.payload), time.time()))
         self._unacked.append((msg.mid, msg.qos, self.conn.connects))
         self.stats["received"] += 1
         if len(self._buffer) >= self.max_batch:
@@ -260,7 +259,10 @@ class FleetService:
             code = f"group_offline:{grp}"
             pct = 100.0 * offline / size if size else 0.0
             if size >= r.min_devices and pct > r.pct:
-                msg = f"{offline} of {size} devices in group {grp!r} ({pct:.0f}%) went offline within {r.window_s:g} s"
+                msg = (
+                    f"{offline} of {size} devices in group {grp!r} ({pct:.0f}%) went offline "
+                    f"within {r.window_s:g} s"
+                )
                 if self.store.set_fleet_alert("raise", code, r.severity, msg):
                     changes.append(("raise", code))
             elif self.store.set_fleet_alert(

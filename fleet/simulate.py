@@ -150,9 +150,11 @@ class Simulation:
                 self.otas.append(SimulatedOta(agent, sensors, sim_media, ota))
                 agent.add(self.otas[-1])
             starts = 4 if "crashloop" in self.faults[i] else 1
-            agent.health.add(
-                "agent", lambda b=agent.boot_id, n=starts: {"boot": b, "starts_10min": n, "starts_1h": n}
-            )
+
+            def agent_health(boot: str = agent.boot_id, n: int = starts) -> dict[str, Any]:
+                return {"boot": boot, "starts_10min": n, "starts_1h": n}
+
+            agent.health.add("agent", agent_health)
             self.agents.append(agent)
             self.links.append(link)
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from device_agent.config import ConfigError, load_config
+from device_agent.config import AgentConfig, ConfigError, load_config
 from ota import bundle as bundle_mod
 from ota import signing
 from ota.errors import OtaError
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_boot_check)
 
 
-def _config(path: str | None):
+def _config(path: str | None) -> AgentConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -57,7 +57,7 @@ def _config(path: str | None):
         raise SystemExit(2) from None
 
 
-def _layout(cfg) -> Layout:
+def _layout(cfg: AgentConfig) -> Layout:
     return Layout(cfg.ota.root, cfg.device.state_dir)
 
 

@@ -34,7 +34,7 @@ async def run_netcheck(cfg: AgentConfig, pinger: Pinger | None, timeout_s: float
         checks.append(Check("dns", FAIL, f"cannot resolve {host}: {exc or 'timeout'}"))
         return report("netcheck", checks)
     dns_ms = (time.perf_counter() - start) * 1000
-    addrs = sorted({info[4][0] for info in infos})
+    addrs = sorted({str(info[4][0]) for info in infos})
     checks.append(
         Check(
             "dns",

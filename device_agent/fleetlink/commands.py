@@ -155,20 +155,16 @@ class LinkCommands:
 
     def _apply(self, new_cfg: Any, keys: set[str]) -> tuple[set[str], set[str]]:
         cfg = self.agent.config
-        live, restart = set(), set()
+        live: set[str] = set()
+        restart: set[str] = set()
         for key in keys:
             if key in LIVE_KEYS or (key.partition(".")[0] == "alerts"):
                 live.add(key)
             elif "." not in key and dataclasses.is_dataclass(getattr(cfg, key, None)):
                 # a whole section: live only if every key in it is live
-                (
-                    live
-                    if all(
-                        f"{key}.{k}" in LIVE_KEYS
-                        for k in (f.name for f in dataclasses.fields(getattr(cfg, key)))
-                    )
-                    else restart
-                ).add(key)
+                names = (f.name for f in dataclasses.fields(getattr(cfg, key)))
+                all_live = all(f"{key}.{name}" in LIVE_KEYS for name in names)
+                (live if all_live else restart).add(key)
             else:
                 restart.add(key)
         for key in live:

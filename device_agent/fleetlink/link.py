@@ -157,7 +157,7 @@ class FleetLink:
 
         async def deliver(msg: mqtt.MQTTMessage) -> None:
             try:
-                res = callback(msg.topic[prefix:], msg.payload)
+                res = callback(msg.topic[prefix:], bytes(msg.payload))  # bytes(b) is b: no copy
                 if asyncio.iscoroutine(res):
                     await res
             except Exception:
@@ -440,7 +440,8 @@ class FleetLink:
             )
             await self._answer(name, response_topic, correlation, expiry, dumps(answer))
             return
-        key = RecentCommands.key(name, bytes(correlation or b""), msg.payload)
+        payload = bytes(msg.payload)  # paho types it bytes | bytearray; received ones are bytes (no copy)
+        key = RecentCommands.key(name, bytes(correlation or b""), payload)
         first, earlier = self._recent.begin(key, expiry) if correlation else (True, None)
         if not first:
             log.info(
@@ -449,7 +450,7 @@ class FleetLink:
             if earlier is not None:
                 await self._answer(name, response_topic, correlation, expiry, earlier)
             return
-        data = dumps(await self._execute(name, msg.payload))
+        data = dumps(await self._execute(name, payload))
         if correlation:
             self._recent.done(key, data)
         await self._answer(name, response_topic, correlation, expiry, data)

@@ -325,7 +325,7 @@ class MqttConnection:
             log.info("client certificate reloaded from %s", o.cert_file)
         self._cert_mtime = mtime
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> _BufferedClient:
         o = self.options
         c = _BufferedClient(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -471,10 +471,14 @@ class MqttConnection:
         self.connected_at = time.time()
         self._connected_evt.set()
         self._sub_mids = set()
+        unsent = False  # paho gives no mid when the connection is already gone (on_disconnect follows)
         for topic, (qos, _cb, _shared) in self._subs.items():
             _rc, mid = self._send_subscribe(topic, qos)
-            self._sub_mids.add(mid)
-        if not self._sub_mids:
+            if mid is None:
+                unsent = True
+            else:
+                self._sub_mids.add(mid)
+        if not self._sub_mids and not unsent:
             self._ready_evt.set()
         if self._on_connect_cb:
             self._on_connect_cb(bool(getattr(flags, "session_present", False)))
@@ -484,7 +488,8 @@ class MqttConnection:
         self.connected = False
         self._connected_evt.clear()
         self._ready_evt.clear()
-        for fut in [*self._acks.values(), *self._sub_codes.values()]:
+        pending: list[asyncio.Future[Any]] = [*self._acks.values(), *self._sub_codes.values()]
+        for fut in pending:
             if not fut.done():
                 fut.set_exception(ConnectionError(f"connection closed ({rc}) before the broker acknowledged"))
         self._acks.clear()
@@ -682,7 +687,9 @@ class MqttConnection:
             drop.cancel()
         return self.connected
 
-    def _send_subscribe(self, topic: str, qos: int | mqtt.SubscribeOptions) -> tuple[int, int]:
+    def _send_subscribe(
+        self, topic: str, qos: int | mqtt.SubscribeOptions
+    ) -> tuple[mqtt.MQTTErrorCode, int | None]:
         if isinstance(qos, mqtt.SubscribeOptions):
             return self._client.subscribe(topic, options=qos)
         return self._client.subscribe(topic, qos=qos)
@@ -712,7 +719,7 @@ class MqttConnection:
         if not self.connected:
             raise ConnectionError(f"not connected to {self.options.url}")
         rc, mid = self._client.subscribe(topic, qos=qos)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionError(f"subscribe {topic}: {mqtt.error_string(rc)}")
         await asyncio.wait_for(self.ack_future(mid), timeout)
 
@@ -725,7 +732,7 @@ class MqttConnection:
         if not self.connected:
             raise ConnectionError(f"not connected to {self.host}:{self.port}")
         rc, mid = self._client.subscribe(topic, qos=qos)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionError(f"subscribe {topic}: {mqtt.error_string(rc)}")
         assert self._loop is not None
         fut: asyncio.Future[int] = self._loop.create_future()

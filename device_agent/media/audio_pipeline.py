@@ -285,6 +285,8 @@ class Talkback:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.AudioFrame):  # recv() is typed Frame | Packet
+                continue
             now = time.monotonic()
             if self._owner not in (None, viewer) and now - self._owner_last < self.release_s:
                 self.frames_dropped += 1

@@ -167,11 +167,12 @@ class MediaComponent:
     # -- sessions for other transports (MQTT signaling) ----------------------------------------
     async def open_viewer_session(self, offer_sdp: str, session_id: str) -> tuple[str, Any]:
         """Answer an offer that arrived by another signaling path; returns (answer, close coroutine fn)."""
-        assert self.sessions is not None
-        session, answer = await self.sessions.create(offer_sdp, kind="mqtt", session_id=session_id)
+        sessions = self.sessions
+        assert sessions is not None
+        session, answer = await sessions.create(offer_sdp, kind="mqtt", session_id=session_id)
 
         async def close() -> None:
-            await self.sessions.close(session.id, "closed by signaling")
+            await sessions.close(session.id, "closed by signaling")
 
         return answer, close
 

@@ -11,6 +11,7 @@ page, ``GET /api/stats`` the media health as JSON.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -73,7 +74,7 @@ async def read_text(request: web.Request, what: str) -> str:
         raise BodyRefused(400, f"the {what} is not {codec.upper()} text (bad byte at {exc.start})") from None
 
 
-class HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class HttpLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server log for this endpoint: a client's malformed HTTP (a bad method, a body left
     unread after a bad request line...) is one WARNING line; any other exception stays an ERROR with
     its traceback, because that is a bug here."""
@@ -148,7 +149,8 @@ class WhepServer:
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         server = site._server  # aiohttp keeps the bound sockets here; needed for port 0
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        bound = server.sockets if isinstance(server, asyncio.Server) else ()
+        self.port = bound[0].getsockname()[1] if bound else port
         log.info(
             "WHEP endpoint on http://%s:%s/whep, viewer page on http://%s:%s/",
             host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def stft_windows(frame: int, hop: int = HOP) -> tuple[np.ndarray, np.ndarray]:
     return analysis.astype(np.float32), synthesis.astype(np.float32)
 
 
-def _interpreter(path: Path, threads: int):
+def _interpreter(path: Path, threads: int) -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - alternative runtime
@@ -161,9 +162,8 @@ class StreamingDenoiser:
         self._df = f = model.df_bins
         if f:
             self._rot = rotations(self.frame, f, model.df_order)
-            self._past = np.zeros(
-                (model.df_order, f), np.complex64
-            )  # row i: the deep-filter bins i hops ago, rotated
+            # row i: the deep-filter bins i hops ago, rotated
+            self._past = np.zeros((model.df_order, f), np.complex64)
 
     def reset(self) -> None:
         self.model.reset()
@@ -186,6 +186,7 @@ class StreamingDenoiser:
             past[1:] = past[:-1] * self._rot[1]  # one hop older: rotate on by one more hop
             past[0] = low
             mask, coef = self.model.step(feat, phase_feature(low, past[1]))
+            assert coef is not None, "a deep-filter model returns its filter every hop"
             out_spec = spec * mask
             out_spec[:f] += np.sum(coef * past, axis=0)
         self._ola += np.fft.irfft(out_spec, self.frame)[-2 * HOP :].astype(np.float32) * self._ws

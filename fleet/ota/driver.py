@@ -161,7 +161,7 @@ class RolloutDriver:
 
     async def _connect(self) -> FleetClient:
         if self._client is None:
-            self._client = await FleetClient(self.mqtt_url, **self._client_opts).connect(30.0)  # type: ignore[arg-type]
+            self._client = await FleetClient(self.mqtt_url, **self._client_opts).connect(30.0)
         return self._client
 
     async def _install(

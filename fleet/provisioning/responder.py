@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ class ClaimResponder:
         if claim_topic is not None and claim_topic[1] == "req":
             key = claim_topic[0]
             reply_topic = protocol.claim_result(key)
-            handler = self._claim
+            handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] = self._claim
         elif renewing is not None:
             key = renewing
             reply_topic = protocol.renew_result(key)
@@ -215,6 +216,8 @@ class ClaimResponder:
             self.store.check_claim, token.id, token.secret, None, device_id or None
         )
         if claim.used_at is not None:  # the same device re-sent its request: the same answer again
+            if not isinstance(csr, str) or not device_id:  # no key to match the issued certificate
+                raise ClaimRefused("used_token", "this claim token was already used: each token works once")
             return await self._repeat(claim.group, device_id, csr)
         self._check_clock(req, claim.id, None)
         if not device_id:
@@ -251,10 +254,10 @@ class ClaimResponder:
         if pem is None:
             raise ClaimRefused("used_token", "this claim token was already used: each token works once")
         cert = x509.load_pem_x509_certificate(pem)
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != x509.load_pem_x509_csr(
-            csr.encode()
-        ).public_key().public_bytes(serialization.Encoding.DER, spki):
+        der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        issued_key = cert.public_key().public_bytes(der, spki)
+        request_key = x509.load_pem_x509_csr(csr.encode()).public_key().public_bytes(der, spki)
+        if issued_key != request_key:
             raise ClaimRefused("used_token", "this claim token was already used: each token works once")
         return {
             "device_id": device_id,

@@ -39,7 +39,7 @@ from hal.availability import Availability, Backoff, StateCallback
 try:  # pyalsaaudio needs libasound; keep the module importable without it
     import alsaaudio
 except ImportError:  # pragma: no cover - exercised only on machines without ALSA
-    alsaaudio = None  # type: ignore[assignment]
+    alsaaudio = None
 
 log = logging.getLogger(__name__)
 

@@ -26,15 +26,16 @@ def planes_to_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFram
 def frame_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Y, U, V planes of a yuv420p frame as arrays (line padding removed)."""
     out = []
-    for plane, (w, h) in zip(
+    for plane, (w, h) in zip(  # a format with other planes than yuv420p's three: only the first three
         frame.planes,
         (
             (frame.width, frame.height),
             (frame.width // 2, frame.height // 2),
             (frame.width // 2, frame.height // 2),
         ),
+        strict=False,
     ):
-        arr = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
+        arr = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:h, :w]
         out.append(arr)
     return out[0], out[1], out[2]
 

@@ -83,7 +83,7 @@ class V4L2Camera(Camera):
                 continue
             stream = container.streams.video[0] if container.streams.video else None
             got = (stream.codec_context.width, stream.codec_context.height) if stream is not None else None
-            if got == (width, height) or (stream is not None and i == len(INPUT_FORMATS) - 1):
+            if got is not None and (got == (width, height) or i == len(INPUT_FORMATS) - 1):
                 if got != (width, height):
                     log.warning(
                         "camera %s delivers %dx%d, not %dx%d: frames are scaled",

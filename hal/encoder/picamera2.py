@@ -39,7 +39,7 @@ def _make_output_class() -> type:
     """A picamera2 ``Output`` subclass (built lazily: picamera2 is imported only on the Pi)."""
     from picamera2.outputs import Output
 
-    class PacketOutput(Output):  # type: ignore[misc, valid-type]
+    class PacketOutput(Output):
         """Receives encoded frames on picamera2's encoder thread and forwards them to asyncio."""
 
         def __init__(self, handler: Callable[[bytes, bool, int | None], None]) -> None:

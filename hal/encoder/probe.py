@@ -99,21 +99,22 @@ def create_frame_encoder(
     cls = classes.get(choice.backend)
     if cls is None:
         raise ValueError(f"{choice.backend} is not a frame-in encoder")
-    kwargs = dict(
-        width=width,
-        height=height,
-        fps=fps,
-        bitrate=encoder.bitrate,
-        max_bitrate=encoder.max_bitrate,
-        keyframe_interval_s=encoder.keyframe_interval_s,
-        reason=choice.reason,
-    )
+
+    def open_encoder(kind: type[PyAVH264Encoder], reason: str) -> H264Encoder:
+        return kind(
+            width=width,
+            height=height,
+            fps=fps,
+            bitrate=encoder.bitrate,
+            max_bitrate=encoder.max_bitrate,
+            keyframe_interval_s=encoder.keyframe_interval_s,
+            reason=reason,
+        )
+
     try:
-        return cls(**kwargs)
+        return open_encoder(cls, choice.reason)
     except (av.error.FFmpegError, OSError) as exc:
         if cls is Libx264Encoder:
             raise
         log.error("opening %s failed (%s); falling back to libx264", choice.backend, exc)
-        return Libx264Encoder(
-            **{**kwargs, "reason": f"software x264 ({choice.backend} failed to open: {exc})"}
-        )
+        return open_encoder(Libx264Encoder, f"software x264 ({choice.backend} failed to open: {exc})")
