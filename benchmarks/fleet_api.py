@@ -105,8 +105,8 @@ async def run(args: argparse.Namespace) -> int:
             for name, u, tok in shapes:
                 times, rows = await measure(u, args.requests, tok)
                 print(
-                    f"{name:30} {rows:5d} {statistics.median(times) * 1e3:8.1f} {pct(times, 0.95) * 1e3:8.1f} "
-                    f"{max(times) * 1e3:8.1f}",
+                    f"{name:30} {rows:5d} {statistics.median(times) * 1e3:8.1f} "
+                    f"{pct(times, 0.95) * 1e3:8.1f} {max(times) * 1e3:8.1f}",
                     flush=True,
                 )
         finally:

@@ -110,13 +110,13 @@ async def soak(
         result["broker_down_s"] = round(time.monotonic() - t_down, 2)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and any(
-            link.conn.connects <= b or not link.connected for link, b in zip(sim.links, before)
+            link.conn.connects <= b or not link.connected for link, b in zip(sim.links, before, strict=True)
         ):
             await asyncio.sleep(0.1)
         # a device that never reconnected still has its old connected_at: it never came back
         delays = [
             link.conn.connected_at - t_up_wall if link.conn.connects > b and link.connected else float("inf")
-            for link, b in zip(sim.links, before)
+            for link, b in zip(sim.links, before, strict=True)
         ]
         result["reconnect_s"] = {
             "p50": round(percentile(delays, 0.5), 2),

@@ -146,7 +146,8 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"media_impaired: {args.width}x{args.height} {args.fps} fps, {args.seconds:.0f} s, loss {args.loss}, "
-        f"{args.delay_ms:.0f} ms each way, {args.rate_kbps:.0f} kbit/s, {args.queue_ms:.0f} ms queue; {load()}"
+        f"{args.delay_ms:.0f} ms each way, {args.rate_kbps:.0f} kbit/s, {args.queue_ms:.0f} ms queue; "
+        f"{load()}"
     )
     print(TARGETS)
     asyncio.run(run(args))

@@ -58,9 +58,11 @@ def main() -> None:
         p95 = lat["p95_ms"]
         print(
             f"{width}x{height}: capture->packet p50 {lat['p50_ms']:6.2f} ms  p95 {p95:6.2f} ms  "
-            f"(p95 = {p95 / interval:.2f} frame intervals, target < 1: {'met' if p95 < interval else 'MISSED'}); "
+            f"(p95 = {p95 / interval:.2f} frame intervals, "
+            f"target < 1: {'met' if p95 < interval else 'MISSED'}); "
             f"encode mean {video.get('encode_ms')} ms, fps {video.get('fps')}, "
-            f"jitter {video.get('frame_interval_jitter_ms')} ms, camera skipped {cam.get('skipped')}; {load()}",
+            f"jitter {video.get('frame_interval_jitter_ms')} ms, camera skipped {cam.get('skipped')}; "
+            f"{load()}",
             flush=True,
         )
 

@@ -68,7 +68,7 @@ async def run_case(layers: int, args: argparse.Namespace) -> tuple[float, list[i
     await asyncio.sleep(args.seconds)
     wall = time.monotonic() - w0
     cpu = (time.process_time() - c0) / wall
-    frames = [c - n for c, n in zip(counts, n0)]
+    frames = [c - n for c, n in zip(counts, n0, strict=True)]
     encode = [(high.cpu - e0[0]) / wall, (low.cpu - e0[1]) / wall]
     await source.stop()
     return cpu, frames, encode

@@ -1,10 +1,11 @@
 """Noise-suppression quality and cost vs peers (noisy input, RNNoise, DTLN) on held-out real mixtures.
 
-Run: ``.venv/bin/python -m benchmarks.ns_quality [MODEL_DIR]`` (reads ../shared/data/ns, ../shared/data/ns-extra
-and ../shared/anchors/dtln).
+Run: ``.venv/bin/python -m benchmarks.ns_quality [MODEL_DIR]`` (reads ../shared/data/ns,
+../shared/data/ns-extra and ../shared/anchors/dtln).
 Set 1: clean_freesound_33711 (never used in training) + held-out tail of noise_freesound_573577 at 0/5/10 dB.
 Set 2 (when ../shared/data/ns-extra is there): its held-out talkers in its held-out noise recordings
-(``tools.ns_train.data.extra_validation_set``: the 0/5/10 dB mixtures of the 60, 12 per SNR; never trained on).
+(``tools.ns_train.data.extra_validation_set``: the 0/5/10 dB mixtures of the 60, 12 per SNR; never
+trained on).
 Each output is aligned to the clean signal by the lag (0..1024) maximising correlation. Per-SNR tables with
 the peers (noisy input, RNNoise, DTLN) from the same run, then the cost.
 """
@@ -128,7 +129,7 @@ def extra_set() -> list[tuple[int, np.ndarray, np.ndarray]]:
         return []
     clean, noisy = extra_validation_set(extra, 60)
     snrs = [EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)] for i in range(len(clean))]
-    return [(s, c, x) for s, c, x in zip(snrs, clean, noisy) if s in (0, 5, 10)]
+    return [(s, c, x) for s, c, x in zip(snrs, clean, noisy, strict=True) if s in (0, 5, 10)]
 
 
 def main() -> None:
@@ -153,7 +154,7 @@ def main() -> None:
         "noisy": lambda x: x,
         "RNNoise": rnnoise,
         "DTLN": dtln.run,
-        **{k: (lambda m: lambda x: ours(x, m))(m) for k, m in models.items()},
+        **{k: (lambda x, m=m: ours(x, m)) for k, m in models.items()},
     }
     print("set 1: clean_freesound_33711 + held-out tail of noise_freesound_573577")
     table(
@@ -166,7 +167,8 @@ def main() -> None:
     extra = extra_set()
     if extra:
         print(
-            f"set 2: ns-extra held-out talkers in held-out noise recordings ({len(extra) // 3} mixtures per SNR)"
+            "set 2: ns-extra held-out talkers in held-out noise recordings "
+            f"({len(extra) // 3} mixtures per SNR)"
         )
         table(extra, systems)
     x = np.random.default_rng(0).standard_normal(SR * 5).astype(np.float32) * 0.05
@@ -189,7 +191,8 @@ def main() -> None:
     for name in ("ours (quant)", "ours (fp16)"):
         t = min(runs[name])
         print(
-            f"     {name:<14} per-hop(10 ms) {t / 500 * 1e3:.3f} ms RTF {t / 5:.4f}; ratio to DTLN {t / t_dtln:.2f}"
+            f"     {name:<14} per-hop(10 ms) {t / 500 * 1e3:.3f} ms RTF {t / 5:.4f}; "
+            f"ratio to DTLN {t / t_dtln:.2f}"
         )
 
 

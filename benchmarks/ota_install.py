@@ -159,10 +159,12 @@ def main() -> int:
             Installer(
                 layout,
                 opts,
-                lambda name, info: name == "verify.progress" or marks.append((name, time.monotonic())),
+                lambda name, info, marks=marks: (
+                    name == "verify.progress" or marks.append((name, time.monotonic()))
+                ),
             ).install(bundle)
             installed = time.monotonic() - t0
-            steps = {a[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])}
+            steps = {a[0]: b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)}
             t1 = time.monotonic()
             slot, _ = boot_check(layout)
             boot = time.monotonic() - t1
@@ -183,23 +185,27 @@ def main() -> int:
         inst = sorted(t for t, _ in times)
         print()
         print(
-            f"wheels in bundle:            {len(wheels)} ({'full wheelhouse' if args.wheelhouse else 'agent wheel, deps from a layer'})"
+            f"wheels in bundle:            {len(wheels)} "
+            f"({'full wheelhouse' if args.wheelhouse else 'agent wheel, deps from a layer'})"
         )
         print(
-            f"bundle size:                 {figures['bundle_bytes'] / 1e6:.2f} MB (wheel build {build_s:.1f} s)"
+            f"bundle size:                 {figures['bundle_bytes'] / 1e6:.2f} MB "
+            f"(wheel build {build_s:.1f} s)"
         )
         print(
-            f"install + switch (median):   {inst[len(inst) // 2]:.2f} s  (min {inst[0]:.2f}, max {inst[-1]:.2f}, "
-            f"{len(inst)} rounds)"
+            f"install + switch (median):   {inst[len(inst) // 2]:.2f} s  "
+            f"(min {inst[0]:.2f}, max {inst[-1]:.2f}, {len(inst)} rounds)"
         )
         print(f"boot check:                  {sorted(b for _, b in times)[len(times) // 2] * 1000:.0f} ms")
         print(
-            f"download, uncut:             {figures['full_download_bytes']} bytes in {figures['full_download_s']:.2f} s "
+            f"download, uncut:             {figures['full_download_bytes']} bytes "
+            f"in {figures['full_download_s']:.2f} s "
             f"(ratio to bundle {figures['full_download_bytes'] / figures['bundle_bytes']:.4f})"
         )
         print(
             f"cut at 50 %, then resumed:   first attempt kept {figures['cut_after_bytes']} bytes; "
-            f"resume fetched {figures['resume_bytes']} body bytes ({figures['resume_wire_bytes']} on the wire)"
+            f"resume fetched {figures['resume_bytes']} body bytes "
+            f"({figures['resume_wire_bytes']} on the wire)"
         )
         print(
             f"resume / missing half:       {figures['resume_over_missing']:.4f} "

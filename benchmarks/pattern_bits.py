@@ -82,8 +82,8 @@ def main() -> None:
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
         print(
-            f"{pattern}: draw p50 {times[len(times) // 2]:.2f} ms, p95 {times[int(len(times) * 0.95)]:.2f} ms "
-            f"per frame ({load()})"
+            f"{pattern}: draw p50 {times[len(times) // 2]:.2f} ms, "
+            f"p95 {times[int(len(times) * 0.95)]:.2f} ms per frame ({load()})"
         )
         for crf in ("23", "28"):
             kbps, psnr, ok = encode(frames, args.width, args.height, args.fps, {"crf": crf})

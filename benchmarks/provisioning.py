@@ -90,7 +90,7 @@ async def main(n_seq: int, n_conc: int) -> None:
         await responder.stop()
         await task
         broker.stop()
-    keygen, exch, mtls = (list(x) for x in zip(*seq))
+    keygen, exch, mtls = (list(x) for x in zip(*seq, strict=True))
     print(f"sequential claims: n={n_seq}")
     for name, xs in (("key + CSR on device", keygen), ("claim exchange", exch), ("first mTLS connect", mtls)):
         print(f"  {name:22s} p50 {1000 * statistics.median(xs):7.1f} ms   p95 {1000 * pct(xs, 95):7.1f} ms")

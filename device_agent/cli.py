@@ -7,7 +7,8 @@ import sys
 
 from device_agent import subcommands
 
-# Modules exposing ``register(subparsers)`` (``subcommands.build_parser``). Kept as a list so a feature can be added without touching the others.
+# Modules exposing ``register(subparsers)`` (``subcommands.build_parser``). Kept as a list so a feature
+# can be added without touching the others.
 COMMAND_MODULES = [
     "device_agent.commands.run",  # run, demo
     "device_agent.ns.cli",  # ns denoise, ns bench

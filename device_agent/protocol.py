@@ -300,7 +300,8 @@ CommandResult = CommandOk | CommandErr
 
 
 class ErrorCode(enum.StrEnum):
-    """Command error codes (``{"ok": false, "error": {"code", "message"}}``); the values are the wire strings."""
+    """Command error codes (``{"ok": false, "error": {"code", "message"}}``); the values are the wire
+    strings."""
 
     # the device's intake (docs/protocol.md, Commands)
     PAYLOAD_TOO_LARGE = "payload_too_large"

@@ -1,4 +1,5 @@
-"""Command lines made of feature modules: each module adds its own subcommands (``device-agent``, ``fleetctl``)."""
+"""Command lines made of feature modules: each module adds its own subcommands (``device-agent``,
+``fleetctl``)."""
 
 from __future__ import annotations
 

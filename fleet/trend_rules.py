@@ -56,7 +56,8 @@ def shared_alerts(
 
 
 def evaluate_shared_alerts(store: Store, rule: SharedAlertRule) -> list[tuple[str, str]]:
-    """Raise and clear the ``group_alert:*`` fleet alerts from the store's current alerts; returns the changes.
+    """Raise and clear the ``group_alert:*`` fleet alerts from the store's current alerts; returns the
+    changes.
 
     Stateless (what is raised is read back from the store), so any worker may run it, and a restart
     still clears what an earlier run raised.
@@ -134,7 +135,8 @@ def evaluate_baseline(store: Store, rule: BaselineRule, now: float | None = None
         if cur >= rule.floor and cur >= rule.factor * base:
             msg = (
                 f"group {group!r}: median freeze rate {cur:.1f} % over the last {rule.recent_s / 60:g} min, "
-                f"{cur / base if base else float('inf'):.1f}x its {rule.baseline_s / 3600:g} h baseline ({base:.1f} %)"
+                f"{cur / base if base else float('inf'):.1f}x its {rule.baseline_s / 3600:g} h baseline "
+                f"({base:.1f} %)"
             )
             if store.set_fleet_alert("raise", code, rule.severity, msg):
                 changes.append(("raise", code))

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Protocol
 
 from ota.errors import OtaError
 
 
-class State(str, Enum):
+class State(StrEnum):
     """Where an update is. ``idle``: nothing in flight (the committed slot runs)."""
 
     IDLE = "idle"
@@ -40,7 +40,7 @@ class State(str, Enum):
     ROLLING_BACK = "rolling_back"  # finish the rollback (idempotent)
 
 
-class Event(str, Enum):
+class Event(StrEnum):
     """What happens to an update: the closed set of inputs of the state machine."""
 
     PREPARE = "prepare"  # installer: bundle verified, the inactive slot is about to be wiped
@@ -57,7 +57,7 @@ class Event(str, Enum):
     REPORTED = "reported"  # the last result reached the fleet
 
 
-class Result(str, Enum):
+class Result(StrEnum):
     """How an update ended (``last_result.result``)."""
 
     COMMITTED = "committed"

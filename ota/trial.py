@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[..., Any]
 
 
-class TrialOutcome(str, Enum):
+class TrialOutcome(StrEnum):
     """How ``Trial.run`` ended."""
 
     COMMITTED = "committed"

@@ -185,9 +185,8 @@ def test_defaults_ship_and_are_overridden_or_disabled() -> None:
         "audio_xrun_burst",
     } <= set(codes)
     fps_low = next(r for r in effective_rules(cfg) if r.code == "fps_low")
-    assert (
-        fps_low.threshold == 12 and fps_low.clear_threshold > fps_low.threshold
-    )  # half the target, hysteresis
+    # half the target, hysteresis
+    assert fps_low.threshold == 12 and fps_low.clear_threshold > fps_low.threshold
     for rule in default_rules(cfg):
         rule.validate(rule.code)
         assert rule.severity in ("P1", "P2", "P3") and rule.message

@@ -36,9 +36,8 @@ def test_disk_thresholds_are_shared_and_the_stricter_ones() -> None:
     assert th.DISK_MIN_FREE_BYTES == 200 * 1024 * 1024
     here = checks.check_disk(Path(__file__).parent)
     assert here.status in (PASS, WARN, FAIL) and here.value["free_bytes"] > 0
-    assert (
-        checks.check_disk(Path("/no/such/dir/below"), min_free_bytes=1 << 62).status == FAIL
-    )  # nearest parent
+    # nearest parent
+    assert checks.check_disk(Path("/no/such/dir/below"), min_free_bytes=1 << 62).status == FAIL
     assert checks.check_disk(Path("/"), fail_free=0.0, warn_free=0.99999, min_free_bytes=0).status == WARN
     full = checks.check_disk(Path("/"), fail_free=0.9999)
     assert full.status == FAIL and "needs 200 MB and 99.99 % free" in full.fix
@@ -83,9 +82,8 @@ async def test_doctor_clock_line_passes_when_ntp_is_not_synchronised_yet(tmp_pat
 def test_microphone() -> None:
     assert checks.check_mic_level(-95, -80, -100).status == FAIL  # digital silence
     assert checks.check_mic_level(-40, -20, -60).status == PASS
-    assert (
-        checks.check_mic_level(-40, -0.3, -60).status == WARN
-    )  # clipping from -0.5 dBFS (doctor: was 0 dBFS)
+    # clipping from -0.5 dBFS (doctor: was 0 dBFS)
+    assert checks.check_mic_level(-40, -0.3, -60).status == WARN
     assert checks.check_mic_level(-40, -20, -30).status == WARN  # noisy floor
     # the doctor, with a person speaking, fails from -60 dBFS; an unattended quiet room is not dead
     assert checks.check_mic_level(-65, -50, min_level_dbfs=th.MIC_SPEECH_MIN_DBFS).status == FAIL

@@ -30,7 +30,8 @@ class Refuse(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Refuse())
 import device_agent.cli
-import device_agent.assemble, device_agent.commands.ota, device_agent.commands.service, device_agent.ota_component
+import device_agent.assemble, device_agent.commands.ota
+import device_agent.commands.service, device_agent.ota_component
 for argv in (["--help"], ["ota", "--help"], ["boot-check", "--help"], ["install-service", "--help"]):
     try:
         device_agent.cli.main(argv)

@@ -123,10 +123,13 @@ async def test_secrets_are_redacted_on_the_device_and_filters_apply(tmp_path: Pa
         recent = iso_ts(now - 60)
         rig.log_path.write_text(
             f"{old} INFO device_agent.media [test-cam b1]: old line before the window\n"
-            f"{recent} INFO device_agent.config [test-cam b1]: loaded mqtt password=hunter2 token: abc123XYZ\n"
+            f"{recent} INFO device_agent.config [test-cam b1]: "
+            "loaded mqtt password=hunter2 token: abc123XYZ\n"
             f'{recent} INFO device_agent.wifi [test-cam b1]: wpa config {{"psk": "correct horse battery"}}\n'
-            f"{recent} WARNING device_agent.fleetlink [test-cam b1]: url mqtts://op:pa55word@broker:8883 refused\n"
-            f"{recent} ERROR device_agent.ota [test-cam b1]: Authorization: Bearer eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl\n"
+            f"{recent} WARNING device_agent.fleetlink [test-cam b1]: "
+            "url mqtts://op:pa55word@broker:8883 refused\n"
+            f"{recent} ERROR device_agent.ota [test-cam b1]: "
+            "Authorization: Bearer eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl\n"
             f"{recent} DEBUG device_agent.media [test-cam b1]: key material follows\n"
             "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
         )

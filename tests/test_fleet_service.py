@@ -65,9 +65,8 @@ async def test_two_workers_split_the_load_without_loss(
             assert sorted(seqs) == list(range(1, last + 1)), (dev, seqs, last)
         devices = stores[0].list_devices()
         assert len(devices) == 8 and not any(d["online"] for d in devices)  # clean stops
-        assert (
-            stores[0].device("sim-00003")["health"]["media"]["viewers"]["sessions"][0]["fps"] > 20
-        )  # the real shape
+        # the real shape
+        assert stores[0].device("sim-00003")["health"]["media"]["viewers"]["sessions"][0]["fps"] > 20
     finally:
         if backend == "postgresql":
             stores[0].drop_all()

@@ -276,7 +276,8 @@ async def test_config_set_alert_rules_live(rig: dict[str, Any]) -> None:
     assert [e["severity"] for e in events if e.get("code") == "cold"] == ["P3"]
 
 
-# ---- hardening of the command path: retained, redelivered, hostile response topics, bad JSON, typed params ----
+# ---- hardening of the command path: retained, redelivered, hostile response topics, bad JSON, typed
+# params ----
 
 
 class Wire:

@@ -43,7 +43,7 @@ def test_bound_drops_oldest_telemetry_first_then_events(tmp_path: Path) -> None:
 
 def test_survives_restart_with_counters(tmp_path: Path) -> None:
     sp = Spool(tmp_path / "s.db", 65536)
-    for i in range(100):
+    for _ in range(100):
         sp.append(KIND_TELEMETRY, "t", bytes(1000))
     before = sp.stats()
     sp.close()

@@ -74,7 +74,8 @@ async def test_mqtts_client_certificates_and_acl(tmp_path: Path, tls_broker) -> 
 
 
 async def test_a_renewed_certificate_is_used_on_the_next_connect(tmp_path: Path, tls_broker) -> None:
-    """Renewal rewrites the key and certificate files; the link must present the new pair after a reconnect."""
+    """Renewal rewrites the key and certificate files; the link must present the new pair after a
+    reconnect."""
     broker, pki = tls_broker
     cert, key = tmp_path / "device.crt", tmp_path / "device.key"
     shutil.copy(pki["cam-1_cert"], cert)

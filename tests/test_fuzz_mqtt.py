@@ -1,4 +1,5 @@
-"""Fuzz target "mqtt": hostile command messages against the assembled agent's fleet link and its real commands.
+"""Fuzz target "mqtt": hostile command messages against the assembled agent's fleet link and its real
+commands.
 
 One real mosquitto and one assembled agent (``build_agent``: fleet link, media, OTA, diagnostics) run for
 the whole module, the agent on an event loop in a background thread; the examples publish raw MQTT 5
@@ -240,7 +241,7 @@ class Rig:
 
         async def send() -> None:
             sends = []
-            for (name, payload), corr in zip(messages, corrs):
+            for (name, payload), corr in zip(messages, corrs, strict=True):
                 props = Properties(PacketTypes.PUBLISH)
                 props.ResponseTopic = RES
                 props.CorrelationData = corr
@@ -273,7 +274,7 @@ class Rig:
     def check(self, ex: Any, since: float) -> None:
         now = time.monotonic()
         stamps = [since] + [t for t in self.telemetry if t >= since] + [now]
-        gap = max(b - a for a, b in zip(stamps, stamps[1:]))
+        gap = max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
         self.max_gap = max(self.max_gap, gap)
         if gap > GAP_S:
             ex.lost()
@@ -391,9 +392,16 @@ def test_every_parameter_of_every_command_refuses_every_wrong_type(rig: Rig, dat
                     fields.append((name, param.name))
                     values.append(SMALL_BY_TYPE[kind].map(lambda v, n=param.name: {n: v}))
         drawn = data.draw(st.tuples(*values))  # one draw for all: much faster than one per value
-        fields = [(name, field or next(iter(params))) for (name, field), params in zip(fields, drawn)]
-        messages = [(name, json.dumps(params).encode()) for (name, _), params in zip(fields, drawn)]
-        sent = [(corr, name, field) for corr, (name, field) in zip(rig.publish_many(messages), fields)]
+        fields = [
+            (name, field or next(iter(params))) for (name, field), params in zip(fields, drawn, strict=True)
+        ]
+        messages = [
+            (name, json.dumps(params).encode()) for (name, _), params in zip(fields, drawn, strict=True)
+        ]
+        sent = [
+            (corr, name, field)
+            for corr, (name, field) in zip(rig.publish_many(messages), fields, strict=True)
+        ]
         if not rig.wait_answers([c for c, _, _ in sent]):
             ex.lost(sum(1 for c, _, _ in sent if c not in rig.answers))
             raise AssertionError("answers missing")
@@ -449,8 +457,8 @@ edge_payloads = st.one_of(
     ),
     st.tuples(st.text(min_size=1, max_size=6), json_values, json_values).map(  # duplicate keys
         lambda t: (
-            '{"%s": %s, "%s": %s}'
-            % (json.dumps(t[0])[1:-1], json.dumps(t[1]), json.dumps(t[0])[1:-1], json.dumps(t[2]))
+            f'{{"{json.dumps(t[0])[1:-1]}": {json.dumps(t[1])}, '
+            f'"{json.dumps(t[0])[1:-1]}": {json.dumps(t[2])}}}'
         ).encode()
     ),
     st.binary(min_size=1, max_size=300),  # anything, mostly not UTF-8

@@ -50,7 +50,7 @@ async def test_loops_the_file_paced_at_fps(clip):
     assert 19 / 30 - 0.05 < elapsed < 19 / 30 + 0.5
     assert [index_of(f.frame) for f in frames] == [i % 12 for i in range(20)]
     assert [f.index for f in frames] == list(range(20))
-    assert all(b.timestamp > a.timestamp for a, b in zip(frames, frames[1:]))
+    assert all(b.timestamp > a.timestamp for a, b in zip(frames, frames[1:], strict=False))
     assert cam.stats()["loops"] >= 1
 
 

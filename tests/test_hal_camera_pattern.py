@@ -21,7 +21,8 @@ W, H, FPS = 1280, 720, 30
 
 
 def _kbps_at_crf(frames: list[av.VideoFrame], crf: str = "23") -> tuple[float, list[int]]:
-    """libx264 as the agent opens it (ultrafast, zerolatency, baseline) at a fixed CRF; kbit/s and stamps read."""
+    """libx264 as the agent opens it (ultrafast, zerolatency, baseline) at a fixed CRF; kbit/s and stamps
+    read."""
     enc = av.CodecContext.create("libx264", "w")
     enc.width, enc.height, enc.pix_fmt = W, H, "yuv420p"
     enc.time_base, enc.framerate = fractions.Fraction(1, FPS), FPS

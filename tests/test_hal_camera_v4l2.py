@@ -1,4 +1,5 @@
-"""V4L2Camera driven by a scripted opener around libav's real ``lavfi`` input (the stand-in for /dev/video0)."""
+"""V4L2Camera driven by a scripted opener around libav's real ``lavfi`` input (the stand-in for
+/dev/video0)."""
 
 from __future__ import annotations
 

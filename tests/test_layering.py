@@ -191,5 +191,5 @@ def test_no_cycle_between_top_level_packages() -> None:
     edges = package_imports()
     cycle = find_cycle(set(edges) - set(KNOWN_BACK_EDGES))
     if cycle:
-        sites = [site for a, b in zip(cycle, cycle[1:]) for site in edges[(a, b)][:3]]
+        sites = [site for a, b in zip(cycle, cycle[1:], strict=False) for site in edges[(a, b)][:3]]
         raise AssertionError(f"import cycle {' -> '.join(cycle)}:\n  " + "\n  ".join(sites))

@@ -89,7 +89,8 @@ def test_viewer_page_plays_video_and_audio_and_talks_back(demo) -> None:
             _wait_for(page, "window.viewer.state === 'connected'")
             _wait_for(
                 page,
-                "(window.viewer.stats.framesDecoded || 0) > 30 && (window.viewer.stats.audioPackets || 0) > 25",
+                "(window.viewer.stats.framesDecoded || 0) > 30 "
+                "&& (window.viewer.stats.audioPackets || 0) > 25",
             )
             stats = page.evaluate("window.viewer.stats")
             assert stats["frameWidth"] == 640 and stats["frameHeight"] == 360
@@ -97,10 +98,8 @@ def test_viewer_page_plays_video_and_audio_and_talks_back(demo) -> None:
             first = page.evaluate(READ_STAMP_JS)
             page.wait_for_timeout(1000)
             second = page.evaluate(READ_STAMP_JS)
-            assert first is not None and 15 <= second - first <= 45, (
-                first,
-                second,
-            )  # ~30 fps, burnt-in counter
+            # ~30 fps, burnt-in counter
+            assert first is not None and 15 <= second - first <= 45, (first, second)
             # the page's stats line is filled in for a person too
             assert "kbit/s" in page.inner_text("#bitrate") and "fps" in page.inner_text("#fps")
 

@@ -1,4 +1,5 @@
-"""A missing camera in the running agent: a P1 alert from the camera's on_state, cleared when it comes back."""
+"""A missing camera in the running agent: a P1 alert from the camera's on_state, cleared when it comes
+back."""
 
 from __future__ import annotations
 

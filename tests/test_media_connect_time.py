@@ -136,8 +136,10 @@ def test_chromium_as_it_comes_is_answered_fast_and_shows_a_frame(tmp_path: Path)
             try:
                 page = browser.new_page()
                 page.add_init_script("""window.__offers = []; const _f = window.fetch;
-                  window.fetch = function (url, o) { if (o && o.method === 'POST') window.__offers.push(o.body);
-                                                     return _f.apply(this, arguments); };""")
+                  window.fetch = function (url, o) {
+                    if (o && o.method === 'POST') window.__offers.push(o.body);
+                    return _f.apply(this, arguments);
+                  };""")
                 open_page_when_up(page, f"http://127.0.0.1:{port}/", lambda: agent.log_text()[-3000:])
                 answers, firsts = [], []
                 for join in range(3):

@@ -137,7 +137,7 @@ async def test_a_constrained_viewers_plis_reach_only_its_layer_after_the_switch(
     high, low = PacketFanout(high_enc, idr_min_interval=0), PacketFanout(low_enc, idr_min_interval=0)
     layers = LayerSet([high, low], LayerPolicy(layers=2))
     others = [high.subscribe(name) for name in ("a", "b")]
-    for name, sub in zip(("a", "b"), others):
+    for name, sub in zip(("a", "b"), others, strict=True):
         high.report_estimate(sub, 2_000_000)
         layers.report(name, 2_000_000)
     track = FanoutVideoTrack(high, LatencyWindow(), name="v")

@@ -26,7 +26,9 @@ WIDTH, HEIGHT, FPS = 640, 360, 30
 THIN = LinkProfile(delay_ms=20, rate_kbps=350, queue_ms=200)
 EXTRA = {
     "camera": 'pattern = "busy"\n',
-    "encoder": "bitrate = 1000000\nmin_bitrate = 150000\nmax_bitrate = 1200000\nlayers = 2\nlow_layer_scale = 0.5\n",
+    "encoder": (
+        "bitrate = 1000000\nmin_bitrate = 150000\nmax_bitrate = 1200000\nlayers = 2\nlow_layer_scale = 0.5\n"
+    ),
 }
 
 

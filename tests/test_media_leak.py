@@ -39,7 +39,7 @@ async def test_200_cycles_leave_nothing_behind(tmp_path: Path) -> None:
     async with running_agent(config) as agent, aiohttp.ClientSession() as http:
         media = agent.get("media")
         base = f"http://127.0.0.1:{media.web.port}"
-        for i in range(20):  # warm-up: codecs, thread pools, caches
+        for _ in range(20):  # warm-up: codecs, thread pools, caches
             await _cycle(base, http, "delete")
         await asyncio.sleep(0.5)
         gc.collect()

@@ -22,7 +22,8 @@ from tests.support.media import media_config, running_agent
 
 
 def _libopus_with_lbrr_check() -> ctypes.CDLL | None:
-    """The libopus PyAV encodes with (bundled in av.libs, else the system's), if it has opus_packet_has_lbrr (1.5+)."""
+    """The libopus PyAV encodes with (bundled in av.libs, else the system's), if it has
+    opus_packet_has_lbrr (1.5+)."""
     bundled = glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus-*.so*"))
     for path in [*bundled, ctypes.util.find_library("opus")]:
         if path:

@@ -1,4 +1,5 @@
-"""Per-viewer send control: the GCC-split estimate, the shared-target policy, PLI handling, pacing, RTX budget.
+"""Per-viewer send control: the GCC-split estimate, the shared-target policy, PLI handling, pacing, RTX
+budget.
 
 Unit tests drive the parts with synthetic receiver-report / REMB sequences on a fake clock; the
 last test goes through the real RTCP path (a real aiortc viewer against the in-process agent).
@@ -172,9 +173,8 @@ async def test_receiver_reports_reach_the_estimator_through_the_real_rtcp_path(t
             assert time.monotonic() < deadline, dict(session.feedback)
             await asyncio.sleep(0.1)
         stats = session.summary()
-        assert (
-            stats["fraction_lost"] == 0.0 and stats["ramping"] and stats["rate_cuts"] == 0
-        )  # clean loopback
+        # clean loopback
+        assert stats["fraction_lost"] == 0.0 and stats["ramping"] and stats["rate_cuts"] == 0
         assert stats["loss_based_bps"] >= START_BPS
         assert stats["estimate_bps"] == max(150_000, min(stats["loss_based_bps"], stats["remb_bps"]))
         assert 0 < stats["rtt_est_ms"] < 50  # RTT from our sender reports' LSR/DLSR

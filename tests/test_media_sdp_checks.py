@@ -30,8 +30,8 @@ async def test_real_offers_pass() -> None:
     "value",
     [
         "1 1 udp 2130706431 127.0.0.1 9 typ host",
-        "842163049 1 udp 1677729535 198.51.100.7 61322 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag bmJb "
-        "network-cost 999",
+        "842163049 1 udp 1677729535 198.51.100.7 61322 typ srflx raddr 0.0.0.0 rport 0 generation 0 "
+        "ufrag bmJb network-cost 999",
         "3076922212 1 udp 2122260223 8f1f24a3-3b3a-4c4e-8f0c-1b0e3c7a9d21.local 54321 typ host generation 0 "
         "network-id 1",
         "1 1 TCP 2105524479 ::1 9 typ host tcptype active",

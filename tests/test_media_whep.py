@@ -213,7 +213,8 @@ async def test_session_that_never_connects_is_dropped(tmp_path: Path) -> None:
 
 
 async def test_a_missing_microphone_is_alerted_not_restarted(tmp_path: Path) -> None:
-    """No such capture device: a P1 alert, video keeps flowing, and the agent stays healthy (no watchdog restart)."""
+    """No such capture device: a P1 alert, video keeps flowing, and the agent stays healthy (no watchdog
+    restart)."""
     config = media_config(
         tmp_path, audio={"backend": "alsa", "device": "hw:CARD=NoSuchCard", "reopen_max_s": 0.5}
     )
@@ -334,7 +335,8 @@ async def test_offer_structure_is_checked_before_aiortc(
 
 
 async def test_a_half_negotiated_peer_still_closes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """W4: closing a session whose negotiation left aiortc inconsistent raised AttributeError out of close()."""
+    """W4: closing a session whose negotiation left aiortc inconsistent raised AttributeError out of
+    close()."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     from device_agent.media.sessions import ViewerSession
@@ -347,9 +349,8 @@ async def test_a_half_negotiated_peer_still_closes(tmp_path: Path, caplog: pytes
         video = FanoutVideoTrack(sessions.fanout, sessions.latency, name="half")
         pc.addTransceiver(video, direction="sendonly")
         pc.addTransceiver("audio", direction="sendrecv")
-        await pc.setRemoteDescription(
-            RTCSessionDescription(sdp=offer, type="offer")
-        )  # aiortc takes it as it is
+        # aiortc takes it as it is
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         assert None in [
             t.receiver.transport for t in pc.getTransceivers()
         ]  # the audio one, bundled to nothing
@@ -358,17 +359,16 @@ async def test_a_half_negotiated_peer_still_closes(tmp_path: Path, caplog: pytes
         assert "half" not in sessions.sessions and sessions.ended["negotiation failed"] == 1
         for transceiver in pc.getTransceivers():
             dtls = transceiver.receiver.transport
-            assert (
-                dtls is None or dtls.transport.state == "closed"
-            )  # the ICE transport (its sockets) is stopped
+            # the ICE transport (its sockets) is stopped
+            assert dtls is None or dtls.transport.state == "closed"
     _no_tracebacks(caplog)
 
 
 async def test_malformed_http_is_a_warning_not_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Found by the fuzzer: a request aiohttp's parser refuses (a lowercase method after a first request on the
-    connection, or a body left unread) was logged as an ERROR with a traceback."""
+    """Found by the fuzzer: a request aiohttp's parser refuses (a lowercase method after a first request on
+    the connection, or a body left unread) was logged as an ERROR with a traceback."""
     async with running_agent(media_config(tmp_path)) as agent, aiohttp.ClientSession() as http:
         base = _base(agent)
         reader, writer = await asyncio.open_connection("127.0.0.1", agent.get("media").web.port)
@@ -390,9 +390,10 @@ async def test_aiortc_connect_task_errors_are_handled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by the fuzzer (once in about 900 sessions made and deleted): aiortc's own connect task raised
-    InvalidStateError('RTCIceTransport is closed') for a peer closed under it, and asyncio logged 'Task exception
-    was never retrieved' as an ERROR with a traceback. The same failure, made deterministic here by closing the
-    ICE transport before setLocalDescription starts that task, must reach the session's handler instead."""
+    InvalidStateError('RTCIceTransport is closed') for a peer closed under it, and asyncio logged 'Task
+    exception was never retrieved' as an ERROR with a traceback. The same failure, made deterministic here by
+    closing the ICE transport before setLocalDescription starts that task, must reach the session's handler
+    instead."""
     import gc
 
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription

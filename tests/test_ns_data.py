@@ -162,7 +162,10 @@ def test_widening_keeps_what_the_trained_network_computes() -> None:
         ],
         "mask": [rng.standard_normal((big, n_out)), np.zeros(n_out)],
     }
-    wide = {k: [_widen(t, f, 3 if k == "gru" else 1) for t, f in zip(trained[k], fresh[k])] for k in trained}
+    wide = {
+        k: [_widen(t, f, 3 if k == "gru" else 1) for t, f in zip(trained[k], fresh[k], strict=True)]
+        for k in trained
+    }
     assert [w.shape for w in wide["gru"]] == [(big, 3 * big), (big, 3 * big), (2, 3 * big)]
 
     def run(w: dict, hidden: int) -> np.ndarray:
@@ -234,7 +237,7 @@ def test_mixer_draws_ambient_noise_at_its_share_and_leaves_the_old_recipe_alone(
     assert 0.2 < share < 0.4
     # no ambient share: the random draws, so the noises, are exactly those of a mixer without the pool
     # (the earlier stages of reproduce.sh depend on it)
-    assert all(np.array_equal(p, q) for p, q in zip(draws(0.0, ambient), draws(0.0, None)))
+    assert all(np.array_equal(p, q) for p, q in zip(draws(0.0, ambient), draws(0.0, None), strict=True))
     assert (
         Mixer(
             corpus, np.random.default_rng(0), speech=speech, real=[], ambient=[], ambient_fraction=0.5
@@ -293,7 +296,7 @@ def test_extra_split_keeps_talkers_and_recordings_whole(tmp_path: Path) -> None:
     )
     only = extra_data(tmp_path, val_only=True)
     assert not only.speech_train and not only.noise_train and len(only.speech_val) == len(split.speech_val)
-    assert all(np.array_equal(a, b) for a, b in zip(only.noise_val, split.noise_val))
+    assert all(np.array_equal(a, b) for a, b in zip(only.noise_val, split.noise_val, strict=True))
 
 
 def test_extra_validation_set_mixes_at_its_fixed_snrs() -> None:
@@ -306,8 +309,8 @@ def test_extra_validation_set_mixes_at_its_fixed_snrs() -> None:
     )
     clean, noisy = extra_validation_set(extra, 10)
     again = extra_validation_set(extra, 10)
-    assert all(np.array_equal(a, b) for a, b in zip(noisy, again[1]))  # fixed
-    for i, (c, x) in enumerate(zip(clean, noisy)):
+    assert all(np.array_equal(a, b) for a, b in zip(noisy, again[1], strict=True))  # fixed
+    for i, (c, x) in enumerate(zip(clean, noisy, strict=True)):
         assert 3 * SR <= len(c) <= 6 * SR and abs(np.std(c) - 0.05) < 1e-3
         assert abs(20 * np.log10(np.std(c) / np.std(x - c)) - EXTRA_VAL_SNRS[i % 5]) < 0.2
     fixed = extra_validation_set(extra, 5, seconds=4.0)[1]
@@ -346,7 +349,11 @@ def test_mixer_draws_extra_speech_and_noise_at_their_shares_and_leaves_the_old_r
     speech = [np.full(SR // 2, 1.0, np.float32)]
     old = Mixer(base, np.random.default_rng(13), speech=speech, real=[])
     new = Mixer(loaded, np.random.default_rng(13), speech=speech, real=[])  # ns-extra loaded, shares zero
-    assert all(np.array_equal(p, q) for _ in range(30) for p, q in zip(old.pair(SR // 2), new.pair(SR // 2)))
+    assert all(
+        np.array_equal(p, q)
+        for _ in range(30)
+        for p, q in zip(old.pair(SR // 2), new.pair(SR // 2), strict=True)
+    )
     mixer = Mixer(
         loaded,
         rng,

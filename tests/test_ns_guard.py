@@ -20,7 +20,7 @@ def _mean_stoi_by_snr(clean: list[np.ndarray], outputs: list[np.ndarray]) -> dic
     from pystoi import stoi
 
     by: dict[int, list[float]] = {}
-    for i, (c, y) in enumerate(zip(clean, outputs)):
+    for i, (c, y) in enumerate(zip(clean, outputs, strict=True)):
         by.setdefault(EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)], []).append(stoi(c, y, SR))
     return {snr: {"stoi": float(np.mean(v))} for snr, v in sorted(by.items())}
 

@@ -243,9 +243,8 @@ def test_fallback_is_retried_and_resumes_when_fast_again() -> None:
     slow[0] = False
     for i in range(30 * HOP, 120 * HOP, HOP):
         stage.process(x[i : i + HOP])
-    assert (
-        not stage.fell_back and stage.fallbacks == 1
-    )  # retried after 50 bypassed hops, stayed within budget
+    # retried after 50 bypassed hops, stayed within budget
+    assert not stage.fell_back and stage.fallbacks == 1
 
 
 def test_toggling_keeps_the_delay_and_resets_state() -> None:

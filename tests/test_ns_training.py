@@ -168,9 +168,8 @@ def test_interpolation_mixes_the_weights_of_two_models_of_one_lineage(tmp_path: 
     def exported(name: str, hidden: int, df_bins: int, seed: int) -> Path:
         tf.keras.utils.set_random_seed(seed)
         m = build(tf, 257, hidden, 2, np.zeros(257, np.float32), np.ones(257, np.float32), df_bins, 3)
-        rng = np.random.default_rng(
-            seed
-        )  # trained-looking: no zero bias (the converter would fold the add away)
+        # trained-looking: no zero bias (the converter would fold the add away)
+        rng = np.random.default_rng(seed)
         m.set_weights([rng.standard_normal(w.shape).astype(np.float32) * 0.1 for w in m.get_weights()])
         export(tf, m, tmp_path / name, 2, hidden, 257, df_bins, 3)
         return tmp_path / name / "ns_float.tflite"
@@ -191,14 +190,12 @@ def test_interpolation_mixes_the_weights_of_two_models_of_one_lineage(tmp_path: 
     assert (
         json.loads((tmp_path / "a0.5" / "ns_train_report.json").read_text())["interpolation"]["alpha"] == 0.5
     )
-    zero = output(
-        tmp_path / "a0.0" / "ns_float.tflite"
-    )  # the base, as a deep-filter model with a zero filter
+    # the base, as a deep-filter model with a zero filter
+    zero = output(tmp_path / "a0.0" / "ns_float.tflite")
     np.testing.assert_allclose(zero, output(base), atol=1e-6)
-    mid, w0, w1 = (
-        weights(p, 16) for p in (tmp_path / "a0.5" / "ns_float.tflite", base, tuned)
-    )  # base embedded
-    for m, a, b in zip(mid, w0, w1):
+    # base embedded
+    mid, w0, w1 = (weights(p, 16) for p in (tmp_path / "a0.5" / "ns_float.tflite", base, tuned))
+    for m, a, b in zip(mid, w0, w1, strict=True):
         np.testing.assert_allclose(m, (a + b) / 2, atol=1e-6)
     with pytest.raises(SystemExit, match="not one lineage"):
         interpolate(base, exported("wide", 24, 0, 3), 0.5, tmp_path / "bad")

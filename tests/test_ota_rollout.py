@@ -251,7 +251,8 @@ async def test_rollout_over_mqtt_canary_batch_and_halt(tmp_path: Path, mosquitto
 
 
 def test_group_targets_come_from_the_fleet_store(tmp_path: Path) -> None:
-    """`fleetctl ota rollout --group G` updates the devices the fleet service registered in G, and only those."""
+    """`fleetctl ota rollout --group G` updates the devices the fleet service registered in G, and only
+    those."""
     import time
 
     from fleet.ota.rollout_cli import select_devices

@@ -296,9 +296,8 @@ def test_commit_writes_a_standalone_boot_check_from_the_committed_slot(tmp_path:
     assert commit(layout, options) is not None
     boot = layout.root / "boot-check.py"
     assert sorted(p.name for p in layout.root.iterdir()) == ["boot-check.py", "current", "slots"]
-    layout.save_state(
-        dict(SAMPLES[State.TRIAL], update=dict(_TRIAL, starts=3))
-    )  # a later trial of b, 3 starts ...
+    # a later trial of b, 3 starts ...
+    layout.save_state(dict(SAMPLES[State.TRIAL], update=dict(_TRIAL, starts=3)))
     r = subprocess.run(
         [
             "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
@@ -314,9 +313,8 @@ def test_commit_writes_a_standalone_boot_check_from_the_committed_slot(tmp_path:
         timeout=30,
         cwd=tmp_path,
     )
-    assert r.returncode == 0, (
-        r.stdout + r.stderr
-    )  # ... and the copy's state machine rolls the crash loop back
+    # ... and the copy's state machine rolls the crash loop back
+    assert r.returncode == 0, r.stdout + r.stderr
     assert (
         "rolled back: crash loop: 3 starts of 2.0.0 without a commit" in r.stdout
         and layout.current_slot() == "a"

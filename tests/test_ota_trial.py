@@ -187,9 +187,8 @@ async def test_component_install_events_busy_status_and_rollback(tmp_path: Path)
             await agent.commands.dispatch("ota.rollback", {})
         assert err.value.code == "no_previous_slot"
         assert dev.running_version() == "1.0.0"
-        forced = await agent.commands.dispatch(
-            "ota.rollback", {"force": True}
-        )  # explicit: to 2.0.0 in slot b
+        # explicit: to 2.0.0 in slot b
+        forced = await agent.commands.dispatch("ota.rollback", {"force": True})
         assert forced["slot"] == "b" and dev.running_version() == "2.0.0"
     finally:
         await agent.stop()

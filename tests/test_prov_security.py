@@ -232,7 +232,7 @@ async def test_revoked_certificate_is_refused(fleet: Fleet, devices: dict[str, P
 
 def test_generated_acl_gives_each_device_exactly_its_subtree(fleet: Fleet) -> None:
     acl = (fleet.broker_dir / "acl-devices").read_text()
-    patterns = [l.split(None, 2)[1:] for l in acl.splitlines() if l.startswith("pattern")]
+    patterns = [line.split(None, 2)[1:] for line in acl.splitlines() if line.startswith("pattern")]
     assert all(topic.startswith("dev/%u/") for _, topic in patterns)
     assert ["read", "dev/%u/cmd/#"] in patterns and ["write", "dev/%u/status"] in patterns
     assert ["readwrite", "dev/%u/diag/ping/#"] in patterns

@@ -159,7 +159,7 @@ def reload_claims(fleet: Fleet, token: str, timeout: float = 10.0) -> None:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         c.tls_set_context(ctx)
-        c.on_connect = lambda client, userdata, flags, rc, props: result.append(int(rc.value))
+        c.on_connect = lambda client, userdata, flags, rc, props, result=result: result.append(int(rc.value))
         try:
             c.connect("127.0.0.1", fleet.claim_port, 5)
             end = time.monotonic() + 3

@@ -70,9 +70,8 @@ def _csr(key, cn: str = "whoever") -> bytes:
 
 def test_ca_signs_only_valid_p256_csrs_and_sets_the_cn(ca: FleetCA) -> None:
     cert = ca.sign_csr(_csr(ec.generate_private_key(ec.SECP256R1()), "fleet-service"), "dev-abc")
-    assert (
-        cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-abc"
-    )  # not what was asked
+    # not what was asked
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-abc"
     cert.verify_directly_issued_by(ca.cert)
     with pytest.raises(CAError, match="P-256"):
         ca.sign_csr(_csr(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "dev-x")

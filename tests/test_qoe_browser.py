@@ -97,11 +97,8 @@ def test_chromium_viewer_reports_reach_stats_and_telemetry(tmp_path: Path, mosqu
         qoe = stats["viewers"]["sessions"][0]["qoe"]
         assert set(qoe) >= QOE_KEYS, qoe
         assert qoe["client"] == "chromium" and qoe["rejected"] == 0 and qoe["reports"] >= 3, qoe
-        assert 24 <= qoe["rendered_fps"] <= 36, (
-            seen_fps,
-            qoe,
-            sent,
-        )  # what the page presented, clean loopback
+        # what the page presented, clean loopback
+        assert 24 <= qoe["rendered_fps"] <= 36, (seen_fps, qoe, sent)
         assert qoe["freeze_count"] == 0 and qoe["freeze_rate"] == 0.0, qoe
         assert (qoe["width"], qoe["height"]) == (320, 180)
         assert qoe["packets_lost"] == 0 and qoe["received_kbps"] > 20

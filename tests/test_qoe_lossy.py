@@ -87,9 +87,8 @@ def test_lossy_link_shows_in_the_viewers_qoe_not_in_the_senders_fps(tmp_path: Pa
             log.close()
     session = stats["viewers"]["sessions"][0]
     qoe = session["qoe"]
-    assert session["fps"] > 20, (
-        session
-    )  # what the device sent: looks healthy (~28-30; > 20 on a loaded machine)
+    # what the device sent: looks healthy (~28-30; > 20 on a loaded machine)
+    assert session["fps"] > 20, session
     # what the viewer lived through: video rescued by retransmissions it had to ask for, audio (no
     # retransmission) with audible gaps, and the link's delay in the end-to-end figure
     assert qoe["reports"] >= 4 and qoe["rejected"] == 0, qoe

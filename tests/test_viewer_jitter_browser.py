@@ -34,11 +34,13 @@ _PC.prototype.getStats = async function (...args) {
   report.forEach((stat, id) => {
     const r = Object.assign({}, stat);
     if (r.type === 'inbound-rtp' && r.kind === 'video') {
-      if (lastReceived !== null) extraLost += Math.max(0, r.packetsReceived - lastReceived) * inject.lossPct / (100 - inject.lossPct);
+      if (lastReceived !== null)
+        extraLost += Math.max(0, r.packetsReceived - lastReceived) * inject.lossPct / (100 - inject.lossPct);
       lastReceived = r.packetsReceived;
       r.packetsLost = (r.packetsLost || 0) + Math.round(extraLost);
     }
-    if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') r.currentRoundTripTime = inject.rttMs / 1000;
+    if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded')
+      r.currentRoundTripTime = inject.rttMs / 1000;
     out.set(id, r);
   });
   return out;

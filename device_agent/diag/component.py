@@ -73,7 +73,7 @@ class DiagnosticsComponent:
         self.transfers: TransferManager | None = None
         self.signaling: RtcSignaling | None = None
         for name, handler in zip(
-            COMMANDS, (self.logs_pull, self.selftest, self.snapshot, self.netcheck, self.stats)
+            COMMANDS, (self.logs_pull, self.selftest, self.snapshot, self.netcheck, self.stats), strict=True
         ):
             agent.commands.register(name, handler, params=PARAMS[name], param_error=ErrorCode.BAD_REQUEST)
 

@@ -60,7 +60,8 @@ def _json_pair(m: re.Match[str]) -> str:
 
 
 def _sub_pairs(line: str) -> str:
-    """Mask the value of every ``key[:=]value``, ``key 'quoted'`` and ``--flag value`` whose key names a secret."""
+    """Mask the value of every ``key[:=]value``, ``key 'quoted'`` and ``--flag value`` whose key names a
+    secret."""
     out: list[str] = []
     pos = i = 0
     while True:

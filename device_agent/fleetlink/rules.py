@@ -65,7 +65,8 @@ def lookup(sample: dict[str, Any], dotted: str) -> Any:
 
 
 def lookup_all(sample: Any, dotted: str) -> list[Any] | None:
-    """Every value a path with ``*`` segments reaches; None when the part before the first ``*`` is missing."""
+    """Every value a path with ``*`` segments reaches; None when the part before the first ``*`` is
+    missing."""
     head, star, rest = dotted.partition("*")
     base = lookup(sample, head.rstrip(".")) if head.rstrip(".") else sample
     if not star:

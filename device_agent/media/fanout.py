@@ -116,7 +116,8 @@ class PacketFanout:
     def subscribe(
         self, name: str = "", *, reason: str = "new viewer", replay: bool = True
     ) -> Subscriber[FanoutPacket]:
-        """A new queue, started from the cached recent IDR (``replay``) or at the next one, asked for with ``reason``."""
+        """A new queue, started from the cached recent IDR (``replay``) or at the next one, asked for with
+        ``reason``."""
         sub: Subscriber[FanoutPacket] = Subscriber(id=next(self._ids), name=name)
         self._subs[sub.id] = sub
         recent = (
@@ -177,7 +178,8 @@ class PacketFanout:
 
     # -- keyframes -----------------------------------------------------------------------------
     def request_keyframe(self, reason: str, sub: Subscriber[FanoutPacket] | None = None) -> None:
-        """Ask for an IDR (for ``sub``, when one viewer asks); coalesced, at most one per ``idr_min_interval``."""
+        """Ask for an IDR (for ``sub``, when one viewer asks); coalesced, at most one per
+        ``idr_min_interval``."""
         self.keyframe_requests[reason] += 1
         self._causes[(reason, None if sub is None else sub.id)] = None
         if self._deferred is not None:

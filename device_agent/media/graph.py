@@ -4,7 +4,8 @@
 nothing (``MediaComponent`` owns the lifecycle, the commands and the health)::
 
     camera (hal/camera) --frames--> encoder (hal/encoder, one thread) --Annex-B AUs--> PacketFanout
-        PacketFanout --av.Packet--> FanoutVideoTrack (one per viewer, made by the session) --> aiortc pack() --> RTP
+        PacketFanout --av.Packet--> FanoutVideoTrack (one per viewer, made by the session)
+            --> aiortc pack() --> RTP
     (picamera2: camera and hardware encoder are one source, Picamera2H264Source --> PacketFanout)
     encoder.layers = 2: the same frames, scaled --> a second encoder (its own thread) --> the low PacketFanout
     microphone (hal/audio) --> 16 kHz mono --> AudioStage (noise suppression, worker thread) --> Opus once

@@ -15,7 +15,7 @@ such as the camera's or the rate controller's own counters may follow).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from device_agent.media.qoe import ViewerQoe
 
@@ -38,7 +38,7 @@ class Opaque:
     note: str = field(default="")
 
 
-Node = Union[Section, ListOf, Opaque, None]  # None: a scalar leaf (number, string, bool or null)
+Node = Section | ListOf | Opaque | None  # None: a scalar leaf (number, string, bool or null)
 
 
 def _leaves(*names: str) -> dict[str, Node]:

@@ -108,7 +108,7 @@ def check_candidate(value: str) -> None:
     extensions = bits[8:]
     if len(extensions) % 2:
         raise SdpError(f"candidate extension {excerpt(extensions[-1])} has no value")
-    for name, item in zip(extensions[::2], extensions[1::2]):
+    for name, item in zip(extensions[::2], extensions[1::2], strict=False):  # a lone trailing name: ignored
         if name == "raddr":
             _address(item, "candidate raddr")
         elif name == "rport":

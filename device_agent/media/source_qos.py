@@ -28,7 +28,7 @@ class EncoderOutput:
 
     def stats(self) -> dict[str, Any]:
         times = list(self.times)
-        intervals = [b - a for a, b in zip(times, times[1:])]
+        intervals = [b - a for a, b in zip(times, times[1:], strict=False)]
         delays = sorted(self.delays)
         pick = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))] * 1000, 2)  # noqa: E731
         return {

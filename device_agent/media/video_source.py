@@ -120,7 +120,7 @@ class FrameEncoderSource:
                 self.timing.add(frame.timestamp, time.monotonic() - started)
                 for packet in packets:
                     on_packet(packet)
-            for layer, done in zip(extra, await asyncio.gather(*lower)):
+            for layer, done in zip(extra, await asyncio.gather(*lower), strict=True):
                 for packet in done:
                     layer.on_packet(packet)
 

@@ -204,7 +204,8 @@ class ApiQueries:
             ]
 
     def rollout_counts(self) -> tuple[list[tuple[str, int]], list[tuple[str, str, str, int]]]:
-        """((status, jobs) over every rollout, (rollout, version, device state, devices) of the driven ones)."""
+        """((status, jobs) over every rollout, (rollout, version, device state, devices) of the driven
+        ones)."""
         from fleet.ota.jobs import DRIVEN
 
         r, d = self.jobs.rollouts.c, self.jobs.devices.c

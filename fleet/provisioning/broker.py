@@ -218,7 +218,8 @@ def write_broker_config(
     persistence: bool = True,
     service_port: int = 8885,
 ) -> BrokerFiles:
-    """Write mosquitto.conf, the ACL files, the broker certificate, CAs, CRL and claim passwords into ``out_dir``."""
+    """Write mosquitto.conf, the ACL files, the broker certificate, CAs, CRL and claim passwords into
+    ``out_dir``."""
     ca = FleetCA.load(state_dir)
     store = ProvisioningStore(state_dir)
     out = Path(out_dir).resolve()
@@ -227,9 +228,8 @@ def write_broker_config(
     store.record_cert(
         cert.serial_number, hosts[0], "broker", cert.not_valid_before_utc, cert.not_valid_after_utc
     )
-    write_atomic(
-        out / "server.key", key, mode=0o600, owner=service_owner(user or "mosquitto")
-    )  # the broker reads it after dropping root
+    # the broker reads it after dropping root
+    write_atomic(out / "server.key", key, mode=0o600, owner=service_owner(user or "mosquitto"))
     write_atomic(out / "server.crt", cert_pem(cert))
     write_atomic(out / "ca.crt", ca.cert_pem)
     svc_ca = service_ca(state_dir)

@@ -231,7 +231,7 @@ class ProvisioningStore:
         if row is None:
             return None
         keys = ("id", "group", "name", "location", "hardware", "claim_id", "claimed_at", "revoked_at")
-        return dict(zip(keys, row))
+        return dict(zip(keys, row, strict=True))
 
     def devices(self) -> list[dict[str, Any]]:
         with self._db() as db:

@@ -79,7 +79,7 @@ class SpeechSynth:
 
     def _spectral_envelope(self, freqs: np.ndarray, formants: tuple[float, ...]) -> np.ndarray:
         env = np.full_like(freqs, 0.05)
-        for f, bw, g in zip(formants, FORMANT_BANDWIDTHS, FORMANT_GAINS):
+        for f, bw, g in zip(formants, FORMANT_BANDWIDTHS, FORMANT_GAINS, strict=True):
             env += g / (1.0 + ((freqs - f) / (bw / 2.0)) ** 2)
         return env * (100.0 / np.maximum(freqs, 100.0))  # -6 dB/octave source tilt
 

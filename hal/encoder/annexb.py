@@ -48,7 +48,7 @@ class ParameterSetKeeper:
         """Return ``(access unit, is_idr)`` with SPS and PPS before the IDR slice when needed."""
         nals = split_nals(data)
         types = [nal_type(n) for n in nals]
-        for nal, kind in zip(nals, types):
+        for nal, kind in zip(nals, types, strict=True):
             if kind == NAL_SPS:
                 self.sps = nal
             elif kind == NAL_PPS:
@@ -59,5 +59,5 @@ class ParameterSetKeeper:
         if self.sps is None or self.pps is None:
             return data, is_idr  # nothing known yet; the decoder will ask again (PLI)
         idr_at = types.index(NAL_IDR)
-        head = [n for n, t in zip(nals[:idr_at], types[:idr_at]) if t not in (NAL_SPS, NAL_PPS)]
+        head = [n for n, t in zip(nals[:idr_at], types[:idr_at], strict=True) if t not in (NAL_SPS, NAL_PPS)]
         return join_nals(head + [self.sps, self.pps] + nals[idr_at:]), True

@@ -24,7 +24,7 @@ class FrameTiming:
         if len(self.stamps) < 2:
             return {"fps": 0.0, "frame_interval_jitter_ms": None, "encode_ms": encode}
         stamps = list(self.stamps)
-        intervals = [b - a for a, b in zip(stamps, stamps[1:])]
+        intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         span = stamps[-1] - stamps[0]
         return {
             "fps": round((len(stamps) - 1) / span, 2) if span > 0 else 0.0,

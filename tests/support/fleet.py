@@ -1,4 +1,5 @@
-"""Fleet test helpers: brokers for the fleet tests (mutual TLS with ACLs; persistence that survives SIGKILL) and a test PKI."""
+"""Fleet test helpers: brokers for the fleet tests (mutual TLS with ACLs; persistence that survives
+SIGKILL) and a test PKI."""
 
 from __future__ import annotations
 

@@ -61,11 +61,13 @@ INBOUND_JS = """async () => {
   report.forEach((r) => {
     if (r.type === 'inbound-rtp' && r.kind === 'video') s = {
       framesDecoded: r.framesDecoded, framesDropped: r.framesDropped, framesReceived: r.framesReceived,
-      keyFramesDecoded: r.keyFramesDecoded, freezeCount: r.freezeCount, totalFreezesDuration: r.totalFreezesDuration,
-      pauseCount: r.pauseCount, packetsLost: r.packetsLost, packetsReceived: r.packetsReceived, nackCount: r.nackCount,
-      pliCount: r.pliCount, firCount: r.firCount, retransmittedPacketsReceived: r.retransmittedPacketsReceived,
+      keyFramesDecoded: r.keyFramesDecoded, freezeCount: r.freezeCount,
+      totalFreezesDuration: r.totalFreezesDuration, pauseCount: r.pauseCount, packetsLost: r.packetsLost,
+      packetsReceived: r.packetsReceived, nackCount: r.nackCount, pliCount: r.pliCount, firCount: r.firCount,
+      retransmittedPacketsReceived: r.retransmittedPacketsReceived,
       bytesReceived: r.bytesReceived, jitterBufferDelay: r.jitterBufferDelay,
-      jitterBufferEmittedCount: r.jitterBufferEmittedCount, frameWidth: r.frameWidth, frameHeight: r.frameHeight};
+      jitterBufferEmittedCount: r.jitterBufferEmittedCount, frameWidth: r.frameWidth,
+      frameHeight: r.frameHeight};
   });
   return s;
 }"""
@@ -80,10 +82,12 @@ const _PC = window.RTCPeerConnection;
 window.RTCPeerConnection = function (...args) {
   const pc = new _PC(...args); window.__pcs.push(pc);
   pc.addEventListener("iceconnectionstatechange", () => {
-    if (pc.iceConnectionState === "connected" && window.__t.ice === undefined) window.__t.ice = performance.now();
+    if (pc.iceConnectionState === "connected" && window.__t.ice === undefined)
+      window.__t.ice = performance.now();
   });
   pc.addEventListener("connectionstatechange", () => {
-    if (pc.connectionState === "connected" && window.__t.dtls === undefined) window.__t.dtls = performance.now();
+    if (pc.connectionState === "connected" && window.__t.dtls === undefined)
+      window.__t.dtls = performance.now();
   });
   return pc;
 };
@@ -100,9 +104,8 @@ def busy_clip(path: Path, width: int = 1280, height: int = 720, fps: int = 30, s
 
     rng = np.random.default_rng(5)
     cells = rng.integers(0, 256, (height // 4, width // 4), dtype=np.uint8)
-    texture = np.tile(
-        np.kron(cells, np.ones((4, 4), np.uint8)), (2, 2)
-    )  # 4x4-pixel detail, tiled for scrolling
+    # 4x4-pixel detail, tiled for scrolling
+    texture = np.tile(np.kron(cells, np.ones((4, 4), np.uint8)), (2, 2))
     chroma = np.kron(
         rng.integers(64, 192, (height // 16 + 1, width // 16 + 1), dtype=np.uint8), np.ones((8, 8), np.uint8)
     )[: height // 2, : width // 2]
@@ -216,9 +219,8 @@ def server_in_namespace(
         except BaseException:
             log.flush()
             log.seek(0)
-            print(
-                f"--- {kind} log (tail) ---\n{log.read()[-4000:]}", file=sys.stderr
-            )  # shown with the failure
+            # shown with the failure
+            print(f"--- {kind} log (tail) ---\n{log.read()[-4000:]}", file=sys.stderr)
             raise
         finally:
             probe.close()
@@ -254,9 +256,8 @@ class WatchResult:
     server: dict[str, Any] = field(default_factory=dict)
     presented: list[float] = field(default_factory=list)  # page time (ms) of every presented frame
     page_marks: list[float] = field(default_factory=list)  # page time (ms) when ``during`` marked
-    timeline: dict[str, Any] = field(
-        default_factory=dict
-    )  # POST -> answer, ICE, DTLS (ms); page start -> POST
+    # POST -> answer, ICE, DTLS (ms); page start -> POST
+    timeline: dict[str, Any] = field(default_factory=dict)
 
     def fps_median(self) -> float | None:
         return statistics.median(self.per_second) if self.per_second else None

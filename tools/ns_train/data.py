@@ -291,7 +291,8 @@ def synth_speech(rng: np.random.Generator, n: int, log=print) -> tuple[list[np.n
 
 
 def recording_snr_db(x: np.ndarray) -> float:
-    """Spread between loud (95th percentile) and quiet (5th) 20 ms frames: the recording's own noise margin."""
+    """Spread between loud (95th percentile) and quiet (5th) 20 ms frames: the recording's own noise
+    margin."""
     fr = x[: len(x) // 320 * 320].reshape(-1, 320)
     e = 10 * np.log10(np.mean(fr.astype(np.float64) ** 2, 1) + 1e-12)
     return float(np.percentile(e, 95) - np.percentile(e, 5)) if len(e) >= 5 else 0.0
@@ -432,8 +433,8 @@ AMBIENT_NOISE_SOURCES = {
     ),
 }
 # Held out of training for the ambient validation set (``evaluate --ambient``): surging, low-frequency
-# outdoor noises (sea, jet and traffic roar, wind in a cave and on a ship, rock sliding) -- the kind of noise the
-# benchmark's real recording is, without being it.
+# outdoor noises (sea, jet and traffic roar, wind in a cave and on a ship, rock sliding) -- the kind of
+# noise the benchmark's real recording is, without being it.
 AMBIENT_VAL_NAMES = (
     "oceanwaves",
     "jet",
@@ -604,7 +605,8 @@ def extra_validation_set(
 
 
 def shared_rir() -> np.ndarray | None:
-    """The room impulse response in ../shared/data/ns (RT60 0.79 s), direct path at index 0, as ``room_irs``."""
+    """The room impulse response in ../shared/data/ns (RT60 0.79 s), direct path at index 0, as
+    ``room_irs``."""
     f = DATA / "rir_sim_rt60_0.79.wav"
     if not f.is_file():
         return None
@@ -917,7 +919,8 @@ class Mixer:
     def _noise(self, n: int) -> np.ndarray:
         """Unit-RMS noise: the shares of the constructor (``noise_cuts``; by default 45 % the shared real
         recordings, ``ambient_fraction`` the Debian ambient ones, the rest synthetic); perturbed, sometimes
-        plus a second noise. With the default shares the random draws are exactly those of the earlier recipe."""
+        plus a second noise. With the default shares the random draws are exactly those of the earlier
+        recipe."""
         rng = self.rng
         u = rng.random()
         if u < self.noise_cuts[-1]:
@@ -963,5 +966,5 @@ class Mixer:
         return (clean * g).astype(np.float32), (x * g).astype(np.float32)
 
     def batch(self, size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        cs, xs = zip(*(self.pair(n) for _ in range(size)))
+        cs, xs = zip(*(self.pair(n) for _ in range(size)), strict=True)
         return np.stack(cs), np.stack(xs)

@@ -6,7 +6,8 @@ Same validation mixtures as ``train.py`` (same seed, corpus cache): held-out syn
 held-out human speakers; ``--real``: the human speakers only, in training noises; ``--ambient``: the
 human speakers in the held-out Debian ambient recordings (real noise never trained on); ``--extra``:
 ns-extra's held-out talkers in its held-out noise recordings (``data.extra_validation_set``; per-SNR
-table at 0/5/10/15/20 dB and the intelligibility guard, ``stoi_guard``). Never the benchmark's speech or noise.
+table at 0/5/10/15/20 dB and the intelligibility guard, ``stoi_guard``). Never the benchmark's speech or
+noise.
 ``--peers`` adds RNNoise and DTLN on the same mixtures; ``--floor`` tries a lower bound on the mask (a
 post-processing knob), to decide its value on data that is not the benchmark.
 """
@@ -46,12 +47,13 @@ def score(
     snrs: Sequence[int] | None = None,
 ) -> dict:
     """Mean PESQ-WB, STOI and SI-SDR of ``enhance(noisy)`` (time-aligned to its input) over the mixtures
-    that contain speech; with ``snrs`` (each mixture's SNR in dB), also ``pesq_by_snr`` {snr: mean PESQ-WB}."""
+    that contain speech; with ``snrs`` (each mixture's SNR in dB), also ``pesq_by_snr`` {snr: mean
+    PESQ-WB}."""
     from pesq import pesq
     from pystoi import stoi
 
     sdr, pq, st, by = [], [], [], {}
-    for i, (c, x) in enumerate(zip(clean, noisy)):
+    for i, (c, x) in enumerate(zip(clean, noisy, strict=True)):
         if np.std(c) < 1e-5:
             continue
         y = enhance(x)
@@ -82,7 +84,7 @@ def score_by_snr(
     from pystoi import stoi
 
     by: dict[int, dict[str, list[float]]] = {}
-    for c, x, snr in zip(clean, noisy, snrs):
+    for c, x, snr in zip(clean, noisy, snrs, strict=True):
         y = enhance(x)
         d = by.setdefault(snr, {"pesq": [], "stoi": [], "si_sdr": []})
         d["stoi"].append(stoi(c, y, SR))
@@ -106,8 +108,8 @@ def print_by_snr(name: str, per: dict[int, dict[str, float]]) -> None:
         print(f"{snr:>4} {name:<40} {r['pesq']:8.3f} {r['stoi']:6.3f} {r['si_sdr']:7.2f}")
     core = [per[s] for s in (0, 5, 10) if s in per]
     print(
-        f"0-10 {name:<40} {np.mean([r['pesq'] for r in core]):8.3f} {np.mean([r['stoi'] for r in core]):6.3f} "
-        f"{np.mean([r['si_sdr'] for r in core]):7.2f}"
+        f"0-10 {name:<40} {np.mean([r['pesq'] for r in core]):8.3f} "
+        f"{np.mean([r['stoi'] for r in core]):6.3f} {np.mean([r['si_sdr'] for r in core]):7.2f}"
     )
 
 
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.real or a.ambient
         else validation_set(corpus, a.seed, a.count, 4.0)
     )
-    pairs = [(c, x) for c, x in zip(clean, noisy) if np.std(c) > 1e-5]
+    pairs = [(c, x) for c, x in zip(clean, noisy, strict=True) if np.std(c) > 1e-5]
     print(
         f"validation: {len(pairs)} mixtures; noisy input SI-SDR "
         f"{np.mean([si_sdr_np(c, x) for c, x in pairs]):.2f} dB"
@@ -237,7 +239,8 @@ def main_extra(models: Sequence[str], count: int, with_peers: bool) -> None:
         print_by_snr(name, per)
         broken = stoi_guard(per, base)
         print(
-            f"     {name}: STOI guard {'kept' if not broken else 'BROKEN at ' + ', '.join(f'{s} dB' for s in broken)}"
+            f"     {name}: STOI guard "
+            f"{'kept' if not broken else 'BROKEN at ' + ', '.join(f'{s} dB' for s in broken)}"
         )
 
 

@@ -55,7 +55,10 @@ def interpolate(base: Path, tuned: Path, alpha: float, out: Path) -> None:
         load_tflite_weights(m, path, LAYERS, 2 * (bins - 1))
         models.append(m)
     models[0].set_weights(
-        [(1 - alpha) * a + alpha * b for a, b in zip(models[0].get_weights(), models[1].get_weights())]
+        [
+            (1 - alpha) * a + alpha * b
+            for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True)
+        ]
     )
     export(tf, models[0], out, LAYERS, hidden, bins, df_bins, df_order)
     report = {"interpolation": {"base": str(base), "tuned": str(tuned), "alpha": alpha}}

@@ -1,4 +1,5 @@
-"""Train the streaming noise-suppression model and export TFLite (float32, float16 weights, dynamic-range int8).
+"""Train the streaming noise-suppression model and export TFLite (float32, float16 weights, dynamic-range
+int8).
 
 The shipped model (fixed seeds, staged; arguments in docs/noise-suppression.md) is reproduced by::
 
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs=2,
         default=TRAIN_SNR_DB,
         metavar=("LOW", "HIGH"),
-        help=f"training mixtures' SNR range in dB (validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})",
+        help="training mixtures' SNR range in dB "
+        f"(validation keeps {TRAIN_SNR_DB[0]:g}..{TRAIN_SNR_DB[1]:g})",
     )
     ap.add_argument(
         "--extra-fraction",
@@ -300,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             corpus.save(cache)
     log(
-        f"train utterances {len(corpus.train_speech)} ({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
+        f"train utterances {len(corpus.train_speech)} "
+        f"({sum(map(len, corpus.train_speech)) / SR / 60:.1f} min), "
         f"val {len(corpus.val_speech)}, rooms {len(corpus.rirs)}"
     )
     corpus.add_real_speech(a.seed, log, a.speech_sources)
@@ -393,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             l_spec, l_sdr, _ = losses(c, n)
             loss = l_spec + a.sisdr_weight * l_sdr
         g = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(g, model.trainable_variables))
+        opt.apply_gradients(zip(g, model.trainable_variables, strict=True))
         return l_spec, l_sdr
 
     @tf.function
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
                 [x[HOP : -2 * HOP] for x in val_noisy],
             )
         sdrs, pq = [], []
-        for i, (r, o) in enumerate(zip(ref, outs)):
+        for i, (r, o) in enumerate(zip(ref, outs, strict=True)):
             if np.std(r) < 1e-5:
                 continue
             sdrs.append(si_sdr_np(r[HOP : -2 * HOP], o[HOP : -2 * HOP]))
@@ -431,13 +434,16 @@ def main(argv: list[str] | None = None) -> None:
         return res
 
     noisy_ref = {
-        "si_sdr": float(np.mean([si_sdr_np(c, n) for c, n in zip(val_clean, val_noisy) if np.std(c) > 1e-5]))
+        "si_sdr": float(
+            np.mean([si_sdr_np(c, n) for c, n in zip(val_clean, val_noisy, strict=True) if np.std(c) > 1e-5])
+        )
     }
     log("validation noisy input SI-SDR", round(noisy_ref["si_sdr"], 2))
     if a.init:  # where the run starts, on the same set (not a candidate)
         noisy_ref["init"] = validate()
         log(
-            f"validation of --init: SI-SDR {noisy_ref['init']['si_sdr']:.2f} PESQ {noisy_ref['init']['pesq']:.3f} "
+            f"validation of --init: SI-SDR {noisy_ref['init']['si_sdr']:.2f} "
+            f"PESQ {noisy_ref['init']['pesq']:.3f} "
             f"score {noisy_ref['init']['score']:.3f} guard {noisy_ref['init'].get('guard')}"
         )
     best, best_w, history = None, model.get_weights(), []
@@ -498,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def rule_key(v: dict) -> tuple[bool, float]:
-    """Checkpoints are ranked by (keeps the intelligibility guard, score); without a guard it counts as kept."""
+    """Checkpoints are ranked by (keeps the intelligibility guard, score); without a guard it counts as
+    kept."""
     return bool(v.get("guard", True)), float(v["score"])
 
 
@@ -510,7 +517,7 @@ def extra_rule(ref: list[np.ndarray], out: list[np.ndarray], noisy: list[np.ndar
     from pystoi import stoi
 
     by: dict[int, dict[str, list[float]]] = {}
-    for i, (r, o, x) in enumerate(zip(ref, out, noisy)):
+    for i, (r, o, x) in enumerate(zip(ref, out, noisy, strict=True)):
         d = by.setdefault(
             EXTRA_VAL_SNRS[i % len(EXTRA_VAL_SNRS)], {"pesq": [], "si_sdr": [], "stoi": [], "stoi_in": []}
         )
@@ -578,7 +585,7 @@ def load_tflite_weights(model, path: Path, layers: int, frame: int) -> None:
         layer.set_weights(
             [
                 _widen(w, fresh, gates=3 if name.startswith("gru") else 1)
-                for w, fresh in zip(weights, layer.get_weights())
+                for w, fresh in zip(weights, layer.get_weights(), strict=True)
             ]
         )
 
@@ -640,7 +647,7 @@ def export(
         x = tf.tanh(tf.matmul(x, we_f) + be_f)
         states = tf.split(state, layers, axis=-1) if layers > 1 else [state]
         new_states = []
-        for (wk, wr, b), h in zip(grus, states):  # Keras gate order z, r, h; reset_after=True
+        for (wk, wr, b), h in zip(grus, states, strict=True):  # Keras gate order z, r, h; reset_after=True
             xz, xr, xh = tf.split(tf.matmul(x, wk) + b[0], 3, axis=-1)
             hz, hr, hh = tf.split(tf.matmul(h, wr) + b[1], 3, axis=-1)
             z, r = tf.sigmoid(xz + hz), tf.sigmoid(xr + hr)
