@@ -66,9 +66,8 @@ def test_alerts_are_acknowledged_per_raising(tmp_path: Path) -> None:
         5000.0,
         "ISP maintenance in the lobby",
     )
-    store.ingest(
-        [_alert("cam-0", 2, False), _alert("cam-0", 3, True)]
-    )  # cleared, raised again: a new raising
+    # cleared, raised again: a new raising
+    store.ingest([_alert("cam-0", 2, False), _alert("cam-0", 3, True)])
     (row,) = store.list_alerts()
     assert row["acked_by"] is None
     with pytest.raises(AlertNotFound, match="no active alert 'nope' on cam-0"):
