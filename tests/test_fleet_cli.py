@@ -70,6 +70,22 @@ def test_devices_show_alerts(tmp_path: Path) -> None:
     assert "cam-1" in res.stdout and "cam-2" not in res.stdout
     typo = fleetctl("devices", "--db", str(tmp_path / "flet.db"))  # a mistyped store: no empty one made
     assert typo.returncode == 4 and "no fleet store" in typo.stderr and not (tmp_path / "flet.db").exists()
+    # a provisioned name and location: in the table, and a name (or its prefix) names the device
+    import datetime as dt
+
+    from fleet.provisioning.store import ProvisioningStore
+
+    prov = ProvisioningStore(tmp_path / "state")
+    (t,) = prov.create_claims("g", 60, 1, b"\x02" * 32)
+    at = dt.datetime.now(dt.UTC)
+    prov.redeem(
+        prov.check_claim(t.id, t.secret), "cam-2", {"name": "Lobby door", "location": "hall 2"}, 1, at, at
+    )
+    state = ["--state-dir", str(tmp_path / "state")]
+    res = fleetctl("devices", "--db", db, *state)
+    assert re.search(r"^cam-2 +Lobby door +hall 2 +g +no", res.stdout, re.M), res.stdout
+    res = fleetctl("show", "lobby", "--db", db, *state)
+    assert res.returncode == 0 and re.search(r"^name +Lobby door$", res.stdout, re.M), res.stdout
     res = fleetctl("alerts", "--db", db, "--json")
     assert sorted((a["device"], a["code"], a["severity"]) for a in json.loads(res.stdout)) == [
         ("cam-1", "fps_low", "P2"),
@@ -101,7 +117,9 @@ async def test_cmd_round_trip_and_errors(tmp_path: Path, mosquitto: Mosquitto) -
         t0 = time.monotonic()
         rc, _, err = await afleetctl("cmd", "ghost", "ping", "--mqtt", mosquitto.url, "--timeout", "20")
         assert rc == 4 and "never connected" in err and time.monotonic() - t0 < 10  # at once, not 20 s
-        rc, _, err = await afleetctl("cmd", "ghost", "ping", "--mqtt", mosquitto.url, "--timeout", "1", "--wait")
+        rc, _, err = await afleetctl(
+            "cmd", "ghost", "ping", "--mqtt", mosquitto.url, "--timeout", "1", "--wait"
+        )
         assert rc == 4 and "waited 1 s" in err
     finally:
         await agent.stop()
