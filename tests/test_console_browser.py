@@ -225,7 +225,9 @@ def browser() -> Iterator[Any]:
 
 
 def _ready(page: Any, view: str) -> None:
-    page.wait_for_selector(f"main[data-view='{view}'][data-ready]:not([data-stale])", timeout=10000)
+    page.wait_for_selector(
+        f"main[data-view='{view}'][data-ready]:not([data-stale]):not([data-error])", timeout=10000
+    )
 
 
 def _go(page: Any, url: str, view: str) -> None:
@@ -255,6 +257,7 @@ def test_console_pages_show_the_store_and_operator_actions_land_in_it(seeded, br
         # no token yet: the page asks for one, keeps it in sessionStorage
         page.wait_for_selector("dialog#login[open]", timeout=10000)
         page.fill("#token", info["operator"])
+        page.evaluate("document.getElementById('main').setAttribute('data-stale', '1')")
         page.click("#login-ok")
         _ready(page, "overview")
         assert page.evaluate("sessionStorage.getItem('fleet-console-token')") == info["operator"]
@@ -360,9 +363,36 @@ def test_a_viewer_token_sees_and_cannot_act(seeded, browser) -> None:
     srv = Server(store, require_token=True)
     try:
         page = browser.new_page()
-        page.add_init_script(f"sessionStorage.setItem('fleet-console-token', {json.dumps(info['viewer'])})")
+        page.add_init_script(
+            f"sessionStorage.setItem('fleet-console-token', {json.dumps(info['viewer'])});"
+            "sessionStorage.setItem('fleet-console-refresh-ms', '300')"
+        )
         page.goto(srv.api.url + "/#/alerts")
         _ready(page, "alerts")
+        # the board follows the store by itself: a new P3 shows up without a reload
+        assert page.locator(".alert[data-id='device:cam-005:fan']").count() == 0
+        t = time.time()
+        store.ingest(
+            [
+                _msg(
+                    "events",
+                    "cam-005",
+                    {
+                        "boot": "b1",
+                        "seq": 5000,
+                        "ts": t,
+                        "type": "alert",
+                        "severity": "P3",
+                        "code": "fan",
+                        "message": "fan stalled",
+                        "active": True,
+                    },
+                    t,
+                )
+            ]
+        )
+        page.wait_for_selector(".alert[data-id='device:cam-005:fan']", timeout=10000)
+        assert _text(page, "#tier-P3 .count") == "2"
         assert _text(page, "#who").endswith("viewer")
         card = page.locator(".alert[data-id='device:cam-014:offline']")
         assert card.locator("button", has_text="Acknowledge").is_disabled()

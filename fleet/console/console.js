@@ -3,6 +3,7 @@
 'use strict';
 
 const TOKEN_KEY = 'fleet-console-token';
+const REFRESH_KEY = 'fleet-console-refresh-ms'; // auto-refresh period (default 30 s)
 const PAGE = 50; // device-list page size: the console never asks for the whole fleet
 const METRICS = [
   ['fps', 'frame rate'], ['freeze_rate', 'freeze rate'], ['loss', 'loss'],
@@ -537,6 +538,7 @@ async function render() {
     else if (parts[0] === 'rollout') await viewRollout(main, parts[1], q);
     else main.replaceChildren(h('p', {}, 'no such page'));
   } catch (e) {
+    main.setAttribute('data-error', e.code || 'error');
     main.replaceChildren(h('p', { class: 'err', id: 'view-error' }, e.status === 401 ? 'A token is needed to see this.' : 'Could not load: ' + e.message));
   }
   if (gen !== state.gen) return;
@@ -554,4 +556,13 @@ document.addEventListener('DOMContentLoaded', () => {
   $('#signout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); stopLive(); loadWho().then(render); });
   window.addEventListener('hashchange', render);
   loadWho().then(render);
+  // the overview, the alert board and the rollouts follow the store by themselves; never while the
+  // operator types a note, and never the device page (a live view or a log must not be cut)
+  const every = Number(sessionStorage.getItem(REFRESH_KEY)) || 30000;
+  setInterval(() => {
+    const view = ($('#main') || {}).dataset || {};
+    const busy = document.activeElement && document.activeElement.matches('input, select, textarea');
+    if (document.visibilityState === 'visible' && !busy && !$('#login').open && view.ready
+        && ['overview', 'alerts', 'rollouts', 'rollout'].includes(view.view)) render();
+  }, every);
 });
