@@ -235,7 +235,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     idents = identities(settings(args))
     for r in rows:
         ident = idents.get(r["device"]) or {}
-        r["name"], r["location"] = ident.get("name") or "", ident.get("location") or ""
+        r["name"] = ident.get("name") or r.get("name") or ""  # the API's rows carry the name
+        r["location"] = ident.get("location") or ""
     if args.match:
         keep = set(match(args.match, [r["device"] for r in rows], {r["device"]: r for r in rows}))
         rows = [r for r in rows if r["device"] in keep]
@@ -262,7 +263,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise FleetctlError(
             Exit.NOT_FOUND, f"no device {device!r} in the fleet store (it never sent a status)"
         )
-    ident = identities(settings(args)).get(device) or {}
+    ident = info.get("identity") or identities(settings(args)).get(device) or {}  # the API gives it
     info["identity"] = ident or None
     if args.json:
         print(json.dumps(info, indent=2))

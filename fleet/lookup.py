@@ -27,6 +27,115 @@ def sqlite_path(url: str) -> Path | None:
     return Path(full[len("sqlite:///") :])
 
 
+def api_request(
+    base: str, token: str, method: str, path: str, body: Any = None, timeout_s: float = 30.0
+) -> Any:
+    """One call of the fleet API (``fleetctl serve --http``) under ``/api/v1``; the answer's JSON.
+
+    Failures are one line with fleetctl's exit codes: unknown (404) 4, refused by the fleet (409,
+    422) 1, our request or token (400, 401, 403) 2, the API unreachable 3.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base.rstrip("/") + "/api/v1" + path, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = str(json.loads(exc.read())["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code} {exc.reason}"
+        code = {404: Exit.NOT_FOUND, 409: Exit.FAILED, 422: Exit.FAILED}.get(exc.code, Exit.USAGE)
+        raise FleetctlError(code, message) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise FleetctlError(Exit.UNREACHABLE, f"cannot reach the fleet API at {base}: {reason}") from None
+
+
+class ApiStore:
+    """What the store commands read (and acknowledge) through the fleet API instead of the database,
+    in the shapes of :class:`fleet.store.Store`: for an operator who has the API but not the database."""
+
+    dialect = "api"
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        return api_request(self.url, self.token, method, path, body)
+
+    def list_devices(self, group: str | None = None) -> list[dict[str, Any]]:
+        from urllib.parse import urlencode
+
+        rows: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            query = {
+                "limit": 1000,
+                **({"group": group} if group else {}),
+                **({"after": after} if after else {}),
+            }
+            page = self._call("GET", f"/devices?{urlencode(query)}")
+            rows += [{"device": r.pop("id"), **r} for r in page["devices"]]
+            after = page.get("next") or ""
+            if not after:
+                return rows
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        from urllib.parse import quote
+
+        try:
+            info = self._call("GET", f"/devices/{quote(device_id, safe='')}")
+        except FleetctlError as exc:
+            if exc.code == Exit.NOT_FOUND:
+                return None
+            raise
+        return {"device": info.pop("id"), **info}
+
+    def list_alerts(self, include_cleared: bool = False) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        while True:
+            page = self._call(
+                "GET", f"/alerts?active={'all' if include_cleared else 'true'}&limit=1000&offset={len(rows)}"
+            )
+            for r in page["alerts"]:
+                ack = r.get("acknowledged") or {}
+                rows.append(
+                    {**r, "acked_by": ack.get("by"), "acked_at": ack.get("at"), "ack_note": ack.get("note")}
+                )
+            if not page["alerts"] or len(rows) >= int(page.get("total", 0)):
+                return rows
+
+    def sessions(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        from urllib.parse import quote
+
+        return list(
+            self._call("GET", f"/devices/{quote(device_id, safe='')}/sessions?limit={limit}")["sessions"]
+        )
+
+    def ack_alert(self, device: str, code: str, by: str, note: str = "") -> dict[str, Any]:
+        """Acknowledged as the token's identity (the API records who), ``by`` is not sent."""
+        from urllib.parse import quote
+
+        key = f"device:{device}:{code}" if device else f"fleet:{code}"
+        alert = self._call("POST", f"/alerts/{quote(key, safe='')}/ack", {"note": note})
+        ack = alert.get("acknowledged") or {}
+        return {"key": key, "by": ack.get("by", ""), "note": ack.get("note", note)}
+
+    def close(self) -> None:
+        pass
+
+
 def open_store(args: argparse.Namespace, create: bool = False, announce: bool = False) -> Store:
     """The fleet store of the profile; a SQLite file that does not exist is an error unless ``create``
     (``fleetctl serve`` creates the store; a mistyped path must not silently make an empty one);
@@ -34,6 +143,8 @@ def open_store(args: argparse.Namespace, create: bool = False, announce: bool = 
     from fleet.store import Store
 
     s = settings(args)
+    if s.get("api") and not create:  # the API when the profile has one (like the rollout commands)
+        return ApiStore(str(s.get("api")), str(s.get("token") or ""))  # type: ignore[return-value]
     url = str(s.get("db"))
     path = sqlite_path(url)
     if path is not None and not create and not path.exists():
@@ -98,7 +209,7 @@ def resolve(args: argparse.Namespace, text: str, store: Store | None = None, req
     own = None
     if store is None:
         path = sqlite_path(str(s.get("db")))
-        if path is None or path.exists():
+        if s.get("api") or path is None or path.exists():
             try:
                 own = store = open_store(args)
             except FleetctlError:
@@ -107,9 +218,16 @@ def resolve(args: argparse.Namespace, text: str, store: Store | None = None, req
                 store = None
     try:
         if store is not None:
-            ids = [r["device"] for r in store.list_devices()]
-            where.append(f"the fleet store {redact_url(str(s.get('db')))}")
-    except Exception:  # noqa: BLE001 -- as above
+            rows = store.list_devices()
+            ids = [r["device"] for r in rows]
+            if isinstance(store, ApiStore):
+                where.append(f"the fleet API {s.get('api')}")  # it gives each device's provisioned name
+                idents = {**{r["device"]: {"name": r.get("name")} for r in rows if r.get("name")}, **idents}
+            else:
+                where.append(f"the fleet store {redact_url(str(s.get('db')))}")
+    except Exception:  # noqa: BLE001 -- a store we opened for an MQTT command: the broker decides
+        if own is None:
+            raise
         ids = []
     finally:
         if own is not None:

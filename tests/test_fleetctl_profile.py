@@ -102,3 +102,64 @@ def test_device_lookup_by_id_name_or_unique_prefix() -> None:
     assert match("spk", ids, idents) == ["spk-9"]
     assert match("cam", ids, idents) == ["cam-001", "cam-002"]  # ambiguous: the caller lists them
     assert match("nope", ids, idents) == []
+
+
+async def test_store_commands_go_through_the_api_when_the_profile_has_one(tmp_path: Path) -> None:
+    """devices, show, alerts, ack with ``api`` in the profile: the same answers as from the store, and
+    the database need not be reachable from the operator's machine (FLEET_DB points nowhere)."""
+    import asyncio
+    import json
+    import os
+    import sys
+
+    from fleet.api.server import ApiServer
+    from fleet.store import Store
+    from tests.test_fleet_store import event, status, tele
+
+    db = str(tmp_path / "fleet.db")
+    store = Store(db)
+    store.ingest(
+        [
+            status("cam-1", True),
+            status("cam-2", False, reason="lost"),
+            tele("cam-1", "b1", 1, temperature_c=48.0),
+            event("cam-1", 2, type="alert", severity="P2", code="fps_low", message="fps 9 < 25", active=True),
+        ]
+    )
+    api = ApiServer(store, "127.0.0.1", 0)  # loopback: no token needed
+    await api.start()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "FLEETCTL_"))}
+    base["HOME"] = str(tmp_path)
+
+    async def fleetctl(*argv: str, **env: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fleet.cli", *argv, env={**base, **env}, stdout=-1, stderr=-1
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    via_api = {"FLEET_API_URL": api.url, "FLEET_DB": str(tmp_path / "nowhere" / "x.db")}
+    try:
+        (c1, from_store, e1), (c2, from_api, e2) = await asyncio.gather(
+            fleetctl("devices", "--json", FLEET_DB=db), fleetctl("devices", "--json", **via_api)
+        )
+        assert c1 == c2 == 0, (e1, e2)
+        keys = ("device", "group", "online", "version", "active_alerts")
+        assert [{k: r[k] for k in keys} for r in json.loads(from_api)] == [
+            {k: r[k] for k in keys} for r in json.loads(from_store)
+        ]
+        code, out, err = await fleetctl("show", "cam-1", **via_api)
+        assert code == 0 and "temperature_c" in out and "fps_low" in out, err
+        code, _, err = await fleetctl("show", "cam-9", **via_api)
+        assert code == 4 and "no device 'cam-9'" in err, err
+        code, out, err = await fleetctl("ack", "cam-1", "fps_low", "--note", "known", **via_api)
+        assert code == 0 and "acknowledged device:cam-1:fps_low by loopback: known" in out, err
+        code, out, _ = await fleetctl("alerts", "--json", **via_api)
+        assert {a["code"]: a["acked_by"] for a in json.loads(out)}["fps_low"] == "loopback"
+    finally:
+        await api.stop()
+        store.close()
+    code, _, err = await fleetctl("devices", **via_api)  # the API gone: one line, exit 3
+    assert (
+        code == 3 and err.startswith("fleetctl: error: cannot reach the fleet API") and err.count("\n") == 1
+    )

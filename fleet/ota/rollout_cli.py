@@ -274,30 +274,12 @@ class ApiJobs:
         self.where = url
 
     def _req(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        import urllib.error
-        import urllib.request
+        from fleet.lookup import api_request  # the one fleet API client of fleetctl
 
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + "/api/v1" + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read())["error"]
-                message = str(err["message"])
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {exc.code} {exc.reason}"
-            # unknown: 4; refused by the fleet (wrong status, no devices): 1; our request or token: 2
-            raise CliError(message, {404: 4, 409: 1, 422: 1}.get(exc.code, 2)) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise CliError(f"cannot reach the fleet API at {self.base}: {reason}", 3) from None
+            return api_request(self.base, self.token, method, path, body, self.timeout_s)
+        except FleetctlError as exc:
+            raise CliError(exc.message, int(exc.code)) from None
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._req("POST", "/rollouts", body)
