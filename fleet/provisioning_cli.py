@@ -205,6 +205,8 @@ def cmd_claim_create(args: argparse.Namespace) -> int:
             "(SIGHUP)",
             file=sys.stderr,
         )
+    broker = _broker_host_port(args)
+    endpoint = args.fleet or (f"{broker[0]}:{settings(args).get('claim_port')}" if broker else "")
     out = []
     for t in tokens:
         item = {
@@ -212,7 +214,7 @@ def cmd_claim_create(args: argparse.Namespace) -> int:
             "id": t.id,
             "group": args.group,
             "expires_in_s": args.expires,
-            "qr": qr_payload(t, args.fleet),
+            "qr": qr_payload(t, endpoint),
         }
         if args.qr_dir:
             item["png"] = str(write_png(item["qr"], Path(args.qr_dir) / f"claim-{t.id}.png"))

@@ -163,3 +163,34 @@ async def test_store_commands_go_through_the_api_when_the_profile_has_one(tmp_pa
     assert (
         code == 3 and err.startswith("fleetctl: error: cannot reach the fleet API") and err.count("\n") == 1
     )
+
+
+def test_claim_qr_codes_name_the_profiles_broker_and_claim_port(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "FLEETCTL_"))}
+    env |= {
+        "HOME": str(tmp_path),
+        "FLEET_MQTT_URL": "mqtts://fleet.example.com:8885",
+        "FLEET_CLAIM_PORT": "9884",
+        "FLEETCTL_STATE_DIR": str(tmp_path / "state"),
+    }
+
+    def fleetctl(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleet.cli", *argv], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    assert fleetctl("ca", "init").returncode == 0
+    res = fleetctl("claim", "create", "--group", "lobby", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[0]["qr"].endswith("@fleet.example.com:9884")
+    again = fleetctl("ca", "init")  # a CA exists: a usage error in one line, nothing replaced
+    assert (
+        again.returncode == 2
+        and again.stderr.startswith("fleetctl: error: ")
+        and again.stderr.count("\n") == 1
+    )
