@@ -9,7 +9,7 @@ const METRICS = [
   ['fps', 'frame rate'], ['freeze_rate', 'freeze rate'], ['loss', 'loss'],
   ['rtt_ms', 'round trip'], ['cpu', 'CPU'], ['temp_c', 'temperature'],
 ];
-const state = { who: null, gen: 0, live: null };
+const state = { who: null, whoReady: Promise.resolve(), gen: 0, live: null };
 
 // ---- small helpers ------------------------------------------------------------------------------
 function h(tag, attrs, ...kids) {
@@ -295,7 +295,7 @@ async function drawCharts(box, id, range) {
 }
 async function viewDevice(main, id, q) {
   const enc = encodeURIComponent(id);
-  const [dev, sess] = await Promise.all([api('/devices/' + enc), api(`/devices/${enc}/sessions?limit=10`)]);
+  const [dev, sess] = await Promise.all([api('/devices/' + enc), api(`/devices/${enc}/sessions?limit=10`), state.whoReady]);
   const ident = dev.identity || {};
   const range = q.get('range') || '1h';
   const charts = h('div', { class: 'grid3', id: 'charts' });
@@ -441,7 +441,8 @@ async function viewAlerts(main, q) {
     h('p', { class: 'muted' }, `${page.total} alerts, newest raise first (an alert raised again replaces its earlier raise)`));
     return;
   }
-  const [ov, ...tiers] = await Promise.all([api('/overview?hours=24'), ...['P1', 'P2', 'P3'].map(p => api(`/alerts?severity=${p}&limit=100`))]);
+  const [ov, ...tiers] = await Promise.all([api('/overview?hours=1'), ...['P1', 'P2', 'P3'].map(p => api(`/alerts?severity=${p}&limit=100`))]);
+  await state.whoReady;
   const order = a => (a.silenced ? 2 : a.acknowledged ? 1 : 0);
   const board = h('div', { class: 'board' }, ['P1', 'P2', 'P3'].map((p, i) => {
     const t = ov.time_to_ack[p], al = ov.alerts[p];
@@ -468,7 +469,7 @@ async function viewRollouts(main) {
 }
 const STATES = ['pending', 'in_progress', 'succeeded', 'failed', 'timed_out', 'skipped'];
 async function viewRollout(main, id, q) {
-  const r = await api('/rollouts/' + encodeURIComponent(id));
+  const [r] = await Promise.all([api('/rollouts/' + encodeURIComponent(id)), state.whoReady]);
   const waves = new Map();
   for (const d of r.devices) {
     if (d.wave < 0) continue;
@@ -551,11 +552,13 @@ document.addEventListener('DOMContentLoaded', () => {
   $('#login-form').addEventListener('submit', () => {
     sessionStorage.setItem(TOKEN_KEY, $('#token').value.trim());
     $('#token').value = '';
-    loadWho().then(render);
+    state.whoReady = loadWho();
+    render();
   });
-  $('#signout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); stopLive(); loadWho().then(render); });
+  $('#signout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); stopLive(); state.whoReady = loadWho(); render(); });
   window.addEventListener('hashchange', render);
-  loadWho().then(render);
+  state.whoReady = loadWho(); // in parallel with the first view's own requests; views with buttons wait for it
+  render();
   // the overview, the alert board and the rollouts follow the store by themselves; never while the
   // operator types a note, and never the device page (a live view or a log must not be cut)
   const every = Number(sessionStorage.getItem(REFRESH_KEY)) || 30000;
