@@ -192,8 +192,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # ---- jobs: through the fleet API or the store ------------------------------------------------
 class CliError(Exception):
-    """A one-line failure of a rollout command and its exit code: 1 the fleet refused (unknown
-    rollout, wrong status, no devices), 2 a bad request, token or store, 3 the API unreachable."""
+    """A one-line failure of a rollout command and its exit code (``fleet.errors.Exit``): 1 the
+    fleet refused (wrong status, no devices), 2 a bad request or token, 3 unreachable, 4 not found."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -204,9 +204,8 @@ class CliError(Exception):
 def api_target(args: argparse.Namespace) -> tuple[str, str] | None:
     """(API URL, token) when the rollout commands go through the fleet API, None for the store.
 
-    ``--api`` / ``FLEET_API_URL`` and ``--token`` / ``FLEET_API_TOKEN`` (or ``FLEET_TOKEN``, the
-    profile's name for it): the one place where the settings are read, so the profile
-    (``fleet/profile.py``) can supply them."""
+    The profile's ``api`` and ``token`` (``--api`` / ``FLEET_API_URL``, ``--token`` / ``FLEET_TOKEN``,
+    the profile file; fleet/profile.py), ``FLEET_API_TOKEN`` also accepted for the token."""
     s = settings(args)
     url = str(s.get("api") or "")
     token = str(s.get("token") or os.environ.get("FLEET_API_TOKEN") or "")
