@@ -1,18 +1,19 @@
 """Web console speed with 10,000 devices (PostgreSQL): first paint in headless Chromium, API p95.
 
     .venv/bin/python -m benchmarks.console_paint [--devices 10000] [--loads 10] [--requests 200]
-        [--db postgresql|sqlite|URL]
+        [--rollout-devices 1000] [--db postgresql|sqlite|URL]
 
 Method: the registry is written through the store (``benchmarks.fleet_api.fill``: 50 groups,
 3 versions, 5 % lost with a P1 ``offline`` alert) plus a P2 alert on 2 % and a P3 on 1 % of the
 devices, an acknowledgement on a tenth of the P1s, an hour of telemetry for one device (its
-rollups feed the device page's charts) and a rollout job over 1,000 devices; tables with a fresh
-prefix, dropped afterwards. The real API and console (``fleet.api.server.ApiServer``, no MQTT
-session, loopback: no token) listen on a free port. Each page (overview, device list, device,
-alert board, rollout) is loaded ``--loads`` times in a fresh browser context (cold: no cache) of
-Debian's Chromium, headless; per load: ``first-paint`` and ``first-contentful-paint`` from the
-Paint Timing API, ``view ready`` (the console's ``console-view-ready`` mark: the page's figures
-are on screen, device charts excepted), the API requests it made and the bytes they answered.
+rollups feed the device page's charts) and a rollout job over ``--rollout-devices`` (1,000),
+in tables with a fresh prefix, dropped afterwards. The real API and console
+(``fleet.api.server.ApiServer``, no MQTT session, loopback: no token) listen on a free port.
+Each page (overview, device list, device, alert board, rollout) is loaded ``--loads`` times in a
+fresh browser context (cold: no cache) of Debian's Chromium, headless; per load: ``first-paint``
+and ``first-contentful-paint`` from the Paint Timing API, ``view ready`` (the console's
+``console-view-ready`` mark: the page's figures are on screen, device charts excepted), the API
+requests it made and the bytes they answered.
 The run fails if any request asks the device list for more than 100 rows. Then the device-list
 API is timed alone as in benchmarks.fleet_api (the console's page: ``limit=50``, and the next
 page by cursor) and the overview's aggregate query, each ``--requests`` times after 20 warm-ups.
@@ -47,7 +48,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 MAX_DEVICE_ROWS = 100
 
 
-def extra(store: Store, n: int) -> str:
+def extra(store: Store, n: int, rollout_devices: int = 1000) -> str:
     """Alerts, acks, telemetry and a rollout on top of ``fill``; returns the rollout id."""
     now = time.time()
     seq = 0
@@ -80,7 +81,7 @@ def extra(store: Store, n: int) -> str:
         store.ack_alert(f"dev-{i:05d}", "offline", "bench", "seen")
     SilenceStore(store.engine, store.prefix)
     jobs = Jobs(store)
-    devs = [f"dev-{i:05d}" for i in range(min(n, 1000))]
+    devs = [f"dev-{i:05d}" for i in range(min(n, rollout_devices))]
     rid = str(jobs.create("1.3.0", devs, {}, Policy(canary=1, batch_size=50), GatePolicy()))
     d = jobs.devices.c
     with store.engine.begin() as conn:
@@ -154,7 +155,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         t0 = time.perf_counter()
         fill(store, args.devices)
-        rid = extra(store, args.devices)
+        rid = extra(store, args.devices, args.rollout_devices)
         print(
             f"store {store.dialect}: {args.devices} devices and their alerts written "
             f"in {time.perf_counter() - t0:.1f} s"
@@ -167,7 +168,7 @@ async def run(args: argparse.Namespace) -> int:
                 ("device list", "/#/devices"),
                 ("device", "/#/device/dev-00001"),
                 ("alert board", "/#/alerts"),
-                ("rollout (1,000 devices)", f"/#/rollout/{rid}"),
+                (f"rollout ({min(args.devices, args.rollout_devices):,} devices)", f"/#/rollout/{rid}"),
             ]
             print(
                 f"{'page':26} {'FP p50':>7} {'FP max':>7} {'FCP p50':>8} {'ready p50':>10} {'ready max':>10} "
@@ -223,6 +224,7 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=10000)
+    ap.add_argument("--rollout-devices", type=int, default=1000, help="devices in the rollout (default 1000)")
     ap.add_argument("--loads", type=int, default=10, help="cold loads per page (default 10)")
     ap.add_argument("--requests", type=int, default=200, help="timed API requests per query (default 200)")
     ap.add_argument(
