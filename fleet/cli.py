@@ -1,4 +1,6 @@
-"""`fleetctl`: the operator's command line; each feature registers its own subcommands.
+"""fleetctl: the fleet's command line: service, devices, alerts, updates, claims (docs/fleetctl.md).
+
+Each feature module registers its own subcommands.
 
 Every command reads its broker, credentials, store and API from one profile (fleet/profile.py,
 docs/fleetctl.md) and ends with one of the exit codes of :class:`fleet.errors.Exit`; a failure is

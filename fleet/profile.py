@@ -101,6 +101,10 @@ KEYS: dict[str, Key] = {
 }
 
 
+METAVARS = {"mqtt": "URL", "db": "URL|PATH", "db_prefix": "PREFIX", "api": "URL", "http": "HOST:PORT"}
+METAVARS |= {"state_dir": "DIR", "broker_dir": "DIR", "device_port": "PORT", "claim_port": "PORT"}
+
+
 def dest(key: str) -> str:
     """The argparse destination of a profile key's flag (``profile_<key>``: never another option's)."""
     return f"profile_{key}"
@@ -116,6 +120,7 @@ def add_flags(parser: argparse.ArgumentParser, *keys: str, help_: dict[str, str]
             dest=dest(name),
             type=k.kind,
             default=None,
+            metavar=METAVARS.get(name, "PATH" if k.path else name.upper()),
             help=f"{text} (env {k.env}; profile key {name})",
         )
 
