@@ -117,3 +117,65 @@ async def test_overview_silences_whoami_and_roles(store: Store, http: aiohttp.Cl
     finally:
         await api.stop()
         SilenceStore(store.engine, store.prefix).drop()
+
+
+async def test_rollout_page_from_aggregates_matches_the_job(
+    store: Store, http: aiohttp.ClientSession
+) -> None:
+    import sqlalchemy as sa
+
+    from fleet.ota.jobs import GatePolicy, Jobs
+    from fleet.ota.rollout import Policy
+
+    jobs = Jobs(store)
+    devs = [f"d-{i:03d}" for i in range(250)]
+    rid = jobs.create("2.0", devs, {}, Policy(canary=2, batch_size=100), GatePolicy())
+    d = jobs.devices.c
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(jobs.devices).where(d.rollout_id == rid, d.pos < 2).values(state="succeeded", wave=0)
+        )
+        conn.execute(
+            sa.update(jobs.devices)
+            .where(d.rollout_id == rid, d.pos >= 2, d.pos < 102)
+            .values(state="in_progress", wave=1, phase="download", percent=40.0)
+        )
+        conn.execute(
+            sa.update(jobs.devices)
+            .where(d.rollout_id == rid, d.pos == 5)
+            .values(state="failed", reason="pip", rollback="done")
+        )
+        conn.execute(sa.update(jobs.rollouts).where(jobs.rollouts.c.id == rid).values(waves=2))
+    api = ApiServer(store, "127.0.0.1", 0)
+    await api.start()
+    base = f"{api.url}/api/v1/rollouts/{rid}"
+    try:
+        st, page = await call(http, "GET", f"{base}/devices?limit=100")
+        job = jobs.get(rid)
+        assert st == 200 and {k: page[k] for k in job.summary()} == job.summary()
+        assert page["counts"] == {"pending": 148, "in_progress": 99, "succeeded": 2, "failed": 1}
+        assert page["wave_states"] == [
+            {"wave": 0, "counts": {"succeeded": 2}},
+            {"wave": 1, "counts": {"in_progress": 99, "failed": 1}},
+        ]
+        assert page["total"] == 250 and [x["id"] for x in page["page"]][:3] == ["d-000", "d-001", "d-002"]
+        assert len(page["page"]) == 100 and page["policy"]["canary"] == 2
+        st, page = await call(http, "GET", f"{base}/devices?state=failed")
+        assert page["total"] == 1 and page["page"][0] == {
+            "id": "d-005",
+            "state": "failed",
+            "phase": "download",
+            "percent": 40.0,
+            "reason": "pip",
+            "wave": 1,
+            "dispatches": 0,
+            "rollback": "done",
+        }
+        st, page = await call(http, "GET", f"{base}/devices?state=pending&limit=50&offset=140")
+        assert page["total"] == 148 and [x["id"] for x in page["page"]] == [
+            f"d-{i:03d}" for i in range(242, 250)
+        ]
+        assert (await call(http, "GET", f"{base}/devices?state=nope"))[0] == 400
+        assert (await call(http, "GET", f"{api.url}/api/v1/rollouts/nope/devices"))[0] == 404
+    finally:
+        await api.stop()

@@ -343,6 +343,14 @@ def test_console_pages_show_the_store_and_operator_actions_land_in_it(seeded, br
         assert _text(page, "#waves tr[data-wave='1'] td[data-state='failed']") == "1"
         assert "passed" in _text(page, "#gate")
         assert page.locator("#rollout-devices tr[data-id]").count() == 6
+        _go(page, srv.api.url + f"/#/rollout/{rid}?state=failed", "rollout")
+        assert page.locator("#rollout-devices tr[data-id]").all_inner_texts()[0].split()[:3] == [
+            "cam-012",
+            "1",
+            "failed",
+        ]
+        assert _text(page, "#rollout-shown") == "1 devices"
+        _go(page, srv.api.url + f"/#/rollout/{rid}", "rollout")
         page.fill("#halt-reason", "camera vendor recall")
         page.locator("#rollout-actions button", has_text="Halt").click()
         page.wait_for_selector("#rollout-actions button:has-text('Resume')", timeout=10000)

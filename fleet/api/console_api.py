@@ -172,6 +172,82 @@ def overview(store: Store, silences: SilenceStore, hours: int, now: float) -> di
     }
 
 
+ROLLOUT_STATES = ("pending", "in_progress", "succeeded", "failed", "timed_out", "skipped")
+
+
+def rollout_page(jobs: Any, rid: str, state: str | None, limit: int, offset: int) -> dict[str, Any]:
+    """One rollout for the console, from aggregates: ``Job.summary()``'s keys (tests hold them equal),
+    ``waves`` (devices per wave and state) and one page of its devices (``total``: with ``state``).
+
+    ``GET /rollouts/{id}`` builds the whole job (every device row: ~1 s and 1.3 MB for 10,000 devices
+    on PostgreSQL); this reads the rollout row, two GROUP BYs and ``limit`` device rows.
+    """
+    from fleet.ota.jobs import JobNotFound
+
+    r, d = jobs.rollouts.c, jobs.devices.c
+    with jobs.engine.connect() as conn:
+        row = conn.execute(sa.select(jobs.rollouts).where(r.id == rid)).first()
+        if row is None:
+            raise JobNotFound(f"no rollout {rid!r}")
+        per_state = dict(
+            conn.execute(
+                sa.select(d.state, sa.func.count()).where(d.rollout_id == rid).group_by(d.state)
+            ).all()
+        )
+        rolled_back = conn.execute(
+            sa.select(sa.func.count()).where(d.rollout_id == rid, d.rollback == "done")
+        ).scalar()
+        waves: dict[int, dict[str, int]] = {}
+        for wave, st, n in conn.execute(
+            sa.select(d.wave, d.state, sa.func.count())
+            .where(d.rollout_id == rid, d.wave >= 0)
+            .group_by(d.wave, d.state)
+        ):
+            waves.setdefault(int(wave), {})[st] = int(n)
+        where = [d.rollout_id == rid] + ([d.state == state] if state else [])
+        total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar()
+        rows = conn.execute(
+            sa.select(d.device_id, d.state, d.phase, d.percent, d.reason, d.wave, d.dispatches, d.rollback)
+            .where(*where)
+            .order_by(d.pos)
+            .limit(limit)
+            .offset(offset)
+        ).all()
+    counts = {k: int(per_state[k]) for k in ROLLOUT_STATES if per_state.get(k)}
+    return {
+        "id": row.id,
+        "version": row.version,
+        "status": row.status,
+        "reason": row.reason,
+        "devices": sum(int(n) for n in per_state.values()),
+        "waves": row.waves,
+        "counts": counts,
+        "owner": row.owner,
+        "rolled_back": int(rolled_back or 0),
+        "created": row.created,
+        "updated": row.updated,
+        "last_gate": json.loads(row.last_gate),
+        "policy": json.loads(row.policy),
+        "wave_states": [{"wave": w, "counts": waves[w]} for w in sorted(waves)],
+        "total": int(total or 0),
+        "limit": limit,
+        "offset": offset,
+        "page": [
+            {
+                "id": x.device_id,
+                "state": x.state,
+                "phase": x.phase,
+                "percent": x.percent,
+                "reason": x.reason,
+                "wave": x.wave,
+                "dispatches": x.dispatches,
+                "rollback": x.rollback,
+            }
+            for x in rows
+        ],
+    }
+
+
 class ConsoleHandlers:
     """Handlers of the console's routes (fleet/api/spec.py); ``FleetApi`` provides the attributes."""
 
@@ -210,6 +286,20 @@ class ConsoleHandlers:
 
         hours = _int(request.query, "hours", 24, 1, 168)
         body = await asyncio.to_thread(overview, self.store, self.silences, hours, time.time())
+        return web.json_response(body)
+
+    async def rollout_devices(self, request: web.Request, principal: str) -> web.Response:
+        from fleet.api.app import _enum, _page
+        from fleet.ota.jobs import JobNotFound
+
+        limit, offset = _page(request.query)
+        state = _enum(request.query, "state", ROLLOUT_STATES)
+        try:
+            body = await asyncio.to_thread(
+                rollout_page, self.queries.jobs, request.match_info["id"], state, limit, offset
+            )
+        except JobNotFound as exc:
+            raise _err(404, "not_found", str(exc)) from None
         return web.json_response(body)
 
     # ---- alert silences ----------------------------------------------------------------------

@@ -203,6 +203,28 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/api/v1/rollouts/{id}/devices",
+        "rollout_devices",
+        "viewer",
+        "One rollout from aggregates (the console's rollout page): the summary's keys, the policy, "
+        "wave_states [{wave, counts}] and one page of its devices (page, total), in rollout order.",
+        (
+            *PAGE,
+            Param(
+                "state",
+                "string",
+                "only devices in this state",
+                ("pending", "in_progress", "succeeded", "failed", "timed_out", "skipped"),
+            ),
+        ),
+        responses={
+            200: "the rollout and a page of its devices",
+            400: "bad parameter",
+            404: "unknown rollout",
+        },
+    ),
+    Route(
+        "GET",
         "/api/v1/whoami",
         "whoami",
         "viewer",

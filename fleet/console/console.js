@@ -469,15 +469,14 @@ async function viewRollouts(main) {
 }
 const STATES = ['pending', 'in_progress', 'succeeded', 'failed', 'timed_out', 'skipped'];
 async function viewRollout(main, id, q) {
-  const [r] = await Promise.all([api('/rollouts/' + encodeURIComponent(id)), state.whoReady]);
-  const waves = new Map();
-  for (const d of r.devices) {
-    if (d.wave < 0) continue;
-    if (!waves.has(d.wave)) waves.set(d.wave, Object.fromEntries(STATES.map(s_ => [s_, 0])));
-    waves.get(d.wave)[d.state] += 1;
-  }
-  const waveRows = [...waves.entries()].sort((a, b) => a[0] - b[0]).map(([w, c]) => h('tr', { 'data-wave': w },
-    h('td', {}, w === 0 && r.policy && r.policy.canary ? '0 (canary)' : w), h('td', {}, STATES.reduce((a, s_) => a + c[s_], 0)),
+  const filter = q.get('state') || '';
+  const from = Number(q.get('from') || 0);
+  const params = new URLSearchParams({ limit: 100, offset: from });
+  if (filter) params.set('state', filter);
+  // aggregates and one page of devices: a rollout over the whole fleet stays one small answer
+  const [r] = await Promise.all([api(`/rollouts/${encodeURIComponent(id)}/devices?${params}`), state.whoReady]);
+  const waveRows = r.wave_states.map(({ wave: w, counts: c }) => h('tr', { 'data-wave': w },
+    h('td', {}, w === 0 && r.policy && r.policy.canary ? '0 (canary)' : w), h('td', {}, STATES.reduce((a, s_) => a + (c[s_] || 0), 0)),
     STATES.slice(1).map(s_ => h('td', { 'data-state': s_ }, c[s_] || ''))));
   const g = r.last_gate || {};
   const figs = ['devices', 'alerts_per_device', 'crashloop_share', 'freeze_rate', 'rendered_fps', 'ns_rtf'];
@@ -487,10 +486,7 @@ async function viewRollout(main, id, q) {
     h('table', {}, h('tr', {}, h('th', {}, 'figure'), h('th', {}, 'updated'), h('th', {}, 'not yet updated')),
       figs.map(f => h('tr', {}, h('td', {}, f), h('td', {}, fig((g.updated || {})[f])), h('td', {}, fig((g.baseline || {})[f]))))))
     : h('p', { class: 'muted', id: 'gate' }, 'no wave gated yet');
-  const filter = q.get('state') || '';
-  const shown = r.devices.filter(d => !filter || d.state === filter);
-  const from = Number(q.get('from') || 0);
-  const slice = shown.slice(from, from + 100);
+  const slice = r.page;
   const go = (k, v) => { const n = new URLSearchParams(q); if (v === '' || v === null) n.delete(k); else n.set(k, v); if (k !== 'from') n.delete('from'); location.hash = `#/rollout/${id}?${n}`; };
   const reason = h('input', { type: 'text', placeholder: 'reason', id: 'halt-reason' });
   const actions = h('div', { class: 'row', id: 'rollout-actions' },
@@ -511,8 +507,8 @@ async function viewRollout(main, id, q) {
       h('div', { class: 'panel' }, h('h3', {}, 'health gate'), gate)),
     h('h2', {}, 'Devices'),
     h('div', { class: 'row' }, h('select', { id: 'state-filter', onchange: ev => go('state', ev.target.value) }, h('option', { value: '' }, 'every state'), STATES.map(s_ => h('option', { value: s_, selected: s_ === filter }, s_))),
-      h('span', {}, `${shown.length} devices`), from > 0 ? h('button', { type: 'button', onclick: () => go('from', Math.max(0, from - 100)) }, '‹ Previous') : null,
-      from + 100 < shown.length ? h('button', { type: 'button', onclick: () => go('from', from + 100) }, 'Next ›') : null),
+      h('span', { id: 'rollout-shown' }, `${r.total} devices`), from > 0 ? h('button', { type: 'button', onclick: () => go('from', Math.max(0, from - 100)) }, '‹ Previous') : null,
+      from + 100 < r.total ? h('button', { type: 'button', onclick: () => go('from', from + 100) }, 'Next ›') : null),
     h('div', { class: 'panel' }, h('table', { id: 'rollout-devices' }, h('tr', {}, ['device', 'wave', 'state', 'phase', 'percent', 'reason', 'rollback'].map(t => h('th', {}, t))),
       slice.map(d => h('tr', { 'data-id': d.id }, h('td', {}, h('a', { href: '#/device/' + encodeURIComponent(d.id) }, d.id)), h('td', {}, d.wave < 0 ? '' : d.wave),
         h('td', {}, pill(d.state)), h('td', {}, d.phase), h('td', {}, d.percent === null ? '' : num(d.percent, 0) + ' %'), h('td', {}, d.reason), h('td', {}, d.rollback || ''))))));
