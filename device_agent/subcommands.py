@@ -9,8 +9,6 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from device_agent.fleetlink.mqtt import BrokerUrlError
-
 DISTRIBUTION = "device-agent"
 
 
@@ -42,6 +40,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from device_agent.fleetlink.mqtt import (
+        BrokerUrlError,
+    )  # here: a command line starts without the fleet link
+
     try:
         return int(args.func(args) or 0)
     except BrokerUrlError as exc:

@@ -15,7 +15,6 @@ import sys
 import traceback
 
 from device_agent import subcommands
-from device_agent.fleetlink.mqtt import BrokerUrlError
 from fleet.errors import Exit, FleetctlError, database_error
 
 # Modules exposing ``register(subparsers)`` (``subcommands.build_parser``).
@@ -62,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FleetctlError as exc:
         message, code = exc.message, int(exc.code)
-    except BrokerUrlError as exc:
-        message, code = str(exc), int(Exit.USAGE)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line, never a traceback
-        err = database_error(exc, _db_of(args))
+        from device_agent.fleetlink.mqtt import BrokerUrlError
+
+        err = (
+            FleetctlError(Exit.USAGE, str(exc))
+            if isinstance(exc, BrokerUrlError)
+            else database_error(exc, _db_of(args))
+        )
         if err is None:
             if os.environ.get("FLEETCTL_DEBUG"):
                 traceback.print_exc()

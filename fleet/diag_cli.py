@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from device_agent.diag.results import format_report
-from fleet.client import CommandFailed, FleetClient
 from fleet.errors import Exit, FleetctlError
 from fleet.lookup import connect, reachable, resolve
 from fleet.profile import add_flags
+
+if TYPE_CHECKING:  # imported when a command runs: fleetctl starts faster
+    from fleet.client import FleetClient
 
 ACTIONS = ("selftest", "snapshot", "netcheck", "stats")
 
@@ -70,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, body: Callable[[FleetClient], Awaitable[int]]) -> int:
+    from fleet.client import CommandFailed
     from fleet.live_view import ViewError
     from fleet.log_pull import TransferError
 
@@ -157,6 +159,8 @@ def cmd_diag(args: argparse.Namespace) -> int:
             return 0
         params: dict[str, Any] = {"fleet_ts": time.time()} if args.action == "selftest" else {}
         result = await client.send_command(args.device, f"diag.{args.action}", params, timeout=args.timeout)
+        from device_agent.diag.results import format_report
+
         print(json.dumps(result, indent=2) if args.json else format_report(result))
         return 1 if result.get("status") == "fail" else 0
 
