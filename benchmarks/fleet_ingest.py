@@ -1,6 +1,7 @@
 """Fleet ingest rate: one `fleetctl serve` worker, then two on the shared subscription.
 
     .venv/bin/python -m benchmarks.fleet_ingest [--messages 50000] [--devices 1000] [--db sqlite|postgresql]
+        [--workers 1 2] [--rollups on|off|both] [--expired N]
 
 Method: a local mosquitto with persistence; the workers first connect once to create their
 persistent sessions (shared subscription ``$share/fleet/dev/+/telemetry``) and disconnect; a
@@ -10,6 +11,12 @@ the offline sessions; then the worker processes start and the clock runs until e
 in the store. This isolates the workers' ingest (MQTT receive, JSON, de-dup insert, registry
 upsert) from the publisher. CPU per message is the workers' own CPU time (user + system, all
 threads) divided by the messages they stored.
+
+Rollups and retention (fleet/rollups.py): with ``--rollups on`` (the default, as shipped) every
+stored sample also updates its minute and hour rollup rows, and each worker runs the retention
+job every second over a store pre-filled (untimed) with ``--expired`` telemetry rows received 30
+days ago (default: half the messages), which it deletes while it ingests. ``--rollups off`` is the
+same run without rollups nor pruning; ``both`` runs the two and prints the ratio.
 """
 
 from __future__ import annotations
@@ -106,13 +113,16 @@ def _worker(
     done: mp.Event,
     q: mp.Queue,
     create_only: bool,
+    rollups: bool = True,
 ) -> None:
+    from fleet.rollups import Retention
     from fleet.service import FleetService
     from fleet.store import Store
 
     async def run() -> None:
-        store = Store(db, prefix=prefix)
-        svc = FleetService(url, store, worker_id=wid, rule_interval_s=3600)
+        store = Store(db, prefix=prefix, rollups=rollups)
+        retention = Retention(interval_s=1.0) if rollups and not create_only else None
+        svc = FleetService(url, store, worker_id=wid, rule_interval_s=3600, retention=retention)
         if create_only:
             await svc.start()
             await asyncio.sleep(0.5)
@@ -129,7 +139,7 @@ def _worker(
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         await svc.stop()
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-        q.put({"worker": wid, "cpu_s": cpu, **svc.stats})
+        q.put({"worker": wid, "cpu_s": cpu, "pruned": svc.pruned["telemetry"], **svc.stats})
 
     asyncio.run(run())
 
@@ -139,8 +149,24 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_case(workers: int, n: int, devices: int, backend: str) -> dict:
-    from fleet.store import Store
+def _prefill_expired(store: object, n: int) -> None:
+    """``n`` telemetry rows from other device ids, received 30 days ago: the retention's work."""
+    from fleet.store import Incoming
+
+    old = time.time() - 30 * 86400
+    msgs = payloads(100, n)
+    for i in range(0, n, 2000):
+        store.ingest(  # type: ignore[attr-defined]
+            [Incoming("telemetry", "old-" + t.split("/")[1], d, old) for t, d in msgs[i : i + 2000]]
+        )
+
+
+def run_case(
+    workers: int, n: int, devices: int, backend: str, rollups: bool = True, expired: int = 0
+) -> dict:
+    import sqlalchemy as sa
+
+    from fleet.store import Incoming, Store
     from tests.support.mosquitto import Mosquitto
 
     tmp = tempfile.mkdtemp(prefix="fleet-bench-")
@@ -161,11 +187,20 @@ def run_case(workers: int, n: int, devices: int, backend: str) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     try:
-        Store(db, prefix=prefix).close()  # create tables once
+        first = Store(db, prefix=prefix, rollups=rollups)  # create tables once
+        if rollups and expired:
+            _prefill_expired(first, expired)
+            # a recent row above the expired ones: SQLite reuses the highest rowids once deleted
+            first.ingest([Incoming("telemetry", "old-sentinel", b'{"boot":"s","seq":1}', time.time())])
+        with first.engine.connect() as c:
+            mark = int(
+                c.execute(sa.select(sa.func.coalesce(sa.func.max(first.telemetry.c.id), 0))).scalar() or 0
+            )
+        first.close()
         ids = [f"w{i}" for i in range(workers)]
         for wid in ids:  # persistent sessions with the shared subscription
             ev = ctx.Event()
-            p = ctx.Process(target=_worker, args=(broker.url, db, prefix, wid, ev, ev, ev, q, True))
+            p = ctx.Process(target=_worker, args=(broker.url, db, prefix, wid, ev, ev, ev, q, True, rollups))
             p.start()
             p.join(30)
         pub = ctx.Process(target=_publisher, args=(broker.url, devices, n, q))
@@ -176,24 +211,37 @@ def run_case(workers: int, n: int, devices: int, backend: str) -> dict:
         procs, readies = [], []
         for wid in ids:
             ready = ctx.Event()
-            p = ctx.Process(target=_worker, args=(broker.url, db, prefix, wid, ready, go, done, q, False))
+            p = ctx.Process(
+                target=_worker, args=(broker.url, db, prefix, wid, ready, go, done, q, False, rollups)
+            )
             p.start()
             procs.append(p)
             readies.append(ready)
         for r in readies:
             r.wait(60)
-        store = Store(db, prefix=prefix)
+        store = Store(db, prefix=prefix, rollups=rollups)
+        tc = store.telemetry.c
+        new_rows = sa.select(sa.func.count()).select_from(store.telemetry).where(tc.id > mark)
+
+        def count() -> int:
+            with store.engine.connect() as c:
+                return int(c.execute(new_rows).scalar() or 0)
+
         b0 = _proc_cpu(broker.proc.pid)
         t0 = time.perf_counter()
         go.set()
         deadline = t0 + 600
         while time.perf_counter() < deadline:
-            if store.counts()["telemetry"] >= n:
+            if count() >= n:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
         broker_cpu = _proc_cpu(broker.proc.pid) - b0
-        stored = store.counts()["telemetry"]
+        stored = count()
+        with store.engine.connect() as c:
+            rollup_rows = int(
+                c.execute(sa.select(sa.func.count()).select_from(store.rollups.minute)).scalar() or 0
+            )
         done.set()
         results = [q.get(timeout=60) for _ in procs]
         for p in procs:
@@ -208,6 +256,10 @@ def run_case(workers: int, n: int, devices: int, backend: str) -> dict:
     return {
         "workers": workers,
         "backend": backend,
+        "rollups": rollups,
+        "expired": expired if rollups else 0,
+        "pruned": sum(r["pruned"] for r in results),
+        "minute_rollup_rows": rollup_rows,
         "messages": n,
         "stored": stored,
         "seconds": round(elapsed, 2),
@@ -229,24 +281,40 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rollups", choices=["on", "off", "both"], default="on")
+    ap.add_argument("--expired", type=int, default=-1, help="expired rows to prune (default messages/2)")
     args = ap.parse_args()
+    expired = args.messages // 2 if args.expired < 0 else args.expired
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.rollups]
     rows = []
     for w in args.workers:
-        r = run_case(w, args.messages, args.devices, args.db)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+        for mode in modes:
+            r = run_case(w, args.messages, args.devices, args.db, mode, expired)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     short = [r for r in rows if r["stored"] < r["messages"]]
-    print("\n| workers | store | messages | seconds | msg/s | CPU µs/msg | payload bytes |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| workers | store | rollups + retention | messages | seconds | msg/s | msg/s per worker | "
+        "CPU µs/msg | pruned meanwhile | payload bytes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['workers']} | {r['backend']} | {r['stored']} | {r['seconds']} | {r['msg_per_s']} | "
-            f"{r['cpu_us_per_msg']} | {r['payload_bytes']} |"
+            f"| {r['workers']} | {r['backend']} | {'on' if r['rollups'] else 'off'} | {r['stored']} | "
+            f"{r['seconds']} | {r['msg_per_s']} | {round(r['msg_per_s'] / r['workers'])} | "
+            f"{r['cpu_us_per_msg']} | {r['pruned']} | {r['payload_bytes']} |"
         )
-    if len(rows) > 1:
+    for w in args.workers:
+        pair = [r for r in rows if r["workers"] == w]
+        if len(pair) == 2:
+            print(
+                f"\n{w} worker(s): with / without rollups {pair[1]['msg_per_s'] / pair[0]['msg_per_s']:.2f}x"
+            )
+    same = [r for r in rows if r["rollups"] == rows[0]["rollups"]]
+    if len(args.workers) > 1 and len(same) > 1:
         print(
-            f"\nscaling {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
-            f"{rows[-1]['msg_per_s'] / rows[0]['msg_per_s']:.2f}x"
+            f"\nscaling {same[-1]['workers']} vs {same[0]['workers']} workers: "
+            f"{same[-1]['msg_per_s'] / same[0]['msg_per_s']:.2f}x"
         )
     if short:  # a rate over an incomplete ingest is not a result
         sys.exit(

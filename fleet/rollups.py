@@ -44,6 +44,14 @@ RANGES: dict[str, tuple[int, str, int]] = {
     "24h": (86400, "minute", 300),
     "7d": (7 * 86400, "hour", 3600),
 }
+_INDEX = {m: 4 * i for i, m in enumerate(METRICS)}  # a cell: n, sum, min, max per metric, in order
+_COLUMNS = ("device_id", "bucket", *(f"{m}_{k}" for m in METRICS for k in ("n", "sum", "min", "max")))
+
+
+def _empty() -> list[Any]:
+    return [0, 0.0, None, None] * len(METRICS)
+
+
 FUTURE_SLACK_S = 300.0  # a sample time further ahead of its arrival than this is filed at arrival
 
 
@@ -240,41 +248,86 @@ class Rollups:
         self._upserts[which] = stmt
         return stmt
 
+    def _pg_upsert(self, conn: sa.Connection, which: str) -> Any:
+        key = "pg-" + which
+        stmt = self._upserts.get(key)
+        if stmt is not None:
+            return stmt
+        table = self.tables[which][0]
+        q = conn.dialect.identifier_preparer.quote
+        names = [c.name for c in table.columns]
+        types = ["varchar", "bigint"] + [
+            "integer",
+            "double precision",
+            "double precision",
+            "double precision",
+        ] * len(METRICS)
+        sets = []
+        for m in METRICS:  # LEAST/GREATEST ignore NULLs (no value yet on one side)
+            sets += [
+                f"{m}_n = t.{m}_n + EXCLUDED.{m}_n",
+                f"{m}_sum = t.{m}_sum + EXCLUDED.{m}_sum",
+                f"{m}_min = LEAST(t.{m}_min, EXCLUDED.{m}_min)",
+                f"{m}_max = GREATEST(t.{m}_max, EXCLUDED.{m}_max)",
+            ]
+        arrays = ", ".join(f"CAST(:a{i} AS {ty}[])" for i, ty in enumerate(types))
+        stmt = sa.text(
+            f"INSERT INTO {q(table.name)} AS t ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT (device_id, bucket) DO UPDATE SET {', '.join(sets)}"
+        )
+        self._upserts[key] = stmt
+        return stmt
+
     def add(self, conn: sa.Connection, samples: Iterable[tuple[str, float, dict[str, float]]]) -> int:
         """Add (device, sample time, metrics) to the minute and hour buckets; returns rows upserted."""
-        acc: dict[str, dict[tuple[str, int], dict[str, list[float]]]] = {"minute": {}, "hour": {}}
+        idx = _INDEX
+        minutes: dict[tuple[str, int], list[Any]] = {}
         for device, ts, metrics in samples:
             if not metrics:
                 continue
-            for which, (_t, width) in self.tables.items():
-                bucket = int(ts // width) * width
-                cell = acc[which].setdefault((device, bucket), {})
-                for m, v in metrics.items():
-                    a = cell.get(m)
-                    if a is None:
-                        cell[m] = [1.0, v, v, v]
-                    else:
-                        a[0] += 1
-                        a[1] += v
-                        if v < a[2]:
-                            a[2] = v
-                        if v > a[3]:
-                            a[3] = v
+            key = (device, int(ts // 60) * 60)
+            cell = minutes.get(key)
+            if cell is None:
+                cell = minutes[key] = _empty()
+            for m, v in metrics.items():
+                k = idx[m]
+                cell[k] += 1
+                cell[k + 1] += v
+                lo, hi = cell[k + 2], cell[k + 3]
+                if lo is None or v < lo:
+                    cell[k + 2] = v
+                if hi is None or v > hi:
+                    cell[k + 3] = v
+        hours: dict[tuple[str, int], list[Any]] = {}
+        for (device, bucket), cell in minutes.items():
+            key = (device, bucket - bucket % 3600)
+            h = hours.get(key)
+            if h is None:
+                hours[key] = list(cell)
+                continue
+            for k in range(0, len(cell), 4):
+                if cell[k]:
+                    h[k] += cell[k]
+                    h[k + 1] += cell[k + 1]
+                    if h[k + 2] is None or cell[k + 2] < h[k + 2]:
+                        h[k + 2] = cell[k + 2]
+                    if h[k + 3] is None or cell[k + 3] > h[k + 3]:
+                        h[k + 3] = cell[k + 3]
         n = 0
-        for which, cells in acc.items():
+        for which, cells in (("minute", minutes), ("hour", hours)):
             if not cells:
                 continue
-            rows = []
-            for (device, bucket), cell in sorted(cells.items()):  # one lock order for every worker
-                row: dict[str, Any] = {"device_id": device, "bucket": bucket}
-                for m in METRICS:
-                    a = cell.get(m)
-                    row[f"{m}_n"], row[f"{m}_sum"], row[f"{m}_min"], row[f"{m}_max"] = (
-                        (int(a[0]), a[1], a[2], a[3]) if a is not None else (0, 0.0, None, None)
-                    )
-                rows.append(row)
-            conn.execute(self._upsert(which), rows)
-            n += len(rows)
+            ordered = sorted(cells.items())  # one lock order for every worker
+            n += len(ordered)
+            if self.dialect == "postgresql":  # one set-based statement: 26 arrays, not 26 binds per row
+                cols = list(zip(*[(dev, bucket, *cell) for (dev, bucket), cell in ordered], strict=True))
+                conn.execute(self._pg_upsert(conn, which), {f"a{i}": list(c) for i, c in enumerate(cols)})
+            else:
+                names = _COLUMNS
+                conn.execute(
+                    self._upsert(which),
+                    [dict(zip(names, (dev, bucket, *cell), strict=True)) for (dev, bucket), cell in ordered],
+                )
         return n
 
     def series(

@@ -238,7 +238,7 @@ class Store:
                         (min(ts, m.received + FUTURE_SLACK_S), sample_metrics(obj.get("health"))),
                     )
                 if ts >= dev.get("health_ts", 0):
-                    dev["health"] = json.dumps(obj.get("health", {}), separators=(",", ":"))
+                    dev["health"] = obj.get("health", {})  # serialised once per device, below
                     dev["health_ts"] = ts
             else:
                 events.append(
@@ -268,6 +268,9 @@ class Store:
                             },
                         ),
                     )
+        for dev in devices.values():
+            if "health" in dev:
+                dev["health"] = json.dumps(dev["health"], separators=(",", ":"))
         stored = 0
         with self.engine.begin() as conn:
             self._upsert_devices(conn, list(devices.values()))
