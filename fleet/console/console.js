@@ -42,11 +42,8 @@ function dur(s) {
   if (s < 86400) return (s / 3600).toFixed(1) + ' h';
   return (s / 86400).toFixed(1) + ' d';
 }
-function when(ts) {
-  if (!ts) return '–';
-  const d = new Date(ts * 1000);
-  return d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
-}
+const WHEN = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+function when(ts) { return ts ? WHEN.format(new Date(ts * 1000)) : '–'; }
 function flash(text, bad) {
   const el = h('div', { class: bad ? 'bad' : '' }, text);
   $('#flash').append(el);
@@ -410,6 +407,15 @@ function alertCard(a, refresh) {
     h('div', { class: 'small' }, a.message),
     ack ? h('div', { class: 'small ack' }, `acked by ${ack.by} after ${dur(ack.at - a.raised)}`, ack.note ? ` — “${ack.note}”` : '') : null,
     sil ? h('div', { class: 'small silence' }, `silenced until ${when(sil.until)} by ${sil.by}`, sil.note ? ` — “${sil.note}”` : '') : null);
+  if (!a.active) return card;
+  // the form is built when asked for: a board of 300 cards stays light
+  const open = actBtn(ack ? 'Re-ack or silence…' : 'Acknowledge or silence…', () => open.replaceWith(alertForm(a, refresh)), 'act');
+  card.append(open);
+  return card;
+}
+function alertForm(a, refresh) {
+  const enc = encodeURIComponent(a.id);
+  const ack = a.acknowledged, sil = a.silenced;
   const form = h('form', { onsubmit: ev => ev.preventDefault() });
   const note = h('input', { type: 'text', name: 'note', placeholder: 'note' });
   const until = h('input', { type: 'datetime-local', name: 'until', value: localInput(Date.now() / 1000 + 3600) });
@@ -421,8 +427,8 @@ function alertCard(a, refresh) {
     until,
     actBtn('Silence', () => act(() => api(`/alerts/${enc}/silence`, { method: 'POST', body: { until: new Date(until.value).getTime() / 1000, note: note.value } }), 'silenced ' + a.code)),
     sil ? actBtn('Lift silence', () => act(() => api(`/alerts/${enc}/silence`, { method: 'DELETE' }), 'silence lifted')) : null].filter(Boolean));
-  if (a.active) card.append(form);
-  return card;
+  setTimeout(() => note.focus(), 0);
+  return form;
 }
 async function viewAlerts(main, q) {
   const tab = q.get('tab') || 'board';
