@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import tempfile
 import time
@@ -49,18 +51,72 @@ const _PC = window.RTCPeerConnection;
 window.RTCPeerConnection = function (...args) {
   const pc = new _PC(...args);
   pc.addEventListener("iceconnectionstatechange", () => {
-    if (pc.iceConnectionState === "connected" && window.__t.ice === undefined) window.__t.ice = performance.now();
+    if (pc.iceConnectionState === "connected" && window.__t.ice === undefined)
+      window.__t.ice = performance.now();
   });
   pc.addEventListener("connectionstatechange", () => {
-    if (pc.connectionState === "connected" && window.__t.dtls === undefined) window.__t.dtls = performance.now();
+    if (pc.connectionState === "connected" && window.__t.dtls === undefined)
+      window.__t.dtls = performance.now();
   });
-  pc.addEventListener("track", () => { if (window.__t.track === undefined) window.__t.track = performance.now(); });
+  pc.addEventListener("track", () => {
+    if (window.__t.track === undefined) window.__t.track = performance.now();
+  });
   return pc;
 };
 window.RTCPeerConnection.prototype = _PC.prototype;
 """
 RESULT_JS = """({first: viewer.postToFirstFrameMs, answer: viewer.postToAnswerMs,
-  ice: __t.ice - __t.post, dtls: __t.dtls - __t.post, nav: __t.post + viewer.postToFirstFrameMs})"""
+  ice: __t.ice - __t.post, dtls: __t.dtls - __t.post, nav: __t.post + viewer.postToFirstFrameMs,
+  tl: viewer.timeline || null, session: viewer.session || null})"""
+FIRST_STATS_JS = "!viewer.timeline || viewer.timeline.firstStats !== undefined"
+
+# The join, phase by phase: (label, (side, step) from, (side, step) to); "page" steps are the viewer
+# page's timeline (web/viewer.js), "agent" steps the session's join_ms (device_agent/media/join_timeline.py).
+PHASES = [
+    ("page: navigation -> connect() (page load)", ("page", "nav"), ("page", "connect")),
+    ("page: connect() -> offer made", ("page", "connect"), ("page", "offer")),
+    ("page: offer -> first local candidate", ("page", "offer"), ("page", "candidate")),
+    ("page: offer -> ICE gathering done (before the POST)", ("page", "offer"), ("page", "gathered")),
+    ("POST sent -> offer at the agent", ("page", "post"), ("agent", "offer")),
+    ("agent: offer -> answer ready", ("agent", "offer"), ("agent", "answer")),
+    ("answer ready -> page has it", ("agent", "answer"), ("page", "answer")),
+    ("page: setRemoteDescription", ("page", "answer"), ("page", "remote")),
+    ("page remote set -> first check at the agent", ("page", "remote"), ("agent", "ice_check")),
+    ("first check -> first USE-CANDIDATE", ("agent", "ice_check"), ("agent", "ice_nominated")),
+    ("USE-CANDIDATE -> agent ICE completed", ("agent", "ice_nominated"), ("agent", "ice_connected")),
+    ("agent ICE completed -> DTLS connected", ("agent", "ice_connected"), ("agent", "dtls_connected")),
+    ("DTLS connected -> track's first recv", ("agent", "dtls_connected"), ("agent", "subscribed")),
+    ("first recv -> IDR handed to aiortc", ("agent", "subscribed"), ("agent", "first_packet")),
+    ("IDR handed -> its first packet sent", ("agent", "first_packet"), ("agent", "idr_start")),
+    ("IDR first -> last packet sent (pacing)", ("agent", "idr_start"), ("agent", "idr_end")),
+    ("IDR last packet -> frame received (page)", ("agent", "idr_end"), ("page", "frameReceive")),
+    ("frame received -> first rVFC (decode, render)", ("page", "frameReceive"), ("page", "frame")),
+    ("total: POST sent -> first rVFC", ("page", "post"), ("page", "frame")),
+    ("(page: POST -> ICE connected)", ("page", "post"), ("page", "ice")),
+    ("(page: POST -> DTLS connected)", ("page", "post"), ("page", "dtls")),
+]
+
+
+def join_phases(tl: dict | None, join: dict | None) -> dict[str, float]:
+    """One viewer's phases (ms) from its page timeline and the agent's join_ms, on the Unix clock."""
+    if not tl or not join or tl.get("origin") is None or join.get("offer_unix_ms") is None:
+        return {}
+
+    def at(side: str, step: str) -> float | None:
+        if side == "page":
+            value = 0.0 if step == "nav" else tl.get(step)
+            return None if value is None else tl["origin"] + value
+        if step == "offer":
+            return join["offer_unix_ms"]
+        value = join.get(step)
+        return None if value is None else join["offer_unix_ms"] + value
+
+    out = {}
+    for label, start, end in PHASES:
+        a, b = at(*start), at(*end)
+        if a is not None and b is not None:
+            out[label] = b - a
+    return out
 
 
 async def one_viewer(browser: Browser, url: str, timeout_ms: int) -> tuple[dict, BrowserContext]:
@@ -73,6 +129,10 @@ async def one_viewer(browser: Browser, url: str, timeout_ms: int) -> tuple[dict,
         await page.wait_for_function(
             "window.viewer && window.viewer.postToFirstFrameMs !== null", timeout=timeout_ms
         )
+        try:
+            await page.wait_for_function(FIRST_STATS_JS, timeout=1000)
+        except Exception:
+            pass
         return await page.evaluate(RESULT_JS), context
     except Exception as exc:  # a viewer that never shows a frame is reported, not hidden
         state = await page.evaluate("window.viewer ? [viewer.state, viewer.error] : null")
@@ -86,6 +146,10 @@ DISCONNECT_JS = """(async () => { await window.viewerControls.disconnect();
 async def _wait_first(page, timeout_ms: int) -> dict:  # noqa: ANN001
     try:
         await page.wait_for_function("window.viewer.postToFirstFrameMs !== null", timeout=timeout_ms)
+        try:  # the first frame's getStats snapshot is taken just after it
+            await page.wait_for_function(FIRST_STATS_JS, timeout=1000)
+        except Exception:
+            pass
         result = await page.evaluate(RESULT_JS)
         if result["first"] > 1000:  # an outlier: say what the browser's receiver saw
             print(f"  slow viewer {result}: getStats {await page.evaluate('viewer.stats')}")
@@ -127,6 +191,7 @@ async def run_rounds(
         "nav": [],
         "slowest_nav": [],
     }
+    phases: dict[str, list[float]] = {label: [] for label, _, _ in PHASES}
     for r in range(rounds + 1):  # round 0 warms up (browser, codecs, page cache) and is not counted
         opened = await asyncio.gather(*(one_viewer(browser, url, 15000) for _ in range(viewers)))
         results = [res for res, _ in opened]
@@ -157,12 +222,24 @@ async def run_rounds(
             out["slowest"].append(max(firsts))
             if not preloaded and len(navs) == viewers:
                 out["slowest_nav"].append(max(navs))
+        joins = {}
         for s in (stats.get("viewers") or {}).get("sessions", []):
+            joins[s.get("id")] = s.get("join_ms")
             if s.get("connect_ms") is not None:
                 out["connect"].append(s["connect_ms"])
             if s.get("first_keyframe_ms") is not None:
                 out["keyframe"].append(s["first_keyframe_ms"])
+        for x in results:
+            if x.get("first") is None:
+                continue
+            for label, value in join_phases(x.get("tl"), joins.get(x.get("session"))).items():
+                phases[label].append(value)
+            first_stats = (x.get("tl") or {}).get("firstStats") or {}
+            for key in ("jitterBufferMs", "decodeMs", "assemblyMs"):
+                if first_stats.get(key) is not None:
+                    phases.setdefault(f"(page getStats at first frame: {key})", []).append(first_stats[key])
         await asyncio.sleep(1.0)  # sessions end (DELETE) before the next round
+    out.update({f"phase: {k}": v for k, v in phases.items()})
     return out
 
 
@@ -181,6 +258,11 @@ def report(label: str, res: dict[str, list[float]]) -> None:
         print(f"  first recv -> first IDR packet       {summary(res['keyframe'])} ms")
     if res["failed"]:
         print(f"  viewers without a frame: {len(res['failed'])}")
+    if any(v for k, v in res.items() if k.startswith("phase: ")):
+        print("  where the time goes, per viewer (ms; page and agent clocks lined up, one machine):")
+        for key, values in res.items():
+            if key.startswith("phase: ") and values:
+                print(f"    {key[7:]:48s} {summary(values)}")
 
 
 def _p(values: list[float], q: float) -> str:
@@ -207,6 +289,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     preloaded=args.preloaded,
                 )
                 report("agent at " + args.agent_url, res)
+                if args.json:
+                    Path(args.json).write_text(json.dumps({"agent at " + args.agent_url: res}))
             finally:
                 await browser.close()
             return
@@ -217,15 +301,18 @@ async def main_async(args: argparse.Namespace) -> None:
             "permission flags": await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True),
         }
         try:
-            with (
-                server("agent", args.width, args.height, args.fps) as (abase, _),
-                server("naive", args.width, args.height, args.fps) as (nbase, _),
-            ):
+            with contextlib.ExitStack() as stack:
+                bases = {
+                    kind: stack.enter_context(server(kind, args.width, args.height, args.fps))[0]
+                    for kind in args.servers
+                }
                 await asyncio.sleep(2.0)
                 for flavour, browser in browsers.items():
+                    if flavour not in args.flavours:
+                        continue
                     for viewers in args.viewers:
-                        for preloaded in (True, False):
-                            for kind, base in (("agent", abase), ("naive", nbase)):
+                        for preloaded in [m == "preloaded" for m in args.modes]:
+                            for kind, base in bases.items():
                                 started = time.monotonic()
                                 res = await run_rounds(
                                     browser,
@@ -245,8 +332,10 @@ async def main_async(args: argparse.Namespace) -> None:
         finally:
             for browser in browsers.values():
                 await browser.close()
-        if not args.no_link and os.geteuid() == 0:
+        if not args.no_link and os.geteuid() == 0 and "as it comes" in args.flavours:
             table += await behind_link(pw, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(table)))
     print(
         "\nPOST -> first frame (ms), per viewer p50/p95, slowest/round p95; page load -> first frame p50/p95"
         " (targets, 4 viewers: p95 <= 300 preloaded, <= 500 with the page load)"
@@ -266,7 +355,7 @@ async def behind_link(pw, args: argparse.Namespace) -> list[tuple[str, dict[str,
 
     out = []
     with tempfile.TemporaryDirectory(prefix="first-frame-link-") as tmp:
-        for kind in ("agent", "naive"):
+        for kind in args.servers:
             with ImpairedLink(seed=2) as link:
                 link.set_both(LinkProfile(delay_ms=100))
                 browser = await pw.chromium.launch(
@@ -281,7 +370,7 @@ async def behind_link(pw, args: argparse.Namespace) -> list[tuple[str, dict[str,
                         )
                 finally:
                     await browser.close()
-            label = f"{kind:5s} | Chromium as it comes, behind the link (200 ms RTT) | 1 viewer(s) | with page load"
+            label = f"{kind:5s} | Chromium as it comes, behind the link (200 ms RTT) | 1 viewer | page load"
             report(f"{label}  ({load()})", res)
             out.append((label, res))
     return out
@@ -301,6 +390,12 @@ def main() -> None:
         "--preloaded", action="store_true", help="with --agent-url: pages preloaded, then (re)join"
     )
     parser.add_argument("--no-link", action="store_true", help="skip the viewer behind the emulated link")
+    parser.add_argument("--servers", nargs="+", default=["agent", "naive"], choices=["agent", "naive"])
+    parser.add_argument(
+        "--flavours", nargs="+", default=["as it comes", "permission flags"], help="Chromium launch flavours"
+    )
+    parser.add_argument("--json", default="", help="also write every figure, per viewer, to this JSON file")
+    parser.add_argument("--modes", nargs="+", default=["preloaded", "load"], choices=["preloaded", "load"])
     parser.add_argument("--agent-url", default="", help="measure an agent already running at this URL only")
     args = parser.parse_args()
     global PAGE_PARAMS

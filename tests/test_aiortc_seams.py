@@ -117,7 +117,8 @@ async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(t
         await receiver._send_rtcp_nack(ssrc, [old])
         await _wait(lambda: session.control.stats()["rtx_suppressed_by_reason"].get("too_old", 0) >= 1)
         assert session.feedback["nack"] == 2
-        assert session.control.pacer.waited_s > 0  # the IDR burst waited (stats round to 10 ms)
+        # the first IDR went out as the join burst, unpaced; a later IDR waits (the PLI test above)
+        assert session.control.pacer.initial_burst == 0 and session.control.first_keyframe_bytes
         await viewer.close(http)
 
 
@@ -182,3 +183,27 @@ async def test_protective_copies_go_out_as_rtx_and_the_viewer_keeps_decoding(tmp
         assert stats["rtx_sent"] >= stats["rtx_protective"]  # the copies are RTX packets, through the seam
         await viewer.wait_frames(frames + 10)  # duplicates are harmless to the receiver
         await viewer.close(http)
+
+
+def test_join_seams_ice_checks_and_dtls_role() -> None:
+    """device_agent/media/join_timeline.py wraps aioice's ``Connection.request_received`` on the
+    instance behind ``RTCIceTransport._connection`` (every incoming check goes through it);
+    sessions.prefer_dtls_server sets ``RTCDtlsTransport._set_role("server")`` while ``_role`` is still
+    "auto", and aiortc's createAnswer then answers with the configured role (a=setup:passive)."""
+    from aioice import ice
+    from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCPeerConnection
+
+    from device_agent.media.join_timeline import ICE_SEAM
+
+    handler = getattr(ice.Connection, ICE_SEAM)
+    assert list(inspect.signature(handler).parameters) == ["self", "message", "addr", "protocol"]
+    assert "self.receiver.request_received(message, addr, self)" in inspect.getsource(
+        ice.StunProtocol.datagram_received
+    )
+    assert "self._connection = Connection(" in inspect.getsource(RTCIceGatherer.__init__)
+    assert "self._connection = gatherer._connection" in inspect.getsource(RTCIceTransport.__init__)
+    assert list(inspect.signature(RTCDtlsTransport._set_role).parameters) == ["self", "role"]
+    assert 'self._role = "auto"' in inspect.getsource(RTCDtlsTransport.__init__)
+    create_answer = inspect.getsource(RTCPeerConnection.createAnswer)
+    assert 'if dtlsTransport._role == "auto":' in create_answer
+    assert "media.dtls.role = dtlsTransport._role" in create_answer

@@ -2,7 +2,10 @@
 
 Every subscriber gets the same ``av.Packet`` objects (aiortc packetizes them per viewer). A new
 subscriber starts at once from the cached group of pictures when its IDR is recent (younger than
-``idr_min_interval``: the frames since are replayed), otherwise at the next IDR, which it asks for.
+``idr_min_interval``: the frames since are replayed), or at the IDR already forced and on its way,
+otherwise at the next IDR, which it asks for. A viewer whose ICE checks arrived is about to
+subscribe: ``prepare`` asks for its IDR then (and keeps the encoder running), so it is ready when
+DTLS is done.
 A keyframe request (new viewer, PLI, FIR, a
 viewer that fell behind) reaches the encoder at most once per ``idr_min_interval`` (a request in
 the cool-down is deferred to its end, not lost); each forced IDR is counted by cause, per viewer
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 QUEUE_LIMIT = 90  # packets a slow viewer may lag (3 s at 30 fps) before it is resynchronised
 GOP_CACHE_LIMIT = 64  # packets kept since the last IDR, for starting new viewers at once
+WARM_S = 2.0  # a viewer about to subscribe (prepare) keeps the encoder running this long
+PENDING_IDR_S = 1.0  # a forced IDR not out after this long no longer serves a new subscriber
 BITRATE_DEADBAND = 0.1  # ignore estimate-driven changes smaller than 10 %
 BITRATE_MIN_INTERVAL = 1.0  # seconds between encoder bitrate changes
 
@@ -99,6 +104,7 @@ class PacketFanout:
         self._ids = itertools.count(1)
         self._subs: dict[int, Subscriber[FanoutPacket]] = {}
         self._last_idr_request = -1e9
+        self._idr_pending = False  # forced, not yet published
         self._deferred: asyncio.TimerHandle | None = None
         self._last_bitrate_change = -1e9
         self.target_bitrate: int | None = None  # applied by the encoder
@@ -111,6 +117,30 @@ class PacketFanout:
         self.latest_keyframe_ts: float | None = None
         self._gop: list[FanoutPacket] = []  # the last IDR and everything after it (bounded)
         self.replayed_joins = 0
+        self.prepared_joins = 0
+        self.pending_joins = 0  # subscribers started by an IDR already forced (no request of their own)
+        self._warm_until = -1e9
+
+    # -- a viewer about to subscribe ----------------------------------------------------------------
+    def prepare(self, reason: str = "viewer joining") -> None:
+        """A viewer will subscribe soon (its ICE checks arrived; DTLS is next): have an IDR ready then.
+
+        Asks for one now unless one was asked for within ``idr_min_interval`` (that one will do),
+        and keeps the encoder running (``active``) for ``WARM_S`` even with no subscriber yet. The
+        viewer's ``subscribe`` then starts from the cached IDR, instead of asking for one and
+        waiting for the next camera frame and its encoding.
+        """
+        now = self._clock()
+        self._warm_until = now + WARM_S
+        if self._deferred is not None or now - self._last_idr_request < self.idr_min_interval:
+            return
+        self.prepared_joins += 1
+        self.request_keyframe(reason)
+
+    @property
+    def active(self) -> bool:
+        """Whether the encoder should run: someone watches, or a viewer is about to (``prepare``)."""
+        return bool(self._subs) or self._clock() < self._warm_until
 
     # -- subscribers ---------------------------------------------------------------------------
     def subscribe(
@@ -131,6 +161,9 @@ class PacketFanout:
             sub.need_keyframe = False
             sub.wakeup.set()
             self.replayed_joins += 1
+        elif self._idr_pending and self._clock() - self._last_idr_request < PENDING_IDR_S:
+            self.keyframe_requests[reason] += 1  # the IDR on its way (a prepared join's) starts it
+            self.pending_joins += 1
         else:
             self.request_keyframe(reason, sub)
         return sub
@@ -156,6 +189,7 @@ class PacketFanout:
         self.packets += 1
         self.output.add(self._clock(), encoded.capture_ts)  # the encoder output's own QoS (source_qos.py)
         if encoded.keyframe:
+            self._idr_pending = False
             self.latest_keyframe_ts = self._clock()
             self._gop = [item]
         elif self._gop and len(self._gop) < GOP_CACHE_LIMIT:
@@ -197,6 +231,7 @@ class PacketFanout:
     def _force(self) -> None:
         self._deferred = None
         self._last_idr_request = self._clock()
+        self._idr_pending = True
         self.idrs_forced += 1
         for reason, sub_id in self._causes:
             self.idrs_by_cause[reason] += 1
@@ -257,6 +292,8 @@ class PacketFanout:
             "packets": self.packets,
             "idrs_forced": self.idrs_forced,
             "replayed_joins": self.replayed_joins,
+            "prepared_joins": self.prepared_joins,
+            "pending_joins": self.pending_joins,
             "keyframe_requests": dict(self.keyframe_requests),
             "idrs_by_cause": dict(self.idrs_by_cause),
             "target_bitrate": self.target_bitrate,

@@ -79,7 +79,7 @@ def build_video(
     else:
         camera = create_reopening_camera(cam, on_state=on_camera_state)
         encoder = create_frame_encoder(choice, enc, camera.width, camera.height, camera.fps)
-        video = FrameEncoderSource(camera, encoder, wanted=lambda: bool(holder) and holder[0].subscribers > 0)
+        video = FrameEncoderSource(camera, encoder, wanted=lambda: bool(holder) and holder[0].active)
     if fanout is None:
         fanout = PacketFanout(
             video,

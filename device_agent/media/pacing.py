@@ -42,6 +42,7 @@ SEND_SEAM = "_send_rtp"  # RTCDtlsTransport._send_rtp(data): every RTP/RTCP pack
 RETRANSMIT_SEAM = "_retransmit"  # RTCRtpSender._retransmit(sequence_number): one NACKed packet
 PACING_FACTOR = 2.5
 BURST_S = 0.005  # an idle pacer lets this much sending time through at once
+JOIN_BURST_BYTES = 12_000  # a new viewer's first packets (its first IDR) go out unpaced up to this much
 MAX_DELAY_S = 0.25  # a packet never waits longer than this: an encoder overshoot is sent faster, not queued
 RTX_SHARE = 0.25
 RTX_BUCKET_S = 1.0  # the budget's depth, in seconds of its rate (an IDR's repairs come in a burst)
@@ -57,7 +58,8 @@ class Pacer:
 
     The backlog is capped at ``max_delay_s``: when the encoder produces more than the pacing rate
     for a while, packets go out faster rather than queueing without bound (the fan-out would
-    otherwise drop the viewer's queue and force an IDR).
+    otherwise drop the viewer's queue and force an IDR). The first ``initial_burst`` bytes go out
+    at once (a join: the path's queues are empty, and the first IDR is what the viewer waits for).
     """
 
     def __init__(
@@ -66,9 +68,11 @@ class Pacer:
         *,
         burst_s: float = BURST_S,
         max_delay_s: float = MAX_DELAY_S,
+        initial_burst: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate_bps = max(1.0, rate_bps)
+        self.initial_burst = initial_burst
         self.burst_s = burst_s
         self.max_delay_s = max_delay_s
         self._clock = clock
@@ -77,6 +81,10 @@ class Pacer:
 
     def _book(self, size: int) -> float:
         now = self._clock()
+        if self.initial_burst >= size:
+            self.initial_burst -= size
+            return 0.0
+        self.initial_burst = 0
         start = min(max(self._free_at, now - self.burst_s), now + self.max_delay_s)
         self._free_at = start + size * 8 / self.rate_bps
         return max(0.0, start - now)
@@ -124,6 +132,10 @@ class PacedLink(Protocol):
     rtx_budget: RtxBudget
 
     def idr_started(self, at: float) -> None: ...
+
+    def idr_finished(self, at: float) -> None:
+        """The IDR's last packet (marker bit) was sent at ``at``."""
+        ...
 
     def protecting(self) -> bool:
         """Send a copy of every video packet (RTX, ``COPY_DELAY_S`` later): random loss without NACK waits."""
@@ -202,6 +214,8 @@ def attach_pacing(
             ):  # an IDR is repaired by NACK: copied, it would double the burst
                 loop.call_later(COPY_DELAY_S, lambda: asyncio.ensure_future(copy(seq)))
             if data[1] & 0x80:  # the marker bit: the frame's last packet
+                if in_idr[0]:
+                    link.idr_finished(now)
                 in_idr[0] = False
         elif ssrc == sender._rtx_ssrc:
             link.pacer.charge(len(data))

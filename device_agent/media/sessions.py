@@ -24,6 +24,7 @@ from aiortc.sdp import candidate_from_sdp
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
 from device_agent.media.capture_clock import CaptureClock, attach_capture_clock
 from device_agent.media.fanout import PacketFanout
+from device_agent.media.join_timeline import JoinTimeline, watch_ice_checks
 from device_agent.media.layers import LayerSet
 from device_agent.media.qoe import RecentEvents, ViewerQoe, accept_channel
 from device_agent.media.remote_candidates import RemoteCandidates, split_mdns_candidates
@@ -100,6 +101,31 @@ def guard_connect(pc: RTCPeerConnection, on_error: Callable[[BaseException], Non
     pc._RTCPeerConnection__connect = guarded  # type: ignore[attr-defined]
 
 
+def prefer_dtls_server(pc: RTCPeerConnection, offer_sdp: str) -> bool:
+    """Answer ``a=setup:passive`` (we are the DTLS server) when the offer let us choose (``actpass``).
+
+    Call after ``setRemoteDescription``, before ``createAnswer``. aiortc would answer ``active`` and
+    send its ClientHello only once its own ICE check of the pair succeeded; as the server it finds
+    the browser's ClientHello already waiting (the browser sends it as soon as its side of ICE is
+    writable, earlier), which saves about one round trip of the handshake. An offer that fixed the
+    role (``active`` or ``passive`` in any section) is left as aiortc set it. Returns whether the
+    role was set. Private API (``RTCDtlsTransport._role``/``_set_role``, which aiortc's
+    ``createAnswer`` keeps): guarded by tests/test_aiortc_seams.py.
+    """
+    setups = {line.strip() for line in offer_sdp.splitlines() if line.startswith("a=setup:")}
+    if setups != {"a=setup:actpass"}:
+        return False
+    transports = {t.receiver.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport)
+    transports.discard(None)
+    if {getattr(t, "_role", None) for t in transports} != {"auto"}:
+        return False
+    for transport in transports:
+        transport._set_role("server")
+    return True
+
+
 def offered_video_codecs(offer_sdp: str) -> set[str]:
     """Codec names in the offer's first video section (upper case), e.g. ``{"VP8", "H264", "RTX"}``."""
     names: set[str] = set()
@@ -135,6 +161,21 @@ class ViewerSession:
     timeout: asyncio.TimerHandle | None = None
     qoe: ViewerQoe = field(default_factory=ViewerQoe)  # what the viewer reports it sees
     clocks: dict[str, CaptureClock] = field(default_factory=dict)  # SR dating per kind (capture_clock.py)
+    join: JoinTimeline = field(default_factory=JoinTimeline)  # where the time to the first frame went
+
+    def join_figures(self) -> dict[str, float | None]:
+        """The join's steps in ms after the offer (join_timeline.py), the track's and pacer's included."""
+        video, control = self.video, self.control
+        for step, at in (
+            ("dtls_connected", self.connected_at),
+            ("subscribed", video.subscribed_at),
+            ("first_packet", video.first_packet_at),
+            ("idr_start", None if control is None else control.first_idr_at),
+            ("idr_end", None if control is None else control.first_idr_done_at),
+        ):
+            if at is not None:
+                self.join.mark(step, at)
+        return self.join.figures()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -145,6 +186,7 @@ class ViewerSession:
             "connect_ms": None
             if self.connected_at is None
             else round((self.connected_at - self.created) * 1000, 1),
+            "join_ms": self.join_figures(),
             "pli": self.feedback["pli"],
             "fir": self.feedback["fir"],
             "nack": self.feedback["nack"],
@@ -189,9 +231,15 @@ class SessionManager:
         return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in self.ice_servers])
 
     async def create(
-        self, offer_sdp: str, kind: str = "whep", session_id: str | None = None
+        self,
+        offer_sdp: str,
+        kind: str = "whep",
+        session_id: str | None = None,
+        received_at: float | None = None,
     ) -> tuple[ViewerSession, str]:
-        """Answer ``offer_sdp``; returns the session and the answer SDP."""
+        """Answer ``offer_sdp`` (received at ``received_at``, ``time.monotonic``; default now); returns
+        the session and the answer SDP."""
+        received_at = time.monotonic() if received_at is None else received_at
         if len(self.sessions) >= self.max_viewers:
             raise CapacityError(f"viewer limit of {self.max_viewers} reached")
         try:
@@ -211,7 +259,9 @@ class SessionManager:
         pc = RTCPeerConnection(self._configuration())
         video = FanoutVideoTrack(self.fanout, self.latency, name=sid)
         audio = BroadcastAudioTrack(self.audio, name=sid) if self.audio is not None else None
-        session = ViewerSession(id=sid, kind=kind, pc=pc, video=video, audio=audio)
+        session = ViewerSession(
+            id=sid, kind=kind, pc=pc, video=video, audio=audio, join=JoinTimeline(received_at)
+        )
         self.sessions[sid] = session
         try:
             answer = await self._negotiate(session, offer_sdp)
@@ -262,6 +312,11 @@ class SessionManager:
             elif state in ("failed", "closed"):
                 await self.close(session.id, f"connection {state}")
 
+        @pc.on("iceconnectionstatechange")
+        def on_ice_state() -> None:
+            if pc.iceConnectionState == "completed":
+                session.join.mark("ice_connected")
+
         pc.on("datachannel", lambda channel: accept_channel(session.qoe, channel))  # receiver reports
 
         @pc.on("track")
@@ -292,6 +347,17 @@ class SessionManager:
             await session.candidates.end()
         if video_tx.mid is None:
             raise OfferError("the offer has no video media section")
+        join = session.join
+
+        def on_check(use_candidate: bool) -> None:
+            if "ice_check" not in join.marks:  # the viewer is reachable: DTLS, then its first recv, follow
+                session.video.fanout.prepare()
+            join.mark("ice_check")
+            if use_candidate:
+                join.mark("ice_nominated")
+
+        watch_ice_checks(pc, on_check)
+        prefer_dtls_server(pc, offer_sdp)
 
         session.control = ViewerControl(
             self.fanout, session.id, layers=self.layers, switch_layer=session.video.switch_to
@@ -310,6 +376,7 @@ class SessionManager:
             raise OfferError("the offer does not accept H.264 Constrained Baseline (42e01f) video")
         # aiortc's Opus answer has no fmtp: say that we decode in-band FEC (sdp_answer.py)
         await pc.setLocalDescription(RTCSessionDescription(sdp=with_opus_fec(answer.sdp), type="answer"))
+        session.join.mark("answer")
         return pc.localDescription.sdp
 
     async def add_candidates(self, session_id: str, sdpfrag: str) -> int:

@@ -2,7 +2,8 @@
 
 ``ViewerControl`` is created per viewer session and attached to its video sender. It takes the
 sender's RTCP (rtcp_feedback: PLI/FIR, REMB, receiver reports), keeps the viewer's
-``BandwidthEstimator`` (rate_control; loss over >= 100 packets, ``LossWindow``), reports ``VIDEO_SHARE`` of the estimate to the fan-out as
+``BandwidthEstimator`` (rate_control; loss over >= 100 packets, ``LossWindow``), reports
+``VIDEO_SHARE`` of the estimate to the fan-out as
 this viewer's video budget, sets the viewer's pacing rate (``PACING_FACTOR`` x the larger of its
 estimate and the shared encoder's target: a constrained viewer gets the shared stream paced, not
 delayed without end) and retransmission budget (``RTX_SHARE`` of its estimate), and passes
@@ -29,7 +30,15 @@ from aiortc.rtp import RtcpReceiverInfo
 from device_agent.media.fanout import FanoutPacket, PacketFanout, Subscriber
 from device_agent.media.keyframe_guard import KeyframeGuard
 from device_agent.media.layers import LayerSet
-from device_agent.media.pacing import PACING_FACTOR, RTX_SHARE, Pacer, RtxBudget, attach_pacing, rtx_stats
+from device_agent.media.pacing import (
+    JOIN_BURST_BYTES,
+    PACING_FACTOR,
+    RTX_SHARE,
+    Pacer,
+    RtxBudget,
+    attach_pacing,
+    rtx_stats,
+)
 from device_agent.media.rate_control import START_BPS, BandwidthEstimator, LossWindow
 from device_agent.media.rtcp_feedback import attach_feedback
 
@@ -62,7 +71,7 @@ class ViewerControl:
         self.estimator = BandwidthEstimator(
             start_bps=start_bps, min_bps=fanout.min_bitrate, max_bps=int(fanout.max_bitrate / VIDEO_SHARE)
         )
-        self.pacer = Pacer(self._pacing_bps(), clock=clock)
+        self.pacer = Pacer(self._pacing_bps(), initial_burst=JOIN_BURST_BYTES, clock=clock)
         self.rtx_budget = RtxBudget(self.estimator.estimate * RTX_SHARE, clock=clock)
         self.guard = KeyframeGuard()
         self.loss_window = LossWindow()
@@ -73,6 +82,8 @@ class ViewerControl:
         self._keyframe_pending = False
         self._last_idr_size = 0
         self.first_keyframe_bytes: int | None = None
+        self.first_idr_at: float | None = None  # its first and last packet sent (join_timeline.py)
+        self.first_idr_done_at: float | None = None
         self._srs: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._deferred: asyncio.TimerHandle | None = None
 
@@ -86,7 +97,8 @@ class ViewerControl:
 
     # -- the video track ----------------------------------------------------------------------------
     def subscribed(self, sub: Subscriber[FanoutPacket], fanout: PacketFanout | None = None) -> None:
-        """The track is on ``fanout`` (its first subscription, or a layer switch; None: the same) as ``sub``."""
+        """The track is on ``fanout`` (its first subscription, or a layer switch; None: the same) as
+        ``sub``."""
         self.subscriber, self.fanout = sub, fanout or self.fanout
         self._update()
 
@@ -104,8 +116,14 @@ class ViewerControl:
     # -- PacedLink --------------------------------------------------------------------------------
     def idr_started(self, at: float) -> None:
         self.keyframes_sent += 1
+        if self.first_idr_at is None:
+            self.first_idr_at = at
         transmit = self._last_idr_size * 8 / max(1.0, self.estimator.estimate)
         self.guard.idr_sent(at, self.estimator.rtt + FRAME_S + transmit)
+
+    def idr_finished(self, at: float) -> None:
+        if self.first_idr_done_at is None:
+            self.first_idr_done_at = at
 
     def protecting(self) -> bool:
         loss = self.estimator.last_loss

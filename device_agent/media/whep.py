@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -188,6 +189,7 @@ class WhepServer:
         )
 
     async def post(self, request: web.Request) -> web.Response:
+        received_at = time.monotonic()  # the join's first step (join_timeline.py)
         if not self._authorized(request):
             return self._unauthorized()
         if request.content_type != "application/sdp":
@@ -201,7 +203,7 @@ class WhepServer:
         if not offer.lstrip().startswith("v=0"):
             return _text(400, "the body is not an SDP offer (it must start with v=0)")
         try:
-            session, answer = await self.sessions.create(offer, kind="whep")
+            session, answer = await self.sessions.create(offer, kind="whep", received_at=received_at)
         except CapacityError as exc:
             return _text(503, str(exc), **{"Retry-After": str(self.retry_after_s)})
         except OfferError as exc:

@@ -17,7 +17,8 @@ const withAudio = params.get("audio") !== "0";
 const $ = (id) => document.getElementById(id);
 
 // Everything a test or a person may want to read, in one place.
-window.viewer = { state: "new", error: null, postToFirstFrameMs: null, postToAnswerMs: null, stats: {}, qoe: {} };
+window.viewer = { state: "new", error: null, postToFirstFrameMs: null, postToAnswerMs: null, stats: {}, qoe: {},
+                  timeline: {}, session: null };
 
 let pc = null, resource = null, audioTx = null, micTrack = null, statsTimer = null, previous = null;
 let qoeChannel = null, qoeTimer = null, qoePrev = null;
@@ -185,8 +186,21 @@ async function patchCandidates(lines) {
   await fetch(resource, { method: "PATCH", headers: headers("application/trickle-ice-sdpfrag"), body });
 }
 
+// The join step by step (performance.now() ms; origin = performance.timeOrigin, to line it up with
+// the device's join_ms on one machine): connect, offer, candidate (the first), gathered, post, answer,
+// remote, ice, dtls,
+// track, frame (first requestVideoFrameCallback) with the frame's receiveTime and, at that moment,
+// the receiver's getStats figures (firstStats: jitter buffer, decode, assembly).
+function mark(step, at) {
+  const t = window.viewer.timeline;
+  if (t[step] === undefined) t[step] = at === undefined ? performance.now() : at;
+}
+
 async function connect() {
   await disconnect();
+  window.viewer.timeline = { origin: performance.timeOrigin };
+  window.viewer.session = null;
+  mark("connect");
   Object.assign(jitter, { targetMs: null, lossyAt: null, rttMs: null }); // a new peer starts at the default
   setState("connecting");
   pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers: [] });
@@ -194,8 +208,12 @@ async function connect() {
   audioTx = withAudio ? pc.addTransceiver("audio", { direction: "sendrecv" }) : null;
   qoeChannel = pc.createDataChannel("qoe");
   const stream = new MediaStream();
-  pc.ontrack = (e) => { stream.addTrack(e.track); $("video").srcObject = stream; };
-  pc.onconnectionstatechange = () => setState(pc.connectionState);
+  pc.ontrack = (e) => { mark("track"); stream.addTrack(e.track); $("video").srcObject = stream; };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected") mark("dtls");
+    setState(pc.connectionState);
+  };
+  pc.oniceconnectionstatechange = () => (pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed") && mark("ice");
 
   // Candidates not in the offer (found after it was sent) follow by PATCH.
   const pending = [];
@@ -203,11 +221,13 @@ async function connect() {
   pc.onicecandidate = (e) => {
     const line = e.candidate ? "a=" + e.candidate.candidate : "a=end-of-candidates";
     if (e.candidate && !e.candidate.candidate) return;
+    if (e.candidate) mark("candidate");
     if (inOffer && inOffer.has(line)) return; // already sent in the offer
     if (resource) patchCandidates([line]).catch(() => {}); else pending.push(line);
   };
 
   await pc.setLocalDescription(await pc.createOffer());
+  mark("offer");
   if (!trickleOnly && pc.iceGatheringState !== "complete") {
     await new Promise((done) => {
       setTimeout(done, GATHER_WAIT_MS);
@@ -215,21 +235,38 @@ async function connect() {
     });
   }
   inOffer = new Set((pc.localDescription.sdp.match(/^a=candidate:.*$/gm) || []).map((l) => l.trim()));
+  mark("gathered");
   const posted = performance.now();
+  mark("post", posted);
   const response = await fetch(endpoint, { method: "POST", headers: headers("application/sdp"), body: pc.localDescription.sdp });
   if (response.status !== 201) {
     setState("error", `WHEP ${response.status}: ${(await response.text()).trim()}`);
     return;
   }
   resource = new URL(response.headers.get("Location"), endpoint);
+  window.viewer.session = resource.pathname.split("/").pop();
   window.viewer.postToAnswerMs = performance.now() - posted;
+  mark("answer");
   await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+  mark("remote");
   patchCandidates(pending.splice(0).filter((line) => !inOffer.has(line))).catch(() => {});
 
   const video = $("video");
-  const onFrame = () => {
+  const timeline = window.viewer.timeline;
+  const onFrame = (now, meta) => {
     window.viewer.postToFirstFrameMs = performance.now() - posted;
     $("first").textContent = window.viewer.postToFirstFrameMs.toFixed(0) + " ms";
+    mark("frame");
+    if (meta && meta.receiveTime !== undefined) timeline.frameReceive = meta.receiveTime;
+    if (meta && meta.processingDuration !== undefined) timeline.frameProcessingMs = meta.processingDuration * 1000;
+    if (pc) pc.getStats().then((report) => report.forEach((r) => {
+      if (r.type !== "inbound-rtp" || r.kind !== "video") return;
+      timeline.firstStats = { framesDecoded: r.framesDecoded, keyFramesDecoded: r.keyFramesDecoded,
+        jitterBufferMs: (1000 * (r.jitterBufferDelay || 0)) / Math.max(1, r.jitterBufferEmittedCount || 0),
+        decodeMs: (1000 * (r.totalDecodeTime || 0)) / Math.max(1, r.framesDecoded || 0),
+        assemblyMs: r.totalAssemblyTime !== undefined ? 1000 * r.totalAssemblyTime : null,
+        packets: r.packetsReceived, nacks: r.nackCount, plis: r.pliCount };
+    })).catch(() => {});
   };
   if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
   else video.addEventListener("loadeddata", onFrame, { once: true });
