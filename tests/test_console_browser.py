@@ -5,7 +5,8 @@ telemetry an hour long, viewer sessions, a provisioned name and location, a roll
 waves): the pages must show the store's figures; an acknowledgement, a silence and a halt/resume
 made through the page land in the store; a viewer token sees disabled buttons and is refused
 (403) when it tries anyway. A second test runs the device buttons (self-test, log pull, live view
-over MQTT signaling) against a real in-process agent. Screenshots go to docs/img/console-*.png.
+over MQTT signaling) against a real in-process agent. Screenshots go to $CONSOLE_SCREENSHOTS
+(docs/img for the docs) or a temp dir.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +36,9 @@ from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 pytest.importorskip("playwright")
 
 ROOT = Path(__file__).resolve().parents[1]
-IMG = ROOT / "docs" / "img"
+# the docs' screenshots: CONSOLE_SCREENSHOTS=docs/img pytest tests/test_console_browser.py (else a temp dir,
+# so a test run leaves the tree clean)
+IMG = Path(os.environ.get("CONSOLE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "console-screenshots")
 N = 30  # cam-000..cam-029; every 7th is offline (P1 offline): 5 offline
 
 
@@ -486,6 +491,7 @@ async def test_device_buttons_self_test_log_pull_and_live_view_on_a_real_agent(
                     assert time.monotonic() < deadline, await page.locator("#live-stats").inner_text()
                     await asyncio.sleep(0.2)
                     frames = int(await page.get_attribute("#live-stats", "data-frames") or 0)
+                IMG.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=str(IMG / "console-live.png"), full_page=True)
                 # the device counts the browser as a viewer over MQTT signaling, then ends it after Stop
                 stats = await rig.client.send_command(rig.device, "diag.stats", {}, timeout=10)
