@@ -19,7 +19,10 @@ HOLD_S = 4.0
 
 
 def test_freeze_alert_reaches_the_fleet_store_and_clears(tmp_path: Path) -> None:
-    run = freeze_alert_run(tmp_path, window_s=6.0, hold_s=HOLD_S, clear_within_s=30.0)
+    # outages of 1.5 s every 3 s: freezes that a grown jitter buffer cannot hide
+    run = freeze_alert_run(
+        tmp_path, window_s=6.0, hold_s=HOLD_S, clear_within_s=30.0, outage_s=1.5, period_s=3.0
+    )
     figures = {k: v for k, v in run.items() if k != "agent_log"}
     assert run["raised_s"] is not None, (figures, run["agent_log"])
     assert run["raised_s"] <= HOLD_S + 10 and run["stored_s"] <= HOLD_S + 10 + 2, figures

@@ -4,9 +4,9 @@ its store, and cleared after the link is restored.
 
 Namespace a: the agent, a real mosquitto and ``fleetctl serve`` with a SQLite store, all on a's
 loopback; namespace b: the shipped viewer page in headless Chromium (as it comes), behind the
-emulated link (tests/support/linkemu.py). The impairment: the link goes down for 0.7 s in every
-2 s, so every outage is a freeze (a gap > 500 ms after >= 5 fps), until the alert is in the
-store; then the link is clean. The rule is the shipped ``freeze_rate_high`` (P2, mean over the
+emulated link (tests/support/linkemu.py). The impairment: the link goes down for ``outage_s`` in
+every ``period_s``, so every outage is a freeze (a gap > 500 ms after >= 5 fps), until the alert
+is in the store; then the link is clean. The rule is the shipped ``freeze_rate_high`` (P2, mean over the
 window of the worst viewer's freeze rate > 5 %, clear < 2 %) with the window and hold given
 (shipped: 60 s and 10 s).
 """
@@ -56,9 +56,18 @@ def _alert_row(db: Path) -> tuple[int, float, float | None] | None:
 
 
 def freeze_alert_run(
-    tmp_path: Path, window_s: float = 6.0, hold_s: float = 4.0, clear_within_s: float = 30.0
+    tmp_path: Path,
+    window_s: float = 6.0,
+    hold_s: float = 4.0,
+    clear_within_s: float = 30.0,
+    clean_s: float = 2.0,
+    outage_s: float = OUTAGE_S,
+    period_s: float = 2.0,
 ) -> dict[str, Any]:
     """One run (module docstring) with the rule's ``window_s`` and ``hold_s``; the delays measured.
+
+    The viewer watches a clean link for ``clean_s`` first: a window rule says nothing until it has
+    watched a whole window, so with ``clean_s`` < ``window_s`` the delay includes the rest of it.
 
     Returns ``raised_s`` (first outage -> the device's raise time, as stored), ``stored_s`` (-> the
     row seen in the store), ``cleared_s`` (link restored -> the clear time stored; None if not
@@ -147,16 +156,16 @@ def freeze_alert_run(
                 timeout=60,
             )
             page.wait_for_function("(window.viewer.qoe.frames || 0) > 20", timeout=40000)  # reporting
-            time.sleep(2.0)  # clean frames first: the freeze definition needs >= 5 fps before a gap
+            time.sleep(clean_s)  # clean frames first: the freeze definition needs >= 5 fps before a gap
             assert _alert_row(db) is None
             started = time.time()
             raised = None
-            # outages of OUTAGE_S every 2 s until the store has the alert
+            # outages of outage_s every period_s until the store has the alert
             while time.time() - started < hold_s + window_s + 25:
                 link.set_both(LinkProfile(down=True))
-                time.sleep(OUTAGE_S)
+                time.sleep(outage_s)
                 link.set_both(CLEAN)
-                time.sleep(2.0 - OUTAGE_S)
+                time.sleep(period_s - outage_s)
                 row = _alert_row(db)
                 if row is not None and row[0]:
                     raised = row
