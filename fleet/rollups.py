@@ -380,13 +380,15 @@ def prune(
     retention: Retention,
     now: float | None = None,
     should_stop: Callable[[], bool] | None = None,
+    rollups: bool = True,
 ) -> dict[str, int]:
     """Delete what ``retention`` no longer keeps; returns rows deleted per table kind.
 
     Raw telemetry and events go by arrival order (their ``id``, walked from the oldest, up to the
     first row younger than the cutoff: no extra index to maintain at ingest); rollups go device
     by device over their primary key (device, bucket). Each delete is one transaction of at most
-    ``batch_rows`` raw rows or 500 devices, with ``pause_s`` between them.
+    ``batch_rows`` raw rows or 500 devices, with ``pause_s`` between them. ``rollups=False`` skips
+    the rollups (their cutoffs move by days: the service prunes them at most hourly).
     """
     now = time.time() if now is None else now
 
@@ -401,7 +403,7 @@ def prune(
         if days > 0:
             out[kind] = _prune_raw(store.engine, table, now - days * 86400, retention, stopped)
     for kind, days in (("minute", retention.minute_days), ("hour", retention.hour_days)):
-        if days > 0 and not stopped():
+        if rollups and days > 0 and not stopped():
             out[kind] = _prune_rollup(
                 store, store.rollups.tables[kind][0], now - days * 86400, retention, stopped
             )

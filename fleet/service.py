@@ -40,6 +40,7 @@ from fleet.trend_rules import BaselineRule, SharedAlertRule, evaluate_baseline, 
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "fleet"
+ROLLUP_PRUNE_EVERY_S = 3600.0  # rollup cutoffs move by days; raw rows are pruned every interval
 
 
 @dataclass
@@ -82,6 +83,7 @@ class FleetService:
         self.store = store
         self.retention = retention  # None: keep everything (fleet/rollups.py prunes otherwise)
         self.pruned = {"telemetry": 0, "events": 0, "minute": 0, "hour": 0, "runs": 0}
+        self._rollups_pruned_at = -1e18  # rollups are pruned at most every ROLLUP_PRUNE_EVERY_S
         # drives the rollout jobs whose lease this worker holds (fleet/ota/driver.py)
         self.rollouts = (
             RolloutDriver(
@@ -232,7 +234,11 @@ class FleetService:
         short transactions: ingest goes on meanwhile. Returns the rows deleted per kind."""
         if self.retention is None:
             return {}
-        res = await asyncio.to_thread(prune, self.store, self.retention, now, lambda: self._stopping)
+        at = time.time() if now is None else now
+        rollups = at - self._rollups_pruned_at >= ROLLUP_PRUNE_EVERY_S
+        res = await asyncio.to_thread(prune, self.store, self.retention, at, lambda: self._stopping, rollups)
+        if rollups:
+            self._rollups_pruned_at = at
         for k, v in res.items():
             self.pruned[k] += v
         self.pruned["runs"] += 1
