@@ -2,10 +2,11 @@
 // Query parameters: token (bearer token), whep (endpoint URL, default ./whep),
 // trickle=1 (send the offer at once and every candidate by PATCH), audio=0 (video only).
 //
-// By default the offer waits for ICE gathering (host candidates: a few ms), for at most
-// GATHER_WAIT_MS; candidates found after that are trickled by PATCH. Measured against aiortc 1.16 /
-// aioice 0.13: with every candidate trickled, about 1 join in 10 stalls for 15 s (DTLS retransmit
-// back-off) when 4 viewers join at once; with the candidates in the offer, none did (docs/performance.md).
+// By default the offer is sent once it has its first local candidate (Chromium: ~10 ms; gathering
+// "complete" comes ~120 ms later with mDNS host names), gathering is complete, or GATHER_WAIT_MS
+// passed; the candidates found after that are trickled by PATCH. (With the device as DTLS client,
+// every candidate trickled stalled about 1 join in 10 for 15 s, its ClientHello's retransmit
+// back-off; the device now answers as the DTLS server and none did in 80: docs/performance.md.)
 "use strict";
 
 const params = new URLSearchParams(location.search);
@@ -226,11 +227,15 @@ async function connect() {
     if (resource) patchCandidates([line]).catch(() => {}); else pending.push(line);
   };
 
+  let firstCandidate = null;
+  const haveCandidate = new Promise((done) => { firstCandidate = done; });
+  pc.addEventListener("icecandidate", (e) => e.candidate && e.candidate.candidate && firstCandidate());
   await pc.setLocalDescription(await pc.createOffer());
   mark("offer");
-  if (!trickleOnly && pc.iceGatheringState !== "complete") {
+  if (!trickleOnly && pc.iceGatheringState !== "complete" && window.viewer.timeline.candidate === undefined) {
     await new Promise((done) => {
       setTimeout(done, GATHER_WAIT_MS);
+      haveCandidate.then(done);
       pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && done());
     });
   }
