@@ -92,6 +92,7 @@ PHASES = [
     ("IDR last packet -> frame received (page)", ("agent", "idr_end"), ("page", "frameReceive")),
     ("frame received -> first rVFC (decode, render)", ("page", "frameReceive"), ("page", "frame")),
     ("total: POST sent -> first rVFC", ("page", "post"), ("page", "frame")),
+    ("total: page connect() -> first rVFC (gathering included)", ("page", "connect"), ("page", "frame")),
     ("(page: POST -> ICE connected)", ("page", "post"), ("page", "ice")),
     ("(page: POST -> DTLS connected)", ("page", "post"), ("page", "dtls")),
 ]
