@@ -5,9 +5,13 @@ camera test pattern, synthetic microphone, noise suppression on, web on) and ``-
 viewers sending receiver reports (``tests/support/media.Viewer``, every 2 s as the page does). A
 subscriber counts the bytes of every published health message on ``dev/ID/telemetry``; samples go
 out every ``--interval`` s to collect many in a short run, and the figure is scaled to the default
-30 s interval (120 samples an hour): payload, and on the wire (topic + MQTT framing, as
-``benchmarks.fleet_soak`` counts it). The largest sections of the last sample are listed.
-The target (issue 21): at most 1.5 x 83.5 KB = 125 KB per device-hour with QoE.
+30 s interval (120 samples an hour): payload, and on the wire (topic + MQTT framing + the Content
+Type property, as ``benchmarks.fleet_soak`` counts it). The agent sends telemetry deflated with the
+preset dictionary (``device_agent/telemetry_codec.py``); each message is also decoded and
+re-serialised as the plain compact JSON the agent sent before (``mqtt.compress_telemetry = false``),
+the peer figure, so both sizes and their ratio come from the same samples. The largest sections of
+the last sample are listed. The target (issue 21): at most 1.5 x 83.5 KB = 125 KB per device-hour
+with QoE.
 
 Run: .venv/bin/python -m benchmarks.telemetry_bytes [--viewers 1] [--seconds 40] [--interval 2]
 """
@@ -27,6 +31,7 @@ from typing import Any
 import aiohttp
 import paho.mqtt.client as mqtt
 
+from device_agent import telemetry_codec
 from tests.support.agent_proc import AgentProcess
 from tests.support.media import Viewer
 from tests.support.mosquitto import Mosquitto, free_port
@@ -41,7 +46,9 @@ class Counter:
 
     def __init__(self, url: str, device: str) -> None:
         self.topic = f"dev/{device}/telemetry"
-        self.sizes: list[int] = []
+        self.sizes: list[int] = []  # on the wire (compressed)
+        self.plain: list[int] = []  # the same sample as plain compact JSON
+        self.props: list[int] = []  # bytes of the MQTT 5 properties (Content Type)
         self.bodies: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         host, port = url.split("//", 1)[1].split(":")
@@ -53,15 +60,19 @@ class Counter:
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         with self._lock:
+            ctype = telemetry_codec.message_content_type(msg)
+            body = json.loads(telemetry_codec.decode(msg.payload, ctype))
             self.sizes.append(len(msg.payload))
-            self.bodies.append(json.loads(msg.payload))
+            self.plain.append(len(json.dumps(body, separators=(",", ":")).encode()))
+            self.props.append(3 + len(ctype.encode()) if ctype else 0)
+            self.bodies.append(body)
 
     def with_viewers(self, count: int) -> list[int]:
-        """Sizes of the samples that carry ``count`` viewer sessions with QoE reports."""
+        """Indexes of the samples that carry ``count`` viewer sessions with QoE reports."""
         with self._lock:
             return [
-                size
-                for size, body in zip(self.sizes, self.bodies, strict=True)
+                i
+                for i, body in enumerate(self.bodies)
                 if sum(
                     1
                     for s in ((body.get("health", {}).get("media") or {}).get("viewers") or {}).get(
@@ -143,29 +154,32 @@ def main() -> None:
         agent.stop()
         counter.close()
         broker.stop()
-    sizes = counter.with_viewers(args.viewers)
-    if not sizes:
+    picked = counter.with_viewers(args.viewers)
+    if not picked:
         raise SystemExit(f"no telemetry sample with {args.viewers} reporting viewers in {len(counter.sizes)}")
-    payload = statistics.mean(sizes)
-    wire = payload + len(counter.topic) + MQTT_OVERHEAD
-    last = next(
-        body
-        for size, body in zip(reversed(counter.sizes), reversed(counter.bodies), strict=True)
-        if size in sizes
-    )
+    sizes = [counter.sizes[i] for i in picked]
+    plains = [counter.plain[i] for i in picked]
+    payload, plain = statistics.mean(sizes), statistics.mean(plains)
+    overhead = len(counter.topic) + MQTT_OVERHEAD
+    wire = payload + overhead + statistics.mean(counter.props[i] for i in picked)
+    last = counter.bodies[picked[-1]]
     print(f"samples with {args.viewers} reporting viewer(s): {len(sizes)} of {len(counter.sizes)}")
     print(f"payload bytes per sample: mean {payload:.0f}, min {min(sizes)}, max {max(sizes)}")
+    print(f"plain compact JSON of the same samples (peer): mean {plain:.0f}; ratio {plain / payload:.2f}x")
     print(
         f"per device-hour at 30 s: payload {payload * PER_HOUR / 1000:.1f} KB, "
         f"wire {wire * PER_HOUR / 1000:.1f} KB (target <= {TARGET_BYTES / 1000:.1f} KB payload): "
-        f"{'within' if payload * PER_HOUR <= TARGET_BYTES else 'OVER'}"
+        f"{'within' if payload * PER_HOUR <= TARGET_BYTES else 'OVER'}; plain JSON "
+        f"{plain * PER_HOUR / 1000:.1f} KB payload, {(plain + overhead) * PER_HOUR / 1000:.1f} KB wire"
     )
     if args.dump:
         Path(args.dump).write_text(json.dumps(last, indent=1))
-    without = [size for size in counter.sizes if size not in sizes]
+    without = [i for i in range(len(counter.sizes)) if i not in picked]
     if without:
         print(
-            f"samples without a reporting viewer: {len(without)}, mean {statistics.mean(without):.0f} bytes"
+            f"samples without a reporting viewer: {len(without)}, mean "
+            f"{statistics.mean(counter.sizes[i] for i in without):.0f} bytes "
+            f"(plain {statistics.mean(counter.plain[i] for i in without):.0f})"
         )
     print("largest sections of the last sample (compact JSON bytes):")
     for size, path in section_sizes(last, depth=4)[:18]:

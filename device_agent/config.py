@@ -216,6 +216,7 @@ class MqttSection:
     telemetry_interval_s: float = 30.0
     spool_max_bytes: int = 8 * 1024 * 1024
     max_command_bytes: int = 64 * 1024
+    compress_telemetry: bool = True  # deflate with the preset dictionary (device_agent/telemetry_codec.py)
 
     def validate(self, key: str) -> None:
         _check(

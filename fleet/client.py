@@ -17,8 +17,9 @@ Usage::
   later, and is never retained (a retained command would run on every reconnect; devices refuse
   them with ``retained_refused``).
 - ``on_status/on_telemetry/on_events(callback)`` call ``callback(device, obj)`` with the decoded
-  JSON; ``on_logs/on_rtc(callback)`` call ``callback(device, key, payload_bytes)`` where ``key`` is
-  the log request or RTC session id; ``subscribe(filter, callback(topic, payload))`` is the raw form.
+  JSON (deflated telemetry is inflated first, ``device_agent/telemetry_codec.py``);
+  ``on_logs/on_rtc(callback)`` call ``callback(device, key, payload_bytes)`` where ``key`` is the
+  log request or RTC session id; ``subscribe(filter, callback(topic, payload))`` is the raw form.
   Callbacks run on the event loop; coroutine functions are awaited.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from device_agent import protocol
+from device_agent import protocol, telemetry_codec
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions, response_properties
 from device_agent.protocol import ErrorCode, error_result
 
@@ -289,15 +290,18 @@ class FleetClient:
         await self.conn.publish(topic, data, qos=qos, retain=retain)
 
     def _json_stream(self, leaf: str, callback: Callable[[str, Any], Any], device: str) -> None:
-        def deliver(topic: str, payload: bytes) -> Any:
-            try:
+        def deliver(msg: mqtt.MQTTMessage) -> Any:
+            try:  # plain JSON, or deflated with the telemetry dictionary (device_agent/telemetry_codec.py)
+                payload = telemetry_codec.decode(
+                    bytes(msg.payload), telemetry_codec.message_content_type(msg)
+                )
                 obj = json.loads(payload) if payload else None
-            except ValueError:
-                log.warning("ignoring non-JSON %s", topic)
+            except ValueError as exc:
+                log.warning("ignoring undecodable %s: %s", msg.topic, exc)
                 return None
-            return callback(protocol.device_of(topic), obj)
+            return callback(protocol.device_of(msg.topic), obj)
 
-        self.subscribe(protocol.device_topic(device, leaf), deliver)
+        self.conn.subscribe(protocol.device_topic(device, leaf), deliver, 1)
 
     def on_status(self, callback: Callable[[str, Any], Any], device: str = "+") -> None:
         self._json_stream(protocol.Leaf.STATUS, callback, device)

@@ -15,7 +15,10 @@ Messages are buffered and written in batches (one transaction per ``flush_interv
 ``max_batch`` messages) from a single thread and acknowledged to the broker (MQTT 5 manual ack)
 only after their batch is committed, so a worker crash loses nothing: the broker redelivers.
 Duplicates (redeliveries after reconnects) are dropped by the store's (device, boot, seq) unique
-index.
+index. Payloads are decoded here (``device_agent/telemetry_codec.py``: plain JSON, or deflated with
+the preset dictionary and marked by its MQTT 5 Content Type), so the store and every reader see the
+same JSON; one that cannot be decoded (unknown dictionary, corrupt, over 256 KB inflated) is logged,
+counted in ``stats["refused"]`` and ``stats["bad"]``, and acknowledged: nothing else is affected.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from device_agent import protocol
+from device_agent import protocol, telemetry_codec
+from device_agent.fleetlink.intake import LogThrottle
 from device_agent.fleetlink.mqtt import MqttConnection, MqttOptions
 from fleet.ota.driver import RolloutDriver
 from fleet.rollups import Retention, prune
@@ -132,7 +136,8 @@ class FleetService:
         self._full = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self.stats = {"received": 0, "stored": 0, "duplicate": 0, "bad": 0, "batches": 0}
+        self.stats = {"received": 0, "stored": 0, "duplicate": 0, "bad": 0, "batches": 0, "refused": 0}
+        self._refusals = LogThrottle(log, 10.0)  # undecodable payloads (telemetry_codec): logged, bounded
         self.fleet_alerts: dict[str, bool] = {}
         # called on the loop with (batch, counts) after each committed batch (fleet/metrics.py)
         self.batch_observers: list[Callable[[list[Incoming], dict[str, int]], None]] = []
@@ -175,11 +180,26 @@ class FleetService:
         parts = msg.topic.split("/")
         if len(parts) != 3:
             return
-        self._buffer.append(Incoming(parts[2], parts[1], bytes(msg.payload), time.time()))
+        payload = self.decode(
+            parts[2], parts[1], bytes(msg.payload), telemetry_codec.message_content_type(msg)
+        )
+        self._buffer.append(Incoming(parts[2], parts[1], payload, time.time()))
         self._unacked.append((msg.mid, msg.qos, self.conn.connects))
         self.stats["received"] += 1
         if len(self._buffer) >= self.max_batch:
             self._full.set()
+
+    def decode(self, kind: str, device: str, payload: bytes, ctype: str | None) -> bytes:
+        """The JSON of one received payload (``telemetry_codec.decode``); b"" for a refused one, which
+        the store counts as bad and which is acknowledged with its batch, in order (never redelivered)."""
+        try:
+            return telemetry_codec.decode(payload, ctype)
+        except telemetry_codec.PayloadError as exc:
+            self.stats["refused"] += 1
+            self._refusals.warning(
+                "refused", "refused %s from %s (%d bytes): %s", kind, device, len(payload), exc
+            )
+            return b""
 
     async def _flush_loop(self) -> None:
         while not self._stopping:

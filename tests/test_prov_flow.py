@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from device_agent import telemetry_codec
 from device_agent.config import load_config
 from tests.test_prov_support import Fleet, arun_cli, create_tokens, device_client, start_fleet
 
@@ -421,7 +422,7 @@ async def test_the_written_configuration_drives_the_fleet_link(
     await agent.start()
     try:
         msg = await watcher.next_message(15)
-        sample = json.loads(msg.payload)
+        sample = json.loads(telemetry_codec.decode(msg.payload, telemetry_codec.message_content_type(msg)))
         assert sample["health"]["identity"]["device_id"] == ident.device_id
     finally:
         await agent.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from device_agent import telemetry_codec
 from tests.support.agent_proc import AgentProcess
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, open_page_when_up
 from tests.support.mosquitto import free_port
@@ -46,7 +47,9 @@ def _telemetry(url: str, device: str, into: list[dict]) -> mqtt.Client:
 
     def on_message(_c, _u, msg) -> None:
         with lock:
-            into.append(json.loads(msg.payload))
+            into.append(
+                json.loads(telemetry_codec.decode(msg.payload, telemetry_codec.message_content_type(msg)))
+            )
 
     client.on_message = on_message
     client.on_connect = lambda c, *_a: c.subscribe(f"dev/{device}/telemetry", qos=1)

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_agent import __version__, protocol
+from device_agent import __version__, protocol, telemetry_codec
 from device_agent.fleetlink.commands import LinkCommands, Runner, run_command
 from device_agent.fleetlink.default_rules import effective_rules
 from device_agent.fleetlink.intake import LogThrottle, RecentCommands, decode_params, response_topic_problem
@@ -136,6 +136,8 @@ class FleetLink:
         self._loop_thread = 0
         self._recent = RecentCommands()
         self._log_throttle = LogThrottle(log)
+        self._compressed_props = Properties(PacketTypes.PUBLISH)
+        self._compressed_props.ContentType = telemetry_codec.content_type()
 
     # ---- public API ---------------------------------------------------------------------
     @property
@@ -339,10 +341,18 @@ class FleetLink:
                 if not rows or not self.conn.connected or gen != self._gen:
                     break
                 for row in rows:
-                    mid = self.conn.publish_nowait(row.topic, row.payload, qos=1)
+                    payload, props = self._wire(row.kind, row.payload)
+                    mid = self.conn.publish_nowait(row.topic, payload, qos=1, properties=props)
                     self._inflight[mid] = row.id
                     self._last_sent = row.id
                     self.conn.ack_future(mid).add_done_callback(partial(self._acked, mid, gen))
+
+    def _wire(self, kind: str, payload: bytes) -> tuple[bytes, Properties | None]:
+        """What goes on the wire for a spooled row: telemetry deflated with the preset dictionary and
+        marked with its Content Type (``mqtt.compress_telemetry``); the spool keeps plain JSON."""
+        if kind != KIND_TELEMETRY or not self.agent.config.mqtt.compress_telemetry:
+            return payload, None
+        return telemetry_codec.encode(payload), self._compressed_props
 
     def _acked(self, mid: int, gen: int, fut: asyncio.Future[None]) -> None:
         if fut.cancelled() or gen != self._gen:
