@@ -47,9 +47,14 @@ def test_dictionary_is_reproducible_from_the_committed_samples() -> None:
     assert json.loads(built)  # the package file is valid JSON
 
 
-def test_held_out_sample_round_trips_and_compresses() -> None:
-    plain = _plain(HELD_OUT)
-    assert HELD_OUT.name not in {p.name for p in telemetry_dict.SAMPLES.glob("*.json")}
+# a headless Chromium viewer of the shipped page (page-only QoE fields), tests/test_qoe_browser.py's setup
+CHROMIUM = ROOT / "tests" / "data" / "telemetry_chromium_viewer.json"
+
+
+@pytest.mark.parametrize("sample", [HELD_OUT, CHROMIUM], ids=["two-aiortc-viewers", "chromium-viewer"])
+def test_held_out_sample_round_trips_and_compresses(sample: Path) -> None:
+    plain = _plain(sample)
+    assert sample.name not in {p.name for p in telemetry_dict.SAMPLES.glob("*.json")}
     wire = codec.encode(plain)
     assert codec.decode(wire, codec.content_type()) == plain
     assert codec.decode(wire, None) == plain  # properties dropped by a bridge: the DICTID says it
