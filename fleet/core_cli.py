@@ -481,7 +481,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await svc.stop()
                 return 2
             print(
-                f"fleetctl serve: API on {api.url}/api/v1/ "
+                f"fleetctl serve: console on {api.url}/, API on {api.url}/api/v1/ "
                 f"(token {'required' if api.require_token else 'optional'})",
                 flush=True,
             )
