@@ -281,7 +281,7 @@ ROUTES: tuple[Route, ...] = (
         "view_offer",
         "operator",
         "Live view: relay a WebRTC offer (ICE gathered, receive-only) to the device over MQTT signaling "
-        "(dev/{id}/rtc/{session}) and return its answer.",
+        "(the device's rtc signaling topic, docs/protocol.md) and return its answer.",
         body='{"sdp": "v=0..."}',
         responses={
             200: "{ok, session, sdp}",
