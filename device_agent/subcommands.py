@@ -40,9 +40,8 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from device_agent.fleetlink.mqtt import (
-        BrokerUrlError,
-    )  # here: a command line starts without the fleet link
+    # here: a command line starts without the fleet link
+    from device_agent.fleetlink.mqtt import BrokerUrlError
 
     try:
         return int(args.func(args) or 0)

@@ -41,9 +41,8 @@ async def test_overview_silences_whoami_and_roles(store: Store, http: aiohttp.Cl
         assert ov["time_to_ack"]["P1"]["n"] == 1 and abs(ov["time_to_ack"]["P1"]["median_s"] - 90) < 1e-6
         tr = ov["trends"]
         assert len(tr["went_offline"]) == 24 and tr["went_offline"][-1] == 3
-        assert (
-            sum(tr["alerts_raised"]["P1"]) == 3 and tr["acknowledged"] == [0] * 24
-        )  # the ack is dated 90 s in
+        # the ack is dated 90 s in
+        assert sum(tr["alerts_raised"]["P1"]) == 3 and tr["acknowledged"] == [0] * 24
         assert (await call(http, "GET", f"{base}/overview?hours=0", token=viewer))[0] == 400
 
         assert (await call(http, "GET", f"{base}/whoami", token=viewer))[1]["role"] == "viewer"
