@@ -23,15 +23,14 @@ import asyncio
 import json
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import paho.mqtt.client as mqtt
 
 from device_agent import telemetry_codec
+from device_agent.fleetlink.mqtt import MqttClient, parse_broker_url
 from tests.support.agent_proc import AgentProcess
 from tests.support.media import Viewer
 from tests.support.mosquitto import Mosquitto, free_port
@@ -44,22 +43,25 @@ TARGET_BYTES = 1.5 * 83.5 * 1000
 class Counter:
     """Every telemetry message of one device: payload sizes and the last body."""
 
-    def __init__(self, url: str, device: str) -> None:
+    def __init__(self, device: str) -> None:
         self.topic = f"dev/{device}/telemetry"
         self.sizes: list[int] = []  # on the wire (compressed)
         self.plain: list[int] = []  # the same sample as plain compact JSON
         self.props: list[int] = []  # bytes of the MQTT 5 properties (Content Type)
         self.bodies: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        host, port = url.split("//", 1)[1].split(":")
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_a: c.subscribe(self.topic, qos=1)
-        self.client.connect(host, int(port))
-        self.client.loop_start()
+        self.client = MqttClient(f"telemetry-bytes-{device}")
+        self._task: asyncio.Task[None] | None = None
 
-    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        with self._lock:
+    async def start(self, url: str) -> None:
+        """Connect (the one MQTT transport, device_agent/fleetlink/mqtt.py) and count from now on."""
+        target = parse_broker_url(url)
+        await self.client.connect(target.host, target.port)
+        await self.client.subscribe(self.topic, qos=1)
+        self._task = asyncio.create_task(self._count())
+
+    async def _count(self) -> None:
+        while True:
+            msg = await self.client.messages.get()
             ctype = telemetry_codec.message_content_type(msg)
             body = json.loads(telemetry_codec.decode(msg.payload, ctype))
             self.sizes.append(len(msg.payload))
@@ -69,23 +71,23 @@ class Counter:
 
     def with_viewers(self, count: int) -> list[int]:
         """Indexes of the samples that carry ``count`` viewer sessions with QoE reports."""
-        with self._lock:
-            return [
-                i
-                for i, body in enumerate(self.bodies)
-                if sum(
-                    1
-                    for s in ((body.get("health", {}).get("media") or {}).get("viewers") or {}).get(
-                        "sessions", []
-                    )
-                    if (s.get("qoe") or {}).get("reports")
+        return [
+            i
+            for i, body in enumerate(self.bodies)
+            if sum(
+                1
+                for s in ((body.get("health", {}).get("media") or {}).get("viewers") or {}).get(
+                    "sessions", []
                 )
-                >= count
-            ]
+                if (s.get("qoe") or {}).get("reports")
+            )
+            >= count
+        ]
 
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.client.close()
 
 
 def section_sizes(body: dict[str, Any], depth: int = 2) -> list[tuple[int, str]]:
@@ -102,7 +104,17 @@ def section_sizes(body: dict[str, Any], depth: int = 2) -> list[tuple[int, str]]
     return sorted(out, reverse=True)
 
 
-async def watch(base: str, viewers: int, seconds: float) -> None:
+async def watch(counter: Counter, url: str, base: str, viewers: int, seconds: float, interval: float) -> None:
+    """Count the telemetry while ``viewers`` aiortc viewers watch for ``seconds``."""
+    await counter.start(url)
+    try:
+        await _view(base, viewers, seconds)
+        await asyncio.sleep(interval + 0.5)  # the last sample with the viewers
+    finally:
+        await counter.close()
+
+
+async def _view(base: str, viewers: int, seconds: float) -> None:
     async with aiohttp.ClientSession() as http:
         deadline = time.monotonic() + 60
         while True:
@@ -145,14 +157,12 @@ def main() -> None:
             "mqtt": {"url": broker.url, "telemetry_interval_s": args.interval},
         },
     )
-    counter = Counter(broker.url, "bytes-cam")
+    counter = Counter("bytes-cam")
     agent.start()
     try:
-        asyncio.run(watch(f"http://{listen}", args.viewers, args.seconds))
-        time.sleep(args.interval + 0.5)
+        asyncio.run(watch(counter, broker.url, f"http://{listen}", args.viewers, args.seconds, args.interval))
     finally:
         agent.stop()
-        counter.close()
         broker.stop()
     picked = counter.with_viewers(args.viewers)
     if not picked:

@@ -92,6 +92,8 @@ def test_lossy_link_shows_in_the_viewers_qoe_not_in_the_senders_fps(tmp_path: Pa
     # what the viewer lived through: video rescued by retransmissions it had to ask for, audio (no
     # retransmission) with audible gaps, and the link's delay in the end-to-end figure
     assert qoe["reports"] >= 4 and qoe["rejected"] == 0, qoe
-    assert qoe["nack_sent"] > 5, qoe
+    # the loss shows in the viewer's own figures: packets it never got, or asked for again (protective
+    # RTX copies rescue many without a NACK: 3-15 NACKs and 30-45 lost seen in 12 s)
+    assert qoe["nack_sent"] >= 1 and qoe["packets_lost"] + qoe["nack_sent"] > 5, qoe
     assert qoe["audio_freeze_count"] + qoe["packets_lost"] > 0, qoe  # gaps heard, or video loss left over
     assert qoe["e2e_delay_ms"] > 20, qoe  # at least the 20 ms one-way delay
