@@ -121,10 +121,12 @@ async def test_thin_viewer_moves_to_the_low_layer_and_back_clean_viewers_stay_hi
         high, low = stats["fanout"], stats["fanout"]["low_layer"]
         clean_budget = min(s["video_budget_bps"] for s in _sessions(stats) if s["layer"] == 0)
         thin_budget = [s["video_budget_bps"] for s in _sessions(stats) if s["layer"] == 1][0]
-        assert high["target_bitrate"] >= 0.85 * clean_budget and high["target_bitrate"] > 1.5 * thin_budget, (
-            report
-        )
+        assert high["target_bitrate"] >= 0.85 * clean_budget, report
         assert low["target_bitrate"] <= THIN.rate_kbps * 1000, report
+    # and the clean viewers' ramp is not held down by the thin one (6 s after the switch they may still
+    # be ramping from the start target: CI saw 376 kbit/s against the thin one's 276 then)
+    thin_budget = [s["video_budget_bps"] for s in _sessions(later) if s["layer"] == 1][0]
+    assert later["fanout"]["target_bitrate"] > 1.5 * thin_budget, report
     # PLIs of the thin viewer after its switch cause no IDR on the high layer
     pli_high = later["fanout"]["idrs_by_cause"].get("pli", 0) - on_low["fanout"]["idrs_by_cause"].get(
         "pli", 0
