@@ -8,8 +8,6 @@ import argparse
 import json
 import random
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +19,9 @@ from fleet.api.server import ApiServer
 from fleet.rollups import Retention, prune, retention_from_args
 from fleet.service import FleetService
 from fleet.store import Incoming, Store
-from fleet.tokens import TokenStore
-from tests.test_fleet_store import PG, PG_URL
+from tests.test_fleet_api import store  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(str(tmp_path / "fleet.db"))
-    else:
-        if not PG:
-            pytest.skip(f"no PostgreSQL at {PG_URL}")
-        s = Store(PG_URL, prefix=f"r{uuid.uuid4().hex[:10]}_")
-    yield s
-    if request.param == "postgresql":
-        TokenStore(s.engine, s.prefix).drop()
-        s.drop_all()
-    s.close()
 
 
 def sample(
@@ -77,13 +59,13 @@ def expected_values(figures: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def rollup_rows(store: Store, which: str) -> dict[tuple[str, int], Any]:
+def rollup_rows(store: Store, which: str) -> dict[tuple[str, int], Any]:  # noqa: F811
     t = store.rollups.tables[which][0]
     with store.engine.connect() as conn:
         return {(r.device_id, int(r.bucket)): r for r in conn.execute(sa.select(t))}
 
 
-def test_rollups_equal_raw_aggregates(store: Store) -> None:
+def test_rollups_equal_raw_aggregates(store: Store) -> None:  # noqa: F811
     rng = random.Random(7)
     t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600  # an hour boundary
     msgs, truth = [], {}
@@ -136,7 +118,7 @@ def test_store_without_rollups_writes_none(tmp_path: Path) -> None:
     s.close()
 
 
-async def test_prune_raw_keeps_rollups_longer(store: Store) -> None:
+async def test_prune_raw_keeps_rollups_longer(store: Store) -> None:  # noqa: F811
     now = 1_800_000_000.0
     ages = [30, 20, 10, 8, 6, 2, 1, 0.1]  # days before now, received and sampled then
     store.ingest(
@@ -180,7 +162,7 @@ async def test_prune_raw_keeps_rollups_longer(store: Store) -> None:
     assert store.counts()["telemetry"] == 4
 
 
-async def test_series_endpoint_answers_from_rollups(store: Store) -> None:
+async def test_series_endpoint_answers_from_rollups(store: Store) -> None:  # noqa: F811
     now = time.time()
     base = (now // 3600) * 3600 - 2 * 3600  # two hours ago, on the hour: inside 24 h and 7 d
     msgs = []
