@@ -442,8 +442,9 @@ async def test_three_service_processes_one_driver_survives_sigkill_and_restart_m
         job = jobs.get(rid)
         assert job.status == "completed", job.summary()
         assert killed, "the rollout ended before a wave could be caught installing"
-        holders = {o.split(":")[0] for o in owners}
-        assert len(holders) >= 2 and all(h in workers for h in holders), owners
+        # another process took the lease: one of the other workers, or the killed one restarted (a new
+        # owner id under the same worker id; CI saw the restarted w1 win the expired lease)
+        assert len(set(owners)) >= 2 and all(o.split(":")[0] in workers for o in owners), owners
         # one owner at a time, and never back to the dead process's owner id once it was gone
         dead = next(o for o in owners if o.startswith(killed + ":"))
         after = owners[len(owners) - owners[::-1].index(dead) :]
