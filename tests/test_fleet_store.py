@@ -79,6 +79,26 @@ def test_dedup_by_device_boot_seq(store: Store) -> None:
     assert store.counts() == {"devices": 2, "telemetry": 4, "events": 1}
 
 
+def test_a_failed_batch_is_stored_whole_when_retried(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose transaction fails after its rows were staged (PostgreSQL: COPY into a temporary
+    table that the rollback removes) leaves nothing behind and goes in whole the next time."""
+    batch = [tele("a", "b1", 1), tele("a", "b1", 2), event("a", 5, type="x"), tele("b", "b1", 1)]
+    real = store.rollups.add
+
+    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store.rollups, "add", fail)
+    with pytest.raises(RuntimeError):
+        store.ingest(batch)
+    assert store.counts() == {"devices": 0, "telemetry": 0, "events": 0}
+    monkeypatch.setattr(store.rollups, "add", real)
+    assert store.ingest(batch) == {"stored": 4, "duplicate": 0, "bad": 0}
+    assert store.ingest(batch + [tele("a", "b1", 3)]) == {"stored": 1, "duplicate": 4, "bad": 0}
+    assert store.telemetry_seqs("a") == [("b1", 1), ("b1", 2), ("b1", 3)]
+    assert store.counts() == {"devices": 2, "telemetry": 4, "events": 1}
+
+
 def test_bad_messages_are_counted_not_stored(store: Store) -> None:
     bad = [
         Incoming("telemetry", "a", b"{nope", 1.0),
