@@ -97,6 +97,11 @@ class AudioSection(AudioSettings):
         _check(1 <= self.channels <= 8, f"{key}.channels", "must be 1..8")
         _check(self.period_ms in {5, 10, 20, 40}, f"{key}.period_ms", "must be 5, 10, 20 or 40")
         _check(0 <= self.synthetic_delay_ms <= 5000, f"{key}.synthetic_delay_ms", "must be 0..5000")
+        _check(
+            -100_000 <= self.synthetic_clock_ppm <= 100_000,
+            f"{key}.synthetic_clock_ppm",
+            "must be -100000..100000",
+        )
         _check(-2000 <= self.offset_ms <= 2000, f"{key}.offset_ms", "must be -2000..2000")
         _check(
             self.backend != "wav" or bool(self.wav_path), f"{key}.wav_path", "required when backend = 'wav'"

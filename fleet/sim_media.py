@@ -51,6 +51,7 @@ class SimulatedMedia:
     t: float = 0.0
     viewers: list[_Viewer] = field(default_factory=list)
     av_ms: float = 0.0
+    audio_drift_ms: float = 0.0  # the simulated sound card's clock against the system clock
     xruns: int = 0
     packets: int = 0
 
@@ -80,8 +81,9 @@ class SimulatedMedia:
         v.lost += packets * loss
         v.nack += int(packets * loss)
         v.frames += fps * step
-        if "avdrift" in f:
+        if "avdrift" in f:  # a microphone clock 0.3 % slow, as if sender reports were not re-dated
             self.av_ms += 3.0 * step
+            self.audio_drift_ms -= 3.0 * step
         return {
             "v": 1,
             "client": "simulated",
@@ -107,6 +109,17 @@ class SimulatedMedia:
             "av_ms": round(self.av_ms + r.gauss(0, 3), 1),
             "play_ms": round(abs(r.gauss(40, 5)), 1),
             "rtt_ms": round(abs(r.gauss(35, 5)), 1),
+        }
+
+    def _source_sync(self) -> dict[str, float | None]:
+        r = self.rng
+        video, audio = round(r.gauss(0, 0.5), 1), round(self.audio_drift_ms + r.gauss(0, 1), 1)
+        return {
+            "av_skew_ms": round(video - audio, 1),
+            "video_drift_ms": video,
+            "audio_drift_ms": audio,
+            "video_sr_shift_ms": round(abs(r.gauss(8, 2)), 1),
+            "audio_sr_shift_ms": round(abs(r.gauss(45, 3)), 1),
         }
 
     def __call__(self) -> dict[str, Any]:
@@ -140,6 +153,7 @@ class SimulatedMedia:
                     "bitrate_bps": 0 if camera else int(1.8e6 + r.gauss(0, 5e4)),
                     "fps": 0.0 if camera else round(self.fps - abs(r.gauss(0, 0.3)), 2),
                     "qoe": v.qoe.figures(rtt, 12.0),
+                    "source_sync": self._source_sync(),
                 }
             )
         self.packets += 0 if camera else int(self.fps * step)

@@ -19,14 +19,24 @@ so that the pair means "the stream's clock read this at that wall time" in captu
 stream's last sent packet (its RTP timestamp and its capture time, read from the track as the
 packet goes out) ``rtp = rtp_last + (ntp - capture_last) * rate``. The NTP field is left as it is
 (receivers echo it in their reports, and the agent's RTT comes from that).
+
+The same packets give the **A/V skew at the source**: per stream, how far its RTP clock has run
+from its capture clock since the session's first packets (``drift_ms``: the median over recent
+packets of ``rtp / rate - capture time``, less its median over the first ones). A sound card whose
+sample clock is 0.1 % off the system clock drifts 3.6 s an hour; a camera whose frame times do not
+follow its timestamps likewise. :func:`source_sync` reports both streams and their difference
+(``av_skew_ms``, + = audio early, as ``av_sync_ms``); the SR rewrite hides it from viewers at every
+SR, so this is where a drifting clock shows.
 """
 
 from __future__ import annotations
 
+import statistics
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.rtp import is_rtcp
@@ -34,6 +44,8 @@ from aiortc.rtp import is_rtcp
 SEND_SEAM = "_send_rtp"  # RTCDtlsTransport._send_rtp(data): every plain RTP/RTCP packet of a peer
 RTCP_SR = 200
 NTP_UNIX_OFFSET_S = 2208988800
+DRIFT_WINDOW = 64  # packets whose RTP-minus-capture offsets make one drift reading (and the baseline)
+DRIFT_JUMP_S = 1.0  # a larger step is a discontinuity of the timeline (re-based, counted), not drift
 
 
 @dataclass
@@ -44,15 +56,67 @@ class CaptureClock:
     rewritten: int = 0
     skipped: int = 0  # SRs before the stream's first packet with a capture time
     shift_ms: float | None = None
+    rebased: int = 0  # RTP timeline discontinuities (jumps over DRIFT_JUMP_S)
     _rtp: int | None = None
     _capture_wall: float | None = None
+    _rtp_unwrapped: int = 0
+    _jumps: float = 0.0  # sum of the discontinuities taken out of the offsets
+    _base: float | None = None  # median RTP-minus-capture offset of the first DRIFT_WINDOW packets
+    _offsets: deque[float] = field(default_factory=lambda: deque(maxlen=DRIFT_WINDOW))
+
+    def observe(self, rtp: int, capture_wall: float) -> None:
+        """One sent RTP packet: its timestamp and its capture time (wall clock)."""
+        if self._rtp is not None:
+            step = (rtp - self._rtp) & 0xFFFFFFFF
+            self._rtp_unwrapped += step - (1 << 32) if step >= 1 << 31 else step
+        self._rtp, self._capture_wall = rtp, capture_wall
+        offset = self._rtp_unwrapped / self.rate - capture_wall - self._jumps
+        if self._offsets and abs(offset - self._offsets[-1]) > DRIFT_JUMP_S:
+            self.rebased += 1  # a new timeline: keep the drift read so far, measure on from here
+            self._jumps += offset - self._offsets[-1]
+            offset = self._offsets[-1]
+        self._offsets.append(offset)
+        if self._base is None and len(self._offsets) == DRIFT_WINDOW:
+            self._base = statistics.median(self._offsets)
+
+    def drift_ms(self) -> float | None:
+        """How far the RTP clock has run ahead of the capture clock since the start (ms), or None."""
+        if self._base is None:
+            return None
+        return (statistics.median(self._offsets) - self._base) * 1000.0
 
     def stats(self) -> dict[str, Any]:
+        drift = self.drift_ms()
         return {
             "sr_rewritten": self.rewritten,
             "sr_skipped": self.skipped,
             "sr_shift_ms": None if self.shift_ms is None else round(self.shift_ms, 1),
+            "drift_ms": None if drift is None else round(drift, 1),
+            "rebased": self.rebased,
         }
+
+
+SOURCE_SYNC_KEYS = (
+    "av_skew_ms",
+    "video_drift_ms",
+    "audio_drift_ms",
+    "video_sr_shift_ms",
+    "audio_sr_shift_ms",
+)
+
+
+def source_sync(clocks: dict[str, CaptureClock]) -> dict[str, float | None]:
+    """A session's A/V skew at the source (module docstring); ``None`` where a stream has no figure."""
+    out: dict[str, float | None] = dict.fromkeys(SOURCE_SYNC_KEYS)
+    for kind in ("video", "audio"):
+        clock = clocks.get(kind)
+        if clock is not None:
+            st = clock.stats()
+            out[f"{kind}_drift_ms"], out[f"{kind}_sr_shift_ms"] = st["drift_ms"], st["sr_shift_ms"]
+    video, audio = out["video_drift_ms"], out["audio_drift_ms"]
+    if video is not None and audio is not None:
+        out["av_skew_ms"] = round(video - audio, 1)  # audio's clock ahead = audio mapped late
+    return out
 
 
 def capture_dated_sr(data: bytes, ssrc: int, state: CaptureClock) -> bytes:
@@ -97,8 +161,7 @@ def attach_capture_clock(
         elif len(data) >= 12 and struct.unpack_from("!I", data, 8)[0] == ssrc:
             captured = capture_ts()
             if captured is not None:
-                state._rtp = struct.unpack_from("!I", data, 4)[0]
-                state._capture_wall = wall() - (clock() - captured)
+                state.observe(struct.unpack_from("!I", data, 4)[0], wall() - (clock() - captured))
         await original_send(data)
 
     setattr(transport, SEND_SEAM, send)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from device_agent.media.capture_clock import SOURCE_SYNC_KEYS
 from device_agent.media.qoe import ViewerQoe
 
 
@@ -68,6 +69,7 @@ SESSION = Section(
             "fps",
         ),
         "qoe": Section(_leaves(*QOE_KEYS)),
+        "source_sync": Section(_leaves(*SOURCE_SYNC_KEYS)),
     },
     closed=False,
 )  # the rate controller adds its own figures (viewer_control.py)

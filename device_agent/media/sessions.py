@@ -22,7 +22,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.sdp import candidate_from_sdp
 
 from device_agent.media.audio_pipeline import AudioPipeline, BroadcastAudioTrack, Talkback
-from device_agent.media.capture_clock import CaptureClock, attach_capture_clock
+from device_agent.media.capture_clock import CaptureClock, attach_capture_clock, source_sync
 from device_agent.media.fanout import PacketFanout
 from device_agent.media.join_timeline import JoinTimeline, watch_ice_checks
 from device_agent.media.layers import LayerSet
@@ -194,6 +194,7 @@ class ViewerSession:
             **self.video.stats(),
             **self.last_stats,
             "qoe": self.qoe.figures(self.last_stats.get("rtt_ms")),  # SRs dated by capture: no sender delay
+            "source_sync": source_sync(self.clocks),  # A/V skew at the source (capture_clock.py)
         }
 
 

@@ -28,6 +28,7 @@ def create_source(section: AudioSettings, on_state: StateCallback | None = None)
             frames,
             seed=section.synthetic_seed,
             delay_s=section.synthetic_delay_ms / 1000,
+            clock_ppm=section.synthetic_clock_ppm,
         )
     if section.backend == "wav":
         from hal.audio.wavfile import WavFileSource

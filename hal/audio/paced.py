@@ -22,18 +22,31 @@ class PacedSource(AudioSource):
 
     ``delay_s`` holds every period that much longer before delivering it, with the same timestamp:
     a capture path with a deep buffer (its driver dates samples at capture, then they wait).
+    ``clock_ppm`` makes the sample clock run that many parts per million fast (negative: slow)
+    against ``time.monotonic()``, as a sound card's crystal does: ``rate`` samples take
+    ``1 / (1 + clock_ppm / 1e6)`` s, and each chunk is dated (and delivered) by the real clock.
     """
 
     backend = "paced"
 
     def __init__(
-        self, rate: int, channels: int, period_frames: int, *, max_lag_s: float = 0.5, delay_s: float = 0.0
+        self,
+        rate: int,
+        channels: int,
+        period_frames: int,
+        *,
+        max_lag_s: float = 0.5,
+        delay_s: float = 0.0,
+        clock_ppm: float = 0.0,
     ) -> None:
         if rate <= 0 or channels <= 0 or period_frames <= 0:
             raise ValueError("rate, channels and period_frames must be positive")
         if delay_s < 0:
             raise ValueError("delay_s must not be negative")
+        if not -100_000 <= clock_ppm <= 100_000:
+            raise ValueError("clock_ppm must be -100000..100000")
         self.delay_s = delay_s
+        self._true_rate = rate * (1.0 + clock_ppm / 1e6)  # samples per second of the monotonic clock
         self.rate = rate
         self.channels = channels
         self.period_frames = period_frames
@@ -62,7 +75,7 @@ class PacedSource(AudioSource):
             self._stopped.set()
 
     def _period_start(self, index: int) -> float:
-        return self._t0 + index * self.period_frames / self.rate
+        return self._t0 + index * self.period_frames / self._true_rate
 
     async def read(self) -> AudioChunk:
         if not self._running or self._stopped is None:
@@ -71,7 +84,7 @@ class PacedSource(AudioSource):
         now = time.monotonic()
         if now - end > self._max_lag:
             # the reader stalled: resume at the present like a device that overran
-            self._index = int((now - self.delay_s - self._t0) * self.rate / self.period_frames) - 1
+            self._index = int((now - self.delay_s - self._t0) * self._true_rate / self.period_frames) - 1
             self._overruns += 1
             end = self._period_start(self._index + 1) + self.delay_s
         while now < end:

@@ -27,4 +27,5 @@ class AudioSettings:
     synthetic_delay_ms: int = (
         0  # the synthetic microphone delivers each period this much late (dated at capture)
     )
+    synthetic_clock_ppm: float = 0.0  # the synthetic microphone's sample clock this much fast (- slow)
     offset_ms: float = 0.0  # added to the microphone's capture times (A/V calibration; + = audio later)

@@ -161,8 +161,11 @@ class SyntheticSource(PacedSource):
         f0_hz: float | None = None,
         max_lag_s: float = 0.5,
         delay_s: float = 0.0,
+        clock_ppm: float = 0.0,
     ) -> None:
-        super().__init__(rate, channels, period_frames, max_lag_s=max_lag_s, delay_s=delay_s)
+        super().__init__(
+            rate, channels, period_frames, max_lag_s=max_lag_s, delay_s=delay_s, clock_ppm=clock_ppm
+        )
         self.synth = SpeechSynth(rate, seed=seed, level_dbfs=level_dbfs, f0_hz=f0_hz)
 
     def _render(self, frames: int) -> np.ndarray:
