@@ -17,8 +17,10 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,59 +146,93 @@ def _back_to_old(dev: Device, options: InstallOptions) -> None:
     assert dev.running_version() == "1.0.0"
 
 
+def _clean_install(dev: Device, bundle: Path, where: str) -> dict[str, float]:
+    """An install run to the end; returns its steps' times (s after the lock step)."""
+    lines, killed = _run_for(dev, bundle, 120)
+    assert not killed and any("step switched" in ln for _, ln in lines), (where, lines)
+    assert _check_boot(dev, where) == "2.0.0"
+    return {ln.split()[2]: t for t, ln in lines if ln.startswith("ota: step ")}
+
+
 @pytest.mark.slow
 def test_power_loss_at_every_step_and_random_points(tmp_path: Path) -> None:
-    dev = Device(tmp_path / "dev", layer=False)  # `otaprobe --version` needs nothing else
-    provision(dev)
-    bundle = make_bundle(dev, tmp_path / "v2.tar", "2.0.0")
-    options = InstallOptions.from_config(load_config(dev.config_path))
+    # two devices, each killed by its own thread: two installs at a time use both cores
+    devices = [
+        Device(tmp_path / f"dev{k}", layer=False) for k in range(2)
+    ]  # `otaprobe --version` needs nothing else
+    bundles, options = [], []
+    for k, dev in enumerate(devices):
+        provision(dev)
+        bundles.append(make_bundle(dev, tmp_path / f"v2-{k}.tar", "2.0.0"))
+        options.append(InstallOptions.from_config(load_config(dev.config_path)))
 
     # a clean run for the timeline (seconds after the lock step), then back to 1.0.0
-    lines, killed = _run_for(dev, bundle, 120)
-    assert not killed and any("step switched" in ln for _, ln in lines), lines
-    at = {ln.split()[2]: t for t, ln in lines if ln.startswith("ota: step ")}
-    assert _check_boot(dev, "clean run") == "2.0.0"
-    _back_to_old(dev, options)
+    at = _clean_install(devices[0], bundles[0], "clean run")
+    for k, dev in enumerate(devices):
+        if k:
+            _clean_install(dev, bundles[k], f"clean run, device {k}")
+        _back_to_old(dev, options[k])
 
     outcomes: Counter[str] = Counter()
     where: Counter[str] = Counter()
-    kills = 0
-    for step in STEPS:
-        step_lines, killed = _run_until_step(dev, bundle, step)
-        assert killed, f"never reached {step}: {step_lines}"
-        kills += 1
-        where[f"boundary:{step}"] += 1
-        outcomes[_check_boot(dev, f"kill at step {step}")] += 1
-        _back_to_old(dev, options)
+    guard = threading.Lock()
+    tally = {"kills": 0, "random_kills": 0, "draws": 0}
+    inside_steps = ("venv", "pip", "copy", "seal", "switch")
+
+    def boundaries(k: int) -> None:
+        dev = devices[k]
+        for step in STEPS[k :: len(devices)]:
+            step_lines, killed = _run_until_step(dev, bundles[k], step)
+            assert killed, f"never reached {step}: {step_lines}"
+            version = _check_boot(dev, f"kill at step {step}")
+            with guard:
+                tally["kills"] += 1
+                where[f"boundary:{step}"] += 1
+                outcomes[version] += 1
+            _back_to_old(dev, options[k])
 
     # random points: two thirds over the whole install, one third inside copy..switch. The delays
     # come from one clean run, so under load fewer land where they were aimed: keep drawing (bounded)
     # until both quotas hold rather than accept fewer kills inside the install.
-    rng = random.Random(5)
-    random_kills, i = 0, 0
-    inside_steps = ("venv", "pip", "copy", "seal", "switch")
-    while random_kills < RANDOM_POINTS or sum(where[s] for s in inside_steps) < INSIDE_POINTS:
-        i += 1
-        assert i < 4 * RANDOM_POINTS, where
-        if i % 3 == 2:  # measured from the copy step, so the short copy/seal/switch window is hit
-            delay, after = rng.uniform(0.0, at["switched"] - at["copy"]), "copy"
-        else:
-            delay, after = rng.uniform(0.0, at["switched"]), "lock"
-        lines, killed = _run_for(dev, bundle, delay, after)
-        kills += killed
-        random_kills += killed
-        where[_last_step(lines) if killed else "finished"] += 1
-        outcomes[_check_boot(dev, f"random kill {i} at {delay:.3f}s (after {_last_step(lines)})")] += 1
-        _back_to_old(dev, options)
+    def random_points(k: int) -> None:
+        dev, rng = devices[k], random.Random(5 + k)
+        while True:
+            with guard:
+                if (
+                    tally["random_kills"] >= RANDOM_POINTS
+                    and sum(where[s] for s in inside_steps) >= INSIDE_POINTS
+                ):
+                    return
+                tally["draws"] += 1
+                i = tally["draws"]
+                assert i < 4 * RANDOM_POINTS, where
+            if i % 3 == 2:  # measured from the copy step, so the short copy/seal/switch window is hit
+                delay, after = rng.uniform(0.0, at["switched"] - at["copy"]), "copy"
+            else:
+                delay, after = rng.uniform(0.0, at["switched"]), "lock"
+            lines, killed = _run_for(dev, bundles[k], delay, after)
+            version = _check_boot(dev, f"random kill {i} at {delay:.3f}s (after {_last_step(lines)})")
+            with guard:
+                tally["kills"] += killed
+                tally["random_kills"] += killed
+                where[_last_step(lines) if killed else "finished"] += 1
+                outcomes[version] += 1
+            _back_to_old(dev, options[k])
+
+    for phase in (boundaries, random_points):
+        with ThreadPoolExecutor(len(devices)) as pool:
+            for future in [pool.submit(phase, k) for k in range(len(devices))]:
+                future.result()  # a failed check in either thread fails the test
 
     # afterwards a normal update still goes through: no stale lock, no stuck state
-    lines, killed = _run_for(dev, bundle, 120)
-    assert not killed and any("step switched" in ln for _, ln in lines), lines
-    assert _check_boot(dev, "final run") == "2.0.0"
+    for k, dev in enumerate(devices):
+        _clean_install(dev, bundles[k], f"final run, device {k}")
 
+    kills = tally["kills"]
     assert kills >= len(STEPS) + 50
     assert outcomes["1.0.0"] > 0 and outcomes["2.0.0"] > 0
     assert sum(where[s] for s in inside_steps) >= INSIDE_POINTS, where
+    assert all(where[f"boundary:{step}"] == 1 for step in STEPS), where
     print(where)
     report = {
         "kills": kills,
