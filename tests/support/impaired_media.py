@@ -287,6 +287,28 @@ class WatchResult:
         return best
 
 
+async def open_viewer_page(browser: Any, base: str) -> tuple[Any, Any]:
+    """The shipped viewer page of ``base`` in a new context of ``browser``, counting presented frames
+    (``window.__presented``) and keeping its peer connections (``INBOUND_JS``); returns (context, page)."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await page.add_init_script(COUNT_FRAMES_JS + KEEP_PCS_JS)
+        await page.goto(f"{base}/?token={TOKEN}&whep={base}/whep")
+        await page.evaluate("window.__countFrames()")
+    except BaseException:
+        await context.close()
+        raise
+    return context, page
+
+
+async def close_viewer_page(context: Any, page: Any) -> None:
+    """Disconnect the page's viewer (DELETE of its session) and close its context."""
+    with contextlib.suppress(Exception):
+        await page.evaluate("window.viewerControls && window.viewerControls.disconnect()")
+    await context.close()
+
+
 async def watch(
     browser: Any,
     link: ImpairedLink,
@@ -302,14 +324,11 @@ async def watch(
     ``during(elapsed_s)`` is awaited once a second (e.g. to change the link); each item it appends to
     ``mark_page_time`` records the page's clock then (``page_marks``). Returns what was seen.
     """
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.add_init_script(COUNT_FRAMES_JS + KEEP_PCS_JS)
-    probe = NamespaceLoop(link.ns_a) if server_stats else None
+    started = time.monotonic()
+    context, page = await open_viewer_page(browser, base)
+    probe: NamespaceLoop | None = None
     try:
-        started = time.monotonic()
-        await page.goto(f"{base}/?token={TOKEN}&whep={base}/whep")
-        await page.evaluate("window.__countFrames()")
+        probe = NamespaceLoop(link.ns_a) if server_stats else None
         samples: list[dict[str, Any]] = []
         first: float | None = None
         first_at: float | None = None
@@ -345,9 +364,7 @@ async def watch(
     finally:
         if probe is not None:
             probe.close()
-        with contextlib.suppress(Exception):
-            await page.evaluate("window.viewerControls && window.viewerControls.disconnect()")
-        await context.close()
+        await close_viewer_page(context, page)
     per_second: list[int] = []
     if presented:
         origin = presented[0]
