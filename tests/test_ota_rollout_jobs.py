@@ -102,6 +102,7 @@ async def test_rollout_job_completes(db, tmp_path: Path, mosquitto: Mosquitto) -
         assert set(job.dispatches.values()) == {1}
         assert all(o.sensors.version == "2.0.0" for o in sim.otas)
         assert job.last_gate.get("passed") is True
+        assert jobs.list() == [job.summary()]
     finally:
         await sim.stop()
         await svc.stop()
@@ -225,6 +226,8 @@ async def test_health_gate_halts_a_release_that_degrades_viewers_and_rolls_back(
             gate["passed"] is False and gate["updated"]["devices"] == 2 and gate["baseline"]["devices"] == 4
         )
         assert gate["updated"]["rendered_fps"] < 20 < gate["baseline"]["rendered_fps"]
+        # the list's summaries are counted in SQL: the same as a loaded job's
+        assert jobs.list() == [job.summary()] and jobs.list(active_only=True) == []
     finally:
         await sim.stop()
         await svc.stop()

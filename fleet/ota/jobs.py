@@ -328,13 +328,43 @@ class Jobs:
         )
 
     def list(self, active_only: bool = False) -> list[dict[str, Any]]:
-        """Every job's summary, newest first."""
-        r = self.rollouts.c
-        q = sa.select(r.id).order_by(r.created.desc())
+        """Every job's summary (as ``Job.summary``), newest first: counted in SQL, not by loading jobs."""
+        r, d = self.rollouts.c, self.devices.c
+        q = sa.select(self.rollouts).order_by(r.created.desc())
         if active_only:
             q = q.where(r.status.in_(DRIVEN))
         with self.engine.connect() as conn:
-            return [self.get(row[0], conn).summary() for row in conn.execute(q).all()]
+            jobs = conn.execute(q).all()
+            ids = [j.id for j in jobs]
+            counts: dict[str, dict[str, int]] = {rid: {} for rid in ids}
+            rolled_back: dict[str, int] = dict.fromkeys(ids, 0)
+            if ids:
+                by_state = sa.select(d.rollout_id, d.state, sa.func.count()).where(d.rollout_id.in_(ids))
+                for rid, state, n in conn.execute(by_state.group_by(d.rollout_id, d.state)):
+                    counts[rid][state] = int(n)
+                done = sa.select(d.rollout_id, sa.func.count()).where(
+                    d.rollout_id.in_(ids), d.rollback == "done"
+                )
+                for rid, n in conn.execute(done.group_by(d.rollout_id)):
+                    rolled_back[rid] = int(n)
+        order = ("pending", "in_progress", "succeeded", "failed", "timed_out", "skipped")
+        return [
+            {
+                "id": j.id,
+                "version": j.version,
+                "status": j.status,
+                "reason": j.reason,
+                "devices": sum(counts[j.id].values()),
+                "waves": j.waves,
+                "counts": {k: counts[j.id][k] for k in order if counts[j.id].get(k)},
+                "owner": j.owner,
+                "rolled_back": rolled_back[j.id],
+                "created": j.created,
+                "updated": j.updated,
+                "last_gate": json.loads(j.last_gate),
+            }
+            for j in jobs
+        ]
 
     def driven_ids(self) -> builtins.list[str]:
         r = self.rollouts.c
