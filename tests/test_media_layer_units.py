@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from device_agent.media.graph import build_layers, build_video
 from device_agent.media.layers import HOLD_S, PROBE_S, LayerPolicy
 from device_agent.media.tracks import FanoutVideoTrack, LatencyWindow
 from device_agent.media.video_source import FrameEncoderSource
+from hal.camera.base import CapturedFrame
+from hal.camera.test_pattern import TestPatternCamera
 from hal.encoder.base import EncodedPacket
+from hal.encoder.pyav import Libx264Encoder
 from tests.support.media import media_config
 
 
@@ -159,3 +163,40 @@ async def test_a_constrained_viewers_plis_reach_only_its_layer_after_the_switch(
     assert "pli" not in high.idrs_by_cause and low.idrs_by_cause["pli"] == 1
     control.close()
     track.stop()
+
+
+class _SlowEncoder:
+    """A real libx264 encoder whose encode takes at least ``delay_s`` longer (a loaded second core)."""
+
+    def __init__(self, encoder: Libx264Encoder, delay_s: float) -> None:
+        self.encoder, self.delay_s, self.calls = encoder, delay_s, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.encoder, name)
+
+    def encode(self, frame: CapturedFrame) -> list[EncodedPacket]:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.encoder.encode(frame)
+
+
+async def test_a_slow_lower_layer_skips_frames_and_never_holds_the_first_layer() -> None:
+    """The low layer's encode takes 100 ms: it runs at ~10 fps, skipping frames, while the first
+    layer keeps the camera's 30 fps (it used to wait for every layer before the next capture)."""
+    high_packets: list[EncodedPacket] = []
+    low_packets: list[EncodedPacket] = []
+    source = FrameEncoderSource(
+        TestPatternCamera(160, 120, 30), Libx264Encoder(160, 120, 30, 200_000, 400_000)
+    )
+    low = _SlowEncoder(Libx264Encoder(80, 60, 30, 100_000, 200_000), 0.1)
+    layer = source.add_layer(low, low_packets.append, lambda: True)  # type: ignore[arg-type]
+    await source.start(high_packets.append)
+    await asyncio.sleep(3.0)
+    await source.stop()
+    assert len(high_packets) >= 60, len(high_packets)  # 30 fps for 3 s, with room for a loaded machine
+    assert len(low_packets) <= 35 and low.calls <= 35, (len(low_packets), low.calls)
+    assert layer.skipped > 20, layer.skipped
+    assert len(low_packets) == low.calls  # every encode that started was delivered, the last at stop
+    assert source.stats()["layers"][0]["skipped"] == layer.skipped
+    pts = [p.pts for p in low_packets]
+    assert pts == sorted(pts)  # one at a time, in order

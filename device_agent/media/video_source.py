@@ -19,7 +19,7 @@ from device_agent.tasks import cancel_and_wait
 from hal.availability import StateCallback
 from hal.camera.base import Camera, CapturedFrame
 from hal.camera.reopening import ReopeningCamera
-from hal.encoder.base import EncodedVideoSource, H264Encoder, PacketCallback
+from hal.encoder.base import EncodedPacket, EncodedVideoSource, H264Encoder, PacketCallback
 from hal.encoder.timing import FrameTiming
 
 __all__ = ["EncodedVideoSource", "FrameEncoderSource", "FrameTiming"]
@@ -95,6 +95,7 @@ class FrameEncoderSource:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.encoder.close)
             self._executor.shutdown(wait=True)
             for layer in self.layers:
+                await layer.settle()
                 layer.close()
 
     async def _run(self, on_packet: PacketCallback) -> None:
@@ -110,8 +111,9 @@ class FrameEncoderSource:
                         layer.encoder.force_keyframe()
                 opens = self.camera.opens
             self._latest = frame
-            extra = [layer for layer in self.layers if layer.wanted()]
-            lower = [loop.run_in_executor(layer.executor, layer.encoder.encode, frame) for layer in extra]
+            for layer in self.layers:
+                if layer.wanted():
+                    layer.offer(loop, frame)  # never waited for: a busy lower layer skips the frame
             if self.wanted is not None and not self.wanted():
                 self.timing.add(frame.timestamp)
             else:
@@ -120,9 +122,6 @@ class FrameEncoderSource:
                 self.timing.add(frame.timestamp, time.monotonic() - started)
                 for packet in packets:
                     on_packet(packet)
-            for layer, done in zip(extra, await asyncio.gather(*lower), strict=True):
-                for packet in done:
-                    layer.on_packet(packet)
 
     def force_keyframe(self) -> None:
         self.encoder.force_keyframe()
@@ -146,7 +145,7 @@ class FrameEncoderSource:
         return bool(self.last_error) or (last is not None and time.monotonic() - last < 5.0)
 
     def stats(self) -> dict[str, Any]:
-        layers = {"layers": [layer.encoder.stats() for layer in self.layers]} if self.layers else {}
+        layers = {"layers": [layer.stats() for layer in self.layers]} if self.layers else {}
         return {
             "camera": self.camera.stats(),
             "encoder": self.encoder.stats(),
@@ -158,13 +157,52 @@ class FrameEncoderSource:
 
 
 class EncoderLayer:
-    """A lower encoding in a ``FrameEncoderSource``: what its fan-out drives (keyframes, bitrate)."""
+    """A lower encoding in a ``FrameEncoderSource``: what its fan-out drives (keyframes, bitrate).
+
+    It encodes on its own thread beside the first layer and is never waited for: a frame that
+    arrives while its previous one is still being encoded is skipped for this layer only
+    (``skipped``), so the first layer keeps the camera's rate however slow the second one is.
+    """
 
     def __init__(self, encoder: H264Encoder, on_packet: PacketCallback, wanted: Callable[[], bool]) -> None:
         self.encoder = encoder
         self.on_packet = on_packet
         self.wanted = wanted
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="h264-layer")
+        self.skipped = 0  # frames skipped because the previous encode was still running
+        self._busy: asyncio.Future[list[EncodedPacket]] | None = None
+
+    def offer(self, loop: asyncio.AbstractEventLoop, frame: CapturedFrame) -> None:
+        """Encode ``frame`` unless the previous one is still encoding; packets go out when done.
+
+        An encoder failure is raised here, at the next frame, and ends the capture loop as a failure
+        of the first layer would.
+        """
+        busy = self._busy
+        if busy is not None:
+            if not busy.done():
+                self.skipped += 1
+                return
+            busy.result()
+        self._busy = loop.run_in_executor(self.executor, self.encoder.encode, frame)
+        self._busy.add_done_callback(self._deliver)
+
+    def _deliver(self, done: asyncio.Future[list[EncodedPacket]]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return  # raised by the next offer()
+        for packet in done.result():
+            self.on_packet(packet)
+
+    async def settle(self) -> None:
+        """Wait for an encode still running (its packets are delivered; a failure is dropped)."""
+        busy, self._busy = self._busy, None
+        if busy is not None:
+            await asyncio.wait([busy])
+            if not busy.cancelled():
+                busy.exception()  # retrieved: the source is stopping
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.encoder.stats(), "skipped": self.skipped}
 
     def force_keyframe(self) -> None:
         self.encoder.force_keyframe()
