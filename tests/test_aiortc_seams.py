@@ -122,6 +122,32 @@ async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(t
         await viewer.close(http)
 
 
+async def test_a_packet_sent_before_the_latest_idr_is_still_repaired(tmp_path: Path) -> None:
+    """aiortc's receiver assembles frames in sequence order: a packet lost before an IDR blocks it
+    until 128 more have arrived. Its NACK for such a packet (under RTX_MAX_AGE_S) is answered."""
+    async with (
+        running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent,
+        aiohttp.ClientSession() as http,
+    ):
+        viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
+        await viewer.connect(http, audio=False)
+        await viewer.wait_frames(10)
+        session = next(iter(agent.get("media").sessions.sessions.values()))
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        streams = receiver._RTCRtpReceiver__remote_streams
+        ssrc = next(iter(streams))
+        await asyncio.sleep(0.5)  # past the PLI guard's interval after the join's IDR
+        before_idr, keyframes = streams[ssrc].max_seq, session.control.stats()["keyframes_sent"]
+        await receiver._send_rtcp_pli(ssrc)
+        await _wait(lambda: session.control.stats()["keyframes_sent"] > keyframes)
+        await viewer.wait_frames(len(viewer.stamps) + 1)
+        await receiver._send_rtcp_nack(ssrc, [before_idr])
+        await _wait(lambda: session.control.stats()["rtx_before_idr"] >= 1)
+        stats = session.control.stats()
+        assert stats["rtx_sent"] >= 1 and not stats["rtx_suppressed_by_reason"], stats
+        await viewer.close(http)
+
+
 def test_remote_candidate_behaviour_remote_candidates_relies_on() -> None:
     """device_agent/media/remote_candidates.py: aiortc awaits every offered candidate inside
     setRemoteDescription (so an mDNS one, resolved by aioice with a timeout, delays the answer), and

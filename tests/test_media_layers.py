@@ -67,11 +67,6 @@ def _sessions(stats: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, open (docs/performance.md, 'the aiortc viewer's stalls'): in 1 of 3 clean-clone CI runs "
-    "the thin aiortc viewer decoded no frame for 10 s after its switch to the low layer",
-)
 async def test_thin_viewer_moves_to_the_low_layer_and_back_clean_viewers_stay_high() -> None:
     with ImpairedLink(seed=7) as link:
         link.set_both(THIN)

@@ -16,9 +16,12 @@ if the seams move):
   RTCP pass untouched. Each video packet's send time is logged by sequence number, and our
   sender reports' NTP timestamps by send time (for RTT from LSR/DLSR).
 - ``sender._retransmit(seq)``: a NACKed packet is retransmitted only when the receiver can still
-  use it (sent less than ``RTX_MAX_AGE_S`` ago and not before the latest IDR sent to this viewer)
-  and the ``RtxBudget`` (``RTX_SHARE`` of the viewer's estimate) has room; otherwise it is counted
-  in ``rtx_suppressed`` by reason.
+  use it (sent less than ``RTX_MAX_AGE_S`` ago) and the ``RtxBudget`` (``RTX_SHARE`` of the
+  viewer's estimate) has room; otherwise it is counted in ``rtx_suppressed`` by reason. A packet
+  sent before the latest IDR is still retransmitted (counted in ``rtx_before_idr``): Chromium
+  stops asking for those once it has the IDR, but a receiver that assembles frames in sequence
+  order (aiortc's jitter buffer: ``fleetctl view``, our test viewer) waits for the missing packet
+  until 128 later ones have arrived, and then for a PLI's IDR: seconds of frozen picture.
 
 While the viewer's link shows random loss (``PacedLink.protecting()``), each video packet that is
 not part of an IDR is also sent as RTX ``COPY_DELAY_S`` later (``rtx_protective``): the receiver
@@ -232,13 +235,13 @@ def attach_pacing(
         copy_sent = copied.get(sequence_number)
         if copy_sent is not None and clock() - copy_sent[0] < link.rtt():
             counts["rtx_suppressed_copy_in_flight"] += 1  # the NACK crossed the protective copy
-        elif at < last_idr_at[0]:
-            counts["rtx_suppressed_before_idr"] += 1  # the receiver restarts from that IDR
         elif clock() - at > RTX_MAX_AGE_S:
             counts["rtx_suppressed_too_old"] += 1
         elif not link.rtx_budget.try_spend(size + 2):  # RTX adds the original sequence number
             counts["rtx_suppressed_budget"] += 1
         else:
+            if at < last_idr_at[0]:
+                counts["rtx_before_idr"] += 1  # an in-order receiver is blocked on it (docstring)
             await original_retransmit(sequence_number)
 
     setattr(transport, SEND_SEAM, send)
@@ -254,6 +257,7 @@ def rtx_stats(counts: collections.Counter[str]) -> dict[str, Any]:
         "rtx_sent": counts["rtx_sent"],
         "rtx_bytes": counts["rtx_bytes"],
         "rtx_protective": counts["rtx_protective"],
+        "rtx_before_idr": counts["rtx_before_idr"],
         "rtx_suppressed": sum(suppressed.values()),
         "rtx_suppressed_by_reason": suppressed,
     }
