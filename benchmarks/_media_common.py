@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -18,6 +19,18 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def add_impaired_link_args(parser: argparse.ArgumentParser) -> None:
+    """The emulated link's and the stream's flags shared by the impaired-link benchmarks (defaults:
+    100 ms each way, 1 Mbit/s, 300 ms queue; 1280x720 30 fps; the agent and the naive peer)."""
+    parser.add_argument("--delay-ms", type=float, default=100)
+    parser.add_argument("--rate-kbps", type=float, default=1000)
+    parser.add_argument("--queue-ms", type=float, default=300)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--servers", nargs="+", default=["agent", "naive"], choices=["agent", "naive"])
 
 
 def free_port() -> int:

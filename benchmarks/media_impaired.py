@@ -25,7 +25,7 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
-from benchmarks._media_common import load
+from benchmarks._media_common import add_impaired_link_args, load
 from tests.support.impaired_media import (
     PLAIN_FLAGS,
     WatchResult,
@@ -135,14 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--loss", type=float, nargs="+", default=[0.05, 0.15])
-    parser.add_argument("--delay-ms", type=float, default=100)
-    parser.add_argument("--rate-kbps", type=float, default=1000)
-    parser.add_argument("--queue-ms", type=float, default=300)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--fps", type=int, default=30)
+    add_impaired_link_args(parser)
     parser.add_argument("--pattern", action="store_true", help="the test pattern instead of the busy clip")
-    parser.add_argument("--servers", nargs="+", default=["agent", "naive"], choices=["agent", "naive"])
     args = parser.parse_args()
     print(
         f"media_impaired: {args.width}x{args.height} {args.fps} fps, {args.seconds:.0f} s, loss {args.loss}, "

@@ -40,7 +40,7 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
-from benchmarks._media_common import cpu_seconds, load, pct
+from benchmarks._media_common import add_impaired_link_args, cpu_seconds, load, pct
 from tests.support.impaired_media import (
     INBOUND_JS,
     PLAIN_FLAGS,
@@ -437,14 +437,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15, help="least wait for the clean viewers' ramp")
     parser.add_argument("--max-warmup", type=float, default=90, help="most wait for it (then measure anyway)")
     parser.add_argument("--loss", type=float, default=0.05)
-    parser.add_argument("--delay-ms", type=float, default=100)
-    parser.add_argument("--rate-kbps", type=float, default=1000)
-    parser.add_argument("--queue-ms", type=float, default=300)
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--fps", type=int, default=30)
+    add_impaired_link_args(parser)
     parser.add_argument("--layers", type=int, choices=[1, 2], default=2, help="the agent's encoder.layers")
-    parser.add_argument("--servers", nargs="+", default=["agent", "naive"], choices=["agent", "naive"])
     parser.add_argument("--json", default="", help="also write every figure to this file")
     args = parser.parse_args()
     print(
