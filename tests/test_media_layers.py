@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from typing import Any
 
@@ -32,8 +33,11 @@ EXTRA = {
 }
 
 
-async def watch_sizes(base: str, seconds: float, frames: list[tuple[float, int]]) -> None:
-    """A real aiortc viewer (video only, decoding) for ``seconds``; appends (arrival, width) per frame."""
+async def watch_sizes(
+    base: str, seconds: float, frames: list[tuple[float, int]], stop: threading.Event | None = None
+) -> None:
+    """A real aiortc viewer (video only, decoding) for ``seconds`` or until ``stop`` is set; appends
+    (arrival, width) per frame."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
@@ -55,7 +59,9 @@ async def watch_sizes(base: str, seconds: float, frames: list[tuple[float, int]]
             answer = await resp.text()
             assert resp.status == 201, (resp.status, answer)
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        await asyncio.sleep(seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
+            await asyncio.sleep(0.2)
     await pc.close()
     for task in tasks:
         task.cancel()
@@ -75,9 +81,10 @@ async def test_thin_viewer_moves_to_the_low_layer_and_back_clean_viewers_stay_hi
             clean: list[list[tuple[float, int]]] = [[], []]
             thin: list[tuple[float, int]] = []
             try:
-                watching = [agent_ns.submit(watch_sizes(base, 75, frames)) for frames in clean]
+                done = threading.Event()  # the viewers end once the figures are in
+                watching = [agent_ns.submit(watch_sizes(base, 75, frames, done)) for frames in clean]
                 time.sleep(3)  # the clean viewers set the reference first
-                thin_watch = viewer_ns.submit(watch_sizes(base, 70, thin))
+                thin_watch = viewer_ns.submit(watch_sizes(base, 70, thin, done))
                 stats = low_at = None
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:  # until the thin viewer is on the low layer
@@ -102,6 +109,7 @@ async def test_thin_viewer_moves_to_the_low_layer_and_back_clean_viewers_stay_hi
                         break
                 time.sleep(2)
                 final = agent_ns.run(get_json(base + "/api/stats"), timeout=10)
+                done.set()
                 thin_watch.result(timeout=80)
                 for w in watching:
                     w.result(timeout=80)
