@@ -7,11 +7,14 @@ adapt rtcp_feedback.py before changing the pin in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import time
+from collections.abc import AsyncIterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiortc import RTCRtpSender
@@ -44,7 +47,10 @@ async def _wait(predicate, timeout: float = 8.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_pli_and_remb_from_a_real_receiver_reach_the_fanout(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _watched(tmp_path: Path) -> AsyncIterator[tuple[Any, Any, Viewer, aiohttp.ClientSession]]:
+    """An agent (no periodic IDR) with one video-only aiortc viewer that has decoded 10 frames:
+    yields the media component, the viewer's session in it, the viewer and its HTTP session."""
     async with (
         running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent,
         aiohttp.ClientSession() as http,
@@ -53,7 +59,11 @@ async def test_pli_and_remb_from_a_real_receiver_reach_the_fanout(tmp_path: Path
         await viewer.connect(http, audio=False)
         await viewer.wait_frames(10)
         media = agent.get("media")
-        session = next(iter(media.sessions.sessions.values()))
+        yield media, next(iter(media.sessions.sessions.values())), viewer, http
+
+
+async def test_pli_and_remb_from_a_real_receiver_reach_the_fanout(tmp_path: Path) -> None:
+    async with _watched(tmp_path) as (media, session, viewer, http):
         forced = media.fanout.idrs_forced
         receiver = viewer.pc.getTransceivers()[0].receiver
         ssrc = next(iter(receiver._RTCRtpReceiver__remote_streams))  # the sender's SSRC as the viewer sees it
@@ -96,15 +106,7 @@ def test_pacing_and_retransmission_seams() -> None:
 
 
 async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(tmp_path: Path) -> None:
-    async with (
-        running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent,
-        aiohttp.ClientSession() as http,
-    ):
-        viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
-        await viewer.connect(http, audio=False)
-        await viewer.wait_frames(10)
-        media = agent.get("media")
-        session = next(iter(media.sessions.sessions.values()))
+    async with _watched(tmp_path) as (media, session, viewer, http):
         receiver = viewer.pc.getTransceivers()[0].receiver
         streams = receiver._RTCRtpReceiver__remote_streams
         ssrc = next(iter(streams))
@@ -125,14 +127,7 @@ async def test_nack_from_a_real_receiver_is_retransmitted_or_suppressed_by_age(t
 async def test_a_packet_sent_before_the_latest_idr_is_still_repaired(tmp_path: Path) -> None:
     """aiortc's receiver assembles frames in sequence order: a packet lost before an IDR blocks it
     until 128 more have arrived. Its NACK for such a packet (under RTX_MAX_AGE_S) is answered."""
-    async with (
-        running_agent(media_config(tmp_path, encoder={"keyframe_interval_s": 60.0})) as agent,
-        aiohttp.ClientSession() as http,
-    ):
-        viewer = Viewer(f"http://127.0.0.1:{agent.get('media').web.port}")
-        await viewer.connect(http, audio=False)
-        await viewer.wait_frames(10)
-        session = next(iter(agent.get("media").sessions.sessions.values()))
+    async with _watched(tmp_path) as (_media, session, viewer, http):
         receiver = viewer.pc.getTransceivers()[0].receiver
         streams = receiver._RTCRtpReceiver__remote_streams
         ssrc = next(iter(streams))
